@@ -1,0 +1,138 @@
+//! Spec diagnostics: where (file, line, column, path), what was expected, what was found.
+
+use std::fmt;
+
+use super::yaml::Pos;
+
+/// One problem in a spec file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub pos: Pos,
+    /// JSON pointer into the document (`/pools/gpu/count`); empty for the whole document.
+    pub pointer: String,
+    /// What is wrong: what was expected and what was found.
+    pub message: String,
+    /// How to fix it, when there is more to say than the message.
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(pos: Pos, pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            pos,
+            pointer: pointer.into(),
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// The dotted path of the pointer: `pools.gpu.volumes[0].target`.
+    pub fn path(&self) -> String {
+        dotted_path(&self.pointer)
+    }
+
+    /// Renders the diagnostic with a code frame from `source`, naming `file`.
+    pub fn render(&self, file: &str, source: &str) -> String {
+        let path = self.path();
+        let mut out = if path.is_empty() {
+            format!("error: {}\n", self.message)
+        } else {
+            format!("error: {path}: {}\n", self.message)
+        };
+        let line_no = self.pos.line.max(1);
+        let gutter = line_no.to_string().len();
+        out.push_str(&format!(
+            "{:gutter$}--> {file}:{line_no}:{}\n",
+            "",
+            self.pos.col.max(1)
+        ));
+        if let Some(line) = source.lines().nth(line_no - 1) {
+            let caret_at: usize = line
+                .chars()
+                .take(self.pos.col.saturating_sub(1))
+                .map(|c| if c == '\t' { 4 } else { 1 })
+                .sum();
+            out.push_str(&format!("{:gutter$} |\n", ""));
+            out.push_str(&format!("{line_no} | {}\n", line.replace('\t', "    ")));
+            out.push_str(&format!("{:gutter$} | {:caret_at$}^\n", "", ""));
+        }
+        if let Some(help) = &self.help {
+            out.push_str(&format!("{:gutter$} = help: {help}\n", ""));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path();
+        write!(f, "{}:{}: ", self.pos.line, self.pos.col)?;
+        if !path.is_empty() {
+            write!(f, "{path}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// `/pools/gpu/volumes/0/target` -> `pools.gpu.volumes[0].target`.
+pub fn dotted_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
+/// A short, one-line rendering of a YAML/JSON value for "found ..." messages.
+pub fn describe_value(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null (an empty value)".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) if n.is_f64() => format!("number {n}"),
+        Value::Number(n) => format!("integer {n}"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(a) => format!("a list of {} item(s)", a.len()),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_paths() {
+        assert_eq!(dotted_path(""), "");
+        assert_eq!(dotted_path("/pools/gpu/count"), "pools.gpu.count");
+        assert_eq!(
+            dotted_path("/pools/gpu/volumes/0/target"),
+            "pools.gpu.volumes[0].target"
+        );
+        assert_eq!(dotted_path("/pools/a~1b"), "pools.a/b");
+    }
+
+    #[test]
+    fn renders_a_code_frame() {
+        let d = Diagnostic::new(Pos { line: 2, col: 10 }, "/pools/gpu/count", "expected x")
+            .with_help("do y");
+        let text = d.render("fleet.yaml", "pools:\n  count: -1\n");
+        assert_eq!(
+            text,
+            "error: pools.gpu.count: expected x\n --> fleet.yaml:2:10\n  |\n2 |   count: -1\n  |          ^\n  = help: do y\n"
+        );
+    }
+}

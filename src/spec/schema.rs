@@ -1,0 +1,271 @@
+//! The JSON Schema of `fleet.yaml`: generated from the model, committed as
+//! `schema/fleet.schema.json`, and used to check documents with every error reported.
+
+use std::sync::OnceLock;
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{ValidationError, Validator};
+use serde_json::Value;
+
+use super::diag::{Diagnostic, describe_value};
+use super::model::{POOL_FIELDS, Spec};
+use super::yaml::{Positions, escape_pointer};
+
+/// The committed schema, as `fleet schema` prints it and `fleet validate` uses it.
+pub const SCHEMA_JSON: &str = include_str!("../../schema/fleet.schema.json");
+
+/// Generates the schema from the Rust model. The committed file must equal this
+/// (`cargo test` checks; regenerate with `fleet schema --generate > schema/fleet.schema.json`).
+pub fn generate() -> String {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<Spec>().to_value();
+    forbid_null(&mut schema);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// schemars lets every `Option` be null; fleet does not: an optional field is left out, never
+/// written empty (`count:` alone is a mistake worth an error).
+fn forbid_null(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(branches)) = map.get_mut("anyOf") {
+                branches.retain(|b| b.get("type").is_none_or(|t| t != "null"));
+                if branches.len() == 1 {
+                    let only = branches.remove(0);
+                    map.remove("anyOf");
+                    if let Value::Object(inner) = only {
+                        map.extend(inner);
+                    }
+                }
+            }
+            map.values_mut().for_each(forbid_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(forbid_null),
+        _ => {}
+    }
+}
+
+fn committed() -> &'static (Value, Option<Validator>) {
+    static SCHEMA: OnceLock<(Value, Option<Validator>)> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let value: Value = serde_json::from_str(SCHEMA_JSON).unwrap_or(Value::Null);
+        let validator = jsonschema::draft202012::new(&value).ok();
+        (value, validator)
+    })
+}
+
+/// Checks `instance` against the committed schema; every violation becomes a diagnostic.
+pub fn check(instance: &Value, positions: &Positions) -> Vec<Diagnostic> {
+    let (schema, validator) = committed();
+    let Some(validator) = validator else {
+        // The committed schema is compiled into the binary and tested; this cannot happen
+        // unless the file was edited by hand into something invalid.
+        return vec![Diagnostic::new(
+            Default::default(),
+            "",
+            "internal error: the built-in schema does not compile",
+        )];
+    };
+    let mut out = Vec::new();
+    for error in validator.iter_errors(instance) {
+        out.extend(describe(&error, schema, positions));
+    }
+    out
+}
+
+/// The subschema that holds the failing keyword (the keyword location minus its last part).
+fn subschema<'a>(schema: &'a Value, error: &ValidationError) -> Option<&'a Value> {
+    let location = error.schema_path().as_str().to_string();
+    let parent = &location[..location.rfind('/')?];
+    schema.pointer(parent)
+}
+
+fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> Vec<Diagnostic> {
+    let pointer = error.instance_path().as_str().to_string();
+    let pos = positions.value(&pointer);
+    let found = describe_value(error.instance());
+    let sub = subschema(schema, error);
+    let help = sub
+        .and_then(|s| s.get("description"))
+        .and_then(Value::as_str)
+        .map(|d| d.replace('\n', " "));
+    let diag = |message: String| {
+        let mut d = Diagnostic::new(pos, pointer.clone(), message);
+        d.help = help.clone();
+        d
+    };
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let known: Vec<&str> = sub
+                .and_then(|s| s.get("properties"))
+                .and_then(Value::as_object)
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            unexpected
+                .iter()
+                .map(|key| {
+                    let child = format!("{pointer}/{}", escape_pointer(key));
+                    let message = if pointer == "/defaults" {
+                        format!("`{key}` is not a pool field; defaults takes pool fields only")
+                    } else {
+                        format!("unknown field `{key}`")
+                    };
+                    let expected = if pointer == "/defaults" {
+                        POOL_FIELDS.join(", ")
+                    } else {
+                        known.join(", ")
+                    };
+                    Diagnostic::new(positions.key(&child), child, message)
+                        .with_help(format!("expected one of: {expected}"))
+                })
+                .collect()
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            vec![diag(format!("missing required field `{name}`"))]
+        }
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => article(&t.to_string()),
+                TypeKind::Multiple(ts) => ts
+                    .into_iter()
+                    .map(|t| article(&t.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            vec![diag(format!("expected {expected}, found {found}"))]
+        }
+        ValidationErrorKind::Enum { options } => {
+            vec![diag(format!(
+                "expected one of {}, found {found}",
+                list(options)
+            ))]
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            vec![diag(format!("expected {expected_value}, found {found}"))]
+        }
+        ValidationErrorKind::Pattern { pattern } => {
+            vec![diag(format!(
+                "expected {}, found {found}",
+                pattern_phrase(pattern)
+            ))]
+        }
+        ValidationErrorKind::Minimum { limit } => {
+            vec![diag(format!("expected a value >= {limit}, found {found}"))]
+        }
+        ValidationErrorKind::Maximum { limit } => {
+            vec![diag(format!("expected a value <= {limit}, found {found}"))]
+        }
+        ValidationErrorKind::ExclusiveMinimum { limit } => {
+            vec![diag(format!("expected a value > {limit}, found {found}"))]
+        }
+        ValidationErrorKind::MinLength { limit } => vec![diag(format!(
+            "expected at least {limit} character(s), found {found}"
+        ))],
+        ValidationErrorKind::MaxLength { limit } => vec![diag(format!(
+            "expected at most {limit} characters, found {found}"
+        ))],
+        ValidationErrorKind::UniqueItems => {
+            vec![diag(format!(
+                "expected distinct items, found {found} with repeats"
+            ))]
+        }
+        ValidationErrorKind::PropertyNames { error: inner } => {
+            // The inner error's instance is the offending key.
+            let key = inner.instance().as_str().unwrap_or_default().to_string();
+            let child = format!("{pointer}/{}", escape_pointer(&key));
+            let rule = match inner.kind() {
+                ValidationErrorKind::Pattern { pattern } => pattern_phrase(pattern),
+                _ => inner.to_string(),
+            };
+            vec![Diagnostic::new(
+                positions.key(&child),
+                child,
+                format!("invalid name {key:?}: expected {rule}"),
+            )]
+        }
+        ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
+            let location = error.schema_path().as_str();
+            let expected = if location.contains("/GpuRequest/") {
+                "0, a number of GPUs, or \"all\""
+            } else if location.contains("/HostGpus/") {
+                "\"auto\", \"none\" or a list of GPU UUIDs (GPU-...)"
+            } else {
+                "one of the allowed forms"
+            };
+            vec![diag(format!("expected {expected}, found {found}"))]
+        }
+        _ => vec![diag(format!("{error}"))],
+    }
+}
+
+/// Patterns said in words, for the ones a person meets most.
+fn pattern_phrase(pattern: &str) -> String {
+    use super::model::{HOST_NAME_PATTERN, LABEL_PATTERN, NAME_PATTERN};
+    match pattern {
+        NAME_PATTERN => "lowercase letters, digits and '-', 1 to 24 characters".into(),
+        HOST_NAME_PATTERN => "a host name of lowercase letters, digits, '_', '.' and '-'".into(),
+        LABEL_PATTERN => "a label without commas or whitespace".into(),
+        "^[A-Za-z_][A-Za-z0-9_]*$" => "an environment variable name (letters, digits, '_')".into(),
+        "^[0-9]+[bkmgBKMG]?$" => "a size such as 512m or 16g".into(),
+        "^(GPU|MIG)-[0-9A-Za-z-]+$" => "a GPU UUID such as GPU-8c2f1b7e-...".into(),
+        r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$" => "a repository as owner/name".into(),
+        other => format!("a value matching {other}"),
+    }
+}
+
+fn article(t: &str) -> String {
+    match t {
+        "object" => "a mapping".into(),
+        "array" => "a list".into(),
+        "integer" => "an integer".into(),
+        "null" => "null".into(),
+        other => format!("a {other}"),
+    }
+}
+
+fn list(options: &Value) -> String {
+    match options.as_array() {
+        Some(items) => items
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => options.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_schema_equals_the_one_generated_from_the_model() {
+        let generated = generate();
+        assert_eq!(
+            SCHEMA_JSON, generated,
+            "schema/fleet.schema.json is out of date with src/spec/model.rs; \
+             regenerate it with `cargo run -- schema --generate > schema/fleet.schema.json`"
+        );
+    }
+
+    #[test]
+    fn committed_schema_is_valid_2020_12() {
+        let value: Value = serde_json::from_str(SCHEMA_JSON).expect("schema is JSON");
+        assert_eq!(
+            value["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        jsonschema::meta::validate(&value).expect("schema is a valid JSON Schema");
+        assert!(committed().1.is_some());
+    }
+}
