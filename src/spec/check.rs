@@ -124,14 +124,14 @@ fn check_github(c: &mut Checker, base_dir: &Path) {
     let gh = &c.spec.github;
     match (&gh.repo, &gh.org) {
         (Some(_), Some(_)) => {
-            c.at_value(
+            c.at_key(
                 "/github",
                 "expected exactly one of `repo` and `org`, found both",
             )
             .help("a fleet registers runners either on one repository or on one organization");
         }
         (None, None) => {
-            c.at_value(
+            c.at_key(
                 "/github",
                 "expected exactly one of `repo` and `org`, found neither",
             )
@@ -141,7 +141,7 @@ fn check_github(c: &mut Checker, base_dir: &Path) {
     }
     let Some(auth) = &gh.auth else { return };
     if auth.token_env.is_some() && auth.app.is_some() {
-        c.at_value(
+        c.at_key(
             "/github/auth",
             "expected one of `token_env` and `app`, found both",
         );
@@ -191,7 +191,7 @@ fn check_github(c: &mut Checker, base_dir: &Path) {
 fn check_hosts(c: &mut Checker) {
     let Some(hosts) = &c.spec.hosts else { return };
     if hosts.is_empty() {
-        c.at_value("/hosts", "expected at least one host, found none")
+        c.at_key("/hosts", "expected at least one host, found none")
             .help("remove `hosts` to use the local Docker engine");
     }
     for (name, host) in hosts {

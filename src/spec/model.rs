@@ -369,14 +369,14 @@ impl JsonSchema for HostGpus {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": "The host's GPUs: \"auto\" (NVML on this machine), \"none\", or a declared list of GPU UUIDs.",
-            "oneOf": [
-                { "enum": ["auto", "none"] },
-                {
-                    "type": "array",
-                    "items": { "type": "string", "pattern": "^(GPU|MIG)-[0-9A-Za-z-]+$" },
-                    "uniqueItems": true
-                }
-            ],
+            // if/then/else rather than oneOf, so that an error names the item that is wrong.
+            "if": { "type": "string" },
+            "then": { "enum": ["auto", "none"] },
+            "else": {
+                "type": "array",
+                "items": { "type": "string", "pattern": "^(GPU|MIG)-[0-9A-Za-z-]+$" },
+                "uniqueItems": true
+            },
             "default": "auto"
         })
     }

@@ -91,7 +91,12 @@ fn subschema<'a>(schema: &'a Value, error: &ValidationError) -> Option<&'a Value
 
 fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> Vec<Diagnostic> {
     let pointer = error.instance_path().as_str().to_string();
-    let pos = positions.value(&pointer);
+    // A mapping or list is pointed at by its key: its value starts on the next line.
+    let pos = if error.instance().is_object() || error.instance().is_array() {
+        positions.key(&pointer)
+    } else {
+        positions.value(&pointer)
+    };
     let found = describe_value(error.instance());
     let sub = subschema(schema, error);
     let help = sub
@@ -197,8 +202,6 @@ fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> V
             let location = error.schema_path().as_str();
             let expected = if location.contains("/GpuRequest/") {
                 "0, a number of GPUs, or \"all\""
-            } else if location.contains("/HostGpus/") {
-                "\"auto\", \"none\" or a list of GPU UUIDs (GPU-...)"
             } else {
                 "one of the allowed forms"
             };

@@ -12,10 +12,17 @@ use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 use serde_json::{Map, Number, Value};
 
 /// A position in the source: 1-based line and 1-based column (in characters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pos {
     pub line: usize,
     pub col: usize,
+}
+
+impl Default for Pos {
+    /// The start of the file, for problems of the whole document.
+    fn default() -> Self {
+        Pos { line: 1, col: 1 }
+    }
 }
 
 impl Pos {
