@@ -27,10 +27,7 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
 /// A fleet of self-hosted GitHub Actions runners, run as Docker containers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(
-    title = "fleet.yaml",
-    extend("$id" = "https://github.com/fleet-rs/fleet/schema/fleet.schema.json")
-)]
+#[schemars(title = "fleet.yaml")]
 pub struct Spec {
     /// Version of the spec format. Only 1 exists.
     #[schemars(extend("const" = 1))]
