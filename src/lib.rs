@@ -1,6 +1,10 @@
 //! fleet keeps self-hosted GitHub Actions runners on Docker GPU hosts equal to `fleet.yaml`.
 //!
-//! The library holds everything; the `fleet` binary is a thin shell over [`cli`].
+//! The shape (DESIGN.md section 5): [`spec`] loads and validates the spec; [`observe`] has one
+//! observer per outside system; [`plan`] is pure; [`render`] prints one `Plan` three ways;
+//! [`cli`] is the only place that maps errors to exit codes.
 
 pub mod cli;
+pub mod observe;
+pub mod plan;
 pub mod spec;

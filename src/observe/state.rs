@@ -1,0 +1,150 @@
+//! What the observers saw: plain data, the planner's only view of the world.
+//!
+//! Every list is sorted by the observers, so that the same world gives the same value (and the
+//! same fingerprint, which a saved plan uses to notice that the world changed).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Docker labels fleet puts on everything it creates.
+pub mod labels {
+    /// The fleet that owns the container or volume.
+    pub const FLEET: &str = "fleet.name";
+    /// The pool a container belongs to.
+    pub const POOL: &str = "fleet.pool";
+    /// Hash of the pool's effective runner configuration when the container was made.
+    pub const CONFIG_HASH: &str = "fleet.config-hash";
+    /// That configuration itself (canonical JSON, no secrets), for attribute-level diffs.
+    pub const CONFIG: &str = "fleet.config";
+    /// The GPU ledger: the UUIDs assigned to the container, comma-separated.
+    pub const GPUS: &str = "fleet.gpus";
+}
+
+/// Everything observed, per host and on GitHub.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    pub hosts: BTreeMap<String, HostState>,
+    pub github: GithubState,
+}
+
+/// One Docker host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Containers labelled `fleet.name=<this fleet>`, sorted by name.
+    pub containers: Vec<ContainerState>,
+    /// Volumes the spec names or fleet owns, sorted by name.
+    pub volumes: Vec<VolumeState>,
+    /// Each pool image of this host, and whether the engine has it.
+    pub images: BTreeMap<String, bool>,
+    pub gpus: GpuInventory,
+    pub engine: EngineInfo,
+}
+
+/// A container as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: ContainerStatus,
+    pub exit_code: Option<i64>,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+}
+
+impl ContainerState {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// The GPU UUIDs recorded in the container's ledger label.
+    pub fn gpus(&self) -> Vec<String> {
+        self.label(labels::GPUS)
+            .map(|s| {
+                s.split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Docker's container states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl ContainerStatus {
+    /// Whether the container is done: its runner will never take a job again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, ContainerStatus::Exited | ContainerStatus::Dead)
+    }
+}
+
+/// A Docker volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    pub name: String,
+    /// Whether fleet created it (it carries `fleet.name=<this fleet>`).
+    pub owned: bool,
+}
+
+/// Where a host's GPU list came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInventory {
+    /// GPU UUIDs, in the order NVML or the spec gives them.
+    pub uuids: Vec<String>,
+    pub source: GpuSource,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuSource {
+    /// The spec says `gpus: none`.
+    #[default]
+    None,
+    /// The spec lists the UUIDs.
+    Declared,
+    /// NVML on this machine.
+    Nvml,
+    /// `gpus: auto`, but NVML could not be used; the reason.
+    Unavailable(String),
+}
+
+/// What the engine offers for GPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// The engine has an `nvidia` runtime.
+    pub nvidia_runtime: bool,
+    /// CDI device names the engine discovered (`nvidia.com/gpu=...`).
+    pub cdi_devices: Vec<String>,
+}
+
+/// GitHub's view of the runners of the repository or organization.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GithubState {
+    /// Every runner registered at the scope, sorted by id; the planner decides what is owned.
+    pub runners: Vec<GithubRunner>,
+    /// Runner groups by name (organization scope only).
+    pub groups: BTreeMap<String, u64>,
+}
+
+/// One runner registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GithubRunner {
+    pub id: u64,
+    pub name: String,
+    pub online: bool,
+    pub busy: bool,
+    pub labels: Vec<String>,
+}

@@ -1,0 +1,125 @@
+//! The configuration a pool's runner containers should have, its hash, and attribute diffs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::spec::{GpuRequest, ResolvedPool};
+
+/// The label that marks a GitHub runner registration as owned by fleet `name`.
+pub fn ownership_label(fleet: &str) -> String {
+    format!("fleet.{fleet}")
+}
+
+/// Everything about a runner container that comes from the spec. Two containers with the same
+/// `RunnerConfig` are interchangeable; a change in any field means the container is replaced.
+/// Stored (as canonical JSON) in a container label, so it holds no secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerConfig {
+    pub image: String,
+    /// Every label the runner registers with, ownership label included.
+    pub labels: Vec<String>,
+    pub ephemeral: bool,
+    /// `0`, a number, or `all`.
+    pub gpus: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_group: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// `source:target` or `source:target:ro`.
+    pub volumes: Vec<String>,
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    pub docker_socket: bool,
+}
+
+impl RunnerConfig {
+    pub fn for_pool(fleet: &str, pool: &ResolvedPool) -> RunnerConfig {
+        let mut labels = pool.runner_labels();
+        labels.push(ownership_label(fleet));
+        RunnerConfig {
+            image: pool.image.clone(),
+            labels,
+            ephemeral: pool.ephemeral,
+            gpus: match pool.gpus {
+                GpuRequest::Count(n) => n.to_string(),
+                GpuRequest::All => "all".into(),
+            },
+            runner_group: pool.runner_group.clone(),
+            env: pool.env.clone(),
+            volumes: pool
+                .volumes
+                .iter()
+                .map(|v| {
+                    let ro = if v.read_only { ":ro" } else { "" };
+                    format!("{}:{}{ro}", v.source, v.target)
+                })
+                .collect(),
+            network: pool.network.clone(),
+            cpus: pool.cpus,
+            memory: pool.memory.clone(),
+            docker_socket: pool.docker_socket,
+        }
+    }
+
+    /// Canonical JSON: the value of the `fleet.config` label.
+    pub fn to_label(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_label(label: &str) -> Option<RunnerConfig> {
+        serde_json::from_str(label).ok()
+    }
+
+    /// The value of the `fleet.config-hash` label: 16 hex digits of SHA-256.
+    pub fn hash(&self) -> String {
+        short_hash(self.to_label().as_bytes())
+    }
+
+    /// The attributes as printable text, in a fixed order; lists and maps one item a line.
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        vec![
+            ("image", self.image.clone()),
+            ("labels", self.labels.join("\n")),
+            ("ephemeral", self.ephemeral.to_string()),
+            ("gpus", self.gpus.clone()),
+            ("runner_group", opt(&self.runner_group)),
+            (
+                "env",
+                self.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            ("volumes", self.volumes.join("\n")),
+            ("network", self.network.clone()),
+            (
+                "cpus",
+                self.cpus
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "(none)".into()),
+            ),
+            ("memory", opt(&self.memory)),
+            ("docker_socket", self.docker_socket.to_string()),
+        ]
+    }
+}
+
+/// 16 hex digits of SHA-256: enough to tell configurations and states apart.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Full SHA-256 in hex.
+pub fn full_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

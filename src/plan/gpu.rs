@@ -1,0 +1,171 @@
+//! GPU placement: each new runner of a `gpus: N` pool gets N distinct UUIDs that no other
+//! exclusive runner holds; `gpus: all` shares everything and holds nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::observe::state::{GpuSource, Observed};
+use crate::spec::{GpuRequest, ResolvedPool};
+
+#[derive(Default)]
+struct Demand {
+    per_runner: usize,
+    runners: usize,
+    placed: usize,
+}
+
+pub(super) struct Ledger {
+    inventory: BTreeMap<String, Vec<String>>,
+    source: BTreeMap<String, GpuSource>,
+    held: BTreeMap<String, BTreeSet<String>>,
+    /// Free GPUs per host before this plan placed anything.
+    free_before: BTreeMap<String, usize>,
+    demand: BTreeMap<(String, String), Demand>,
+}
+
+impl Ledger {
+    /// `holdings`: (host, UUIDs) of the runners that stay.
+    pub(super) fn new(observed: &Observed, holdings: &[(String, Vec<String>)]) -> Ledger {
+        let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (host, uuids) in holdings {
+            held.entry(host.clone())
+                .or_default()
+                .extend(uuids.iter().cloned());
+        }
+        let mut ledger = Ledger {
+            inventory: observed
+                .hosts
+                .iter()
+                .map(|(h, s)| (h.clone(), s.gpus.uuids.clone()))
+                .collect(),
+            source: observed
+                .hosts
+                .iter()
+                .map(|(h, s)| (h.clone(), s.gpus.source.clone()))
+                .collect(),
+            held,
+            free_before: BTreeMap::new(),
+            demand: BTreeMap::new(),
+        };
+        ledger.free_before = observed
+            .hosts
+            .keys()
+            .map(|h| (h.clone(), ledger.free(h).len()))
+            .collect();
+        ledger
+    }
+
+    fn free(&self, host: &str) -> Vec<String> {
+        let held = self.held.get(host);
+        self.inventory
+            .get(host)
+            .map(|inv| {
+                inv.iter()
+                    .filter(|u| !held.is_some_and(|h| h.contains(*u)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// GPUs for one new runner of `pool` on `host`; `previous` are the GPUs of the container it
+    /// replaces, reused first so that assignments stay put. A shortage is recorded (see
+    /// [`Ledger::shortages`]) and an `Err` returned only for `gpus: all` on a host without GPUs.
+    pub(super) fn assign(
+        &mut self,
+        host: &str,
+        pool: &ResolvedPool,
+        previous: &[String],
+    ) -> Result<Vec<String>, String> {
+        match pool.gpus {
+            GpuRequest::Count(0) => Ok(vec![]),
+            GpuRequest::All => {
+                let all = self.inventory.get(host).cloned().unwrap_or_default();
+                if all.is_empty() {
+                    Err(format!(
+                        "host `{host}`: pool `{}` wants all GPUs, but the host has none{}",
+                        pool.name,
+                        self.inventory_note(host)
+                    ))
+                } else {
+                    Ok(all)
+                }
+            }
+            GpuRequest::Count(n) => {
+                let n = n as usize;
+                let free = self.free(host);
+                let mut chosen: Vec<String> = previous
+                    .iter()
+                    .filter(|u| free.contains(u))
+                    .take(n)
+                    .cloned()
+                    .collect();
+                for uuid in &free {
+                    if chosen.len() == n {
+                        break;
+                    }
+                    if !chosen.contains(uuid) {
+                        chosen.push(uuid.clone());
+                    }
+                }
+                let demand = self
+                    .demand
+                    .entry((host.to_string(), pool.name.clone()))
+                    .or_insert_with(|| Demand {
+                        per_runner: n,
+                        ..Demand::default()
+                    });
+                demand.runners += 1;
+                if chosen.len() < n {
+                    // Not placed: the plan fails; nothing is held for it.
+                    return Ok(vec![]);
+                }
+                demand.placed += 1;
+                self.held
+                    .entry(host.to_string())
+                    .or_default()
+                    .extend(chosen.iter().cloned());
+                Ok(chosen)
+            }
+        }
+    }
+
+    fn inventory_note(&self, host: &str) -> String {
+        match self.source.get(host) {
+            Some(GpuSource::Unavailable(reason)) => format!(
+                " (GPU inventory unavailable: {reason}; declare the UUIDs in hosts.{host}.gpus)"
+            ),
+            Some(GpuSource::None) => " (declared `gpus: none`)".into(),
+            _ => String::new(),
+        }
+    }
+
+    /// One message per pool whose new runners did not all get their GPUs.
+    pub(super) fn shortages(&self) -> Vec<String> {
+        self.demand
+            .iter()
+            .filter(|(_, d)| d.placed < d.runners)
+            .map(|((host, pool), d)| {
+                let inventory = self.inventory.get(host).map_or(0, Vec::len);
+                let free = self.free_before.get(host).copied().unwrap_or(0);
+                let others: usize = self
+                    .demand
+                    .iter()
+                    .filter(|((h, p), _)| h == host && p != pool)
+                    .map(|(_, o)| o.per_runner * o.runners)
+                    .sum();
+                let others = if others > 0 {
+                    format!(", and other pools' new runners want {others}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "host `{host}`: pool `{pool}` wants {} GPU(s) for {} new runner(s) ({} per runner); {free} of {inventory} are free{others}{}",
+                    d.per_runner * d.runners,
+                    d.runners,
+                    d.per_runner,
+                    self.inventory_note(host)
+                )
+            })
+            .collect()
+    }
+}
