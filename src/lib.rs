@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod observe;
 pub mod plan;
+pub mod render;
 pub mod spec;

@@ -82,21 +82,24 @@ impl RunnerConfig {
     /// The attributes as printable text, in a fixed order; lists and maps one item a line.
     pub fn attributes(&self) -> Vec<(&'static str, String)> {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let lines = |items: Vec<String>| {
+            if items.is_empty() {
+                "(none)".to_string()
+            } else {
+                items.join("\n")
+            }
+        };
         vec![
             ("image", self.image.clone()),
-            ("labels", self.labels.join("\n")),
+            ("labels", lines(self.labels.clone())),
             ("ephemeral", self.ephemeral.to_string()),
             ("gpus", self.gpus.clone()),
             ("runner_group", opt(&self.runner_group)),
             (
                 "env",
-                self.env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                lines(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             ),
-            ("volumes", self.volumes.join("\n")),
+            ("volumes", lines(self.volumes.clone())),
             ("network", self.network.clone()),
             (
                 "cpus",

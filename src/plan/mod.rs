@@ -750,4 +750,4 @@ fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

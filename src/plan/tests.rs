@@ -10,20 +10,20 @@ use crate::observe::state::{
     ContainerStatus, EngineInfo, GithubState, GpuInventory, GpuSource, HostState, VolumeState,
 };
 
-fn spec(yaml: &str) -> Spec {
+pub(crate) fn spec(yaml: &str) -> Spec {
     match crate::spec::parse_str(yaml, Path::new(".")) {
         Ok(spec) => spec,
         Err(e) => panic!("test spec invalid: {e:#?}"),
     }
 }
 
-const BASE: &str = "version: 1\nname: zq\ngithub:\n  repo: acme/zq\nhosts:\n  local:\n    gpus: [GPU-a, GPU-b, GPU-c, GPU-d]\n";
+pub(crate) const BASE: &str = "version: 1\nname: zq\ngithub:\n  repo: acme/zq\nhosts:\n  local:\n    gpus: [GPU-a, GPU-b, GPU-c, GPU-d]\n";
 
-fn with_pools(pools: &str) -> Spec {
+pub(crate) fn with_pools(pools: &str) -> Spec {
     spec(&format!("{BASE}pools:\n{pools}"))
 }
 
-fn empty_world() -> Observed {
+pub(crate) fn empty_world() -> Observed {
     let mut hosts = BTreeMap::new();
     hosts.insert(
         "local".to_string(),
@@ -47,7 +47,7 @@ fn empty_world() -> Observed {
     }
 }
 
-fn pool(spec: &Spec, name: &str) -> ResolvedPool {
+pub(crate) fn pool(spec: &Spec, name: &str) -> ResolvedPool {
     spec.resolved_pools()
         .into_iter()
         .find(|p| p.name == name)
@@ -55,7 +55,7 @@ fn pool(spec: &Spec, name: &str) -> ResolvedPool {
 }
 
 /// Adds a running container that matches `pool` exactly, and its idle registration.
-fn add_runner(world: &mut Observed, spec: &Spec, pool_name: &str, name: &str, gpus: &[&str]) {
+pub(crate) fn add_runner(world: &mut Observed, spec: &Spec, pool_name: &str, name: &str, gpus: &[&str]) {
     let cfg = RunnerConfig::for_pool(&spec.name, &pool(spec, pool_name));
     let host = world.hosts.get_mut("local").expect("host");
     let n = host.containers.len() as i64;
@@ -83,7 +83,7 @@ fn add_runner(world: &mut Observed, spec: &Spec, pool_name: &str, name: &str, gp
     });
 }
 
-fn set_busy(world: &mut Observed, name: &str) {
+pub(crate) fn set_busy(world: &mut Observed, name: &str) {
     for r in &mut world.github.runners {
         if r.name == name {
             r.busy = true;

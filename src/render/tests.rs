@@ -1,0 +1,133 @@
+//! Snapshot tests of the three views, from plans the planner made.
+
+use crate::observe::state::{ContainerStatus, GithubRunner};
+use crate::plan::tests::{add_runner, empty_world, set_busy, with_pools};
+use crate::plan::{Plan, ownership_label, plan};
+
+use super::*;
+
+/// A plan with one change of every kind, and warnings.
+fn busy_plan() -> Plan {
+    let old = with_pools(
+        "  gpu:\n    count: 2\n    image: arch-runner:2.329\n    gpus: 1\n    labels: [gpu]\n    env: { A: \"1\", B: \"2\" }\n  cpu:\n    count: 3\n    image: r:1\n  gone:\n    count: 1\n    image: r:1\n",
+    );
+    let new = with_pools(
+        "  gpu:\n    count: 3\n    image: arch-runner:2.330\n    gpus: 1\n    labels: [gpu]\n    env: { A: \"1\", B: \"3\", C: \"4\" }\n    volumes: [{ source: zig-cache, target: /cache/zig }]\n  cpu:\n    count: 1\n    image: r:1\n    docker_socket: true\n",
+    );
+    let mut world = empty_world();
+    add_runner(&mut world, &old, "gpu", "zq-gpu-aaaaaa", &["GPU-a"]);
+    add_runner(&mut world, &old, "gpu", "zq-gpu-bbbbbb", &["GPU-b"]);
+    add_runner(&mut world, &old, "cpu", "zq-cpu-aaaaaa", &[]);
+    add_runner(&mut world, &old, "cpu", "zq-cpu-bbbbbb", &[]);
+    add_runner(&mut world, &old, "cpu", "zq-cpu-cccccc", &[]);
+    add_runner(&mut world, &old, "gone", "zq-gone-aaaaaa", &[]);
+    set_busy(&mut world, "zq-gpu-bbbbbb");
+    let host = world.hosts.get_mut("local").expect("host");
+    for c in &mut host.containers {
+        if c.name == "zq-cpu-cccccc" {
+            c.status = ContainerStatus::Exited;
+            c.exit_code = Some(0);
+        }
+    }
+    world.github.runners.push(GithubRunner {
+        id: 99,
+        name: "zq-gpu-orphan".into(),
+        online: false,
+        busy: false,
+        labels: vec![ownership_label("zq")],
+    });
+    plan(&new, &world).expect("plan")
+}
+
+fn converged_plan() -> Plan {
+    let spec = with_pools("  cpu:\n    count: 1\n    image: r:1\n");
+    let mut world = empty_world();
+    add_runner(&mut world, &spec, "cpu", "zq-cpu-aaaaaa", &[]);
+    plan(&spec, &world).expect("plan")
+}
+
+#[test]
+fn text_of_every_kind_of_change() {
+    insta::assert_snapshot!(text(&busy_plan(), false));
+}
+
+#[test]
+fn text_in_colour_paints_symbols() {
+    let out = text(&busy_plan(), true);
+    assert!(out.contains("\u{1b}["), "no ANSI escapes");
+    // Stripped of colour, it is the plain text.
+    let plain: String = strip_ansi(&out);
+    assert_eq!(plain, text(&busy_plan(), false));
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn text_when_nothing_changes() {
+    insta::assert_snapshot!(text(&converged_plan(), false));
+}
+
+#[test]
+fn json_of_every_kind_of_change() {
+    insta::assert_snapshot!(json(&busy_plan()));
+}
+
+#[test]
+fn json_when_nothing_changes() {
+    insta::assert_snapshot!(json(&converged_plan()));
+}
+
+#[test]
+fn json_has_the_designed_shape() {
+    let value: serde_json::Value = serde_json::from_str(&json(&busy_plan())).expect("json");
+    assert_eq!(value["format_version"], "1");
+    assert_eq!(value["fleet"], "zq");
+    for key in ["create", "replace", "destroy", "deregister", "volumes"] {
+        assert!(value["summary"][key].is_u64(), "summary.{key}");
+    }
+    for change in value["changes"].as_array().expect("changes") {
+        for key in ["action", "pool", "host", "name", "reasons", "gpus"] {
+            assert!(change.get(key).is_some(), "change lacks {key}: {change}");
+        }
+    }
+    assert!(value["warnings"].is_array());
+    assert_eq!(value["spec_hash"].as_str().map(str::len), Some(64));
+    assert_eq!(value["observed_fingerprint"].as_str().map(str::len), Some(64));
+    // Round trip: the saved plan reads back to the same value.
+    let back: Plan = serde_json::from_value(value).expect("parse back");
+    assert_eq!(back, busy_plan());
+}
+
+#[test]
+fn markdown_of_every_kind_of_change() {
+    insta::assert_snapshot!(markdown(&busy_plan()));
+}
+
+#[test]
+fn markdown_when_nothing_changes() {
+    insta::assert_snapshot!(markdown(&converged_plan()));
+}
+
+#[test]
+fn summary_line_reads_like_terraform() {
+    let plan = busy_plan();
+    assert_eq!(
+        summary_line(&plan.summary),
+        "Plan: 1 to create, 2 to replace, 3 to destroy, 1 registration to remove. Also: 1 volume to create, 1 change deferred until busy runners finish their jobs."
+    );
+}
