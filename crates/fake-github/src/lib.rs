@@ -1,0 +1,448 @@
+//! A stateful fake of GitHub's self-hosted runner REST API.
+//!
+//! [`FakeGithub::start`] serves, on 127.0.0.1, the runner endpoints of
+//! `api.github.com` at repository and organization scope (list, get, delete, registration and
+//! remove tokens, just-in-time configs, labels), organization runner groups, GitHub App
+//! installation tokens and `/rate_limit`, answering in the shapes of GitHub's OpenAPI
+//! description (`github-api/runners.openapi.json`). Tests steer it in-process through the
+//! methods of [`FakeGithub`]; another process steers it through the control API under
+//! `/_fake/` (see the crate README).
+
+mod api;
+mod control;
+mod state;
+mod util;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::state::State;
+
+/// How the fake is set up when it starts.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The API token clients must send (`Authorization: Bearer T` or `token T`).
+    pub token: String,
+    /// When set, GitHub App authentication (JWT, installation tokens) is available.
+    pub app: Option<AppConfig>,
+    /// Seeds the generators behind fault injection and tokens, so runs are reproducible.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            token: "fake-token-for-tests".to_owned(),
+            app: None,
+            seed: 1,
+        }
+    }
+}
+
+/// The one GitHub App the fake knows, installed on every owner and organization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppConfig {
+    pub app_id: u64,
+    pub installation_id: u64,
+}
+
+/// Where runners are registered: a repository or an organization.
+///
+/// Written and parsed as `repo:OWNER/REPO` or `org:ORG` (the control API's form).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Repo { owner: String, repo: String },
+    Org(String),
+}
+
+impl Scope {
+    pub fn repo(owner: impl Into<String>, repo: impl Into<String>) -> Scope {
+        Scope::Repo {
+            owner: owner.into(),
+            repo: repo.into(),
+        }
+    }
+
+    pub fn org(org: impl Into<String>) -> Scope {
+        Scope::Org(org.into())
+    }
+
+    /// The API path prefix of this scope's runners, e.g. `/orgs/acme/actions/runners`.
+    pub fn runners_path(&self) -> String {
+        match self {
+            Scope::Repo { owner, repo } => format!("/repos/{owner}/{repo}/actions/runners"),
+            Scope::Org(org) => format!("/orgs/{org}/actions/runners"),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Repo { owner, repo } => write!(f, "repo:{owner}/{repo}"),
+            Scope::Org(org) => write!(f, "org:{org}"),
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Scope, String> {
+        let bad = || format!("scope {s:?} is neither repo:OWNER/REPO nor org:ORG");
+        if let Some(rest) = s.strip_prefix("repo:") {
+            let (owner, repo) = rest.split_once('/').ok_or_else(bad)?;
+            if owner.is_empty() || repo.is_empty() || repo.contains('/') {
+                return Err(bad());
+            }
+            Ok(Scope::repo(owner, repo))
+        } else if let Some(org) = s.strip_prefix("org:") {
+            if org.is_empty() || org.contains('/') {
+                return Err(bad());
+            }
+            Ok(Scope::org(org))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+/// A runner to add directly to the fake's state (bypassing the API).
+#[derive(Clone, Debug)]
+pub struct NewRunner {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub status_online: bool,
+    pub busy: bool,
+    pub runner_group_id: u64,
+    pub ephemeral: bool,
+}
+
+impl Default for NewRunner {
+    fn default() -> Self {
+        NewRunner {
+            name: String::new(),
+            labels: Vec::new(),
+            status_online: false,
+            busy: false,
+            runner_group_id: state::DEFAULT_GROUP_ID,
+            ephemeral: false,
+        }
+    }
+}
+
+/// A runner as the fake holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunnerInfo {
+    pub id: u64,
+    pub name: String,
+    /// "online" or "offline".
+    pub status: String,
+    pub busy: bool,
+    pub labels: Vec<String>,
+    pub runner_group_id: u64,
+    pub ephemeral: bool,
+}
+
+/// One API request the fake answered (control API requests are not logged).
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    /// The raw query string, without `?`; empty when there was none.
+    pub query: String,
+    pub status: u16,
+    /// Whether the request carried credentials the fake accepts.
+    pub authenticated: bool,
+}
+
+/// A failure to inflict on API requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and a GitHub-like error body; `retry_after` adds `retry-after`.
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// 403 with `retry-after` and GitHub's secondary rate limit message.
+    SecondaryRateLimit { retry_after: u64 },
+    /// Hold the request for 60 s (or until the fake shuts down), then answer 504.
+    Timeout,
+    /// 403 "Resource not accessible by personal access token" with
+    /// `x-accepted-github-permissions: <accepted_permissions>`.
+    Forbidden { accepted_permissions: String },
+}
+
+/// What a just-in-time config carries about its runner, as [`decode_jit_config`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitRunnerSettings {
+    pub runner_id: u64,
+    pub name: String,
+    pub runner_group_id: u64,
+    pub work_folder: String,
+    /// `https://github.com/OWNER/REPO` or `https://github.com/ORG`.
+    pub github_url: String,
+}
+
+/// Reads an `encoded_jit_config` the fake issued. Like GitHub's, it is base64 of a JSON object
+/// whose `.runner`, `.credentials` and `.credentials_rsaparams` members are base64 JSON files;
+/// this decodes `.runner`.
+pub fn decode_jit_config(encoded: &str) -> Option<JitRunnerSettings> {
+    api::decode_jit_config(encoded)
+}
+
+type RequestHook = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
+
+/// What the server tasks share with the [`FakeGithub`] handle.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    hook: Mutex<Option<RequestHook>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The state, even if a panicking thread poisoned the lock: every mutation leaves it whole.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn record(&self, record: RequestRecord) {
+        let hook = self
+            .hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook(&record);
+        }
+        self.lock().record(record);
+    }
+
+    /// Sleeps, but wakes early when the server shuts down so held requests do not delay it.
+    pub(crate) async fn sleep(&self, duration: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+}
+
+/// A running fake GitHub. Dropping it (or [`FakeGithub::shutdown`]) stops the server.
+pub struct FakeGithub {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl FakeGithub {
+    /// Starts a server on 127.0.0.1 with a free port.
+    pub async fn start(config: Config) -> io::Result<FakeGithub> {
+        FakeGithub::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on `addr`, which must be a loopback address.
+    pub async fn start_on(config: Config, addr: SocketAddr) -> io::Result<FakeGithub> {
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("refusing to listen on {addr}: only loopback addresses are allowed"),
+            ));
+        }
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(config, util::now_epoch())),
+            hook: Mutex::new(None),
+            shutdown: shutdown.clone(),
+        });
+        let app = api::router(shared.clone()).merge(control::router(shared.clone()));
+        let mut graceful = shutdown;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    // An error means the handle is gone, which is a reason to stop too.
+                    let _ = graceful.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        Ok(FakeGithub {
+            shared,
+            addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Stops accepting requests and waits (up to 5 s) for the server to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// The API base URL, like `https://api.github.com`: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configured API token.
+    pub fn token(&self) -> String {
+        self.shared.lock().token.clone()
+    }
+
+    /// Adds a runner as if it had registered itself; no name or group checks, so tests can
+    /// build foreign runners, duplicates and orphans. Returns its id.
+    pub fn add_runner(&self, scope: &Scope, runner: NewRunner) -> u64 {
+        self.shared.lock().insert_runner(scope, runner)
+    }
+
+    /// Sets a runner's status and busy flag; false if there is no such runner in `scope`.
+    pub fn set_runner_state(&self, scope: &Scope, id: u64, online: bool, busy: bool) -> bool {
+        self.shared
+            .lock()
+            .set_runner_state(scope, id, online, busy)
+            .is_some()
+    }
+
+    pub fn set_runner_state_by_name(
+        &self,
+        scope: &Scope,
+        name: &str,
+        online: bool,
+        busy: bool,
+    ) -> bool {
+        let mut state = self.shared.lock();
+        match state.runner_id_by_name(scope, name) {
+            Some(id) => state.set_runner_state(scope, id, online, busy).is_some(),
+            None => false,
+        }
+    }
+
+    /// Removes a runner, as GitHub does when an ephemeral runner finishes its job.
+    pub fn remove_runner(&self, scope: &Scope, id: u64) -> bool {
+        self.shared.lock().remove_runner(scope, id).is_some()
+    }
+
+    /// The runners of `scope`, sorted by id.
+    pub fn runners(&self, scope: &Scope) -> Vec<RunnerInfo> {
+        self.shared
+            .lock()
+            .runners(scope)
+            .iter()
+            .map(state::Runner::info)
+            .collect()
+    }
+
+    /// Adds a runner group to `org` and returns its id; "Default" (id 1) always exists.
+    pub fn add_runner_group(&self, org: &str, name: &str) -> u64 {
+        self.shared.lock().add_runner_group(org, name)
+    }
+
+    /// From now on each API request fails with `fault` with probability `ratio` (0..=1),
+    /// drawn from the seeded generator. Replaces an earlier ratio fault.
+    pub fn inject_faults(&self, fault: Fault, ratio: f64) {
+        self.shared.lock().inject_faults(fault, ratio);
+    }
+
+    /// The next `count` API requests fail with `fault` (before any ratio fault applies).
+    pub fn fail_next(&self, fault: Fault, count: usize) {
+        self.shared.lock().fail_next(fault, count);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.lock().clear_faults();
+    }
+
+    /// Delay added to every API request.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    /// Sets the core rate limit state. With `remaining` 0, API requests get GitHub's 403
+    /// "API rate limit exceeded" until `reset_epoch_secs`, when the limit refills.
+    pub fn set_rate_limit(&self, remaining: u32, reset_epoch_secs: u64) {
+        self.shared
+            .lock()
+            .set_rate_limit(remaining, reset_epoch_secs);
+    }
+
+    /// The API requests answered so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().requests()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.lock().clear_requests();
+    }
+
+    /// Calls `hook` for every API request once it has been answered (the binary logs with it).
+    pub fn on_request(&self, hook: impl Fn(&RequestRecord) + Send + Sync + 'static) {
+        *self
+            .shared
+            .hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+    }
+
+    pub fn jit_configs_issued(&self) -> usize {
+        self.shared.lock().jit_configs_issued
+    }
+
+    pub fn registration_tokens_issued(&self) -> usize {
+        self.shared.lock().registration_tokens_issued
+    }
+}
+
+impl Drop for FakeGithub {
+    fn drop(&mut self) {
+        // Graceful shutdown: the server task finishes on its own once connections close.
+        self.stop.send_replace(true);
+    }
+}
+
+impl fmt::Debug for FakeGithub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeGithub")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_round_trips_through_text() {
+        for s in ["repo:octo/hello", "org:acme"] {
+            let scope: Scope = s.parse().expect("valid scope");
+            assert_eq!(scope.to_string(), s);
+        }
+        for bad in ["repo:octo", "repo:/x", "org:", "team:x", "repo:a/b/c"] {
+            assert!(bad.parse::<Scope>().is_err(), "{bad} should not parse");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the fake GitHub, in one test binary to keep builds short.
+
+mod behaviour;
+mod binary;
+mod common;
+mod conformance;
+mod pagination;
