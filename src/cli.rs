@@ -4,14 +4,22 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+use std::path::Path;
+
 use clap::{Parser, Subcommand};
 
-use crate::spec::{self, SpecError};
+use crate::observe::github::RetryPolicy;
+use crate::observe::{ObserveError, Observers};
+use crate::plan::{self, FORMAT_VERSION, Plan, PlanError};
+use crate::render::{self, Format};
+use crate::spec::{self, Spec, SpecError};
 
 /// Exit codes, as terraform: 0 success, 1 error, 2 success with changes (`--detailed-exitcode`).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;
+    pub const CHANGES: u8 = 2;
 }
 
 #[derive(Debug, Parser)]
@@ -21,7 +29,7 @@ pub mod exit {
     about = "Keep self-hosted GitHub Actions runners on Docker GPU hosts equal to fleet.yaml",
     long_about = "fleet keeps a set of self-hosted GitHub Actions runners, running as Docker \
 containers on GPU hosts, equal to what a git-tracked fleet.yaml says.\n\n\
-Exit codes: 0 success, 1 error.",
+Exit codes: 0 success, 1 error, 2 success with changes (plan --detailed-exitcode).",
     after_help = "Environment: GITHUB_TOKEN, GITHUB_API_URL, DOCKER_HOST, NO_COLOR.\n\
 Docs: README.md and docs/ in the fleet repository."
 )]
@@ -36,6 +44,11 @@ pub struct Cli {
     )]
     pub file: PathBuf,
 
+    /// Log more to stderr (-v: debug, including the count of GitHub requests). RUST_LOG
+    /// overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,6 +61,35 @@ pub enum Command {
     /// (pools.gpu.count), what was expected and what was found. Nothing is contacted: neither
     /// Docker nor GitHub. Exit 0 when the file is valid, 1 otherwise.
     Validate,
+    /// Show what apply would change, without changing anything.
+    ///
+    /// Reads fleet.yaml, observes the Docker hosts, GitHub's runner registrations and the GPUs,
+    /// and prints the changes that would make the world match the spec. Read-only: nothing is
+    /// created, started, stopped or deleted, on Docker or on GitHub, and no registration token
+    /// or JIT config is asked for.
+    ///
+    /// Exit codes: 0 success (with --detailed-exitcode: no changes), 1 error, 2 success with
+    /// changes (only with --detailed-exitcode).
+    Plan {
+        /// Save the plan to FILE (JSON, no secrets) for `fleet show`, and for `fleet apply FILE`
+        /// once it exists.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+        /// text for people, json for programs, markdown for a pull-request comment.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Exit 2 when there are changes, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Print a plan saved by `fleet plan --out FILE`.
+    Show {
+        /// The saved plan.
+        #[arg(value_name = "PLANFILE")]
+        plan: std::path::PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Print the JSON Schema (2020-12) of fleet.yaml.
     ///
     /// Editors use it through a `# yaml-language-server: $schema=...` comment at the top of
@@ -63,21 +105,175 @@ pub enum Command {
 /// Runs fleet with the process's arguments; returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     ExitCode::from(run(cli))
+}
+
+fn init_logging(verbose: u8) {
+    // octocrab logs every failed attempt at error level; fleet reports those itself.
+    let default = match verbose {
+        0 => "warn,octocrab=off",
+        1 => "fleet=debug,info,octocrab=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
+        .with_target(false)
+        .try_init();
+}
+
+/// Whether text on stdout gets colour: a terminal, and NO_COLOR unset or empty.
+fn stdout_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Everything that can stop a command, mapped to messages and exit codes in one place.
+enum Failure {
+    Spec(SpecError),
+    Observe(ObserveError),
+    Plan(PlanError),
+    Other(String),
+}
+
+impl Failure {
+    fn report(&self) -> u8 {
+        match self {
+            Failure::Spec(e) => eprint!("{}", e.render()),
+            Failure::Observe(e) => {
+                eprintln!("error: {e}");
+                if let Some(hint) = e.hint() {
+                    eprintln!("hint: {hint}");
+                }
+                eprintln!("No plan was made: fleet never plans on a partial view of the world.");
+            }
+            Failure::Plan(e) => {
+                for problem in &e.problems {
+                    eprintln!("error: {problem}");
+                }
+                eprintln!("No plan was made; nothing was changed.");
+            }
+            Failure::Other(message) => eprintln!("error: {message}"),
+        }
+        exit::ERROR
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))
+}
+
+/// Loads the spec, observes the world and plans.
+async fn observe_and_plan(file: &Path, spec: &Spec) -> Result<Plan, Failure> {
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let observers = Observers::connect(spec, base_dir, &env_var, RetryPolicy::default())
+        .await
+        .map_err(Failure::Observe)?;
+    let observed = observers.observe(spec).await.map_err(Failure::Observe)?;
+    tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
+    plan::plan(spec, &observed).map_err(Failure::Plan)
+}
+
+fn plan_command(
+    file: &Path,
+    out: Option<&Path>,
+    format: Format,
+    detailed_exitcode: bool,
+) -> Result<u8, Failure> {
+    let spec = spec::load(file).map_err(Failure::Spec)?;
+    let plan = runtime()?.block_on(observe_and_plan(file, &spec))?;
+    let color = format == Format::Text && stdout_color();
+    let mut text = render::render(&plan, format, color);
+    if let Some(out) = out {
+        std::fs::write(out, render::json(&plan)).map_err(|e| {
+            Failure::Other(format!("cannot write the plan to {}: {e}", out.display()))
+        })?;
+        if format == Format::Text {
+            text.push_str(&format!(
+                "\nSaved the plan to {}. `fleet show {}` prints it again.\n",
+                out.display(),
+                out.display()
+            ));
+        }
+    }
+    let code = print_stdout(&text);
+    if code != exit::OK {
+        return Ok(code);
+    }
+    Ok(if detailed_exitcode && !plan.is_empty() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
+}
+
+/// Reads a plan saved by `fleet plan --out`.
+pub fn read_plan(path: &Path) -> Result<Plan, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a fleet plan: it is not JSON ({e}); save one with `fleet plan --out FILE`",
+            path.display()
+        )
+    })?;
+    match value.get("format_version").and_then(|v| v.as_str()) {
+        Some(FORMAT_VERSION) => {}
+        Some(other) => {
+            return Err(format!(
+                "{} is a fleet plan of format_version {other}; this fleet reads format_version {FORMAT_VERSION}",
+                path.display()
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{} is not a fleet plan: it has no format_version; save one with `fleet plan --out FILE`",
+                path.display()
+            ));
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| format!("{} is not a valid fleet plan: {e}", path.display()))
 }
 
 /// Runs one command and maps its outcome to an exit code.
 pub fn run(cli: Cli) -> u8 {
-    match cli.command {
-        Command::Validate => validate(&cli.file),
+    let outcome = match cli.command {
+        Command::Plan {
+            out,
+            format,
+            detailed_exitcode,
+        } => plan_command(&cli.file, out.as_deref(), format, detailed_exitcode),
+        Command::Show { plan, format } => read_plan(&plan).map_err(Failure::Other).map(|plan| {
+            let color = format == Format::Text && stdout_color();
+            print_stdout(&render::render(&plan, format, color))
+        }),
+        Command::Validate => Ok(validate(&cli.file)),
         Command::Schema { generate } => {
             let text = if generate {
                 spec::schema::generate()
             } else {
                 spec::schema::SCHEMA_JSON.to_string()
             };
-            print_stdout(&text)
+            Ok(print_stdout(&text))
         }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
     }
 }
 

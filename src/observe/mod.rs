@@ -1,1 +1,110 @@
+//! One observer per outside system: Docker ([`docker`]), GitHub ([`github`]) and GPUs
+//! ([`gpu`]). Together they produce an [`Observed`](state::Observed), the planner's only input
+//! besides the spec. Any failure means no observation: fleet never plans on a partial view.
+
+pub mod docker;
+pub mod github;
+pub mod gpu;
 pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use futures_util::future::try_join_all;
+
+use crate::spec::Spec;
+use docker::{DockerError, DockerHost};
+use github::{GithubClient, GithubError, RetryPolicy};
+use state::Observed;
+
+/// Why the world could not be observed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Github(#[from] GithubError),
+}
+
+impl ObserveError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ObserveError::Docker(DockerError::Unreachable { .. }) => Some(
+                "start the Docker engine, or point hosts.<name>.docker or DOCKER_HOST at it".into(),
+            ),
+            ObserveError::Docker(_) => None,
+            ObserveError::Github(e) => e.hint(),
+        }
+    }
+}
+
+/// Connections to every outside system a spec names.
+#[derive(Clone)]
+pub struct Observers {
+    pub hosts: BTreeMap<String, DockerHost>,
+    pub github: GithubClient,
+}
+
+impl Observers {
+    /// Sets up the GitHub client (credentials are checked before anything is contacted) and
+    /// connects to every Docker host.
+    pub async fn connect(
+        spec: &Spec,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        policy: RetryPolicy,
+    ) -> Result<Observers, ObserveError> {
+        let github = GithubClient::from_spec(spec, base_dir, env, policy)?;
+        let mut hosts = BTreeMap::new();
+        for (name, host) in spec.effective_hosts() {
+            let connection = DockerHost::connect(&name, host.docker.as_deref(), env).await?;
+            hosts.insert(name, connection);
+        }
+        Ok(Observers { hosts, github })
+    }
+
+    /// Observes every host and GitHub at once.
+    pub async fn observe(&self, spec: &Spec) -> Result<Observed, ObserveError> {
+        let pools = spec.resolved_pools();
+        let declared = spec.effective_hosts();
+        let host_futures = self.hosts.iter().map(|(name, host)| {
+            let images: BTreeSet<String> = pools
+                .iter()
+                .filter(|p| &p.host == name)
+                .map(|p| p.image.clone())
+                .collect();
+            let volumes: BTreeSet<String> = pools
+                .iter()
+                .filter(|p| &p.host == name)
+                .flat_map(|p| p.volumes.iter().filter(|v| !v.is_bind()))
+                .map(|v| v.source.clone())
+                .collect();
+            let gpus = declared
+                .get(name)
+                .map(|h| gpu::inventory(name, &h.gpus, host.is_local()))
+                .unwrap_or_default();
+            async move {
+                let images: Vec<String> = images.into_iter().collect();
+                let volumes: Vec<String> = volumes.into_iter().collect();
+                let state = host.observe(&spec.name, &images, &volumes, gpus).await?;
+                Ok::<_, ObserveError>((name.clone(), state))
+            }
+        });
+        let github = async {
+            let runners = self.github.list_runners().await?;
+            let groups = self.github.runner_groups().await?;
+            Ok::<_, ObserveError>(state::GithubState { runners, groups })
+        };
+        let (hosts, github) = futures_util::try_join!(try_join_all(host_futures), github)?;
+        tracing::debug!(
+            "observed {} host(s) and {} GitHub runner(s) with {} GitHub request(s)",
+            hosts.len(),
+            github.runners.len(),
+            self.github.stats().total()
+        );
+        Ok(Observed {
+            hosts: hosts.into_iter().collect(),
+            github,
+        })
+    }
+}

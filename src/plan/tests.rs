@@ -55,7 +55,13 @@ pub(crate) fn pool(spec: &Spec, name: &str) -> ResolvedPool {
 }
 
 /// Adds a running container that matches `pool` exactly, and its idle registration.
-pub(crate) fn add_runner(world: &mut Observed, spec: &Spec, pool_name: &str, name: &str, gpus: &[&str]) {
+pub(crate) fn add_runner(
+    world: &mut Observed,
+    spec: &Spec,
+    pool_name: &str,
+    name: &str,
+    gpus: &[&str],
+) {
     let cfg = RunnerConfig::for_pool(&spec.name, &pool(spec, pool_name));
     let host = world.hosts.get_mut("local").expect("host");
     let n = host.containers.len() as i64;

@@ -34,9 +34,8 @@ pub fn json(plan: &Plan) -> String {
 
 /// The sentence that ends every plan.
 pub fn summary_line(summary: &Summary) -> String {
-    let plural = |n: usize, one: &str, many: &str| {
-        format!("{n} {}", if n == 1 { one } else { many })
-    };
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut line = format!(
         "Plan: {} to create, {} to replace, {} to destroy, {} to remove.",
         summary.create,
@@ -46,7 +45,10 @@ pub fn summary_line(summary: &Summary) -> String {
     );
     let mut also = Vec::new();
     if summary.volumes > 0 {
-        also.push(format!("{} to create", plural(summary.volumes, "volume", "volumes")));
+        also.push(format!(
+            "{} to create",
+            plural(summary.volumes, "volume", "volumes")
+        ));
     }
     if summary.defer > 0 {
         also.push(format!(

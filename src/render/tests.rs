@@ -107,7 +107,10 @@ fn json_has_the_designed_shape() {
     }
     assert!(value["warnings"].is_array());
     assert_eq!(value["spec_hash"].as_str().map(str::len), Some(64));
-    assert_eq!(value["observed_fingerprint"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        value["observed_fingerprint"].as_str().map(str::len),
+        Some(64)
+    );
     // Round trip: the saved plan reads back to the same value.
     let back: Plan = serde_json::from_value(value).expect("parse back");
     assert_eq!(back, busy_plan());

@@ -1,0 +1,285 @@
+//! Shared by the integration tests: a fake GitHub on 127.0.0.1, the real Docker engine, a small
+//! local test image, and a run id on everything created so that it is removed afterwards, even
+//! when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use fake_github::{Config, FakeGithub, NewRunner, Scope};
+use fleet::plan::{RunnerConfig, ownership_label};
+
+/// The image test containers run: `FROM scratch` plus Debian's static busybox.
+pub const TEST_IMAGE: &str = "fleet-test-busybox:1";
+/// Label on everything a test creates by hand (fleet's own resources carry `fleet.name`).
+pub const RUN_LABEL: &str = "fleet-test.run";
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run the docker CLI")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds the test image once (no registry can be reached, so it is built from local files).
+pub fn test_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if docker(&["image", "inspect", TEST_IMAGE]).status.success() {
+            return;
+        }
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.exists(),
+            "/bin/busybox is missing: install Debian's busybox-static (.ci/run does)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(busybox, dir.path().join("busybox")).expect("copy busybox");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n",
+        )
+        .expect("write Dockerfile");
+        docker_ok(&["build", "-q", "-t", TEST_IMAGE, dir.path().to_str().expect("utf-8")]);
+    });
+    TEST_IMAGE
+}
+
+/// One test's world: a fake GitHub, a spec directory, and a unique fleet name as run id.
+pub struct World {
+    pub run: String,
+    pub rt: tokio::runtime::Runtime,
+    pub fake: FakeGithub,
+    pub dir: tempfile::TempDir,
+    pub scope: Scope,
+}
+
+impl World {
+    pub fn new() -> World {
+        test_image();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let fake = rt
+            .block_on(FakeGithub::start(Config::default()))
+            .expect("start the fake GitHub");
+        // Unique per test: fleet names are [a-z0-9-]{1,24}.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let run = format!("t{:x}-{}", std::process::id(), nanos % 1_000_000_000);
+        let scope = Scope::Repo {
+            owner: "acme".into(),
+            repo: run.clone(),
+        };
+        World {
+            run,
+            rt,
+            fake,
+            dir: tempfile::tempdir().expect("tempdir"),
+            scope,
+        }
+    }
+
+    /// Writes fleet.yaml with `pools` (YAML, indented by two spaces) and returns its path.
+    pub fn spec(&self, pools: &str) -> PathBuf {
+        self.spec_with(
+            pools,
+            "unix:///var/run/docker.sock",
+            "[GPU-aaaa-0001, GPU-aaaa-0002]",
+        )
+    }
+
+    pub fn spec_with(&self, pools: &str, docker_endpoint: &str, gpus: &str) -> PathBuf {
+        let path = self.dir.path().join("fleet.yaml");
+        let text = format!(
+            "version: 1\nname: {run}\ngithub:\n  repo: acme/{run}\n  api_url: {url}\nhosts:\n  local:\n    docker: {docker_endpoint}\n    gpus: {gpus}\npools:\n{pools}",
+            run = self.run,
+            url = self.fake.url(),
+        );
+        std::fs::write(&path, text).expect("write spec");
+        path
+    }
+
+    /// Runs the fleet binary with the fake's token.
+    pub fn fleet(&self, args: &[&str]) -> Output {
+        self.fleet_with_env(args, &[("GITHUB_TOKEN", &self.fake.token())])
+    }
+
+    pub fn fleet_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("GITHUB_API_URL")
+            .env_remove("DOCKER_HOST")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run fleet")
+    }
+
+    /// The desired configuration of a pool, as fleet computes it.
+    pub fn config(&self, spec: &Path, pool: &str) -> RunnerConfig {
+        let spec = fleet::spec::load(spec).expect("spec loads");
+        let resolved = spec
+            .resolved_pools()
+            .into_iter()
+            .find(|p| p.name == pool)
+            .expect("pool");
+        RunnerConfig::for_pool(&self.run, &resolved)
+    }
+
+    /// Creates (and starts, when `running`) a container as fleet would have made it.
+    pub fn add_container(
+        &self,
+        name: &str,
+        pool: &str,
+        config: &RunnerConfig,
+        gpus: &[&str],
+        running: bool,
+    ) -> String {
+        let fleet_label = format!("fleet.name={}", self.run);
+        let pool_label = format!("fleet.pool={pool}");
+        let hash_label = format!("fleet.config-hash={}", config.hash());
+        let config_label = format!("fleet.config={}", config.to_label());
+        let gpus_label = format!("fleet.gpus={}", gpus.join(","));
+        let run_label = format!("{RUN_LABEL}={}", self.run);
+        let id = docker_ok(&[
+            "create",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--label",
+            &fleet_label,
+            "--label",
+            &pool_label,
+            "--label",
+            &hash_label,
+            "--label",
+            &config_label,
+            "--label",
+            &gpus_label,
+            "--label",
+            &run_label,
+            test_image(),
+        ]);
+        if running {
+            docker_ok(&["start", name]);
+        }
+        id
+    }
+
+    /// A container fleet does not own (no fleet label), with a name that looks like fleet's.
+    pub fn add_foreign_container(&self, name: &str) -> String {
+        let run_label = format!("{RUN_LABEL}={}", self.run);
+        let id = docker_ok(&[
+            "create",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--label",
+            &run_label,
+            test_image(),
+        ]);
+        docker_ok(&["start", name]);
+        id
+    }
+
+    /// Stops a container with the given exit code: the runner finished its job.
+    pub fn exit_container(&self, name: &str) {
+        docker_ok(&["stop", "-t", "0", name]);
+    }
+
+    /// Registers a runner on the fake GitHub, with fleet's ownership label when `owned`.
+    pub fn register(&self, name: &str, owned: bool, online: bool, busy: bool) -> u64 {
+        let mut labels = vec!["self-hosted".to_string(), "Linux".into(), "X64".into()];
+        if owned {
+            labels.push(ownership_label(&self.run));
+        }
+        self.fake.add_runner(
+            &self.scope,
+            NewRunner {
+                name: name.to_string(),
+                labels,
+                status_online: online,
+                busy,
+                ..NewRunner::default()
+            },
+        )
+    }
+
+    /// `id name state labels-hash` of every container and volume of this run, to compare.
+    pub fn docker_snapshot(&self) -> String {
+        let by_fleet = format!("label=fleet.name={}", self.run);
+        let by_run = format!("label={RUN_LABEL}={}", self.run);
+        let mut out = String::new();
+        for filter in [&by_fleet, &by_run] {
+            out.push_str(&docker_ok(&[
+                "ps",
+                "-a",
+                "--no-trunc",
+                "--filter",
+                filter,
+                "--format",
+                "{{.ID}} {{.Names}} {{.State}} {{.Status}} {{.Labels}}",
+            ]));
+            out.push('\n');
+            out.push_str(&docker_ok(&[
+                "volume",
+                "ls",
+                "--filter",
+                filter,
+                "--format",
+                "{{.Name}}",
+            ]));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Runs on failure too: remove everything this run made.
+        for filter in [
+            format!("label=fleet.name={}", self.run),
+            format!("label={RUN_LABEL}={}", self.run),
+        ] {
+            let ids = docker(&["ps", "-aq", "--filter", &filter]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = docker(&["rm", "-f", "-v", id]);
+            }
+            let vols = docker(&["volume", "ls", "-q", "--filter", &filter]);
+            for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+                let _ = docker(&["volume", "rm", "-f", v]);
+            }
+        }
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
