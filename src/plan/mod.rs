@@ -422,6 +422,21 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     }
 
     warnings.extend(pool_warnings(&pools, observed));
+    // Organization scope: a pool's runner group must exist (GitHub always has `Default`).
+    if !observed.github.groups.is_empty() {
+        for pool in &pools {
+            if let Some(group) = &pool.runner_group
+                && !observed.github.groups.contains_key(group)
+            {
+                let known: Vec<&str> = observed.github.groups.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "pool `{}`: runner group `{group}` does not exist (the organization has: {})",
+                    pool.name,
+                    known.join(", ")
+                ));
+            }
+        }
+    }
 
     if !problems.is_empty() {
         problems.sort();

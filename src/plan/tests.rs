@@ -473,6 +473,22 @@ fn warnings_for_docker_socket_gpus_all_and_missing_nvidia_support() {
 }
 
 #[test]
+fn unknown_runner_group_is_a_plan_error() {
+    let spec = spec(
+        "version: 1\nname: zq\ngithub:\n  org: acme\npools:\n  cpu:\n    count: 1\n    image: r:1\n    runner_group: gpu-builders\n",
+    );
+    let mut world = empty_world();
+    world.github.groups = BTreeMap::from([("Default".to_string(), 1)]);
+    let err = plan(&spec, &world).expect_err("no plan");
+    assert_eq!(
+        err.problems,
+        ["pool `cpu`: runner group `gpu-builders` does not exist (the organization has: Default)"]
+    );
+    world.github.groups.insert("gpu-builders".into(), 2);
+    assert!(plan(&spec, &world).is_ok());
+}
+
+#[test]
 fn applying_a_plan_converges() {
     let spec = with_pools(
         "  gpu:\n    count: 2\n    image: r:1\n    gpus: 1\n  cpu:\n    count: 2\n    image: r:1\n    ephemeral: false\n    volumes: [{ source: cache, target: /c }]\n",
