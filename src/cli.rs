@@ -9,9 +9,10 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
+use crate::apply::{Executor, Outcome, Progress, StepReport, lock};
 use crate::observe::github::RetryPolicy;
 use crate::observe::{ObserveError, Observers};
-use crate::plan::{self, FORMAT_VERSION, Plan, PlanError};
+use crate::plan::{self, Action, Change, FORMAT_VERSION, Plan, PlanError};
 use crate::render::{self, Format};
 use crate::spec::{self, Spec, SpecError};
 
@@ -82,6 +83,40 @@ pub enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
+    /// Make the world match fleet.yaml.
+    ///
+    /// Without PLANFILE: plans, prints the plan, and asks for `yes` on a terminal (without a
+    /// terminal it refuses unless --auto-approve). With PLANFILE (from `fleet plan --out`):
+    /// observes again and refuses a stale plan (the spec or the world changed since) with exit 1
+    /// and nothing done. Busy runners are never interrupted: their changes wait for their jobs.
+    /// Holds the fleet's lock from the observation to the end, so two applies never overlap.
+    ///
+    /// Exit codes: 0 success, 1 error or a failed step (the other steps still run).
+    Apply {
+        /// A plan saved by `fleet plan --out`.
+        #[arg(value_name = "PLANFILE")]
+        plan: Option<std::path::PathBuf>,
+        /// Apply without asking.
+        #[arg(long)]
+        auto_approve: bool,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Remove every runner of the fleet: registration first, then container.
+    ///
+    /// Busy runners are kept until their jobs end (run destroy again then). Named volumes stay
+    /// unless --volumes. Asks for `yes` on a terminal; without one it refuses unless
+    /// --auto-approve.
+    Destroy {
+        /// Destroy without asking.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Also remove the volumes fleet created (caches, runner state).
+        #[arg(long)]
+        volumes: bool,
+        #[command(flatten)]
+        run: RunOptions,
+    },
     /// Print a plan saved by `fleet plan --out FILE`.
     Show {
         /// The saved plan.
@@ -102,6 +137,17 @@ pub enum Command {
     },
 }
 
+/// Options of the commands that change the world.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
+    /// Steps run at once (never two on one runner).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub parallelism: u16,
+    /// How long to wait for another fleet process that holds this fleet's lock (60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub lock_timeout: std::time::Duration,
+}
+
 /// Runs fleet with the process's arguments; returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -116,8 +162,21 @@ fn init_logging(verbose: u8) {
         1 => "fleet=debug,info,octocrab=warn",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The Docker and HTTP clients log request bodies at debug level, and a container's create
+    // request holds its JIT config: whatever RUST_LOG says, they log at info at most.
+    for directive in [
+        "bollard=info",
+        "hyper=info",
+        "hyper_util=info",
+        "octocrab=info",
+        "h2=info",
+    ] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -220,6 +279,225 @@ fn plan_command(
     })
 }
 
+/// Prints each step as it starts and ends, like terraform; a bar on a terminal.
+struct ProgressPrinter {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressPrinter {
+    fn new(steps: usize) -> ProgressPrinter {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {elapsed}")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        ProgressPrinter { bar }
+    }
+
+    fn say(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn verbs(action: Action) -> (&'static str, &'static str) {
+    match action {
+        Action::Create => ("Creating...", "Created"),
+        Action::Replace => ("Replacing...", "Replaced"),
+        Action::Destroy => ("Destroying...", "Destroyed"),
+        Action::Deregister => ("Removing registration...", "Registration removed"),
+        Action::CreateVolume => ("Creating volume...", "Volume created"),
+        Action::DestroyVolume => ("Destroying volume...", "Volume destroyed"),
+        Action::Defer => ("", "Deferred"),
+    }
+}
+
+impl Progress for ProgressPrinter {
+    fn started(&self, change: &Change) {
+        let (doing, _) = verbs(change.action);
+        if !doing.is_empty() {
+            self.say(format!("{}: {doing}", change.name));
+        }
+    }
+
+    fn finished(&self, report: &StepReport) {
+        let name = &report.change.name;
+        let secs = report.elapsed.as_secs_f64();
+        let line = match &report.outcome {
+            Outcome::Done => {
+                let (_, done) = verbs(report.change.action);
+                match &report.runner {
+                    Some(runner) if runner != name => {
+                        format!("{name}: {done} by {runner} ({secs:.1}s)")
+                    }
+                    _ => format!("{name}: {done} ({secs:.1}s)"),
+                }
+            }
+            Outcome::Deferred(why) => format!("{name}: Deferred: {why}"),
+            Outcome::Failed(cause) => format!("{name}: Failed after {secs:.1}s: {cause}"),
+        };
+        self.say(line);
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+}
+
+/// Asks for `yes` on a terminal; refuses without one unless approval was given.
+fn approve(question: &str, auto_approve: bool) -> Result<bool, Failure> {
+    if auto_approve {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Other(
+            "not applying: stdin is not a terminal, so fleet cannot ask for approval; pass --auto-approve to apply without asking. Nothing was changed.".into(),
+        ));
+    }
+    print!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::Other(format!("cannot read the answer: {e}")))?;
+    Ok(answer.trim() == "yes")
+}
+
+/// Takes the lock, observes, and runs `decide` to get the plan to execute.
+fn converge(
+    file: &Path,
+    run: &RunOptions,
+    command: &str,
+    decide: impl FnOnce(&Spec, &crate::observe::state::Observed) -> Result<(Plan, bool), Failure>,
+    question: &str,
+    auto_approve: bool,
+) -> Result<u8, Failure> {
+    let spec = spec::load(file).map_err(Failure::Spec)?;
+    let _lock = lock::acquire(&spec.name, command, run.lock_timeout)
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let rt = runtime()?;
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let (observers, observed) = rt.block_on(async {
+        let observers = Observers::connect(&spec, base_dir, &env_var, RetryPolicy::default())
+            .await
+            .map_err(Failure::Observe)?;
+        let observed = observers.observe(&spec).await.map_err(Failure::Observe)?;
+        Ok::<_, Failure>((observers, observed))
+    })?;
+    let (plan, show) = decide(&spec, &observed)?;
+    if show {
+        print_stdout(&render::render(&plan, Format::Text, stdout_color()));
+    }
+    let actionable = plan.actionable().count();
+    if actionable == 0 {
+        if !plan.is_empty() {
+            println!(
+                "\nNothing to do now: {} change(s) wait for busy runners to finish their jobs.",
+                plan.changes.len()
+            );
+        }
+        return Ok(exit::OK);
+    }
+    if !approve(question, auto_approve)? {
+        println!("\nCancelled; nothing was changed.");
+        return Ok(exit::ERROR);
+    }
+    println!();
+    let progress = ProgressPrinter::new(plan.changes.len());
+    let executor = Executor::new(&spec, &observers, &observed, usize::from(run.parallelism));
+    let report = rt.block_on(executor.apply(&plan, &progress));
+    progress.done();
+    tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
+    println!("\n{}", report.summary());
+    let failed: Vec<&StepReport> = report.failed().collect();
+    if failed.is_empty() {
+        Ok(exit::OK)
+    } else {
+        for step in failed {
+            if let Outcome::Failed(cause) = &step.outcome {
+                eprintln!("error: {}: {cause}", step.change.name);
+            }
+        }
+        Ok(exit::ERROR)
+    }
+}
+
+fn apply_command(
+    file: &Path,
+    saved: Option<&Path>,
+    auto_approve: bool,
+    run: &RunOptions,
+) -> Result<u8, Failure> {
+    converge(
+        file,
+        run,
+        "fleet apply",
+        |spec, observed| match saved {
+            None => plan::plan(spec, observed)
+                .map(|p| (p, true))
+                .map_err(Failure::Plan),
+            Some(path) => {
+                let saved = read_plan(path).map_err(Failure::Other)?;
+                if saved.fleet != spec.name {
+                    return Err(Failure::Other(format!(
+                        "{} is a plan for fleet `{}`, not `{}`; nothing was changed",
+                        path.display(),
+                        saved.fleet,
+                        spec.name
+                    )));
+                }
+                if saved.spec_hash != plan::spec_hash(spec) {
+                    return Err(Failure::Other(format!(
+                        "the saved plan {} is stale: the spec changed since it was made. Run `fleet plan --out` again; nothing was changed.",
+                        path.display()
+                    )));
+                }
+                if saved.observed_fingerprint != plan::observed_fingerprint(observed) {
+                    return Err(Failure::Other(format!(
+                        "the saved plan {} is stale: containers or GitHub runners changed since it was made. Run `fleet plan --out` again; nothing was changed.",
+                        path.display()
+                    )));
+                }
+                // A saved plan was reviewed when it was made: it is applied without asking.
+                Ok((saved, false))
+            }
+        },
+        "Do you want to apply these changes?",
+        auto_approve || saved.is_some(),
+    )
+}
+
+fn destroy_command(
+    file: &Path,
+    auto_approve: bool,
+    volumes: bool,
+    run: &RunOptions,
+) -> Result<u8, Failure> {
+    converge(
+        file,
+        run,
+        "fleet destroy",
+        |spec, observed| {
+            plan::plan_destroy(spec, observed, volumes)
+                .map(|p| (p, true))
+                .map_err(Failure::Plan)
+        },
+        "Do you really want to destroy every runner of this fleet?",
+        auto_approve,
+    )
+}
+
 /// Reads a plan saved by `fleet plan --out`.
 pub fn read_plan(path: &Path) -> Result<Plan, String> {
     let text = std::fs::read_to_string(path)
@@ -261,6 +539,16 @@ pub fn run(cli: Cli) -> u8 {
             let color = format == Format::Text && stdout_color();
             print_stdout(&render::render(&plan, format, color))
         }),
+        Command::Apply {
+            plan,
+            auto_approve,
+            run,
+        } => apply_command(&cli.file, plan.as_deref(), auto_approve, &run),
+        Command::Destroy {
+            auto_approve,
+            volumes,
+            run,
+        } => destroy_command(&cli.file, auto_approve, volumes, &run),
         Command::Validate => Ok(validate(&cli.file)),
         Command::Schema { generate } => {
             let text = if generate {

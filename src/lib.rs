@@ -4,8 +4,10 @@
 //! observer per outside system; [`plan`] is pure; [`render`] prints one `Plan` three ways;
 //! [`cli`] is the only place that maps errors to exit codes.
 
+pub mod apply;
 pub mod cli;
 pub mod observe;
 pub mod plan;
 pub mod render;
+pub mod secret;
 pub mod spec;

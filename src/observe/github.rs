@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::state::GithubRunner;
+use crate::secret::Secret;
 use crate::spec::{DEFAULT_API_URL, DEFAULT_TOKEN_ENV, Spec};
 
 /// Why GitHub could not be read (or written).
@@ -689,6 +690,150 @@ impl GithubClient {
             }),
         }
     }
+}
+
+/// What became of a request to remove a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// GitHub had no such runner (already gone): nothing to do.
+    Gone,
+    /// GitHub refused: the runner is running a job.
+    Busy,
+}
+
+/// A JIT registration: the runner's id and its single-use configuration.
+#[derive(Debug)]
+pub struct JitConfig {
+    pub runner_id: u64,
+    pub encoded: Secret,
+}
+
+/// Writes. Only the executor (`src/apply`) calls these.
+impl GithubClient {
+    /// Registers runner `name` and returns its JIT configuration
+    /// (`POST .../actions/runners/generate-jitconfig`).
+    pub async fn generate_jitconfig(
+        &self,
+        name: &str,
+        runner_group_id: u64,
+        labels: &[String],
+    ) -> Result<JitConfig, GithubError> {
+        #[derive(Deserialize)]
+        struct Runner {
+            id: u64,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            runner: Runner,
+            encoded_jit_config: String,
+        }
+        let url = self.scoped_url("/actions/runners/generate-jitconfig");
+        let body = serde_json::json!({
+            "name": name,
+            "runner_group_id": runner_group_id,
+            "labels": labels,
+            "work_folder": "_work",
+        });
+        let answer = self
+            .send(Method::POST, &url, Some(&body), "generate-jitconfig")
+            .await?;
+        let parsed: Answer = decode(&url, &answer.body)?;
+        Ok(JitConfig {
+            runner_id: parsed.runner.id,
+            encoded: Secret::new(parsed.encoded_jit_config),
+        })
+    }
+
+    /// A registration token for `config.sh` (`POST .../actions/runners/registration-token`).
+    pub async fn registration_token(&self) -> Result<Secret, GithubError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            token: String,
+        }
+        let url = self.scoped_url("/actions/runners/registration-token");
+        let answer = self
+            .send(Method::POST, &url, None, "registration-token")
+            .await?;
+        let parsed: Answer = decode(&url, &answer.body)?;
+        Ok(Secret::new(parsed.token))
+    }
+
+    /// The runner registered under `name`, if any (`GET .../actions/runners?name=`).
+    pub async fn runner_by_name(&self, name: &str) -> Result<Option<GithubRunner>, GithubError> {
+        let url = format!(
+            "{}?name={}&per_page=100",
+            self.scoped_url("/actions/runners"),
+            url_encode(name)
+        );
+        #[derive(Deserialize)]
+        struct Label {
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct Runner {
+            id: u64,
+            name: String,
+            status: String,
+            busy: bool,
+            labels: Vec<Label>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            runners: Vec<Runner>,
+        }
+        let answer = self.send(Method::GET, &url, None, "list-runners").await?;
+        let page: Page = decode(&url, &answer.body)?;
+        Ok(page
+            .runners
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| GithubRunner {
+                id: r.id,
+                name: r.name,
+                online: r.status == "online",
+                busy: r.busy,
+                labels: r.labels.into_iter().map(|l| l.name).collect(),
+            }))
+    }
+
+    /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.
+    pub async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
+        let url = self.scoped_url(&format!("/actions/runners/{id}"));
+        match self.send(Method::DELETE, &url, None, "delete-runner").await {
+            Ok(_) => Ok(Removal::Removed),
+            Err(GithubError::NotFound { .. }) => Ok(Removal::Gone),
+            Err(GithubError::Rejected { status: 422, .. }) => Ok(Removal::Busy),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The URL a runner registers against with `config.sh --url`: the web address of the
+    /// repository or organization (https://github.com/acme/zquic; on GHES https://HOST/acme).
+    pub fn registration_url(&self) -> String {
+        let web = if self.api_url == DEFAULT_API_URL {
+            "https://github.com".to_string()
+        } else if let Some(host) = self.api_url.strip_suffix("/api/v3") {
+            host.to_string()
+        } else {
+            self.api_url.clone()
+        };
+        match &self.scope {
+            GithubScope::Repo { owner, repo } => format!("{web}/{owner}/{repo}"),
+            GithubScope::Org(org) => format!("{web}/{org}"),
+        }
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use desired::{RunnerConfig, full_hash, ownership_label, short_hash};
 
-use crate::observe::state::{ContainerState, GithubRunner, Observed, labels};
+use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner, Observed, labels};
 use crate::spec::{GpuRequest, ResolvedPool, Spec};
 
 /// The version of the JSON plan format (DESIGN.md section 2).
@@ -26,6 +26,8 @@ pub enum Action {
     Create,
     Defer,
     Deregister,
+    /// Only `fleet destroy --volumes` plans this.
+    DestroyVolume,
 }
 
 impl Action {
@@ -37,6 +39,7 @@ impl Action {
             Action::Create => "create",
             Action::Defer => "defer",
             Action::Deregister => "deregister",
+            Action::DestroyVolume => "destroy-volume",
         }
     }
 }
@@ -88,6 +91,13 @@ pub struct Summary {
     pub volumes: usize,
     #[serde(default)]
     pub defer: usize,
+    /// Volumes `fleet destroy --volumes` removes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub destroy_volumes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A plan: what `apply` would do, as data that can be printed, saved and applied later.
@@ -444,38 +454,96 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
         return Err(PlanError { problems });
     }
 
-    changes.sort_by(|a, b| {
-        let key = |c: &Change| {
-            (
-                c.action == Action::Deregister,
-                c.host.clone(),
-                c.pool.clone(),
-                c.action,
-                c.name.clone(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    let mut summary = Summary::default();
-    for change in &changes {
-        match change.action {
-            Action::Create => summary.create += 1,
-            Action::Replace => summary.replace += 1,
-            Action::Destroy => summary.destroy += 1,
-            Action::Deregister => summary.deregister += 1,
-            Action::CreateVolume => summary.volumes += 1,
-            Action::Defer => summary.defer += 1,
-        }
-    }
-    Ok(Plan {
-        format_version: FORMAT_VERSION.into(),
-        fleet: fleet.into(),
-        summary,
+    Ok(Plan::new(
+        fleet,
         changes,
         warnings,
-        spec_hash: spec_hash(spec),
-        observed_fingerprint: fingerprint,
-    })
+        spec_hash(spec),
+        fingerprint,
+    ))
+}
+
+impl Plan {
+    /// A plan of `changes`, sorted (registrations last) and counted.
+    pub fn new(
+        fleet: &str,
+        mut changes: Vec<Change>,
+        warnings: Vec<String>,
+        spec_hash: String,
+        observed_fingerprint: String,
+    ) -> Plan {
+        changes.sort_by(|a, b| {
+            let key = |c: &Change| {
+                (
+                    matches!(c.action, Action::Deregister | Action::DestroyVolume),
+                    c.action == Action::DestroyVolume,
+                    c.host.clone(),
+                    c.pool.clone(),
+                    c.action,
+                    c.name.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        let mut summary = Summary::default();
+        for change in &changes {
+            match change.action {
+                Action::Create => summary.create += 1,
+                Action::Replace => summary.replace += 1,
+                Action::Destroy => summary.destroy += 1,
+                Action::Deregister => summary.deregister += 1,
+                Action::CreateVolume => summary.volumes += 1,
+                Action::Defer => summary.defer += 1,
+                Action::DestroyVolume => summary.destroy_volumes += 1,
+            }
+        }
+        Plan {
+            format_version: FORMAT_VERSION.into(),
+            fleet: fleet.into(),
+            summary,
+            changes,
+            warnings,
+            spec_hash,
+            observed_fingerprint,
+        }
+    }
+}
+
+/// The plan of `fleet destroy`: every owned runner goes (busy ones after their job), orphan
+/// registrations are removed, and with `volumes` every volume the fleet created too.
+pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<Plan, PlanError> {
+    let mut empty = spec.clone();
+    for pool in empty.pools.values_mut() {
+        pool.count = Some(0);
+    }
+    let base = plan(&empty, observed)?;
+    let mut changes = base.changes;
+    if volumes {
+        for (host, state) in &observed.hosts {
+            for volume in state.volumes.iter().filter(|v| v.owned) {
+                changes.push(Change {
+                    action: Action::DestroyVolume,
+                    pool: String::new(),
+                    host: host.clone(),
+                    name: volume.name.clone(),
+                    reasons: vec!["fleet destroy --volumes".into()],
+                    gpus: vec![],
+                    replacement: None,
+                    deferred: None,
+                    diff: vec![],
+                    container_id: None,
+                    runner_id: None,
+                });
+            }
+        }
+    }
+    Ok(Plan::new(
+        &spec.name,
+        changes,
+        base.warnings,
+        spec_hash(spec),
+        base.observed_fingerprint,
+    ))
 }
 
 /// Two runners that stay must never hold the same GPU (a ledger edited by hand, or written by
@@ -557,6 +625,10 @@ fn decide_pool<'a>(
     let misfit = |c: &ContainerState| -> Option<(Vec<String>, Vec<AttributeChange>)> {
         let mut reasons = Vec::new();
         let mut diff = Vec::new();
+        if c.status == ContainerStatus::Created {
+            // An apply stopped between creating and starting it.
+            reasons.push("container was created but never started".to_string());
+        }
         if c.label(labels::CONFIG_HASH) != Some(hash.as_str()) {
             diff = attribute_diff(c, &desired);
             let names: Vec<&str> = diff.iter().map(|d| d.attribute.as_str()).collect();

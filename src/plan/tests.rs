@@ -176,6 +176,11 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                     h.volumes.sort_by(|a, b| a.name.cmp(&b.name));
                 }
             }
+            Action::DestroyVolume => {
+                if let Some(h) = world.hosts.get_mut(&change.host) {
+                    h.volumes.retain(|v| v.name != change.name);
+                }
+            }
             Action::Defer => {}
         }
     }
@@ -489,6 +494,58 @@ fn unknown_runner_group_is_a_plan_error() {
 }
 
 #[test]
+fn a_container_created_but_never_started_is_replaced() {
+    let spec = with_pools("  cpu:\n    count: 1\n    image: r:1\n");
+    let mut world = empty_world();
+    add_runner(&mut world, &spec, "cpu", "zq-cpu-aaaaaa", &[]);
+    world.hosts.get_mut("local").expect("host").containers[0].status = ContainerStatus::Created;
+    let plan = plan(&spec, &world).expect("plan");
+    assert_eq!(
+        actions(&plan),
+        [(Action::Replace, "zq-cpu-aaaaaa".to_string())]
+    );
+    assert_eq!(
+        plan.changes[0].reasons,
+        ["container was created but never started"]
+    );
+}
+
+#[test]
+fn destroy_plans_remove_everything_owned_but_busy_runners_and_volumes_on_request() {
+    let spec = with_pools(
+        "  cpu:\n    count: 2\n    image: r:1\n    volumes: [{ source: cache, target: /c }]\n",
+    );
+    let mut world = empty_world();
+    add_runner(&mut world, &spec, "cpu", "zq-cpu-aaaaaa", &[]);
+    add_runner(&mut world, &spec, "cpu", "zq-cpu-bbbbbb", &[]);
+    set_busy(&mut world, "zq-cpu-bbbbbb");
+    world.hosts.get_mut("local").expect("host").volumes = vec![
+        VolumeState {
+            name: "cache".into(),
+            owned: true,
+        },
+        VolumeState {
+            name: "theirs".into(),
+            owned: false,
+        },
+    ];
+    let keep = super::plan_destroy(&spec, &world, false).expect("plan");
+    assert_eq!(
+        actions(&keep),
+        [
+            (Action::Destroy, "zq-cpu-aaaaaa".to_string()),
+            (Action::Defer, "zq-cpu-bbbbbb".to_string())
+        ]
+    );
+    let all = super::plan_destroy(&spec, &world, true).expect("plan");
+    assert_eq!(all.summary.destroy_volumes, 1);
+    assert_eq!(
+        all.changes.last().map(|c| (c.action, c.name.as_str())),
+        Some((Action::DestroyVolume, "cache"))
+    );
+}
+
+#[test]
 fn applying_a_plan_converges() {
     let spec = with_pools(
         "  gpu:\n    count: 2\n    image: r:1\n    gpus: 1\n  cpu:\n    count: 2\n    image: r:1\n    ephemeral: false\n    volumes: [{ source: cache, target: /c }]\n",
@@ -710,6 +767,7 @@ proptest! {
                     prop_assert!(busy_names.contains(&change.name.as_str()));
                 }
                 Action::Create | Action::CreateVolume => {}
+                Action::DestroyVolume => prop_assert!(false, "plan() never destroys volumes"),
             }
         }
 

@@ -50,6 +50,12 @@ pub fn summary_line(summary: &Summary) -> String {
             plural(summary.volumes, "volume", "volumes")
         ));
     }
+    if summary.destroy_volumes > 0 {
+        also.push(format!(
+            "{} to destroy",
+            plural(summary.destroy_volumes, "volume", "volumes")
+        ));
+    }
     if summary.defer > 0 {
         also.push(format!(
             "{} deferred until busy runners finish their jobs",
@@ -93,7 +99,7 @@ impl Palette {
 fn symbol(action: Action) -> (&'static str, AnsiColor) {
     match action {
         Action::Create | Action::CreateVolume => ("+", AnsiColor::Green),
-        Action::Destroy | Action::Deregister => ("-", AnsiColor::Red),
+        Action::Destroy | Action::Deregister | Action::DestroyVolume => ("-", AnsiColor::Red),
         Action::Replace => ("-/+", AnsiColor::Yellow),
         Action::Defer => ("~", AnsiColor::Cyan),
     }
@@ -121,6 +127,8 @@ pub fn text(plan: &Plan, color: bool) -> String {
             if group.as_ref() != Some(&this) {
                 let heading = if change.action == Action::Deregister {
                     "  # GitHub registrations without a container".to_string()
+                } else if change.action == Action::DestroyVolume {
+                    format!("  # host {}, volumes", change.host)
                 } else {
                     format!("  # host {}, pool {}", change.host, change.pool)
                 };
@@ -148,7 +156,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
 fn change_text(out: &mut String, change: &Change, p: &Palette) {
     let (sym, color) = symbol(change.action);
     let subject = match change.action {
-        Action::CreateVolume => format!("volume {}", change.name),
+        Action::CreateVolume | Action::DestroyVolume => format!("volume {}", change.name),
         Action::Deregister => format!("registration {}", change.name),
         _ => format!("runner {}", change.name),
     };
@@ -217,6 +225,7 @@ pub fn markdown(plan: &Plan) -> String {
             ("deregister", s.deregister),
             ("create volume", s.volumes),
             ("defer (busy)", s.defer),
+            ("destroy volume", s.destroy_volumes),
         ] {
             if n > 0 {
                 let _ = writeln!(out, "| {name} | {n} |");

@@ -128,7 +128,8 @@ impl World {
             .env_remove("GITHUB_TOKEN")
             .env_remove("GITHUB_API_URL")
             .env_remove("DOCKER_HOST")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .env("FLEET_LOCK_DIR", self.dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -282,4 +283,93 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A busybox pool of `count` runners (`ephemeral` or persistent) for apply tests.
+pub fn pool(name: &str, count: u32, ephemeral: bool) -> String {
+    format!(
+        "  {name}:\n    count: {count}\n    ephemeral: {ephemeral}\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n"
+    )
+}
+
+impl World {
+    /// `(name, state)` of the containers fleet owns in this run, sorted by name.
+    pub fn owned_containers(&self) -> Vec<(String, String)> {
+        let filter = format!("label=fleet.name={}", self.run);
+        let out = docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Names}} {{.State}}",
+        ]);
+        let mut list: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    pub fn container_names(&self, pool: &str) -> Vec<String> {
+        let prefix = format!("{}-{pool}-", self.run);
+        self.owned_containers()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Names of the registrations fleet owns, sorted.
+    pub fn owned_runner_names(&self) -> Vec<String> {
+        let own = ownership_label(&self.run);
+        let mut names: Vec<String> = self
+            .fake
+            .runners(&self.scope)
+            .into_iter()
+            .filter(|r| r.labels.contains(&own) && r.name.starts_with(&format!("{}-", self.run)))
+            .map(|r| r.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// `docker inspect` of one container, as JSON.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = docker_ok(&["inspect", name]);
+        let mut all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("inspect JSON");
+        all.remove(0)
+    }
+
+    pub fn env_of(&self, name: &str) -> Vec<String> {
+        self.inspect(name)["Config"]["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The runner took a job and finished it: GitHub removes an ephemeral registration, the
+    /// container exits.
+    pub fn finish_job(&self, name: &str) {
+        if let Some(r) = self
+            .fake
+            .runners(&self.scope)
+            .into_iter()
+            .find(|r| r.name == name)
+        {
+            self.fake.remove_runner(&self.scope, r.id);
+        }
+        docker_ok(&["stop", "-t", "0", name]);
+    }
+
+    /// Applies with approval, in this run's lock directory.
+    pub fn apply(&self) -> Output {
+        self.fleet(&["apply", "--auto-approve"])
+    }
 }

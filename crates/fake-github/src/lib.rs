@@ -367,6 +367,12 @@ impl FakeGithub {
         self.shared.lock().inject_faults(fault, ratio);
     }
 
+    /// Like [`FakeGithub::inject_faults`] with several kinds: each request fails with at most
+    /// one of them, each with its probability. Replaces earlier ratio faults.
+    pub fn inject_fault_mix(&self, faults: Vec<(Fault, f64)>) {
+        self.shared.lock().inject_fault_mix(faults);
+    }
+
     /// The next `count` API requests fail with `fault` (before any ratio fault applies).
     pub fn fail_next(&self, fault: Fault, count: usize) {
         self.shared.lock().fail_next(fault, count);

@@ -178,7 +178,8 @@ pub(crate) struct State {
     /// Installation token -> expiry (epoch seconds).
     installation_tokens: HashMap<String, u64>,
     rate: RateLimit,
-    ratio_fault: Option<(Fault, f64)>,
+    /// Faults drawn per request, each with its probability (their sum is at most 1).
+    ratio_faults: Vec<(Fault, f64)>,
     next_faults: VecDeque<Fault>,
     /// Separate generators so that whether a request fails depends only on how many requests came
     /// before it, not on how many tokens were minted.
@@ -205,7 +206,7 @@ impl State {
                 remaining: RATE_LIMIT,
                 reset: now + TOKEN_TTL_SECS,
             },
-            ratio_fault: None,
+            ratio_faults: Vec::new(),
             next_faults: VecDeque::new(),
             fault_rng: StdRng::seed_from_u64(config.seed),
             token_rng: StdRng::seed_from_u64(config.seed ^ 0x9E37_79B9_7F4A_7C15),
@@ -524,13 +525,25 @@ impl State {
     // ---- faults and latency --------------------------------------------------------------
 
     pub(crate) fn inject_faults(&mut self, fault: Fault, ratio: f64) {
-        // NaN and out-of-range ratios are clamped so the draw below can never panic.
-        let ratio = if ratio.is_nan() {
-            0.0
-        } else {
-            ratio.clamp(0.0, 1.0)
-        };
-        self.ratio_fault = Some((fault, ratio));
+        self.inject_fault_mix(vec![(fault, ratio)]);
+    }
+
+    pub(crate) fn inject_fault_mix(&mut self, faults: Vec<(Fault, f64)>) {
+        // NaN and out-of-range ratios are clamped, and the total kept within 1, so the draw
+        // below can never panic.
+        let mut total = 0.0;
+        self.ratio_faults = faults
+            .into_iter()
+            .map(|(fault, ratio)| {
+                let ratio = if ratio.is_nan() {
+                    0.0
+                } else {
+                    ratio.clamp(0.0, 1.0 - total)
+                };
+                total += ratio;
+                (fault, ratio)
+            })
+            .collect();
     }
 
     pub(crate) fn fail_next(&mut self, fault: Fault, count: usize) {
@@ -538,7 +551,7 @@ impl State {
     }
 
     pub(crate) fn clear_faults(&mut self) {
-        self.ratio_fault = None;
+        self.ratio_faults.clear();
         self.next_faults.clear();
     }
 
@@ -547,9 +560,18 @@ impl State {
         if let Some(f) = self.next_faults.pop_front() {
             return Some(f);
         }
-        let (fault, ratio) = self.ratio_fault.as_ref()?;
-        let (fault, ratio) = (fault.clone(), *ratio);
-        self.fault_rng.random_bool(ratio).then_some(fault)
+        if self.ratio_faults.is_empty() {
+            return None;
+        }
+        let draw: f64 = self.fault_rng.random();
+        let mut cumulative = 0.0;
+        for (fault, ratio) in &self.ratio_faults {
+            cumulative += ratio;
+            if draw < cumulative {
+                return Some(fault.clone());
+            }
+        }
+        None
     }
 
     // ---- request log ---------------------------------------------------------------------

@@ -1,0 +1,617 @@
+//! `fleet apply` and `fleet destroy` end to end: the real Docker engine, the local busybox
+//! image and the fake GitHub, simulating each runner's life (online, busy, exit).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{World, pool, stderr, stdout};
+use fake_github::{Fault, decode_jit_config};
+
+fn assert_ok(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+fn plan_is_empty(w: &World) {
+    let out = w.fleet(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "not converged:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn converges_from_empty_and_a_second_apply_writes_nothing() {
+    let w = World::new();
+    let volume = format!("{}-cache", w.run);
+    w.spec(&format!(
+        "{}    volumes: [{{ source: {volume}, target: /cache }}]\n    env: {{ CCACHE_DIR: /cache }}\n{}",
+        pool("eph", 2, true),
+        pool("per", 1, false)
+    ));
+    let out = w.apply();
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains(": Creating...") && text.contains(": Created ("),
+        "{text}"
+    );
+    assert!(text.contains("Apply complete: 3 created"), "{text}");
+
+    let eph = w.container_names("eph");
+    assert_eq!(eph.len(), 2);
+    assert_eq!(w.container_names("per"), [format!("{}-per-0", w.run)]);
+    assert!(w.owned_containers().iter().all(|(_, s)| s == "running"));
+    // Ephemeral runners were registered with a JIT config; the persistent one got a token.
+    assert_eq!(w.owned_runner_names(), eph);
+    assert_eq!(w.fake.jit_configs_issued(), 2);
+    assert_eq!(w.fake.registration_tokens_issued(), 1);
+
+    // The container contract.
+    let env = w.env_of(&eph[0]);
+    let jit = env
+        .iter()
+        .find_map(|e| e.strip_prefix("ACTIONS_RUNNER_INPUT_JITCONFIG="))
+        .expect("JIT config in the environment");
+    assert_eq!(decode_jit_config(jit).expect("a JIT config").name, eph[0]);
+    assert!(env.contains(&format!("RUNNER_NAME={}", eph[0])));
+    assert!(env.contains(&"FLEET_POOL=eph".to_string()));
+    assert!(env.contains(&"CCACHE_DIR=/cache".to_string()));
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("RUNNER_LABELS=self-hosted,Linux,X64,"))
+    );
+    let inspect = w.inspect(&eph[0]);
+    assert_eq!(inspect["HostConfig"]["RestartPolicy"]["Name"], "no");
+    assert_eq!(inspect["Config"]["Labels"]["fleet.pool"], "eph");
+    assert!(
+        inspect["Mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["Name"] == volume.as_str())
+    );
+
+    let per = format!("{}-per-0", w.run);
+    let env = w.env_of(&per);
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_TOKEN="))
+    );
+    assert!(env.contains(&format!("ACTIONS_RUNNER_INPUT_NAME={per}")));
+    assert!(env.contains(&"FLEET_STATE_DIR=/var/lib/fleet-runner".to_string()));
+    let inspect = w.inspect(&per);
+    assert_eq!(
+        inspect["HostConfig"]["RestartPolicy"]["Name"],
+        "unless-stopped"
+    );
+    assert!(
+        inspect["Mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["Name"] == format!("{per}-state").as_str()
+                && m["Destination"] == "/var/lib/fleet-runner")
+    );
+
+    // Second apply: nothing to do, no write request, no container touched.
+    let before = w.docker_snapshot();
+    w.fake.clear_requests();
+    let out = w.apply();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("No changes. The fleet matches fleet.yaml."),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        w.fake.requests().iter().all(|r| r.method == "GET"),
+        "{:#?}",
+        w.fake.requests()
+    );
+    assert_eq!(w.docker_snapshot(), before);
+}
+
+#[test]
+fn a_drifted_pool_is_replaced_and_only_it() {
+    let w = World::new();
+    w.spec(&format!("{}{}", pool("a", 1, true), pool("b", 1, true)));
+    assert_ok(&w.apply());
+    let (a, b) = (w.container_names("a"), w.container_names("b"));
+    let b_id = w.inspect(&b[0])["Id"].clone();
+
+    w.spec(&format!(
+        "{}    env: {{ NEW: \"1\" }}\n{}",
+        pool("a", 1, true),
+        pool("b", 1, true)
+    ));
+    let out = w.apply();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("{}: Replaced by ", a[0])),
+        "{}",
+        stdout(&out)
+    );
+    let a2 = w.container_names("a");
+    assert_eq!(a2.len(), 1);
+    assert_ne!(a2, a, "an ephemeral runner comes back under a new name");
+    assert!(w.env_of(&a2[0]).contains(&"NEW=1".to_string()));
+    assert_eq!(w.container_names("b"), b);
+    assert_eq!(w.inspect(&b[0])["Id"], b_id, "pool b was not touched");
+    let mut expected = vec![a2[0].clone(), b[0].clone()];
+    expected.sort();
+    assert_eq!(w.owned_runner_names(), expected);
+    plan_is_empty(&w);
+}
+
+#[test]
+fn scale_down_removes_idle_runners_and_keeps_busy_ones() {
+    let w = World::new();
+    w.spec(&pool("eph", 3, true));
+    assert_ok(&w.apply());
+    let names = w.container_names("eph");
+    let busy = names[1].clone();
+    assert!(w.fake.set_runner_state_by_name(&w.scope, &busy, true, true));
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &names[0], true, false)
+    );
+
+    w.spec(&pool("eph", 1, true));
+    let out = w.apply();
+    assert_ok(&out);
+    assert_eq!(w.container_names("eph"), std::slice::from_ref(&busy));
+    assert_eq!(w.owned_runner_names(), std::slice::from_ref(&busy));
+
+    // To zero: the busy runner waits for its job.
+    w.spec(&pool("eph", 0, true));
+    let out = w.apply();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("~ runner {busy}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("Nothing to do now: 1 change(s) wait for busy runners"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(w.container_names("eph"), std::slice::from_ref(&busy));
+
+    // The job ends: now it goes.
+    w.finish_job(&busy);
+    assert_ok(&w.apply());
+    assert!(w.container_names("eph").is_empty());
+}
+
+#[test]
+fn an_exited_ephemeral_runner_is_replaced_under_a_new_name() {
+    let w = World::new();
+    w.spec(&pool("eph", 1, true));
+    assert_ok(&w.apply());
+    let first = w.container_names("eph");
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &first[0], true, true)
+    );
+    w.finish_job(&first[0]);
+
+    let out = w.apply();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("reason: container exited with code 137"),
+        "{}",
+        stdout(&out)
+    );
+    let second = w.container_names("eph");
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    assert_eq!(w.owned_runner_names(), second);
+    assert_eq!(w.owned_containers()[0].1, "running");
+}
+
+#[test]
+fn orphan_registrations_go_and_foreign_resources_stay() {
+    let w = World::new();
+    w.spec(&pool("eph", 1, true));
+    let orphan = format!("{}-eph-orphan", w.run);
+    w.register(&orphan, true, false, false);
+    let foreign_container = format!("{}-eph-handmade", w.run);
+    w.add_foreign_container(&foreign_container);
+    let foreign_runner = format!("{}-eph-manual", w.run);
+    w.register(&foreign_runner, false, false, false);
+    w.register("someone-else-0", true, false, false);
+
+    let out = w.apply();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("{orphan}: Registration removed")),
+        "{}",
+        stdout(&out)
+    );
+    let names: Vec<String> = w
+        .fake
+        .runners(&w.scope)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert!(!names.contains(&orphan));
+    assert!(names.contains(&foreign_runner) && names.contains(&"someone-else-0".to_string()));
+    assert_eq!(w.inspect(&foreign_container)["State"]["Status"], "running");
+    plan_is_empty(&w);
+}
+
+#[test]
+fn a_persistent_runner_recreated_on_its_state_volume_is_not_registered_again() {
+    let w = World::new();
+    w.spec(&pool("per", 1, false));
+    assert_ok(&w.apply());
+    let name = format!("{}-per-0", w.run);
+    assert_eq!(w.fake.registration_tokens_issued(), 1);
+    // The runner's config.sh registers it (the test image has no runner: play its part).
+    let id = w.register(&name, true, true, false);
+    let old_id = w.inspect(&name)["Id"].clone();
+
+    w.spec(&format!(
+        "{}    env: {{ CHANGED: \"yes\" }}\n",
+        pool("per", 1, false)
+    ));
+    let out = w.apply();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("{name}: Replaced (")),
+        "{}",
+        stdout(&out)
+    );
+    // Same name, same state volume, same registration, no new token.
+    assert_ne!(w.inspect(&name)["Id"], old_id);
+    assert_eq!(w.fake.registration_tokens_issued(), 1);
+    assert!(
+        !w.env_of(&name)
+            .iter()
+            .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_TOKEN="))
+    );
+    let runner = w
+        .fake
+        .runners(&w.scope)
+        .into_iter()
+        .find(|r| r.name == name)
+        .expect("still registered");
+    assert_eq!(runner.id, id);
+    assert!(
+        w.inspect(&name)["Mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["Name"] == format!("{name}-state").as_str())
+    );
+}
+
+#[test]
+fn destroy_spares_busy_runners_and_keeps_volumes_unless_asked() {
+    let w = World::new();
+    let volume = format!("{}-cache", w.run);
+    w.spec(&format!(
+        "{}    volumes: [{{ source: {volume}, target: /cache }}]\n",
+        pool("eph", 2, true)
+    ));
+    assert_ok(&w.apply());
+    let names = w.container_names("eph");
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &names[0], true, true)
+    );
+
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_ok(&out);
+    assert_eq!(
+        w.container_names("eph"),
+        [names[0].clone()],
+        "the busy runner stays"
+    );
+    assert_eq!(w.owned_runner_names(), [names[0].clone()]);
+    assert!(
+        common::docker(&["volume", "inspect", &volume])
+            .status
+            .success(),
+        "volume kept"
+    );
+
+    w.finish_job(&names[0]);
+    let out = w.fleet(&["destroy", "--auto-approve", "--volumes"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("{volume}: Volume destroyed")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(w.owned_containers().is_empty());
+    assert!(w.owned_runner_names().is_empty());
+    assert!(
+        !common::docker(&["volume", "inspect", &volume])
+            .status
+            .success(),
+        "volume removed"
+    );
+}
+
+#[test]
+fn apply_without_a_terminal_needs_auto_approve() {
+    let w = World::new();
+    w.spec(&pool("eph", 1, true));
+    let out = w.fleet(&["apply"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("pass --auto-approve"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.owned_containers().is_empty());
+    assert_eq!(w.fake.jit_configs_issued(), 0);
+}
+
+#[test]
+fn a_saved_plan_is_applied_unless_it_is_stale() {
+    let w = World::new();
+    w.spec(&pool("eph", 1, true));
+    assert_ok(&w.fleet(&["plan", "--out", "plan.json"]));
+    let out = w.fleet(&["apply", "plan.json"]);
+    assert_ok(&out);
+    assert_eq!(w.container_names("eph").len(), 1);
+
+    // The world changes after the plan: refused, nothing done.
+    w.spec(&pool("eph", 2, true));
+    assert_ok(&w.fleet(&["plan", "--out", "plan2.json"]));
+    let name = w.container_names("eph")[0].clone();
+    w.fake.set_runner_state_by_name(&w.scope, &name, true, true);
+    let before = w.docker_snapshot();
+    let out = w.fleet(&["apply", "plan2.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is stale: containers or GitHub runners changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.docker_snapshot(), before);
+
+    // The spec changes after the plan: refused too.
+    assert_ok(&w.fleet(&["plan", "--out", "plan3.json"]));
+    w.spec(&pool("eph", 3, true));
+    let out = w.fleet(&["apply", "plan3.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is stale: the spec changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.docker_snapshot(), before);
+}
+
+#[test]
+fn two_applies_never_overlap() {
+    let w = World::new();
+    w.spec(&pool("eph", 3, true));
+    // Slow enough that the first apply holds the lock for several seconds.
+    w.fake.set_latency(Duration::from_millis(1500));
+    let first = Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .current_dir(w.dir.path())
+        .args(["apply", "--auto-approve"])
+        .env("GITHUB_TOKEN", w.fake.token())
+        .env("FLEET_LOCK_DIR", w.dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = w.fleet(&["apply", "--auto-approve", "--lock-timeout", "1s"]);
+    assert_eq!(second.status.code(), Some(1), "{}", stdout(&second));
+    assert!(
+        stderr(&second).contains(&format!(
+            "fleet `{}` is locked by fleet apply (pid {})",
+            w.run,
+            first.id()
+        )),
+        "{}",
+        stderr(&second)
+    );
+    let first = first.wait_with_output().expect("first apply");
+    assert_ok(&first);
+    w.fake.set_latency(Duration::ZERO);
+    // A waiting apply goes on once the lock is free, and finds nothing to do.
+    let third = w.fleet(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
+    assert_ok(&third);
+    assert_eq!(w.container_names("eph").len(), 3);
+}
+
+#[test]
+fn kill_9_at_any_moment_leaves_a_state_the_next_apply_converges_from() {
+    for delay_ms in [150u64, 500, 1100, 2000] {
+        let w = World::new();
+        // One runner is busy before the crash; it must survive everything.
+        w.spec(&pool("eph", 1, true));
+        assert_ok(&w.apply());
+        let busy = w.container_names("eph")[0].clone();
+        w.fake.set_runner_state_by_name(&w.scope, &busy, true, true);
+        let busy_id = w.inspect(&busy)["Id"].clone();
+
+        w.spec(&format!(
+            "{}    env: {{ V: \"2\" }}\n{}",
+            pool("eph", 3, true),
+            pool("per", 2, false)
+        ));
+        w.fake.set_latency(Duration::from_millis(150));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleet"))
+            .current_dir(w.dir.path())
+            .args(["apply", "--auto-approve"])
+            .env("GITHUB_TOKEN", w.fake.token())
+            .env("FLEET_LOCK_DIR", w.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        w.fake.set_latency(Duration::ZERO);
+
+        let out = w.apply();
+        assert_ok(&out);
+        // Converged: the busy runner is still there (deferred), and everything else matches.
+        let plan = w.fleet(&["plan", "--format", "json"]);
+        let value: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("json");
+        let left: Vec<&serde_json::Value> = value["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["action"] != "defer")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "delay {delay_ms} ms: not converged: {left:#?}"
+        );
+        assert_eq!(
+            w.inspect(&busy)["Id"],
+            busy_id,
+            "delay {delay_ms} ms: the busy runner was touched"
+        );
+        let eph = w.container_names("eph");
+        assert_eq!(eph.len(), 3, "delay {delay_ms} ms: {eph:?}");
+        assert_eq!(w.container_names("per").len(), 2);
+        // No registration without its container.
+        let containers: Vec<String> = w.owned_containers().into_iter().map(|(n, _)| n).collect();
+        for runner in w.owned_runner_names() {
+            assert!(
+                containers.contains(&runner),
+                "delay {delay_ms} ms: leaked registration {runner}"
+            );
+        }
+    }
+}
+
+#[test]
+fn converges_within_two_applies_when_github_fails_30_percent_of_requests() {
+    let w = World::new();
+    w.spec(&format!(
+        "{}{}",
+        pool("eph", 5, true),
+        pool("per", 2, false)
+    ));
+    w.fake.inject_fault_mix(vec![
+        (
+            Fault::Status {
+                status: 502,
+                retry_after: None,
+            },
+            0.25,
+        ),
+        (
+            Fault::Status {
+                status: 429,
+                retry_after: Some(1),
+            },
+            0.05,
+        ),
+    ]);
+    let _ = w.apply();
+    let _ = w.apply();
+    w.fake.clear_faults();
+    plan_is_empty(&w);
+    let eph = w.container_names("eph");
+    assert_eq!(eph.len(), 5);
+    let mut unique = eph.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 5, "duplicate names: {eph:?}");
+    // No leaked registration: every owned registration has its container.
+    assert_eq!(w.owned_runner_names(), eph);
+}
+
+#[test]
+fn no_secret_reaches_output_logs_plans_or_labels() {
+    let w = World::new();
+    w.spec(&format!(
+        "{}{}",
+        pool("eph", 2, true),
+        pool("per", 1, false)
+    ));
+    assert_ok(&w.fleet(&["plan", "--out", "plan.json"]));
+    let out = w.fleet_with_env(
+        &["-vv", "apply", "plan.json"],
+        &[("GITHUB_TOKEN", &w.fake.token()), ("RUST_LOG", "trace")],
+    );
+    assert_ok(&out);
+    let mut secrets = vec![w.fake.token()];
+    let mut everything = format!("{}{}", stdout(&out), stderr(&out));
+    everything.push_str(&std::fs::read_to_string(w.dir.path().join("plan.json")).expect("plan"));
+    for (name, _) in w.owned_containers() {
+        for e in w.env_of(&name) {
+            for key in [
+                "ACTIONS_RUNNER_INPUT_JITCONFIG=",
+                "ACTIONS_RUNNER_INPUT_TOKEN=",
+            ] {
+                if let Some(secret) = e.strip_prefix(key) {
+                    secrets.push(secret.to_string());
+                }
+            }
+        }
+        everything.push_str(&w.inspect(&name)["Config"]["Labels"].to_string());
+    }
+    assert_eq!(
+        secrets.len(),
+        1 + 2 + 1,
+        "the token, two JIT configs, one registration token"
+    );
+    assert!(stderr(&out).len() > 1000, "trace logs were written");
+    for secret in &secrets {
+        assert!(!everything.contains(secret.as_str()), "a secret leaked");
+    }
+}
+
+#[test]
+fn a_jit_name_conflict_frees_our_idle_holder_and_takes_a_new_name() {
+    use fleet::apply::{Executor, Outcome, Quiet};
+    use fleet::observe::Observers;
+    use fleet::observe::github::RetryPolicy;
+
+    let w = World::new();
+    let path = w.spec(&pool("eph", 1, true));
+    let spec = fleet::spec::load(&path).expect("spec");
+    let token = w.fake.token();
+    let env = move |k: &str| (k == "GITHUB_TOKEN").then(|| token.clone());
+    let report = w.rt.block_on(async {
+        let observers = Observers::connect(&spec, w.dir.path(), &env, RetryPolicy::default())
+            .await
+            .expect("connect");
+        let observed = observers.observe(&spec).await.expect("observe");
+        let plan = fleet::plan::plan(&spec, &observed).expect("plan");
+        let planned = plan.changes[0].name.clone();
+        // GitHub has the planned name already: an earlier attempt registered it, then crashed.
+        let stale = w.register(&planned, true, false, false);
+        let report = Executor::new(&spec, &observers, &observed, 4)
+            .apply(&plan, &Quiet)
+            .await;
+        (planned, stale, report)
+    });
+    let (planned, stale, report) = report;
+    let step = &report.steps[0];
+    assert_eq!(step.outcome, Outcome::Done, "{step:?}");
+    let runner = step.runner.clone().expect("a runner");
+    assert_ne!(runner, planned, "registered under a new name");
+    assert!(
+        w.fake.runners(&w.scope).iter().all(|r| r.id != stale),
+        "the stale holder was removed"
+    );
+    assert_eq!(w.owned_runner_names(), std::slice::from_ref(&runner));
+    assert_eq!(w.container_names("eph"), [runner]);
+}
