@@ -155,7 +155,8 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(cli))
 }
 
-fn init_logging(verbose: u8) {
+/// Logs to stderr: warnings by default, more with `verbose`; RUST_LOG overrides.
+pub fn init_logging(verbose: u8) {
     // octocrab logs every failed attempt at error level; fleet reports those itself.
     let default = match verbose {
         0 => "warn,octocrab=off",
@@ -419,7 +420,12 @@ fn converge(
     let report = rt.block_on(executor.apply(&plan, &progress));
     progress.done();
     tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
-    println!("\n{}", report.summary());
+    let what = if command == "fleet destroy" {
+        "Destroy"
+    } else {
+        "Apply"
+    };
+    println!("\n{}", report.summary(what));
     let failed: Vec<&StepReport> = report.failed().collect();
     if failed.is_empty() {
         Ok(exit::OK)

@@ -59,8 +59,8 @@ impl ApplyReport {
             .count()
     }
 
-    /// `Apply complete: 2 created, ...` or the failures.
-    pub fn summary(&self) -> String {
+    /// `Apply complete: 2 created, ...` (`what` is `Apply` or `Destroy`), or the failures.
+    pub fn summary(&self, what: &str) -> String {
         let deferred = self
             .steps
             .iter()
@@ -82,9 +82,9 @@ impl ApplyReport {
             failed
         );
         if failed == 0 {
-            format!("Apply complete: {counts}")
+            format!("{what} complete: {counts}")
         } else {
-            format!("Apply finished with failures: {counts}")
+            format!("{what} finished with failures: {counts}")
         }
     }
 }

@@ -333,8 +333,10 @@ impl GithubClient {
         let builder = Octocrab::builder()
             .base_uri(api_url.as_str())
             .map_err(|e| client_error(e.to_string()))?
-            .set_connect_timeout(Some(policy.request_timeout))
-            .set_read_timeout(Some(policy.request_timeout));
+            // fleet times each request itself (`RetryPolicy::request_timeout`); octocrab's own
+            // timeouts only back that up, so that a timeout always reads the same.
+            .set_connect_timeout(Some(policy.request_timeout + Duration::from_secs(5)))
+            .set_read_timeout(Some(policy.request_timeout + Duration::from_secs(5)));
         let octo = match credentials {
             Credentials::Token(token) => builder
                 .personal_token(token)

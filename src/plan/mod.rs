@@ -518,6 +518,20 @@ pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<P
     }
     let base = plan(&empty, observed)?;
     let mut changes = base.changes;
+    for change in &mut changes {
+        match change.action {
+            Action::Destroy => change.reasons = vec!["fleet destroy".into()],
+            Action::Defer => {
+                change.deferred = Some(Action::Destroy);
+                change.diff.clear();
+                change.reasons = vec![
+                    "fleet destroy".into(),
+                    "the runner is busy: removed after its job".into(),
+                ];
+            }
+            _ => {}
+        }
+    }
     if volumes {
         for (host, state) in &observed.hosts {
             for volume in state.volumes.iter().filter(|v| v.owned) {

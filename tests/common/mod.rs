@@ -6,13 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use fake_github::{Config, FakeGithub, NewRunner, Scope};
 use fleet::plan::{RunnerConfig, ownership_label};
 
 /// The image test containers run: `FROM scratch` plus Debian's static busybox.
-pub const TEST_IMAGE: &str = "fleet-test-busybox:1";
+pub const TEST_IMAGE: &str = fake_github::image::RUNNER_IMAGE;
 /// Label on everything a test creates by hand (fleet's own resources carry `fleet.name`).
 pub const RUN_LABEL: &str = "fleet-test.run";
 
@@ -35,26 +34,10 @@ fn docker_ok(args: &[&str]) -> String {
 
 /// Builds the test image once (no registry can be reached, so it is built from local files).
 pub fn test_image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        if docker(&["image", "inspect", TEST_IMAGE]).status.success() {
-            return;
-        }
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "/bin/busybox is missing: install Debian's busybox-static (.ci/run does)"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(busybox, dir.path().join("busybox")).expect("copy busybox");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n",
-        )
-        .expect("write Dockerfile");
-        docker_ok(&["build", "-q", "-t", TEST_IMAGE, dir.path().to_str().expect("utf-8")]);
-    });
-    TEST_IMAGE
+    match fake_github::image::ensure_runner_image() {
+        Ok(image) => image,
+        Err(e) => panic!("cannot build the test image: {e}"),
+    }
 }
 
 /// One test's world: a fake GitHub, a spec directory, and a unique fleet name as run id.

@@ -10,6 +10,7 @@
 
 mod api;
 mod control;
+pub mod image;
 mod state;
 mod util;
 

@@ -1,0 +1,360 @@
+//! fleet's offline demo. No GitHub account, no registry, no network beyond 127.0.0.1:
+//!
+//! 1. starts the fake GitHub on 127.0.0.1;
+//! 2. builds (or reuses) a tiny runner image from the host's static busybox;
+//! 3. derives a demo fleet from fleet.example.yaml (GPU pools keep their GPUs when this machine
+//!    has NVIDIA GPUs and Docker support for them, and become CPU pools otherwise);
+//! 4. runs `fleet validate`, `plan` and `apply` exactly as an operator would;
+//! 5. shows the runners, lets one take a job and finish it, and applies again: the ephemeral
+//!    runner is replaced under a new name;
+//! 6. cleans up with `fleet destroy --volumes`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::Parser;
+use fake_github::{Config, FakeGithub, NewRunner, Scope};
+use fleet::cli::Cli;
+use fleet::plan::ownership_label;
+use fleet::spec::{GpuRequest, HostGpus, Spec};
+
+/// The demo fleet's name: every container, volume and runner it makes starts with it.
+const FLEET: &str = "fleet-demo";
+/// The image the demo's runners run.
+const IMAGE: &str = fake_github::image::RUNNER_IMAGE;
+
+#[derive(Parser)]
+#[command(
+    about = "Run fleet's offline demo: plan and apply a fleet against a fake GitHub and the local Docker engine"
+)]
+struct Args {
+    /// The spec the demo fleet is derived from.
+    #[arg(long, default_value = "fleet.example.yaml")]
+    example: PathBuf,
+    /// Leave the demo runners running at the end (remove them later with the printed command).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    fleet::cli::init_logging(0);
+    // The fake's token, handed to fleet through the environment as an operator would.
+    let token = format!("demo-token-{}", std::process::id());
+    // SAFETY: no other thread exists yet: the runtime and the fake start below.
+    unsafe { std::env::set_var("GITHUB_TOKEN", &token) };
+    match run(&args, &token) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("\ndemo failed: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn banner(step: &str) {
+    println!("\n\x1b[1m==> {step}\x1b[0m\n");
+}
+
+/// Runs a fleet command in this process, exactly as the `fleet` binary would.
+fn fleet(args: &[&str]) -> u8 {
+    let mut argv = vec!["fleet"];
+    argv.extend_from_slice(args);
+    println!("$ {}", argv.join(" "));
+    fleet::cli::run(Cli::parse_from(argv))
+}
+
+fn fleet_ok(args: &[&str]) -> Result<(), String> {
+    match fleet(args) {
+        0 => Ok(()),
+        code => Err(format!("`fleet {}` exited with {code}", args.join(" "))),
+    }
+}
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run the docker CLI: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Builds the runner image from a static busybox, unless it is there already.
+fn runner_image() -> Result<(), String> {
+    let image = fake_github::image::ensure_runner_image()?;
+    println!(
+        "{image}: FROM scratch plus this machine's static busybox, built here (no registry needed)."
+    );
+    Ok(())
+}
+
+/// Whether Docker on this machine can hand out NVIDIA GPUs.
+fn docker_has_nvidia() -> bool {
+    docker(&["info", "--format", "{{json .Runtimes}}"]).is_ok_and(|r| r.contains("nvidia"))
+}
+
+/// The demo fleet: the example's pools, on this machine, with the demo image.
+fn demo_spec(example: &Path, api_url: &str) -> Result<(Spec, Vec<String>), String> {
+    let mut spec = fleet::spec::load(example).map_err(|e| e.render())?;
+    let mut notes = Vec::new();
+    spec.name = FLEET.to_string();
+    spec.github.api_url = Some(api_url.to_string());
+    spec.github.auth = None;
+    let gpus = fleet::observe::gpu::nvml_uuids().unwrap_or_default();
+    let use_gpus = !gpus.is_empty() && docker_has_nvidia();
+    if let Some(hosts) = spec.hosts.as_mut() {
+        for host in hosts.values_mut() {
+            host.docker = None; // $DOCKER_HOST or the local socket
+            host.gpus = if use_gpus {
+                HostGpus::Declared(gpus.clone())
+            } else {
+                HostGpus::None
+            };
+        }
+    }
+    if use_gpus {
+        notes.push(format!(
+            "This machine has {} NVIDIA GPU(s): GPU pools get them by UUID.",
+            gpus.len()
+        ));
+    } else {
+        notes.push(
+            "No NVIDIA GPU with Docker support here: GPU pools run as CPU pools (gpus: 0).".into(),
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut wanted_gpus = 0;
+    for pool in spec.pools.values_mut() {
+        pool.image = Some(IMAGE.into());
+        pool.pull = Some(fleet::spec::PullPolicy::Never);
+        pool.network = Some("none".into());
+        pool.memory = None;
+        pool.cpus = pool.cpus.map(|c| c.min(cores));
+        if let Some(volumes) = pool.volumes.as_mut() {
+            // Host paths of the example may not exist here; named volumes get the demo's prefix
+            // so that a real volume of the same name is never mounted.
+            volumes.retain(|v| !v.is_bind());
+            for v in volumes.iter_mut() {
+                v.source = format!("{FLEET}-{}", v.source);
+            }
+        }
+        let count = pool.count.unwrap_or(0) as usize;
+        match pool.gpus {
+            Some(GpuRequest::All) if !use_gpus => pool.gpus = Some(GpuRequest::Count(0)),
+            Some(GpuRequest::Count(n)) if n > 0 => {
+                let need = n as usize * count;
+                if use_gpus && wanted_gpus + need <= gpus.len() {
+                    wanted_gpus += need;
+                } else {
+                    pool.gpus = Some(GpuRequest::Count(0));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((spec, notes))
+}
+
+/// Plays GitHub's part for the runners the demo image cannot: connects them.
+fn runners_come_online(fake: &FakeGithub, scope: &Scope, spec: &Spec) -> Result<(), String> {
+    let containers = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=fleet.name={FLEET}"),
+        "--format",
+        "{{.Names}}",
+    ])?;
+    let persistent: Vec<String> = spec
+        .resolved_pools()
+        .into_iter()
+        .filter(|p| !p.ephemeral)
+        .map(|p| format!("{FLEET}-{}-", p.name))
+        .collect();
+    for name in containers.lines() {
+        if !fake.set_runner_state_by_name(scope, name, true, false)
+            && persistent.iter().any(|p| name.starts_with(p))
+        {
+            // A persistent runner registers itself with config.sh and the token fleet gave it.
+            fake.add_runner(
+                scope,
+                NewRunner {
+                    name: name.to_string(),
+                    labels: vec![
+                        "self-hosted".into(),
+                        "Linux".into(),
+                        "X64".into(),
+                        ownership_label(FLEET),
+                    ],
+                    status_online: true,
+                    busy: false,
+                    ..NewRunner::default()
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn show_runners(fake: &FakeGithub, scope: &Scope) -> Result<(), String> {
+    println!(
+        "{}",
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=fleet.name={FLEET}"),
+            "--format",
+            "table {{.Names}}\t{{.Status}}\t{{.Label \"fleet.pool\"}}",
+        ])?
+    );
+    println!("\nGitHub (the fake) sees these runners:");
+    for r in fake.runners(scope) {
+        println!(
+            "  {:<28} {:<8} {}",
+            r.name,
+            r.status,
+            if r.busy { "busy" } else { "idle" }
+        );
+    }
+    Ok(())
+}
+
+fn run(args: &Args, token: &str) -> Result<(), String> {
+    docker(&["info", "--format", "{{.ServerVersion}}"])
+        .map_err(|e| format!("the Docker engine does not answer ({e}); start it first"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+
+    banner("Starting the fake GitHub on 127.0.0.1");
+    let fake = rt
+        .block_on(FakeGithub::start(Config {
+            token: token.to_string(),
+            ..Config::default()
+        }))
+        .map_err(|e| format!("cannot start the fake GitHub: {e}"))?;
+    println!(
+        "The fake GitHub API answers at {} (runner endpoints, JIT configs, tokens).",
+        fake.url()
+    );
+
+    banner("Building the runner image");
+    runner_image()?;
+
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+    let (spec, notes) = demo_spec(&args.example, &fake.url())?;
+    // JSON is YAML: the spec fleet reads is written as JSON.
+    let path = dir.path().join("fleet.yaml");
+    let text = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let file = path
+        .to_str()
+        .ok_or("temporary path is not UTF-8")?
+        .to_string();
+    let repo = spec.github.repo.clone().unwrap_or_default();
+    let (owner, name) = repo.split_once('/').unwrap_or(("acme", "zquic"));
+    let scope = Scope::repo(owner, name);
+
+    banner(&format!(
+        "The demo fleet, derived from {}",
+        args.example.display()
+    ));
+    for note in notes {
+        println!("{note}");
+    }
+    println!(
+        "It runs {IMAGE} with `network: none`, so nothing leaves this machine. Spec: {file}\n"
+    );
+    let cleanup = Cleanup {
+        file: file.clone(),
+        keep: args.keep,
+    };
+    fleet_ok(&["-f", &file, "validate"])?;
+
+    banner("fleet plan: what would change (read-only)");
+    fleet_ok(&["-f", &file, "plan"])?;
+
+    banner("fleet apply: create the runners");
+    fleet_ok(&["-f", &file, "apply", "--auto-approve"])?;
+    runners_come_online(&fake, &scope, &spec)?;
+
+    banner("The runners");
+    show_runners(&fake, &scope)?;
+
+    banner("A job runs on an ephemeral runner, and ends");
+    let gpu_prefix = format!("{FLEET}-gpu-");
+    let runner = fake
+        .runners(&scope)
+        .into_iter()
+        .find(|r| r.name.starts_with(&gpu_prefix))
+        .ok_or("no ephemeral runner of pool `gpu` was registered")?;
+    fake.set_runner_state(&scope, runner.id, true, true);
+    println!("{} picked up a job (GitHub: online, busy).", runner.name);
+    fleet_ok(&["-f", &file, "plan"])?;
+    println!("\nThe job ends: the runner exits and GitHub forgets its one-job registration.");
+    fake.remove_runner(&scope, runner.id);
+    docker(&["stop", "-t", "0", &runner.name])?;
+
+    banner("fleet plan: the exited runner is replaced under a new name");
+    fleet_ok(&["-f", &file, "plan"])?;
+    banner("fleet apply");
+    fleet_ok(&["-f", &file, "apply", "--auto-approve"])?;
+    runners_come_online(&fake, &scope, &spec)?;
+    show_runners(&fake, &scope)?;
+
+    banner("fleet apply again: nothing to do");
+    fleet_ok(&["-f", &file, "apply", "--auto-approve"])?;
+
+    drop(cleanup);
+    if args.keep {
+        println!(
+            "\nThe runners are still there; the fake GitHub stops with this demo, so remove them with:"
+        );
+        println!(
+            "  docker rm -f $(docker ps -aq --filter label=fleet.name={FLEET}); docker volume rm $(docker volume ls -q --filter label=fleet.name={FLEET})"
+        );
+    } else {
+        println!(
+            "\nDemo complete: fleet planned, applied, replaced a finished runner, and cleaned up."
+        );
+    }
+    Ok(())
+}
+
+/// Removes everything the demo made, also when it fails half-way.
+struct Cleanup {
+    file: String,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        banner("fleet destroy --volumes: clean up");
+        if fleet(&["-f", &self.file, "destroy", "--auto-approve", "--volumes"]) != 0 {
+            // The fake may be gone; remove what is left directly.
+            let filter = format!("label=fleet.name={FLEET}");
+            if let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]) {
+                for id in ids.split_whitespace() {
+                    let _ = docker(&["rm", "-f", id]);
+                }
+            }
+            if let Ok(vols) = docker(&["volume", "ls", "-q", "--filter", &filter]) {
+                for v in vols.split_whitespace() {
+                    let _ = docker(&["volume", "rm", "-f", v]);
+                }
+            }
+        }
+    }
+}
