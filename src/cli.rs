@@ -117,6 +117,15 @@ pub enum Command {
         #[command(flatten)]
         run: RunOptions,
     },
+    /// This machine's NVIDIA GPUs through NVML: index, UUID, name, memory, utilization,
+    /// temperature and processes.
+    ///
+    /// The UUIDs are what a host's `gpus:` list declares. Without an NVIDIA library it says
+    /// so and exits 0; a driver or permission problem is an error (exit 1).
+    Gpus {
+        #[arg(long, value_enum, default_value = "text")]
+        format: GpusFormat,
+    },
     /// Print a plan saved by `fleet plan --out FILE`.
     Show {
         /// The saved plan.
@@ -135,6 +144,72 @@ pub enum Command {
         #[arg(long, hide = true)]
         generate: bool,
     },
+}
+
+/// Output formats of `fleet gpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpusFormat {
+    Text,
+    Json,
+}
+
+fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
+    use crate::observe::gpu::{NvmlProblem, nvml_devices};
+    let (devices, reason) = match nvml_devices() {
+        Ok(devices) => (devices, None),
+        Err(NvmlProblem::Absent(reason)) => (vec![], Some(reason)),
+        Err(NvmlProblem::Failed(message)) => {
+            return Err(Failure::Other(format!(
+                "{message}; `nvidia-smi` on this machine shows whether the driver works"
+            )));
+        }
+    };
+    let text = match format {
+        GpusFormat::Json => {
+            let value = serde_json::json!({ "gpus": devices, "reason": reason });
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            )
+        }
+        GpusFormat::Text if devices.is_empty() => format!(
+            "no NVIDIA GPUs found{}\n",
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        GpusFormat::Text => {
+            let mut table = comfy_table::Table::new();
+            table.load_style(comfy_table::presets::NOTHING);
+            table.set_header([
+                "INDEX",
+                "UUID",
+                "NAME",
+                "MEMORY USED / TOTAL",
+                "UTIL",
+                "TEMP",
+                "PROCS",
+            ]);
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            let opt =
+                |v: Option<u32>, unit: &str| v.map_or("-".to_string(), |v| format!("{v}{unit}"));
+            for d in &devices {
+                table.add_row([
+                    d.index.to_string(),
+                    d.uuid.clone(),
+                    d.name.clone(),
+                    format!(
+                        "{:.1} / {:.1} GiB",
+                        gib(d.memory_used_bytes),
+                        gib(d.memory_total_bytes)
+                    ),
+                    opt(d.utilization_percent, "%"),
+                    opt(d.temperature_celsius, "°C"),
+                    opt(d.processes, ""),
+                ]);
+            }
+            format!("{table}\n")
+        }
+    };
+    Ok(print_stdout(&text))
 }
 
 /// Options of the commands that change the world.
@@ -555,6 +630,7 @@ pub fn run(cli: Cli) -> u8 {
             volumes,
             run,
         } => destroy_command(&cli.file, auto_approve, volumes, &run),
+        Command::Gpus { format } => gpus_command(format),
         Command::Validate => Ok(validate(&cli.file)),
         Command::Schema { generate } => {
             let text = if generate {

@@ -11,7 +11,7 @@ use bollard::models::{
 use crate::observe::state::labels;
 use crate::plan::RunnerConfig;
 use crate::secret::Secret;
-use crate::spec::{GpuRequest, ResolvedPool};
+use crate::spec::{GpuMode, GpuRequest, ResolvedPool};
 
 /// Where a persistent runner keeps `.runner`, `.credentials` and `.credentials_rsaparams`.
 pub const STATE_DIR: &str = "/var/lib/fleet-runner";
@@ -38,6 +38,8 @@ pub struct RunnerContainer<'a> {
     pub gpus: &'a [String],
     /// The host has GPUs (then GPU-less runners are fenced off them).
     pub host_has_gpus: bool,
+    /// The engine has a runtime named `nvidia` (used by `gpu_mode: env`).
+    pub nvidia_runtime: bool,
     pub registration: Registration,
 }
 
@@ -108,6 +110,15 @@ impl RunnerContainer<'_> {
         if self.host_has_gpus && self.pool.gpus == GpuRequest::Count(0) {
             env.push(("NVIDIA_VISIBLE_DEVICES".into(), "void".into()));
         }
+        if self.pool.gpu_mode == GpuMode::Env && !self.gpus.is_empty() {
+            env.push(("NVIDIA_VISIBLE_DEVICES".into(), self.gpus.join(",")));
+            if !self.pool.env.contains_key("NVIDIA_DRIVER_CAPABILITIES") {
+                env.push((
+                    "NVIDIA_DRIVER_CAPABILITIES".into(),
+                    "compute,utility".into(),
+                ));
+            }
+        }
         env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
@@ -154,12 +165,32 @@ impl RunnerContainer<'_> {
         if self.gpus.is_empty() {
             return None;
         }
-        Some(vec![DeviceRequest {
-            driver: Some("nvidia".into()),
-            device_ids: Some(self.gpus.to_vec()),
-            capabilities: Some(vec![vec!["gpu".into()]]),
-            ..Default::default()
-        }])
+        match self.pool.gpu_mode {
+            GpuMode::Nvidia => Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(self.gpus.to_vec()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]),
+            GpuMode::Cdi => Some(vec![DeviceRequest {
+                driver: Some("cdi".into()),
+                device_ids: Some(
+                    self.gpus
+                        .iter()
+                        .map(|uuid| format!("nvidia.com/gpu={uuid}"))
+                        .collect(),
+                ),
+                ..Default::default()
+            }]),
+            // The runtime reads NVIDIA_VISIBLE_DEVICES (see `env`).
+            GpuMode::Env => None,
+        }
+    }
+
+    /// `gpu_mode: env` on an engine with an `nvidia` runtime that is not its default.
+    fn runtime(&self) -> Option<String> {
+        (self.pool.gpu_mode == GpuMode::Env && !self.gpus.is_empty() && self.nvidia_runtime)
+            .then(|| "nvidia".to_string())
     }
 
     /// The create request.
@@ -184,6 +215,7 @@ impl RunnerContainer<'_> {
                 }),
                 mounts: Some(self.mounts()),
                 device_requests: self.device_requests(),
+                runtime: self.runtime(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -227,6 +259,7 @@ mod tests {
             cpus: Some(2.5),
             memory: Some("16g".into()),
             docker_socket: false,
+            gpu_mode: GpuMode::Nvidia,
         }
     }
 
@@ -251,6 +284,7 @@ mod tests {
             name: "zq-gpu-abc123",
             gpus: &gpus,
             host_has_gpus: true,
+            nvidia_runtime: false,
             registration: Registration::Jit(Secret::new("JITSECRET")),
         };
         let body = c.body();
@@ -287,6 +321,59 @@ mod tests {
     }
 
     #[test]
+    fn cdi_and_env_modes() {
+        let gpus = vec!["GPU-a".to_string(), "GPU-b".to_string()];
+        let mut cdi = pool(true, GpuRequest::Count(2));
+        cdi.gpu_mode = GpuMode::Cdi;
+        let config = RunnerConfig::for_pool("zq", &cdi);
+        assert_eq!(config.gpu_mode.as_deref(), Some("cdi"));
+        let c = RunnerContainer {
+            fleet: "zq",
+            pool: &cdi,
+            config: &config,
+            name: "zq-gpu-a",
+            gpus: &gpus,
+            host_has_gpus: true,
+            nvidia_runtime: true,
+            registration: Registration::Jit(Secret::new("x")),
+        };
+        let host = c.body().host_config.expect("host config");
+        let request = &host.device_requests.expect("device requests")[0];
+        assert_eq!(request.driver.as_deref(), Some("cdi"));
+        assert_eq!(
+            request.device_ids,
+            Some(vec![
+                "nvidia.com/gpu=GPU-a".to_string(),
+                "nvidia.com/gpu=GPU-b".to_string()
+            ])
+        );
+        assert_eq!(host.runtime, None);
+
+        let mut env_pool = pool(true, GpuRequest::Count(2));
+        env_pool.gpu_mode = GpuMode::Env;
+        let config = RunnerConfig::for_pool("zq", &env_pool);
+        for nvidia_runtime in [true, false] {
+            let c = RunnerContainer {
+                fleet: "zq",
+                pool: &env_pool,
+                config: &config,
+                name: "zq-gpu-a",
+                gpus: &gpus,
+                host_has_gpus: true,
+                nvidia_runtime,
+                registration: Registration::Jit(Secret::new("x")),
+            };
+            let body = c.body();
+            let env = body.env.expect("env");
+            assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b".to_string()));
+            assert!(env.contains(&"NVIDIA_DRIVER_CAPABILITIES=compute,utility".to_string()));
+            let host = body.host_config.expect("host config");
+            assert!(host.device_requests.is_none());
+            assert_eq!(host.runtime.is_some(), nvidia_runtime);
+        }
+    }
+
+    #[test]
     fn persistent_runner_gets_config_inputs_and_a_state_volume() {
         let pool = pool(false, GpuRequest::Count(0));
         let config = RunnerConfig::for_pool("zq", &pool);
@@ -297,6 +384,7 @@ mod tests {
             name: "zq-cpu-0",
             gpus: &[],
             host_has_gpus: true,
+            nvidia_runtime: false,
             registration: Registration::Persistent {
                 url: "https://github.com/acme/zq".into(),
                 token: Some(Secret::new("REGTOKEN")),

@@ -322,11 +322,9 @@ impl<'a> Executor<'a> {
         let host = self.host(&change.host)?;
         let config = RunnerConfig::for_pool(&self.spec.name, pool);
         docker_ops::ensure_image(host, &pool.image, pool.pull).await?;
-        let host_has_gpus = self
-            .observed
-            .hosts
-            .get(&change.host)
-            .is_some_and(|h| !h.gpus.uuids.is_empty());
+        let observed_host = self.observed.hosts.get(&change.host);
+        let host_has_gpus = observed_host.is_some_and(|h| !h.gpus.uuids.is_empty());
+        let nvidia_runtime = observed_host.is_some_and(|h| h.engine.nvidia_runtime);
 
         let mut name = name.to_string();
         let mut jit_runner = None;
@@ -365,6 +363,7 @@ impl<'a> Executor<'a> {
             name: &name,
             gpus: &change.gpus,
             host_has_gpus,
+            nvidia_runtime,
             registration,
         }
         .body();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::spec::{GpuRequest, ResolvedPool};
+use crate::spec::{GpuMode, GpuRequest, ResolvedPool};
 
 /// The label that marks a GitHub runner registration as owned by fleet `name`.
 pub fn ownership_label(fleet: &str) -> String {
@@ -34,6 +34,10 @@ pub struct RunnerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     pub docker_socket: bool,
+    /// How the host hands the GPUs over, when the pool has GPUs and the mode is not the
+    /// default `nvidia` (so that other pools' hashes do not depend on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_mode: Option<String>,
 }
 
 impl RunnerConfig {
@@ -62,6 +66,8 @@ impl RunnerConfig {
             cpus: pool.cpus,
             memory: pool.memory.clone(),
             docker_socket: pool.docker_socket,
+            gpu_mode: (pool.gpus != GpuRequest::Count(0) && pool.gpu_mode != GpuMode::Nvidia)
+                .then(|| pool.gpu_mode.as_str().to_string()),
         }
     }
 
@@ -109,6 +115,7 @@ impl RunnerConfig {
             ),
             ("memory", opt(&self.memory)),
             ("docker_socket", self.docker_socket.to_string()),
+            ("gpu_mode", opt(&self.gpu_mode)),
         ]
     }
 }

@@ -797,3 +797,62 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whenever the demand fits the free GPUs, every runner is placed, on distinct GPUs; and
+    /// after a scale-up the runners that existed keep theirs.
+    #[test]
+    fn placement_places_everything_that_fits(
+        inventory in 1usize..9,
+        pools in prop::collection::vec((1u32..4, 0u32..4), 1..4),
+        grow in 0u32..3,
+    ) {
+        let demand: usize = pools.iter().map(|(n, c)| (*n * *c) as usize).sum();
+        prop_assume!(demand <= inventory && pools.iter().all(|(n, _)| (*n as usize) <= inventory));
+        let uuids: Vec<String> = (0..inventory).map(|i| format!("GPU-{i}")).collect();
+        let yaml = |extra: u32| {
+            let mut y = format!(
+                "version: 1\nname: zq\ngithub:\n  repo: acme/zq\nhosts:\n  local:\n    gpus: [{}]\npools:\n",
+                uuids.join(", ")
+            );
+            for (i, (n, c)) in pools.iter().enumerate() {
+                let count = if i == 0 { c + extra } else { *c };
+                y.push_str(&format!("  p{i}:\n    count: {count}\n    image: r:1\n    gpus: {n}\n"));
+            }
+            y
+        };
+        let mut world = empty_world();
+        world.hosts.get_mut("local").expect("host").gpus.uuids = uuids.clone();
+        let spec1 = spec(&yaml(0));
+        let first = plan(&spec1, &world).expect("demand fits: a plan");
+        let mut given = std::collections::BTreeSet::new();
+        for c in first.changes.iter().filter(|c| c.action == Action::Create) {
+            let want = spec1.resolved_pools().into_iter().find(|p| p.name == c.pool).map(|p| p.gpus);
+            prop_assert_eq!(Some(GpuRequest::Count(c.gpus.len() as u32)), want);
+            for g in &c.gpus {
+                prop_assert!(given.insert(g.clone()), "{} given twice", g);
+            }
+        }
+        // Scale pool 0 up: fits or not, runners that exist keep their GPUs.
+        let world = apply_to(&spec1, &world, &first);
+        let spec2 = spec(&yaml(grow));
+        let extra_demand = (pools[0].0 * grow) as usize;
+        match plan(&spec2, &world) {
+            Ok(second) => {
+                prop_assert!(demand + extra_demand <= inventory);
+                prop_assert!(second.changes.iter().all(|c| c.action == Action::Create));
+                for c in &second.changes {
+                    for g in &c.gpus {
+                        prop_assert!(!given.contains(g), "{} taken from a running runner", g);
+                    }
+                }
+            }
+            Err(e) => {
+                prop_assert!(demand + extra_demand > inventory, "{:?}", e);
+                prop_assert!(e.problems[0].contains("pool `p0` wants"), "{:?}", e);
+            }
+        }
+    }
+}

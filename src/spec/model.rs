@@ -114,6 +114,33 @@ pub struct Host {
     /// The host's GPUs: `auto` (NVML on this machine), `none`, or a declared list of GPU UUIDs.
     #[serde(default)]
     pub gpus: HostGpus,
+    /// How GPUs reach containers: `nvidia` (default), `cdi` or `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "nvidia"))]
+    pub gpu_mode: Option<GpuMode>,
+}
+
+/// How a host's engine gives GPUs to containers: `nvidia` (a device request by GPU UUID for the
+/// nvidia driver of nvidia-container-toolkit, the default), `cdi` (CDI device names
+/// `nvidia.com/gpu=<uuid>`, for engines with CDI enabled) or `env` (`NVIDIA_VISIBLE_DEVICES`
+/// with the legacy `nvidia` runtime, or with an engine whose default runtime is nvidia).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuMode {
+    #[default]
+    Nvidia,
+    Cdi,
+    Env,
+}
+
+impl GpuMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuMode::Nvidia => "nvidia",
+            GpuMode::Cdi => "cdi",
+            GpuMode::Env => "env",
+        }
+    }
 }
 
 /// A pool of identical runners. In `defaults`, every field is a default for every pool.

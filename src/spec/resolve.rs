@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{DEFAULT_HOST, GpuRequest, Host, HostGpus, Pool, PullPolicy, Spec, Volume};
+use super::model::{
+    DEFAULT_HOST, GpuMode, GpuRequest, Host, HostGpus, Pool, PullPolicy, Spec, Volume,
+};
 
 /// Labels GitHub gives a self-hosted Linux x64 runner unless `no_default_labels` is set.
 pub const DEFAULT_RUNNER_LABELS: &[&str] = &["self-hosted", "Linux", "X64"];
@@ -26,6 +28,8 @@ pub struct ResolvedPool {
     pub cpus: Option<f64>,
     pub memory: Option<String>,
     pub docker_socket: bool,
+    /// How the pool's host hands GPUs to containers.
+    pub gpu_mode: GpuMode,
 }
 
 impl ResolvedPool {
@@ -58,6 +62,7 @@ impl Spec {
                 Host {
                     docker: None,
                     gpus: HostGpus::Auto,
+                    gpu_mode: None,
                 },
             )]),
         }
@@ -101,9 +106,16 @@ impl Spec {
             .and_then(|d| d.env.clone())
             .unwrap_or_default();
         env.extend(pool.env.clone().unwrap_or_default());
+        let host = self.pool_host(pool)?;
+        let gpu_mode = self
+            .effective_hosts()
+            .get(&host)
+            .and_then(|h| h.gpu_mode)
+            .unwrap_or_default();
         Some(ResolvedPool {
             name: name.to_string(),
-            host: self.pool_host(pool)?,
+            host,
+            gpu_mode,
             count: *self.pool_field(pool, |p| p.count.as_ref())?,
             labels: self
                 .pool_field(pool, |p| p.labels.as_ref())
