@@ -117,6 +117,30 @@ pub enum Command {
         #[command(flatten)]
         run: RunOptions,
     },
+    /// Keep the fleet converged: re-plan and apply whenever fleet.yaml changes, a runner
+    /// container exits, or the resync timer fires.
+    ///
+    /// Uses the same code and the same lock as `apply`. An invalid edit of fleet.yaml is logged
+    /// and the last valid spec stays in force. Docker or GitHub errors are retried with backoff
+    /// and never lead to destroying anything. SIGTERM or SIGINT stops it within seconds; runners
+    /// are never removed on the way out. Logs go to stderr at info level.
+    Watch {
+        /// How often to re-observe GitHub and Docker without a trigger (30s, 1m).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        resync: std::time::Duration,
+        /// Serve Prometheus metrics on /metrics (and /healthz) at this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Show every runner: container state, uptime, GitHub status, GPUs and their use.
+    ///
+    /// Read-only. Per pool, desired against actual; totals at the end. JSON for programs.
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        format: GpusFormat,
+    },
     /// This machine's NVIDIA GPUs through NVML: index, UUID, name, memory, utilization,
     /// temperature and processes.
     ///
@@ -146,7 +170,7 @@ pub enum Command {
     },
 }
 
-/// Output formats of `fleet gpus`.
+/// Output formats of `fleet gpus` and `fleet status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GpusFormat {
     Text,
@@ -212,6 +236,87 @@ fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
     Ok(print_stdout(&text))
 }
 
+fn watch_command(
+    file: &Path,
+    resync: std::time::Duration,
+    metrics_addr: Option<std::net::SocketAddr>,
+    run: &RunOptions,
+) -> Result<u8, Failure> {
+    let options = crate::watch::WatchOptions {
+        resync,
+        metrics_addr,
+        lock_timeout: run.lock_timeout,
+        parallelism: usize::from(run.parallelism),
+        shutdown_grace: std::time::Duration::from_secs(8),
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: stopping");
+            let _ = stop_tx.send(true);
+        });
+        crate::watch::run(
+            file.to_path_buf(),
+            options,
+            std::sync::Arc::new(env_var),
+            stop_rx,
+        )
+        .await
+        .map_err(Failure::Other)
+    })?;
+    Ok(exit::OK)
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn status_command(file: &Path, format: GpusFormat) -> Result<u8, Failure> {
+    let spec = spec::load(file).map_err(Failure::Spec)?;
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let observed = runtime()?.block_on(async {
+        let observers = Observers::connect(&spec, base_dir, &env_var, RetryPolicy::default())
+            .await
+            .map_err(Failure::Observe)?;
+        observers.observe(&spec).await.map_err(Failure::Observe)
+    })?;
+    let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let status = crate::status::build(&spec, &observed, &devices, now);
+    let text = match format {
+        GpusFormat::Text => crate::status::text(&status),
+        GpusFormat::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        ),
+    };
+    Ok(print_stdout(&text))
+}
+
 /// Options of the commands that change the world.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
@@ -226,7 +331,9 @@ pub struct RunOptions {
 /// Runs fleet with the process's arguments; returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // watch is a daemon: its log is its output, so it logs its actions at info level.
+    let watch = matches!(cli.command, Command::Watch { .. });
+    init_logging(cli.verbose + u8::from(watch));
     ExitCode::from(run(cli))
 }
 
@@ -235,7 +342,8 @@ pub fn init_logging(verbose: u8) {
     // octocrab logs every failed attempt at error level; fleet reports those itself.
     let default = match verbose {
         0 => "warn,octocrab=off",
-        1 => "fleet=debug,info,octocrab=warn",
+        1 => "info,octocrab=warn",
+        2 => "fleet=debug,info,octocrab=warn",
         _ => "debug",
     };
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -631,6 +739,12 @@ pub fn run(cli: Cli) -> u8 {
             run,
         } => destroy_command(&cli.file, auto_approve, volumes, &run),
         Command::Gpus { format } => gpus_command(format),
+        Command::Watch {
+            resync,
+            metrics_addr,
+            run,
+        } => watch_command(&cli.file, resync, metrics_addr, &run),
+        Command::Status { format } => status_command(&cli.file, format),
         Command::Validate => Ok(validate(&cli.file)),
         Command::Schema { generate } => {
             let text = if generate {

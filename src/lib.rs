@@ -11,3 +11,5 @@ pub mod plan;
 pub mod render;
 pub mod secret;
 pub mod spec;
+pub mod status;
+pub mod watch;

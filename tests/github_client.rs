@@ -202,3 +202,42 @@ async fn github_app_installation_tokens_are_obtained_and_reused() {
         fake.requests()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_lists_are_answered_304_and_cost_no_rate_limit() {
+    let fake = FakeGithub::start(Config::default()).await.expect("fake");
+    for i in 0..150 {
+        fake.add_runner(
+            &repo().0,
+            NewRunner {
+                name: format!("r-{i:03}"),
+                ..NewRunner::default()
+            },
+        );
+    }
+    let gh = client(&fake, quick()).await;
+    let first = gh.list_runners().await.expect("first");
+    let remaining = gh.stats().rate_limit_remaining();
+    let second = gh.list_runners().await.expect("second");
+    assert_eq!(first, second);
+    let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 304, 304],
+        "two pages, then two conditional requests"
+    );
+    assert_eq!(
+        gh.stats().rate_limit_remaining(),
+        remaining,
+        "304s are free"
+    );
+    // A change is seen at once.
+    fake.add_runner(
+        &repo().0,
+        NewRunner {
+            name: "new".into(),
+            ..NewRunner::default()
+        },
+    );
+    assert_eq!(gh.list_runners().await.expect("third").len(), 151);
+}

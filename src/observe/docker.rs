@@ -48,7 +48,7 @@ impl DockerHost {
     pub async fn connect(
         name: &str,
         endpoint: Option<&str>,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
     ) -> Result<DockerHost, DockerError> {
         let endpoint = endpoint
             .map(str::to_string)

@@ -246,6 +246,17 @@ pub struct GithubClient {
     scope: GithubScope,
     policy: RetryPolicy,
     stats: Arc<RequestStats>,
+    /// The last 200 answer of each GET, by URL, with its `ETag`: asked again with
+    /// `If-None-Match`, GitHub answers 304 (which does not count against the rate limit) and
+    /// the cached answer is used.
+    etags: Arc<Mutex<BTreeMap<String, Cached>>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    etag: http::HeaderValue,
+    headers: HeaderMap,
+    body: Vec<u8>,
 }
 
 /// An answer that came back 2xx.
@@ -271,7 +282,7 @@ impl GithubClient {
     pub fn from_spec(
         spec: &Spec,
         base_dir: &std::path::Path,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
         policy: RetryPolicy,
     ) -> Result<GithubClient, GithubError> {
         let api_url = spec
@@ -367,6 +378,7 @@ impl GithubClient {
             scope,
             policy,
             stats: Arc::new(RequestStats::default()),
+            etags: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 
@@ -555,9 +567,20 @@ impl GithubClient {
             .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
             .unwrap_or_else(|| url.to_string());
         let relative = relative.as_str();
+        let cached = if method == Method::GET {
+            self.etags.lock().ok().and_then(|m| m.get(url).cloned())
+        } else {
+            None
+        };
         let call = async {
             let response = match method {
-                Method::GET => self.octo._get(relative).await,
+                Method::GET => {
+                    let mut headers = HeaderMap::new();
+                    if let Some(c) = &cached {
+                        headers.insert(http::header::IF_NONE_MATCH, c.etag.clone());
+                    }
+                    self.octo._get_with_headers(relative, Some(headers)).await
+                }
                 Method::POST => self.octo._post(relative, body).await,
                 Method::DELETE => self.octo._delete(relative, body).await,
                 Method::PUT => self.octo._put(relative, body).await,
@@ -598,11 +621,38 @@ impl GithubClient {
                 .store(remaining as i64, Ordering::Relaxed);
         }
         tracing::debug!("GitHub {method} {url} -> {}", status.as_u16());
+        if status == StatusCode::NOT_MODIFIED
+            && let Some(c) = cached
+        {
+            return Ok(Answer {
+                status: StatusCode::OK,
+                headers: c.headers,
+                body: c.body,
+            });
+        }
         if status.is_success() {
+            let body = text.into_bytes();
+            if method == Method::GET
+                && let Some(etag) = headers.get(http::header::ETAG)
+                && let Ok(mut cache) = self.etags.lock()
+            {
+                // Bounded: lookups by name would otherwise grow it for as long as watch runs.
+                if cache.len() >= 256 {
+                    cache.clear();
+                }
+                cache.insert(
+                    url.to_string(),
+                    Cached {
+                        etag: etag.clone(),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                    },
+                );
+            }
             return Ok(Answer {
                 status,
                 headers,
-                body: text.into_bytes(),
+                body,
             });
         }
         Err(self.classify(method, url, status, &headers, &text))

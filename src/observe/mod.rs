@@ -51,7 +51,7 @@ impl Observers {
     pub async fn connect(
         spec: &Spec,
         base_dir: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
         policy: RetryPolicy,
     ) -> Result<Observers, ObserveError> {
         let github = GithubClient::from_spec(spec, base_dir, env, policy)?;

@@ -327,6 +327,11 @@ fn primary_message(request_id: &str, now: u64) -> String {
 /// Every API request passes here: latency, then faults, authentication, the rate limit and the
 /// handler; GitHub's headers go on every answer and the request goes into the log.
 async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response {
+    let if_none_match = request
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -371,7 +376,10 @@ async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response 
                 shared.lock().consume_rate_limit(now)
             };
             match decision {
-                RateDecision::Allowed => next.run(request).await,
+                RateDecision::Allowed => {
+                    let response = next.run(request).await;
+                    conditional(&shared, &method, if_none_match.as_deref(), response).await
+                }
                 RateDecision::Exhausted => ApiError::new(
                     StatusCode::FORBIDDEN,
                     primary_message(&request_id, now),
@@ -386,6 +394,37 @@ async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response 
     add_github_headers(&shared, response.headers_mut(), &request_id);
     shared.record(record(response.status()));
     response
+}
+
+/// GitHub's conditional requests: a 200 to a GET carries an `ETag`; the same GET with
+/// `If-None-Match` set to it gets `304 Not Modified`, which does not count against the rate limit.
+async fn conditional(
+    shared: &Shared,
+    method: &str,
+    if_none_match: Option<&str>,
+    response: Response,
+) -> Response {
+    if method != "GET" || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&bytes[..], &mut hasher);
+    let etag = format!("W/\"{:016x}\"", std::hash::Hasher::finish(&hasher));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        parts.headers.insert(http::header::ETAG, value);
+    }
+    if if_none_match.is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag)) {
+        shared.lock().refund_rate_limit();
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        // Keep `Link`: GitHub sends it on 304s too, and a client walks pages with it.
+        return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 fn add_github_headers(shared: &Shared, headers: &mut HeaderMap, request_id: &str) {

@@ -507,6 +507,13 @@ impl State {
         RateDecision::Allowed
     }
 
+    /// A `304 Not Modified` answer does not count against the limit.
+    pub(crate) fn refund_rate_limit(&mut self) {
+        if self.rate.remaining < RATE_LIMIT {
+            self.rate.remaining += 1;
+        }
+    }
+
     pub(crate) fn set_rate_limit(&mut self, remaining: u32, reset: u64) {
         self.rate.remaining = remaining.min(RATE_LIMIT);
         self.rate.reset = reset;

@@ -1,0 +1,238 @@
+//! Prometheus metrics of `fleet watch`, served as text on `/metrics` (with `/healthz`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::observe::github::RequestStats;
+use crate::status::FleetStatus;
+
+type Labels = Vec<(String, String)>;
+
+fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Every metric, registered once.
+pub struct Metrics {
+    registry: Registry,
+    runners: Family<Labels, Gauge>,
+    desired: Family<Labels, Gauge>,
+    uptime: Family<Labels, Gauge>,
+    gpu_utilization: Family<Labels, Gauge<f64, AtomicU64>>,
+    gpu_memory: Family<Labels, Gauge<i64, AtomicI64>>,
+    reconciles: Family<Labels, Counter>,
+    reconcile_duration: Histogram,
+    actions: Family<Labels, Counter>,
+    replacement_latency: Histogram,
+    github_requests: Family<Labels, Counter>,
+    rate_limit_remaining: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            runners: Family::default(),
+            desired: Family::default(),
+            uptime: Family::default(),
+            gpu_utilization: Family::default(),
+            gpu_memory: Family::default(),
+            reconciles: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            actions: Family::default(),
+            replacement_latency: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            github_requests: Family::default(),
+            rate_limit_remaining: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "fleet_runners",
+            "Runner containers by pool and state (busy, idle, offline, exited)",
+            m.runners.clone(),
+        );
+        registry.register(
+            "fleet_desired_runners",
+            "Runners fleet.yaml asks for, by pool",
+            m.desired.clone(),
+        );
+        registry.register(
+            "fleet_runner_uptime_seconds",
+            "Seconds since each runner's container was created",
+            m.uptime.clone(),
+        );
+        registry.register(
+            "fleet_gpu_utilization_ratio",
+            "GPU utilization (0..1) of the GPUs runners hold, from NVML on this machine",
+            m.gpu_utilization.clone(),
+        );
+        registry.register(
+            "fleet_gpu_memory_used_bytes",
+            "GPU memory used on the GPUs runners hold, from NVML on this machine",
+            m.gpu_memory.clone(),
+        );
+        registry.register(
+            "fleet_reconcile",
+            "Reconciles by trigger (start, spec, docker, resync, retry) and result (ok, failed, invalid_spec, error)",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "fleet_reconcile_duration_seconds",
+            "Duration of one observe, plan and apply",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "fleet_apply_actions",
+            "Plan steps carried out, by action and result (done, deferred, failed)",
+            m.actions.clone(),
+        );
+        registry.register(
+            "fleet_replacement_latency_seconds",
+            "From a runner container's exit to its replacement running",
+            m.replacement_latency.clone(),
+        );
+        registry.register(
+            "fleet_github_requests",
+            "GitHub API requests by endpoint and HTTP status (0: no answer)",
+            m.github_requests.clone(),
+        );
+        registry.register(
+            "fleet_github_rate_limit_remaining",
+            "The last x-ratelimit-remaining GitHub sent",
+            m.rate_limit_remaining.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Runner gauges from a status (cleared first: runners come and go).
+    pub fn observe_status(&self, status: &FleetStatus, host_of_gpus: &str) {
+        self.runners.clear();
+        self.desired.clear();
+        self.uptime.clear();
+        self.gpu_utilization.clear();
+        self.gpu_memory.clear();
+        for pool in &status.pools {
+            self.desired
+                .get_or_create(&labels([("pool", &pool.name)]))
+                .set(i64::from(pool.desired));
+            for state in ["busy", "idle", "offline", "exited"] {
+                let n = pool
+                    .runners
+                    .iter()
+                    .filter(|r| r.state.as_str() == state)
+                    .count();
+                self.runners
+                    .get_or_create(&labels([("pool", &pool.name), ("state", state)]))
+                    .set(n as i64);
+            }
+            for r in &pool.runners {
+                self.uptime
+                    .get_or_create(&labels([("pool", &pool.name), ("runner", &r.name)]))
+                    .set(r.uptime_seconds);
+                for g in &r.gpus {
+                    let key = labels([
+                        ("host", host_of_gpus),
+                        ("uuid", &g.uuid),
+                        ("runner", &r.name),
+                    ]);
+                    if let Some(u) = g.utilization_percent {
+                        self.gpu_utilization
+                            .get_or_create(&key)
+                            .set(f64::from(u) / 100.0);
+                    }
+                    if let Some(used) = g.memory_used_bytes {
+                        self.gpu_memory.get_or_create(&key).set(used as i64);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn reconciled(&self, trigger: &str, result: &str, seconds: f64) {
+        self.reconciles
+            .get_or_create(&labels([("trigger", trigger), ("result", result)]))
+            .inc();
+        self.reconcile_duration.observe(seconds);
+    }
+
+    pub fn action(&self, action: &str, result: &str) {
+        self.actions
+            .get_or_create(&labels([("action", action), ("result", result)]))
+            .inc();
+    }
+
+    pub fn replaced_after(&self, seconds: f64) {
+        self.replacement_latency.observe(seconds);
+    }
+
+    /// GitHub request counts, from the client's running totals.
+    pub fn github(&self, stats: &RequestStats) {
+        for ((endpoint, status), count) in stats.by_endpoint() {
+            let counter = self.github_requests.get_or_create(&labels([
+                ("endpoint", &endpoint),
+                ("status", &status.to_string()),
+            ]));
+            let current = counter.get();
+            if count > current {
+                counter.inc_by(count - current);
+            }
+        }
+        let remaining = stats.rate_limit_remaining();
+        if remaining >= 0 {
+            self.rate_limit_remaining.set(remaining);
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
