@@ -1,0 +1,353 @@
+//! fleet's benchmarks, on the real Docker engine with the fake GitHub on 127.0.0.1. Each prints
+//! a markdown table for docs/benchmarks.md. Figures from one run on one machine are compared
+//! with each other (ratios), never with a fixed time: shared machines are noisy.
+//!
+//! - `replacement`: `fleet watch` replaces runners whose container exits; the time from the
+//!   container's `die` to its replacement's `start` (Docker's own event times), p50 and p95.
+//! - `api-budget`: the GitHub requests `fleet watch` makes per resync with N runners, split into
+//!   those that count against the rate limit and conditional ones (304), projected per hour.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use clap::{Parser, Subcommand};
+use fake_github::{Config, FakeGithub, Scope};
+use futures_util::StreamExt;
+
+#[derive(Parser)]
+#[command(about = "fleet benchmarks against the real Docker engine and the fake GitHub")]
+struct Args {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Replacement latency under `fleet watch`: kill runners one by one, time each replacement.
+    Replacement {
+        /// Runner exits to time.
+        #[arg(long, default_value_t = 20)]
+        exits: usize,
+        /// Runners in the pool.
+        #[arg(long, default_value_t = 3)]
+        runners: u32,
+    },
+    /// GitHub requests of `fleet watch` in steady state, per resync and projected per hour.
+    ApiBudget {
+        #[arg(long, default_value_t = 100)]
+        runners: u32,
+        /// Resyncs to count (one a second here; projected to one every 30 s).
+        #[arg(long, default_value_t = 20)]
+        resyncs: u32,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match args.command {
+            Bench::Replacement { exits, runners } => replacement(exits, runners).await,
+            Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A bench fleet: the fake GitHub, a spec, a unique fleet name; removed on drop.
+struct Setup {
+    fleet: String,
+    fake: FakeGithub,
+    _dir: tempfile::TempDir,
+    spec: PathBuf,
+    docker: Docker,
+}
+
+impl Setup {
+    async fn new(kind: &str, runners: u32) -> Result<Setup, String> {
+        let image = fake_github::image::ensure_runner_image()?;
+        let token = format!("bench-token-{}", std::process::id());
+        let fake = FakeGithub::start(Config {
+            token,
+            ..Config::default()
+        })
+        .await
+        .map_err(|e| format!("fake GitHub: {e}"))?;
+        let fleet = format!("bench-{kind}-{}", std::process::id() % 100_000);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let spec = dir.path().join("fleet.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                "version: 1\nname: {fleet}\ngithub:\n  repo: acme/bench\n  api_url: {}\nhosts:\n  local:\n    gpus: none\npools:\n  eph:\n    count: {runners}\n    image: {image}\n    pull: never\n    network: none\n",
+                fake.url()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| e.to_string())?
+            .negotiate_version()
+            .await
+            .map_err(|e| format!("Docker: {e}"))?;
+        Ok(Setup {
+            fleet,
+            fake,
+            _dir: dir,
+            spec,
+            docker,
+        })
+    }
+
+    fn env(&self) -> fleet::watch::Env {
+        let token = self.fake.token();
+        Arc::new(move |k: &str| (k == "GITHUB_TOKEN").then(|| token.clone()))
+    }
+
+    /// Starts `fleet watch` in this process; returns the stop switch.
+    fn watch(&self, resync: Duration) -> tokio::sync::watch::Sender<bool> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let options = fleet::watch::WatchOptions {
+            resync,
+            metrics_addr: None,
+            lock_timeout: Duration::from_secs(60),
+            parallelism: 10,
+            shutdown_grace: Duration::from_secs(8),
+        };
+        let file = self.spec.clone();
+        let env = self.env();
+        // Its own thread and runtime, as in the `fleet watch` process.
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("watch runtime: {e}"),
+            };
+            if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
+                eprintln!("watch stopped: {e}");
+            }
+        });
+        stop_tx
+    }
+
+    async fn running(&self) -> Result<Vec<String>, String> {
+        let filters = HashMap::from([
+            ("label", vec![format!("fleet.name={}", self.fleet)]),
+            ("status", vec!["running".to_string()]),
+        ]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::new().filters(&filters).build()))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| c.names?.first().map(|n| n.trim_start_matches('/').to_string()))
+            .collect())
+    }
+
+    async fn wait_running(&self, n: usize, limit: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.running().await?.len() == n {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("{n} runners were not running after {limit:?}"))
+    }
+
+    async fn cleanup(&self) {
+        let filters = HashMap::from([("label", vec![format!("fleet.name={}", self.fleet)])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        if let Ok(list) = self.docker.list_containers(Some(options)).await {
+            for c in list {
+                if let Some(id) = c.id {
+                    let _ = self
+                        .docker
+                        .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
+    let setup = Setup::new("latency", runners).await?;
+    let outcome = async {
+        let stop = setup.watch(Duration::from_secs(30));
+        setup.wait_running(runners as usize, Duration::from_secs(60)).await?;
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("label", vec![format!("fleet.name={}", setup.fleet)]),
+            ("event", vec!["die".to_string(), "start".to_string()]),
+        ]);
+        // Docker sends events only once the stream is polled: read it from now on, in a task.
+        let mut stream = setup
+            .docker
+            .events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if events_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut latencies = Vec::new();
+        for i in 0..exits {
+            let victims = setup.running().await?;
+            let victim = victims.first().ok_or("no runner to kill")?.clone();
+            setup
+                .docker
+                .kill_container(&victim, Some(KillContainerOptionsBuilder::new().signal("KILL").build()))
+                .await
+                .map_err(|e| format!("kill {victim}: {e}"))?;
+            let mut died = None;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                    Ok(Some(Ok(event))) => event,
+                    Ok(Some(Err(e))) => return Err(format!("Docker's event stream failed: {e}")),
+                    Ok(None) => return Err("Docker's event stream ended".to_string()),
+                    Err(_) => return Err("no Docker event within 30 s".to_string()),
+                };
+                let name = event
+                    .actor
+                    .and_then(|a| a.attributes)
+                    .and_then(|a| a.get("name").cloned())
+                    .unwrap_or_default();
+                let at = event.time_nano.unwrap_or_default() as f64 / 1e9;
+                match event.action.as_deref() {
+                    Some("die") if name == victim => died = Some(at),
+                    Some("start") if name != victim => {
+                        if let Some(d) = died {
+                            latencies.push(at - d);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            setup.wait_running(runners as usize, Duration::from_secs(30)).await?;
+            eprintln!("exit {}/{exits}: {:.3}s", i + 1, latencies.last().copied().unwrap_or(f64::NAN));
+        }
+        let _ = stop.send(true);
+        reader.abort();
+        latencies.sort_by(f64::total_cmp);
+        println!("| measure | value |\n|---|---|");
+        println!("| runner exits timed | {} |", latencies.len());
+        println!("| replacement latency p50 | {:.3} s |", percentile(&latencies, 50.0));
+        println!("| replacement latency p95 | {:.3} s |", percentile(&latencies, 95.0));
+        println!(
+            "| replacement latency max | {:.3} s |",
+            latencies.last().copied().unwrap_or(f64::NAN)
+        );
+        Ok::<(), String>(())
+    }
+    .await;
+    setup.cleanup().await;
+    outcome
+}
+
+async fn api_budget(runners: u32, resyncs: u32) -> Result<(), String> {
+    let setup = Setup::new("budget", runners).await?;
+    let outcome = async {
+        // Converge first (these requests are the one-off cost of creating the runners).
+        let spec = fleet::spec::load(&setup.spec).map_err(|e| e.render())?;
+        let observers = fleet::observe::Observers::connect(
+            &spec,
+            Path::new("."),
+            &*setup.env(),
+            fleet::observe::github::RetryPolicy::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let observed = observers.observe(&spec).await.map_err(|e| e.to_string())?;
+        let plan = fleet::plan::plan(&spec, &observed).map_err(|e| e.to_string())?;
+        let report = fleet::apply::Executor::new(&spec, &observers, &observed, 10)
+            .apply(&plan, &fleet::apply::Quiet)
+            .await;
+        if report.failed().next().is_some() {
+            return Err(report.summary("Apply"));
+        }
+        let scope = Scope::repo("acme", "bench");
+        for r in setup.fake.runners(&scope) {
+            setup.fake.set_runner_state(&scope, r.id, true, false);
+        }
+
+        // Steady state: `resyncs` resyncs a second apart, nothing changing.
+        setup.fake.clear_requests();
+        let stop = setup.watch(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(u64::from(resyncs))).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let requests = setup.fake.requests();
+
+        // Churn: runners finish jobs (GitHub drops the registration, the container exits) and
+        // watch replaces them; what does one replacement cost?
+        setup.fake.clear_requests();
+        let jobs = 5usize;
+        for name in setup.running().await?.into_iter().take(jobs) {
+            if let Some(r) = setup.fake.runners(&scope).into_iter().find(|r| r.name == name) {
+                setup.fake.remove_runner(&scope, r.id);
+            }
+            setup
+                .docker
+                .kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build()))
+                .await
+                .map_err(|e| format!("kill {name}: {e}"))?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        setup.wait_running(runners as usize, Duration::from_secs(60)).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = stop.send(true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let churn = setup.fake.requests();
+        let churn_counted = churn.iter().filter(|r| r.status != 304).count();
+        let per_job = churn_counted as f64 / jobs as f64;
+
+        let counted = requests.iter().filter(|r| r.status != 304).count();
+        let conditional = requests.len() - counted;
+        let cycles = elapsed.max(1.0); // one reconcile a second
+        let per_resync = counted as f64 / cycles;
+        let per_hour_30s = per_resync * 120.0;
+        println!("| measure | value |\n|---|---|");
+        println!("| runners | {runners} |");
+        println!("| reconciles observed (1 s resync) | {cycles:.0} |");
+        println!("| requests counted against the limit | {counted} |");
+        println!("| conditional requests answered 304 (free) | {conditional} |");
+        println!("| counted requests per resync | {per_resync:.2} |");
+        println!("| projected per hour at a 30 s resync, steady state | {per_hour_30s:.0} |");
+        println!("| counted requests per finished job (replacement, 1 s resync) | {per_job:.1} |");
+        Ok::<(), String>(())
+    }
+    .await;
+    setup.cleanup().await;
+    outcome
+}
