@@ -39,6 +39,28 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         runners: u32,
     },
+    /// Converging N runners from empty: fleet apply against a `docker run` loop, docker compose
+    /// and the engine's ceiling (a raw parallel create-and-start through the API).
+    Converge {
+        /// Sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "30,100")]
+        runners: Vec<u32>,
+        /// Rounds per size; the median is reported, and the order of the four ways rotates
+        /// from round to round so that none always runs first.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// `fleet plan` (the binary) on a converged fleet of 100, and on a fake GitHub holding
+    /// 1,000 and 10,000 owned runners: wall time and GitHub requests.
+    Plan {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        registrations: Vec<u32>,
+    },
+    /// Peak memory (VmHWM) of `fleet apply` and `fleet watch` (the binary) at N runners.
+    Memory {
+        #[arg(long, default_value_t = 100)]
+        runners: u32,
+    },
     /// GitHub requests of `fleet watch` in steady state, per resync and projected per hour.
     ApiBudget {
         #[arg(long, default_value_t = 100)]
@@ -51,7 +73,10 @@ enum Bench {
 
 fn main() {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -62,6 +87,9 @@ fn main() {
         match args.command {
             Bench::Replacement { exits, runners } => replacement(exits, runners).await,
             Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
+            Bench::Converge { runners, rounds } => converge(&runners, rounds).await,
+            Bench::Plan { registrations } => plan_bench(&registrations).await,
+            Bench::Memory { runners } => memory(runners).await,
         }
     });
     if let Err(e) = result {
@@ -133,7 +161,10 @@ impl Setup {
         let env = self.env();
         // Its own thread and runtime, as in the `fleet watch` process.
         std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return eprintln!("watch runtime: {e}"),
             };
@@ -151,12 +182,20 @@ impl Setup {
         ]);
         let list = self
             .docker
-            .list_containers(Some(ListContainersOptionsBuilder::new().filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .map_err(|e| e.to_string())?;
         Ok(list
             .into_iter()
-            .filter_map(|c| c.names?.first().map(|n| n.trim_start_matches('/').to_string()))
+            .filter_map(|c| {
+                c.names?
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+            })
             .collect())
     }
 
@@ -173,13 +212,24 @@ impl Setup {
 
     async fn cleanup(&self) {
         let filters = HashMap::from([("label", vec![format!("fleet.name={}", self.fleet)])]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
         if let Ok(list) = self.docker.list_containers(Some(options)).await {
             for c in list {
                 if let Some(id) = c.id {
                     let _ = self
                         .docker
-                        .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()))
+                        .remove_container(
+                            &id,
+                            Some(
+                                RemoveContainerOptionsBuilder::new()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
                         .await;
                 }
             }
@@ -199,7 +249,9 @@ async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
     let setup = Setup::new("latency", runners).await?;
     let outcome = async {
         let stop = setup.watch(Duration::from_secs(30));
-        setup.wait_running(runners as usize, Duration::from_secs(60)).await?;
+        setup
+            .wait_running(runners as usize, Duration::from_secs(60))
+            .await?;
         let filters = HashMap::from([
             ("type", vec!["container".to_string()]),
             ("label", vec![format!("fleet.name={}", setup.fleet)]),
@@ -224,13 +276,17 @@ async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
             let victim = victims.first().ok_or("no runner to kill")?.clone();
             setup
                 .docker
-                .kill_container(&victim, Some(KillContainerOptionsBuilder::new().signal("KILL").build()))
+                .kill_container(
+                    &victim,
+                    Some(KillContainerOptionsBuilder::new().signal("KILL").build()),
+                )
                 .await
                 .map_err(|e| format!("kill {victim}: {e}"))?;
             let mut died = None;
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await
+                {
                     Ok(Some(Ok(event))) => event,
                     Ok(Some(Err(e))) => return Err(format!("Docker's event stream failed: {e}")),
                     Ok(None) => return Err("Docker's event stream ended".to_string()),
@@ -253,16 +309,28 @@ async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
                     _ => {}
                 }
             }
-            setup.wait_running(runners as usize, Duration::from_secs(30)).await?;
-            eprintln!("exit {}/{exits}: {:.3}s", i + 1, latencies.last().copied().unwrap_or(f64::NAN));
+            setup
+                .wait_running(runners as usize, Duration::from_secs(30))
+                .await?;
+            eprintln!(
+                "exit {}/{exits}: {:.3}s",
+                i + 1,
+                latencies.last().copied().unwrap_or(f64::NAN)
+            );
         }
         let _ = stop.send(true);
         reader.abort();
         latencies.sort_by(f64::total_cmp);
         println!("| measure | value |\n|---|---|");
         println!("| runner exits timed | {} |", latencies.len());
-        println!("| replacement latency p50 | {:.3} s |", percentile(&latencies, 50.0));
-        println!("| replacement latency p95 | {:.3} s |", percentile(&latencies, 95.0));
+        println!(
+            "| replacement latency p50 | {:.3} s |",
+            percentile(&latencies, 50.0)
+        );
+        println!(
+            "| replacement latency p95 | {:.3} s |",
+            percentile(&latencies, 95.0)
+        );
         println!(
             "| replacement latency max | {:.3} s |",
             latencies.last().copied().unwrap_or(f64::NAN)
@@ -314,17 +382,27 @@ async fn api_budget(runners: u32, resyncs: u32) -> Result<(), String> {
         setup.fake.clear_requests();
         let jobs = 5usize;
         for name in setup.running().await?.into_iter().take(jobs) {
-            if let Some(r) = setup.fake.runners(&scope).into_iter().find(|r| r.name == name) {
+            if let Some(r) = setup
+                .fake
+                .runners(&scope)
+                .into_iter()
+                .find(|r| r.name == name)
+            {
                 setup.fake.remove_runner(&scope, r.id);
             }
             setup
                 .docker
-                .kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build()))
+                .kill_container(
+                    &name,
+                    Some(KillContainerOptionsBuilder::new().signal("KILL").build()),
+                )
                 .await
                 .map_err(|e| format!("kill {name}: {e}"))?;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        setup.wait_running(runners as usize, Duration::from_secs(60)).await?;
+        setup
+            .wait_running(runners as usize, Duration::from_secs(60))
+            .await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let _ = stop.send(true);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -345,6 +423,406 @@ async fn api_budget(runners: u32, resyncs: u32) -> Result<(), String> {
         println!("| counted requests per resync | {per_resync:.2} |");
         println!("| projected per hour at a 30 s resync, steady state | {per_hour_30s:.0} |");
         println!("| counted requests per finished job (replacement, 1 s resync) | {per_job:.1} |");
+        Ok::<(), String>(())
+    }
+    .await;
+    setup.cleanup().await;
+    outcome
+}
+
+/// The `fleet` binary built beside this one.
+fn fleet_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let fleet = exe.with_file_name("fleet");
+    if fleet.exists() {
+        Ok(fleet)
+    } else {
+        Err(format!(
+            "{} is missing: build the workspace (cargo build --release --locked --workspace)",
+            fleet.display()
+        ))
+    }
+}
+
+impl Setup {
+    /// Runs the `fleet` binary on this setup's spec.
+    fn fleet_command(&self, args: &[&str]) -> Result<std::process::Command, String> {
+        let mut cmd = std::process::Command::new(fleet_binary()?);
+        cmd.arg("-f")
+            .arg(&self.spec)
+            .args(args)
+            .env("GITHUB_TOKEN", self.fake.token())
+            .env("FLEET_LOCK_DIR", self._dir.path())
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Converges with the library, as `fleet apply --auto-approve` does.
+    async fn converge(&self) -> Result<(), String> {
+        let spec = fleet::spec::load(&self.spec).map_err(|e| e.render())?;
+        let observers = fleet::observe::Observers::connect(
+            &spec,
+            Path::new("."),
+            &*self.env(),
+            fleet::observe::github::RetryPolicy::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let observed = observers.observe(&spec).await.map_err(|e| e.to_string())?;
+        let plan = fleet::plan::plan(&spec, &observed).map_err(|e| e.to_string())?;
+        let report = fleet::apply::Executor::new(&spec, &observers, &observed, 10)
+            .apply(&plan, &fleet::apply::Quiet)
+            .await;
+        match report.failed().next() {
+            None => Ok(()),
+            Some(_) => Err(report.summary("Apply")),
+        }
+    }
+}
+
+/// Removes every container carrying `label=value`.
+async fn remove_labelled(docker: &Docker, label: &str) {
+    let filters = HashMap::from([("label", vec![label.to_string()])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    if let Ok(list) = docker.list_containers(Some(options)).await {
+        let removals = list.into_iter().filter_map(|c| c.id).map(|id| {
+            let docker = docker.clone();
+            async move {
+                let _ = docker
+                    .remove_container(
+                        &id,
+                        Some(
+                            RemoveContainerOptionsBuilder::new()
+                                .force(true)
+                                .v(true)
+                                .build(),
+                        ),
+                    )
+                    .await;
+            }
+        });
+        futures_util::stream::iter(removals)
+            .buffer_unordered(10)
+            .collect::<Vec<_>>()
+            .await;
+    }
+}
+
+fn compose_command() -> Option<Vec<&'static str>> {
+    let works = |cmd: &[&str]| {
+        std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&["docker", "compose"]) {
+        Some(vec!["docker", "compose"])
+    } else if works(&["docker-compose"]) {
+        Some(vec!["docker-compose"])
+    } else {
+        None
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+async fn time_fleet(n: u32) -> Result<f64, String> {
+    let setup = Setup::new("converge", n).await?;
+    let started = Instant::now();
+    let result = async {
+        setup.converge().await?;
+        setup
+            .wait_running(n as usize, Duration::from_secs(300))
+            .await
+    }
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    setup.cleanup().await;
+    result.map(|()| seconds)
+}
+
+async fn time_run_loop(docker: &Docker, image: &str, label: &str, n: u32) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut result = Ok(());
+    for i in 0..n {
+        let name = format!("fleet-bench-loop-{}-{i}", std::process::id());
+        match std::process::Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                "none",
+                "--label",
+                label,
+                image,
+            ])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                result = Err(String::from_utf8_lossy(&out.stderr).to_string());
+                break;
+            }
+            Err(e) => {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    remove_labelled(docker, label).await;
+    result.map(|()| seconds)
+}
+
+async fn time_compose(
+    docker: &Docker,
+    compose: &[&str],
+    image: &str,
+    label: &str,
+    n: u32,
+) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (key, value) = label.split_once('=').unwrap_or((label, ""));
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        format!(
+            "version: \"2.4\"\nservices:\n  runner:\n    image: {image}\n    network_mode: none\n    labels:\n      {key}: \"{value}\"\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let project = format!("fleetbench{}", std::process::id());
+    let started = Instant::now();
+    let out = std::process::Command::new(compose[0])
+        .args(&compose[1..])
+        .args([
+            "-p",
+            &project,
+            "up",
+            "-d",
+            "--scale",
+            &format!("runner={n}"),
+        ])
+        .current_dir(dir.path())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::process::Command::new(compose[0])
+        .args(&compose[1..])
+        .args(["-p", &project, "down", "-t", "0"])
+        .current_dir(dir.path())
+        .output();
+    remove_labelled(docker, label).await;
+    if out.status.success() {
+        Ok(seconds)
+    } else {
+        Err(format!("compose: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The engine's ceiling: create and start through the API, 10 at once (fleet's default).
+async fn time_ceiling(docker: &Docker, image: &str, label: &str, n: u32) -> Result<f64, String> {
+    let started = Instant::now();
+    let creates = (0..n).map(|i| {
+        let docker = docker.clone();
+        async move {
+            let name = format!("fleet-bench-raw-{}-{i}", std::process::id());
+            let (key, value) = label.split_once('=').unwrap_or((label, ""));
+            let body = bollard::models::ContainerCreateBody {
+                image: Some(image.to_string()),
+                labels: Some(HashMap::from([(key.to_string(), value.to_string())])),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                .name(&name)
+                .build();
+            docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(|e| e.to_string())?;
+            docker
+                .start_container(
+                    &name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(creates)
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    remove_labelled(docker, label).await;
+    match results.into_iter().find(|r| r.is_err()) {
+        Some(Err(e)) => Err(e),
+        _ => Ok(seconds),
+    }
+}
+
+async fn converge(sizes: &[u32], rounds: usize) -> Result<(), String> {
+    let image = fake_github::image::ensure_runner_image()?;
+    let compose = compose_command().ok_or(
+        "neither `docker compose` nor `docker-compose` works: install Debian's docker-compose",
+    )?;
+    let docker = Docker::connect_with_local_defaults()
+        .map_err(|e| e.to_string())?
+        .negotiate_version()
+        .await
+        .map_err(|e| e.to_string())?;
+    let label = format!("fleet-bench.run={}", std::process::id());
+    println!(
+        "| runners | fleet apply | docker run loop | docker compose --scale | engine ceiling (API, 10 at once) | fleet/compose | fleet/loop | fleet/ceiling |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for &n in sizes {
+        let mut times: [Vec<f64>; 4] = Default::default();
+        for round in 0..rounds.max(1) {
+            for k in 0..4 {
+                let way = (k + round) % 4;
+                let t = match way {
+                    0 => time_fleet(n).await?,
+                    1 => time_run_loop(&docker, image, &label, n).await?,
+                    2 => time_compose(&docker, &compose, image, &label, n).await?,
+                    _ => time_ceiling(&docker, image, &label, n).await?,
+                };
+                eprintln!("{n} runners, round {}, way {way}: {t:.2} s", round + 1);
+                times[way].push(t);
+            }
+        }
+        let [fleet_s, loop_s, compose_s, ceiling_s] = times.map(median);
+        println!(
+            "| {n} | {fleet_s:.2} s | {loop_s:.2} s | {compose_s:.2} s | {ceiling_s:.2} s | {:.2} | {:.2} | {:.2} |",
+            fleet_s / compose_s,
+            fleet_s / loop_s,
+            fleet_s / ceiling_s
+        );
+    }
+    Ok(())
+}
+
+async fn plan_bench(registrations: &[u32]) -> Result<(), String> {
+    println!(
+        "| world | fleet plan wall time | GitHub requests | list requests | writes | goal: lists |"
+    );
+    println!("|---|---|---|---|---|---|");
+    // A converged fleet of 100.
+    let setup = Setup::new("plan", 100).await?;
+    setup.converge().await?;
+    let scope = Scope::repo("acme", "bench");
+    for r in setup.fake.runners(&scope) {
+        setup.fake.set_runner_state(&scope, r.id, true, false);
+    }
+    let mut worlds = vec![("converged fleet of 100 runners".to_string(), setup)];
+    for &n in registrations {
+        let setup = Setup::new("plan", 0).await?;
+        let label = fleet::plan::ownership_label(&setup.fleet);
+        for i in 0..n {
+            setup.fake.add_runner(
+                &scope,
+                fake_github::NewRunner {
+                    name: format!("{}-eph-r{i:05}", setup.fleet),
+                    labels: vec!["self-hosted".into(), label.clone()],
+                    status_online: true,
+                    ..fake_github::NewRunner::default()
+                },
+            );
+        }
+        worlds.push((format!("fake GitHub holding {n} owned runners"), setup));
+    }
+    for (what, setup) in &worlds {
+        setup.fake.clear_requests();
+        let started = Instant::now();
+        let status = setup
+            .fleet_command(&["plan"])?
+            .status()
+            .map_err(|e| e.to_string())?;
+        let wall = started.elapsed().as_secs_f64();
+        if !status.success() {
+            return Err(format!("fleet plan failed on the {what}"));
+        }
+        let requests = setup.fake.requests();
+        let lists = requests
+            .iter()
+            .filter(|r| r.path.ends_with("/actions/runners"))
+            .count();
+        let writes = requests.iter().filter(|r| r.method != "GET").count();
+        let held = setup.fake.runners(&scope).len();
+        println!(
+            "| {what} | {wall:.3} s | {} | {lists} | {writes} | {} |",
+            requests.len(),
+            held.div_ceil(100).max(1)
+        );
+    }
+    for (_, setup) in &worlds {
+        setup.cleanup().await;
+    }
+    Ok(())
+}
+
+/// Peak resident memory of a running process, from /proc (VmHWM), in MiB.
+fn peak_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn memory(runners: u32) -> Result<(), String> {
+    let setup = Setup::new("memory", runners).await?;
+    let outcome = async {
+        // apply: follow VmHWM until the process ends.
+        let mut child = setup
+            .fleet_command(&["apply", "--auto-approve"])?
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut apply_peak: f64 = 0.0;
+        loop {
+            if let Some(p) = peak_mib(child.id()) {
+                apply_peak = apply_peak.max(p);
+            }
+            if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        setup
+            .wait_running(runners as usize, Duration::from_secs(60))
+            .await?;
+        // watch: run a few resyncs with all runners, then read VmHWM and stop it.
+        let mut child = setup
+            .fleet_command(&["watch", "--resync", "1s"])?
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let watch_peak = peak_mib(child.id()).unwrap_or(f64::NAN);
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        println!("| process ({runners} runners) | peak memory (VmHWM) |\n|---|---|");
+        println!("| fleet apply, from empty | {apply_peak:.1} MiB |");
+        println!("| fleet watch, 8 s at a 1 s resync | {watch_peak:.1} MiB |");
         Ok::<(), String>(())
     }
     .await;

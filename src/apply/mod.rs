@@ -110,6 +110,8 @@ pub struct Executor<'a> {
     observed: &'a Observed,
     pools: BTreeMap<String, ResolvedPool>,
     parallelism: usize,
+    /// (host, image) pairs already made ready in this apply: each is inspected or pulled once.
+    images_ready: tokio::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl<'a> Executor<'a> {
@@ -130,6 +132,7 @@ impl<'a> Executor<'a> {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             parallelism: parallelism.max(1),
+            images_ready: tokio::sync::Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -321,7 +324,15 @@ impl<'a> Executor<'a> {
         let pool = self.pool(&change.pool)?;
         let host = self.host(&change.host)?;
         let config = RunnerConfig::for_pool(&self.spec.name, pool);
-        docker_ops::ensure_image(host, &pool.image, pool.pull).await?;
+        {
+            // Held while pulling, so that parallel creates of one pool wait for one pull.
+            let mut ready = self.images_ready.lock().await;
+            let key = (change.host.clone(), pool.image.clone());
+            if !ready.contains(&key) {
+                docker_ops::ensure_image(host, &pool.image, pool.pull).await?;
+                ready.insert(key);
+            }
+        }
         let observed_host = self.observed.hosts.get(&change.host);
         let host_has_gpus = observed_host.is_some_and(|h| !h.gpus.uuids.is_empty());
         let nvidia_runtime = observed_host.is_some_and(|h| h.engine.nvidia_runtime);

@@ -250,6 +250,8 @@ pub struct GithubClient {
     /// `If-None-Match`, GitHub answers 304 (which does not count against the rate limit) and
     /// the cached answer is used.
     etags: Arc<Mutex<BTreeMap<String, Cached>>>,
+    /// Writes paced under GitHub's secondary rate limit.
+    pacer: Arc<super::pacing::Pacer>,
 }
 
 #[derive(Clone)]
@@ -379,6 +381,7 @@ impl GithubClient {
             policy,
             stats: Arc::new(RequestStats::default()),
             etags: Arc::new(Mutex::new(BTreeMap::new())),
+            pacer: Arc::new(super::pacing::Pacer::default()),
         })
     }
 
@@ -787,6 +790,7 @@ impl GithubClient {
             "labels": labels,
             "work_folder": "_work",
         });
+        self.pacer.write("generate-jitconfig").await;
         let answer = self
             .send(Method::POST, &url, Some(&body), "generate-jitconfig")
             .await?;
@@ -804,6 +808,7 @@ impl GithubClient {
             token: String,
         }
         let url = self.scoped_url("/actions/runners/registration-token");
+        self.pacer.write("registration-token").await;
         let answer = self
             .send(Method::POST, &url, None, "registration-token")
             .await?;
@@ -852,6 +857,7 @@ impl GithubClient {
     /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.
     pub async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
         let url = self.scoped_url(&format!("/actions/runners/{id}"));
+        self.pacer.write("delete-runner").await;
         match self.send(Method::DELETE, &url, None, "delete-runner").await {
             Ok(_) => Ok(Removal::Removed),
             Err(GithubError::NotFound { .. }) => Ok(Removal::Gone),

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod github;
 pub mod gpu;
+pub mod pacing;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
