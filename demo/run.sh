@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 if [ ! -x /bin/busybox ] && [ ! -x /usr/bin/busybox ]; then
   echo "Installing busybox-static (a static busybox for the demo's runner image)..."
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq busybox-static >/dev/null \
-    || { echo "Please install a static busybox (Debian/Ubuntu: busybox-static; Arch: busybox) and run again." >&2; exit 1; }
+  if ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq busybox-static >/dev/null; }; then
+    echo "Please install a static busybox (Debian/Ubuntu: busybox-static; Arch: busybox) and run again." >&2
+    exit 1
+  fi
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "The Docker engine does not answer: start it (for instance: sudo systemctl start docker) and run again." >&2

@@ -102,6 +102,10 @@ impl RunnerContainer<'_> {
                 }
                 env.push(("ACTIONS_RUNNER_INPUT_NAME".into(), self.name.to_string()));
                 env.push(("ACTIONS_RUNNER_INPUT_LABELS".into(), labels));
+                // config.sh reads it as --runnergroup (organization scope).
+                if let Some(group) = &self.pool.runner_group {
+                    env.push(("ACTIONS_RUNNER_INPUT_RUNNERGROUP".into(), group.clone()));
+                }
                 env.push(("FLEET_STATE_DIR".into(), STATE_DIR.into()));
             }
         }
@@ -375,7 +379,8 @@ mod tests {
 
     #[test]
     fn persistent_runner_gets_config_inputs_and_a_state_volume() {
-        let pool = pool(false, GpuRequest::Count(0));
+        let mut pool = pool(false, GpuRequest::Count(0));
+        pool.runner_group = Some("gpu-builders".into());
         let config = RunnerConfig::for_pool("zq", &pool);
         let c = RunnerContainer {
             fleet: "zq",
@@ -398,6 +403,7 @@ mod tests {
             "ACTIONS_RUNNER_INPUT_NAME=zq-cpu-0",
             "ACTIONS_RUNNER_INPUT_LABELS=self-hosted,Linux,X64,gpu,fleet.zq",
             "FLEET_STATE_DIR=/var/lib/fleet-runner",
+            "ACTIONS_RUNNER_INPUT_RUNNERGROUP=gpu-builders",
             "NVIDIA_VISIBLE_DEVICES=void",
         ] {
             assert!(

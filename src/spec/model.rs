@@ -106,10 +106,11 @@ pub struct AppAuth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
-    /// Docker endpoint: unix:///path, tcp://host:port, http:// or https://.
+    /// Docker endpoint: unix:///path, tcp://host:port or http://host:port. No TLS: reach a remote
+    /// engine through an SSH-forwarded socket.
     /// Default: $DOCKER_HOST, else the local socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(unix|tcp|https?)://.+$"))]
+    #[schemars(regex(pattern = r"^(unix|tcp|http)://.+$"))]
     pub docker: Option<String>,
     /// The host's GPUs: `auto` (NVML on this machine), `none`, or a declared list of GPU UUIDs.
     #[serde(default)]

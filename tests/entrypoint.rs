@@ -1,0 +1,533 @@
+//! The reference runner image's entrypoint (`ci/runner/entrypoint.sh`), run for real on the
+//! machine's Docker engine. Each test builds a small image `FROM` the project's busybox runner
+//! image with the entrypoint and the stub `config.sh` and `run.sh` of `ci/runner/tests/`, which
+//! record how they were called in a directory the test mounts at /records. Containers run with
+//! `--init` (tini as PID 1, as in the real image) and `--network none`. Everything a test makes
+//! (containers, volumes, its image) carries the label `fleet-test.run=<run id>` and is removed
+//! when the test ends, failed or not.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::{RUN_LABEL, docker};
+
+const ENTRYPOINT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/runner/entrypoint.sh");
+const STUBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/runner/tests");
+
+/// Held while an image of these tests is built or removed. With the legacy builder, the tests'
+/// images share cached intermediate images, and removing one test's image removes the
+/// intermediates it no longer needs, possibly under another test's build ("failed to get
+/// digest"); builds and removals therefore take turns.
+static IMAGES: Mutex<()> = Mutex::new(());
+
+fn images_lock() -> MutexGuard<'static, ()> {
+    IMAGES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How long a stopped runner may take: the entrypoint forwards SIGTERM at once, so anything
+/// near `docker stop`'s own timeout (30 s here) means the signal was lost.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One test's image, containers, volumes and record directory; removed on drop.
+struct Lab {
+    run: String,
+    image: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(test: &str) -> Lab {
+        let base = common::test_image();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let run = format!("ep-{test}-{:x}{nanos:x}", std::process::id());
+        let lab = Lab {
+            image: format!("fleet-entrypoint-test:{run}"),
+            run,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let context = lab.dir.path().join("context");
+        std::fs::create_dir_all(&context).expect("context dir");
+        std::fs::create_dir_all(lab.records()).expect("records dir");
+        for (from, to) in [
+            (PathBuf::from(ENTRYPOINT), "entrypoint.sh"),
+            (Path::new(STUBS).join("config.sh"), "config.sh"),
+            (Path::new(STUBS).join("run.sh"), "run.sh"),
+        ] {
+            std::fs::copy(&from, context.join(to))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        }
+        std::fs::write(
+            context.join("Dockerfile"),
+            format!(
+                "FROM {base}\n\
+                 RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+                 COPY entrypoint.sh /usr/local/bin/fleet-entrypoint\n\
+                 COPY config.sh run.sh /runner/\n\
+                 ENV FLEET_RUNNER_DIR=/runner\n\
+                 ENTRYPOINT [\"/usr/local/bin/fleet-entrypoint\"]\n"
+            ),
+        )
+        .expect("write Dockerfile");
+        let label = format!("{RUN_LABEL}={}", lab.run);
+        let _images = images_lock();
+        docker_ok(&[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "--label",
+            &label,
+            "-t",
+            &lab.image,
+            context.to_str().expect("UTF-8 path"),
+        ]);
+        lab
+    }
+
+    fn records(&self) -> PathBuf {
+        self.dir.path().join("records")
+    }
+
+    /// A record the stubs wrote, if they wrote it.
+    fn record(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.records().join(name)).ok()
+    }
+
+    fn lines(&self, name: &str) -> Vec<String> {
+        self.record(name)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn count(&self, name: &str) -> u32 {
+        self.record(name)
+            .map(|s| s.trim().parse().expect("a count"))
+            .unwrap_or(0)
+    }
+
+    /// A named volume labelled with the run id, as fleet's per-runner state volume.
+    fn volume(&self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.run);
+        let label = format!("{RUN_LABEL}={}", self.run);
+        docker_ok(&["volume", "create", "--label", &label, &name]);
+        name
+    }
+
+    /// Starts a container of the test image; returns its name.
+    fn start(&self, suffix: &str, env: &[(&str, &str)], state: Option<&str>) -> String {
+        let name = format!("{}-{suffix}", self.run);
+        let label = format!("{RUN_LABEL}={}", self.run);
+        let records = format!("{}:/records", self.records().display());
+        let mut args: Vec<String> = [
+            "run",
+            "-d",
+            "--init",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            "--label",
+            &label,
+            "-v",
+            &records,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(volume) = state {
+            args.push("-v".into());
+            args.push(format!("{volume}:/var/lib/fleet-runner"));
+        }
+        for (k, v) in env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(self.image.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_ok(&args);
+        name
+    }
+
+    fn logs(&self, container: &str) -> String {
+        let out = docker(&["logs", container]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn wait_for_log(&self, container: &str, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs(container);
+            if logs.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{container} never logged {needle:?}; logs:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the container has exited on its own; returns its exit code.
+    fn wait_exit(&self, container: &str) -> i64 {
+        let out = docker_ok(&["wait", container]);
+        out.parse().expect("an exit code")
+    }
+
+    /// `docker stop` (SIGTERM, then SIGKILL after 30 s); returns how long it took and the code.
+    fn stop(&self, container: &str) -> (Duration, i64) {
+        let started = Instant::now();
+        docker_ok(&["stop", "-t", "30", container]);
+        let took = started.elapsed();
+        let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", container]);
+        (took, code.parse().expect("an exit code"))
+    }
+
+    fn remove(&self, container: &str) {
+        docker_ok(&["rm", "-f", container]);
+    }
+
+    /// Writes `text` to `path` inside a running container, through stdin (no command line).
+    fn write_file(&self, container: &str, path: &str, text: &str) {
+        let script = format!("cat > {path}");
+        let mut child = Command::new("docker")
+            .args(["exec", "-i", container, "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run docker exec");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write to docker exec");
+        let out: Output = child.wait_with_output().expect("docker exec");
+        assert!(
+            out.status.success(),
+            "docker exec failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The command lines of the container's processes, as the host sees them.
+    fn process_args(&self, container: &str) -> String {
+        docker_ok(&["top", container, "-eo", "pid,args"])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Runs on failure too.
+        let filter = format!("label={RUN_LABEL}={}", self.run);
+        let ids = docker(&["ps", "-aq", "--filter", &filter]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", "-v", id]);
+        }
+        let volumes = docker(&["volume", "ls", "-q", "--filter", &filter]);
+        for v in String::from_utf8_lossy(&volumes.stdout).split_whitespace() {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        let _images = images_lock();
+        let _ = docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+/// Fails when a secret appears in `text`; the message shows the text with the secrets masked.
+fn assert_secret_free(what: &str, text: &str, secrets: &[&str]) {
+    if secrets.iter().any(|secret| text.contains(secret)) {
+        let masked = secrets
+            .iter()
+            .fold(text.to_string(), |t, secret| t.replace(secret, "<SECRET>"));
+        panic!("a secret appears in {what}:\n{masked}");
+    }
+}
+
+fn persistent_env<'a>(
+    name: &'a str,
+    labels: &'a str,
+    token: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("RUNNER_NAME", name),
+        ("RUNNER_LABELS", labels),
+        ("FLEET_POOL", "cpu"),
+        ("ACTIONS_RUNNER_INPUT_URL", "https://github.com/acme/zquic"),
+        ("ACTIONS_RUNNER_INPUT_NAME", name),
+        ("ACTIONS_RUNNER_INPUT_LABELS", labels),
+        ("FLEET_STATE_DIR", "/var/lib/fleet-runner"),
+    ];
+    if let Some(token) = token {
+        env.push(("ACTIONS_RUNNER_INPUT_TOKEN", token));
+    }
+    env
+}
+
+#[test]
+fn jit_mode_runs_the_runner_with_its_jit_config_and_never_configures() {
+    let lab = Lab::new("jit");
+    let jit = format!("FAKE-JIT-CONFIG-{}", lab.run);
+    let c = lab.start(
+        "gpu-7f3k2a",
+        &[
+            ("RUNNER_NAME", "zq-gpu-7f3k2a"),
+            ("RUNNER_LABELS", "self-hosted,Linux,X64,gpu,fleet.zq"),
+            ("FLEET_POOL", "gpu"),
+            ("ACTIONS_RUNNER_INPUT_JITCONFIG", &jit),
+        ],
+        None,
+    );
+    lab.wait_for_log(&c, "runner stub: listening");
+
+    assert_eq!(lab.count("run.count"), 1, "run.sh started once");
+    assert_eq!(lab.record("run.jitconfig").as_deref(), Some(jit.as_str()));
+    assert_eq!(
+        lab.lines("run.env-names"),
+        ["ACTIONS_RUNNER_INPUT_JITCONFIG"],
+        "the runner reads its JIT configuration from the environment"
+    );
+    assert_eq!(lab.lines("run.args"), Vec::<String>::new());
+    assert_eq!(lab.record("run.trap-sig").as_deref(), Some("1"));
+    assert_eq!(lab.count("config.count"), 0, "config.sh is never called");
+    assert_secret_free("the command lines", &lab.process_args(&c), &[&jit]);
+
+    let (took, code) = lab.stop(&c);
+    assert!(took < STOP_WITHIN, "docker stop took {took:?}");
+    assert_eq!(code, 0, "a clean exit after SIGTERM");
+    assert_eq!(lab.record("run.signal").as_deref(), Some("TERM\n"));
+    let logs = lab.logs(&c);
+    assert!(logs.contains("stopped (SIGTERM)"), "{logs}");
+    assert_secret_free("the logs", &logs, &[&jit]);
+}
+
+#[test]
+fn a_runner_that_ends_by_itself_ends_the_container_with_its_status() {
+    let lab = Lab::new("exit");
+    for status in ["0", "3"] {
+        let jit = format!("FAKE-JIT-CONFIG-{}-{status}", lab.run);
+        let c = lab.start(
+            &format!("done-{status}"),
+            &[
+                ("RUNNER_NAME", "zq-gpu-done"),
+                ("ACTIONS_RUNNER_INPUT_JITCONFIG", &jit),
+                ("FLEET_TEST_RUNNER_EXIT", status),
+            ],
+            None,
+        );
+        assert_eq!(lab.wait_exit(&c).to_string(), status);
+        let logs = lab.logs(&c);
+        assert!(
+            logs.contains(&format!("the runner exited with status {status}")),
+            "{logs}"
+        );
+        assert_secret_free("the logs", &logs, &[&jit]);
+    }
+}
+
+#[test]
+fn persistent_runner_configures_once_and_a_recreated_container_keeps_its_registration() {
+    let lab = Lab::new("persist");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-0-state");
+    let labels = "self-hosted,Linux,X64,cpu,fleet.zq";
+    let mut logs = String::new();
+
+    // First container: not registered yet, so fleet passes a registration token.
+    let first = lab.start(
+        "cpu-0-a",
+        &persistent_env("zq-cpu-0", labels, Some(&token)),
+        Some(&state),
+    );
+    lab.wait_for_log(&first, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 1);
+    assert_eq!(lab.lines("config.args"), ["--unattended", "--replace"]);
+    assert_eq!(
+        lab.lines("config.env-names"),
+        [
+            "ACTIONS_RUNNER_INPUT_LABELS",
+            "ACTIONS_RUNNER_INPUT_NAME",
+            "ACTIONS_RUNNER_INPUT_TOKEN",
+            "ACTIONS_RUNNER_INPUT_URL"
+        ]
+    );
+    assert_eq!(lab.record("config.token").as_deref(), Some(token.as_str()));
+    assert_eq!(
+        lab.record("config.url").as_deref(),
+        Some("https://github.com/acme/zquic")
+    );
+    assert_eq!(lab.record("config.name").as_deref(), Some("zq-cpu-0"));
+    assert_eq!(lab.record("config.labels").as_deref(), Some(labels));
+    assert_eq!(
+        lab.lines("run.config-files"),
+        [".runner", ".credentials", ".credentials_rsaparams"]
+    );
+    assert_eq!(
+        lab.lines("run.env-names"),
+        Vec::<String>::new(),
+        "the registration inputs are not passed on to the runner and its jobs"
+    );
+    assert_secret_free("the command lines", &lab.process_args(&first), &[&token]);
+    let (took, code) = lab.stop(&first);
+    assert!(took < STOP_WITHIN, "docker stop took {took:?}");
+    assert_eq!(code, 0);
+    assert_eq!(
+        lab.count("config.count"),
+        1,
+        "no removal without a removal token"
+    );
+    assert!(lab.record("remove.token").is_none());
+    logs.push_str(&lab.logs(&first));
+    lab.remove(&first);
+
+    // Recreated on the same state volume, registered already: fleet passes no token.
+    let second = lab.start(
+        "cpu-0-b",
+        &persistent_env("zq-cpu-0", labels, None),
+        Some(&state),
+    );
+    lab.wait_for_log(&second, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 1, "configured once");
+    assert_eq!(lab.count("run.count"), 2);
+    assert_eq!(
+        lab.lines("run.config-files"),
+        [".runner", ".credentials", ".credentials_rsaparams"],
+        "the registration was restored"
+    );
+    let (took, code) = lab.stop(&second);
+    assert!(took < STOP_WITHIN, "docker stop took {took:?}");
+    assert_eq!(code, 0);
+    logs.push_str(&lab.logs(&second));
+    lab.remove(&second);
+
+    // A container that still carries its first token (a restart keeps the environment) does not
+    // register again either: the saved registration wins.
+    let third = lab.start(
+        "cpu-0-c",
+        &persistent_env("zq-cpu-0", labels, Some(&token)),
+        Some(&state),
+    );
+    lab.wait_for_log(&third, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 1, "configured once");
+    assert_eq!(lab.count("run.count"), 3);
+    lab.stop(&third);
+    logs.push_str(&lab.logs(&third));
+
+    assert!(logs.contains("restoring its registration"), "{logs}");
+    assert_secret_free("the logs", &logs, &[&token]);
+}
+
+#[test]
+fn persistent_runner_without_default_labels_registers_with_no_default_labels() {
+    let lab = Lab::new("nodefault");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("bare-0-state");
+    let c = lab.start(
+        "bare-0",
+        &persistent_env("zq-bare-0", "gpu,fleet.zq", Some(&token)),
+        Some(&state),
+    );
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert_eq!(
+        lab.lines("config.args"),
+        ["--unattended", "--replace", "--no-default-labels"]
+    );
+    lab.stop(&c);
+    assert_secret_free("the logs", &lab.logs(&c), &[&token]);
+}
+
+#[test]
+fn persistent_runner_without_registration_or_token_fails_and_says_why() {
+    let lab = Lab::new("notoken");
+    let state = lab.volume("cpu-1-state");
+    let c = lab.start(
+        "cpu-1",
+        &persistent_env("zq-cpu-1", "self-hosted,cpu", None),
+        Some(&state),
+    );
+    assert_eq!(lab.wait_exit(&c), 1);
+    let logs = lab.logs(&c);
+    assert!(
+        logs.contains("no saved registration") && logs.contains("ACTIONS_RUNNER_INPUT_TOKEN"),
+        "{logs}"
+    );
+    assert_eq!(lab.count("config.count"), 0);
+    assert_eq!(lab.count("run.count"), 0);
+}
+
+#[test]
+fn without_the_contract_environment_it_refuses_to_start() {
+    let lab = Lab::new("noenv");
+    let c = lab.start("bare", &[("RUNNER_NAME", "zq-x-0")], None);
+    assert_eq!(lab.wait_exit(&c), 1);
+    let logs = lab.logs(&c);
+    assert!(
+        logs.contains("neither ACTIONS_RUNNER_INPUT_JITCONFIG"),
+        "{logs}"
+    );
+    assert_eq!(lab.count("run.count"), 0);
+    assert_eq!(lab.count("config.count"), 0);
+}
+
+#[test]
+fn a_persistent_runner_removes_its_registration_only_when_given_a_removal_token() {
+    let lab = Lab::new("remove");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let removal = format!("FAKE-REMOVAL-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-2-state");
+    let env = persistent_env("zq-cpu-2", "self-hosted,cpu", Some(&token));
+    let c = lab.start("cpu-2", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 1);
+
+    // The operator's explicit request: a removal token in the state directory, then a stop.
+    lab.write_file(&c, "/var/lib/fleet-runner/remove-token", &removal);
+    let (took, code) = lab.stop(&c);
+    assert!(took < STOP_WITHIN, "docker stop took {took:?}");
+    assert_eq!(code, 0);
+    assert_eq!(lab.count("config.count"), 2);
+    assert_eq!(lab.lines("config.args"), ["remove"]);
+    assert_eq!(
+        lab.record("remove.token").as_deref(),
+        Some(removal.as_str()),
+        "config.sh remove got the removal token from the environment"
+    );
+    let logs = lab.logs(&c);
+    assert!(logs.contains("registration was removed"), "{logs}");
+    assert_secret_free("the logs", &logs, &[&token, &removal]);
+    lab.remove(&c);
+
+    // The saved registration and the token file are gone: without a new token it cannot start.
+    let again = lab.start(
+        "cpu-2-again",
+        &persistent_env("zq-cpu-2", "self-hosted,cpu", None),
+        Some(&state),
+    );
+    assert_eq!(lab.wait_exit(&again), 1);
+    assert!(lab.logs(&again).contains("no saved registration"));
+    assert_eq!(lab.count("config.count"), 2, "no removal attempted twice");
+}
