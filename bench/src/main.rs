@@ -56,6 +56,12 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         registrations: Vec<u32>,
     },
+    /// The timeline of JIT registrations while fleet creates N runners: POSTs a second and the
+    /// most points spent in any minute (GitHub's secondary limit: 900 per endpoint, 5 a POST).
+    JitTimeline {
+        #[arg(long, default_value_t = 100)]
+        runners: u32,
+    },
     /// Peak memory (VmHWM) of `fleet apply` and `fleet watch` (the binary) at N runners.
     Memory {
         #[arg(long, default_value_t = 100)]
@@ -90,6 +96,7 @@ fn main() {
             Bench::Converge { runners, rounds } => converge(&runners, rounds).await,
             Bench::Plan { registrations } => plan_bench(&registrations).await,
             Bench::Memory { runners } => memory(runners).await,
+            Bench::JitTimeline { runners } => jit_timeline(runners).await,
         }
     });
     if let Err(e) = result {
@@ -828,4 +835,37 @@ async fn memory(runners: u32) -> Result<(), String> {
     .await;
     setup.cleanup().await;
     outcome
+}
+
+async fn jit_timeline(runners: u32) -> Result<(), String> {
+    let setup = Setup::new("jit", runners).await?;
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let sink = times.clone();
+    setup.fake.on_request(move |r| {
+        if r.method == "POST" && r.path.ends_with("/generate-jitconfig") {
+            if let Ok(mut t) = sink.lock() {
+                t.push(started.elapsed().as_secs_f64());
+            }
+        }
+    });
+    let outcome = setup.converge().await;
+    setup.cleanup().await;
+    outcome?;
+    let times = times.lock().map(|t| t.clone()).unwrap_or_default();
+    let last = times.iter().copied().fold(0.0, f64::max);
+    println!("| second | JIT POSTs | points |\n|---|---|---|");
+    for second in 0..=(last as usize) {
+        let n = times.iter().filter(|t| **t as usize == second).count();
+        if n > 0 {
+            println!("| {second} | {n} | {} |", n * 5);
+        }
+    }
+    let worst_minute = times
+        .iter()
+        .map(|start| times.iter().filter(|t| **t >= *start && **t < start + 60.0).count() * 5)
+        .max()
+        .unwrap_or(0);
+    println!("\n{} JIT registrations in {last:.1} s; at most {worst_minute} points in any minute (limit 900).", times.len());
+    Ok(())
 }
