@@ -404,34 +404,12 @@ impl GithubClient {
 
     /// Every runner registered at the scope, every page (100 a page), sorted by id.
     pub async fn list_runners(&self) -> Result<Vec<GithubRunner>, GithubError> {
-        #[derive(Deserialize)]
-        struct Label {
-            name: String,
-        }
-        #[derive(Deserialize)]
-        struct Runner {
-            id: u64,
-            name: String,
-            status: String,
-            busy: bool,
-            labels: Vec<Label>,
-        }
-        #[derive(Deserialize)]
-        struct Page {
-            runners: Vec<Runner>,
-        }
         let first = format!("{}?per_page=100", self.scoped_url("/actions/runners"));
-        let pages: Vec<Page> = self.get_all_pages(&first, "list-runners").await?;
+        let pages: Vec<RunnerPage> = self.get_all_pages(&first, "list-runners").await?;
         let mut runners: Vec<GithubRunner> = pages
             .into_iter()
             .flat_map(|p| p.runners)
-            .map(|r| GithubRunner {
-                id: r.id,
-                name: r.name,
-                online: r.status == "online",
-                busy: r.busy,
-                labels: r.labels.into_iter().map(|l| l.name).collect(),
-            })
+            .map(RunnerJson::into_runner)
             .collect();
         runners.sort_by_key(|r| r.id);
         runners.dedup_by_key(|r| r.id);
@@ -747,6 +725,38 @@ impl GithubClient {
     }
 }
 
+/// A runner as GitHub's list endpoints describe it (the fields fleet reads).
+#[derive(Deserialize)]
+struct RunnerJson {
+    id: u64,
+    name: String,
+    status: String,
+    busy: bool,
+    labels: Vec<LabelJson>,
+}
+
+#[derive(Deserialize)]
+struct LabelJson {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RunnerPage {
+    runners: Vec<RunnerJson>,
+}
+
+impl RunnerJson {
+    fn into_runner(self) -> GithubRunner {
+        GithubRunner {
+            id: self.id,
+            name: self.name,
+            online: self.status == "online",
+            busy: self.busy,
+            labels: self.labels.into_iter().map(|l| l.name).collect(),
+        }
+    }
+}
+
 /// What became of a request to remove a registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -823,35 +833,13 @@ impl GithubClient {
             self.scoped_url("/actions/runners"),
             url_encode(name)
         );
-        #[derive(Deserialize)]
-        struct Label {
-            name: String,
-        }
-        #[derive(Deserialize)]
-        struct Runner {
-            id: u64,
-            name: String,
-            status: String,
-            busy: bool,
-            labels: Vec<Label>,
-        }
-        #[derive(Deserialize)]
-        struct Page {
-            runners: Vec<Runner>,
-        }
         let answer = self.send(Method::GET, &url, None, "list-runners").await?;
-        let page: Page = decode(&url, &answer.body)?;
+        let page: RunnerPage = decode(&url, &answer.body)?;
         Ok(page
             .runners
             .into_iter()
             .find(|r| r.name == name)
-            .map(|r| GithubRunner {
-                id: r.id,
-                name: r.name,
-                online: r.status == "online",
-                busy: r.busy,
-                labels: r.labels.into_iter().map(|l| l.name).collect(),
-            }))
+            .map(RunnerJson::into_runner))
     }
 
     /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.

@@ -81,6 +81,31 @@ pub struct Change {
     pub runner_id: Option<u64>,
 }
 
+impl Change {
+    /// A change with no GPUs, replacement, diff or ids: the fields that apply are set after.
+    pub fn new(
+        action: Action,
+        pool: impl Into<String>,
+        host: impl Into<String>,
+        name: impl Into<String>,
+        reasons: Vec<String>,
+    ) -> Change {
+        Change {
+            action,
+            pool: pool.into(),
+            host: host.into(),
+            name: name.into(),
+            reasons,
+            gpus: vec![],
+            replacement: None,
+            deferred: None,
+            diff: vec![],
+            container_id: None,
+            runner_id: None,
+        }
+    }
+}
+
 /// How many changes of each kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -278,30 +303,30 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
         match &p.fate {
             Fate::Keep => {}
             Fate::Destroy(reasons) => changes.push(Change {
-                action: Action::Destroy,
-                pool: pool_of(c),
-                host: p.host.to_string(),
-                name: c.name.clone(),
-                reasons: reasons.clone(),
                 gpus: c.gpus(),
-                replacement: None,
-                deferred: None,
-                diff: vec![],
                 container_id: Some(c.id.clone()),
                 runner_id,
+                ..Change::new(
+                    Action::Destroy,
+                    pool_of(c),
+                    p.host.to_string(),
+                    c.name.clone(),
+                    reasons.clone(),
+                )
             }),
             Fate::Defer(what, reasons, diff) => changes.push(Change {
-                action: Action::Defer,
-                pool: pool_of(c),
-                host: p.host.to_string(),
-                name: c.name.clone(),
-                reasons: reasons.clone(),
                 gpus: c.gpus(),
-                replacement: None,
                 deferred: Some(*what),
                 diff: diff.clone(),
                 container_id: Some(c.id.clone()),
                 runner_id,
+                ..Change::new(
+                    Action::Defer,
+                    pool_of(c),
+                    p.host.to_string(),
+                    c.name.clone(),
+                    reasons.clone(),
+                )
             }),
             Fate::Replace(reasons, diff) => {
                 let Some(pool) = p.pool else { continue };
@@ -318,17 +343,18 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
                     }
                 };
                 changes.push(Change {
-                    action: Action::Replace,
-                    pool: pool.name.clone(),
-                    host: p.host.to_string(),
-                    name: c.name.clone(),
-                    reasons: reasons.clone(),
                     gpus,
                     replacement,
-                    deferred: None,
                     diff: diff.clone(),
                     container_id: Some(c.id.clone()),
                     runner_id,
+                    ..Change::new(
+                        Action::Replace,
+                        pool.name.clone(),
+                        p.host.to_string(),
+                        c.name.clone(),
+                        reasons.clone(),
+                    )
                 });
             }
         }
@@ -344,17 +370,14 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
                 }
             };
             changes.push(Change {
-                action: Action::Create,
-                pool: pool.name.clone(),
-                host: pool.host.clone(),
-                name,
-                reasons: vec![format!("pool has {kept} of {} runners", pool.count)],
                 gpus,
-                replacement: None,
-                deferred: None,
-                diff: vec![],
-                container_id: None,
-                runner_id: None,
+                ..Change::new(
+                    Action::Create,
+                    pool.name.clone(),
+                    pool.host.clone(),
+                    name,
+                    vec![format!("pool has {kept} of {} runners", pool.count)],
+                )
             });
         }
     }
@@ -375,19 +398,13 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
                 Some(_) => {}
                 None => {
                     if volumes_planned.insert((pool.host.clone(), volume.source.clone())) {
-                        changes.push(Change {
-                            action: Action::CreateVolume,
-                            pool: pool.name.clone(),
-                            host: pool.host.clone(),
-                            name: volume.source.clone(),
-                            reasons: vec![format!("pool `{}` mounts it at {}", pool.name, volume.target)],
-                            gpus: vec![],
-                            replacement: None,
-                            deferred: None,
-                            diff: vec![],
-                            container_id: None,
-                            runner_id: None,
-                        });
+                        changes.push(Change::new(
+Action::CreateVolume,
+pool.name.clone(),
+pool.host.clone(),
+volume.source.clone(),
+vec![format!("pool `{}` mounts it at {}", pool.name, volume.target)],
+));
                     }
                 }
             }
@@ -409,17 +426,14 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
         let pool = pool_from_name(fleet, &runner.name, &pools);
         if !runner.online && !runner.busy {
             changes.push(Change {
-                action: Action::Deregister,
-                pool,
-                host: "github".into(),
-                name: runner.name.clone(),
-                reasons: vec!["registered on GitHub, offline, and no container runs it".into()],
-                gpus: vec![],
-                replacement: None,
-                deferred: None,
-                diff: vec![],
-                container_id: None,
                 runner_id: Some(runner.id),
+                ..Change::new(
+                    Action::Deregister,
+                    pool,
+                    "github",
+                    runner.name.clone(),
+                    vec!["registered on GitHub, offline, and no container runs it".into()],
+                )
             });
         } else {
             warnings.push(format!(
@@ -535,19 +549,13 @@ pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<P
     if volumes {
         for (host, state) in &observed.hosts {
             for volume in state.volumes.iter().filter(|v| v.owned) {
-                changes.push(Change {
-                    action: Action::DestroyVolume,
-                    pool: String::new(),
-                    host: host.clone(),
-                    name: volume.name.clone(),
-                    reasons: vec!["fleet destroy --volumes".into()],
-                    gpus: vec![],
-                    replacement: None,
-                    deferred: None,
-                    diff: vec![],
-                    container_id: None,
-                    runner_id: None,
-                });
+                changes.push(Change::new(
+                    Action::DestroyVolume,
+                    String::new(),
+                    host.clone(),
+                    volume.name.clone(),
+                    vec!["fleet destroy --volumes".into()],
+                ));
             }
         }
     }
