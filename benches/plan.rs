@@ -19,7 +19,9 @@ const POOLS: usize = 10;
 /// a tenth of them exited, so the plan has work to do.
 fn world(runners: usize) -> (Spec, Observed) {
     let per_pool = runners / POOLS;
-    let mut yaml = String::from("version: 1\nname: bench\ngithub:\n  repo: acme/bench\nhosts:\n  local:\n    gpus: none\npools:\n");
+    let mut yaml = String::from(
+        "version: 1\nname: bench\ngithub:\n  repo: acme/bench\nhosts:\n  local:\n    gpus: none\npools:\n",
+    );
     for p in 0..POOLS {
         yaml.push_str(&format!(
             "  p{p}:\n    count: {per_pool}\n    image: runner:1\n    labels: [bench, pool{p}]\n    env: {{ POOL: \"{p}\" }}\n"
@@ -46,7 +48,11 @@ fn world(runners: usize) -> (Spec, Observed) {
                     (labels::CONFIG.to_string(), config.to_label()),
                     (labels::GPUS.to_string(), String::new()),
                 ]),
-                status: if exited { ContainerStatus::Exited } else { ContainerStatus::Running },
+                status: if exited {
+                    ContainerStatus::Exited
+                } else {
+                    ContainerStatus::Running
+                },
                 exit_code: exited.then_some(0),
                 created: i as i64,
             });
@@ -64,12 +70,18 @@ fn world(runners: usize) -> (Spec, Observed) {
     containers.sort_by(|a, b| a.name.cmp(&b.name));
     let host = HostState {
         containers,
-        gpus: GpuInventory { uuids: vec![], source: GpuSource::None },
+        gpus: GpuInventory {
+            uuids: vec![],
+            source: GpuSource::None,
+        },
         ..HostState::default()
     };
     let observed = Observed {
         hosts: BTreeMap::from([("local".to_string(), host)]),
-        github: GithubState { runners: registrations, groups: BTreeMap::new() },
+        github: GithubState {
+            runners: registrations,
+            groups: BTreeMap::new(),
+        },
     };
     (spec, observed)
 }
@@ -80,7 +92,11 @@ fn bench_plan(c: &mut Criterion) {
     for runners in [100usize, 1_000, 10_000] {
         let (spec, observed) = world(runners);
         let check = plan(&spec, &observed).map(|p| p.summary.replace);
-        assert_eq!(check, Ok(runners / 10), "a tenth of the runners exited and are replaced");
+        assert_eq!(
+            check,
+            Ok(runners / 10),
+            "a tenth of the runners exited and are replaced"
+        );
         group.bench_with_input(BenchmarkId::from_parameter(runners), &runners, |b, _| {
             b.iter(|| plan(black_box(&spec), black_box(&observed)))
         });

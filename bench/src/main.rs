@@ -843,10 +843,11 @@ async fn jit_timeline(runners: u32) -> Result<(), String> {
     let started = Instant::now();
     let sink = times.clone();
     setup.fake.on_request(move |r| {
-        if r.method == "POST" && r.path.ends_with("/generate-jitconfig") {
-            if let Ok(mut t) = sink.lock() {
-                t.push(started.elapsed().as_secs_f64());
-            }
+        if r.method == "POST"
+            && r.path.ends_with("/generate-jitconfig")
+            && let Ok(mut t) = sink.lock()
+        {
+            t.push(started.elapsed().as_secs_f64());
         }
     });
     let outcome = setup.converge().await;
@@ -863,9 +864,18 @@ async fn jit_timeline(runners: u32) -> Result<(), String> {
     }
     let worst_minute = times
         .iter()
-        .map(|start| times.iter().filter(|t| **t >= *start && **t < start + 60.0).count() * 5)
+        .map(|start| {
+            times
+                .iter()
+                .filter(|t| **t >= *start && **t < start + 60.0)
+                .count()
+                * 5
+        })
         .max()
         .unwrap_or(0);
-    println!("\n{} JIT registrations in {last:.1} s; at most {worst_minute} points in any minute (limit 900).", times.len());
+    println!(
+        "\n{} JIT registrations in {last:.1} s; at most {worst_minute} points in any minute (limit 900).",
+        times.len()
+    );
     Ok(())
 }
