@@ -615,3 +615,44 @@ fn a_jit_name_conflict_frees_our_idle_holder_and_takes_a_new_name() {
     assert_eq!(w.owned_runner_names(), std::slice::from_ref(&runner));
     assert_eq!(w.container_names("eph"), [runner]);
 }
+
+/// Runs fleet under a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_a_terminal(w: &World, args: &str, answer: &str) -> std::process::Output {
+    let fleet = env!("CARGO_BIN_EXE_fleet");
+    let mut child = Command::new("script")
+        .args(["-qec", &format!("{fleet} {args}"), "/dev/null"])
+        .current_dir(w.dir.path())
+        .env("GITHUB_TOKEN", w.fake.token())
+        .env("FLEET_LOCK_DIR", w.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs fleet on a terminal");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(format!("{answer}\n").as_bytes());
+    }
+    child.wait_with_output().expect("script")
+}
+
+#[test]
+fn on_a_terminal_apply_asks_and_only_yes_applies() {
+    let w = World::new();
+    w.spec(&pool("eph", 2, true));
+    let out = on_a_terminal(&w, "apply", "no");
+    let text = stdout(&out);
+    assert!(
+        text.contains("Do you want to apply these changes?"),
+        "{text}"
+    );
+    assert!(text.contains("Cancelled; nothing was changed."), "{text}");
+    assert!(w.owned_containers().is_empty());
+
+    let out = on_a_terminal(&w, "apply", "yes");
+    let text = stdout(&out);
+    assert!(text.contains("Apply complete: 2 created"), "{text}");
+    // The progress bar draws on a terminal.
+    assert!(text.contains("2/2 steps"), "{text}");
+    assert_eq!(w.container_names("eph").len(), 2);
+}
