@@ -45,8 +45,8 @@ pub struct Cli {
     )]
     pub file: PathBuf,
 
-    /// Log more to stderr (-v: debug, including the count of GitHub requests). RUST_LOG
-    /// overrides it.
+    /// Log more to stderr: -v info, -vv debug (with the count of GitHub requests), -vvv
+    /// everything. RUST_LOG overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
