@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{RUN_LABEL, docker};
+use common::{RUN_LABEL, docker, docker_ok};
 
 const ENTRYPOINT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/runner/entrypoint.sh");
 const STUBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/runner/tests");
@@ -32,16 +32,6 @@ fn images_lock() -> MutexGuard<'static, ()> {
 /// How long a stopped runner may take: the entrypoint forwards SIGTERM at once, so anything
 /// near `docker stop`'s own timeout (30 s here) means the signal was lost.
 const STOP_WITHIN: Duration = Duration::from_secs(5);
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// One test's image, containers, volumes and record directory; removed on drop.
 struct Lab {

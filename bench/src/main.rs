@@ -353,23 +353,7 @@ async fn api_budget(runners: u32, resyncs: u32) -> Result<(), String> {
     let setup = Setup::new("budget", runners).await?;
     let outcome = async {
         // Converge first (these requests are the one-off cost of creating the runners).
-        let spec = fleet::spec::load(&setup.spec).map_err(|e| e.render())?;
-        let observers = fleet::observe::Observers::connect(
-            &spec,
-            Path::new("."),
-            &*setup.env(),
-            fleet::observe::github::RetryPolicy::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let observed = observers.observe(&spec).await.map_err(|e| e.to_string())?;
-        let plan = fleet::plan::plan(&spec, &observed).map_err(|e| e.to_string())?;
-        let report = fleet::apply::Executor::new(&spec, &observers, &observed, 10)
-            .apply(&plan, &fleet::apply::Quiet)
-            .await;
-        if report.failed().next().is_some() {
-            return Err(report.summary("Apply"));
-        }
+        setup.converge().await?;
         let scope = Scope::repo("acme", "bench");
         for r in setup.fake.runners(&scope) {
             setup.fake.set_runner_state(&scope, r.id, true, false);

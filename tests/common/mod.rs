@@ -22,7 +22,8 @@ pub fn docker(args: &[&str]) -> Output {
         .expect("run the docker CLI")
 }
 
-fn docker_ok(args: &[&str]) -> String {
+/// Runs the docker CLI and returns its stdout; a failure fails the test.
+pub fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
     assert!(
         out.status.success(),
