@@ -153,8 +153,13 @@ impl<'a> Executor<'a> {
                 .iter()
                 .filter(|c| phase.contains(&c.action))
                 .collect();
-            let done: Vec<StepReport> = futures_util::stream::iter(steps)
+            // The futures are made before they are streamed: a closure in the stream would make
+            // the apply future !Send (rust-lang/rust#102211), and watch needs it Send.
+            let futures: Vec<_> = steps
+                .into_iter()
                 .map(|change| self.step(change, progress))
+                .collect();
+            let done: Vec<StepReport> = futures_util::stream::iter(futures)
                 .buffer_unordered(self.parallelism)
                 .collect()
                 .await;

@@ -533,3 +533,20 @@ impl Loop {
             .reconciled(trigger, result, started.elapsed().as_secs_f64());
     }
 }
+
+/// A compile-time check (it is never called): the watch loop can be spawned on a
+/// multi-threaded runtime.
+#[cfg(test)]
+mod send_check {
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn run_is_send(
+        options: super::WatchOptions,
+        env: super::Env,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let f = super::run(std::path::PathBuf::new(), options, env, stop);
+        assert_send(&f);
+    }
+}
