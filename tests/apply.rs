@@ -656,3 +656,35 @@ fn on_a_terminal_apply_asks_and_only_yes_applies() {
     assert!(text.contains("2/2 steps"), "{text}");
     assert_eq!(w.container_names("eph").len(), 2);
 }
+
+#[test]
+fn a_missing_image_with_pull_never_is_warned_about_and_fails_its_steps_cleanly() {
+    let w = World::new();
+    // `pull: never`: nothing is pulled (no registry is reachable from tests, nor contacted).
+    let missing = format!("fleet-test-missing-{}:0", w.run);
+    w.spec(&format!(
+        "  eph:\n    count: 1\n    image: {missing}\n    pull: never\n    network: none\n"
+    ));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "image `{missing}` is not on host `local` and `pull: never`"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "image {missing} is not on host `local` and the pool says `pull: never`"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.owned_containers().is_empty());
+    assert_eq!(
+        w.fake.jit_configs_issued(),
+        0,
+        "nothing registered for a runner that cannot start"
+    );
+}
