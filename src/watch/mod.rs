@@ -81,12 +81,11 @@ pub async fn run(
             .await
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let bound = listener.local_addr().unwrap_or(addr);
-        drop(listener);
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop_server.wait_for(|s| *s).await;
             };
-            if let Err(e) = metrics::serve(bound, listener_metrics, shutdown).await {
+            if let Err(e) = metrics::serve(listener, listener_metrics, shutdown).await {
                 tracing::error!("metrics server on {bound} stopped: {e}");
             }
         });
