@@ -218,29 +218,7 @@ impl Setup {
     }
 
     async fn cleanup(&self) {
-        let filters = HashMap::from([("label", vec![format!("fleet.name={}", self.fleet)])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        if let Ok(list) = self.docker.list_containers(Some(options)).await {
-            for c in list {
-                if let Some(id) = c.id {
-                    let _ = self
-                        .docker
-                        .remove_container(
-                            &id,
-                            Some(
-                                RemoveContainerOptionsBuilder::new()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
-                        .await;
-                }
-            }
-        }
+        remove_labelled(&self.docker, &format!("fleet.name={}", self.fleet)).await;
     }
 }
 
