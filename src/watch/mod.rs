@@ -44,9 +44,13 @@ enum Trigger {
     Start,
     Spec,
     /// An owned container died, was destroyed or ran out of memory (Docker's event time).
+    /// `recheck` counts the looks taken again because Docker still listed the container as
+    /// it was before the event.
     Docker {
         container: String,
+        action: String,
         at: SystemTime,
+        recheck: u32,
     },
     Resync,
     /// A retry after a failed observation.
@@ -285,12 +289,15 @@ async fn follow_events(docker: &DockerHost, fleet: &str, tx: &UnboundedSender<Tr
             .and_then(|n| u64::try_from(n).ok())
             .map(|n| UNIX_EPOCH + Duration::from_nanos(n))
             .unwrap_or_else(SystemTime::now);
-        tracing::info!(
-            "host `{}`: container {container} {}",
-            docker.name,
-            event.action.as_deref().unwrap_or("changed")
-        );
-        if tx.send(Trigger::Docker { container, at }).is_err() {
+        let action = event.action.unwrap_or_default();
+        tracing::info!("host `{}`: container {container} {action}", docker.name);
+        let trigger = Trigger::Docker {
+            container,
+            action,
+            at,
+            recheck: 0,
+        };
+        if tx.send(trigger).is_err() {
             return;
         }
     }
@@ -362,7 +369,63 @@ impl Progress for WatchProgress<'_> {
     }
 }
 
+/// How many times a Docker event is looked at again when the engine's container list has not
+/// caught up with it yet, and the first wait (doubled each time).
+const EVENT_RECHECKS: u32 = 5;
+const EVENT_RECHECK_WAIT: Duration = Duration::from_millis(100);
+
 impl Loop {
+    /// Docker sends `die` a moment before its container list says `exited` (seen on Engine 28),
+    /// so a reconcile right after the event can still see the runner running and keep it. Each
+    /// event the observation contradicts is sent again after a short wait, a few times at most
+    /// (a persistent runner that Docker restarted is running again, and that is fine).
+    fn recheck_lagging_events(
+        &self,
+        triggers: &[Trigger],
+        observed: &crate::observe::state::Observed,
+    ) {
+        for trigger in triggers {
+            let Trigger::Docker {
+                container,
+                action,
+                at,
+                recheck,
+            } = trigger
+            else {
+                continue;
+            };
+            let listed = observed
+                .hosts
+                .values()
+                .flat_map(|h| h.containers.iter())
+                .find(|c| &c.name == container);
+            let lagging = match (action.as_str(), listed) {
+                ("die", Some(c)) => !c.status.is_finished(),
+                ("destroy", Some(_)) => true,
+                _ => false,
+            };
+            if !lagging || *recheck >= EVENT_RECHECKS {
+                continue;
+            }
+            let wait = EVENT_RECHECK_WAIT * 2u32.pow(*recheck);
+            tracing::debug!(
+                "Docker still lists {container} as before its `{action}` event; looking again in {}ms",
+                wait.as_millis()
+            );
+            let again = Trigger::Docker {
+                container: container.clone(),
+                action: action.clone(),
+                at: *at,
+                recheck: recheck + 1,
+            };
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(again);
+            });
+        }
+    }
+
     fn schedule_retry(&mut self, why: &str) {
         tracing::warn!("{why}; retrying in {}s", self.backoff.as_secs());
         if !self.retry_pending {
@@ -386,10 +449,14 @@ impl Loop {
             .into_iter()
             .find(|name| triggers.iter().any(|t| t.name() == *name))
             .unwrap_or("resync");
+        tracing::debug!(
+            "reconcile for {} trigger(s), first `{trigger}`",
+            triggers.len()
+        );
         let exits: BTreeMap<String, SystemTime> = triggers
             .iter()
             .filter_map(|t| match t {
-                Trigger::Docker { container, at } => Some((container.clone(), *at)),
+                Trigger::Docker { container, at, .. } => Some((container.clone(), *at)),
                 _ => None,
             })
             .collect();
@@ -479,6 +546,7 @@ impl Loop {
             }
         };
         self.backoff = Duration::from_secs(1);
+        self.recheck_lagging_events(triggers, &observed);
 
         let plan = match plan::plan(&self.spec, &observed) {
             Ok(plan) => plan,
@@ -491,6 +559,13 @@ impl Loop {
         };
         let actionable = plan.actionable().count();
         let mut result = "ok";
+        if actionable == 0 {
+            tracing::debug!(
+                "{} ({trigger}): nothing to do ({} change(s) deferred or kept)",
+                self.spec.name,
+                plan.changes.len()
+            );
+        }
         if actionable > 0 {
             tracing::info!(
                 "{} ({trigger}): {}",
