@@ -212,21 +212,24 @@ impl World {
         )
     }
 
-    /// `id name state labels-hash` of every container and volume of this run, to compare.
+    /// Id, name, state, start and finish times, exit code and labels of every container and volume of this run, to compare.
     pub fn docker_snapshot(&self) -> String {
         let by_fleet = format!("label=fleet.name={}", self.run);
         let by_run = format!("label={RUN_LABEL}={}", self.run);
         let mut out = String::new();
         for filter in [&by_fleet, &by_run] {
-            out.push_str(&docker_ok(&[
-                "ps",
-                "-a",
-                "--no-trunc",
-                "--filter",
-                filter,
-                "--format",
-                "{{.ID}} {{.Names}} {{.State}} {{.Status}} {{.Labels}}",
-            ]));
+            // Start and finish times and the exit code, not `docker ps`'s Status: that one says
+            // how long ago, and so changes by itself.
+            let ids = docker_ok(&["ps", "-a", "-q", "--no-trunc", "--filter", filter]);
+            for id in ids.lines() {
+                out.push_str(&docker_ok(&[
+                    "inspect",
+                    "--format",
+                    "{{.Id}} {{.Name}} {{.State.Status}} {{.State.StartedAt}} {{.State.FinishedAt}} {{.State.ExitCode}} {{.Config.Labels}}",
+                    id,
+                ]));
+                out.push('\n');
+            }
             out.push('\n');
             out.push_str(&docker_ok(&[
                 "volume",
