@@ -374,50 +374,67 @@ impl Progress for WatchProgress<'_> {
 const EVENT_RECHECKS: u32 = 5;
 const EVENT_RECHECK_WAIT: Duration = Duration::from_millis(100);
 
+/// Docker sends `die` a moment before its container list says `exited` (seen on Engine 28), so
+/// a reconcile right after the event can still see the runner running and keep it. Returns each
+/// event the observation contradicts, to be sent again after the wait beside it; a few times at
+/// most (a persistent runner that Docker restarted is running again, and that is fine).
+fn lagging_events(
+    triggers: &[Trigger],
+    observed: &crate::observe::state::Observed,
+) -> Vec<(Duration, Trigger)> {
+    let mut again = Vec::new();
+    for trigger in triggers {
+        let Trigger::Docker {
+            container,
+            action,
+            at,
+            recheck,
+        } = trigger
+        else {
+            continue;
+        };
+        let listed = observed
+            .hosts
+            .values()
+            .flat_map(|h| h.containers.iter())
+            .find(|c| &c.name == container);
+        let lagging = match (action.as_str(), listed) {
+            ("die", Some(c)) => !c.status.is_finished(),
+            ("destroy", Some(_)) => true,
+            _ => false,
+        };
+        if lagging && *recheck < EVENT_RECHECKS {
+            again.push((
+                EVENT_RECHECK_WAIT * 2u32.pow(*recheck),
+                Trigger::Docker {
+                    container: container.clone(),
+                    action: action.clone(),
+                    at: *at,
+                    recheck: recheck + 1,
+                },
+            ));
+        }
+    }
+    again
+}
+
 impl Loop {
-    /// Docker sends `die` a moment before its container list says `exited` (seen on Engine 28),
-    /// so a reconcile right after the event can still see the runner running and keep it. Each
-    /// event the observation contradicts is sent again after a short wait, a few times at most
-    /// (a persistent runner that Docker restarted is running again, and that is fine).
+    /// Sends again, after their wait, the Docker events this observation contradicts.
     fn recheck_lagging_events(
         &self,
         triggers: &[Trigger],
         observed: &crate::observe::state::Observed,
     ) {
-        for trigger in triggers {
-            let Trigger::Docker {
-                container,
-                action,
-                at,
-                recheck,
-            } = trigger
-            else {
-                continue;
-            };
-            let listed = observed
-                .hosts
-                .values()
-                .flat_map(|h| h.containers.iter())
-                .find(|c| &c.name == container);
-            let lagging = match (action.as_str(), listed) {
-                ("die", Some(c)) => !c.status.is_finished(),
-                ("destroy", Some(_)) => true,
-                _ => false,
-            };
-            if !lagging || *recheck >= EVENT_RECHECKS {
-                continue;
+        for (wait, again) in lagging_events(triggers, observed) {
+            if let Trigger::Docker {
+                container, action, ..
+            } = &again
+            {
+                tracing::debug!(
+                    "Docker still lists {container} as before its `{action}` event; looking again in {}ms",
+                    wait.as_millis()
+                );
             }
-            let wait = EVENT_RECHECK_WAIT * 2u32.pow(*recheck);
-            tracing::debug!(
-                "Docker still lists {container} as before its `{action}` event; looking again in {}ms",
-                wait.as_millis()
-            );
-            let again = Trigger::Docker {
-                container: container.clone(),
-                action: action.clone(),
-                at: *at,
-                recheck: recheck + 1,
-            };
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
@@ -622,5 +639,90 @@ mod send_check {
     ) {
         let f = super::run(std::path::PathBuf::new(), options, env, stop);
         assert_send(&f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::state::{ContainerState, ContainerStatus, HostState, Observed};
+
+    fn observed(containers: &[(&str, ContainerStatus)]) -> Observed {
+        let host = HostState {
+            containers: containers
+                .iter()
+                .map(|(name, status)| ContainerState {
+                    id: format!("id-{name}"),
+                    name: name.to_string(),
+                    labels: BTreeMap::new(),
+                    status: *status,
+                    exit_code: None,
+                    created: 0,
+                })
+                .collect(),
+            ..HostState::default()
+        };
+        Observed {
+            hosts: BTreeMap::from([("local".to_string(), host)]),
+            ..Observed::default()
+        }
+    }
+
+    fn event(container: &str, action: &str, recheck: u32) -> Trigger {
+        Trigger::Docker {
+            container: container.into(),
+            action: action.into(),
+            at: UNIX_EPOCH,
+            recheck,
+        }
+    }
+
+    fn rechecks(again: &[(Duration, Trigger)]) -> Vec<(u128, String, u32)> {
+        again
+            .iter()
+            .filter_map(|(wait, t)| match t {
+                Trigger::Docker {
+                    container, recheck, ..
+                } => Some((wait.as_millis(), container.clone(), *recheck)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_die_event_the_list_has_not_caught_up_with_is_looked_at_again_later() {
+        let world = observed(&[
+            ("f-eph-a", ContainerStatus::Running),
+            ("f-eph-b", ContainerStatus::Exited),
+        ]);
+        let triggers = [
+            event("f-eph-a", "die", 0),
+            event("f-eph-b", "die", 0),
+            Trigger::Spec,
+        ];
+        assert_eq!(
+            rechecks(&lagging_events(&triggers, &world)),
+            vec![(100, "f-eph-a".to_string(), 1)]
+        );
+        // The wait doubles, and after five looks the resync is left to it.
+        assert_eq!(
+            rechecks(&lagging_events(&[event("f-eph-a", "die", 3)], &world)),
+            vec![(800, "f-eph-a".to_string(), 4)]
+        );
+        assert!(lagging_events(&[event("f-eph-a", "die", EVENT_RECHECKS)], &world).is_empty());
+    }
+
+    #[test]
+    fn destroy_events_wait_for_the_container_to_leave_the_list() {
+        let world = observed(&[("f-eph-a", ContainerStatus::Exited)]);
+        assert_eq!(
+            rechecks(&lagging_events(&[event("f-eph-a", "destroy", 0)], &world)),
+            vec![(100, "f-eph-a".to_string(), 1)]
+        );
+        // Gone from the list, or an oom of a process inside a running container: nothing to wait for.
+        assert!(lagging_events(&[event("f-eph-z", "destroy", 0)], &world).is_empty());
+        assert!(lagging_events(&[event("f-eph-z", "die", 0)], &world).is_empty());
+        let running = observed(&[("f-eph-a", ContainerStatus::Running)]);
+        assert!(lagging_events(&[event("f-eph-a", "oom", 0)], &running).is_empty());
     }
 }
