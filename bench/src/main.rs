@@ -79,6 +79,10 @@ enum Bench {
 
 fn main() {
     let args = Args::parse();
+    // Quiet unless RUST_LOG asks (fleet's own log, as `fleet` would write it).
+    if std::env::var_os("RUST_LOG").is_some() {
+        fleet::cli::init_logging(0);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
