@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use desired::{RunnerConfig, full_hash, ownership_label, short_hash};
+pub use desired::{RunnerConfig, full_hash, full_json_hash, ownership_label, short_hash};
 
 use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner, Observed, labels};
 use crate::spec::{GpuRequest, ResolvedPool, Spec};
@@ -160,12 +160,12 @@ pub struct PlanError {
 
 /// SHA-256 of a spec, as stored in a plan.
 pub fn spec_hash(spec: &Spec) -> String {
-    full_hash(&serde_json::to_vec(spec).unwrap_or_default())
+    full_json_hash(spec)
 }
 
 /// SHA-256 of an observation, as stored in a plan.
 pub fn observed_fingerprint(observed: &Observed) -> String {
-    full_hash(&serde_json::to_vec(observed).unwrap_or_default())
+    full_json_hash(observed)
 }
 
 /// What becomes of an existing container.
@@ -225,14 +225,21 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
             .iter()
             .filter(|c| c.label(labels::FLEET) == Some(fleet))
             .collect();
+        // Grouped once: a filter per pool would read every container's labels again per pool.
+        let mut by_pool: BTreeMap<&str, Vec<&ContainerState>> = BTreeMap::new();
+        for c in &owned {
+            by_pool
+                .entry(c.label(labels::POOL).unwrap_or_default())
+                .or_default()
+                .push(c);
+        }
         for pool in pools.iter().filter(|p| &p.host == host_name) {
-            let mine: Vec<&ContainerState> = owned
-                .iter()
-                .copied()
-                .filter(|c| c.label(labels::POOL) == Some(pool.name.as_str()))
-                .collect();
+            let mine = by_pool
+                .get(pool.name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let (fates, kept, to_create) =
-                decide_pool(fleet, pool, &mine, &owned_runners, &host.gpus.uuids);
+                decide_pool(fleet, pool, mine, &owned_runners, &host.gpus.uuids);
             for (container, fate) in fates {
                 placed.push(Placed {
                     host: host_name,

@@ -374,7 +374,7 @@ impl Progress for WatchProgress<'_> {
 const EVENT_RECHECKS: u32 = 5;
 const EVENT_RECHECK_WAIT: Duration = Duration::from_millis(100);
 
-/// Docker sends `die` a moment before its container list says `exited` (seen on Engine 28), so
+/// Docker sends `die` a moment before its container list says `exited` (seen on Engine 20.10.24), so
 /// a reconcile right after the event can still see the runner running and keep it. Returns each
 /// event the observation contradicts, to be sent again after the wait beside it; a few times at
 /// most (a persistent runner that Docker restarted is running again, and that is fine).
