@@ -6,11 +6,12 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use fleet::contract::{RunnerConfig, labels};
 use fleet::observe::state::{
     ContainerState, ContainerStatus, GithubRunner, GithubState, GpuInventory, GpuSource, HostState,
-    Observed, labels,
+    Observed,
 };
-use fleet::plan::{RunnerConfig, plan};
+use fleet::plan::plan;
 use fleet::spec::Spec;
 
 const POOLS: usize = 10;
@@ -91,7 +92,7 @@ fn bench_plan(c: &mut Criterion) {
     group.sample_size(20);
     for runners in [100usize, 1_000, 10_000] {
         let (spec, observed) = world(runners);
-        let check = plan(&spec, &observed).map(|p| p.summary.replace);
+        let check = plan(&spec, &observed).map(|p| p.summary().replace);
         assert_eq!(
             check,
             Ok(runners / 10),

@@ -9,10 +9,11 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
-use crate::apply::{Executor, Outcome, Progress, StepReport, lock};
-use crate::observe::github::RetryPolicy;
+use crate::apply::{Executor, Outcome, Progress, Run, StepReport, lock};
+use crate::github::RetryPolicy;
+use crate::observe::state::Observed;
 use crate::observe::{ObserveError, Observers};
-use crate::plan::{self, Action, Change, FORMAT_VERSION, Plan, PlanError};
+use crate::plan::{self, Action, Plan, PlanDocument, PlanError};
 use crate::render::{self, Format};
 use crate::spec::{self, Spec, SpecError};
 
@@ -78,7 +79,7 @@ pub enum Command {
         out: Option<std::path::PathBuf>,
         /// text for people, json for programs, markdown for a pull-request comment.
         #[arg(long, value_enum, default_value = "text")]
-        format: Format,
+        format: PlanFormat,
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
@@ -139,7 +140,7 @@ pub enum Command {
     /// Read-only. Per pool, desired against actual; totals at the end. JSON for programs.
     Status {
         #[arg(long, value_enum, default_value = "text")]
-        format: GpusFormat,
+        format: StatusFormat,
     },
     /// This machine's NVIDIA GPUs through NVML: index, UUID, name, memory, utilization,
     /// temperature and processes.
@@ -156,7 +157,7 @@ pub enum Command {
         #[arg(value_name = "PLANFILE")]
         plan: std::path::PathBuf,
         #[arg(long, value_enum, default_value = "text")]
-        format: Format,
+        format: PlanFormat,
     },
     /// Print the JSON Schema (2020-12) of fleet.yaml.
     ///
@@ -170,9 +171,34 @@ pub enum Command {
     },
 }
 
-/// Output formats of `fleet gpus` and `fleet status`.
+/// Output formats of `fleet plan` and `fleet show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+impl From<PlanFormat> for Format {
+    fn from(format: PlanFormat) -> Format {
+        match format {
+            PlanFormat::Text => Format::Text,
+            PlanFormat::Json => Format::Json,
+            PlanFormat::Markdown => Format::Markdown,
+        }
+    }
+}
+
+/// Output formats of `fleet gpus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GpusFormat {
+    Text,
+    Json,
+}
+
+/// Output formats of `fleet status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
     Text,
     Json,
 }
@@ -292,7 +318,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn status_command(file: &Path, format: GpusFormat) -> Result<u8, Failure> {
+fn status_command(file: &Path, format: StatusFormat) -> Result<u8, Failure> {
     let spec = spec::load(file).map_err(Failure::Spec)?;
     let base_dir = file.parent().unwrap_or(Path::new("."));
     let observed = runtime()?.block_on(async {
@@ -308,8 +334,8 @@ fn status_command(file: &Path, format: GpusFormat) -> Result<u8, Failure> {
         .unwrap_or(0);
     let status = crate::status::build(&spec, &observed, &devices, now);
     let text = match format {
-        GpusFormat::Text => crate::status::text(&status),
-        GpusFormat::Json => format!(
+        StatusFormat::Text => crate::status::text(&status),
+        StatusFormat::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&status).unwrap_or_default()
         ),
@@ -441,7 +467,7 @@ fn plan_command(
     let color = format == Format::Text && stdout_color();
     let mut text = render::render(&plan, format, color);
     if let Some(out) = out {
-        std::fs::write(out, render::json(&plan)).map_err(|e| {
+        std::fs::write(out, render::json(&plan.document())).map_err(|e| {
             Failure::Other(format!("cannot write the plan to {}: {e}", out.display()))
         })?;
         if format == Format::Text {
@@ -509,19 +535,19 @@ fn verbs(action: Action) -> (&'static str, &'static str) {
 }
 
 impl Progress for ProgressPrinter {
-    fn started(&self, change: &Change) {
-        let (doing, _) = verbs(change.action);
+    fn started(&self, action: Action, name: &str) {
+        let (doing, _) = verbs(action);
         if !doing.is_empty() {
-            self.say(format!("{}: {doing}", change.name));
+            self.say(format!("{name}: {doing}"));
         }
     }
 
     fn finished(&self, report: &StepReport) {
-        let name = &report.change.name;
+        let name = &report.name;
         let secs = report.elapsed.as_secs_f64();
         let line = match &report.outcome {
             Outcome::Done => {
-                let (_, done) = verbs(report.change.action);
+                let (_, done) = verbs(report.action);
                 match &report.runner {
                     Some(runner) if runner != name => {
                         format!("{name}: {done} by {runner} ({secs:.1}s)")
@@ -558,17 +584,21 @@ fn approve(question: &str, auto_approve: bool) -> Result<bool, Failure> {
     Ok(answer.trim() == "yes")
 }
 
-/// Takes the lock, observes, and runs `decide` to get the plan to execute.
+/// Takes the lock, observes, and runs `decide` to get the plan to execute; `show` says whether
+/// to print it first.
 fn converge(
     file: &Path,
-    run: &RunOptions,
-    command: &str,
-    decide: impl FnOnce(&Spec, &crate::observe::state::Observed) -> Result<(Plan, bool), Failure>,
-    question: &str,
+    options: &RunOptions,
+    run: Run,
+    decide: impl FnOnce(&Spec, &Observed) -> Result<(Plan, bool), Failure>,
     auto_approve: bool,
 ) -> Result<u8, Failure> {
     let spec = spec::load(file).map_err(Failure::Spec)?;
-    let _lock = lock::acquire(&spec.name, command, run.lock_timeout)
+    let command = match run {
+        Run::Apply => "fleet apply",
+        Run::Destroy => "fleet destroy",
+    };
+    let _lock = lock::acquire(&spec.name, command, options.lock_timeout)
         .map_err(|e| Failure::Other(e.to_string()))?;
     let rt = runtime()?;
     let base_dir = file.parent().unwrap_or(Path::new("."));
@@ -583,137 +613,144 @@ fn converge(
     if show {
         print_stdout(&render::render(&plan, Format::Text, stdout_color()));
     }
-    let actionable = plan.actionable().count();
-    if actionable == 0 {
-        if !plan.is_empty() {
+    if plan.changes.is_empty() {
+        if !plan.deferred.is_empty() {
             println!(
                 "\nNothing to do now: {} change(s) wait for busy runners to finish their jobs.",
-                plan.changes.len()
+                plan.deferred.len()
             );
         }
         return Ok(exit::OK);
     }
+    let question = match run {
+        Run::Apply => "Do you want to apply these changes?",
+        Run::Destroy => "Do you really want to destroy every runner of this fleet?",
+    };
     if !approve(question, auto_approve)? {
         println!("\nCancelled; nothing was changed.");
         return Ok(exit::ERROR);
     }
     println!();
-    let progress = ProgressPrinter::new(plan.changes.len());
-    let executor = Executor::new(&spec, &observers, &observed, usize::from(run.parallelism));
+    let progress = ProgressPrinter::new(plan.len());
+    let executor = Executor::new(
+        &spec,
+        &observers,
+        &observed,
+        usize::from(options.parallelism),
+    );
     let report = rt.block_on(executor.apply(&plan, &progress));
     progress.done();
     tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
-    let what = if command == "fleet destroy" {
-        "Destroy"
-    } else {
-        "Apply"
-    };
-    println!("\n{}", report.summary(what));
+    println!("\n{}", report.summary(run));
     let failed: Vec<&StepReport> = report.failed().collect();
-    if failed.is_empty() {
-        Ok(exit::OK)
-    } else {
-        for step in failed {
-            if let Outcome::Failed(cause) = &step.outcome {
-                eprintln!("error: {}: {cause}", step.change.name);
-            }
+    for step in &failed {
+        if let Outcome::Failed(cause) = &step.outcome {
+            eprintln!("error: {}: {cause}", step.name);
         }
-        Ok(exit::ERROR)
     }
+    Ok(if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }
 
 fn apply_command(
     file: &Path,
     saved: Option<&Path>,
     auto_approve: bool,
-    run: &RunOptions,
+    options: &RunOptions,
 ) -> Result<u8, Failure> {
     converge(
         file,
-        run,
-        "fleet apply",
-        |spec, observed| match saved {
-            None => plan::plan(spec, observed)
-                .map(|p| (p, true))
-                .map_err(Failure::Plan),
-            Some(path) => {
-                let saved = read_plan(path).map_err(Failure::Other)?;
-                if saved.fleet != spec.name {
-                    return Err(Failure::Other(format!(
-                        "{} is a plan for fleet `{}`, not `{}`; nothing was changed",
-                        path.display(),
-                        saved.fleet,
-                        spec.name
-                    )));
-                }
-                if saved.spec_hash != plan::spec_hash(spec) {
-                    return Err(Failure::Other(format!(
-                        "the saved plan {} is stale: the spec changed since it was made. Run `fleet plan --out` again; nothing was changed.",
-                        path.display()
-                    )));
-                }
-                if saved.observed_fingerprint != plan::observed_fingerprint(observed) {
-                    return Err(Failure::Other(format!(
-                        "the saved plan {} is stale: containers or GitHub runners changed since it was made. Run `fleet plan --out` again; nothing was changed.",
-                        path.display()
-                    )));
-                }
-                // A saved plan was reviewed when it was made: it is applied without asking.
-                Ok((saved, false))
+        options,
+        Run::Apply,
+        |spec, observed| {
+            let fresh = plan::plan(spec, observed).map_err(Failure::Plan)?;
+            match saved {
+                None => Ok((fresh, true)),
+                // A saved plan was reviewed when it was made: it is applied without asking,
+                // and only as it was made.
+                Some(path) => check_saved(path, spec, observed, &fresh).map(|()| (fresh, false)),
             }
         },
-        "Do you want to apply these changes?",
         auto_approve || saved.is_some(),
     )
+}
+
+/// A saved plan is a proposal: fleet plans again from what it observes now and goes ahead only
+/// when the new plan is the saved one.
+fn check_saved(path: &Path, spec: &Spec, observed: &Observed, fresh: &Plan) -> Result<(), Failure> {
+    let saved = plan::read_saved(path).map_err(|e| Failure::Other(e.to_string()))?;
+    if saved.fleet != spec.name {
+        return Err(Failure::Other(format!(
+            "{} is a plan for fleet `{}`, not `{}`; nothing was changed",
+            path.display(),
+            saved.fleet,
+            spec.name
+        )));
+    }
+    if saved.spec_hash != plan::spec_hash(spec) {
+        return Err(Failure::Other(format!(
+            "the saved plan {} is stale: the spec changed since it was made. Run `fleet plan --out` again; nothing was changed.",
+            path.display()
+        )));
+    }
+    if saved.observed_fingerprint != plan::observed_fingerprint(observed) {
+        return Err(Failure::Other(format!(
+            "the saved plan {} is stale: containers or GitHub runners changed since it was made. Run `fleet plan --out` again; nothing was changed.",
+            path.display()
+        )));
+    }
+    match first_difference(&saved, &fresh.document()) {
+        None => Ok(()),
+        Some(difference) => Err(Failure::Other(format!(
+            "the saved plan {} is not the plan fleet makes from this spec and what it observes now: {difference}. A saved plan is applied only as fleet planned it; run `fleet plan --out` again. Nothing was changed.",
+            path.display()
+        ))),
+    }
+}
+
+/// The first change in which two plans differ, described.
+fn first_difference(saved: &PlanDocument, fresh: &PlanDocument) -> Option<String> {
+    let describe = |c: &plan::ChangeDocument| format!("{} {}", c.action.as_str(), c.name);
+    for (i, (a, b)) in saved.changes.iter().zip(&fresh.changes).enumerate() {
+        if a != b {
+            return Some(format!(
+                "change {} differs (saved: {}; planned now: {})",
+                i + 1,
+                describe(a),
+                describe(b)
+            ));
+        }
+    }
+    match saved.changes.len().cmp(&fresh.changes.len()) {
+        std::cmp::Ordering::Equal => None,
+        _ => Some(format!(
+            "it has {} change(s), the plan made now has {}",
+            saved.changes.len(),
+            fresh.changes.len()
+        )),
+    }
 }
 
 fn destroy_command(
     file: &Path,
     auto_approve: bool,
     volumes: bool,
-    run: &RunOptions,
+    options: &RunOptions,
 ) -> Result<u8, Failure> {
     converge(
         file,
-        run,
-        "fleet destroy",
+        options,
+        Run::Destroy,
         |spec, observed| {
             plan::plan_destroy(spec, observed, volumes)
                 .map(|p| (p, true))
                 .map_err(Failure::Plan)
         },
-        "Do you really want to destroy every runner of this fleet?",
         auto_approve,
     )
-}
-
-/// Reads a plan saved by `fleet plan --out`.
-pub fn read_plan(path: &Path) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{} is not a fleet plan: it is not JSON ({e}); save one with `fleet plan --out FILE`",
-            path.display()
-        )
-    })?;
-    match value.get("format_version").and_then(|v| v.as_str()) {
-        Some(FORMAT_VERSION) => {}
-        Some(other) => {
-            return Err(format!(
-                "{} is a fleet plan of format_version {other}; this fleet reads format_version {FORMAT_VERSION}",
-                path.display()
-            ));
-        }
-        None => {
-            return Err(format!(
-                "{} is not a fleet plan: it has no format_version; save one with `fleet plan --out FILE`",
-                path.display()
-            ));
-        }
-    }
-    serde_json::from_value(value)
-        .map_err(|e| format!("{} is not a valid fleet plan: {e}", path.display()))
 }
 
 /// Runs one command and maps its outcome to an exit code.
@@ -723,11 +760,8 @@ pub fn run(cli: Cli) -> u8 {
             out,
             format,
             detailed_exitcode,
-        } => plan_command(&cli.file, out.as_deref(), format, detailed_exitcode),
-        Command::Show { plan, format } => read_plan(&plan).map_err(Failure::Other).map(|plan| {
-            let color = format == Format::Text && stdout_color();
-            print_stdout(&render::render(&plan, format, color))
-        }),
+        } => plan_command(&cli.file, out.as_deref(), format.into(), detailed_exitcode),
+        Command::Show { plan, format } => show_command(&plan, format.into()),
         Command::Apply {
             plan,
             auto_approve,
@@ -759,6 +793,14 @@ pub fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(failure) => failure.report(),
     }
+}
+
+fn show_command(path: &Path, format: Format) -> Result<u8, Failure> {
+    let saved = plan::read_saved(path).map_err(|e| Failure::Other(e.to_string()))?;
+    let color = format == Format::Text && stdout_color();
+    Ok(print_stdout(&render::render_document(
+        &saved, format, color,
+    )))
 }
 
 fn validate(file: &std::path::Path) -> u8 {

@@ -1,11 +1,17 @@
 //! fleet keeps self-hosted GitHub Actions runners on Docker GPU hosts equal to `fleet.yaml`.
 //!
-//! The shape (DESIGN.md section 5): [`spec`] loads and validates the spec; [`observe`] has one
-//! observer per outside system; [`plan`] is pure; [`render`] prints one `Plan` three ways;
-//! [`cli`] is the only place that maps errors to exit codes.
+//! The shape (docs/architecture.md): [`spec`] loads and validates the spec; [`contract`] holds
+//! the runner contract (labels, ownership, names, configuration); [`docker`] and [`github`] are
+//! the one home of each outside system, reads and writes apart; [`observe`] assembles what the
+//! readers see; [`plan`] is pure; [`render`] prints one `Plan` three ways; [`apply`] is the only
+//! part that changes the world; [`watch`] runs the same loop as a daemon; [`cli`] is the only
+//! place that maps errors to exit codes.
 
 pub mod apply;
 pub mod cli;
+pub mod contract;
+pub mod docker;
+pub mod github;
 pub mod observe;
 pub mod plan;
 pub mod render;

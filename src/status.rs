@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::contract::{self, labels};
 use crate::observe::gpu::GpuDevice;
-use crate::observe::state::{ContainerStatus, Observed, labels};
-use crate::plan::ownership_label;
+use crate::observe::state::{ContainerStatus, Observed};
 use crate::spec::Spec;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,13 +95,11 @@ pub struct GpuUse {
 /// The status of `spec`'s fleet in `observed`; `devices` are this machine's GPUs (empty when
 /// NVML is not there); `now` is seconds since the epoch.
 pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) -> FleetStatus {
-    let own = ownership_label(&spec.name);
-    let prefix = format!("{}-", spec.name);
     let registrations: BTreeMap<&str, GithubView> = observed
         .github
         .runners
         .iter()
-        .filter(|r| r.name.starts_with(&prefix) && r.labels.contains(&own))
+        .filter(|r| contract::registration_owned(r, &spec.name))
         .map(|r| {
             (
                 r.name.as_str(),
@@ -128,7 +126,7 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
         for c in state
             .containers
             .iter()
-            .filter(|c| c.label(labels::FLEET) == Some(spec.name.as_str()))
+            .filter(|c| contract::container_owned(c, &spec.name))
         {
             let pool = c.label(labels::POOL).unwrap_or_default().to_string();
             if !names.iter().any(|(n, h, _)| n == &pool && h == host) {
@@ -140,7 +138,7 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
         let mut runners = Vec::new();
         if let Some(state) = observed.hosts.get(&host) {
             for c in state.containers.iter().filter(|c| {
-                c.label(labels::FLEET) == Some(spec.name.as_str())
+                contract::container_owned(c, &spec.name)
                     && c.label(labels::POOL) == Some(pool.as_str())
             }) {
                 seen.push(c.name.clone());

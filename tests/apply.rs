@@ -581,8 +581,8 @@ fn no_secret_reaches_output_logs_plans_or_labels() {
 #[test]
 fn a_jit_name_conflict_frees_our_idle_holder_and_takes_a_new_name() {
     use fleet::apply::{Executor, Outcome, Quiet};
+    use fleet::github::RetryPolicy;
     use fleet::observe::Observers;
-    use fleet::observe::github::RetryPolicy;
 
     let w = World::new();
     let path = w.spec(&pool("eph", 1, true));
@@ -595,7 +595,7 @@ fn a_jit_name_conflict_frees_our_idle_holder_and_takes_a_new_name() {
             .expect("connect");
         let observed = observers.observe(&spec).await.expect("observe");
         let plan = fleet::plan::plan(&spec, &observed).expect("plan");
-        let planned = plan.changes[0].name.clone();
+        let planned = plan.changes[0].name().to_string();
         // GitHub has the planned name already: an earlier attempt registered it, then crashed.
         let stale = w.register(&planned, true, false, false);
         let report = Executor::new(&spec, &observers, &observed, 4)

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_github::{AppConfig, Config, FakeGithub, Fault, NewRunner, Scope};
-use fleet::observe::github::{Credentials, GithubClient, GithubError, GithubScope, RetryPolicy};
+use fleet::github::{Credentials, GithubClient, GithubError, GithubScope, RetryPolicy};
 
 fn quick() -> RetryPolicy {
     RetryPolicy {
@@ -50,7 +50,7 @@ async fn lists_every_page_with_one_request_per_hundred_runners() {
         );
     }
     let gh = client(&fake, quick()).await;
-    let runners = gh.list_runners().await.expect("runners");
+    let runners = gh.read().list_runners().await.expect("runners");
     assert_eq!(runners.len(), 250);
     let mut names: Vec<&str> = runners.iter().map(|r| r.name.as_str()).collect();
     names.dedup();
@@ -72,7 +72,7 @@ async fn org_scope_reads_runner_groups() {
         quick(),
     )
     .expect("client");
-    let groups = gh.runner_groups().await.expect("groups");
+    let groups = gh.read().runner_groups().await.expect("groups");
     assert_eq!(groups.get("Default"), Some(&1));
     assert_eq!(groups.get("gpu-builders"), Some(&id));
 }
@@ -88,7 +88,10 @@ async fn retries_5xx_and_gives_up_with_the_status() {
         },
         2,
     );
-    assert!(gh.list_runners().await.is_ok(), "two 502s then success");
+    assert!(
+        gh.read().list_runners().await.is_ok(),
+        "two 502s then success"
+    );
     fake.fail_next(
         Fault::Status {
             status: 500,
@@ -96,7 +99,7 @@ async fn retries_5xx_and_gives_up_with_the_status() {
         },
         5,
     );
-    match gh.list_runners().await {
+    match gh.read().list_runners().await {
         Err(GithubError::Unavailable {
             status: 500,
             attempts: 3,
@@ -114,10 +117,10 @@ async fn a_request_that_hangs_times_out_and_is_retried() {
     let gh = client(&fake, policy).await;
     fake.fail_next(Fault::Timeout, 1);
     let started = Instant::now();
-    assert!(gh.list_runners().await.is_ok());
+    assert!(gh.read().list_runners().await.is_ok());
     assert!(started.elapsed() >= Duration::from_millis(300));
     fake.fail_next(Fault::Timeout, 5);
-    match gh.list_runners().await {
+    match gh.read().list_runners().await {
         Err(GithubError::Transport { message, .. }) => {
             assert!(message.contains("no answer within"), "{message}")
         }
@@ -132,7 +135,7 @@ async fn rate_limits_are_waited_out_as_github_asks() {
     // Secondary limit with retry-after: 1.
     fake.fail_next(Fault::SecondaryRateLimit { retry_after: 1 }, 1);
     let started = Instant::now();
-    assert!(gh.list_runners().await.is_ok());
+    assert!(gh.read().list_runners().await.is_ok());
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "{:?}",
@@ -145,12 +148,12 @@ async fn rate_limits_are_waited_out_as_github_asks() {
         .expect("clock")
         .as_secs();
     fake.set_rate_limit(0, now + 1);
-    assert!(gh.list_runners().await.is_ok());
+    assert!(gh.read().list_runners().await.is_ok());
     assert!(gh.stats().rate_limit_remaining() > 0);
 
     // ...and fail clearly when it is not.
     fake.set_rate_limit(0, now + 3600);
-    match gh.list_runners().await {
+    match gh.read().list_runners().await {
         Err(GithubError::RateLimited { wait_secs, .. }) => assert!(wait_secs > 3000),
         other => panic!("expected RateLimited, got {other:?}"),
     }
@@ -186,10 +189,11 @@ async fn github_app_installation_tokens_are_obtained_and_reused() {
         quick(),
     )
     .expect("client");
-    gh.list_runners()
+    gh.read()
+        .list_runners()
         .await
         .expect("runners with an installation token");
-    gh.list_runners().await.expect("again");
+    gh.read().list_runners().await.expect("again");
     let token_requests = fake
         .requests()
         .iter()
@@ -216,9 +220,9 @@ async fn unchanged_lists_are_answered_304_and_cost_no_rate_limit() {
         );
     }
     let gh = client(&fake, quick()).await;
-    let first = gh.list_runners().await.expect("first");
+    let first = gh.read().list_runners().await.expect("first");
     let remaining = gh.stats().rate_limit_remaining();
-    let second = gh.list_runners().await.expect("second");
+    let second = gh.read().list_runners().await.expect("second");
     assert_eq!(first, second);
     let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
     assert_eq!(
@@ -239,5 +243,5 @@ async fn unchanged_lists_are_answered_304_and_cost_no_rate_limit() {
             ..NewRunner::default()
         },
     );
-    assert_eq!(gh.list_runners().await.expect("third").len(), 151);
+    assert_eq!(gh.read().list_runners().await.expect("third").len(), 151);
 }

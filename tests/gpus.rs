@@ -123,10 +123,9 @@ fn a_gpu_request_on_an_engine_without_nvidia_fails_clearly_and_leaves_nothing() 
 
 #[test]
 fn the_engine_keeps_the_device_request_by_uuid_never_by_count() {
-    use fleet::apply::container::{Registration, RunnerContainer};
-    use fleet::apply::docker_ops;
-    use fleet::observe::docker::DockerHost;
-    use fleet::plan::RunnerConfig;
+    use fleet::contract::RunnerConfig;
+    use fleet::contract::container::{Registration, RunnerContainer};
+    use fleet::docker::DockerHost;
     use fleet::secret::Secret;
 
     let w = World::new();
@@ -155,7 +154,8 @@ fn the_engine_keeps_the_device_request_by_uuid_never_by_count() {
         let host = DockerHost::connect("local", None, &|_| None)
             .await
             .expect("docker");
-        docker_ops::create_container(&host, &name, body)
+        host.write()
+            .create_container(&name, body)
             .await
             .expect("create");
     });

@@ -439,7 +439,7 @@ impl Setup {
             &spec,
             Path::new("."),
             &*self.env(),
-            fleet::observe::github::RetryPolicy::default(),
+            fleet::github::RetryPolicy::default(),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -450,7 +450,7 @@ impl Setup {
             .await;
         match report.failed().next() {
             None => Ok(()),
-            Some(_) => Err(report.summary("Apply")),
+            Some(_) => Err(report.summary(fleet::apply::Run::Apply)),
         }
     }
 }
@@ -704,7 +704,7 @@ async fn plan_bench(registrations: &[u32]) -> Result<(), String> {
     let mut worlds = vec![("converged fleet of 100 runners".to_string(), setup)];
     for &n in registrations {
         let setup = Setup::new("plan", 0).await?;
-        let label = fleet::plan::ownership_label(&setup.fleet);
+        let label = fleet::contract::ownership_label(&setup.fleet);
         for i in 0..n {
             setup.fake.add_runner(
                 &scope,

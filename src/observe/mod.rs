@@ -1,11 +1,8 @@
-//! One observer per outside system: Docker ([`docker`]), GitHub ([`github`]) and GPUs
-//! ([`gpu`]). Together they produce an [`Observed`](state::Observed), the planner's only input
-//! besides the spec. Any failure means no observation: fleet never plans on a partial view.
+//! The observation: assembles an [`Observed`](state::Observed), the planner's only input
+//! besides the spec, from the readers of Docker ([`crate::docker`]), GitHub ([`crate::github`])
+//! and the GPUs ([`gpu`]). Any failure means no observation: fleet never plans on a partial view.
 
-pub mod docker;
-pub mod github;
 pub mod gpu;
-pub mod pacing;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,9 +10,9 @@ use std::path::Path;
 
 use futures_util::future::try_join_all;
 
+use crate::docker::{DockerError, DockerHost};
+use crate::github::{GithubClient, GithubError, RetryPolicy};
 use crate::spec::Spec;
-use docker::{DockerError, DockerHost};
-use github::{GithubClient, GithubError, RetryPolicy};
 use state::Observed;
 
 /// Why the world could not be observed.
@@ -87,13 +84,17 @@ impl Observers {
             async move {
                 let images: Vec<String> = images.into_iter().collect();
                 let volumes: Vec<String> = volumes.into_iter().collect();
-                let state = host.observe(&spec.name, &images, &volumes, gpus).await?;
+                let state = host
+                    .read()
+                    .observe(&spec.name, &images, &volumes, gpus)
+                    .await?;
                 Ok::<_, ObserveError>((name.clone(), state))
             }
         });
         let github = async {
-            let runners = self.github.list_runners().await?;
-            let groups = self.github.runner_groups().await?;
+            let read = self.github.read();
+            let runners = read.list_runners().await?;
+            let groups = read.runner_groups().await?;
             Ok::<_, ObserveError>(state::GithubState { runners, groups })
         };
         let (hosts, github) = futures_util::try_join!(try_join_all(host_futures), github)?;

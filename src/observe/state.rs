@@ -7,19 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Docker labels fleet puts on everything it creates.
-pub mod labels {
-    /// The fleet that owns the container or volume.
-    pub const FLEET: &str = "fleet.name";
-    /// The pool a container belongs to.
-    pub const POOL: &str = "fleet.pool";
-    /// Hash of the pool's effective runner configuration when the container was made.
-    pub const CONFIG_HASH: &str = "fleet.config-hash";
-    /// That configuration itself (canonical JSON, no secrets), for attribute-level diffs.
-    pub const CONFIG: &str = "fleet.config";
-    /// The GPU ledger: the UUIDs assigned to the container, comma-separated.
-    pub const GPUS: &str = "fleet.gpus";
-}
+use crate::contract::labels;
 
 /// Everything observed, per host and on GitHub.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,14 +1,28 @@
-//! Planner tests: tables for each rule of DESIGN.md section 3, and properties over random worlds.
+//! Planner tests: tables for each rule of the planner (docs/plan.md), and properties over random
+//! worlds. They read each plan as its JSON document: one flat record per change.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::*;
+use super::{Action, AttributeChange, PlanError};
+use crate::contract::{RunnerConfig, labels, ownership_label};
 use crate::observe::state::{
-    ContainerStatus, EngineInfo, GithubState, GpuInventory, GpuSource, HostState, VolumeState,
+    ContainerState, ContainerStatus, EngineInfo, GithubRunner, GithubState, GpuInventory,
+    GpuSource, HostState, Observed, VolumeState,
 };
+use crate::plan::{ChangeDocument as Change, PlanDocument as Plan};
+use crate::spec::{GpuRequest, ResolvedPool, Spec};
+
+/// The planner's plan, as its JSON document.
+pub(crate) fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
+    super::plan(spec, observed).map(|p| p.document())
+}
+
+fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<Plan, PlanError> {
+    super::plan_destroy(spec, observed, volumes).map(|p| p.document())
+}
 
 pub(crate) fn spec(yaml: &str) -> Spec {
     match crate::spec::parse_str(yaml, Path::new(".")) {
@@ -529,7 +543,7 @@ fn destroy_plans_remove_everything_owned_but_busy_runners_and_volumes_on_request
             owned: false,
         },
     ];
-    let keep = super::plan_destroy(&spec, &world, false).expect("plan");
+    let keep = plan_destroy(&spec, &world, false).expect("plan");
     assert_eq!(
         actions(&keep),
         [
@@ -537,7 +551,7 @@ fn destroy_plans_remove_everything_owned_but_busy_runners_and_volumes_on_request
             (Action::Defer, "zq-cpu-bbbbbb".to_string())
         ]
     );
-    let all = super::plan_destroy(&spec, &world, true).expect("plan");
+    let all = plan_destroy(&spec, &world, true).expect("plan");
     assert_eq!(all.summary.destroy_volumes, 1);
     assert_eq!(
         all.changes.last().map(|c| (c.action, c.name.as_str())),

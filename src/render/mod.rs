@@ -1,15 +1,16 @@
 //! One `Plan`, three views: text for people (like `terraform plan`), JSON for programs,
-//! markdown for a pull-request comment.
+//! markdown for a pull-request comment. Each renders the plan's JSON document, so a plan saved
+//! with `--out` prints exactly as it did when it was made.
 
 use std::fmt::Write;
 
 use anstyle::{AnsiColor, Style};
 use similar::{ChangeTag, TextDiff};
 
-use crate::plan::{Action, AttributeChange, Change, Plan, Summary};
+use crate::plan::{Action, AttributeChange, ChangeDocument, Plan, PlanDocument, Summary};
 
 /// The output formats of `plan` and `show`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
@@ -18,6 +19,11 @@ pub enum Format {
 
 /// Renders `plan` in `format`; `color` applies to text only.
 pub fn render(plan: &Plan, format: Format, color: bool) -> String {
+    render_document(&plan.document(), format, color)
+}
+
+/// Renders a plan's document (a fresh plan's, or one read back from a file) in `format`.
+pub fn render_document(plan: &PlanDocument, format: Format, color: bool) -> String {
     match format {
         Format::Text => text(plan, color),
         Format::Json => json(plan),
@@ -25,8 +31,8 @@ pub fn render(plan: &Plan, format: Format, color: bool) -> String {
     }
 }
 
-/// The JSON plan of DESIGN.md section 2 (format_version "1").
-pub fn json(plan: &Plan) -> String {
+/// The JSON plan (format_version "1", docs/plan.md).
+pub fn json(plan: &PlanDocument) -> String {
     let mut out = serde_json::to_string_pretty(plan).unwrap_or_default();
     out.push('\n');
     out
@@ -106,7 +112,7 @@ fn symbol(action: Action) -> (&'static str, AnsiColor) {
 }
 
 /// The text view: a block per host and pool, one entry per change, then warnings and the summary.
-pub fn text(plan: &Plan, color: bool) -> String {
+pub fn text(plan: &PlanDocument, color: bool) -> String {
     let p = Palette { color };
     let mut out = String::new();
     if plan.changes.is_empty() {
@@ -153,7 +159,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
     out
 }
 
-fn change_text(out: &mut String, change: &Change, p: &Palette) {
+fn change_text(out: &mut String, change: &ChangeDocument, p: &Palette) {
     let (sym, color) = symbol(change.action);
     let subject = match change.action {
         Action::CreateVolume | Action::DestroyVolume => format!("volume {}", change.name),
@@ -211,7 +217,7 @@ fn attribute_text(out: &mut String, attr: &AttributeChange, p: &Palette) {
 
 /// The markdown view for a pull-request comment: a summary table, the plan in a collapsible
 /// `diff` block, and the warnings.
-pub fn markdown(plan: &Plan) -> String {
+pub fn markdown(plan: &PlanDocument) -> String {
     let mut out = format!("### fleet plan for `{}`\n\n", plan.fleet);
     if plan.changes.is_empty() {
         let _ = writeln!(out, "**{NO_CHANGES}**");

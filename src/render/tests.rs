@@ -1,8 +1,9 @@
 //! Snapshot tests of the three views, from plans the planner made.
 
+use crate::contract::ownership_label;
 use crate::observe::state::{ContainerStatus, GithubRunner};
 use crate::plan::tests::{add_runner, empty_world, set_busy, with_pools};
-use crate::plan::{Plan, ownership_label, plan};
+use crate::plan::{PlanDocument as Plan, plan};
 
 use super::*;
 
@@ -36,14 +37,14 @@ fn busy_plan() -> Plan {
         busy: false,
         labels: vec![ownership_label("zq")],
     });
-    plan(&new, &world).expect("plan")
+    plan(&new, &world).expect("plan").document()
 }
 
 fn converged_plan() -> Plan {
     let spec = with_pools("  cpu:\n    count: 1\n    image: r:1\n");
     let mut world = empty_world();
     add_runner(&mut world, &spec, "cpu", "zq-cpu-aaaaaa", &[]);
-    plan(&spec, &world).expect("plan")
+    plan(&spec, &world).expect("plan").document()
 }
 
 #[test]

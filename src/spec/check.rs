@@ -15,7 +15,8 @@ pub const MAX_RUNNER_LABELS: usize = 100;
 /// Length of the random suffix of an ephemeral runner's name.
 pub const RUNNER_SUFFIX_LEN: usize = 6;
 
-/// Environment variables fleet sets itself (DESIGN.md section 4); a pool may not set them.
+/// Environment variables fleet sets itself (the container contract, docs/apply.md); a pool may
+/// not set them.
 const RESERVED_ENV: &[&str] = &[
     "RUNNER_NAME",
     "RUNNER_LABELS",

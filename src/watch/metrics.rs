@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::observe::github::RequestStats;
+use crate::github::RequestStats;
 use crate::status::FleetStatus;
 
 type Labels = Vec<(String, String)>;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use fake_github::{Config, FakeGithub, NewRunner, Scope};
-use fleet::plan::{RunnerConfig, ownership_label};
+use fleet::contract::{RunnerConfig, ownership_label};
 
 /// The image test containers run: `FROM scratch` plus Debian's static busybox.
 pub const TEST_IMAGE: &str = fake_github::image::RUNNER_IMAGE;

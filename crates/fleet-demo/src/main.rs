@@ -15,7 +15,7 @@ use std::process::{Command, ExitCode};
 use clap::Parser;
 use fake_github::{Config, FakeGithub, NewRunner, Scope};
 use fleet::cli::Cli;
-use fleet::plan::ownership_label;
+use fleet::contract::ownership_label;
 use fleet::spec::{GpuRequest, HostGpus, Spec};
 
 /// The demo fleet's name: every container, volume and runner it makes starts with it.

@@ -1,92 +1,24 @@
-//! Docker: the containers and volumes a fleet owns on one host, its pool images, and what the
-//! engine offers for GPUs. Read-only here; the executor is the only writer.
+//! Reads: the containers and volumes a fleet owns on one host, its pool images, what the
+//! engine offers for GPUs, and the events of the fleet's containers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
 
-use super::state::{
-    ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, VolumeState, labels,
+use super::{DockerError, DockerHost};
+use crate::contract::{self, labels};
+use crate::observe::state::{
+    ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, VolumeState,
 };
 
-/// The socket used when neither the spec nor $DOCKER_HOST names an engine.
-pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
-
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error(
-        "cannot reach Docker at {endpoint} (host `{host}`): is the engine running? ({message})"
-    )]
-    Unreachable {
-        host: String,
-        endpoint: String,
-        message: String,
-    },
-    #[error("Docker at {endpoint} (host `{host}`) failed to {what}: {message}")]
-    Api {
-        host: String,
-        endpoint: String,
-        what: String,
-        message: String,
-    },
+/// One host's engine, read-only.
+pub struct DockerRead<'a> {
+    pub(super) host: &'a DockerHost,
 }
 
-/// A connection to one host's engine.
-#[derive(Clone)]
-pub struct DockerHost {
-    pub name: String,
-    pub endpoint: String,
-    pub docker: Docker,
-}
-
-impl DockerHost {
-    /// Connects to `endpoint` (the spec's `docker`), else $DOCKER_HOST, else the local socket,
-    /// and agrees on an API version with the engine.
-    pub async fn connect(
-        name: &str,
-        endpoint: Option<&str>,
-        env: &(dyn Fn(&str) -> Option<String> + Sync),
-    ) -> Result<DockerHost, DockerError> {
-        let endpoint = endpoint
-            .map(str::to_string)
-            .or_else(|| env("DOCKER_HOST").filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| DEFAULT_DOCKER_ENDPOINT.to_string());
-        let unreachable = |message: String| DockerError::Unreachable {
-            host: name.to_string(),
-            endpoint: endpoint.clone(),
-            message,
-        };
-        let docker = Docker::connect_with_host(&endpoint)
-            .map_err(|e| unreachable(e.to_string()))?
-            .with_timeout(Duration::from_secs(60));
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(DockerHost {
-            name: name.to_string(),
-            endpoint,
-            docker,
-        })
-    }
-
-    /// Whether the engine runs on this machine (then NVML here describes its GPUs).
-    pub fn is_local(&self) -> bool {
-        self.endpoint.starts_with("unix://")
-    }
-
-    pub(crate) fn api_error(&self, what: &str, e: impl std::fmt::Display) -> DockerError {
-        DockerError::Api {
-            host: self.name.clone(),
-            endpoint: self.endpoint.clone(),
-            what: what.to_string(),
-            message: e.to_string(),
-        }
-    }
-
+impl DockerRead<'_> {
     /// Everything about this host the planner needs.
     pub async fn observe(
         &self,
@@ -119,10 +51,11 @@ impl DockerHost {
             .filters(&filters)
             .build();
         let summaries = self
+            .host
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| self.api_error("list containers", e))?;
+            .map_err(|e| self.host.api_error("list containers", e))?;
         let mut containers: Vec<ContainerState> = summaries
             .into_iter()
             .filter_map(|s| {
@@ -131,7 +64,7 @@ impl DockerHost {
                     s.labels.unwrap_or_default().into_iter().collect();
                 // Docker filtered by label already; check again, ownership is the one rule
                 // that must never bend.
-                if labels.get(labels::FLEET).map(String::as_str) != Some(fleet) {
+                if !contract::labels_owned(&labels, fleet) {
                     return None;
                 }
                 let status = match s.state {
@@ -171,15 +104,16 @@ impl DockerHost {
         let filters = HashMap::from([("label", vec![format!("{}={fleet}", labels::FLEET)])]);
         let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
         let owned = self
+            .host
             .docker
             .list_volumes(Some(options))
             .await
-            .map_err(|e| self.api_error("list volumes", e))?;
+            .map_err(|e| self.host.api_error("list volumes", e))?;
         let mut volumes: BTreeMap<String, VolumeState> = owned
             .volumes
             .unwrap_or_default()
             .into_iter()
-            .filter(|v| v.labels.get(labels::FLEET).map(String::as_str) == Some(fleet))
+            .filter(|v| contract::labels_owned(&v.labels.clone().into_iter().collect(), fleet))
             .map(|v| {
                 (
                     v.name.clone(),
@@ -194,9 +128,9 @@ impl DockerHost {
             if volumes.contains_key(name) {
                 continue;
             }
-            match self.docker.inspect_volume(name).await {
+            match self.host.docker.inspect_volume(name).await {
                 Ok(v) => {
-                    let owned = v.labels.get(labels::FLEET).map(String::as_str) == Some(fleet);
+                    let owned = contract::labels_owned(&v.labels.into_iter().collect(), fleet);
                     volumes.insert(
                         name.clone(),
                         VolumeState {
@@ -208,7 +142,7 @@ impl DockerHost {
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
                 }) => {}
-                Err(e) => return Err(self.api_error(&format!("inspect volume {name}"), e)),
+                Err(e) => return Err(self.host.api_error(&format!("inspect volume {name}"), e)),
             }
         }
         Ok(volumes.into_values().collect())
@@ -216,22 +150,23 @@ impl DockerHost {
 
     /// Whether the engine has `image` locally.
     pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
-        match self.docker.inspect_image(image).await {
+        match self.host.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(false),
-            Err(e) => Err(self.api_error(&format!("inspect image {image}"), e)),
+            Err(e) => Err(self.host.api_error(&format!("inspect image {image}"), e)),
         }
     }
 
     /// The engine's NVIDIA runtime and CDI devices.
     pub async fn engine_info(&self) -> Result<EngineInfo, DockerError> {
         let info = self
+            .host
             .docker
             .info()
             .await
-            .map_err(|e| self.api_error("read engine info", e))?;
+            .map_err(|e| self.host.api_error("read engine info", e))?;
         let nvidia_runtime = info
             .runtimes
             .as_ref()
@@ -249,6 +184,60 @@ impl DockerHost {
             nvidia_runtime,
             cdi_devices,
         })
+    }
+}
+
+/// A Docker event of one of the fleet's containers.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub container: String,
+    /// `die`, `destroy` or `oom`.
+    pub action: String,
+    /// Docker's time of the event.
+    pub at: SystemTime,
+}
+
+impl DockerRead<'_> {
+    /// The `die`, `destroy` and `oom` events of the fleet's containers, as they happen. The
+    /// stream ends when the engine goes away.
+    pub fn container_events(
+        &self,
+        fleet: &str,
+    ) -> impl futures_util::Stream<Item = ContainerEvent> + use<> {
+        use bollard::query_parameters::EventsOptionsBuilder;
+        use futures_util::StreamExt;
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("label", vec![format!("{}={fleet}", labels::FLEET)]),
+            (
+                "event",
+                vec!["die".to_string(), "destroy".into(), "oom".into()],
+            ),
+        ]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        self.host
+            .docker
+            .events(Some(options))
+            .take_while(|event| std::future::ready(event.is_ok()))
+            .filter_map(|event| std::future::ready(event.ok().map(container_event)))
+    }
+}
+
+fn container_event(event: bollard::models::EventMessage) -> ContainerEvent {
+    let container = event
+        .actor
+        .and_then(|a| a.attributes)
+        .and_then(|a| a.get("name").cloned())
+        .unwrap_or_default();
+    let at = event
+        .time_nano
+        .and_then(|n| u64::try_from(n).ok())
+        .map(|n| UNIX_EPOCH + Duration::from_nanos(n))
+        .unwrap_or_else(SystemTime::now);
+    ContainerEvent {
+        container,
+        action: event.action.unwrap_or_default(),
+        at,
     }
 }
 

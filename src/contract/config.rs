@@ -1,16 +1,12 @@
-//! The configuration a pool's runner containers should have, its hash, and attribute diffs.
+//! The configuration a pool's runner containers should have, its hash, and its attributes.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::hash::short_hash;
+use super::ownership_label;
 use crate::spec::{GpuMode, GpuRequest, ResolvedPool};
-
-/// The label that marks a GitHub runner registration as owned by fleet `name`.
-pub fn ownership_label(fleet: &str) -> String {
-    format!("fleet.{fleet}")
-}
 
 /// Everything about a runner container that comes from the spec. Two containers with the same
 /// `RunnerConfig` are interchangeable; a change in any field means the container is replaced.
@@ -117,56 +113,5 @@ impl RunnerConfig {
             ("docker_socket", self.docker_socket.to_string()),
             ("gpu_mode", opt(&self.gpu_mode)),
         ]
-    }
-}
-
-/// 16 hex digits of SHA-256: enough to tell configurations and states apart.
-pub fn short_hash(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Full SHA-256 in hex.
-pub fn full_hash(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// Full SHA-256 in hex of a value's JSON, the same as `full_hash` of `serde_json::to_vec`,
-/// streamed into the hash: an observation of 10,000 runners is megabytes of JSON.
-pub fn full_json_hash<T: serde::Serialize>(value: &T) -> String {
-    struct HashWriter(Sha256);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut writer = HashWriter(Sha256::new());
-    // Serializing these types cannot fail (string keys only), and the writer never does.
-    let _ = serde_json::to_writer(&mut writer, value);
-    hex(&writer.0.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_streamed_json_hash_is_the_hash_of_the_json() {
-        let value = serde_json::json!({
-            "runner": "zquic-ci-gpu-0",
-            "labels": ["self-hosted", "gpu", "quote\"and\\backslash"],
-            "nested": {"count": 3, "none": null, "unicode": "é"},
-        });
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        assert!(!bytes.is_empty());
-        assert_eq!(full_json_hash(&value), full_hash(&bytes));
     }
 }

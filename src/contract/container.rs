@@ -1,5 +1,5 @@
-//! What a runner container is made of: the container contract of DESIGN.md section 4, as a
-//! Docker create request. Pure, so it is tested without an engine.
+//! What a runner container is made of: the container contract (docs/apply.md, "What each step
+//! does"), as a Docker create request. Pure, so it is tested without an engine.
 
 use std::collections::HashMap;
 
@@ -8,18 +8,13 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 
-use crate::observe::state::labels;
-use crate::plan::RunnerConfig;
+use super::naming::state_volume;
+use super::{RunnerConfig, labels};
 use crate::secret::Secret;
 use crate::spec::{GpuMode, GpuRequest, ResolvedPool};
 
 /// Where a persistent runner keeps `.runner`, `.credentials` and `.credentials_rsaparams`.
 pub const STATE_DIR: &str = "/var/lib/fleet-runner";
-
-/// The name of a persistent runner's state volume.
-pub fn state_volume(runner: &str) -> String {
-    format!("{runner}-state")
-}
 
 /// How the runner registers.
 pub enum Registration {

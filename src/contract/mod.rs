@@ -1,0 +1,67 @@
+//! The runner contract: everything that makes a container, a volume or a GitHub registration
+//! fleet's, in one place. Label keys and the ownership rule, names, the configuration a pool's
+//! runners are made from (and its hashes), and the Docker create request of a runner container.
+//! The planner, the executor, `status` and `watch` all read these rules from here
+//! (docs/architecture.md).
+
+pub mod config;
+pub mod container;
+pub mod hash;
+pub mod naming;
+
+use std::collections::BTreeMap;
+
+pub use config::RunnerConfig;
+
+use crate::observe::state::{ContainerState, GithubRunner};
+
+/// Docker labels fleet puts on everything it creates.
+pub mod labels {
+    /// The fleet that owns the container or volume.
+    pub const FLEET: &str = "fleet.name";
+    /// The pool a container or volume belongs to.
+    pub const POOL: &str = "fleet.pool";
+    /// Hash of the pool's effective runner configuration when the container was made.
+    pub const CONFIG_HASH: &str = "fleet.config-hash";
+    /// That configuration itself (canonical JSON, no secrets), for attribute-level diffs.
+    pub const CONFIG: &str = "fleet.config";
+    /// The GPU ledger: the UUIDs assigned to the container, comma-separated.
+    pub const GPUS: &str = "fleet.gpus";
+    /// On a persistent runner's state volume: the runner it belongs to.
+    pub const RUNNER: &str = "fleet.runner";
+}
+
+/// The label that marks a GitHub runner registration as owned by fleet `name`.
+pub fn ownership_label(fleet: &str) -> String {
+    format!("fleet.{fleet}")
+}
+
+/// Whether Docker labels say that fleet `fleet` made the container or volume. Only labels prove
+/// ownership, never a name.
+pub fn labels_owned(labels: &BTreeMap<String, String>, fleet: &str) -> bool {
+    labels.get(labels::FLEET).map(String::as_str) == Some(fleet)
+}
+
+/// Whether fleet `fleet` made this container.
+pub fn container_owned(container: &ContainerState, fleet: &str) -> bool {
+    labels_owned(&container.labels, fleet)
+}
+
+/// Whether this GitHub registration is fleet `fleet`'s: its name prefix and its ownership
+/// label, both. A hand-made runner that happens to share the prefix is never touched.
+pub fn registration_owned(runner: &GithubRunner, fleet: &str) -> bool {
+    runner.name.starts_with(&format!("{fleet}-"))
+        && runner.labels.iter().any(|l| *l == ownership_label(fleet))
+}
+
+/// The labels of a volume fleet creates for `pool` (and, for a state volume, its runner).
+pub fn volume_labels(fleet: &str, pool: &str, runner: Option<&str>) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::from([
+        (labels::FLEET.to_string(), fleet.to_string()),
+        (labels::POOL.to_string(), pool.to_string()),
+    ]);
+    if let Some(runner) = runner {
+        map.insert(labels::RUNNER.to_string(), runner.to_string());
+    }
+    map
+}

@@ -1,0 +1,173 @@
+//! Where fleet talks to GitHub and as whom: the scope (repository or organization) and the
+//! credentials, read from the spec and the environment. Secrets never leave these types in a
+//! printable form.
+
+use std::fmt;
+
+use super::GithubError;
+use crate::spec::{DEFAULT_API_URL, DEFAULT_TOKEN_ENV, Spec};
+
+/// Repository or organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GithubScope {
+    Repo { owner: String, repo: String },
+    Org(String),
+}
+
+impl GithubScope {
+    pub(super) fn path(&self) -> String {
+        match self {
+            GithubScope::Repo { owner, repo } => format!("/repos/{owner}/{repo}"),
+            GithubScope::Org(org) => format!("/orgs/{org}"),
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        match self {
+            GithubScope::Repo { owner, repo } => format!("repository {owner}/{repo}"),
+            GithubScope::Org(org) => format!("organization {org}"),
+        }
+    }
+}
+
+impl fmt::Display for GithubScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// How credentials are obtained. The secret itself never leaves this type in a printable form.
+pub enum Credentials {
+    Token(String),
+    App {
+        app_id: u64,
+        installation_id: u64,
+        key_pem: Vec<u8>,
+        key_path: String,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+            Credentials::App {
+                app_id,
+                installation_id,
+                key_path,
+                ..
+            } => write!(
+                f,
+                "App {{ app_id: {app_id}, installation_id: {installation_id}, key: {key_path} }}"
+            ),
+        }
+    }
+}
+
+/// The API URL, scope and credentials of a spec. `env` reads environment variables (a parameter
+/// so tests need not touch the process's environment).
+pub fn from_spec(
+    spec: &Spec,
+    base_dir: &std::path::Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<(String, GithubScope, Credentials), GithubError> {
+    let api_url = spec
+        .github
+        .api_url
+        .clone()
+        .or_else(|| env("GITHUB_API_URL").filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+    Ok((
+        api_url,
+        scope_of(spec),
+        credentials_of(spec, base_dir, env)?,
+    ))
+}
+
+fn scope_of(spec: &Spec) -> GithubScope {
+    match (&spec.github.repo, &spec.github.org) {
+        (Some(repo), _) => {
+            let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
+            GithubScope::Repo {
+                owner: owner.to_string(),
+                repo: name.to_string(),
+            }
+        }
+        (None, Some(org)) => GithubScope::Org(org.clone()),
+        (None, None) => GithubScope::Org(String::new()),
+    }
+}
+
+fn credentials_of(
+    spec: &Spec,
+    base_dir: &std::path::Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Credentials, GithubError> {
+    let auth = spec.github.auth.as_ref();
+    if let Some(app) = auth.and_then(|a| a.app.as_ref()) {
+        let path = base_dir.join(&app.private_key_file);
+        let key_pem = std::fs::read(&path).map_err(|source| GithubError::AppKey {
+            path: path.display().to_string(),
+            source,
+        })?;
+        return Ok(Credentials::App {
+            app_id: app.app_id,
+            installation_id: app.installation_id,
+            key_pem,
+            key_path: path.display().to_string(),
+        });
+    }
+    let var = auth
+        .and_then(|a| a.token_env.clone())
+        .unwrap_or_else(|| DEFAULT_TOKEN_ENV.to_string());
+    match env(&var).filter(|t| !t.trim().is_empty()) {
+        Some(token) => Ok(Credentials::Token(token.trim().to_string())),
+        None => Err(GithubError::MissingToken { var }),
+    }
+}
+
+/// The URL a runner registers against with `config.sh --url`: the web address of the
+/// repository or organization (https://github.com/acme/zquic; on GHES https://HOST/acme).
+pub fn registration_url(api_url: &str, scope: &GithubScope) -> String {
+    let web = if api_url == DEFAULT_API_URL {
+        "https://github.com".to_string()
+    } else if let Some(host) = api_url.strip_suffix("/api/v3") {
+        host.to_string()
+    } else {
+        api_url.to_string()
+    };
+    match scope {
+        GithubScope::Repo { owner, repo } => format!("{web}/{owner}/{repo}"),
+        GithubScope::Org(org) => format!("{web}/{org}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_print_the_token() {
+        let c = Credentials::Token("ghp_supersecret".into());
+        assert!(!format!("{c:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn registration_urls_are_web_addresses() {
+        let repo = GithubScope::Repo {
+            owner: "acme".into(),
+            repo: "zq".into(),
+        };
+        assert_eq!(
+            registration_url(DEFAULT_API_URL, &repo),
+            "https://github.com/acme/zq"
+        );
+        assert_eq!(
+            registration_url(
+                "https://ghe.example/api/v3",
+                &GithubScope::Org("acme".into())
+            ),
+            "https://ghe.example/acme"
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Why GitHub could not be read or written, with a hint for the operator where there is one.
+
+use http::Method;
+
+/// Why GitHub could not be read (or written).
+#[derive(Debug, thiserror::Error)]
+pub enum GithubError {
+    #[error("{var} is not set: fleet reads the GitHub token from it")]
+    MissingToken { var: String },
+    #[error("cannot read the GitHub App private key {path}: {source}")]
+    AppKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the GitHub App private key {path} is not an RSA PEM key: {message}")]
+    AppKeyFormat { path: String, message: String },
+    #[error("cannot set up the GitHub client for {api_url}: {message}")]
+    Client { api_url: String, message: String },
+    #[error("GitHub rejected the credentials (401 {message}) for {method} {url}")]
+    Unauthorized {
+        method: Method,
+        url: String,
+        message: String,
+    },
+    #[error("GitHub refused {method} {url} (403 {message}){}", permissions_hint(.accepted_permissions))]
+    Forbidden {
+        method: Method,
+        url: String,
+        message: String,
+        accepted_permissions: Option<String>,
+    },
+    #[error(
+        "GitHub answered 404 for {method} {url}: the {scope} does not exist, or the credentials cannot see its runners (they need admin access)"
+    )]
+    NotFound {
+        method: Method,
+        url: String,
+        scope: String,
+    },
+    #[error("GitHub answered {status} for {method} {url}: {message}")]
+    Rejected {
+        method: Method,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("GitHub answered {status} for {method} {url} after {attempts} attempts: {message}")]
+    Unavailable {
+        method: Method,
+        url: String,
+        status: u16,
+        attempts: usize,
+        message: String,
+    },
+    #[error("cannot reach GitHub at {url} after {attempts} attempts: {message}")]
+    Transport {
+        url: String,
+        attempts: usize,
+        message: String,
+    },
+    #[error(
+        "GitHub's rate limit is used up until {reset} (in {wait_secs} s), longer than fleet waits ({max_wait_secs} s)"
+    )]
+    RateLimited {
+        reset: u64,
+        wait_secs: u64,
+        max_wait_secs: u64,
+    },
+    #[error("GitHub's answer to {url} is not what fleet expected: {message}")]
+    Decode { url: String, message: String },
+}
+
+fn permissions_hint(accepted: &Option<String>) -> String {
+    match accepted {
+        Some(p) if !p.is_empty() => format!(": the credentials need the permission(s) {p}"),
+        _ => ": the credentials lack a permission (classic tokens need the repo or admin:org scope; fine-grained tokens and Apps need Administration read/write on the repository, or Self-hosted runners on the organization)".into(),
+    }
+}
+
+impl GithubError {
+    /// A one-line hint for the operator, where there is more to say than the error.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            GithubError::MissingToken { var } => Some(format!(
+                "export {var}=<a token with admin rights on the repository or organization>, or configure github.auth.app"
+            )),
+            GithubError::Unauthorized { .. } => {
+                Some("check that the token is valid and has not expired".into())
+            }
+            GithubError::RateLimited { .. } => Some("try again after the reset time".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether a retry later could succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            GithubError::Unavailable { .. }
+                | GithubError::Transport { .. }
+                | GithubError::RateLimited { .. }
+        )
+    }
+}

@@ -1,0 +1,124 @@
+//! Reads: the runners registered at the scope, its runner groups, one runner by name.
+
+use std::collections::BTreeMap;
+
+use http::Method;
+use serde::Deserialize;
+
+use super::http::{decode, url_encode};
+use super::{GithubClient, GithubError, GithubScope};
+use crate::observe::state::GithubRunner;
+
+/// GitHub's runner registrations, read-only.
+#[derive(Clone)]
+pub struct GithubRead {
+    client: GithubClient,
+}
+
+impl GithubClient {
+    /// The read side of this client.
+    pub fn read(&self) -> GithubRead {
+        GithubRead {
+            client: self.clone(),
+        }
+    }
+}
+
+impl GithubRead {
+    /// Every runner registered at the scope, every page (100 a page), sorted by id.
+    pub async fn list_runners(&self) -> Result<Vec<GithubRunner>, GithubError> {
+        let first = format!(
+            "{}?per_page=100",
+            self.client.scoped_url("/actions/runners")
+        );
+        let pages: Vec<RunnerPage> = self.client.get_all_pages(&first, "list-runners").await?;
+        let mut runners: Vec<GithubRunner> = pages
+            .into_iter()
+            .flat_map(|p| p.runners)
+            .map(RunnerJson::into_runner)
+            .collect();
+        runners.sort_by_key(|r| r.id);
+        runners.dedup_by_key(|r| r.id);
+        Ok(runners)
+    }
+
+    /// Runner groups by name (organization scope; a repository has only the default group).
+    pub async fn runner_groups(&self) -> Result<BTreeMap<String, u64>, GithubError> {
+        if !matches!(self.client.scope(), GithubScope::Org(_)) {
+            return Ok(BTreeMap::new());
+        }
+        #[derive(Deserialize)]
+        struct Group {
+            id: u64,
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            runner_groups: Vec<Group>,
+        }
+        let first = format!(
+            "{}?per_page=100",
+            self.client.scoped_url("/actions/runner-groups")
+        );
+        let pages: Vec<Page> = self
+            .client
+            .get_all_pages(&first, "list-runner-groups")
+            .await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.runner_groups)
+            .map(|g| (g.name, g.id))
+            .collect())
+    }
+
+    /// The runner registered under `name`, if any (`GET .../actions/runners?name=`).
+    pub async fn runner_by_name(&self, name: &str) -> Result<Option<GithubRunner>, GithubError> {
+        let url = format!(
+            "{}?name={}&per_page=100",
+            self.client.scoped_url("/actions/runners"),
+            url_encode(name)
+        );
+        let answer = self
+            .client
+            .send(Method::GET, &url, None, "list-runners")
+            .await?;
+        let page: RunnerPage = decode(&url, &answer.body)?;
+        Ok(page
+            .runners
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(RunnerJson::into_runner))
+    }
+}
+
+/// A runner as GitHub's list endpoints describe it (the fields fleet reads).
+#[derive(Deserialize)]
+struct RunnerJson {
+    id: u64,
+    name: String,
+    status: String,
+    busy: bool,
+    labels: Vec<LabelJson>,
+}
+
+#[derive(Deserialize)]
+struct LabelJson {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RunnerPage {
+    runners: Vec<RunnerJson>,
+}
+
+impl RunnerJson {
+    fn into_runner(self) -> GithubRunner {
+        GithubRunner {
+            id: self.id,
+            name: self.name,
+            online: self.status == "online",
+            busy: self.busy,
+            labels: self.labels.into_iter().map(|l| l.name).collect(),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Writes: JIT configurations, registration tokens, removals. Paced under GitHub's secondary
+//! rate limit (`pacing.rs`). Only the executor (`src/apply`) calls these.
+
+use http::Method;
+use serde::Deserialize;
+
+use super::http::decode;
+use super::{GithubClient, GithubError};
+use crate::secret::Secret;
+
+/// GitHub's runner registrations, to change.
+#[derive(Clone)]
+pub struct GithubWrite {
+    client: GithubClient,
+}
+
+impl GithubClient {
+    /// The write side of this client.
+    pub fn write(&self) -> GithubWrite {
+        GithubWrite {
+            client: self.clone(),
+        }
+    }
+}
+
+/// What became of a request to remove a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// GitHub had no such runner (already gone): nothing to do.
+    Gone,
+    /// GitHub refused: the runner is running a job.
+    Busy,
+}
+
+/// A JIT registration: the runner's id and its single-use configuration.
+#[derive(Debug)]
+pub struct JitConfig {
+    pub runner_id: u64,
+    pub encoded: Secret,
+}
+
+impl GithubWrite {
+    /// Registers runner `name` and returns its JIT configuration
+    /// (`POST .../actions/runners/generate-jitconfig`).
+    pub async fn generate_jitconfig(
+        &self,
+        name: &str,
+        runner_group_id: u64,
+        labels: &[String],
+    ) -> Result<JitConfig, GithubError> {
+        #[derive(Deserialize)]
+        struct Runner {
+            id: u64,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            runner: Runner,
+            encoded_jit_config: String,
+        }
+        let url = self
+            .client
+            .scoped_url("/actions/runners/generate-jitconfig");
+        let body = serde_json::json!({
+            "name": name,
+            "runner_group_id": runner_group_id,
+            "labels": labels,
+            "work_folder": "_work",
+        });
+        self.client.pacer.write("generate-jitconfig").await;
+        let answer = self
+            .client
+            .send(Method::POST, &url, Some(&body), "generate-jitconfig")
+            .await?;
+        let parsed: Answer = decode(&url, &answer.body)?;
+        Ok(JitConfig {
+            runner_id: parsed.runner.id,
+            encoded: Secret::new(parsed.encoded_jit_config),
+        })
+    }
+
+    /// A registration token for `config.sh` (`POST .../actions/runners/registration-token`).
+    pub async fn registration_token(&self) -> Result<Secret, GithubError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            token: String,
+        }
+        let url = self
+            .client
+            .scoped_url("/actions/runners/registration-token");
+        self.client.pacer.write("registration-token").await;
+        let answer = self
+            .client
+            .send(Method::POST, &url, None, "registration-token")
+            .await?;
+        let parsed: Answer = decode(&url, &answer.body)?;
+        Ok(Secret::new(parsed.token))
+    }
+
+    /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.
+    pub async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
+        let url = self.client.scoped_url(&format!("/actions/runners/{id}"));
+        self.client.pacer.write("delete-runner").await;
+        match self
+            .client
+            .send(Method::DELETE, &url, None, "delete-runner")
+            .await
+        {
+            Ok(_) => Ok(Removal::Removed),
+            Err(GithubError::NotFound { .. }) => Ok(Removal::Gone),
+            Err(GithubError::Rejected { status: 422, .. }) => Ok(Removal::Busy),
+            Err(e) => Err(e),
+        }
+    }
+}

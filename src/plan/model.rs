@@ -1,0 +1,322 @@
+//! The plan as data: typed changes with typed reasons, and the changes that wait for busy
+//! runners as their own list. `document.rs` turns it into the JSON plan (format_version "1").
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What a change does, as the JSON plan names it (`action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    CreateVolume,
+    Destroy,
+    Replace,
+    Create,
+    Defer,
+    Deregister,
+    /// Only `fleet destroy --volumes` plans this.
+    DestroyVolume,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::CreateVolume => "create-volume",
+            Action::Destroy => "destroy",
+            Action::Replace => "replace",
+            Action::Create => "create",
+            Action::Defer => "defer",
+            Action::Deregister => "deregister",
+            Action::DestroyVolume => "destroy-volume",
+        }
+    }
+}
+
+/// One attribute that differs between a container and its pool's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeChange {
+    pub attribute: String,
+    /// `None` when the old container's configuration could not be read.
+    pub before: Option<String>,
+    pub after: String,
+}
+
+/// Why a change is in the plan. `Display` is the sentence the plan prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The pool has fewer runners than it wants.
+    PoolShort { kept: usize, wanted: u32 },
+    /// The pool has more runners than it wants.
+    PoolOver { total: usize, wanted: usize },
+    /// The container's configuration differs from its pool's (the attributes that differ).
+    ConfigChanged { attributes: Vec<String> },
+    /// An apply stopped between creating and starting the container.
+    NeverStarted,
+    /// The container exited (`None`: it is dead).
+    Exited { code: Option<i64> },
+    /// A GPU the runner holds left its host's inventory.
+    GpuGone { uuid: String, host: String },
+    /// The runner holds another number of GPUs than its pool gives.
+    GpuCount { held: usize, wanted: usize },
+    /// Another runner that stays holds the same GPU.
+    GpuShared { uuid: String, other: String },
+    /// The container's pool left the spec.
+    PoolRemoved { pool: String },
+    /// The container's pool runs on another host now.
+    PoolMoved { pool: String, host: String },
+    /// A volume a pool mounts does not exist yet.
+    MountedBy { pool: String, target: String },
+    /// An owned registration that no container runs, offline and idle.
+    OrphanRegistration,
+    /// `fleet destroy` removes it.
+    FleetDestroy,
+    /// `fleet destroy --volumes` removes it.
+    FleetDestroyVolumes,
+    /// The runner is busy: `then` happens after its job.
+    Busy { then: Action },
+    /// A reason read back from a saved plan, as it was printed.
+    Recorded(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::PoolShort { kept, wanted } => write!(f, "pool has {kept} of {wanted} runners"),
+            Reason::PoolOver { total, wanted } => {
+                write!(f, "pool has {total} runners, {wanted} wanted")
+            }
+            Reason::ConfigChanged { attributes } if attributes.is_empty() => {
+                f.write_str("configuration changed")
+            }
+            Reason::ConfigChanged { attributes } => {
+                write!(f, "configuration changed: {}", attributes.join(", "))
+            }
+            Reason::NeverStarted => f.write_str("container was created but never started"),
+            Reason::Exited { code: Some(code) } => write!(f, "container exited with code {code}"),
+            Reason::Exited { code: None } => f.write_str("container is dead"),
+            Reason::GpuGone { uuid, host } => {
+                write!(f, "GPU {uuid} is no longer in host `{host}`'s inventory")
+            }
+            Reason::GpuCount { held, wanted } => {
+                write!(f, "holds {held} GPUs, the pool gives {wanted}")
+            }
+            Reason::GpuShared { uuid, other } => {
+                write!(f, "GPU {uuid} is also held by runner `{other}`")
+            }
+            Reason::PoolRemoved { pool } => write!(f, "pool `{pool}` is no longer in the spec"),
+            Reason::PoolMoved { pool, host } => {
+                write!(f, "pool `{pool}` now runs on host `{host}`")
+            }
+            Reason::MountedBy { pool, target } => write!(f, "pool `{pool}` mounts it at {target}"),
+            Reason::OrphanRegistration => {
+                f.write_str("registered on GitHub, offline, and no container runs it")
+            }
+            Reason::FleetDestroy => f.write_str("fleet destroy"),
+            Reason::FleetDestroyVolumes => f.write_str("fleet destroy --volumes"),
+            Reason::Busy {
+                then: Action::Destroy,
+            } => f.write_str("the runner is busy: removed after its job"),
+            Reason::Busy { .. } => f.write_str("the runner is busy: replaced after its job"),
+            Reason::Recorded(text) => f.write_str(text),
+        }
+    }
+}
+
+/// What happens to a runner (its container, and its registration where it goes too).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunnerOp {
+    Create,
+    /// The container is removed and made anew; an ephemeral runner gets a new name.
+    Replace {
+        replacement: Option<String>,
+        diff: Vec<AttributeChange>,
+    },
+    /// Registration first, then the container (and a persistent runner's state volume).
+    Destroy,
+}
+
+/// A change to one runner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerChange {
+    pub op: RunnerOp,
+    pub pool: String,
+    pub host: String,
+    /// The runner (= container) name.
+    pub name: String,
+    pub reasons: Vec<Reason>,
+    /// GPU UUIDs the new runner gets (create, replace), or holds (destroy, deferred).
+    pub gpus: Vec<String>,
+    pub container_id: Option<String>,
+    pub runner_id: Option<u64>,
+}
+
+impl RunnerChange {
+    /// A change with no GPUs and no ids: the fields that apply are set after.
+    pub fn new(op: RunnerOp, pool: &str, host: &str, name: &str, reasons: Vec<Reason>) -> Self {
+        RunnerChange {
+            op,
+            pool: pool.to_string(),
+            host: host.to_string(),
+            name: name.to_string(),
+            reasons,
+            gpus: vec![],
+            container_id: None,
+            runner_id: None,
+        }
+    }
+
+    pub fn action(&self) -> Action {
+        match self.op {
+            RunnerOp::Create => Action::Create,
+            RunnerOp::Replace { .. } => Action::Replace,
+            RunnerOp::Destroy => Action::Destroy,
+        }
+    }
+}
+
+/// Whether a volume is made or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeOp {
+    Create,
+    Destroy,
+}
+
+/// A change to one named volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeChange {
+    pub op: VolumeOp,
+    pub host: String,
+    pub name: String,
+    /// The pool it is made for; `None` for volumes `fleet destroy --volumes` removes.
+    pub pool: Option<String>,
+    pub reasons: Vec<Reason>,
+}
+
+/// A GitHub registration that no container runs, removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationChange {
+    pub runner_id: u64,
+    pub name: String,
+    /// The pool its name belongs to, when it still is in the spec.
+    pub pool: Option<String>,
+    pub reasons: Vec<Reason>,
+}
+
+/// One change apply makes now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Runner(RunnerChange),
+    Volume(VolumeChange),
+    Registration(RegistrationChange),
+}
+
+impl Change {
+    pub fn action(&self) -> Action {
+        match self {
+            Change::Runner(r) => r.action(),
+            Change::Volume(v) if v.op == VolumeOp::Create => Action::CreateVolume,
+            Change::Volume(_) => Action::DestroyVolume,
+            Change::Registration(_) => Action::Deregister,
+        }
+    }
+
+    /// The runner, volume or registration the change is about.
+    pub fn name(&self) -> &str {
+        match self {
+            Change::Runner(r) => &r.name,
+            Change::Volume(v) => &v.name,
+            Change::Registration(r) => &r.name,
+        }
+    }
+
+    /// The pool, or `""` when there is none.
+    pub fn pool(&self) -> &str {
+        match self {
+            Change::Runner(r) => &r.pool,
+            Change::Volume(v) => v.pool.as_deref().unwrap_or_default(),
+            Change::Registration(r) => r.pool.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
+/// A change held back because its runner is busy: it happens after the job. `change` is a
+/// replace or a destroy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferral {
+    pub change: RunnerChange,
+}
+
+impl Deferral {
+    /// Why it waits: the runner is busy, and what happens after its job.
+    pub fn busy(&self) -> Reason {
+        Reason::Busy {
+            then: self.change.action(),
+        }
+    }
+}
+
+/// How many changes of each kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub replace: usize,
+    pub destroy: usize,
+    pub deregister: usize,
+    pub volumes: usize,
+    #[serde(default)]
+    pub defer: usize,
+    /// Volumes `fleet destroy --volumes` removes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub destroy_volumes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A plan: what `apply` would do, as data that can be printed, saved and compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub fleet: String,
+    /// What apply does now.
+    pub changes: Vec<Change>,
+    /// What waits for busy runners.
+    pub deferred: Vec<Deferral>,
+    pub warnings: Vec<String>,
+    /// SHA-256 of the spec the plan was made from.
+    pub spec_hash: String,
+    /// SHA-256 of everything observed; a saved plan is stale once this changes.
+    pub observed_fingerprint: String,
+}
+
+impl Plan {
+    /// No change to make (deferred changes wait on busy runners: they are not "nothing").
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.deferred.is_empty()
+    }
+
+    /// Changes and deferrals together.
+    pub fn len(&self) -> usize {
+        self.changes.len() + self.deferred.len()
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary {
+            defer: self.deferred.len(),
+            ..Summary::default()
+        };
+        for change in &self.changes {
+            match change.action() {
+                Action::Create => summary.create += 1,
+                Action::Replace => summary.replace += 1,
+                Action::Destroy => summary.destroy += 1,
+                Action::Deregister => summary.deregister += 1,
+                Action::CreateVolume => summary.volumes += 1,
+                Action::DestroyVolume => summary.destroy_volumes += 1,
+                Action::Defer => summary.defer += 1,
+            }
+        }
+        summary
+    }
+}

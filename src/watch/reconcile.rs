@@ -1,0 +1,376 @@
+//! One reconcile: observe, plan and apply with the same code and lock as `fleet apply`.
+//! `reconcile` returns what it did or why it could not; one error policy turns an error into a
+//! metric label and a retry, and a timer records every reconcile's duration when it is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use super::{Env, Trigger, WatchOptions, events};
+use crate::apply::{Executor, Outcome, Progress, StepReport, lock};
+use crate::github::RetryPolicy;
+use crate::observe::gpu::nvml_devices;
+use crate::observe::state::Observed;
+use crate::observe::{ObserveError, Observers};
+use crate::plan::{self, Action, PlanError};
+use crate::spec::{self, Spec};
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reconciled {
+    /// The spec file was saved without a change: nothing looked at, nothing counted.
+    Unchanged,
+    /// Observed and planned; applied when there was something to do (`failed`: a step failed).
+    Converged { failed: bool },
+}
+
+/// Why a reconcile could not converge.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReconcileError {
+    /// The spec file is invalid and nothing else asked for a reconcile.
+    #[error("{0} is invalid; the last valid spec stays in force")]
+    InvalidSpec(String),
+    #[error("{0}")]
+    Lock(String),
+    #[error("{0}")]
+    Connect(ObserveError),
+    #[error("{0}")]
+    Observe(ObserveError),
+    #[error("no plan: {0}")]
+    Plan(PlanError),
+}
+
+impl ReconcileError {
+    /// The error policy: the metric's `result` label, and whether to retry with backoff (an
+    /// invalid spec or a plan error waits for the next trigger instead: retrying changes
+    /// nothing).
+    fn policy(&self) -> (&'static str, bool) {
+        match self {
+            ReconcileError::InvalidSpec(_) => ("invalid_spec", false),
+            ReconcileError::Plan(_) => ("plan_error", false),
+            ReconcileError::Lock(_) | ReconcileError::Connect(_) | ReconcileError::Observe(_) => {
+                ("error", true)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ReconcileError::Connect(e) => match e.hint() {
+                Some(hint) => format!("{e} ({hint})"),
+                None => e.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Records a reconcile's trigger, result and duration when dropped, unless skipped.
+struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    trigger: &'static str,
+    started: Instant,
+    result: Option<&'static str>,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(result) = self.result {
+            let seconds = self.started.elapsed().as_secs_f64();
+            self.metrics.reconciled(self.trigger, result, seconds);
+        }
+    }
+}
+
+/// The state the watch loop keeps between reconciles.
+pub(super) struct Loop {
+    pub file: PathBuf,
+    pub spec: Spec,
+    pub options: WatchOptions,
+    pub env: Env,
+    pub metrics: Arc<Metrics>,
+    pub observers: Option<Observers>,
+    pub backoff: Duration,
+    pub retry_pending: bool,
+    pub tx: UnboundedSender<Trigger>,
+}
+
+/// Logs each step and counts it.
+struct WatchProgress<'a> {
+    metrics: &'a Metrics,
+    exits: &'a BTreeMap<String, SystemTime>,
+}
+
+impl Progress for WatchProgress<'_> {
+    fn started(&self, _: Action, _: &str) {}
+
+    fn finished(&self, report: &StepReport) {
+        let (name, action) = (&report.name, report.action.as_str());
+        let result = match &report.outcome {
+            Outcome::Done => {
+                let now = report
+                    .runner
+                    .as_ref()
+                    .filter(|r| *r != name)
+                    .map(|r| format!(", now {r}"))
+                    .unwrap_or_default();
+                let secs = report.elapsed.as_secs_f64();
+                tracing::info!("{name}: {action} done ({secs:.1}s){now}");
+                if report.action == Action::Replace
+                    && let Some(at) = self.exits.get(name)
+                    && let Ok(latency) = SystemTime::now().duration_since(*at)
+                {
+                    self.metrics.replaced_after(latency.as_secs_f64());
+                }
+                "done"
+            }
+            Outcome::Deferred(why) => {
+                tracing::info!("{name}: {action} deferred: {why}");
+                "deferred"
+            }
+            Outcome::Failed(cause) => {
+                tracing::error!("{name}: {action} failed: {cause}");
+                "failed"
+            }
+        };
+        self.metrics.action(action, result);
+    }
+}
+
+/// The trigger a reconcile is counted under: the first of these that is among its triggers.
+fn trigger_name(triggers: &[Trigger]) -> &'static str {
+    ["spec", "docker", "retry", "start", "resync"]
+        .into_iter()
+        .find(|name| triggers.iter().any(|t| t.name() == *name))
+        .unwrap_or("resync")
+}
+
+impl Loop {
+    /// Reconciles for `triggers`, then applies the error policy.
+    pub async fn run_once(&mut self, triggers: &[Trigger]) {
+        if triggers.iter().any(|t| matches!(t, Trigger::Retry)) {
+            self.retry_pending = false;
+        }
+        let metrics = self.metrics.clone();
+        let mut timer = ReconcileTimer {
+            metrics: &metrics,
+            trigger: trigger_name(triggers),
+            started: Instant::now(),
+            result: None,
+        };
+        tracing::debug!(
+            "reconcile for {} trigger(s), first `{}`",
+            triggers.len(),
+            timer.trigger
+        );
+        match self.reconcile(triggers, &timer).await {
+            Ok(Reconciled::Unchanged) => {}
+            Ok(Reconciled::Converged { failed }) => {
+                timer.result = Some(if failed { "failed" } else { "ok" });
+            }
+            Err(e) => {
+                let (label, retry) = e.policy();
+                timer.result = Some(label);
+                if retry {
+                    self.schedule_retry(&e.describe());
+                } else if !matches!(e, ReconcileError::InvalidSpec(_)) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, why: &str) {
+        tracing::warn!("{why}; retrying in {}s", self.backoff.as_secs());
+        if !self.retry_pending {
+            self.retry_pending = true;
+            let tx = self.tx.clone();
+            let wait = self.backoff;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(Trigger::Retry);
+            });
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
+    }
+
+    /// Sends again, after their wait, the Docker events this observation contradicts.
+    fn recheck_lagging_events(&self, triggers: &[Trigger], observed: &Observed) {
+        for (wait, again) in events::lagging_events(triggers, observed) {
+            if let Trigger::Docker {
+                container, action, ..
+            } = &again
+            {
+                tracing::debug!(
+                    "Docker still lists {container} as before its `{action}` event; looking again in {}ms",
+                    wait.as_millis()
+                );
+            }
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(again);
+            });
+        }
+    }
+
+    /// Reloads the spec when the file changed. `Ok(false)`: nothing else to do.
+    fn reload_spec(
+        &mut self,
+        triggers: &[Trigger],
+        timer: &ReconcileTimer,
+    ) -> Result<bool, ReconcileError> {
+        if !triggers.iter().any(|t| matches!(t, Trigger::Spec)) {
+            return Ok(true);
+        }
+        let only_spec = triggers.iter().all(|t| matches!(t, Trigger::Spec));
+        match spec::load(&self.file) {
+            Ok(new) if new != self.spec => {
+                tracing::info!("{} changed; converging to it", self.file.display());
+                if new.effective_hosts() != self.spec.effective_hosts()
+                    || new.github != self.spec.github
+                {
+                    self.observers = None;
+                }
+                self.spec = new;
+                Ok(true)
+            }
+            Ok(_) => Ok(!only_spec), // saved without a change
+            Err(e) => {
+                tracing::error!(
+                    "{} is invalid; the last valid spec stays in force and nothing is done for this change:\n{}",
+                    self.file.display(),
+                    e.render()
+                );
+                if only_spec {
+                    return Err(ReconcileError::InvalidSpec(self.file.display().to_string()));
+                }
+                let seconds = timer.started.elapsed().as_secs_f64();
+                self.metrics
+                    .reconciled(timer.trigger, "invalid_spec", seconds);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn connected(&mut self) -> Result<Observers, ReconcileError> {
+        if let Some(observers) = &self.observers {
+            return Ok(observers.clone());
+        }
+        let base = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let observers = Observers::connect(&self.spec, &base, &*self.env, RetryPolicy::default())
+            .await
+            .map_err(ReconcileError::Connect)?;
+        self.observers = Some(observers.clone());
+        Ok(observers)
+    }
+
+    async fn reconcile(
+        &mut self,
+        triggers: &[Trigger],
+        timer: &ReconcileTimer<'_>,
+    ) -> Result<Reconciled, ReconcileError> {
+        if !self.reload_spec(triggers, timer)? {
+            return Ok(Reconciled::Unchanged);
+        }
+        let name = self.spec.name.clone();
+        let timeout = self.options.lock_timeout;
+        let _lock =
+            tokio::task::spawn_blocking(move || lock::acquire(&name, "fleet watch", timeout))
+                .await
+                .map_err(|e| ReconcileError::Lock(e.to_string()))?
+                .map_err(|e| ReconcileError::Lock(e.to_string()))?;
+        let observers = self.connected().await?;
+        let observed = match observers.observe(&self.spec).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                // Never act on a partial view: no plan, nothing destroyed.
+                self.metrics.github(&observers.github.stats());
+                if matches!(e, ObserveError::Docker(_)) {
+                    self.observers = None;
+                }
+                return Err(ReconcileError::Observe(e));
+            }
+        };
+        self.backoff = Duration::from_secs(1);
+        self.recheck_lagging_events(triggers, &observed);
+        let plan = plan::plan(&self.spec, &observed).map_err(ReconcileError::Plan)?;
+        let failed = self
+            .converge(triggers, timer.trigger, &observers, &observed, &plan)
+            .await;
+        Ok(Reconciled::Converged { failed })
+    }
+
+    /// Applies `plan` when it has something to do now, then refreshes the gauges. Returns
+    /// whether a step failed.
+    async fn converge(
+        &self,
+        triggers: &[Trigger],
+        trigger: &str,
+        observers: &Observers,
+        observed: &Observed,
+        plan: &plan::Plan,
+    ) -> bool {
+        let mut failed = false;
+        if plan.changes.is_empty() {
+            tracing::debug!(
+                "{} ({trigger}): nothing to do ({} change(s) deferred or kept)",
+                self.spec.name,
+                plan.len()
+            );
+        } else {
+            tracing::info!(
+                "{} ({trigger}): {}",
+                self.spec.name,
+                crate::render::summary_line(&plan.summary())
+            );
+            let exits: BTreeMap<String, SystemTime> = triggers
+                .iter()
+                .filter_map(|t| match t {
+                    Trigger::Docker { container, at, .. } => Some((container.clone(), *at)),
+                    _ => None,
+                })
+                .collect();
+            let progress = WatchProgress {
+                metrics: &self.metrics,
+                exits: &exits,
+            };
+            let executor = Executor::new(&self.spec, observers, observed, self.options.parallelism);
+            failed = executor
+                .apply(plan, &progress)
+                .await
+                .failed()
+                .next()
+                .is_some();
+        }
+        // Gauges from a fresh look when something changed, else from what was observed.
+        let fresh = if plan.changes.is_empty() {
+            None
+        } else {
+            observers.observe(&self.spec).await.ok()
+        };
+        self.update_gauges(observers, fresh.as_ref().unwrap_or(observed));
+        failed
+    }
+
+    fn update_gauges(&self, observers: &Observers, observed: &Observed) {
+        let devices = nvml_devices().unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let status = crate::status::build(&self.spec, observed, &devices, now);
+        let local = observers
+            .hosts
+            .values()
+            .find(|h| h.is_local())
+            .map(|h| h.name.clone())
+            .unwrap_or_default();
+        self.metrics.observe_status(&status, &local);
+        self.metrics.github(&observers.github.stats());
+    }
+}
