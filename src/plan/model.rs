@@ -75,8 +75,6 @@ pub enum Reason {
     FleetDestroyVolumes,
     /// The runner is busy: `then` happens after its job.
     Busy { then: Action },
-    /// A reason read back from a saved plan, as it was printed.
-    Recorded(String),
 }
 
 impl fmt::Display for Reason {
@@ -118,7 +116,6 @@ impl fmt::Display for Reason {
                 then: Action::Destroy,
             } => f.write_str("the runner is busy: removed after its job"),
             Reason::Busy { .. } => f.write_str("the runner is busy: replaced after its job"),
-            Reason::Recorded(text) => f.write_str(text),
         }
     }
 }
