@@ -64,6 +64,7 @@ fn world(runners: usize) -> (Spec, Observed) {
                     online: true,
                     busy: i % 3 == 0,
                     labels: config.labels.clone(),
+                    ..GithubRunner::default()
                 });
             }
         }

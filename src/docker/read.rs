@@ -113,16 +113,9 @@ impl DockerRead<'_> {
             .volumes
             .unwrap_or_default()
             .into_iter()
-            .filter(|v| contract::labels_owned(&v.labels.clone().into_iter().collect(), fleet))
-            .map(|v| {
-                (
-                    v.name.clone(),
-                    VolumeState {
-                        name: v.name,
-                        owned: true,
-                    },
-                )
-            })
+            .map(|v| volume_state(v.name, v.labels.into_iter().collect(), fleet))
+            .filter(|v| v.owned)
+            .map(|v| (v.name.clone(), v))
             .collect();
         for name in names {
             if volumes.contains_key(name) {
@@ -130,14 +123,8 @@ impl DockerRead<'_> {
             }
             match self.host.docker.inspect_volume(name).await {
                 Ok(v) => {
-                    let owned = contract::labels_owned(&v.labels.into_iter().collect(), fleet);
-                    volumes.insert(
-                        name.clone(),
-                        VolumeState {
-                            name: v.name,
-                            owned,
-                        },
-                    );
+                    let state = volume_state(v.name, v.labels.into_iter().collect(), fleet);
+                    volumes.insert(name.clone(), state);
                 }
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
@@ -184,6 +171,18 @@ impl DockerRead<'_> {
             nvidia_runtime,
             cdi_devices,
         })
+    }
+}
+
+/// A volume as the planner sees it: whether fleet `fleet` owns it, and for what.
+fn volume_state(name: String, labels: BTreeMap<String, String>, fleet: &str) -> VolumeState {
+    let owned = contract::labels_owned(&labels, fleet);
+    let label = |key: &str| owned.then(|| labels.get(key).cloned()).flatten();
+    VolumeState {
+        owned,
+        pool: label(labels::POOL),
+        runner: label(labels::RUNNER),
+        name,
     }
 }
 

@@ -99,6 +99,8 @@ struct RunnerJson {
     status: String,
     busy: bool,
     labels: Vec<LabelJson>,
+    #[serde(default)]
+    runner_group_id: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +121,7 @@ impl RunnerJson {
             online: self.status == "online",
             busy: self.busy,
             labels: self.labels.into_iter().map(|l| l.name).collect(),
+            runner_group_id: self.runner_group_id,
         }
     }
 }

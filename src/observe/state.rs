@@ -80,11 +80,17 @@ impl ContainerStatus {
 }
 
 /// A Docker volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeState {
     pub name: String,
     /// Whether fleet created it (it carries `fleet.name=<this fleet>`).
     pub owned: bool,
+    /// For an owned volume: the pool it was made for (`fleet.pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// For a persistent runner's state volume: its runner (`fleet.runner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 /// Where a host's GPU list came from.
@@ -128,11 +134,14 @@ pub struct GithubState {
 }
 
 /// One runner registration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GithubRunner {
     pub id: u64,
     pub name: String,
     pub online: bool,
     pub busy: bool,
     pub labels: Vec<String>,
+    /// The runner group it is in (GitHub reports it at organization scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_group_id: Option<u64>,
 }

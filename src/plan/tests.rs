@@ -100,6 +100,7 @@ pub(crate) fn add_runner(
         online: true,
         busy: false,
         labels: cfg.labels.clone(),
+        ..GithubRunner::default()
     });
 }
 
@@ -166,6 +167,7 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                 online: false,
                 busy: false,
                 labels: cfg.labels.clone(),
+                ..GithubRunner::default()
             });
             next_id += 1;
         };
@@ -186,6 +188,7 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                     h.volumes.push(VolumeState {
                         name: change.name.clone(),
                         owned: true,
+                        ..VolumeState::default()
                     });
                     h.volumes.sort_by(|a, b| a.name.cmp(&b.name));
                 }
@@ -341,6 +344,7 @@ fn orphan_registration_is_deregistered_only_when_offline_and_idle() {
             online,
             busy,
             labels: vec!["self-hosted".into(), own.clone()],
+            ..GithubRunner::default()
         });
     }
     let plan = plan(&spec, &world).expect("plan");
@@ -382,6 +386,7 @@ fn foreign_resources_are_invisible() {
         online: false,
         busy: false,
         labels: vec!["self-hosted".into()],
+        ..GithubRunner::default()
     });
     world.github.runners.push(GithubRunner {
         id: 2,
@@ -389,6 +394,7 @@ fn foreign_resources_are_invisible() {
         online: false,
         busy: false,
         labels: vec![ownership_label("zq")],
+        ..GithubRunner::default()
     });
     let plan = plan(&spec, &world).expect("plan");
     assert!(plan.is_empty(), "{:#?}", plan.changes);
@@ -537,10 +543,12 @@ fn destroy_plans_remove_everything_owned_but_busy_runners_and_volumes_on_request
         VolumeState {
             name: "cache".into(),
             owned: true,
+            ..VolumeState::default()
         },
         VolumeState {
             name: "theirs".into(),
             owned: false,
+            ..VolumeState::default()
         },
     ];
     let keep = plan_destroy(&spec, &world, false).expect("plan");
@@ -719,6 +727,7 @@ fn build_world(
                 online: c.online,
                 busy: c.busy,
                 labels,
+                ..GithubRunner::default()
             });
         }
     }
@@ -733,6 +742,7 @@ fn build_world(
             } else {
                 vec!["self-hosted".into()]
             },
+            ..GithubRunner::default()
         });
     }
     (spec, world)

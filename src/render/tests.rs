@@ -36,6 +36,7 @@ fn busy_plan() -> Plan {
         online: false,
         busy: false,
         labels: vec![ownership_label("zq")],
+        ..GithubRunner::default()
     });
     plan(&new, &world).expect("plan").document()
 }
