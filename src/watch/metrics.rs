@@ -140,6 +140,12 @@ impl Metrics {
         out
     }
 
+    /// Prometheus's classic text format (version 0.0.4), for scrapers and tools that do not
+    /// read OpenMetrics (`promtool check metrics` among them).
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+
     /// Runner gauges from a status (cleared first: runners come and go). `host_of_gpus` is the
     /// host whose GPUs NVML on this machine reads.
     pub fn observe_status(&self, status: &FleetStatus, host_of_gpus: &str) {
@@ -240,7 +246,22 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+/// What a scraper asked for in its `Accept` header: OpenMetrics, or else Prometheus's classic
+/// text format (what `curl` and `promtool check metrics` get).
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves. `/metrics` answers
+/// in OpenMetrics when the scraper asks for it (Prometheus does), else in the classic text
+/// format.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -250,16 +271,20 @@ pub async fn serve(
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: http::HeaderMap| {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    if wants_openmetrics(&headers) {
+                        (
+                            [(http::header::CONTENT_TYPE, OPENMETRICS)],
+                            metrics.encode(),
+                        )
+                    } else {
+                        (
+                            [(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                            metrics.encode_prometheus_text(),
+                        )
+                    }
                 }
             }),
         )
@@ -267,6 +292,30 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// OpenMetrics text to Prometheus's classic text format (0.0.4): a counter's `HELP` and `TYPE`
+/// name its `_total` samples, and there is no `# UNIT` or `# EOF`.
+fn openmetrics_to_prometheus_text(page: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(page.len());
+    for line in page.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -338,5 +387,32 @@ mod tests {
             .and_then(|v| v.parse::<f64>().ok())
             .expect("the last reconcile's time");
         assert!(last > 1.7e9, "{last}");
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.reconciled("start", "ok", 0.5);
+        let text = metrics.encode_prometheus_text();
+        assert!(
+            text.contains("# TYPE fleet_reconcile_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP fleet_reconcile_total Reconciles by"),
+            "{text}"
+        );
+        assert!(text.contains("\nfleet_reconcile_total{trigger=\"start\",result=\"ok\"} 1\n"));
+        assert!(text.contains("# TYPE fleet_reconcile_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"), "{text}");
+        let mut headers = http::HeaderMap::new();
+        assert!(!wants_openmetrics(&headers));
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            ),
+        );
+        assert!(wants_openmetrics(&headers));
     }
 }
