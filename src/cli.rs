@@ -146,7 +146,9 @@ pub enum Command {
     /// temperature and processes.
     ///
     /// The UUIDs are what a host's `gpus:` list declares. Without an NVIDIA library it says
-    /// so and exits 0; a driver or permission problem is an error (exit 1).
+    /// so and exits 0; a driver or permission problem, or a GPU NVML cannot read (lost), is an
+    /// error (exit 1). FLEET_NVML_LIBRARY names the library to load instead of
+    /// libnvidia-ml.so.1.
     Gpus {
         #[arg(long, value_enum, default_value = "text")]
         format: GpusFormat,
@@ -204,10 +206,10 @@ pub enum StatusFormat {
 }
 
 fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
-    use crate::observe::gpu::{NvmlProblem, nvml_devices};
-    let (devices, reason) = match nvml_devices() {
-        Ok(devices) => (devices, None),
-        Err(NvmlProblem::Absent(reason)) => (vec![], Some(reason)),
+    use crate::observe::gpu::{NvmlProblem, devices_table, nvml_report};
+    let (report, reason) = match nvml_report() {
+        Ok(report) => (report, None),
+        Err(NvmlProblem::Absent(reason)) => (Default::default(), Some(reason)),
         Err(NvmlProblem::Failed(message)) => {
             return Err(Failure::Other(format!(
                 "{message}; `nvidia-smi` on this machine shows whether the driver works"
@@ -216,50 +218,32 @@ fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
     };
     let text = match format {
         GpusFormat::Json => {
-            let value = serde_json::json!({ "gpus": devices, "reason": reason });
+            let value = serde_json::json!({
+                "gpus": report.devices, "unreadable": report.unreadable, "reason": reason
+            });
             format!(
                 "{}\n",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             )
         }
-        GpusFormat::Text if devices.is_empty() => format!(
+        GpusFormat::Text if report.devices.is_empty() && report.unreadable.is_empty() => format!(
             "no NVIDIA GPUs found{}\n",
             reason.map(|r| format!(": {r}")).unwrap_or_default()
         ),
-        GpusFormat::Text => {
-            let mut table = comfy_table::Table::new();
-            table.load_style(comfy_table::presets::NOTHING);
-            table.set_header([
-                "INDEX",
-                "UUID",
-                "NAME",
-                "MEMORY USED / TOTAL",
-                "UTIL",
-                "TEMP",
-                "PROCS",
-            ]);
-            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-            let opt =
-                |v: Option<u32>, unit: &str| v.map_or("-".to_string(), |v| format!("{v}{unit}"));
-            for d in &devices {
-                table.add_row([
-                    d.index.to_string(),
-                    d.uuid.clone(),
-                    d.name.clone(),
-                    format!(
-                        "{:.1} / {:.1} GiB",
-                        gib(d.memory_used_bytes),
-                        gib(d.memory_total_bytes)
-                    ),
-                    opt(d.utilization_percent, "%"),
-                    opt(d.temperature_celsius, "°C"),
-                    opt(d.processes, ""),
-                ]);
-            }
-            format!("{table}\n")
-        }
+        GpusFormat::Text => devices_table(&report.devices),
     };
-    Ok(print_stdout(&text))
+    let code = print_stdout(&text);
+    // A GPU NVML counts but cannot read (lost, most often) needs the operator: exit 1.
+    match report.unreadable.as_slice() {
+        [] => Ok(code),
+        unreadable => Err(Failure::Other(
+            unreadable
+                .iter()
+                .map(|g| g.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("\nerror: "),
+        )),
+    }
 }
 
 fn watch_command(

@@ -1,6 +1,6 @@
 //! The files operators copy out of this repository: the GitHub workflows of `ci/github/` pass
-//! actionlint and pin every action by commit SHA, every shell script under `ci/` (and
-//! `demo/run.sh`, `.ci/run`) passes shellcheck, and the example specs of `docs/examples/` pass
+//! actionlint and pin every action by commit SHA, every shell script under `ci/` and `scripts/`
+//! (and `demo/run.sh`, `.ci/run`) passes shellcheck, and the example specs of `docs/examples/` pass
 //! `fleet validate`. actionlint and shellcheck must be installed: a missing one fails the test,
 //! it never skips (`.ci/run` installs both).
 
@@ -118,9 +118,14 @@ fn shell_scripts_pass_shellcheck() {
     let shellcheck = tool("shellcheck", "apt-get install -y shellcheck");
     let root = Path::new(ROOT);
     let mut scripts = files(&root.join("ci"), &is_shell_script);
+    scripts.extend(files(&root.join("scripts"), &is_shell_script));
     scripts.push(root.join("demo/run.sh"));
     scripts.push(root.join(".ci/run"));
-    for expected in ["ci/runner/entrypoint.sh", "ci/runner/tests/config.sh"] {
+    for expected in [
+        "ci/runner/entrypoint.sh",
+        "ci/runner/tests/config.sh",
+        "scripts/gpu-check.sh",
+    ] {
         assert!(
             scripts.contains(&root.join(expected)),
             "{expected} was not found among {scripts:?}"

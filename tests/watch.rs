@@ -178,7 +178,7 @@ fn watch_replaces_exited_runners_follows_edits_ignores_invalid_ones_and_reports_
             .filter_map(|s| {
                 sample(
                     page,
-                    &format!("fleet_runners{{pool=\"eph\",state=\"{s}\"}}"),
+                    &format!("fleet_runners{{pool=\"eph\",state=\"{s}\",host=\"local\"}}"),
                 )
             })
             .sum()

@@ -1,10 +1,19 @@
 //! A host's GPU inventory: declared in the spec, or read through NVML on this machine.
 //!
-//! NVML (`libnvidia-ml.so`) is loaded at run time, so fleet builds and runs where there is
-//! none; `gpus: auto` then yields an empty inventory with the loader's reason.
+//! NVML (`libnvidia-ml.so.1`) is loaded at run time, so fleet builds and runs where there is
+//! none; `gpus: auto` then yields an empty inventory with the loader's reason. `FLEET_NVML_LIBRARY`
+//! names another file to load (a driver library in an unusual place, or the tests' stand-in; see
+//! `docs/gpus.md`).
+
+use nvml_wrapper::Nvml;
+use nvml_wrapper::error::NvmlError;
 
 use super::state::{GpuInventory, GpuSource};
 use crate::spec::HostGpus;
+
+/// The environment variable that names the NVML library to load instead of the default
+/// `libnvidia-ml.so.1` (found through the dynamic loader's search path).
+pub const LIBRARY_ENV: &str = "FLEET_NVML_LIBRARY";
 
 /// The inventory of a host. `local` says whether the host's Docker engine runs on this machine
 /// (only then can NVML here speak for it).
@@ -37,19 +46,27 @@ pub fn inventory(host_name: &str, gpus: &HostGpus, local: bool) -> GpuInventory 
     }
 }
 
-/// UUIDs of this machine's GPUs, in NVML's index order.
+/// UUIDs of this machine's usable GPUs, in NVML's index order.
+///
+/// A GPU that NVML reports lost (fallen off the bus) is left out, with a warning in the log:
+/// it can run nothing, so the runner that holds it is replaced (its GPU is no longer in the
+/// inventory). Any other failure to read a GPU fails the whole inventory: fleet does not plan on
+/// a partial view.
 pub fn nvml_uuids() -> Result<Vec<String>, String> {
-    let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML is not available: {e}"))?;
-    let count = nvml
-        .device_count()
-        .map_err(|e| format!("NVML cannot count devices: {e}"))?;
-    (0..count)
-        .map(|i| {
-            nvml.device_by_index(i)
-                .and_then(|d| d.uuid())
-                .map_err(|e| format!("NVML cannot read GPU {i}: {e}"))
-        })
-        .collect()
+    let report = nvml_report().map_err(|problem| match problem {
+        NvmlProblem::Absent(reason) => format!("NVML is not available: {reason}"),
+        NvmlProblem::Failed(reason) => reason,
+    })?;
+    if let Some(broken) = report.unreadable.iter().find(|g| !g.lost) {
+        return Err(broken.reason.clone());
+    }
+    for lost in &report.unreadable {
+        tracing::warn!(
+            "{}; it is left out of this machine's GPU inventory",
+            lost.reason
+        );
+    }
+    Ok(report.devices.into_iter().map(|d| d.uuid).collect())
 }
 
 /// One GPU as NVML reports it (`fleet gpus`, `fleet status`, metrics).
@@ -76,53 +93,188 @@ pub enum NvmlProblem {
     Failed(String),
 }
 
-/// This machine's GPUs with their current use, through NVML (loaded at run time).
-pub fn nvml_devices() -> Result<Vec<GpuDevice>, NvmlProblem> {
-    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
-    use nvml_wrapper::error::NvmlError;
+/// A GPU that NVML counts but cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnreadableGpu {
+    pub index: u32,
+    /// NVML says the GPU is lost (`NVML_ERROR_GPU_IS_LOST`): fallen off the bus or otherwise
+    /// inaccessible until the machine is reset.
+    pub lost: bool,
+    pub reason: String,
+}
 
-    let nvml = nvml_wrapper::Nvml::init().map_err(|e| match e {
-        NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound | NvmlError::FailedToLoadSymbol(_) => {
-            NvmlProblem::Absent(format!("the NVIDIA management library (libnvidia-ml.so.1) cannot be loaded: {e}"))
-        }
-        NvmlError::DriverNotLoaded => NvmlProblem::Failed(
-            "NVML is installed but the NVIDIA driver is not loaded (is the kernel module in? `lsmod | grep nvidia`)".into(),
-        ),
-        NvmlError::NoPermission => NvmlProblem::Failed(
-            "NVML refused access: no permission to the NVIDIA devices (/dev/nvidia*)".into(),
-        ),
-        other => NvmlProblem::Failed(format!("NVML failed to start: {other}")),
-    })?;
+/// What NVML says of this machine's GPUs: those it can read, and those it cannot.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct NvmlReport {
+    pub devices: Vec<GpuDevice>,
+    pub unreadable: Vec<UnreadableGpu>,
+}
+
+/// This machine's readable GPUs with their current use, through NVML (loaded at run time).
+/// A GPU NVML cannot read is left out (see [`nvml_report`] for those).
+pub fn nvml_devices() -> Result<Vec<GpuDevice>, NvmlProblem> {
+    nvml_report().map(|report| report.devices)
+}
+
+/// Every GPU NVML counts on this machine: the readable ones with their use, and the others with
+/// NVML's reason.
+pub fn nvml_report() -> Result<NvmlReport, NvmlProblem> {
+    let nvml = open()?;
     let count = nvml
         .device_count()
         .map_err(|e| NvmlProblem::Failed(format!("NVML cannot count the GPUs: {e}")))?;
-    let mut devices = Vec::new();
-    for i in 0..count {
-        let device = nvml
-            .device_by_index(i)
-            .map_err(|e| NvmlProblem::Failed(format!("NVML cannot open GPU {i}: {e}")))?;
-        let uuid = device.uuid().map_err(|e| {
-            NvmlProblem::Failed(format!("NVML cannot read the UUID of GPU {i}: {e}"))
-        })?;
-        let memory = device.memory_info().ok();
-        let processes = match (
-            device.running_compute_processes_count(),
-            device.running_graphics_processes_count(),
-        ) {
-            (Ok(c), Ok(g)) => Some(c + g),
-            (Ok(c), Err(_)) => Some(c),
-            _ => None,
-        };
-        devices.push(GpuDevice {
-            index: device.index().unwrap_or(i),
-            uuid,
-            name: device.name().unwrap_or_else(|_| "unknown".into()),
-            memory_total_bytes: memory.as_ref().map_or(0, |m| m.total),
-            memory_used_bytes: memory.as_ref().map_or(0, |m| m.used),
-            utilization_percent: device.utilization_rates().ok().map(|u| u.gpu),
-            temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
-            processes,
-        });
+    let mut report = NvmlReport::default();
+    for index in 0..count {
+        match read_device(&nvml, index) {
+            Ok(device) => report.devices.push(device),
+            Err(NvmlError::GpuLost) => report.unreadable.push(UnreadableGpu {
+                index,
+                lost: true,
+                reason: format!(
+                    "GPU {index} is lost: NVML says it has fallen off the bus or is otherwise inaccessible (NVML_ERROR_GPU_IS_LOST); the kernel log (`dmesg`, Xid errors) tells why, and the machine usually needs a reset"
+                ),
+            }),
+            Err(e) => report.unreadable.push(UnreadableGpu {
+                index,
+                lost: false,
+                reason: format!("NVML cannot read GPU {index}: {e}"),
+            }),
+        }
     }
-    Ok(devices)
+    Ok(report)
+}
+
+/// Loads and initializes NVML: the library `FLEET_NVML_LIBRARY` names, else the default one.
+fn open() -> Result<Nvml, NvmlProblem> {
+    match std::env::var_os(LIBRARY_ENV).filter(|path| !path.is_empty()) {
+        None => Nvml::init().map_err(|e| init_problem(e, None)),
+        Some(path) => Nvml::builder()
+            .lib_path(&path)
+            .init()
+            .map_err(|e| init_problem(e, Some(&path.to_string_lossy()))),
+    }
+}
+
+/// What a failed initialization means. A library missing from its default place means no NVIDIA
+/// GPUs; one the operator named that cannot be loaded is an error.
+fn init_problem(error: NvmlError, named: Option<&str>) -> NvmlProblem {
+    let loading = matches!(
+        error,
+        NvmlError::LibloadingError(_)
+            | NvmlError::LibraryNotFound
+            | NvmlError::FailedToLoadSymbol(_)
+    );
+    match (error, named) {
+        (e, None) if loading => NvmlProblem::Absent(format!(
+            "the NVIDIA management library (libnvidia-ml.so.1) cannot be loaded: {e}"
+        )),
+        (e, Some(path)) if loading => NvmlProblem::Failed(format!(
+            "the NVIDIA management library that {LIBRARY_ENV} names ({path}) cannot be loaded: {e}"
+        )),
+        (NvmlError::DriverNotLoaded, _) => NvmlProblem::Failed(
+            "NVML is installed but the NVIDIA driver is not loaded (NVML_ERROR_DRIVER_NOT_LOADED; is the kernel module in? `lsmod | grep nvidia`)".into(),
+        ),
+        (NvmlError::NoPermission, _) => NvmlProblem::Failed(
+            "NVML refused access (NVML_ERROR_NO_PERMISSION): no permission to the NVIDIA devices (/dev/nvidia*); run fleet as a user that may open them".into(),
+        ),
+        (other, _) => NvmlProblem::Failed(format!("NVML failed to start: {other}")),
+    }
+}
+
+/// One GPU's identity and use. Its handle and UUID must be read; the rest is best effort
+/// (`None` or 0 when NVML cannot tell), except a lost GPU, which fails at its first call.
+fn read_device(nvml: &Nvml, index: u32) -> Result<GpuDevice, NvmlError> {
+    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+
+    let device = nvml.device_by_index(index)?;
+    let uuid = device.uuid()?;
+    let memory = match device.memory_info() {
+        Err(NvmlError::GpuLost) => return Err(NvmlError::GpuLost),
+        other => other.ok(),
+    };
+    let processes = match (
+        device.running_compute_processes_count(),
+        device.running_graphics_processes_count(),
+    ) {
+        (Ok(c), Ok(g)) => Some(c + g),
+        (Ok(c), Err(_)) => Some(c),
+        _ => None,
+    };
+    Ok(GpuDevice {
+        index: device.index().unwrap_or(index),
+        uuid,
+        name: device.name().unwrap_or_else(|_| "unknown".into()),
+        memory_total_bytes: memory.as_ref().map_or(0, |m| m.total),
+        memory_used_bytes: memory.as_ref().map_or(0, |m| m.used),
+        utilization_percent: device.utilization_rates().ok().map(|u| u.gpu),
+        temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
+        processes,
+    })
+}
+
+/// The text view of `fleet gpus`: a table of the readable GPUs.
+pub fn devices_table(devices: &[GpuDevice]) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header([
+        "INDEX",
+        "UUID",
+        "NAME",
+        "MEMORY USED / TOTAL",
+        "UTIL",
+        "TEMP",
+        "PROCS",
+    ]);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let opt = |v: Option<u32>, unit: &str| v.map_or("-".to_string(), |v| format!("{v}{unit}"));
+    for d in devices {
+        table.add_row([
+            d.index.to_string(),
+            d.uuid.clone(),
+            d.name.clone(),
+            format!(
+                "{:.1} / {:.1} GiB",
+                gib(d.memory_used_bytes),
+                gib(d.memory_total_bytes)
+            ),
+            opt(d.utilization_percent, "%"),
+            opt(d.temperature_celsius, "°C"),
+            opt(d.processes, ""),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_default_library_means_no_gpus_but_a_named_one_is_an_error() {
+        let absent = init_problem(NvmlError::LibraryNotFound, None);
+        assert!(
+            matches!(&absent, NvmlProblem::Absent(r) if r.contains("libnvidia-ml.so.1")),
+            "{absent:?}"
+        );
+        let named = init_problem(
+            NvmlError::LibraryNotFound,
+            Some("/opt/nvidia/libnvidia-ml.so.1"),
+        );
+        assert!(
+            matches!(&named, NvmlProblem::Failed(r)
+                if r.contains("FLEET_NVML_LIBRARY names (/opt/nvidia/libnvidia-ml.so.1)")),
+            "{named:?}"
+        );
+        // The driver's answers mean the same wherever the library came from.
+        for path in [None, Some("/x/libnvidia-ml.so.1")] {
+            assert!(matches!(
+                init_problem(NvmlError::DriverNotLoaded, path),
+                NvmlProblem::Failed(r) if r.contains("driver is not loaded")
+            ));
+            assert!(matches!(
+                init_problem(NvmlError::NoPermission, path),
+                NvmlProblem::Failed(r) if r.contains("no permission")
+            ));
+        }
+    }
 }

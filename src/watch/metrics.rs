@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::github::RequestStats;
-use crate::status::FleetStatus;
+use crate::status::{FleetStatus, RunnerStatus};
 
 type Labels = Vec<(String, String)>;
 
@@ -30,7 +30,9 @@ pub struct Metrics {
     uptime: Family<Labels, Gauge>,
     gpu_utilization: Family<Labels, Gauge<f64, AtomicU64>>,
     gpu_memory: Family<Labels, Gauge<i64, AtomicI64>>,
+    gpu_memory_total: Family<Labels, Gauge<i64, AtomicI64>>,
     reconciles: Family<Labels, Counter>,
+    last_reconcile: Gauge<f64, AtomicU64>,
     reconcile_duration: Histogram,
     actions: Family<Labels, Counter>,
     replacement_latency: Histogram,
@@ -53,7 +55,9 @@ impl Metrics {
             uptime: Family::default(),
             gpu_utilization: Family::default(),
             gpu_memory: Family::default(),
+            gpu_memory_total: Family::default(),
             reconciles: Family::default(),
+            last_reconcile: Gauge::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             actions: Family::default(),
             replacement_latency: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
@@ -63,17 +67,17 @@ impl Metrics {
         };
         registry.register(
             "fleet_runners",
-            "Runner containers by pool and state (busy, idle, offline, exited)",
+            "Runner containers by pool, state (busy, idle, offline, exited) and host",
             m.runners.clone(),
         );
         registry.register(
             "fleet_desired_runners",
-            "Runners fleet.yaml asks for, by pool",
+            "Runners fleet.yaml asks for, by pool (all its hosts together)",
             m.desired.clone(),
         );
         registry.register(
             "fleet_runner_uptime_seconds",
-            "Seconds since each runner's container was created",
+            "Seconds since each runner's container was created, by pool, runner and host",
             m.uptime.clone(),
         );
         registry.register(
@@ -87,6 +91,11 @@ impl Metrics {
             m.gpu_memory.clone(),
         );
         registry.register(
+            "fleet_gpu_memory_total_bytes",
+            "GPU memory of the GPUs runners hold, from NVML on this machine",
+            m.gpu_memory_total.clone(),
+        );
+        registry.register(
             "fleet_reconcile",
             "Reconciles by trigger (start, spec, docker, resync, retry) and result (ok, failed, invalid_spec, error)",
             m.reconciles.clone(),
@@ -95,6 +104,11 @@ impl Metrics {
             "fleet_reconcile_duration_seconds",
             "Duration of one observe, plan and apply",
             m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "fleet_last_reconcile_timestamp_seconds",
+            "When the last reconcile ended (any result), in seconds since the epoch",
+            m.last_reconcile.clone(),
         );
         registry.register(
             "fleet_apply_actions",
@@ -126,17 +140,25 @@ impl Metrics {
         out
     }
 
-    /// Runner gauges from a status (cleared first: runners come and go).
+    /// Prometheus's classic text format (version 0.0.4), for scrapers and tools that do not
+    /// read OpenMetrics (`promtool check metrics` among them).
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+
+    /// Runner gauges from a status (cleared first: runners come and go). `host_of_gpus` is the
+    /// host whose GPUs NVML on this machine reads.
     pub fn observe_status(&self, status: &FleetStatus, host_of_gpus: &str) {
         self.runners.clear();
         self.desired.clear();
         self.uptime.clear();
         self.gpu_utilization.clear();
         self.gpu_memory.clear();
+        self.gpu_memory_total.clear();
+        // A pool appears once per host it has runners on; its desired count is the spec's.
+        let mut desired: std::collections::BTreeMap<&str, i64> = Default::default();
         for pool in &status.pools {
-            self.desired
-                .get_or_create(&labels([("pool", &pool.name)]))
-                .set(i64::from(pool.desired));
+            *desired.entry(pool.name.as_str()).or_default() += i64::from(pool.desired);
             for state in ["busy", "idle", "offline", "exited"] {
                 let n = pool
                     .runners
@@ -144,28 +166,42 @@ impl Metrics {
                     .filter(|r| r.state.as_str() == state)
                     .count();
                 self.runners
-                    .get_or_create(&labels([("pool", &pool.name), ("state", state)]))
+                    .get_or_create(&labels([
+                        ("pool", &pool.name),
+                        ("state", state),
+                        ("host", &pool.host),
+                    ]))
                     .set(n as i64);
             }
             for r in &pool.runners {
                 self.uptime
-                    .get_or_create(&labels([("pool", &pool.name), ("runner", &r.name)]))
-                    .set(r.uptime_seconds);
-                for g in &r.gpus {
-                    let key = labels([
-                        ("host", host_of_gpus),
-                        ("uuid", &g.uuid),
+                    .get_or_create(&labels([
+                        ("pool", &pool.name),
                         ("runner", &r.name),
-                    ]);
-                    if let Some(u) = g.utilization_percent {
-                        self.gpu_utilization
-                            .get_or_create(&key)
-                            .set(f64::from(u) / 100.0);
-                    }
-                    if let Some(used) = g.memory_used_bytes {
-                        self.gpu_memory.get_or_create(&key).set(used as i64);
-                    }
-                }
+                        ("host", &pool.host),
+                    ]))
+                    .set(r.uptime_seconds);
+                self.observe_gpus(r, host_of_gpus);
+            }
+        }
+        for (pool, n) in desired {
+            self.desired.get_or_create(&labels([("pool", pool)])).set(n);
+        }
+    }
+
+    fn observe_gpus(&self, runner: &RunnerStatus, host: &str) {
+        for g in &runner.gpus {
+            let key = labels([("host", host), ("uuid", &g.uuid), ("runner", &runner.name)]);
+            if let Some(u) = g.utilization_percent {
+                self.gpu_utilization
+                    .get_or_create(&key)
+                    .set(f64::from(u) / 100.0);
+            }
+            if let Some(used) = g.memory_used_bytes {
+                self.gpu_memory.get_or_create(&key).set(used as i64);
+            }
+            if let Some(total) = g.memory_total_bytes {
+                self.gpu_memory_total.get_or_create(&key).set(total as i64);
             }
         }
     }
@@ -175,6 +211,10 @@ impl Metrics {
             .get_or_create(&labels([("trigger", trigger), ("result", result)]))
             .inc();
         self.reconcile_duration.observe(seconds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_reconcile.set(now);
     }
 
     pub fn action(&self, action: &str, result: &str) {
@@ -206,7 +246,22 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+/// What a scraper asked for in its `Accept` header: OpenMetrics, or else Prometheus's classic
+/// text format (what `curl` and `promtool check metrics` get).
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves. `/metrics` answers
+/// in OpenMetrics when the scraper asks for it (Prometheus does), else in the classic text
+/// format.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -216,16 +271,20 @@ pub async fn serve(
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: http::HeaderMap| {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    if wants_openmetrics(&headers) {
+                        (
+                            [(http::header::CONTENT_TYPE, OPENMETRICS)],
+                            metrics.encode(),
+                        )
+                    } else {
+                        (
+                            [(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                            metrics.encode_prometheus_text(),
+                        )
+                    }
                 }
             }),
         )
@@ -233,4 +292,127 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// OpenMetrics text to Prometheus's classic text format (0.0.4): a counter's `HELP` and `TYPE`
+/// name its `_total` samples, and there is no `# UNIT` or `# EOF`.
+fn openmetrics_to_prometheus_text(page: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(page.len());
+    for line in page.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::state::ContainerStatus;
+    use crate::status::{GpuUse, PoolStatus, RunnerState, Totals};
+
+    fn runner(name: &str, state: RunnerState, gpus: Vec<GpuUse>) -> RunnerStatus {
+        RunnerStatus {
+            name: name.into(),
+            state,
+            container: ContainerStatus::Running,
+            uptime_seconds: 42,
+            exit_code: None,
+            github: None,
+            gpus,
+        }
+    }
+
+    #[test]
+    fn runner_and_gpu_gauges_carry_the_host_and_a_pool_on_two_hosts_keeps_its_desired_count() {
+        let gpu = GpuUse {
+            uuid: "GPU-a".into(),
+            utilization_percent: Some(87),
+            memory_used_bytes: Some(2 << 30),
+            memory_total_bytes: Some(80 << 30),
+        };
+        let status = FleetStatus {
+            fleet: "zq".into(),
+            pools: vec![
+                PoolStatus {
+                    name: "gpu".into(),
+                    host: "bare".into(),
+                    desired: 2,
+                    runners: vec![runner("zq-gpu-a", RunnerState::Busy, vec![gpu])],
+                },
+                // Runners left on a host the pool no longer uses: desired 0 there.
+                PoolStatus {
+                    name: "gpu".into(),
+                    host: "old".into(),
+                    desired: 0,
+                    runners: vec![runner("zq-gpu-b", RunnerState::Idle, vec![])],
+                },
+            ],
+            orphan_registrations: vec![],
+            totals: Totals::default(),
+        };
+        let metrics = Metrics::new();
+        metrics.observe_status(&status, "bare");
+        metrics.reconciled("start", "ok", 0.5);
+        let page = metrics.encode();
+        for line in [
+            "fleet_desired_runners{pool=\"gpu\"} 2",
+            "fleet_runners{pool=\"gpu\",state=\"busy\",host=\"bare\"} 1",
+            "fleet_runners{pool=\"gpu\",state=\"idle\",host=\"old\"} 1",
+            "fleet_runners{pool=\"gpu\",state=\"idle\",host=\"bare\"} 0",
+            "fleet_runner_uptime_seconds{pool=\"gpu\",runner=\"zq-gpu-b\",host=\"old\"} 42",
+            "fleet_gpu_utilization_ratio{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 0.87",
+            "fleet_gpu_memory_used_bytes{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 2147483648",
+            "fleet_gpu_memory_total_bytes{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 85899345920",
+            "fleet_reconcile_total{trigger=\"start\",result=\"ok\"} 1",
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} not in\n{page}");
+        }
+        let last = page
+            .lines()
+            .find_map(|l| l.strip_prefix("fleet_last_reconcile_timestamp_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the last reconcile's time");
+        assert!(last > 1.7e9, "{last}");
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.reconciled("start", "ok", 0.5);
+        let text = metrics.encode_prometheus_text();
+        assert!(
+            text.contains("# TYPE fleet_reconcile_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP fleet_reconcile_total Reconciles by"),
+            "{text}"
+        );
+        assert!(text.contains("\nfleet_reconcile_total{trigger=\"start\",result=\"ok\"} 1\n"));
+        assert!(text.contains("# TYPE fleet_reconcile_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"), "{text}");
+        let mut headers = http::HeaderMap::new();
+        assert!(!wants_openmetrics(&headers));
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            ),
+        );
+        assert!(wants_openmetrics(&headers));
+    }
 }

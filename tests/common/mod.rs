@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use fake_github::{Config, FakeGithub, NewRunner, Scope};
 use fleet::contract::{RunnerConfig, ownership_label};
 
+pub mod nvml;
+
 /// The image test containers run: `FROM scratch` plus Debian's static busybox.
 pub const TEST_IMAGE: &str = fake_github::image::RUNNER_IMAGE;
 /// Label on everything a test creates by hand (fleet's own resources carry `fleet.name`).
