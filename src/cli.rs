@@ -514,6 +514,7 @@ fn verbs(action: Action) -> (&'static str, &'static str) {
         Action::Deregister => ("Removing registration...", "Registration removed"),
         Action::CreateVolume => ("Creating volume...", "Volume created"),
         Action::DestroyVolume => ("Destroying volume...", "Volume destroyed"),
+        Action::UpdateRegistration => ("Updating registration...", "Registration updated"),
         Action::Defer => ("", "Deferred"),
     }
 }

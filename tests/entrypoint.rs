@@ -521,3 +521,77 @@ fn a_persistent_runner_removes_its_registration_only_when_given_a_removal_token(
     assert!(lab.logs(&again).contains("no saved registration"));
     assert_eq!(lab.count("config.count"), 2, "no removal attempted twice");
 }
+
+#[test]
+fn a_registration_github_dropped_is_configured_again_on_its_volume_once() {
+    let lab = Lab::new("rereg");
+    let first_token = format!("FAKE-REGISTRATION-TOKEN-A-{}", lab.run);
+    let second_token = format!("FAKE-REGISTRATION-TOKEN-B-{}", lab.run);
+    let state = lab.volume("cpu-0-state");
+    let labels = "self-hosted,Linux,X64,cpu,fleet.zq";
+    let register = |token: &str| {
+        let mut env: Vec<(String, String)> = persistent_env("zq-cpu-0", labels, Some(token))
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("FLEET_REGISTRATION".into(), "register".into()));
+        env
+    };
+    let start = |suffix: &str, env: &[(String, String)]| {
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        lab.start(suffix, &refs, Some(&state))
+    };
+    let mut logs = String::new();
+
+    // Registered with a token.
+    let first = start("cpu-0-a", &register(&first_token));
+    lab.wait_for_log(&first, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 1);
+    // Restarted (the environment, token included, is the container's own): it restores.
+    docker_ok(&["restart", "-t", "5", &first]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.count("run.count") < 2 {
+        assert!(Instant::now() < deadline, "the runner never ran again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        lab.count("config.count"),
+        1,
+        "a restart does not register again"
+    );
+    logs.push_str(&lab.logs(&first));
+    lab.remove(&first);
+
+    // GitHub dropped the registration: fleet makes the container again with a new token and
+    // FLEET_REGISTRATION=register. The stale registration goes, and it configures again.
+    let second = start("cpu-0-b", &register(&second_token));
+    lab.wait_for_log(&second, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 2, "configured again");
+    assert_eq!(
+        lab.record("config.token").as_deref(),
+        Some(second_token.as_str())
+    );
+    let second_logs = lab.logs(&second);
+    assert!(
+        second_logs.contains("GitHub no longer knows the registration"),
+        "{second_logs}"
+    );
+    logs.push_str(&second_logs);
+    lab.remove(&second);
+
+    // Known to GitHub again: restored, never configured a third time.
+    let mut restore: Vec<(String, String)> = persistent_env("zq-cpu-0", labels, None)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    restore.push(("FLEET_REGISTRATION".into(), "restore".into()));
+    let third = start("cpu-0-c", &restore);
+    lab.wait_for_log(&third, "runner stub: listening");
+    assert_eq!(lab.count("config.count"), 2);
+    assert_eq!(
+        lab.lines("run.config-files"),
+        [".runner", ".credentials", ".credentials_rsaparams"]
+    );
+    logs.push_str(&lab.logs(&third));
+    assert_secret_free("the logs", &logs, &[&first_token, &second_token]);
+}

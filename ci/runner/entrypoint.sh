@@ -9,11 +9,16 @@
 #     configuration and runs one job; config.sh is never called and nothing is saved.
 #
 #   Persistent: ACTIONS_RUNNER_INPUT_URL is set (with _NAME, _LABELS, and _TOKEN when the runner
-#     is not registered yet). The registration (.runner, .credentials, .credentials_rsaparams)
-#     lives in $FLEET_STATE_DIR (default /var/lib/fleet-runner, a per-runner volume). When it is
-#     there it is restored and config.sh is not called, so a recreated container comes back as
-#     the same runner; otherwise `config.sh --unattended --replace` registers the runner with the
-#     token and the registration is saved there.
+#     must register). The registration (.runner, .credentials, .credentials_rsaparams) lives in
+#     $FLEET_STATE_DIR (default /var/lib/fleet-runner, a per-runner volume). FLEET_REGISTRATION
+#     says what fleet found: `restore` (GitHub knows the runner: the saved registration is
+#     restored and config.sh is not called, so a recreated container comes back as the same
+#     runner) or `register` (GitHub does not know it, or its volume is new: any saved
+#     registration is stale, so it is removed and `config.sh --unattended --replace` registers
+#     the runner with the token; the registration is saved there). A container that restarts
+#     after registering restores what it saved: the token it registered with is remembered by its
+#     SHA-256 in $FLEET_STATE_DIR/.fleet-token-used, never by value. Without FLEET_REGISTRATION
+#     (an older fleet), a saved registration is restored and a token used only when there is none.
 #
 # Secrets are never put on a command line (where `ps` and `docker top` on the host would show
 # them) and never printed: the runner reads every ACTIONS_RUNNER_INPUT_<NAME> variable itself as
@@ -117,13 +122,37 @@ remove_if_asked() {
   unset remove_token
 }
 
+# The SHA-256 of the registration token, to recognise it after a restart without keeping it.
+token_digest() {
+  printf '%s' "${ACTIONS_RUNNER_INPUT_TOKEN:-}" | sha256sum | cut -c1-64
+}
+
+# Whether this start must register: fleet said so with a token not used yet, or there is
+# nothing saved to restore.
+must_register() {
+  if [ "${FLEET_REGISTRATION:-}" = register ] && [ -n "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ]; then
+    [ "$(cat "$state_dir/.fleet-token-used" 2>/dev/null)" != "$(token_digest)" ] && return 0
+  fi
+  ! has_state
+}
+
+clear_state() {
+  for f in $state_files .fleet-token-used; do
+    rm -f "$state_dir/$f" "./$f"
+  done
+}
+
 if [ "$mode" = persistent ]; then
   [ -n "$name" ] || die "ACTIONS_RUNNER_INPUT_NAME is not set: a persistent runner needs its name"
   [ -d "$state_dir" ] || die "the state directory $state_dir does not exist: mount the runner's state volume there (FLEET_STATE_DIR)"
-  if has_state; then
+  if ! must_register; then
     log "runner $name: restoring its registration from $state_dir"
     restore_state
   else
+    if has_state; then
+      log "runner $name: GitHub no longer knows the registration saved in $state_dir: removing it and registering again"
+      clear_state
+    fi
     [ -n "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ] ||
       die "runner $name has no saved registration in $state_dir and no ACTIONS_RUNNER_INPUT_TOKEN to register with; fleet passes a token only when GitHub does not know the runner, so the state volume was probably lost: remove the runner's registration on GitHub and run fleet apply"
     [ -w "$state_dir" ] || die "the state directory $state_dir is not writable by user $(id -u): the registration could not be saved"
@@ -139,6 +168,8 @@ if [ "$mode" = persistent ]; then
     rm -f ./.runner ./.credentials ./.credentials_rsaparams ./.runner_migrated ./.credentials_migrated
     if ./config.sh "$@"; then
       save_state
+      (umask 077 && token_digest >"$state_dir/.fleet-token-used") ||
+        log "warning: cannot record the use of the registration token in $state_dir"
       log "runner $name: registered; registration saved to $state_dir"
     else
       die "config.sh failed with status $?: runner $name is not registered"

@@ -15,7 +15,9 @@ use crate::docker::{DockerError, DockerHost};
 use crate::github::{GithubError, Removal};
 use crate::observe::Observers;
 use crate::observe::state::Observed;
-use crate::plan::{Action, Change, Deferral, Plan, VolumeChange, VolumeOp};
+use crate::plan::{
+    Action, Change, Deferral, Plan, RegistrationChange, RegistrationOp, VolumeChange, VolumeOp,
+};
 use crate::spec::{ResolvedPool, Spec};
 
 /// How one step ended.
@@ -198,7 +200,7 @@ impl<'a> Executor<'a> {
         let phases: [&[Action]; 3] = [
             &[Action::CreateVolume],
             &[Action::Destroy, Action::Deregister],
-            &[Action::Replace, Action::Create],
+            &[Action::Replace, Action::Create, Action::UpdateRegistration],
         ];
         let mut report = ApplyReport::default();
         for phase in phases {
@@ -275,14 +277,7 @@ impl<'a> Executor<'a> {
     async fn run(&self, change: &Change) -> Result<StepResult, StepError> {
         match change {
             Change::Volume(volume) => self.volume(volume).await,
-            Change::Registration(r) => {
-                match self.remove_registration(r.runner_id, &r.name).await? {
-                    Removal::Busy => Ok(StepResult::deferred(
-                        "GitHub says the runner is busy; it is removed after its job",
-                    )),
-                    Removal::Removed | Removal::Gone => Ok(StepResult::done()),
-                }
-            }
+            Change::Registration(r) => self.registration(r).await,
             Change::Runner(runner) => self.runner(runner).await,
         }
     }
@@ -298,6 +293,36 @@ impl<'a> Executor<'a> {
                     .await?;
             }
             VolumeOp::Destroy => host.write().remove_volume(&volume.name).await?,
+        }
+        Ok(StepResult::done())
+    }
+
+    async fn registration(&self, change: &RegistrationChange) -> Result<StepResult, StepError> {
+        let (id, name) = (change.runner_id, &change.name);
+        let RegistrationOp::Update { labels, group, .. } = &change.op else {
+            return match self.remove_registration(id, name).await? {
+                Removal::Busy => Ok(StepResult::deferred(
+                    "GitHub says the runner is busy; it is removed after its job",
+                )),
+                Removal::Removed | Removal::Gone => Ok(StepResult::done()),
+            };
+        };
+        let write = self.observers.github.write();
+        let failed = |what: &str| {
+            let what = format!("cannot set the {what} of {name} (runner id {id})");
+            move |source| StepError::Github { what, source }
+        };
+        if let Some(labels) = labels {
+            write
+                .set_custom_labels(id, labels)
+                .await
+                .map_err(failed("labels"))?;
+        }
+        if let Some(group) = group {
+            write
+                .move_to_group(*group, id)
+                .await
+                .map_err(failed("runner group"))?;
         }
         Ok(StepResult::done())
     }

@@ -65,10 +65,8 @@ impl Executor<'_> {
         }
         let target = change.container_id.as_deref().unwrap_or(&change.name);
         host.write().remove_container(target).await?;
-        if self.pools.get(&change.pool).is_some_and(|p| !p.ephemeral) {
-            host.write()
-                .remove_volume(&naming::state_volume(&change.name))
-                .await?;
+        if let Some(volume) = &change.state_volume {
+            host.write().remove_volume(volume).await?;
         }
         Ok(StepResult::done())
     }
@@ -169,7 +167,8 @@ impl Executor<'_> {
     }
 
     /// A persistent runner's state volume, and a registration token unless GitHub knows the
-    /// runner already (its state volume holds the credentials: it comes back as itself).
+    /// runner and its state volume was there already (then the volume holds its credentials: it
+    /// comes back as itself). A token tells the container to discard any saved registration.
     async fn register_persistent(
         &self,
         change: &RunnerChange,
@@ -178,12 +177,14 @@ impl Executor<'_> {
     ) -> Result<Registration, StepError> {
         let host = self.host(&change.host)?;
         let labels = contract::volume_labels(&self.spec.name, &pool.name, Some(name));
-        host.write()
+        let new_volume = host
+            .write()
             .create_volume(&naming::state_volume(name), labels.into_iter().collect())
             .await?;
-        let token = match self.owned_registration(name).await? {
-            Some(_) => None,
-            None => Some(
+        let known = self.owned_registration(name).await?.is_some();
+        let token = match known && !new_volume {
+            true => None,
+            false => Some(
                 self.observers
                     .github
                     .write()

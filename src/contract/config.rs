@@ -76,9 +76,20 @@ impl RunnerConfig {
         serde_json::from_str(label).ok()
     }
 
-    /// The value of the `fleet.config-hash` label: 16 hex digits of SHA-256.
+    /// The value of the `fleet.config-hash` label: 16 hex digits of SHA-256. A persistent
+    /// runner's labels and runner group live on its registration (set through GitHub's API
+    /// when they drift), so they are left out of its container's hash: changing them
+    /// recreates nothing.
     pub fn hash(&self) -> String {
-        short_hash(self.to_label().as_bytes())
+        if self.ephemeral {
+            return short_hash(self.to_label().as_bytes());
+        }
+        let container_part = RunnerConfig {
+            labels: vec![],
+            runner_group: None,
+            ..self.clone()
+        };
+        short_hash(container_part.to_label().as_bytes())
     }
 
     /// The attributes as printable text, in a fixed order; lists and maps one item a line.

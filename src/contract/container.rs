@@ -24,6 +24,19 @@ pub enum Registration {
     Persistent { url: String, token: Option<Secret> },
 }
 
+impl Registration {
+    /// For a persistent runner: `register` (configure with the token, discarding any
+    /// registration saved in the state volume: GitHub does not know it, or the volume is new)
+    /// or `restore` (run with the registration the state volume holds).
+    pub fn mode(&self) -> Option<&'static str> {
+        match self {
+            Registration::Jit(_) => None,
+            Registration::Persistent { token: Some(_), .. } => Some("register"),
+            Registration::Persistent { token: None, .. } => Some("restore"),
+        }
+    }
+}
+
 /// Everything needed to make one runner's container.
 pub struct RunnerContainer<'a> {
     pub fleet: &'a str,
@@ -57,15 +70,20 @@ pub fn parse_memory(text: &str) -> Option<i64> {
 }
 
 impl RunnerContainer<'_> {
-    /// The labels of the container: ownership, pool, configuration and GPU ledger.
+    /// The labels of the container: ownership, pool, configuration and GPU ledger; for a
+    /// persistent runner, whether it registers or restores its registration.
     pub fn labels(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut map = HashMap::from([
             (labels::FLEET.to_string(), self.fleet.to_string()),
             (labels::POOL.to_string(), self.pool.name.clone()),
             (labels::CONFIG_HASH.to_string(), self.config.hash()),
             (labels::CONFIG.to_string(), self.config.to_label()),
             (labels::GPUS.to_string(), self.gpus.join(",")),
-        ])
+        ]);
+        if let Some(mode) = self.registration.mode() {
+            map.insert(labels::REGISTRATION.to_string(), mode.to_string());
+        }
+        map
     }
 
     /// The environment: the pool's, then the contract's (which wins).
@@ -102,6 +120,9 @@ impl RunnerContainer<'_> {
                     env.push(("ACTIONS_RUNNER_INPUT_RUNNERGROUP".into(), group.clone()));
                 }
                 env.push(("FLEET_STATE_DIR".into(), STATE_DIR.into()));
+                if let Some(mode) = self.registration.mode() {
+                    env.push(("FLEET_REGISTRATION".into(), mode.to_string()));
+                }
             }
         }
         // A CUDA image with NVIDIA_VISIBLE_DEVICES=all baked in would otherwise see every GPU
@@ -400,6 +421,7 @@ mod tests {
             "FLEET_STATE_DIR=/var/lib/fleet-runner",
             "ACTIONS_RUNNER_INPUT_RUNNERGROUP=gpu-builders",
             "NVIDIA_VISIBLE_DEVICES=void",
+            "FLEET_REGISTRATION=register",
         ] {
             assert!(
                 env.contains(&expected.to_string()),

@@ -29,6 +29,35 @@ pub mod labels {
     pub const GPUS: &str = "fleet.gpus";
     /// On a persistent runner's state volume: the runner it belongs to.
     pub const RUNNER: &str = "fleet.runner";
+    /// On a persistent runner's container: `register` when it was made with a registration
+    /// token (it configures itself when it starts), `restore` when it restores a registration.
+    pub const REGISTRATION: &str = "fleet.registration";
+}
+
+/// Labels GitHub gives runners itself and that its API cannot change (they are `read-only`):
+/// compared case-insensitively.
+pub const GITHUB_DEFAULT_LABELS: &[&str] = &[
+    "self-hosted",
+    "linux",
+    "windows",
+    "macos",
+    "x64",
+    "x86",
+    "arm",
+    "arm64",
+];
+
+/// The custom labels of a list: those GitHub does not apply itself, lowercased and sorted, as
+/// GitHub compares them.
+pub fn custom_labels(labels: &[String]) -> Vec<String> {
+    let mut custom: Vec<String> = labels
+        .iter()
+        .map(|l| l.to_lowercase())
+        .filter(|l| !GITHUB_DEFAULT_LABELS.contains(&l.as_str()))
+        .collect();
+    custom.sort();
+    custom.dedup();
+    custom
 }
 
 /// The label that marks a GitHub runner registration as owned by fleet `name`.

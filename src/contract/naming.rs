@@ -18,6 +18,16 @@ pub fn persistent_name(fleet: &str, pool: &str, index: usize) -> String {
     runner_name(fleet, pool, &index.to_string())
 }
 
+/// The index of a persistent runner's name (`<fleet>-<pool>-<n>`), if it is one: decimal,
+/// without leading zeros.
+pub fn persistent_index(fleet: &str, pool: &str, name: &str) -> Option<usize> {
+    let rest = name.strip_prefix(&format!("{fleet}-{pool}-"))?;
+    let canonical = !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_digit())
+        && (rest == "0" || !rest.starts_with('0'));
+    canonical.then(|| rest.parse().ok()).flatten()
+}
+
 /// Six characters of [a-z0-9] derived from `seed`: every one of the 36 digits can appear.
 pub fn suffix(seed: &str) -> String {
     let hash = full_hash(seed.as_bytes());
@@ -61,6 +71,17 @@ mod tests {
             seen.extend(s.chars());
         }
         assert_eq!(seen.len(), 36, "every digit of [a-z0-9] appears: {seen:?}");
+    }
+
+    #[test]
+    fn persistent_indexes_are_canonical_numbers_of_that_pool() {
+        assert_eq!(persistent_index("ci", "gpu", "ci-gpu-0"), Some(0));
+        assert_eq!(persistent_index("ci", "gpu", "ci-gpu-12"), Some(12));
+        assert_eq!(persistent_index("ci", "gpu", "ci-gpu-012"), None);
+        assert_eq!(persistent_index("ci", "gpu", "ci-gpu-x-0"), None);
+        assert_eq!(persistent_index("ci", "gpu-x", "ci-gpu-x-0"), Some(0));
+        assert_eq!(persistent_index("ci", "gpu", "ci-gpu-abc123"), None);
+        assert_eq!(persistent_index("ci", "gpu", "ci-gpu-"), None);
     }
 
     #[test]

@@ -84,14 +84,15 @@ impl DockerWrite<'_> {
         Ok(())
     }
 
-    /// Creates a named volume with `labels`; an existing one is left as it is.
+    /// Creates a named volume with `labels`; an existing one is left as it is. Returns whether
+    /// it was created.
     pub async fn create_volume(
         &self,
         name: &str,
         labels: HashMap<String, String>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<bool, DockerError> {
         match self.host.docker.inspect_volume(name).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(false),
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(self.failed(format!("inspect volume {name}"), &e)),
         }
@@ -101,7 +102,7 @@ impl DockerWrite<'_> {
             ..Default::default()
         };
         match self.host.docker.create_volume(request).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e) => Err(self.failed(format!("create volume {name}"), &e)),
         }
     }

@@ -97,6 +97,33 @@ impl GithubWrite {
         Ok(Secret::new(parsed.token))
     }
 
+    /// Sets the custom labels of runner `id` (`PUT .../actions/runners/{id}/labels`); the
+    /// labels GitHub applied itself stay.
+    pub async fn set_custom_labels(&self, id: u64, labels: &[String]) -> Result<(), GithubError> {
+        let url = self
+            .client
+            .scoped_url(&format!("/actions/runners/{id}/labels"));
+        let body = serde_json::json!({ "labels": labels });
+        self.client.pacer.write("set-runner-labels").await;
+        self.client
+            .send(Method::PUT, &url, Some(&body), "set-runner-labels")
+            .await
+            .map(|_| ())
+    }
+
+    /// Moves runner `id` into runner group `group` (organization scope:
+    /// `PUT /orgs/{org}/actions/runner-groups/{group}/runners/{id}`).
+    pub async fn move_to_group(&self, group: u64, id: u64) -> Result<(), GithubError> {
+        let url = self
+            .client
+            .scoped_url(&format!("/actions/runner-groups/{group}/runners/{id}"));
+        self.client.pacer.write("set-runner-group").await;
+        self.client
+            .send(Method::PUT, &url, None, "set-runner-group")
+            .await
+            .map(|_| ())
+    }
+
     /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.
     pub async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
         let url = self.client.scoped_url(&format!("/actions/runners/{id}"));

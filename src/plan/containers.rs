@@ -49,16 +49,27 @@ pub(super) fn pool_gpu_count(pool: &ResolvedPool) -> usize {
     }
 }
 
-/// Why a running container no longer fits its pool, if it does not.
-struct Fit<'a> {
-    pool: &'a ResolvedPool,
-    desired: RunnerConfig,
+/// What a pool's containers should be: its configuration, its hash and its host's GPUs.
+pub(super) struct Fit<'a> {
+    pub pool: &'a ResolvedPool,
+    pub desired: RunnerConfig,
     hash: String,
     inventory: &'a [String],
 }
 
-impl Fit<'_> {
-    fn misfit(&self, c: &ContainerState) -> Option<(Vec<Reason>, Vec<AttributeChange>)> {
+impl<'a> Fit<'a> {
+    pub fn new(fleet: &str, pool: &'a ResolvedPool, inventory: &'a [String]) -> Fit<'a> {
+        let desired = RunnerConfig::for_pool(fleet, pool);
+        Fit {
+            pool,
+            hash: desired.hash(),
+            desired,
+            inventory,
+        }
+    }
+
+    /// Why a container no longer fits its pool, if it does not.
+    pub fn misfit(&self, c: &ContainerState) -> Option<(Vec<Reason>, Vec<AttributeChange>)> {
         let mut reasons = Vec::new();
         let mut diff = Vec::new();
         if c.status == ContainerStatus::Created {
@@ -100,13 +111,7 @@ pub(super) fn decide_pool<'a>(
     runners: &Registrations,
     inventory: &[String],
 ) -> PoolOutcome<'a> {
-    let desired = RunnerConfig::for_pool(fleet, pool);
-    let fit = Fit {
-        pool,
-        hash: desired.hash(),
-        desired,
-        inventory,
-    };
+    let fit = Fit::new(fleet, pool, inventory);
     let (busy, idle, finished) = sort_containers(containers, runners, &fit);
     let want = pool.count as usize;
     let total = containers.len() - finished.len();
@@ -206,13 +211,16 @@ pub(super) fn orphan_fate(
 
 /// Attribute-level differences between a container's recorded configuration and the desired one.
 fn attribute_diff(c: &ContainerState, desired: &RunnerConfig) -> Vec<AttributeChange> {
+    // A persistent runner's labels and group live on its registration (`persistent.rs`).
+    let on_registration =
+        |name: &str| !desired.ephemeral && matches!(name, "labels" | "runner_group");
     let after = desired.attributes();
     match c.label(labels::CONFIG).and_then(RunnerConfig::from_label) {
         Some(old) => old
             .attributes()
             .into_iter()
             .zip(after)
-            .filter(|((_, before), (_, after))| before != after)
+            .filter(|((name, before), (_, after))| before != after && !on_registration(name))
             .map(|((name, before), (_, after))| AttributeChange {
                 attribute: name.to_string(),
                 before: Some(before),

@@ -7,7 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Action, AttributeChange, Change, Deferral, Plan, RunnerChange, RunnerOp, Summary,
+    Action, AttributeChange, Change, Deferral, Plan, RegistrationOp, RunnerChange, RunnerOp,
+    Summary,
 };
 
 /// The version of the JSON plan format. Fields may be added; none may change meaning without a
@@ -56,6 +57,9 @@ pub struct ChangeDocument {
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_id: Option<u64>,
+    /// A persistent runner's state volume: kept (create, replace) or removed (destroy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_volume: Option<String>,
 }
 
 impl ChangeDocument {
@@ -76,6 +80,7 @@ impl ChangeDocument {
             diff,
             container_id: change.container_id.clone(),
             runner_id: change.runner_id,
+            state_volume: change.state_volume.clone(),
         }
     }
 
@@ -92,6 +97,7 @@ impl ChangeDocument {
             diff: vec![],
             container_id: None,
             runner_id: None,
+            state_volume: None,
         }
     }
 
@@ -107,10 +113,14 @@ impl ChangeDocument {
             ),
             Change::Registration(r) => ChangeDocument {
                 runner_id: Some(r.runner_id),
+                diff: match &r.op {
+                    RegistrationOp::Update { diff, .. } => diff.clone(),
+                    RegistrationOp::Remove => vec![],
+                },
                 ..ChangeDocument::bare(
-                    Action::Deregister,
+                    change.action(),
                     r.pool.as_deref().unwrap_or_default(),
-                    REGISTRATION_HOST,
+                    r.host.as_deref().unwrap_or(REGISTRATION_HOST),
                     &r.name,
                     r.reasons.iter().map(ToString::to_string).collect(),
                 )

@@ -10,6 +10,7 @@ mod containers;
 mod document;
 mod gpu;
 mod model;
+mod persistent;
 mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,8 +19,8 @@ pub use document::{
     ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, read_saved,
 };
 pub use model::{
-    Action, AttributeChange, Change, Deferral, Plan, Reason, RegistrationChange, RunnerChange,
-    RunnerOp, Summary, VolumeChange, VolumeOp,
+    Action, AttributeChange, Change, Deferral, Plan, Reason, RegistrationChange, RegistrationOp,
+    RunnerChange, RunnerOp, Summary, VolumeChange, VolumeOp,
 };
 
 use crate::contract::hash::full_json_hash;
@@ -57,6 +58,7 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     planner.problems.extend(ledger.shortages());
     planner.plan_volumes();
     planner.plan_registrations();
+    planner.plan_state_volumes();
     planner
         .warnings
         .extend(warnings::pool_warnings(&pools, observed));
@@ -80,6 +82,10 @@ struct Planner<'a> {
     name_seq: usize,
     /// Per pool: runners kept, runners to create (filled by `place_containers`).
     missing: Vec<(&'a ResolvedPool, usize, usize)>,
+    /// Persistent runners the pools want whose containers are missing.
+    recreate: Vec<(&'a ResolvedPool, persistent::Recreate)>,
+    /// Persistent runners the pools decided about: not orphans.
+    handled: BTreeSet<String>,
     changes: Vec<Change>,
     deferred: Vec<Deferral>,
     warnings: Vec<String>,
@@ -104,6 +110,7 @@ impl<'a> Planner<'a> {
             .collect();
         for host in observed.hosts.values() {
             taken.extend(host.containers.iter().map(|c| c.name.clone()));
+            taken.extend(host.volumes.iter().filter_map(|v| v.runner.clone()));
         }
         Planner {
             spec,
@@ -114,6 +121,8 @@ impl<'a> Planner<'a> {
             taken,
             name_seq: 0,
             missing: Vec::new(),
+            recreate: Vec::new(),
+            handled: BTreeSet::new(),
             changes: Vec::new(),
             deferred: Vec::new(),
             warnings: Vec::new(),
@@ -147,24 +156,69 @@ impl<'a> Planner<'a> {
                 let mine = by_pool
                     .get(pool.name.as_str())
                     .map_or(&[][..], Vec::as_slice);
-                let outcome = containers::decide_pool(
-                    fleet,
-                    pool,
-                    mine,
-                    &self.registrations,
-                    &host.gpus.uuids,
-                );
-                placed.extend(outcome.fates.into_iter().map(|(container, fate)| Placed {
+                let fates = if pool.ephemeral {
+                    self.decide_ephemeral(pool, host_name, mine)
+                } else {
+                    self.decide_persistent(pool, host_name, mine)
+                };
+                placed.extend(fates.into_iter().map(|(container, fate)| Placed {
                     host: host_name,
                     pool: Some(pool),
                     container,
                     fate,
                 }));
-                self.missing.push((pool, outcome.kept, outcome.missing));
             }
             placed.extend(self.orphans(host_name, &owned));
         }
         placed
+    }
+
+    fn decide_ephemeral(
+        &mut self,
+        pool: &'a ResolvedPool,
+        host: &'a str,
+        containers: &[&'a ContainerState],
+    ) -> Vec<(&'a ContainerState, Fate)> {
+        let inventory = self.inventory(host);
+        let outcome = containers::decide_pool(
+            self.fleet(),
+            pool,
+            containers,
+            &self.registrations,
+            inventory,
+        );
+        self.missing.push((pool, outcome.kept, outcome.missing));
+        outcome.fates
+    }
+
+    fn decide_persistent(
+        &mut self,
+        pool: &'a ResolvedPool,
+        host: &'a str,
+        containers: &[&'a ContainerState],
+    ) -> Vec<(&'a ContainerState, Fate)> {
+        let observed = self.observed;
+        let inputs = persistent::Inputs {
+            fleet: self.fleet(),
+            host,
+            registrations: &self.registrations,
+            volumes: observed.hosts.get(host).map_or(&[][..], |h| &h.volumes),
+            inventory: self.inventory(host),
+            groups: &observed.github.groups,
+        };
+        let outcome = persistent::decide(pool, containers, &inputs);
+        self.missing.push((pool, outcome.kept, outcome.missing));
+        self.recreate
+            .extend(outcome.recreate.into_iter().map(|r| (pool, r)));
+        self.changes.extend(outcome.changes);
+        self.warnings.extend(outcome.warnings);
+        self.handled.extend(outcome.handled);
+        outcome.fates
+    }
+
+    fn inventory(&self, host: &str) -> &'a [String] {
+        let observed = self.observed;
+        observed.hosts.get(host).map_or(&[][..], |h| &h.gpus.uuids)
     }
 
     /// Owned containers of pools that left the spec, or moved to another host.
@@ -218,7 +272,8 @@ impl<'a> Planner<'a> {
             match &p.fate {
                 Fate::Keep => {}
                 Fate::Destroy(reasons) => {
-                    let change = existing(p, RunnerOp::Destroy, reasons, runner_id);
+                    let mut change = existing(p, RunnerOp::Destroy, reasons, runner_id);
+                    change.state_volume = self.state_volume_of(p.host, &p.container.name);
                     self.changes.push(Change::Runner(change));
                 }
                 Fate::Defer(then, reasons, diff) => {
@@ -229,7 +284,8 @@ impl<'a> Planner<'a> {
                             diff: diff.clone(),
                         },
                     };
-                    let change = existing(p, op, reasons, runner_id);
+                    let mut change = existing(p, op, reasons, runner_id);
+                    change.state_volume = self.state_volume_of(p.host, &p.container.name);
                     self.deferred.push(Deferral { change });
                 }
                 Fate::Replace(reasons, diff) => {
@@ -242,10 +298,25 @@ impl<'a> Planner<'a> {
                     let mut change = existing(p, op, reasons, runner_id);
                     change.pool = pool.name.clone();
                     change.gpus = self.assign_gpus(ledger, p.host, pool, &p.container.gpus());
+                    change.state_volume =
+                        (!pool.ephemeral).then(|| naming::state_volume(&p.container.name));
                     self.changes.push(Change::Runner(change));
                 }
             }
         }
+    }
+
+    /// The state volume fleet made for runner `runner` on `host`, if there is one.
+    fn state_volume_of(&self, host: &str, runner: &str) -> Option<String> {
+        let volumes = self
+            .observed
+            .hosts
+            .get(host)
+            .map_or(&[][..], |h| &h.volumes);
+        volumes
+            .iter()
+            .find(|v| v.owned && v.runner.as_deref() == Some(runner))
+            .map(|v| v.name.clone())
     }
 
     fn assign_gpus(
@@ -263,8 +334,12 @@ impl<'a> Planner<'a> {
             })
     }
 
-    /// Phase 3: new runners for what each pool lacks.
+    /// Phase 3: persistent runners made again under their names, and new runners for what each
+    /// pool lacks.
     fn create_missing(&mut self, ledger: &mut gpu::Ledger) {
+        for (pool, recreate) in std::mem::take(&mut self.recreate) {
+            self.create(ledger, pool, recreate.name, recreate.reasons);
+        }
         for (pool, kept, missing) in std::mem::take(&mut self.missing) {
             for _ in 0..missing {
                 let name = self.fresh_name(pool);
@@ -272,17 +347,23 @@ impl<'a> Planner<'a> {
                     kept,
                     wanted: pool.count,
                 };
-                let mut change = RunnerChange::new(
-                    RunnerOp::Create,
-                    &pool.name,
-                    &pool.host,
-                    &name,
-                    vec![reason],
-                );
-                change.gpus = self.assign_gpus(ledger, &pool.host, pool, &[]);
-                self.changes.push(Change::Runner(change));
+                self.create(ledger, pool, name, vec![reason]);
             }
         }
+    }
+
+    fn create(
+        &mut self,
+        ledger: &mut gpu::Ledger,
+        pool: &ResolvedPool,
+        name: String,
+        reasons: Vec<Reason>,
+    ) {
+        let mut change =
+            RunnerChange::new(RunnerOp::Create, &pool.name, &pool.host, &name, reasons);
+        change.gpus = self.assign_gpus(ledger, &pool.host, pool, &[]);
+        change.state_volume = (!pool.ephemeral).then(|| naming::state_volume(&name));
+        self.changes.push(Change::Runner(change));
     }
 
     /// Phase 4: named volumes the pools mount.
@@ -331,7 +412,7 @@ impl<'a> Planner<'a> {
         let pool_names = self.pools.iter().map(|p| p.name.as_str());
         let pool_names: Vec<&str> = pool_names.collect();
         for runner in self.registrations.values() {
-            if running.contains(runner.name.as_str()) {
+            if running.contains(runner.name.as_str()) || self.handled.contains(&runner.name) {
                 continue;
             }
             if runner.online || runner.busy {
@@ -345,11 +426,46 @@ impl<'a> Planner<'a> {
             }
             let pool = naming::pool_from_name(fleet, &runner.name, pool_names.iter().copied());
             self.changes.push(Change::Registration(RegistrationChange {
+                op: RegistrationOp::Remove,
                 runner_id: runner.id,
                 name: runner.name.clone(),
                 pool: pool.map(str::to_string),
+                host: None,
                 reasons: vec![Reason::OrphanRegistration],
             }));
+        }
+    }
+
+    /// Phase 6: state volumes whose runner no pool wants, no container uses and no live
+    /// registration backs (a registration that no container runs goes in phase 5).
+    fn plan_state_volumes(&mut self) {
+        let fleet = self.fleet();
+        for (host_name, host) in &self.observed.hosts {
+            for volume in host.volumes.iter().filter(|v| v.owned) {
+                let Some(runner) = volume.runner.as_deref() else {
+                    continue;
+                };
+                let has_container = host
+                    .containers
+                    .iter()
+                    .any(|c| c.name == runner && contract::container_owned(c, fleet));
+                let live = self
+                    .registrations
+                    .get(runner)
+                    .is_some_and(|r| r.online || r.busy);
+                if self.handled.contains(runner) || has_container || live {
+                    continue;
+                }
+                self.changes.push(Change::Volume(VolumeChange {
+                    op: VolumeOp::Destroy,
+                    host: host_name.clone(),
+                    name: volume.name.clone(),
+                    pool: volume.pool.clone(),
+                    reasons: vec![Reason::StateUnused {
+                        runner: runner.to_string(),
+                    }],
+                }));
+            }
         }
     }
 
@@ -422,3 +538,6 @@ pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<P
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod persistent_tests;

@@ -15,8 +15,10 @@ pub enum Action {
     Create,
     Defer,
     Deregister,
-    /// Only `fleet destroy --volumes` plans this.
+    /// Volumes that `fleet destroy --volumes` removes, and state volumes no runner needs.
     DestroyVolume,
+    /// A persistent runner's registration gets its labels or runner group set on GitHub.
+    UpdateRegistration,
 }
 
 impl Action {
@@ -29,6 +31,7 @@ impl Action {
             Action::Defer => "defer",
             Action::Deregister => "deregister",
             Action::DestroyVolume => "destroy-volume",
+            Action::UpdateRegistration => "update-registration",
         }
     }
 }
@@ -69,6 +72,18 @@ pub enum Reason {
     MountedBy { pool: String, target: String },
     /// An owned registration that no container runs, offline and idle.
     OrphanRegistration,
+    /// A persistent runner the pool wants has no container: it is made again on its state
+    /// volume, and keeps its registration.
+    ContainerMissing,
+    /// A persistent runner's registration is gone from GitHub (removed by hand, or after 14
+    /// days offline): it registers again on its state volume.
+    RegistrationGone,
+    /// A persistent runner's state volume is gone: it registers again under the same name.
+    StateLost,
+    /// A state volume whose runner no pool wants any more.
+    StateUnused { runner: String },
+    /// A persistent registration's labels or runner group differ from the pool's.
+    RegistrationDrift { attributes: Vec<String> },
     /// `fleet destroy` removes it.
     FleetDestroy,
     /// `fleet destroy --volumes` removes it.
@@ -110,6 +125,21 @@ impl fmt::Display for Reason {
             Reason::OrphanRegistration => {
                 f.write_str("registered on GitHub, offline, and no container runs it")
             }
+            Reason::ContainerMissing => {
+                f.write_str("container missing; registration and state kept")
+            }
+            Reason::RegistrationGone => f.write_str(
+                "re-register: the registration is gone from GitHub; the state volume is kept",
+            ),
+            Reason::StateLost => f.write_str(
+                "re-register: the state volume is gone; the registration is replaced under the same name",
+            ),
+            Reason::StateUnused { runner } => {
+                write!(f, "state volume of runner `{runner}`, which no pool wants any more")
+            }
+            Reason::RegistrationDrift { attributes } => {
+                write!(f, "the registration's {} differ from the pool's", attributes.join(" and "))
+            }
             Reason::FleetDestroy => f.write_str("fleet destroy"),
             Reason::FleetDestroyVolumes => f.write_str("fleet destroy --volumes"),
             Reason::Busy {
@@ -146,6 +176,8 @@ pub struct RunnerChange {
     pub gpus: Vec<String>,
     pub container_id: Option<String>,
     pub runner_id: Option<u64>,
+    /// A persistent runner's state volume: used (create, replace) or removed with it (destroy).
+    pub state_volume: Option<String>,
 }
 
 impl RunnerChange {
@@ -160,6 +192,7 @@ impl RunnerChange {
             gpus: vec![],
             container_id: None,
             runner_id: None,
+            state_volume: None,
         }
     }
 
@@ -190,13 +223,31 @@ pub struct VolumeChange {
     pub reasons: Vec<Reason>,
 }
 
-/// A GitHub registration that no container runs, removed.
+/// What happens to a registration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistrationOp {
+    /// Removed: no container runs it, and no pool wants it.
+    Remove,
+    /// A persistent runner's labels or runner group set on GitHub; nothing is recreated.
+    Update {
+        /// The custom labels it gets (GitHub's own labels stay).
+        labels: Option<Vec<String>>,
+        /// The runner group it moves to (organization scope).
+        group: Option<u64>,
+        diff: Vec<AttributeChange>,
+    },
+}
+
+/// A change to a GitHub registration alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrationChange {
+    pub op: RegistrationOp,
     pub runner_id: u64,
     pub name: String,
     /// The pool its name belongs to, when it still is in the spec.
     pub pool: Option<String>,
+    /// The host of its runner, when it has one.
+    pub host: Option<String>,
     pub reasons: Vec<Reason>,
 }
 
@@ -214,7 +265,8 @@ impl Change {
             Change::Runner(r) => r.action(),
             Change::Volume(v) if v.op == VolumeOp::Create => Action::CreateVolume,
             Change::Volume(_) => Action::DestroyVolume,
-            Change::Registration(_) => Action::Deregister,
+            Change::Registration(r) if r.op == RegistrationOp::Remove => Action::Deregister,
+            Change::Registration(_) => Action::UpdateRegistration,
         }
     }
 
@@ -263,9 +315,12 @@ pub struct Summary {
     pub volumes: usize,
     #[serde(default)]
     pub defer: usize,
-    /// Volumes `fleet destroy --volumes` removes.
+    /// Volumes removed: by `fleet destroy --volumes`, or state volumes no runner needs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub destroy_volumes: usize,
+    /// Registrations whose labels or runner group are set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub update: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -311,6 +366,7 @@ impl Plan {
                 Action::Deregister => summary.deregister += 1,
                 Action::CreateVolume => summary.volumes += 1,
                 Action::DestroyVolume => summary.destroy_volumes += 1,
+                Action::UpdateRegistration => summary.update += 1,
                 Action::Defer => summary.defer += 1,
             }
         }

@@ -161,24 +161,64 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                 h.containers.sort_by(|a, b| a.name.cmp(&b.name));
             }
             clock += 1;
-            world.github.runners.push(GithubRunner {
-                id: next_id,
-                name: name.to_string(),
-                online: false,
-                busy: false,
-                labels: cfg.labels.clone(),
-                ..GithubRunner::default()
-            });
-            next_id += 1;
+            // A persistent runner made again keeps its registration.
+            if !world.github.runners.iter().any(|r| r.name == name) {
+                world.github.runners.push(GithubRunner {
+                    id: next_id,
+                    name: name.to_string(),
+                    online: false,
+                    busy: false,
+                    labels: cfg.labels.clone(),
+                    ..GithubRunner::default()
+                });
+                next_id += 1;
+            }
+            if let (Some(volume), Some(h)) =
+                (&change.state_volume, world.hosts.get_mut(&change.host))
+                && !h.volumes.iter().any(|v| &v.name == volume)
+            {
+                h.volumes.push(VolumeState {
+                    name: volume.clone(),
+                    owned: true,
+                    pool: Some(pool.name.clone()),
+                    runner: Some(name.to_string()),
+                });
+                h.volumes.sort_by(|a, b| a.name.cmp(&b.name));
+            }
         };
         match change.action {
             Action::Create => add(&mut world, &change.name),
+            Action::Replace if change.state_volume.is_some() => {
+                // Persistent: only the container is made anew.
+                if let Some(h) = world.hosts.get_mut(&change.host) {
+                    h.containers.retain(|c| c.name != change.name);
+                }
+                add(&mut world, &change.name);
+            }
             Action::Replace => {
                 remove(&mut world, &change.host, &change.name);
                 let new_name = change.replacement.clone().unwrap_or(change.name.clone());
                 add(&mut world, &new_name);
             }
-            Action::Destroy => remove(&mut world, &change.host, &change.name),
+            Action::Destroy => {
+                remove(&mut world, &change.host, &change.name);
+                if let (Some(volume), Some(h)) =
+                    (&change.state_volume, world.hosts.get_mut(&change.host))
+                {
+                    h.volumes.retain(|v| &v.name != volume);
+                }
+            }
+            Action::UpdateRegistration => {
+                let Some(pool) = pools.iter().find(|p| p.name == change.pool) else {
+                    continue;
+                };
+                let cfg = RunnerConfig::for_pool(&spec.name, pool);
+                for r in &mut world.github.runners {
+                    if Some(r.id) == change.runner_id {
+                        r.labels = cfg.labels.clone();
+                    }
+                }
+            }
             Action::Deregister => world
                 .github
                 .runners
@@ -791,7 +831,15 @@ proptest! {
                     prop_assert!(busy_names.contains(&change.name.as_str()));
                 }
                 Action::Create | Action::CreateVolume => {}
-                Action::DestroyVolume => prop_assert!(false, "plan() never destroys volumes"),
+                Action::DestroyVolume => {
+                    // Only a state volume of this fleet.
+                    let v = world.hosts["local"].volumes.iter().find(|v| v.name == change.name).expect("volume");
+                    prop_assert!(v.owned && v.runner.is_some(), "{:?}", v);
+                }
+                Action::UpdateRegistration => {
+                    let r = world.github.runners.iter().find(|r| Some(r.id) == change.runner_id).expect("runner");
+                    prop_assert!(r.labels.contains(&own) && r.name.starts_with("zq-"));
+                }
             }
         }
 

@@ -62,6 +62,12 @@ pub fn summary_line(summary: &Summary) -> String {
             plural(summary.destroy_volumes, "volume", "volumes")
         ));
     }
+    if summary.update > 0 {
+        also.push(format!(
+            "{} to update",
+            plural(summary.update, "registration", "registrations")
+        ));
+    }
     if summary.defer > 0 {
         also.push(format!(
             "{} deferred until busy runners finish their jobs",
@@ -108,6 +114,7 @@ fn symbol(action: Action) -> (&'static str, AnsiColor) {
         Action::Destroy | Action::Deregister | Action::DestroyVolume => ("-", AnsiColor::Red),
         Action::Replace => ("-/+", AnsiColor::Yellow),
         Action::Defer => ("~", AnsiColor::Cyan),
+        Action::UpdateRegistration => ("~", AnsiColor::Yellow),
     }
 }
 
@@ -163,7 +170,9 @@ fn change_text(out: &mut String, change: &ChangeDocument, p: &Palette) {
     let (sym, color) = symbol(change.action);
     let subject = match change.action {
         Action::CreateVolume | Action::DestroyVolume => format!("volume {}", change.name),
-        Action::Deregister => format!("registration {}", change.name),
+        Action::Deregister | Action::UpdateRegistration => {
+            format!("registration {}", change.name)
+        }
         _ => format!("runner {}", change.name),
     };
     let mut head = format!("  {} {subject}", p.paint(color, true, sym));
@@ -185,6 +194,14 @@ fn change_text(out: &mut String, change: &ChangeDocument, p: &Palette) {
     }
     if !change.gpus.is_empty() {
         let _ = writeln!(out, "      gpus:   {}", change.gpus.join(", "));
+    }
+    if let Some(volume) = &change.state_volume {
+        let fate = match change.action {
+            Action::Destroy => "removed with it",
+            Action::Defer if change.deferred == Some(Action::Destroy) => "removed with it",
+            _ => "kept",
+        };
+        let _ = writeln!(out, "      state:  volume {volume} ({fate})");
     }
     for attr in &change.diff {
         attribute_text(out, attr, p);
@@ -232,6 +249,7 @@ pub fn markdown(plan: &PlanDocument) -> String {
             ("create volume", s.volumes),
             ("defer (busy)", s.defer),
             ("destroy volume", s.destroy_volumes),
+            ("update registration", s.update),
         ] {
             if n > 0 {
                 let _ = writeln!(out, "| {name} | {n} |");
