@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::yaml::Pos;
+use crate::secret::mask_credentials;
 
 /// One problem in a spec file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +37,25 @@ impl Diagnostic {
         dotted_path(&self.pointer)
     }
 
-    /// Renders the diagnostic with a code frame from `source`, naming `file`.
+    /// Renders the diagnostic with a code frame from `source`, naming `file`. Anything shaped
+    /// like a credential, in the frame or the message, is masked.
     pub fn render(&self, file: &str, source: &str) -> String {
-        let path = self.path();
+        let line = self
+            .pos
+            .line
+            .checked_sub(1)
+            .and_then(|i| source.lines().nth(i));
+        self.render_line(file, line)
+    }
+
+    /// [`Diagnostic::render`] with the source line already found (`None`: past the end).
+    pub fn render_line(&self, file: &str, line: Option<&str>) -> String {
+        let path = mask_credentials(&self.path()).into_owned();
+        let message = mask_credentials(&self.message);
         let mut out = if path.is_empty() {
-            format!("error: {}\n", self.message)
+            format!("error: {message}\n")
         } else {
-            format!("error: {path}: {}\n", self.message)
+            format!("error: {path}: {message}\n")
         };
         let line_no = self.pos.line.max(1);
         let gutter = line_no.to_string().len();
@@ -51,21 +64,27 @@ impl Diagnostic {
             "",
             self.pos.col.max(1)
         ));
-        if let Some(line) = source.lines().nth(line_no - 1) {
-            let caret_at: usize = line
-                .chars()
-                .take(self.pos.col.saturating_sub(1))
-                .map(|c| if c == '\t' { 4 } else { 1 })
-                .sum();
+        if let Some(line) = line {
+            // The caret goes under the column as it is shown: after masking what precedes it.
+            let before: String = line.chars().take(self.pos.col.saturating_sub(1)).collect();
+            let caret_at = display_width(&mask_credentials(&before));
             out.push_str(&format!("{:gutter$} |\n", ""));
-            out.push_str(&format!("{line_no} | {}\n", line.replace('\t', "    ")));
+            out.push_str(&format!(
+                "{line_no} | {}\n",
+                mask_credentials(line).replace('\t', "    ")
+            ));
             out.push_str(&format!("{:gutter$} | {:caret_at$}^\n", "", ""));
         }
         if let Some(help) = &self.help {
-            out.push_str(&format!("{:gutter$} = help: {help}\n", ""));
+            out.push_str(&format!("{:gutter$} = help: {}\n", "", mask_credentials(help)));
         }
         out
     }
+}
+
+/// Columns of `text` as the frame prints it (a tab takes four).
+fn display_width(text: &str) -> usize {
+    text.chars().map(|c| if c == '\t' { 4 } else { 1 }).sum()
 }
 
 impl fmt::Display for Diagnostic {
@@ -73,9 +92,9 @@ impl fmt::Display for Diagnostic {
         let path = self.path();
         write!(f, "{}:{}: ", self.pos.line, self.pos.col)?;
         if !path.is_empty() {
-            write!(f, "{path}: ")?;
+            write!(f, "{}: ", mask_credentials(&path))?;
         }
-        f.write_str(&self.message)
+        f.write_str(&mask_credentials(&self.message))
     }
 }
 
@@ -134,5 +153,39 @@ mod tests {
             text,
             "error: pools.gpu.count: expected x\n --> fleet.yaml:2:10\n  |\n2 |   count: -1\n  |          ^\n  = help: do y\n"
         );
+    }
+
+    #[test]
+    fn credentials_are_masked_in_the_frame_the_message_and_the_help() {
+        let d = Diagnostic::new(
+            Pos { line: 1, col: 19 },
+            "/github/auth/ghp_key1",
+            "unknown field `ghp_key1`, found string \"ghs_value2\"",
+        )
+        .with_help("not ghu_help3");
+        let text = d.render("fleet.yaml", "auth: { ghp_key1: ghs_value2, x: 1 }\n");
+        for secret in ["ghp_key1", "ghs_value2", "ghu_help3"] {
+            assert!(!text.contains(secret), "{secret} in:\n{text}");
+        }
+        assert_eq!(
+            text,
+            format!(
+                "error: github.auth.<redacted>: unknown field `<redacted>`, found string \"<redacted>\"\n --> fleet.yaml:1:19\n  |\n1 | auth: {{ <redacted>: <redacted>, x: 1 }}\n  | {}^\n  = help: not <redacted>\n",
+                " ".repeat("auth: { <redacted>: ".len())
+            )
+        );
+        assert!(!d.to_string().contains("ghs_value2"));
+    }
+
+    #[test]
+    fn the_caret_follows_the_masked_line() {
+        // `x` is at column 28 in the file; the masks before it are shorter than the tokens.
+        let source = "{ a: ghp_aaaaaaaaaaaaaaaa, x: 1 }";
+        let d = Diagnostic::new(Pos { line: 1, col: 28 }, "/x", "bad");
+        let text = d.render("f", source);
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = lines[3].trim_start_matches("1 | ");
+        let caret = lines[4].trim_start_matches("  | ").len() - 1;
+        assert_eq!(&shown[caret..caret + 1], "x", "{text}");
     }
 }
