@@ -10,6 +10,7 @@ use std::path::Path;
 use super::diag::Diagnostic;
 use super::model::Spec;
 use super::yaml::{Positions, escape_pointer};
+use crate::secret::credential_spans;
 
 /// GitHub refuses runner names longer than this.
 pub const MAX_RUNNER_NAME: usize = 64;
@@ -26,6 +27,9 @@ const RESERVED_ENV: &[&str] = &[
     "FLEET_STATE_DIR",
 ];
 const RESERVED_ENV_PREFIX: &str = "ACTIONS_RUNNER_INPUT_";
+
+/// What to do about a credential written in the spec.
+const LEAKED_HELP: &str = "a credential in fleet.yaml is in its git history too: revoke it, and give fleet the name of a variable (`token_env`) or the path of a key file instead";
 
 /// The longest runner name a pool can produce: `<fleet>-<pool>-<suffix>`.
 pub fn max_runner_name_len(fleet: &str, pool: &str) -> usize {
@@ -156,6 +160,25 @@ fn check_github(c: &mut Checker, base_dir: &Path) {
             "/github/auth",
             "expected one of `token_env` and `app`, found both",
         );
+    }
+    if let Some(name) = &auth.token_env
+        && !credential_spans(name).is_empty()
+    {
+        c.at_value(
+            "/github/auth/token_env",
+            "expected the name of the environment variable that holds the token, found what looks like a token itself (not shown)",
+        )
+        .help(LEAKED_HELP);
+    }
+    if let Some(app) = &auth.app
+        && app.private_key_file.contains("-----BEGIN")
+    {
+        c.at_value(
+            "/github/auth/app/private_key_file",
+            "expected the path of the App's private key file, found a PEM key itself (not shown)",
+        )
+        .help(LEAKED_HELP);
+        return;
     }
     if let Some(app) = &auth.app {
         files::check_file(

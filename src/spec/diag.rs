@@ -76,7 +76,11 @@ impl Diagnostic {
             out.push_str(&format!("{:gutter$} | {:caret_at$}^\n", "", ""));
         }
         if let Some(help) = &self.help {
-            out.push_str(&format!("{:gutter$} = help: {}\n", "", mask_credentials(help)));
+            out.push_str(&format!(
+                "{:gutter$} = help: {}\n",
+                "",
+                mask_credentials(help)
+            ));
         }
         out
     }

@@ -30,11 +30,12 @@ impl DockerEndpoint {
             "unix" if rest.starts_with('/') && rest.len() > 1 => Ok(DockerEndpoint::Unix {
                 path: rest.to_string(),
             }),
-            "unix" => Err("expected unix:///absolute/path/to/docker.sock".into()),
+            "unix" if rest.is_empty() => Err("expected unix:///absolute/path, found no path".into()),
+            "unix" => Err("expected unix:///absolute/path, found a relative path".into()),
             "ssh" => parse_ssh(rest),
             "tcp" | "http" => {
                 let (host, port) = host_and_port(rest)?;
-                let port = port.ok_or_else(|| format!("expected {scheme}://HOST:PORT (a port)"))?;
+                let port = port.ok_or_else(|| format!("expected {scheme}://HOST:PORT, found no port"))?;
                 Ok(if scheme == "tcp" {
                     DockerEndpoint::Tcp { host, port }
                 } else {
@@ -135,7 +136,7 @@ fn parse_ssh(rest: &str) -> Result<DockerEndpoint, String> {
 fn host_and_port(text: &str) -> Result<(String, Option<u16>), String> {
     if text.contains(['/', '?', '#', '@']) {
         return Err(format!(
-            "expected only a host and a port after the scheme, found {text:?}"
+            "expected only a host and a port after the scheme (Docker takes no path here), found {text:?}"
         ));
     }
     let (host, port) = if let Some(v6) = text.strip_prefix('[') {
@@ -253,7 +254,7 @@ mod tests {
         for (text, why) in [
             ("https://tower:2376", "write tcp://HOST:PORT"),
             ("https://tower:2376", "tls"),
-            ("tcp://tower", "a port"),
+            ("tcp://tower", "found no port"),
             ("tcp://tower:0", "from 1 to 65535"),
             ("tcp://tower:99999", "from 1 to 65535"),
             ("tcp://tower:+1", "from 1 to 65535"),
@@ -263,7 +264,8 @@ mod tests {
             ("ssh://@host", "user"),
             ("ssh://ci@host/path", "only a host and a port"),
             ("ssh://[zz]:22", "IPv6"),
-            ("unix://relative.sock", "absolute"),
+            ("unix://relative.sock", "found a relative path"),
+            ("unix://", "found no path"),
             ("ftp://x", "expected a Docker endpoint"),
             ("/var/run/docker.sock", "expected a Docker endpoint"),
         ] {

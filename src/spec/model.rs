@@ -305,16 +305,16 @@ pub struct Autoscale {
     pub scale_set: Option<String>,
 }
 
-/// How a runner container receives its JIT config or registration token.
+/// How a runner container receives its JIT config or registration token: `file` (a root-only
+/// file that fleet writes into the container before starting it; the container's configuration
+/// holds only its path) or `env` (the legacy `ACTIONS_RUNNER_INPUT_*` environment variables, for
+/// images that read only those: the secret stays in `docker inspect` and /proc/1/environ for
+/// the container's life).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SecretDelivery {
-    /// A root-only file that fleet writes into the container before starting it; the
-    /// container's configuration holds only its path.
     #[default]
     File,
-    /// The legacy `ACTIONS_RUNNER_INPUT_*` environment variables, for images that read only
-    /// those: the secret stays in `docker inspect` and /proc/1/environ for the container's life.
     Env,
 }
 

@@ -105,10 +105,17 @@ impl IntegerFormat {
             .as_i64()
             .map(i128::from)
             .or_else(|| n.as_u64().map(i128::from));
+        let out_of_range = || format!("expected an integer from {low} to {high}, found {n}");
         match value {
             Some(v) if (low..=high).contains(&v) => None,
-            Some(_) => Some(format!("expected an integer from {low} to {high}, found {n}")),
-            None => Some(format!("expected an integer, found {n}")),
+            Some(_) => Some(out_of_range()),
+            // A float: an integer too large for i64 and u64 (`1e20`) or one written `1.0`.
+            None => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && (f < low as f64 || f > high as f64) => {
+                    Some(out_of_range())
+                }
+                _ => Some(format!("expected an integer, found {n}")),
+            },
         }
     }
 }
@@ -248,7 +255,10 @@ fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> V
                 pattern_phrase(pattern)
             ));
             if pattern == DOCKER_ENDPOINT_PATTERN
-                && error.instance().as_str().is_some_and(|s| s.starts_with("https://"))
+                && error
+                    .instance()
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("https://"))
             {
                 d.help = Some(
                     "https:// is not a Docker endpoint scheme: write tcp://HOST:PORT and give the certificates in `tls`".into(),
@@ -296,7 +306,10 @@ fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> V
         }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
             let location = error.schema_path().as_str();
-            let float = error.instance().as_f64().filter(|_| error.instance().is_f64());
+            let float = error
+                .instance()
+                .as_f64()
+                .filter(|_| error.instance().is_f64());
             let expected = match (location.contains("/GpuRequest/"), float) {
                 (true, Some(_)) => "an integer (a number of GPUs) or \"all\"",
                 (true, None) => "0, a number of GPUs, or \"all\"",

@@ -47,24 +47,24 @@ fn check_endpoint(c: &mut Checker, name: &str, ptr: &str, host: &Host, base_dir:
         }
         return;
     };
+    let at = format!("host `{name}` (docker: {text})");
     let endpoint = match DockerEndpoint::parse(text) {
         Ok(endpoint) => endpoint,
         Err(why) => {
-            c.at_value(
-                &format!("{ptr}/docker"),
-                format!("host `{name}`: {why}, found {text:?}"),
-            );
+            c.at_value(&format!("{ptr}/docker"), format!("{at}: {why}"));
             return;
         }
     };
-    let at = format!("host `{name}` (docker: {text})");
     if let Some(tls) = &host.tls {
         if !matches!(endpoint, DockerEndpoint::Tcp { .. }) {
+            // Its files do not matter until the endpoint is one that uses them.
             c.at_key(
                 &format!("{ptr}/tls"),
                 format!("{at}: `tls` is only for tcp:// endpoints"),
             );
-        } else if insecure {
+            return;
+        }
+        if insecure {
             c.at_key(
                 &format!("{ptr}/insecure"),
                 format!("{at}: expected `tls` or `insecure: true`, found both"),
