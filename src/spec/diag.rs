@@ -68,11 +68,10 @@ impl Diagnostic {
             // The caret goes under the column as it is shown: after masking what precedes it.
             let before: String = line.chars().take(self.pos.col.saturating_sub(1)).collect();
             let caret_at = display_width(&mask_credentials(&before));
+            let shown = mask_credentials(line).replace('\t', "    ");
+            let (shown, caret_at) = frame_window(&shown, caret_at);
             out.push_str(&format!("{:gutter$} |\n", ""));
-            out.push_str(&format!(
-                "{line_no} | {}\n",
-                mask_credentials(line).replace('\t', "    ")
-            ));
+            out.push_str(&format!("{line_no} | {shown}\n"));
             out.push_str(&format!("{:gutter$} | {:caret_at$}^\n", "", ""));
         }
         if let Some(help) = &self.help {
@@ -84,6 +83,32 @@ impl Diagnostic {
         }
         out
     }
+}
+
+/// The widest code frame line shown; a longer line is cut around the caret.
+const FRAME_WIDTH: usize = 120;
+
+/// The part of `line` (tabs already expanded) that a frame shows, and the caret's place in it.
+fn frame_window(line: &str, caret_at: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= FRAME_WIDTH {
+        return (line.to_string(), caret_at);
+    }
+    let start = caret_at
+        .saturating_sub(FRAME_WIDTH / 2)
+        .min(chars.len() - FRAME_WIDTH);
+    let end = start + FRAME_WIDTH;
+    let mut shown = String::new();
+    let mut caret = caret_at - start;
+    if start > 0 {
+        shown.push('…');
+        caret += 1;
+    }
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push('…');
+    }
+    (shown, caret)
 }
 
 /// Columns of `text` as the frame prints it (a tab takes four).
@@ -191,5 +216,31 @@ mod tests {
         let shown = lines[3].trim_start_matches("1 | ");
         let caret = lines[4].trim_start_matches("  | ").len() - 1;
         assert_eq!(&shown[caret..caret + 1], "x", "{text}");
+    }
+
+    #[test]
+    fn a_long_line_is_cut_around_the_caret() {
+        let line = format!("{}X{}", "a".repeat(1000), "b".repeat(1000));
+        let d = Diagnostic::new(Pos { line: 1, col: 1001 }, "", "bad");
+        let text = d.render("f", &line);
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = lines[3].trim_start_matches("1 | ");
+        assert!(shown.starts_with('…') && shown.ends_with('…'), "{shown}");
+        assert_eq!(shown.chars().count(), FRAME_WIDTH + 2);
+        let caret = lines[4].trim_start_matches("  | ").chars().count() - 1;
+        assert_eq!(shown.chars().nth(caret), Some('X'), "{text}");
+        // Near the start, nothing is cut before.
+        let d = Diagnostic::new(Pos { line: 1, col: 3 }, "", "bad");
+        let text = d.render("f", &line);
+        assert!(
+            text.lines()
+                .nth(3)
+                .is_some_and(|l| l.starts_with("1 | aaa")),
+            "{text}"
+        );
+        // Past the end of the line (a caret after the last character) stays in the window.
+        let d = Diagnostic::new(Pos { line: 1, col: 2002 }, "", "bad");
+        let text = d.render("f", &line);
+        assert!(text.contains('^'), "{text}");
     }
 }

@@ -260,3 +260,102 @@ impl Spec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn pools(yaml: &str) -> Vec<ResolvedPool> {
+        let text = format!("version: 1\nname: zq\ngithub: {{ repo: a/b }}\n{yaml}");
+        match crate::spec::parse_str(&text, Path::new(".")) {
+            Ok(spec) => spec.resolved_pools(),
+            Err(problems) => panic!("{problems:#?}"),
+        }
+    }
+
+    #[test]
+    fn a_single_host_and_a_list_of_hosts() {
+        let resolved = pools(
+            "hosts:\n  bare: { gpus: none }\n  vm: { docker: 'ssh://ci@vm', gpus: none }\n\
+             pools:\n  one: { host: vm, count: 1, image: x }\n  many: { host: [vm, bare], count: 1, image: x }\n",
+        );
+        assert_eq!(resolved[0].name, "many");
+        assert_eq!(resolved[0].host, "vm");
+        assert_eq!(resolved[0].hosts, ["vm", "bare"]);
+        assert_eq!(resolved[1].host, "vm");
+        assert_eq!(resolved[1].hosts, ["vm"]);
+        let implicit = pools("pools:\n  cpu: { count: 1, image: x }\n");
+        assert_eq!(implicit[0].hosts, ["local"]);
+    }
+
+    #[test]
+    fn an_autoscaled_pool_counts_its_min_idle_and_ignores_the_default_count() {
+        let resolved = pools(
+            "defaults: { count: 5, image: x }\npools:\n  \
+             auto: { autoscale: { min_idle: 2, max: 8 } }\n  \
+             named: { autoscale: { max: 3, scale_set: gpu-set } }\n  fixed: {}\n",
+        );
+        let by_name = |n: &str| resolved.iter().find(|p| p.name == n).expect(n);
+        let auto = by_name("auto");
+        assert_eq!(auto.count, 2);
+        assert_eq!(
+            auto.autoscale,
+            Some(ResolvedAutoscale {
+                min_idle: 2,
+                max: 8,
+                scale_set: "zq-auto".into()
+            })
+        );
+        let named = by_name("named");
+        assert_eq!(named.count, 0);
+        assert_eq!(
+            named.autoscale.as_ref().map(|a| a.scale_set.as_str()),
+            Some("gpu-set")
+        );
+        assert_eq!(by_name("fixed").count, 5);
+        assert_eq!(by_name("fixed").autoscale, None);
+    }
+
+    #[test]
+    fn secrets_and_security_defaults() {
+        let resolved = pools("pools:\n  cpu: { count: 1, image: x }\n");
+        assert_eq!(resolved[0].secrets, SecretDelivery::File);
+        assert_eq!(
+            resolved[0].security,
+            ResolvedSecurity {
+                no_new_privileges: true,
+                pids_limit: Some(DEFAULT_PIDS_LIMIT),
+                net_raw: false,
+            }
+        );
+    }
+
+    #[test]
+    fn security_merges_field_by_field_and_zero_means_no_pids_limit() {
+        let resolved = pools(
+            "defaults:\n  secrets: env\n  security: { pids_limit: 0, net_raw: true }\n\
+             pools:\n  a: { count: 1, image: x, security: { no_new_privileges: false } }\n  \
+             b: { count: 1, image: x, secrets: file, security: { pids_limit: 512 } }\n",
+        );
+        assert_eq!(resolved[0].secrets, SecretDelivery::Env);
+        assert_eq!(
+            resolved[0].security,
+            ResolvedSecurity {
+                no_new_privileges: false,
+                pids_limit: None,
+                net_raw: true,
+            }
+        );
+        assert_eq!(resolved[1].secrets, SecretDelivery::File);
+        assert_eq!(
+            resolved[1].security,
+            ResolvedSecurity {
+                no_new_privileges: true,
+                pids_limit: Some(512),
+                net_raw: true,
+            }
+        );
+    }
+}
