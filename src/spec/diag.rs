@@ -144,6 +144,20 @@ pub fn dotted_path(pointer: &str) -> String {
     out
 }
 
+/// The most characters of a string quoted in a message.
+const MAX_QUOTED: usize = 80;
+
+/// `text` quoted for a message, cut after [`MAX_QUOTED`] characters: a hostile spec may hold
+/// a megabyte in one value.
+pub fn quote(text: &str) -> String {
+    let count = text.chars().count();
+    if count <= MAX_QUOTED {
+        return format!("{text:?}");
+    }
+    let start: String = text.chars().take(MAX_QUOTED).collect();
+    format!("{start:?}... ({count} characters)")
+}
+
 /// A short, one-line rendering of a YAML/JSON value for "found ..." messages.
 pub fn describe_value(value: &serde_json::Value) -> String {
     use serde_json::Value;
@@ -152,7 +166,7 @@ pub fn describe_value(value: &serde_json::Value) -> String {
         Value::Bool(b) => format!("boolean {b}"),
         Value::Number(n) if n.is_f64() => format!("number {n}"),
         Value::Number(n) => format!("integer {n}"),
-        Value::String(s) => format!("string {s:?}"),
+        Value::String(s) => format!("string {}", quote(s)),
         Value::Array(a) => format!("a list of {} item(s)", a.len()),
         Value::Object(_) => "a mapping".into(),
     }
@@ -242,5 +256,14 @@ mod tests {
         let d = Diagnostic::new(Pos { line: 1, col: 2002 }, "", "bad");
         let text = d.render("f", &line);
         assert!(text.contains('^'), "{text}");
+    }
+
+    #[test]
+    fn long_strings_are_quoted_in_part() {
+        let long = serde_json::Value::from("x".repeat(10_000));
+        let text = describe_value(&long);
+        assert!(text.ends_with("... (10000 characters)"), "{text}");
+        assert!(text.len() < 120, "{text}");
+        assert_eq!(describe_value(&"ab".into()), "string \"ab\"");
     }
 }

@@ -23,6 +23,13 @@ pub enum DockerEndpoint {
 impl DockerEndpoint {
     /// Reads an endpoint; the error says what was expected.
     pub fn parse(text: &str) -> Result<DockerEndpoint, String> {
+        // Messages quote parts of the endpoint: bounded, so is each of them.
+        let length = text.chars().count();
+        if length > MAX_ENDPOINT {
+            return Err(format!(
+                "expected an endpoint of at most {MAX_ENDPOINT} characters, found {length}"
+            ));
+        }
         let Some((scheme, rest)) = text.split_once("://") else {
             return Err(EXPECTED.into());
         };
@@ -109,6 +116,9 @@ fn write_host(f: &mut fmt::Formatter<'_>, host: &str) -> fmt::Result {
         f.write_str(host)
     }
 }
+
+/// The longest endpoint read; real ones are a few dozen characters.
+const MAX_ENDPOINT: usize = 256;
 
 const EXPECTED: &str = "expected a Docker endpoint: unix:///path, ssh://[user@]host[:port], tcp://host:port or http://host:port";
 
@@ -268,6 +278,10 @@ mod tests {
             ("unix://", "found no path"),
             ("ftp://x", "expected a Docker endpoint"),
             ("/var/run/docker.sock", "expected a Docker endpoint"),
+            (
+                &format!("tcp://{}:1", "a".repeat(300)),
+                "at most 256 characters, found 308",
+            ),
         ] {
             let e = DockerEndpoint::parse(text).expect_err(text);
             assert!(e.contains(why), "{text}: {e}");

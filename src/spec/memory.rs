@@ -1,5 +1,7 @@
 //! Memory limits as Docker reads them: a number of bytes with an optional unit.
 
+use super::diag::quote;
+
 /// Docker's smallest memory limit for a container (6 MiB); the engine refuses less.
 pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
 
@@ -24,8 +26,9 @@ pub fn parse_memory(text: &str) -> Option<i64> {
 pub fn memory_problem(text: &str) -> Option<String> {
     match parse_memory(text) {
         None => Some(format!(
-            "expected a memory limit such as 512m or 16g of at most {}g, found {text:?}",
-            i64::MAX >> 30
+            "expected a memory limit such as 512m or 16g of at most {}g, found {}",
+            i64::MAX >> 30,
+            quote(text)
         )),
         Some(bytes) if bytes < MIN_MEMORY_BYTES => Some(format!(
             "expected a memory limit of at least 6m (Docker's minimum), found {text:?} ({bytes} bytes)"

@@ -7,6 +7,7 @@ use super::{
     Checker, MAX_RUNNER_LABELS, MAX_RUNNER_NAME, RESERVED_ENV, RESERVED_ENV_PREFIX,
     RUNNER_SUFFIX_LEN, escape_pointer, max_runner_name_len,
 };
+use crate::spec::diag::quote;
 use crate::spec::memory::memory_problem;
 use crate::spec::model::{GpuRequest, Host, HostGpus, MAX_SCALE_SET_NAME, Pool, PoolHosts};
 use crate::spec::resolve::DEFAULT_RUNNER_LABELS;
@@ -73,8 +74,9 @@ fn check_pool_hosts(
                         c.at_value(
                             &at,
                             format!(
-                                "expected a host declared in `hosts` ({}), found {host:?}",
-                                declared_names()
+                                "expected a host declared in `hosts` ({}), found {}",
+                                declared_names(),
+                                quote(host)
                             ),
                         );
                     }
@@ -280,7 +282,7 @@ fn check_runner_identity(c: &mut Checker, name: &str, pool_ptr: &str, pool: &Poo
         let ptr = c.origin(name, "runner_group", pool.runner_group.is_some());
         c.at_value(
             &ptr,
-            format!("expected `Default` at repository scope (runner groups belong to organizations), found {group:?}"),
+            format!("expected `Default` at repository scope (runner groups belong to organizations), found {}", quote(group)),
         );
     }
 }
@@ -318,14 +320,17 @@ fn check_labels(c: &mut Checker, base: &str, labels: &[String]) {
         if !seen.insert(label.to_lowercase()) {
             c.at_value(
                 &ptr,
-                format!("duplicate label {label:?} (GitHub labels are case-insensitive)"),
+                format!(
+                    "duplicate label {} (GitHub labels are case-insensitive)",
+                    quote(label)
+                ),
             );
         }
         let prefix = label.get(..RESERVED_LABEL_PREFIX.len());
         if prefix.is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_LABEL_PREFIX)) {
             c.at_value(
                 &ptr,
-                format!("expected a label without the `fleet.` prefix (fleet reserves it for its ownership marks), found {label:?}"),
+                format!("expected a label without the `fleet.` prefix (fleet reserves it for its ownership marks), found {}", quote(label)),
             );
         }
     }
@@ -339,14 +344,14 @@ fn check_volumes(c: &mut Checker, base: &str, volumes: &[crate::spec::model::Vol
             c.at_value(
                 &format!("{vptr}/target"),
                 format!(
-                    "expected an absolute path inside the container, found {:?}",
-                    volume.target
+                    "expected an absolute path inside the container, found {}",
+                    quote(&volume.target)
                 ),
             );
         } else if !targets.insert(volume.target.trim_end_matches('/').to_string()) {
             c.at_value(
                 &format!("{vptr}/target"),
-                format!("duplicate mount target {:?}", volume.target),
+                format!("duplicate mount target {}", quote(&volume.target)),
             );
         }
         let source = &volume.source;
@@ -358,14 +363,15 @@ fn check_volumes(c: &mut Checker, base: &str, volumes: &[crate::spec::model::Vol
         if looks_like_path {
             c.at_value(
                 &format!("{vptr}/source"),
-                format!("expected a named volume or an absolute host path, found the relative path {source:?}"),
+                format!("expected a named volume or an absolute host path, found the relative path {}", quote(source)),
             )
             .help("bind mounts need an absolute path (Docker would read a relative one as a volume name)");
         } else if !is_volume_name(source) {
             c.at_value(
                 &format!("{vptr}/source"),
                 format!(
-                    "expected a volume name of letters, digits, '_', '.' and '-', found {source:?}"
+                    "expected a volume name of letters, digits, '_', '.' and '-', found {}",
+                    quote(source)
                 ),
             );
         }
