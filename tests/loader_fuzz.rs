@@ -568,6 +568,26 @@ fn a_long_scalar_is_refused_and_quoted_in_part() {
 }
 
 #[test]
+fn long_keys_are_named_in_part() {
+    // Plain keys stop at 1024 characters in YAML; an explicit key (`? `) has no such limit.
+    let key = "k".repeat(500_000);
+    let text = format!(
+        "version: 1\nname: demo\ngithub: {{ repo: a/b }}\n? {key}\n: 1\npools:\n  ? {key}\n  : {{ count: 1, image: x }}\n"
+    );
+    let diagnostics = check(&text);
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:?}");
+    for d in &diagnostics {
+        assert!(
+            d.message.len() < 300,
+            "{} bytes of message",
+            d.message.len()
+        );
+        let rendered = d.render("fleet.yaml", &text);
+        assert!(rendered.len() < 1500, "{} bytes rendered", rendered.len());
+    }
+}
+
+#[test]
 fn many_keys_are_all_reported_and_rendered_in_part() {
     let mut text = String::from("version: 1\nname: demo\ngithub: { repo: a/b }\npools: {}\n");
     for i in 0..50_000 {

@@ -50,7 +50,8 @@ impl Diagnostic {
 
     /// [`Diagnostic::render`] with the source line already found (`None`: past the end).
     pub fn render_line(&self, file: &str, line: Option<&str>) -> String {
-        let path = mask_credentials(&self.path()).into_owned();
+        let path = self.path();
+        let path = mask_credentials(&shorten(&path)).into_owned();
         let message = mask_credentials(&self.message);
         let mut out = if path.is_empty() {
             format!("error: {message}\n")
@@ -146,6 +147,17 @@ pub fn dotted_path(pointer: &str) -> String {
 
 /// The most characters of a string quoted in a message.
 const MAX_QUOTED: usize = 80;
+
+/// `text` for a message, cut after [`MAX_QUOTED`] characters: a hostile spec may hold a
+/// megabyte in one key or value.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTED) {
+        None => text.into(),
+        Some((cut, _)) => {
+            format!("{}... ({} characters)", &text[..cut], text.chars().count()).into()
+        }
+    }
+}
 
 /// `text` quoted for a message, cut after [`MAX_QUOTED`] characters: a hostile spec may hold
 /// a megabyte in one value.
@@ -265,5 +277,11 @@ mod tests {
         assert!(text.ends_with("... (10000 characters)"), "{text}");
         assert!(text.len() < 120, "{text}");
         assert_eq!(describe_value(&"ab".into()), "string \"ab\"");
+        assert_eq!(shorten("ab"), "ab");
+        let long = "é".repeat(100);
+        assert_eq!(
+            shorten(&long),
+            format!("{}... (100 characters)", "é".repeat(80))
+        );
     }
 }

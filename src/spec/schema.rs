@@ -8,7 +8,7 @@ use jsonschema::paths::Location;
 use jsonschema::{Keyword, ValidationError, Validator};
 use serde_json::{Map, Value};
 
-use super::diag::{Diagnostic, describe_value};
+use super::diag::{Diagnostic, describe_value, quote, shorten};
 use super::model::{DOCKER_ENDPOINT_PATTERN, POOL_FIELDS, Spec};
 use super::yaml::{Positions, escape_pointer, is_secret_pointer};
 
@@ -171,6 +171,16 @@ fn subschema<'a>(schema: &'a Value, error: &ValidationError) -> Option<&'a Value
 
 fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> Vec<Diagnostic> {
     let pointer = error.instance_path().as_str().to_string();
+    let sub = subschema(schema, error);
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            return unknown_fields(&pointer, unexpected, sub, positions);
+        }
+        ValidationErrorKind::PropertyNames { error: inner } => {
+            return vec![bad_name(&pointer, inner, positions)];
+        }
+        _ => {}
+    }
     // A mapping or list is pointed at by its key: its value starts on the next line.
     let pos = if error.instance().is_object() || error.instance().is_array() {
         positions.key(&pointer)
@@ -184,50 +194,26 @@ fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> V
         }
         other => describe_value(other),
     };
-    let sub = subschema(schema, error);
-    let help = sub
-        .and_then(|s| s.get("description"))
-        .and_then(Value::as_str)
-        .map(|d| d.replace('\n', " "));
-    let diag = |message: String| {
-        let mut d = Diagnostic::new(pos, pointer.clone(), message);
-        d.help = help.clone();
-        d
-    };
+    let help = special_help(error).or_else(|| {
+        sub.and_then(|s| s.get("description"))
+            .and_then(Value::as_str)
+            .map(|d| d.replace('\n', " "))
+    });
+    let mut d = Diagnostic::new(pos, pointer, message(error, &found));
+    d.help = help;
+    vec![d]
+}
+
+/// What was expected and what was found, for one failed keyword.
+fn message(error: &ValidationError, found: &str) -> String {
+    let location = error.schema_path().as_str();
     match error.kind() {
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let known: Vec<&str> = sub
-                .and_then(|s| s.get("properties"))
-                .and_then(Value::as_object)
-                .map(|p| p.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            unexpected
-                .iter()
-                .map(|key| {
-                    let child = format!("{pointer}/{}", escape_pointer(key));
-                    let message = if pointer == "/defaults" {
-                        format!("`{key}` is not a pool field; defaults takes pool fields only")
-                    } else {
-                        format!("unknown field `{key}`")
-                    };
-                    let expected = if pointer == "/defaults" {
-                        POOL_FIELDS.join(", ")
-                    } else {
-                        known.join(", ")
-                    };
-                    Diagnostic::new(positions.key(&child), child, message)
-                        .with_help(format!("expected one of: {expected}"))
-                })
-                .collect()
-        }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            vec![diag(format!("missing required field `{name}`"))]
+            format!("missing required field `{name}`")
         }
-        ValidationErrorKind::Type { .. } if error.schema_path().as_str().contains("PoolHosts") => {
-            vec![diag(format!(
-                "expected a host name or a list of host names, found {found}"
-            ))]
+        ValidationErrorKind::Type { .. } if location.contains("PoolHosts") => {
+            format!("expected a host name or a list of host names, found {found}")
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -238,87 +224,111 @@ fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> V
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            vec![diag(format!("expected {expected}, found {found}"))]
+            format!("expected {expected}, found {found}")
         }
         ValidationErrorKind::Enum { options } => {
-            vec![diag(format!(
-                "expected one of {}, found {found}",
-                list(options)
-            ))]
+            format!("expected one of {}, found {found}", list(options))
         }
         ValidationErrorKind::Constant { expected_value } => {
-            vec![diag(format!("expected {expected_value}, found {found}"))]
+            format!("expected {expected_value}, found {found}")
         }
         ValidationErrorKind::Pattern { pattern } => {
-            let mut d = diag(format!(
-                "expected {}, found {found}",
-                pattern_phrase(pattern)
-            ));
-            if pattern == DOCKER_ENDPOINT_PATTERN
-                && error
-                    .instance()
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("https://"))
-            {
-                d.help = Some(
-                    "https:// is not a Docker endpoint scheme: write tcp://HOST:PORT and give the certificates in `tls`".into(),
-                );
-            }
-            vec![d]
+            format!("expected {}, found {found}", pattern_phrase(pattern))
         }
         ValidationErrorKind::Minimum { limit } => {
-            vec![diag(format!("expected a value >= {limit}, found {found}"))]
+            format!("expected a value >= {limit}, found {found}")
         }
         ValidationErrorKind::Maximum { limit } => {
-            vec![diag(format!("expected a value <= {limit}, found {found}"))]
+            format!("expected a value <= {limit}, found {found}")
         }
         ValidationErrorKind::ExclusiveMinimum { limit } => {
-            vec![diag(format!("expected a value > {limit}, found {found}"))]
+            format!("expected a value > {limit}, found {found}")
         }
-        ValidationErrorKind::MinLength { limit } => vec![diag(format!(
-            "expected at least {limit} character(s), found {found}"
-        ))],
-        ValidationErrorKind::MaxLength { limit } => vec![diag(format!(
-            "expected at most {limit} characters, found {found}"
-        ))],
-        ValidationErrorKind::MinItems { limit } => vec![diag(format!(
-            "expected at least {limit} item(s), found {found}"
-        ))],
-        ValidationErrorKind::Custom { message, .. } => vec![diag(message.clone())],
+        ValidationErrorKind::MinLength { limit } => {
+            format!("expected at least {limit} character(s), found {found}")
+        }
+        ValidationErrorKind::MaxLength { limit } => {
+            format!("expected at most {limit} characters, found {found}")
+        }
+        ValidationErrorKind::MinItems { limit } => {
+            format!("expected at least {limit} item(s), found {found}")
+        }
+        ValidationErrorKind::Custom { message, .. } => message.clone(),
         ValidationErrorKind::UniqueItems => {
-            vec![diag(format!(
-                "expected distinct items, found {found} with repeats"
-            ))]
-        }
-        ValidationErrorKind::PropertyNames { error: inner } => {
-            // The inner error's instance is the offending key.
-            let key = inner.instance().as_str().unwrap_or_default().to_string();
-            let child = format!("{pointer}/{}", escape_pointer(&key));
-            let rule = match inner.kind() {
-                ValidationErrorKind::Pattern { pattern } => pattern_phrase(pattern),
-                _ => inner.to_string(),
-            };
-            vec![Diagnostic::new(
-                positions.key(&child),
-                child,
-                format!("invalid name {key:?}: expected {rule}"),
-            )]
+            format!("expected distinct items, found {found} with repeats")
         }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
-            let location = error.schema_path().as_str();
-            let float = error
-                .instance()
-                .as_f64()
-                .filter(|_| error.instance().is_f64());
+            let float = error.instance().is_f64();
             let expected = match (location.contains("/GpuRequest/"), float) {
-                (true, Some(_)) => "an integer (a number of GPUs) or \"all\"",
-                (true, None) => "0, a number of GPUs, or \"all\"",
+                (true, true) => "an integer (a number of GPUs) or \"all\"",
+                (true, false) => "0, a number of GPUs, or \"all\"",
                 (false, _) => "one of the allowed forms",
             };
-            vec![diag(format!("expected {expected}, found {found}"))]
+            format!("expected {expected}, found {found}")
         }
-        _ => vec![diag(format!("{error}"))],
+        _ => format!("{error}"),
     }
+}
+
+/// Help for a mistake worth more than the field's description.
+fn special_help(error: &ValidationError) -> Option<String> {
+    let https = matches!(error.kind(), ValidationErrorKind::Pattern { pattern } if pattern == DOCKER_ENDPOINT_PATTERN)
+        && error
+            .instance()
+            .as_str()
+            .is_some_and(|s| s.starts_with("https://"));
+    https.then(|| {
+        "https:// is not a Docker endpoint scheme: write tcp://HOST:PORT and give the certificates in `tls`".into()
+    })
+}
+
+/// One diagnostic per unknown key, at the key, with the known ones as help.
+fn unknown_fields(
+    pointer: &str,
+    unexpected: &[String],
+    sub: Option<&Value>,
+    positions: &Positions,
+) -> Vec<Diagnostic> {
+    let known: Vec<&str> = sub
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let expected = if pointer == "/defaults" {
+        POOL_FIELDS.join(", ")
+    } else {
+        known.join(", ")
+    };
+    unexpected
+        .iter()
+        .map(|key| {
+            let child = format!("{pointer}/{}", escape_pointer(key));
+            let name = shorten(key);
+            let message = if pointer == "/defaults" {
+                format!("`{name}` is not a pool field; defaults takes pool fields only")
+            } else {
+                format!("unknown field `{name}`")
+            };
+            Diagnostic::new(positions.key(&child), child, message)
+                .with_help(format!("expected one of: {expected}"))
+        })
+        .collect()
+}
+
+/// A key of `hosts` or `pools` that is not a valid name.
+fn bad_name(pointer: &str, inner: &ValidationError, positions: &Positions) -> Diagnostic {
+    // The inner error's instance is the offending key.
+    let key = inner.instance().as_str().unwrap_or_default().to_string();
+    let child = format!("{pointer}/{}", escape_pointer(&key));
+    let rule = match inner.kind() {
+        ValidationErrorKind::Pattern { pattern } => pattern_phrase(pattern),
+        _ => inner.to_string(),
+    };
+    Diagnostic::new(
+        positions.key(&child),
+        child,
+        format!("invalid name {}: expected {rule}", quote(&key)),
+    )
 }
 
 /// Patterns said in words, for the ones a person meets most.

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use super::files::{FileRole, check_file};
 use super::{Checker, escape_pointer};
+use crate::spec::diag::shorten;
 use crate::spec::endpoint::DockerEndpoint;
 use crate::spec::model::{Host, HostGpus};
 
@@ -47,7 +48,7 @@ fn check_endpoint(c: &mut Checker, name: &str, ptr: &str, host: &Host, base_dir:
         }
         return;
     };
-    let at = format!("host `{name}` (docker: {})", unquoted(text));
+    let at = format!("host `{name}` (docker: {})", shorten(text));
     let endpoint = match DockerEndpoint::parse(text) {
         Ok(endpoint) => endpoint,
         Err(why) => {
@@ -102,13 +103,5 @@ fn check_endpoint(c: &mut Checker, name: &str, ptr: &str, host: &Host, base_dir:
             format!("{at}: `insecure: true` is accepted only for a loopback address (127.0.0.0/8, ::1, localhost)"),
         )
         .help("give the engine TLS certificates in `tls` and use tcp://");
-    }
-}
-
-/// An endpoint as messages show it: unquoted, cut after 80 characters.
-fn unquoted(text: &str) -> String {
-    match text.char_indices().nth(80) {
-        None => text.to_string(),
-        Some((cut, _)) => format!("{}... ({} characters)", &text[..cut], text.chars().count()),
     }
 }
