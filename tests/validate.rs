@@ -44,7 +44,7 @@ fn diagnostics(output: &str) -> Vec<String> {
 #[test]
 fn every_invalid_fixture_gives_its_message_on_its_line() {
     let files = fixtures("invalid");
-    assert!(files.len() >= 30, "only {} invalid fixtures", files.len());
+    assert!(files.len() >= 90, "only {} invalid fixtures", files.len());
     let mut failures = Vec::new();
     for file in &files {
         let spec = std::fs::read_to_string(file).expect("read fixture");
@@ -57,16 +57,22 @@ fn every_invalid_fixture_gives_its_message_on_its_line() {
             .lines()
             .find_map(|l| l.strip_prefix("# expect-message: "))
             .unwrap_or_else(|| panic!("{} has no `# expect-message:`", file.display()));
+        // Optional: the column too.
+        let column = spec
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect-column: "))
+            .map(|c| format!("{}\n", c.trim()))
+            .unwrap_or_default();
         let path = file.to_str().expect("utf-8 path");
         let out = fleet(&["validate", "-f", path]);
         let all = text(&out);
-        let at = format!("{path}:{line}:");
+        let at = format!("{path}:{line}:{column}");
         let found = diagnostics(&all)
             .iter()
             .any(|d| d.contains(message) && d.contains(&at));
         if out.status.code() != Some(1) || !found || all.contains("panicked") {
             failures.push(format!(
-                "{}: exit {:?}, wanted `{message}` at line {line}, got:\n{all}",
+                "{}: exit {:?}, wanted `{message}` at {line}:{column}, got:\n{all}",
                 file.display(),
                 out.status.code()
             ));

@@ -280,6 +280,10 @@ mod tests {
             memory: Some("16g".into()),
             docker_socket: false,
             gpu_mode: GpuMode::Nvidia,
+            hosts: vec!["local".into()],
+            autoscale: None,
+            secrets: crate::spec::SecretDelivery::File,
+            security: crate::spec::ResolvedSecurity::default(),
         }
     }
 

@@ -1,12 +1,16 @@
 //! Checks the schema cannot express: references between sections, limits GitHub and Docker
 //! impose, and the files the spec points at.
 
+mod files;
+mod hosts;
+mod pools;
+
 use std::path::Path;
 
 use super::diag::Diagnostic;
-use super::model::{GpuRequest, HostGpus, Pool, Spec};
-use super::resolve::DEFAULT_RUNNER_LABELS;
+use super::model::Spec;
 use super::yaml::{Positions, escape_pointer};
+use crate::secret::credential_spans;
 
 /// GitHub refuses runner names longer than this.
 pub const MAX_RUNNER_NAME: usize = 64;
@@ -24,6 +28,9 @@ const RESERVED_ENV: &[&str] = &[
     "FLEET_STATE_DIR",
 ];
 const RESERVED_ENV_PREFIX: &str = "ACTIONS_RUNNER_INPUT_";
+
+/// What to do about a credential written in the spec.
+const LEAKED_HELP: &str = "a credential in fleet.yaml is in its git history too: revoke it, and give fleet the name of a variable (`token_env`) or the path of a key file instead";
 
 /// The longest runner name a pool can produce: `<fleet>-<pool>-<suffix>`.
 pub fn max_runner_name_len(fleet: &str, pool: &str) -> usize {
@@ -108,12 +115,20 @@ pub fn check(
     if scope.github {
         check_github(&mut c, base_dir);
     }
-    check_hosts(&mut c);
+    hosts::check_hosts(&mut c, base_dir);
     for (name, pool) in &spec.pools {
-        check_pool(&mut c, name, pool);
+        pools::check_pool(&mut c, name, pool);
     }
+    pools::check_scale_set_names(&mut c);
     if let Some(defaults) = &spec.defaults {
-        check_pool_values(&mut c, "/defaults", defaults);
+        pools::check_pool_values(&mut c, "/defaults", defaults);
+        if defaults.autoscale.is_some() {
+            c.at_key(
+                "/defaults/autoscale",
+                "`autoscale` is per pool: `defaults` cannot set it",
+            )
+            .help("move `autoscale` into each pool that scales with the queue");
+        }
     }
     let mut out = c.out;
     out.sort_by(|a, b| (a.pos, &a.pointer, &a.message).cmp(&(b.pos, &b.pointer, &b.message)));
@@ -147,265 +162,34 @@ fn check_github(c: &mut Checker, base_dir: &Path) {
             "expected one of `token_env` and `app`, found both",
         );
     }
-    if let Some(app) = &auth.app {
-        let pointer = "/github/auth/app/private_key_file";
-        let path = base_dir.join(&app.private_key_file);
-        match std::fs::metadata(&path) {
-            Err(e) => {
-                c.at_value(
-                    pointer,
-                    format!(
-                        "expected a readable private key file, found none at {}: {e}",
-                        path.display()
-                    ),
-                );
-            }
-            Ok(meta) if !meta.is_file() => {
-                c.at_value(
-                    pointer,
-                    format!("expected a file, found a directory at {}", path.display()),
-                );
-            }
-            Ok(meta) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = meta.permissions().mode() & 0o777;
-                    if mode & 0o077 != 0 {
-                        c.at_value(
-                            pointer,
-                            format!(
-                                "expected a private key readable by its owner only (mode 0600 or stricter), found mode {mode:04o} on {}",
-                                path.display()
-                            ),
-                        )
-            .help(format!("chmod 600 {}", path.display()));
-                    }
-                }
-                #[cfg(not(unix))]
-                let _ = meta;
-            }
-        }
-    }
-}
-
-fn check_hosts(c: &mut Checker) {
-    let Some(hosts) = &c.spec.hosts else { return };
-    if hosts.is_empty() {
-        c.at_key("/hosts", "expected at least one host, found none")
-            .help("remove `hosts` to use the local Docker engine");
-    }
-    for (name, host) in hosts {
-        if let HostGpus::Declared(uuids) = &host.gpus
-            && uuids.is_empty()
-        {
-            c.at_value(
-                &format!("/hosts/{}/gpus", escape_pointer(name)),
-                "expected at least one GPU UUID, found an empty list",
-            )
-            .help("write `gpus: none` for a host without GPUs");
-        }
-    }
-}
-
-fn check_pool(c: &mut Checker, name: &str, pool: &Pool) {
-    let spec = c.spec;
-    let pool_ptr = format!("/pools/{}", escape_pointer(name));
-    check_pool_values(c, &pool_ptr, pool);
-
-    if spec.pool_field(pool, |p| p.count.as_ref()).is_none() && !c.set_aside(name, "count") {
-        c.at_key(
-            &pool_ptr,
-            "missing required field `count` (here or in `defaults`)",
-        );
-    }
-    if spec.pool_field(pool, |p| p.image.as_ref()).is_none() && !c.set_aside(name, "image") {
-        c.at_key(
-            &pool_ptr,
-            "missing required field `image` (here or in `defaults`)",
-        );
-    }
-
-    let hosts = spec.effective_hosts();
-    let host_name = spec.pool_field(pool, |p| p.host.as_ref());
-    let host = match host_name {
-        Some(h) => {
-            let ptr = c.origin(name, "host", pool.host.is_some());
-            match hosts.get(h) {
-                Some(host) => Some((h.clone(), host.clone())),
-                None => {
-                    let declared: Vec<&str> = hosts.keys().map(String::as_str).collect();
-                    c.at_value(
-                        &ptr,
-                        format!(
-                            "expected a host declared in `hosts` ({}), found {h:?}",
-                            declared.join(", ")
-                        ),
-                    );
-                    None
-                }
-            }
-        }
-        None if hosts.len() == 1 => hosts.into_iter().next(),
-        None if c.set_aside(name, "host") || c.scope.set_aside.contains("/hosts") => None,
-        None => {
-            let declared: Vec<&str> = hosts.keys().map(String::as_str).collect();
-            c.at_key(
-                &pool_ptr,
-                format!(
-                    "missing field `host`: {} hosts are declared ({})",
-                    declared.len(),
-                    declared.join(", ")
-                ),
-            )
-            .help("say which host the pool runs on with `host:`");
-            None
-        }
-    };
-
-    if let (Some((host_name, host)), Some(gpus)) =
-        (host, spec.pool_field(pool, |p| p.gpus.as_ref()))
+    if let Some(name) = &auth.token_env
+        && !credential_spans(name).is_empty()
     {
-        let ptr = c.origin(name, "gpus", pool.gpus.is_some());
-        let wants = match gpus {
-            GpuRequest::Count(0) => None,
-            GpuRequest::Count(n) => Some(*n as usize),
-            GpuRequest::All => Some(1),
-        };
-        match (&host.gpus, wants) {
-            (HostGpus::None, Some(_)) => {
-                c.at_value(
-                    &ptr,
-                    format!("pool `{name}` asks for GPUs, but host `{host_name}` is declared `gpus: none`"),
-                );
-            }
-            (HostGpus::Declared(uuids), Some(n)) if n > uuids.len() && *gpus != GpuRequest::All => {
-                c.at_value(
-                    &ptr,
-                    format!(
-                        "pool `{name}` asks for {n} GPUs per runner, but host `{host_name}` declares only {}",
-                        uuids.len()
-                    ),
-                );
-            }
-            _ => {}
-        }
-    }
-
-    let longest = max_runner_name_len(&spec.name, name);
-    if longest > MAX_RUNNER_NAME {
-        c.at_key(
-            &pool_ptr,
-            format!(
-                "runner names would be up to {longest} characters (`{}-{name}-` plus a {RUNNER_SUFFIX_LEN}-character suffix); GitHub allows {MAX_RUNNER_NAME}",
-                spec.name
-            ),
-        );
-    }
-
-    let no_defaults = spec
-        .pool_field(pool, |p| p.no_default_labels.as_ref())
-        .copied()
-        .unwrap_or(false);
-    let labels = spec.pool_field(pool, |p| p.labels.as_ref());
-    let count = labels.map_or(0, Vec::len)
-        + if no_defaults {
-            0
-        } else {
-            DEFAULT_RUNNER_LABELS.len()
-        };
-    if count == 0 {
-        c.at_key(
-            &pool_ptr,
-            "expected at least one runner label, found none (`no_default_labels: true` and no `labels`)",
+        c.at_value(
+            "/github/auth/token_env",
+            "expected the name of the environment variable that holds the token, found what looks like a token itself (not shown)",
         )
-            .help("a runner without labels can never be chosen by a workflow");
-    } else if count > MAX_RUNNER_LABELS {
-        let ptr = c.origin(name, "labels", pool.labels.is_some());
-        c.at_value(
-            &ptr,
-            format!("expected at most {MAX_RUNNER_LABELS} labels per runner (GitHub's limit), found {count}"),
-        );
+        .help(LEAKED_HELP);
     }
-
-    if let Some(group) = spec.pool_field(pool, |p| p.runner_group.as_ref())
-        && spec.github.repo.is_some()
-        && group != "Default"
+    if let Some(app) = &auth.app
+        && app.private_key_file.contains("-----BEGIN")
     {
-        let ptr = c.origin(name, "runner_group", pool.runner_group.is_some());
         c.at_value(
-            &ptr,
-            format!("expected `Default` at repository scope (runner groups belong to organizations), found {group:?}"),
+            "/github/auth/app/private_key_file",
+            "expected the path of the App's private key file, found a PEM key itself (not shown)",
+        )
+        .help(LEAKED_HELP);
+        return;
+    }
+    if let Some(app) = &auth.app {
+        files::check_file(
+            c,
+            "/github/auth/app/private_key_file",
+            &base_dir.join(&app.private_key_file),
+            &files::FileRole::private("private key"),
+            "",
         );
     }
-}
-
-/// Checks of values that hold wherever they are written, in a pool or in `defaults`.
-fn check_pool_values(c: &mut Checker, base: &str, pool: &Pool) {
-    if let Some(labels) = &pool.labels {
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, label) in labels.iter().enumerate() {
-            if !seen.insert(label.to_lowercase()) {
-                c.at_value(
-                    &format!("{base}/labels/{i}"),
-                    format!("duplicate label {label:?} (GitHub labels are case-insensitive)"),
-                );
-            }
-        }
-    }
-    if let Some(volumes) = &pool.volumes {
-        let mut targets = std::collections::BTreeSet::new();
-        for (i, volume) in volumes.iter().enumerate() {
-            let vptr = format!("{base}/volumes/{i}");
-            if !volume.target.starts_with('/') {
-                c.at_value(
-                    &format!("{vptr}/target"),
-                    format!(
-                        "expected an absolute path inside the container, found {:?}",
-                        volume.target
-                    ),
-                );
-            } else if !targets.insert(volume.target.trim_end_matches('/').to_string()) {
-                c.at_value(
-                    &format!("{vptr}/target"),
-                    format!("duplicate mount target {:?}", volume.target),
-                );
-            }
-            let source = &volume.source;
-            if !volume.is_bind() {
-                let looks_like_path =
-                    source.contains('/') || source.starts_with('.') || source.starts_with('~');
-                if looks_like_path {
-                    c.at_value(
-                        &format!("{vptr}/source"),
-                        format!("expected a named volume or an absolute host path, found the relative path {source:?}"),
-                    )
-            .help("bind mounts need an absolute path (Docker would read a relative one as a volume name)");
-                } else if !is_volume_name(source) {
-                    c.at_value(
-                        &format!("{vptr}/source"),
-                        format!("expected a volume name of letters, digits, '_', '.' and '-', found {source:?}"),
-                    );
-                }
-            }
-        }
-    }
-    if let Some(env) = &pool.env {
-        for key in env.keys() {
-            if RESERVED_ENV.contains(&key.as_str()) || key.starts_with(RESERVED_ENV_PREFIX) {
-                c.at_key(
-                    &format!("{base}/env/{}", escape_pointer(key)),
-                    format!("`{key}` is set by fleet itself (the container contract); a pool cannot set it"),
-                );
-            }
-        }
-    }
-}
-
-fn is_volume_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 #[cfg(test)]
@@ -420,13 +204,5 @@ mod tests {
         // The schema's name patterns (24 + 24 characters) keep every name within GitHub's limit.
         let max = "a".repeat(24);
         assert!(max_runner_name_len(&max, &max) <= MAX_RUNNER_NAME);
-    }
-
-    #[test]
-    fn volume_names() {
-        assert!(is_volume_name("zquic-cache"));
-        assert!(is_volume_name("a.b_c"));
-        assert!(!is_volume_name("-x"));
-        assert!(!is_volume_name("a b"));
     }
 }

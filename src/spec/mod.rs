@@ -5,20 +5,33 @@
 
 mod check;
 pub mod diag;
+pub mod endpoint;
+mod memory;
 pub mod model;
 mod resolve;
 pub mod schema;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 pub use check::{MAX_RUNNER_LABELS, MAX_RUNNER_NAME, max_runner_name_len};
 pub use diag::Diagnostic;
+pub use endpoint::DockerEndpoint;
+pub use memory::{MIN_MEMORY_BYTES, parse_memory};
 pub use model::*;
-pub use resolve::{DEFAULT_RUNNER_LABELS, ResolvedPool};
+pub use resolve::{DEFAULT_RUNNER_LABELS, ResolvedAutoscale, ResolvedPool, ResolvedSecurity};
+
+/// The largest spec fleet reads: a real one is a few KiB; the limit keeps a hostile file from
+/// costing memory and time before it is refused.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// The most problems shown with a code frame; the rest are counted.
+pub const MAX_RENDERED_PROBLEMS: usize = 100;
 
 /// Why a spec could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +45,22 @@ pub enum SpecError {
     #[error("{} is not a valid fleet spec: {} problem(s)", path.display(), diagnostics.len())]
     Invalid {
         path: PathBuf,
-        /// The file's text, for code frames.
+        /// The file's text, for code frames, with the values under `github.auth` masked.
         text: String,
         diagnostics: Vec<Diagnostic>,
+    },
+    /// The file is larger than [`MAX_SPEC_BYTES`]; it was not parsed.
+    #[error(
+        "{} is too large for a fleet spec: {size} bytes{}, the limit is {limit} bytes (1 MiB); nothing was changed",
+        path.display(),
+        if *at_least { " or more" } else { "" }
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        /// Only the first `size` bytes were read (the file grew, or is not a regular file).
+        at_least: bool,
+        limit: u64,
     },
 }
 
@@ -42,34 +68,42 @@ impl SpecError {
     /// Every problem with its code frame, then a count; or the read error.
     pub fn render(&self) -> String {
         match self {
-            SpecError::Read { .. } => format!("error: {self}\n"),
+            SpecError::Read { .. } | SpecError::TooLarge { .. } => format!("error: {self}\n"),
             SpecError::Invalid {
                 path,
                 text,
                 diagnostics,
-            } => {
-                let file = path.display().to_string();
-                let mut out = String::new();
-                for d in diagnostics {
-                    out.push_str(&d.render(&file, text));
-                    out.push('\n');
-                }
-                out.push_str(&format!(
-                    "{file}: {} problem(s) found; nothing was changed.\n",
-                    diagnostics.len()
-                ));
-                out
-            }
+            } => render_problems(&path.display().to_string(), text, diagnostics),
         }
     }
 }
 
+/// The first [`MAX_RENDERED_PROBLEMS`] problems with their code frames, then a count.
+fn render_problems(file: &str, text: &str, diagnostics: &[Diagnostic]) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for d in diagnostics.iter().take(MAX_RENDERED_PROBLEMS) {
+        let line = d.pos.line.checked_sub(1).and_then(|i| lines.get(i));
+        out.push_str(&d.render_line(file, line.copied()));
+        out.push('\n');
+    }
+    if let Some(hidden) = diagnostics.len().checked_sub(MAX_RENDERED_PROBLEMS)
+        && hidden > 0
+    {
+        out.push_str(&format!(
+            "{file}: {hidden} more problem(s) not shown; fix the ones above first.\n"
+        ));
+    }
+    out.push_str(&format!(
+        "{file}: {} problem(s) found; nothing was changed.\n",
+        diagnostics.len()
+    ));
+    out
+}
+
 /// Reads and validates the spec at `path`.
 pub fn load(path: &Path) -> Result<Spec, SpecError> {
-    let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_bounded(path)?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let mut diagnostics = Vec::new();
@@ -80,27 +114,96 @@ pub fn load(path: &Path) -> Result<Spec, SpecError> {
             "expected UTF-8 text, found invalid bytes",
         ));
     }
-    match parse_str(&text, base_dir) {
-        Ok(spec) if diagnostics.is_empty() => Ok(spec),
-        Ok(_) => Err(SpecError::Invalid {
-            path: path.to_path_buf(),
-            text,
-            diagnostics,
-        }),
-        Err(more) => {
-            diagnostics.extend(more);
-            Err(SpecError::Invalid {
-                path: path.to_path_buf(),
-                text,
-                diagnostics,
-            })
-        }
+    let (outcome, secret_chars) = parse_text(&text, base_dir);
+    match outcome {
+        Ok(spec) if diagnostics.is_empty() => return Ok(spec),
+        Ok(_) => {}
+        Err(more) => diagnostics.extend(more),
     }
+    Err(SpecError::Invalid {
+        path: path.to_path_buf(),
+        text: mask_chars(&text, &secret_chars),
+        diagnostics,
+    })
+}
+
+/// The file's bytes, refused unread past [`MAX_SPEC_BYTES`].
+fn read_bounded(path: &Path) -> Result<Vec<u8>, SpecError> {
+    let read_error = |source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_large = |size, at_least| SpecError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        at_least,
+        limit: MAX_SPEC_BYTES,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if meta.is_file() && meta.len() > MAX_SPEC_BYTES {
+        return Err(too_large(meta.len(), false));
+    }
+    // The size may change while reading, and a pipe or device has none: read one byte past
+    // the limit at most.
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_SPEC_BYTES {
+        return Err(too_large(bytes.len() as u64, true));
+    }
+    Ok(bytes)
+}
+
+/// `text` with the characters in `ranges` replaced by `*`, line breaks kept: the same lines
+/// and columns, so that code frames still point at the right place.
+fn mask_chars(text: &str, ranges: &[Range<usize>]) -> String {
+    let mut ranges = ranges.to_vec();
+    ranges.sort_by_key(|r| r.start);
+    let mut next = ranges.iter().peekable();
+    let mut current: Option<&Range<usize>> = None;
+    text.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            while current.is_none_or(|r| r.end <= i) && next.peek().is_some_and(|r| r.start <= i) {
+                current = next.next();
+            }
+            let secret = current.is_some_and(|r| r.contains(&i));
+            if secret && !matches!(c, '\n' | '\r') {
+                '*'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Validates spec text; relative paths in it are relative to `base_dir`.
 pub fn parse_str(text: &str, base_dir: &Path) -> Result<Spec, Vec<Diagnostic>> {
+    parse_text(text, base_dir).0
+}
+
+/// [`parse_str`], and the character ranges of the values under `github.auth`.
+fn parse_text(text: &str, base_dir: &Path) -> (Result<Spec, Vec<Diagnostic>>, Vec<Range<usize>>) {
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        let problem = Diagnostic::new(
+            Default::default(),
+            "",
+            format!(
+                "expected a spec of at most {MAX_SPEC_BYTES} bytes (1 MiB), found {} bytes",
+                text.len()
+            ),
+        );
+        return (Err(vec![problem]), Vec::new());
+    }
     let doc = yaml::parse(text);
+    let secret_chars = doc.secret_chars.clone();
+    (check_document(doc, base_dir), secret_chars)
+}
+
+/// Schema, model and semantic checks of a read document.
+fn check_document(doc: yaml::Document, base_dir: &Path) -> Result<Spec, Vec<Diagnostic>> {
     let mut diagnostics: Vec<Diagnostic> = doc
         .problems
         .iter()

@@ -23,6 +23,18 @@ pub const DEFAULT_HOST: &str = "local";
 pub const DEFAULT_TOKEN_ENV: &str = "GITHUB_TOKEN";
 /// GitHub's public API.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
+/// Pattern of a host's Docker endpoint; check.rs reads the rest of it.
+pub const DOCKER_ENDPOINT_PATTERN: &str = "^(unix|ssh|tcp|http)://.+$";
+/// Pattern of a runner scale set name: conservative, so that GitHub and tools built on scale
+/// sets (actions-runner-controller limits names to 45 characters) accept it.
+pub const SCALE_SET_NAME_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,44}$";
+/// The longest scale set name.
+pub const MAX_SCALE_SET_NAME: usize = 45;
+/// Pids limit of a runner container unless its pool says otherwise: a fork bomb in a job stops
+/// there, while a parallel build on a many-core GPU host (threads count as pids) stays below it.
+pub const DEFAULT_PIDS_LIMIT: u32 = 16_384;
+/// The highest pids limit a pool may set (0 means no limit).
+pub const MAX_PIDS_LIMIT: u32 = 1_000_000;
 
 /// A fleet of self-hosted GitHub Actions runners, run as Docker containers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -106,12 +118,22 @@ pub struct AppAuth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
-    /// Docker endpoint: unix:///path, tcp://host:port or http://host:port. No TLS: reach a remote
-    /// engine through an SSH-forwarded socket.
+    /// Docker endpoint: unix:///path, ssh://[user@]host[:port] (OpenSSH and
+    /// `docker system dial-stdio` on the host), tcp://host:port with `tls`, or tcp:// and
+    /// http:// without TLS only on loopback with `insecure: true`.
     /// Default: $DOCKER_HOST, else the local socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(unix|tcp|http)://.+$"))]
+    #[schemars(regex(pattern = DOCKER_ENDPOINT_PATTERN))]
     pub docker: Option<String>,
+    /// TLS client certificates for a tcp:// endpoint (files; relative paths are relative to the
+    /// spec's directory; the key must be mode 0600 or stricter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HostTls>,
+    /// Allow tcp:// or http:// without TLS: only for a loopback address (127.0.0.0/8, ::1,
+    /// localhost). Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = false))]
+    pub insecure: Option<bool>,
     /// The host's GPUs: `auto` (NVML on this machine), `none`, or a declared list of GPU UUIDs.
     #[serde(default)]
     pub gpus: HostGpus,
@@ -119,6 +141,21 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "nvidia"))]
     pub gpu_mode: Option<GpuMode>,
+}
+
+/// The files of a TLS connection to a Docker engine, as `docker --tlsverify` takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostTls {
+    /// The CA certificate that signed the engine's certificate (PEM file).
+    #[schemars(length(min = 1))]
+    pub ca: String,
+    /// The client certificate (PEM file).
+    #[schemars(length(min = 1))]
+    pub cert: String,
+    /// The client certificate's private key (PEM file, mode 0600 or stricter).
+    #[schemars(length(min = 1))]
+    pub key: String,
 }
 
 /// How a host's engine gives GPUs to containers: `nvidia` (a device request by GPU UUID for the
@@ -148,14 +185,19 @@ impl GpuMode {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
-    /// The host the pool runs on. Optional when there is exactly one host.
+    /// The host the pool runs on, or a list of hosts it may run on. Optional when there is
+    /// exactly one host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = HOST_NAME_PATTERN))]
-    pub host: Option<String>,
-    /// Runner containers kept, idle and busy together. Required, here or in `defaults`.
+    pub host: Option<PoolHosts>,
+    /// Runner containers kept, idle and busy together. Required, here or in `defaults`, unless
+    /// the pool has `autoscale`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub count: Option<u32>,
+    /// Scale with the queue through a GitHub runner scale set, instead of a fixed `count`.
+    /// Per pool only (not in `defaults`); needs ephemeral runners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
     /// Runner labels added to the default ones (self-hosted, Linux, X64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(inner(regex(pattern = LABEL_PATTERN), length(max = 256)))]
@@ -210,6 +252,15 @@ pub struct Pool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = false))]
     pub docker_socket: Option<bool>,
+    /// How the runner receives its JIT config or registration token: `file` (default: a
+    /// root-only file written into the container before it starts) or `env` (the
+    /// ACTIONS_RUNNER_INPUT_* variables, visible in `docker inspect` for the container's life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "file"))]
+    pub secrets: Option<SecretDelivery>,
+    /// Container hardening: no-new-privileges, a pids limit, no NET_RAW capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Security>,
 }
 
 /// Pool field names, in the order of the schema; used in messages.
@@ -229,7 +280,63 @@ pub const POOL_FIELDS: &[&str] = &[
     "cpus",
     "memory",
     "docker_socket",
+    "secrets",
+    "security",
+    "autoscale",
 ];
+
+/// A pool's autoscaling: a GitHub runner scale set that fleet keeps between `min_idle` idle
+/// runners and `max` runners in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// Idle runners kept waiting for jobs. Default: 0.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(extend("default" = 0))]
+    pub min_idle: u32,
+    /// The most runners of the pool, idle and busy together; at least `min_idle` and 1.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max: u32,
+    /// The scale set's name, which workflows use in `runs-on`: letters, digits, '_', '.' and
+    /// '-', not starting with '.' or '-', at most 45 characters. Default: `<fleet>-<pool>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SCALE_SET_NAME_PATTERN))]
+    pub scale_set: Option<String>,
+}
+
+/// How a runner container receives its JIT config or registration token: `file` (a root-only
+/// file that fleet writes into the container before starting it; the container's configuration
+/// holds only its path) or `env` (the legacy `ACTIONS_RUNNER_INPUT_*` environment variables, for
+/// images that read only those: the secret stays in `docker inspect` and /proc/1/environ for
+/// the container's life).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretDelivery {
+    #[default]
+    File,
+    Env,
+}
+
+/// Hardening of a pool's runner containers. Each field left out takes its default (or the
+/// value in `defaults`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Set no-new-privileges: setuid programs such as sudo gain nothing. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
+    pub no_new_privileges: Option<bool>,
+    /// The most processes and threads in one runner container; 0: no limit. Default: 16384.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(extend("default" = 16_384))]
+    pub pids_limit: Option<u32>,
+    /// Keep the NET_RAW capability (raw sockets: ping, packet crafting). Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = false))]
+    pub net_raw: Option<bool>,
+}
 
 /// A volume mounted into each runner of a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -267,6 +374,55 @@ pub enum PullPolicy {
     IfMissing,
     Always,
     Never,
+}
+
+/// The host a pool runs on, or the hosts it may run on (`host: bare` or `host: [bare, vm]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PoolHosts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl PoolHosts {
+    /// Every host named, in the order written.
+    pub fn names(&self) -> &[String] {
+        match self {
+            PoolHosts::One(name) => std::slice::from_ref(name),
+            PoolHosts::Many(names) => names,
+        }
+    }
+
+    /// The first host named.
+    pub fn first(&self) -> Option<&str> {
+        self.names().first().map(String::as_str)
+    }
+}
+
+impl From<&str> for PoolHosts {
+    fn from(name: &str) -> PoolHosts {
+        PoolHosts::One(name.to_string())
+    }
+}
+
+impl JsonSchema for PoolHosts {
+    fn schema_name() -> Cow<'static, str> {
+        "PoolHosts".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A host name declared in `hosts`, or a non-empty list of distinct host names the pool may run on.",
+            // if/then/else rather than oneOf, so that an error names the item that is wrong.
+            "if": { "type": "string" },
+            "then": { "pattern": HOST_NAME_PATTERN },
+            "else": {
+                "type": "array",
+                "items": { "type": "string", "pattern": HOST_NAME_PATTERN },
+                "minItems": 1,
+                "uniqueItems": true
+            }
+        })
+    }
 }
 
 /// GPUs asked per runner.
@@ -330,7 +486,7 @@ impl JsonSchema for GpuRequest {
         json_schema!({
             "description": "GPUs per runner: 0 (none), N distinct GPUs held exclusively, or \"all\" (every GPU of the host, shared).",
             "oneOf": [
-                { "type": "integer", "minimum": 0, "maximum": 64 },
+                { "type": "integer", "format": "uint32", "minimum": 0, "maximum": 64 },
                 { "const": "all" }
             ],
             "default": 0

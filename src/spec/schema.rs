@@ -4,12 +4,13 @@
 use std::sync::OnceLock;
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
-use jsonschema::{ValidationError, Validator};
-use serde_json::Value;
+use jsonschema::paths::Location;
+use jsonschema::{Keyword, ValidationError, Validator};
+use serde_json::{Map, Value};
 
-use super::diag::{Diagnostic, describe_value};
-use super::model::{POOL_FIELDS, Spec};
-use super::yaml::{Positions, escape_pointer};
+use super::diag::{Diagnostic, describe_value, quote, shorten};
+use super::model::{DOCKER_ENDPOINT_PATTERN, POOL_FIELDS, Spec};
+use super::yaml::{Positions, escape_pointer, is_secret_pointer};
 
 /// The committed schema, as `fleet schema` prints it and `fleet validate` uses it.
 pub const SCHEMA_JSON: &str = include_str!("../../schema/fleet.schema.json");
@@ -58,9 +59,78 @@ fn committed() -> &'static (Value, Option<Validator>) {
     static SCHEMA: OnceLock<(Value, Option<Validator>)> = OnceLock::new();
     SCHEMA.get_or_init(|| {
         let value: Value = serde_json::from_str(SCHEMA_JSON).unwrap_or(Value::Null);
-        let validator = jsonschema::draft202012::new(&value).ok();
+        let validator = jsonschema::draft202012::options()
+            .with_keyword("format", integer_format)
+            .build(&value)
+            .ok();
         (value, validator)
     })
+}
+
+/// The JSON Schema type `integer` takes 1.0, and schemars' integer types say their width only
+/// in `format` (`uint32`), an annotation that validators skip: serde would then refuse what the
+/// schema accepted (`count: 1.0`, an app_id beyond u64). Fleet's validator reads the integer
+/// formats as the Rust types they came from; other formats stay annotations.
+fn integer_format<'a>(
+    _parent: &'a Map<String, Value>,
+    format: &'a Value,
+    _location: Location,
+) -> Result<Box<dyn for<'i> Keyword<'i>>, ValidationError<'a>> {
+    let range = match format.as_str().unwrap_or_default() {
+        "uint8" => Some((0, i128::from(u8::MAX))),
+        "uint16" => Some((0, i128::from(u16::MAX))),
+        "uint32" => Some((0, i128::from(u32::MAX))),
+        "uint64" | "uint" => Some((0, i128::from(u64::MAX))),
+        "int8" => Some((i128::from(i8::MIN), i128::from(i8::MAX))),
+        "int16" => Some((i128::from(i16::MIN), i128::from(i16::MAX))),
+        "int32" => Some((i128::from(i32::MIN), i128::from(i32::MAX))),
+        "int64" | "int" => Some((i128::from(i64::MIN), i128::from(i64::MAX))),
+        _ => None,
+    };
+    Ok(Box::new(IntegerFormat { range }))
+}
+
+struct IntegerFormat {
+    /// The bounds of the Rust integer type; `None`: not an integer format.
+    range: Option<(i128, i128)>,
+}
+
+impl IntegerFormat {
+    fn problem(&self, instance: &Value) -> Option<String> {
+        let (low, high) = self.range?;
+        let Value::Number(n) = instance else {
+            return None;
+        };
+        let value = n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from));
+        let out_of_range = || format!("expected an integer from {low} to {high}, found {n}");
+        match value {
+            Some(v) if (low..=high).contains(&v) => None,
+            Some(_) => Some(out_of_range()),
+            // A float: an integer too large for i64 and u64 (`1e20`) or one written `1.0`.
+            None => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && (f < low as f64 || f > high as f64) => {
+                    Some(out_of_range())
+                }
+                _ => Some(format!("expected an integer, found {n}")),
+            },
+        }
+    }
+}
+
+impl<'i> Keyword<'i> for IntegerFormat {
+    fn validate(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
+        match self.problem(instance) {
+            None => Ok(()),
+            Some(message) => Err(ValidationError::custom(message)),
+        }
+    }
+
+    fn is_valid(&self, instance: &'i Value) -> bool {
+        self.problem(instance).is_none()
+    }
 }
 
 /// Checks `instance` against the committed schema; every violation becomes a diagnostic.
@@ -76,9 +146,19 @@ pub fn check(instance: &Value, positions: &Positions) -> Vec<Diagnostic> {
         )];
     };
     let mut out = Vec::new();
+    let mut integer_formats = Vec::new();
     for error in validator.iter_errors(instance) {
-        out.extend(describe(&error, schema, positions));
+        let custom = matches!(error.kind(), ValidationErrorKind::Custom { keyword, .. } if keyword == "format");
+        let described = describe(&error, schema, positions);
+        if custom {
+            integer_formats.extend(described);
+        } else {
+            out.extend(described);
+        }
     }
+    // `count: -1` breaks both `minimum` and `uint32`: the first says it better.
+    integer_formats.retain(|d| !out.iter().any(|o| o.pointer == d.pointer));
+    out.extend(integer_formats);
     out
 }
 
@@ -91,52 +171,49 @@ fn subschema<'a>(schema: &'a Value, error: &ValidationError) -> Option<&'a Value
 
 fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> Vec<Diagnostic> {
     let pointer = error.instance_path().as_str().to_string();
+    let sub = subschema(schema, error);
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            return unknown_fields(&pointer, unexpected, sub, positions);
+        }
+        ValidationErrorKind::PropertyNames { error: inner } => {
+            return vec![bad_name(&pointer, inner, positions)];
+        }
+        _ => {}
+    }
     // A mapping or list is pointed at by its key: its value starts on the next line.
     let pos = if error.instance().is_object() || error.instance().is_array() {
         positions.key(&pointer)
     } else {
         positions.value(&pointer)
     };
-    let found = describe_value(error.instance());
-    let sub = subschema(schema, error);
-    let help = sub
-        .and_then(|s| s.get("description"))
-        .and_then(Value::as_str)
-        .map(|d| d.replace('\n', " "));
-    let diag = |message: String| {
-        let mut d = Diagnostic::new(pos, pointer.clone(), message);
-        d.help = help.clone();
-        d
-    };
-    match error.kind() {
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let known: Vec<&str> = sub
-                .and_then(|s| s.get("properties"))
-                .and_then(Value::as_object)
-                .map(|p| p.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            unexpected
-                .iter()
-                .map(|key| {
-                    let child = format!("{pointer}/{}", escape_pointer(key));
-                    let message = if pointer == "/defaults" {
-                        format!("`{key}` is not a pool field; defaults takes pool fields only")
-                    } else {
-                        format!("unknown field `{key}`")
-                    };
-                    let expected = if pointer == "/defaults" {
-                        POOL_FIELDS.join(", ")
-                    } else {
-                        known.join(", ")
-                    };
-                    Diagnostic::new(positions.key(&child), child, message)
-                        .with_help(format!("expected one of: {expected}"))
-                })
-                .collect()
+    // What was found is said, except a string under github.auth: it may be a secret.
+    let found = match error.instance().as_ref() {
+        Value::String(_) if is_secret_pointer(&pointer) => {
+            "a string (not shown: values under github.auth are never printed)".to_string()
         }
+        other => describe_value(other),
+    };
+    let help = special_help(error).or_else(|| {
+        sub.and_then(|s| s.get("description"))
+            .and_then(Value::as_str)
+            .map(|d| d.replace('\n', " "))
+    });
+    let mut d = Diagnostic::new(pos, pointer, message(error, &found));
+    d.help = help;
+    vec![d]
+}
+
+/// What was expected and what was found, for one failed keyword.
+fn message(error: &ValidationError, found: &str) -> String {
+    let location = error.schema_path().as_str();
+    match error.kind() {
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            vec![diag(format!("missing required field `{name}`"))]
+            format!("missing required field `{name}`")
+        }
+        ValidationErrorKind::Type { .. } if location.contains("PoolHosts") => {
+            format!("expected a host name or a list of host names, found {found}")
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -147,74 +224,119 @@ fn describe(error: &ValidationError, schema: &Value, positions: &Positions) -> V
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            vec![diag(format!("expected {expected}, found {found}"))]
+            format!("expected {expected}, found {found}")
         }
         ValidationErrorKind::Enum { options } => {
-            vec![diag(format!(
-                "expected one of {}, found {found}",
-                list(options)
-            ))]
+            format!("expected one of {}, found {found}", list(options))
         }
         ValidationErrorKind::Constant { expected_value } => {
-            vec![diag(format!("expected {expected_value}, found {found}"))]
+            format!("expected {expected_value}, found {found}")
         }
         ValidationErrorKind::Pattern { pattern } => {
-            vec![diag(format!(
-                "expected {}, found {found}",
-                pattern_phrase(pattern)
-            ))]
+            format!("expected {}, found {found}", pattern_phrase(pattern))
         }
         ValidationErrorKind::Minimum { limit } => {
-            vec![diag(format!("expected a value >= {limit}, found {found}"))]
+            format!("expected a value >= {limit}, found {found}")
         }
         ValidationErrorKind::Maximum { limit } => {
-            vec![diag(format!("expected a value <= {limit}, found {found}"))]
+            format!("expected a value <= {limit}, found {found}")
         }
         ValidationErrorKind::ExclusiveMinimum { limit } => {
-            vec![diag(format!("expected a value > {limit}, found {found}"))]
+            format!("expected a value > {limit}, found {found}")
         }
-        ValidationErrorKind::MinLength { limit } => vec![diag(format!(
-            "expected at least {limit} character(s), found {found}"
-        ))],
-        ValidationErrorKind::MaxLength { limit } => vec![diag(format!(
-            "expected at most {limit} characters, found {found}"
-        ))],
+        ValidationErrorKind::MinLength { limit } => {
+            format!("expected at least {limit} character(s), found {found}")
+        }
+        ValidationErrorKind::MaxLength { limit } => {
+            format!("expected at most {limit} characters, found {found}")
+        }
+        ValidationErrorKind::MinItems { limit } => {
+            format!("expected at least {limit} item(s), found {found}")
+        }
+        ValidationErrorKind::Custom { message, .. } => message.clone(),
         ValidationErrorKind::UniqueItems => {
-            vec![diag(format!(
-                "expected distinct items, found {found} with repeats"
-            ))]
-        }
-        ValidationErrorKind::PropertyNames { error: inner } => {
-            // The inner error's instance is the offending key.
-            let key = inner.instance().as_str().unwrap_or_default().to_string();
-            let child = format!("{pointer}/{}", escape_pointer(&key));
-            let rule = match inner.kind() {
-                ValidationErrorKind::Pattern { pattern } => pattern_phrase(pattern),
-                _ => inner.to_string(),
-            };
-            vec![Diagnostic::new(
-                positions.key(&child),
-                child,
-                format!("invalid name {key:?}: expected {rule}"),
-            )]
+            format!("expected distinct items, found {found} with repeats")
         }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
-            let location = error.schema_path().as_str();
-            let expected = if location.contains("/GpuRequest/") {
-                "0, a number of GPUs, or \"all\""
-            } else {
-                "one of the allowed forms"
+            let float = error.instance().is_f64();
+            let expected = match (location.contains("/GpuRequest/"), float) {
+                (true, true) => "an integer (a number of GPUs) or \"all\"",
+                (true, false) => "0, a number of GPUs, or \"all\"",
+                (false, _) => "one of the allowed forms",
             };
-            vec![diag(format!("expected {expected}, found {found}"))]
+            format!("expected {expected}, found {found}")
         }
-        _ => vec![diag(format!("{error}"))],
+        _ => format!("{error}"),
     }
+}
+
+/// Help for a mistake worth more than the field's description.
+fn special_help(error: &ValidationError) -> Option<String> {
+    let https = matches!(error.kind(), ValidationErrorKind::Pattern { pattern } if pattern == DOCKER_ENDPOINT_PATTERN)
+        && error
+            .instance()
+            .as_str()
+            .is_some_and(|s| s.starts_with("https://"));
+    https.then(|| {
+        "https:// is not a Docker endpoint scheme: write tcp://HOST:PORT and give the certificates in `tls`".into()
+    })
+}
+
+/// One diagnostic per unknown key, at the key, with the known ones as help.
+fn unknown_fields(
+    pointer: &str,
+    unexpected: &[String],
+    sub: Option<&Value>,
+    positions: &Positions,
+) -> Vec<Diagnostic> {
+    let known: Vec<&str> = sub
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let expected = if pointer == "/defaults" {
+        POOL_FIELDS.join(", ")
+    } else {
+        known.join(", ")
+    };
+    unexpected
+        .iter()
+        .map(|key| {
+            let child = format!("{pointer}/{}", escape_pointer(key));
+            let name = shorten(key);
+            let message = if pointer == "/defaults" {
+                format!("`{name}` is not a pool field; defaults takes pool fields only")
+            } else {
+                format!("unknown field `{name}`")
+            };
+            Diagnostic::new(positions.key(&child), child, message)
+                .with_help(format!("expected one of: {expected}"))
+        })
+        .collect()
+}
+
+/// A key of `hosts` or `pools` that is not a valid name.
+fn bad_name(pointer: &str, inner: &ValidationError, positions: &Positions) -> Diagnostic {
+    // The inner error's instance is the offending key.
+    let key = inner.instance().as_str().unwrap_or_default().to_string();
+    let child = format!("{pointer}/{}", escape_pointer(&key));
+    let rule = match inner.kind() {
+        ValidationErrorKind::Pattern { pattern } => pattern_phrase(pattern),
+        _ => inner.to_string(),
+    };
+    Diagnostic::new(
+        positions.key(&child),
+        child,
+        format!("invalid name {}: expected {rule}", quote(&key)),
+    )
 }
 
 /// Patterns said in words, for the ones a person meets most.
 fn pattern_phrase(pattern: &str) -> String {
-    use super::model::{HOST_NAME_PATTERN, LABEL_PATTERN, NAME_PATTERN};
+    use super::model::{HOST_NAME_PATTERN, LABEL_PATTERN, NAME_PATTERN, SCALE_SET_NAME_PATTERN};
     match pattern {
+        DOCKER_ENDPOINT_PATTERN => "a Docker endpoint: unix:///path, ssh://[user@]host[:port], tcp://host:port or http://host:port".into(),
+        SCALE_SET_NAME_PATTERN => "a scale set name: letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 45 characters".into(),
         NAME_PATTERN => "lowercase letters, digits and '-', 1 to 24 characters".into(),
         HOST_NAME_PATTERN => "a host name of lowercase letters, digits, '_', '.' and '-'".into(),
         LABEL_PATTERN => "a label without commas or whitespace".into(),
