@@ -168,6 +168,13 @@ pub enum Command {
         #[arg(long, hide = true)]
         generate: bool,
     },
+    /// Write a fleet.yaml from the GitHub runner services of docker-compose files.
+    ///
+    /// Each runner service becomes a pool; services that run no runner are left out. Every line
+    /// that needed a decision gets a comment, and a report on stderr names every secret removed
+    /// (by name, never its value) and every setting left out. What is written always passes
+    /// `fleet validate`. docs/migrating.md describes the rules.
+    Import(crate::import::ImportArgs),
 }
 
 /// Output formats of `fleet gpus` and `fleet status`.
@@ -754,6 +761,7 @@ pub fn run(cli: Cli) -> u8 {
             };
             Ok(print_stdout(&text))
         }
+        Command::Import(args) => Ok(crate::import::run(&args)),
     };
     match outcome {
         Ok(code) => code,
