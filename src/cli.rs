@@ -175,6 +175,12 @@ pub enum Command {
     /// (by name, never its value) and every setting left out. What is written always passes
     /// `fleet validate`. docs/migrating.md describes the rules.
     Import(crate::import::ImportArgs),
+    /// Write a starter fleet.yaml for this machine (to -f, default ./fleet.yaml).
+    ///
+    /// The repository comes from --repo or --org, else from the `origin` remote of the git
+    /// repository in the current folder; the GPUs from NVML: one GPU pool with a GPU per runner
+    /// when there are GPUs, and a CPU pool. Never overwrites a file without --force.
+    Init(crate::init::InitArgs),
 }
 
 /// Output formats of `fleet gpus` and `fleet status`.
@@ -762,6 +768,7 @@ pub fn run(cli: Cli) -> u8 {
             Ok(print_stdout(&text))
         }
         Command::Import(args) => Ok(crate::import::run(&args)),
+        Command::Init(args) => Ok(crate::init::run(&cli.file, &args)),
     };
     match outcome {
         Ok(code) => code,
