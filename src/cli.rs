@@ -181,6 +181,15 @@ pub enum Command {
     /// repository in the current folder; the GPUs from NVML: one GPU pool with a GPU per runner
     /// when there are GPUs, and a CPU pool. Never overwrites a file without --force.
     Init(crate::init::InitArgs),
+    /// Print a completion script for bash, zsh or fish (also elvish and powershell).
+    ///
+    /// bash: `fleet completions bash > /usr/share/bash-completion/completions/fleet`;
+    /// zsh: `fleet completions zsh > "${fpath[1]}/_fleet"`;
+    /// fish: `fleet completions fish > ~/.config/fish/completions/fleet.fish`.
+    Completions(crate::completions::CompletionsArgs),
+    /// Write the man pages of fleet and of each command (for packagers).
+    #[command(hide = true)]
+    Man(crate::completions::ManArgs),
 }
 
 /// Output formats of `fleet gpus` and `fleet status`.
@@ -769,6 +778,8 @@ pub fn run(cli: Cli) -> u8 {
         }
         Command::Import(args) => Ok(crate::import::run(&args)),
         Command::Init(args) => Ok(crate::init::run(&cli.file, &args)),
+        Command::Completions(args) => Ok(crate::completions::print(&args)),
+        Command::Man(args) => Ok(crate::completions::write_man_pages(&args)),
     };
     match outcome {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod completions;
 pub mod import;
 pub mod init;
 pub mod observe;
