@@ -314,3 +314,32 @@ fn a_secret_in_any_field_is_never_printed() {
         );
     }
 }
+
+#[test]
+fn an_enterprise_server_and_labels_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        "services:\n  r:\n    image: ghcr.io/actions/actions-runner:2.330.0\n    environment:\n      RUNNER_REPOSITORY_URL: https://ghe.acme.lan/tools/ci\n      RUNNER_LABELS: ${LABELS}\n",
+    )
+    .expect("write compose file");
+    let out = fleet_in(dir.path(), &["import", "."]);
+    let (yaml, report) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{report}");
+    assert_validates(&yaml);
+    let spec = fleet::spec::parse_str(&yaml, Path::new(".")).expect("valid");
+    assert_eq!(spec.github.repo.as_deref(), Some("tools/ci"));
+    assert_eq!(
+        spec.github.api_url.as_deref(),
+        Some("https://ghe.acme.lan/api/v3")
+    );
+    assert!(
+        yaml.contains("# GitHub Enterprise Server on ghe.acme.lan"),
+        "{yaml}"
+    );
+    assert_eq!(spec.pools["r"].labels, None);
+    assert!(
+        report.contains("left out  RUNNER_LABELS: its labels come from the shell"),
+        "{report}"
+    );
+}

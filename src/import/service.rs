@@ -180,10 +180,14 @@ fn image(
             image
         }
     };
-    if detect::is_runner_image(&image) {
+    let repository = detect::image_repository(&image).to_ascii_lowercase();
+    if repository.ends_with("actions/actions-runner") {
         d.find(Tag::Warning, format!(
-            "image {}: its entrypoint registers the runner from its own variables (a URL and a token), while fleet gives a runner a JIT config or ACTIONS_RUNNER_INPUT_* variables (docs/apply.md): use an image built from ci/runner, or give this one an entrypoint that follows the contract",
-            detect::image_repository(&image)
+            "image {repository}: GitHub's runner image has no entrypoint of fleet's container contract (docs/apply.md): use an image built from ci/runner, or add ci/runner's entrypoint.sh to this one"
+        ));
+    } else if detect::is_runner_image(&image) {
+        d.find(Tag::Warning, format!(
+            "image {repository}: its entrypoint registers the runner from its own variables (a URL and a token), while fleet gives a runner a JIT config or ACTIONS_RUNNER_INPUT_* variables (docs/apply.md): use an image built from ci/runner, or give this one an entrypoint that follows the contract"
         ));
     }
     for scanned in build.into_iter().flat_map(|b| &b.registering) {
@@ -292,8 +296,16 @@ fn environment(d: &mut Draft, vars: &[EnvVar]) -> RunnerVars {
             continue;
         }
         if LABEL_VARIABLES.contains(&name.as_str()) {
-            if let (None, Some(v)) = (&out.labels, &literal) {
-                out.labels = Some((v.clone(), name.clone()));
+            match (&out.labels, &literal) {
+                (None, Some(v)) => out.labels = Some((v.clone(), name.clone())),
+                (_, None) => {
+                    d.leave_out(
+                        name.as_str(),
+                        "its labels come from the shell or .env at `docker compose up`; write `labels` by hand",
+                    );
+                    continue;
+                }
+                _ => {}
             }
             d.find(Tag::Consumed, format!("{name}: read for `labels`"));
         } else if NAME_VARIABLES.contains(&name.as_str()) {
