@@ -171,6 +171,28 @@ pub enum Command {
         #[arg(long, hide = true)]
         generate: bool,
     },
+    /// Write a fleet.yaml from the GitHub runner services of docker-compose files.
+    ///
+    /// Each runner service becomes a pool; services that run no runner are left out. Every line
+    /// that needed a decision gets a comment, and a report on stderr names every secret removed
+    /// (by name, never its value) and every setting left out. What is written always passes
+    /// `fleet validate`. docs/migrating.md describes the rules.
+    Import(crate::import::ImportArgs),
+    /// Write a starter fleet.yaml for this machine (to -f, default ./fleet.yaml).
+    ///
+    /// The repository comes from --repo or --org, else from the `origin` remote of the git
+    /// repository in the current folder; the GPUs from NVML: one GPU pool with a GPU per runner
+    /// when there are GPUs, and a CPU pool. Never overwrites a file without --force.
+    Init(crate::init::InitArgs),
+    /// Print a completion script for bash, zsh or fish (also elvish and powershell).
+    ///
+    /// bash: `fleet completions bash > /usr/share/bash-completion/completions/fleet`;
+    /// zsh: `fleet completions zsh > "${fpath[1]}/_fleet"`;
+    /// fish: `fleet completions fish > ~/.config/fish/completions/fleet.fish`.
+    Completions(crate::completions::CompletionsArgs),
+    /// Write the man pages of fleet and of each command (for packagers).
+    #[command(hide = true)]
+    Man(crate::completions::ManArgs),
 }
 
 /// Output formats of `fleet plan` and `fleet show`.
@@ -773,6 +795,10 @@ pub fn run(cli: Cli) -> u8 {
             };
             Ok(print_stdout(&text))
         }
+        Command::Import(args) => Ok(crate::import::run(&args)),
+        Command::Init(args) => Ok(crate::init::run(&cli.file, &args)),
+        Command::Completions(args) => Ok(crate::completions::print(&args)),
+        Command::Man(args) => Ok(crate::completions::write_man_pages(&args)),
     };
     match outcome {
         Ok(code) => code,

@@ -9,9 +9,12 @@
 
 pub mod apply;
 pub mod cli;
+pub mod completions;
 pub mod contract;
 pub mod docker;
 pub mod github;
+pub mod import;
+pub mod init;
 pub mod observe;
 pub mod plan;
 pub mod render;
