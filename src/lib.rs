@@ -9,6 +9,7 @@ pub mod cli;
 pub mod observe;
 pub mod plan;
 pub mod render;
+pub mod scaleset;
 pub mod secret;
 pub mod spec;
 pub mod status;
