@@ -47,7 +47,10 @@ struct BadBody(String);
 
 impl IntoResponse for BadBody {
     fn into_response(self) -> Response {
-        error(StatusCode::BAD_REQUEST, format!("bad request body: {}", self.0))
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {}", self.0),
+        )
     }
 }
 

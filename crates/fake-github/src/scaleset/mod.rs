@@ -133,6 +133,8 @@ pub struct ScaleSetInfo {
     pub labels: Vec<String>,
     /// The open session's id and owner.
     pub session: Option<(String, String)>,
+    /// Polls of the session held right now.
+    pub polls_held: u32,
     /// The last `X-ScaleSetMaxCapacity` a poll sent; `None` before any poll said one.
     pub capacity: Option<u32>,
     /// Messages created and not acknowledged yet.

@@ -222,6 +222,7 @@ impl ScaleSets {
                 .session
                 .as_ref()
                 .map(|s| (s.id.clone(), s.owner.clone())),
+            polls_held: set.session.as_ref().map_or(0, |s| s.polls),
             capacity: set.capacity,
             unacknowledged_messages: set.queue.len(),
         }
