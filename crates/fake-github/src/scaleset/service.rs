@@ -254,10 +254,7 @@ pub(crate) async fn registration_exchange(
     }
     let (tenant, admin_token) = world.exchange_admin_token(&scope);
     let url = format!("{}/_pipelines/{tenant}/", base_url(&headers));
-    json_response(
-        StatusCode::OK,
-        &json!({"url": url, "token": admin_token, "token_schema": "OAuthAccessToken"}),
-    )
+    json_response(StatusCode::OK, &json!({"url": url, "token": admin_token}))
 }
 
 /// `https://HOST/OWNER/REPO` or `https://HOST/ORG` (any host: GitHub, GHES, the fake).
