@@ -116,7 +116,8 @@ pub trait ScaleSetApi: Send + Sync {
     ) -> impl Future<Output = Result<(), ScaleSetError>> + Send;
 
     /// Long-polls the queue: the next unacknowledged message, or `None` when the service had
-    /// nothing to say within its hold time.
+    /// nothing to say within its hold time. [`ScaleSetError::NotFound`] when the session is
+    /// gone (closed, or timed out and replaced): open a new one.
     fn get_message(
         &self,
         session: &Session,

@@ -46,36 +46,41 @@ fn capacity(headers: &HeaderMap) -> Option<u32> {
 struct Held<'a> {
     shared: &'a Shared,
     set: u64,
+    session: &'a str,
 }
 
 impl<'a> Held<'a> {
-    fn new(shared: &'a Shared, set: u64) -> Held<'a> {
-        if let Some(session) = shared
-            .lock()
+    fn new(shared: &'a Shared, set: u64, session: &'a str) -> Held<'a> {
+        let held = Held {
+            shared,
+            set,
+            session,
+        };
+        held.update(|s| s.polls += 1);
+        held
+    }
+
+    /// Applies `change` to the session, if it is still the scale set's session.
+    fn update(&self, change: impl FnOnce(&mut super::world::Session)) {
+        let mut world = self.shared.lock();
+        let session = world
             .scalesets
             .sets
-            .get_mut(&set)
+            .get_mut(&self.set)
             .and_then(|s| s.session.as_mut())
-        {
-            session.polls += 1;
+            .filter(|s| s.id == self.session);
+        if let Some(session) = session {
+            change(session);
         }
-        Held { shared, set }
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(session) = self
-            .shared
-            .lock()
-            .scalesets
-            .sets
-            .get_mut(&self.set)
-            .and_then(|s| s.session.as_mut())
-        {
+        self.update(|session| {
             session.polls = session.polls.saturating_sub(1);
             session.last_seen = Instant::now();
-        }
+        });
     }
 }
 
@@ -90,7 +95,7 @@ async fn get_message(
     let capacity = capacity(&headers);
     let hold = shared.lock().scalesets.config.long_poll;
     let deadline = tokio::time::Instant::now() + hold;
-    let _held = Held::new(&shared, set);
+    let _held = Held::new(&shared, set, &session);
     loop {
         // Registered before looking, so a change made between the look and the wait wakes it.
         let changed = shared.scaleset_notify().notified();

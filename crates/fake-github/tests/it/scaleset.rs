@@ -475,7 +475,7 @@ async fn a_held_poll_answers_as_soon_as_a_job_arrives() {
 async fn a_restarted_listener_waits_out_the_old_session() {
     let rig = rig(fast()).await;
     let set = scale_set(&rig).await;
-    let _crashed = rig
+    let crashed = rig
         .client
         .create_session(set, "listener-1")
         .await
@@ -510,6 +510,12 @@ async fn a_restarted_listener_waits_out_the_old_session() {
     }
     let session = session.expect("a session once the old one timed out");
     assert_eq!(session.owner, "listener-2");
+    // The replaced session is gone for its old owner.
+    let gone = rig.client.get_message(&crashed, &poll(None, 1)).await;
+    assert!(
+        matches!(gone, Err(ScaleSetError::NotFound { .. })),
+        "{gone:?}"
+    );
     // A closed session frees the scale set at once.
     restarted.delete_session(&session).await.expect("close");
     rig.client
