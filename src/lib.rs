@@ -18,6 +18,7 @@ pub mod init;
 pub mod observe;
 pub mod plan;
 pub mod render;
+pub mod scaleset;
 pub mod secret;
 pub mod spec;
 pub mod status;

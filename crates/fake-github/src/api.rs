@@ -95,6 +95,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(installation_token),
         )
         .route("/rate_limit", get(rate_limit))
+        .route(
+            "/actions/runner-registration",
+            post(crate::scaleset::registration_exchange),
+        )
         // GitHub answers an unknown path, or a known one with the wrong method, with 404.
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -191,6 +195,8 @@ enum AuthKind {
     Token,
     /// A GitHub App JWT.
     AppJwt,
+    /// `RemoteAuth <registration token>` (the scale set service's registration exchange).
+    RemoteAuth,
 }
 
 fn auth_kind(path: &str) -> AuthKind {
@@ -199,6 +205,7 @@ fn auth_kind(path: &str) -> AuthKind {
         ["app", ..] | ["repos", _, _, "installation"] | ["orgs", _, "installation"] => {
             AuthKind::AppJwt
         }
+        ["actions", "runner-registration"] => AuthKind::RemoteAuth,
         _ => AuthKind::Token,
     }
 }
@@ -211,12 +218,34 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
     scheme_ok.then(|| credential.trim())
 }
 
+/// The credential of an `Authorization: RemoteAuth X` header.
+fn remote_auth(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("remoteauth")
+        .then(|| credential.trim())
+}
+
 fn authenticate(
     world: &mut World,
     headers: &HeaderMap,
     kind: AuthKind,
     now: u64,
 ) -> Result<(), ApiError> {
+    if kind == AuthKind::RemoteAuth {
+        let live = remote_auth(headers)
+            .is_some_and(|token| world.scalesets.registration_scope(token, now).is_some());
+        return if live {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Bad credentials",
+                DOCS_REST,
+            ))
+        };
+    }
     let Some(credential) = credential(headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -250,6 +279,11 @@ fn authenticate(
                 )),
             }
         }
+        AuthKind::RemoteAuth => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Bad credentials",
+            DOCS_REST,
+        )),
     }
 }
 
@@ -491,7 +525,7 @@ impl FromRequestParts<Arc<Shared>> for Target {
     }
 }
 
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
     Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(pairs)| pairs)
         .unwrap_or_default()
@@ -525,7 +559,7 @@ fn page_of<T>(items: &[T], page: usize, per_page: usize) -> &[T] {
 }
 
 /// `http://HOST`, from the request's Host header, so links point where the client connected.
-fn base_url(headers: &HeaderMap) -> String {
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
@@ -639,10 +673,19 @@ fn runner_token_response(world: &mut World) -> Response {
     )
 }
 
-async fn registration_token(State(shared): Ctx, _target: Target) -> Response {
+async fn registration_token(State(shared): Ctx, target: Target) -> Response {
     let mut world = shared.lock();
     world.registration_tokens_issued += 1;
-    runner_token_response(&mut world)
+    // Remembered: the scale set service's registration exchange accepts it.
+    let token = world.runner_token();
+    let expires = util::now_epoch() + TOKEN_TTL_SECS;
+    world
+        .scalesets
+        .record_registration_token(&target.scope, &token, expires);
+    json_response(
+        StatusCode::CREATED,
+        &json!({"token": token, "expires_at": util::rfc3339_millis(expires)}),
+    )
 }
 
 async fn remove_token(State(shared): Ctx, _target: Target) -> Response {
@@ -728,7 +771,7 @@ async fn generate_jitconfig(State(shared): Ctx, target: Target, body: Bytes) -> 
 /// Builds a config shaped like GitHub's: base64 of `{".runner", ".credentials",
 /// ".credentials_rsaparams"}`, each a base64 JSON file. Its secrets are random, never the API
 /// token.
-fn encode_jit_config(
+pub(crate) fn encode_jit_config(
     world: &mut World,
     scope: &Scope,
     runner: &Runner,
@@ -1105,6 +1148,7 @@ mod tests {
         assert!(auth_kind("/orgs/acme/installation") == AuthKind::AppJwt);
         assert!(auth_kind("/repos/a/b/installation") == AuthKind::AppJwt);
         assert!(auth_kind("/repos/a/b/actions/runners") == AuthKind::Token);
+        assert!(auth_kind("/actions/runner-registration") == AuthKind::RemoteAuth);
     }
 
     #[test]

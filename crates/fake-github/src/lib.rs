@@ -4,15 +4,23 @@
 //! `api.github.com` at repository and organization scope (list, get, delete, registration and
 //! remove tokens, just-in-time configs, labels), organization runner groups, GitHub App
 //! installation tokens and `/rate_limit`, answering in the shapes of GitHub's OpenAPI
-//! description (`github-api/runners.openapi.json`). Tests steer it in-process through the
-//! methods of [`FakeGithub`]; another process steers it through the control API under
-//! `/_fake/` (see the crate README).
+//! description (`github-api/runners.openapi.json`). On the same port it serves GitHub's runner
+//! scale set service (the registration exchange and the Actions service it leads to: scale
+//! sets, message sessions, the long-polled job queue, JIT configs), see [`ScaleSetConfig`].
+//! Tests steer it in-process through the methods of [`FakeGithub`]; another process steers it
+//! through the control API under `/_fake/` (see the crate README).
 
 mod api;
 mod control;
 pub mod image;
+mod scaleset;
 mod state;
 mod util;
+
+pub use scaleset::{
+    JobDelivery, JobInfo, JobState, QueueJobs, ScaleSetConfig, ScaleSetEndpoint, ScaleSetFault,
+    ScaleSetInfo, ScaleSetStatistics,
+};
 
 use std::fmt;
 use std::io;
@@ -37,6 +45,8 @@ pub struct Config {
     pub app: Option<AppConfig>,
     /// Seeds the generators behind fault injection and tokens, so runs are reproducible.
     pub seed: u64,
+    /// The runner scale set service's timings and job delivery.
+    pub scaleset: ScaleSetConfig,
 }
 
 impl Default for Config {
@@ -45,6 +55,7 @@ impl Default for Config {
             token: "fake-token-for-tests".to_owned(),
             app: None,
             seed: 1,
+            scaleset: ScaleSetConfig::default(),
         }
     }
 }
@@ -152,6 +163,8 @@ pub struct RunnerInfo {
     pub labels: Vec<String>,
     pub runner_group_id: u64,
     pub ephemeral: bool,
+    /// The scale set the runner was registered for, if any (GitHub's REST answers do not say).
+    pub scale_set_id: Option<u64>,
 }
 
 /// One API request the fake answered (control API requests are not logged).
@@ -208,6 +221,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     hook: Mutex<Option<RequestHook>>,
     shutdown: watch::Receiver<bool>,
+    /// Wakes message polls held on the scale set service when something changed.
+    scaleset_notify: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -226,6 +241,22 @@ impl Shared {
             hook(&record);
         }
         self.lock().record(record);
+    }
+
+    pub(crate) fn scaleset_notify(&self) -> &tokio::sync::Notify {
+        &self.scaleset_notify
+    }
+
+    /// Wakes the held message polls: jobs, sessions or scale sets changed.
+    pub(crate) fn scaleset_changed(&self) {
+        self.scaleset_notify.notify_waiters();
+    }
+
+    /// Resolves when the server shuts down.
+    pub(crate) async fn stopped(&self) {
+        let mut shutdown = self.shutdown.clone();
+        // An error means the handle is gone, which is a shutdown too.
+        let _ = shutdown.wait_for(|stop| *stop).await;
     }
 
     /// Sleeps, but wakes early when the server shuts down so held requests do not delay it.
@@ -267,8 +298,12 @@ impl FakeGithub {
             state: Mutex::new(State::new(config, util::now_epoch())),
             hook: Mutex::new(None),
             shutdown: shutdown.clone(),
+            scaleset_notify: tokio::sync::Notify::new(),
         });
-        let app = api::router(shared.clone()).merge(control::router(shared.clone()));
+        let app = api::router(shared.clone())
+            .merge(control::router(shared.clone()))
+            .merge(scaleset::router(shared.clone()))
+            .merge(scaleset::control_router(shared.clone()));
         let mut graceful = shutdown;
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -379,8 +414,11 @@ impl FakeGithub {
         self.shared.lock().fail_next(fault, count);
     }
 
+    /// Clears the API's faults and the scale set service's.
     pub fn clear_faults(&self) {
-        self.shared.lock().clear_faults();
+        let mut world = self.shared.lock();
+        world.clear_faults();
+        world.scalesets.clear_faults();
     }
 
     /// Delay added to every API request.
@@ -420,6 +458,100 @@ impl FakeGithub {
 
     pub fn registration_tokens_issued(&self) -> usize {
         self.shared.lock().registration_tokens_issued
+    }
+}
+
+/// The runner scale set service: jobs, runners taking them, statistics, tokens and faults.
+impl FakeGithub {
+    /// Queues `request.count` jobs; they reach the scale sets of their scope whose labels
+    /// include all of theirs. Returns the job ids.
+    pub fn queue_jobs(&self, request: &QueueJobs) -> Vec<String> {
+        let ids = self.shared.lock().queue_jobs(request);
+        self.shared.scaleset_changed();
+        ids
+    }
+
+    /// Queues `count` jobs asking for scale set `id`'s labels; `None` if there is no such set.
+    pub fn queue_jobs_for_scale_set(&self, id: u64, count: usize) -> Option<Vec<String>> {
+        let ids = self.shared.lock().queue_jobs_for_scale_set(id, count);
+        self.shared.scaleset_changed();
+        ids
+    }
+
+    /// Runner `runner_name` of scale set `id` takes the oldest job assigned to the set (it
+    /// becomes online and busy; the listener gets `JobStarted`).
+    pub fn start_job(&self, id: u64, runner_name: &str) -> Result<JobInfo, String> {
+        let result = self.shared.lock().start_job(id, runner_name);
+        self.shared.scaleset_changed();
+        result
+    }
+
+    /// The job of runner `runner_name` of scale set `id` ends with `result` (`succeeded`,
+    /// `failed`, ...); the ephemeral runner is removed, as GitHub does (`JobCompleted`).
+    pub fn complete_job(
+        &self,
+        id: u64,
+        runner_name: &str,
+        result: &str,
+    ) -> Result<JobInfo, String> {
+        let outcome = self.shared.lock().complete_job(id, runner_name, result);
+        self.shared.scaleset_changed();
+        outcome
+    }
+
+    /// GitHub takes back an assigned job no runner took: the scale set gets `JobCompleted`
+    /// (`canceled`) and the job is queued again under a new request id.
+    pub fn reassign_job(&self, job_id: &str) -> Result<JobInfo, String> {
+        let result = self.shared.lock().reassign_job(job_id);
+        self.shared.scaleset_changed();
+        result
+    }
+
+    /// Every job the fake knows, oldest first.
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.shared.lock().job_infos()
+    }
+
+    /// The scale sets of `scope` (all of them with `None`), by id.
+    pub fn scale_sets(&self, scope: Option<&Scope>) -> Vec<ScaleSetInfo> {
+        self.shared.lock().scale_set_infos(scope)
+    }
+
+    /// Scale set `id`'s statistics, as a message would carry them now.
+    pub fn scale_set_statistics(&self, id: u64) -> Option<ScaleSetStatistics> {
+        let world = self.shared.lock();
+        world
+            .scalesets
+            .sets
+            .get(&id)
+            .map(|set| world.statistics(set))
+    }
+
+    /// Expires the admin tokens (`admin`) and the queue tokens (`queue`) issued so far: their
+    /// next use gets 401, and a client must exchange or refresh them.
+    pub fn expire_scaleset_tokens(&self, admin: bool, queue: bool) {
+        self.shared
+            .lock()
+            .scalesets
+            .expire_tokens(admin, queue, std::time::Instant::now());
+    }
+
+    /// The next `count` scale set service requests to `endpoint` suffer `fault`.
+    pub fn fail_next_scaleset(
+        &self,
+        endpoint: ScaleSetEndpoint,
+        fault: ScaleSetFault,
+        count: usize,
+    ) {
+        self.shared
+            .lock()
+            .scalesets
+            .fail_next(endpoint, fault, count);
+    }
+
+    /// How many admin tokens the registration exchange has issued.
+    pub fn admin_token_exchanges(&self) -> usize {
+        self.shared.lock().scalesets.exchanges
     }
 }
 

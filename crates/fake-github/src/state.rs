@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use serde_json::{Value, json};
 
+use crate::scaleset::ScaleSets;
 use crate::util::{self, ALNUM, UPPER_ALNUM};
 use crate::{AppConfig, Config, Fault, NewRunner, RequestRecord, RunnerInfo, Scope};
 
@@ -66,6 +67,8 @@ pub(crate) struct Runner {
     pub(crate) ephemeral: bool,
     /// GitHub reports `os` and `version` only after the runner has connected once.
     pub(crate) connected: bool,
+    /// The scale set the runner was registered for (through its JIT config), if any.
+    pub(crate) scale_set_id: Option<u64>,
 }
 
 impl Runner {
@@ -78,6 +81,7 @@ impl Runner {
             labels: self.labels.iter().map(|l| l.name.clone()).collect(),
             runner_group_id: self.group_id,
             ephemeral: self.ephemeral,
+            scale_set_id: self.scale_set_id,
         }
     }
 
@@ -189,6 +193,8 @@ pub(crate) struct State {
     requests: Vec<RequestRecord>,
     pub(crate) jit_configs_issued: usize,
     pub(crate) registration_tokens_issued: usize,
+    /// GitHub's runner scale set service (the Actions service behind `runner-registration`).
+    pub(crate) scalesets: ScaleSets,
 }
 
 impl State {
@@ -214,6 +220,7 @@ impl State {
             requests: Vec::new(),
             jit_configs_issued: 0,
             registration_tokens_issued: 0,
+            scalesets: ScaleSets::new(config.scaleset),
         }
     }
 
@@ -328,6 +335,7 @@ impl State {
                 group_id: runner.runner_group_id,
                 ephemeral: runner.ephemeral,
                 connected,
+                scale_set_id: None,
             },
         );
         id

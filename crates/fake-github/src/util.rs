@@ -75,6 +75,34 @@ pub(crate) fn request_id(rng: &mut StdRng) -> String {
     )
 }
 
+/// A JWT-shaped token (`header.payload.signature`, base64url) whose payload is `claims` and
+/// whose signature is `signature` (random: nothing verifies it).
+pub(crate) fn fake_jwt(claims: &serde_json::Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// A UUID-shaped id (8-4-4-4-12 lower-case hex) from 32 random alphanumerics.
+pub(crate) fn uuid(random: &str) -> String {
+    let hex: String = random
+        .bytes()
+        .map(|b| char::from(b"0123456789abcdef"[usize::from(b % 16)]))
+        .collect();
+    let part = |from: usize, to: usize| hex.get(from..to).unwrap_or("0");
+    format!(
+        "{}-{}-{}-{}-{}",
+        part(0, 8),
+        part(8, 12),
+        part(12, 16),
+        part(16, 20),
+        part(20, 32)
+    )
+}
+
 pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
@@ -146,6 +174,22 @@ mod tests {
             URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
             URL_SAFE_NO_PAD.encode(payload)
         )
+    }
+
+    #[test]
+    fn ids_look_like_uuids() {
+        let id = uuid("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef");
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn fake_jwts_carry_their_claims() {
+        let jwt = fake_jwt(&serde_json::json!({"exp": 5}), "sig");
+        let payload = jwt.split('.').nth(1).expect("payload");
+        let claims = URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+        assert_eq!(claims, br#"{"exp":5}"#);
     }
 
     #[test]

@@ -5,3 +5,4 @@ mod binary;
 mod common;
 mod conformance;
 mod pagination;
+mod scaleset;
