@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod endpoint;
 pub mod observe;
 pub mod plan;
 pub mod render;
