@@ -553,22 +553,16 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileProblem> 
 }
 
 fn find_rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        // io::Error hides the error it wraps from `source()`.
-        if let Some(inner) = err
-            .downcast_ref::<io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(inner);
-        }
-        current = err.source();
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
     }
-    None
+    // io::Error hides the error it wraps from `source()` (hyper-rustls wraps tokio-rustls'
+    // io::Error, which wraps the rustls::Error, in another io::Error).
+    let wrapped = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+    if let Some(found) = wrapped.and_then(|inner| find_rustls_error(inner)) {
+        return Some(found);
+    }
+    e.source().and_then(find_rustls_error)
 }
 
 fn tls_hint(e: &rustls::Error) -> Option<&'static str> {
@@ -1136,7 +1130,8 @@ mod tests {
     fn tls_failures_say_what_to_check() {
         use rustls::CertificateError;
         let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        let wrapped = io::Error::new(io::ErrorKind::InvalidData, unknown);
+        // As hyper-rustls returns it: tokio-rustls' io::Error inside another io::Error.
+        let wrapped = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, unknown));
         let attempt = Attempt {
             host: "tower",
             endpoint: "tcp://tower.lan:2376",
