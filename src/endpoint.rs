@@ -18,7 +18,7 @@ use std::time::Duration;
 use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
@@ -27,6 +27,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keeps an idle SSH connection alive through NAT and notices a dead peer.
 const SSH_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// SSH sessions open at once over one host's master connection: sshd refuses more than its
+/// MaxSessions (10 by default), so further API connections wait for one to close. fleet keeps
+/// at most one long-lived stream (events) per host, which leaves room for the rest.
+const SSH_SESSIONS: usize = 8;
 /// The most of an SSH or remote `docker` message that an error carries.
 const MESSAGE_LIMIT: usize = 4000;
 
@@ -420,7 +424,7 @@ async fn open(
             } else {
                 format!("{host}:{port}")
             };
-            docker_over(https, &format!("https://{authority}"), secs)
+            docker_over(https, (), &format!("https://{authority}"), secs)
         }
         Target::Ssh { user, host, port } => {
             return open_ssh(user.as_deref(), host, *port, options, attempt).await;
@@ -440,14 +444,25 @@ impl<B> RequestBody for http::Request<B> {
     type Body = B;
 }
 
-/// A bollard client that sends its requests through `connector` (TLS or SSH).
-fn docker_over<C>(connector: C, address: &str, secs: u64) -> Result<Docker, bollard::errors::Error>
+/// A bollard client that sends its requests through `connector` (TLS or SSH). `owned` lives as
+/// long as the client (its last clone), and is dropped with it.
+fn docker_over<C, O>(
+    connector: C,
+    owned: O,
+    address: &str,
+    secs: u64,
+) -> Result<Docker, bollard::errors::Error>
 where
     C: Connect + Clone + Send + Sync + 'static,
+    O: Send + Sync + 'static,
 {
-    let client: Client<C, BollardBody> = Client::builder(TokioExecutor::new()).build(connector);
+    // With a timer, idle connections (over SSH: a remote dial-stdio each) close after 90 s.
+    let client: Client<C, BollardBody> = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector);
     Docker::connect_with_custom_transport(
         move |request: BollardRequest| {
+            let _owned = &owned;
             let client = client.clone();
             async move {
                 client
@@ -520,7 +535,7 @@ fn read_certificates(
     let pem = read_file(path, role)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| problem(format!("it is not PEM: {e}")))?;
+        .map_err(|e| problem(pem_problem(&e).to_string()))?;
     if certs.is_empty() {
         return Err(problem("it holds no PEM certificate".into()));
     }
@@ -548,8 +563,20 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileProblem> 
         rustls::pki_types::pem::Error::NoItemsFound => {
             problem("it holds no PEM private key".into())
         }
-        other => problem(format!("it is not a PEM private key: {other}")),
+        other => problem(pem_problem(&other).to_string()),
     })
+}
+
+/// What is wrong with a PEM file, in words that quote nothing from it (it may be a key).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section in it has no END line",
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line in it is malformed",
+        Error::Base64Decode(_) => "a PEM section in it is not valid base64",
+        Error::SectionTooLarge => "a PEM section in it is too large",
+        _ => "it cannot be read as PEM",
+    }
 }
 
 fn find_rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
@@ -654,13 +681,28 @@ async fn open_ssh(
             ssh_said: ssh_message(&e),
         })?;
     check_remote_docker(&session, attempt).await?;
+    let sessions = Arc::new(tokio::sync::Semaphore::new(SSH_SESSIONS));
     let dialer = SshDialer {
         session: Arc::new(session),
+        sessions: Arc::clone(&sessions),
         host: Arc::from(attempt.host),
     };
     let secs = options.timeout.as_secs().max(1);
     // The address only fills the Host header: every connection goes through the dialer.
-    docker_over(dialer, "http://docker", secs).map_err(|e| attempt.unreachable(&e))
+    docker_over(dialer, CloseOnDrop(sessions), "http://docker", secs)
+        .map_err(|e| attempt.unreachable(&e))
+}
+
+/// Closes the SSH session permits when the client goes. hyper finishes a connection attempt
+/// that lost the race to an idle connection in the background, holding the connection pool;
+/// one waiting for a permit held by that pool's idle connections would keep the pool, and with
+/// it the SSH master, alive. Closed permits end such attempts at once.
+struct CloseOnDrop(Arc<tokio::sync::Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// What ssh printed (openssh keeps ssh's log in the error it returns).
@@ -718,6 +760,8 @@ async fn check_remote_docker(
 #[derive(Clone)]
 struct SshDialer {
     session: Arc<openssh::Session>,
+    /// Permits for [`SSH_SESSIONS`]; each open stream holds one.
+    sessions: Arc<tokio::sync::Semaphore>,
     host: Arc<str>,
 }
 
@@ -732,8 +776,12 @@ impl tower_service::Service<hyper::Uri> for SshDialer {
 
     fn call(&mut self, _: hyper::Uri) -> Self::Future {
         let session = Arc::clone(&self.session);
+        let sessions = Arc::clone(&self.sessions);
         let host = Arc::clone(&self.host);
         Box::pin(async move {
+            let permit = sessions.acquire_owned().await.map_err(|_| {
+                openssh::Error::ChildIo(io::Error::other("the SSH connection is closing"))
+            })?;
             let mut child = session
                 .arc_command("docker")
                 .arg("system")
@@ -754,6 +802,7 @@ impl tower_service::Service<hyper::Uri> for SshDialer {
             Ok(TokioIo::new(SshStream {
                 io: tokio::io::join(stdout, stdin),
                 _child: child,
+                _permit: permit,
             }))
         })
     }
@@ -772,6 +821,7 @@ async fn log_remote_stderr(host: Arc<str>, stderr: openssh::ChildStderr) {
 struct SshStream {
     io: tokio::io::Join<openssh::ChildStdout, openssh::ChildStdin>,
     _child: openssh::Child<Arc<openssh::Session>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AsyncRead for SshStream {
@@ -1066,6 +1116,18 @@ mod tests {
             "{}",
             problem.reason
         );
+    }
+
+    #[test]
+    fn a_broken_key_is_described_without_quoting_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = write_tls_files(dir.path(), 0o600);
+        let broken = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0!!!\n-----END PRIVATE KEY-----\n";
+        std::fs::write(&files.key, broken).expect("write key");
+        let Err(problem) = read_private_key(&files.key) else {
+            panic!("a broken key was accepted");
+        };
+        assert_eq!(problem.reason, "a PEM section in it is not valid base64");
     }
 
     #[test]

@@ -105,6 +105,54 @@ fn run_probe_container(rt: &tokio::runtime::Runtime, docker: &Docker, engine: &E
     });
 }
 
+/// More requests at once than sshd's MaxSessions (10 by default): containers that each sleep a
+/// few seconds, created, started and waited for all at once; all exit 0, then are removed.
+fn many_requests_at_once(rt: &tokio::runtime::Runtime, docker: &Docker, run: &str) {
+    use futures_util::{StreamExt, future::join_all};
+    let names: Vec<String> = (0..12).map(|i| format!("{run}-wait-{i}")).collect();
+    let body = || ContainerCreateBody {
+        image: Some(TEST_IMAGE.to_string()),
+        cmd: Some(vec!["/bin/busybox".into(), "sleep".into(), "3".into()]),
+        labels: Some(HashMap::from([(RUN_LABEL.to_string(), run.to_string())])),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    rt.block_on(async {
+        let started = join_all(names.iter().map(|name| async move {
+            let options = CreateContainerOptionsBuilder::new().name(name).build();
+            docker.create_container(Some(options), body()).await?;
+            docker
+                .start_container(name, None::<StartContainerOptions>)
+                .await
+        }))
+        .await;
+        for result in started {
+            result.expect("create and start over SSH");
+        }
+        let waited = join_all(
+            names
+                .iter()
+                .map(|name| async move { docker.wait_container(name, None).next().await }),
+        )
+        .await;
+        for exit in waited {
+            let exit = exit.expect("an answer").expect("wait over SSH");
+            assert_eq!(exit.status_code, 0);
+        }
+        let removed = join_all(names.iter().map(|name| async move {
+            let options = RemoveContainerOptionsBuilder::new().force(true).build();
+            docker.remove_container(name, Some(options)).await
+        }))
+        .await;
+        for result in removed {
+            result.expect("remove over SSH");
+        }
+    });
+}
+
 fn connect_error(
     rt: &tokio::runtime::Runtime,
     host: &str,
@@ -280,6 +328,12 @@ fn an_engine_behind_ssh_answers_and_a_changed_host_key_is_refused() {
         started.elapsed().as_secs_f64()
     );
     run_probe_container(&rt, &docker, &engine, "pve-vm");
+    let started = Instant::now();
+    many_requests_at_once(&rt, &docker, run.id());
+    eprintln!(
+        "ssh: 12 containers at once in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     drop(docker);
     let masters = wait_for_no_process_naming(&sshd.client_config);
     assert_eq!(
