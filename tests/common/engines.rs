@@ -92,6 +92,7 @@ impl Drop for RunDir {
 fn remove_run_dir(dir: &Path) -> Result<(), String> {
     let dir_text = dir.to_string_lossy().into_owned();
     stop_engines_left_in(dir);
+    let control_dirs = ssh_control_dirs(&processes_naming(&dir_text));
     for pid in processes_naming(&dir_text) {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -106,6 +107,9 @@ fn remove_run_dir(dir: &Path) -> Result<(), String> {
     }
     if !mounts_under(&dir_text).is_empty() {
         return Err(format!("mounts remain under {dir_text}"));
+    }
+    for control_dir in control_dirs {
+        let _ = std::fs::remove_dir_all(control_dir);
     }
     std::fs::remove_dir_all(dir).map_err(|e| format!("cannot remove {dir_text}: {e}"))
 }
@@ -155,6 +159,31 @@ fn remove_all_containers(socket: &Path) {
     for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
         let _ = docker(&["rm", "-f", "-v", id]);
     }
+}
+
+/// The control directories (`-S <dir>/master`) of SSH masters among `pids`: a master killed
+/// here cannot remove its own, and the test process that made it is gone.
+fn ssh_control_dirs(pids: &[u32]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for pid in pids {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let socket = args
+            .windows(2)
+            .find(|w| w[0] == "-S")
+            .map(|w| PathBuf::from(&w[1]));
+        let dir = socket.as_deref().and_then(Path::parent);
+        let is_openssh_dir = dir
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with(".ssh-connection"));
+        if let (Some(dir), true) = (dir, is_openssh_dir) {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+    dirs
 }
 
 /// Pids (not ours) whose command line contains `needle`: a run directory's path is unique,
