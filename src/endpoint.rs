@@ -661,7 +661,8 @@ async fn open_ssh(
         // Half the budget, so that ssh's own message arrives before our timeout.
         .connect_timeout(Duration::from_secs((options.timeout.as_secs() / 2).max(1)))
         .server_alive_interval(SSH_ALIVE_INTERVAL)
-        // Not ~/.local/state: the control socket lives in a private temporary directory.
+        // Not ~/.local/state, which it would create: a temporary directory of its own under
+        // $TMPDIR holds the control socket (mode 0600).
         .control_directory(std::env::temp_dir());
     if let Some(user) = user {
         builder.user(user.to_string());
