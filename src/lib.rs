@@ -12,6 +12,7 @@ pub mod cli;
 pub mod completions;
 pub mod contract;
 pub mod docker;
+pub mod endpoint;
 pub mod github;
 pub mod import;
 pub mod init;

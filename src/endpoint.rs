@@ -1,0 +1,1228 @@
+//! Connecting to one host's Docker engine: a Unix socket, TLS over TCP, the system's OpenSSH
+//! running `docker system dial-stdio`, or plain TCP on a loopback address. [`connect`] agrees
+//! on an API version and pings before it returns, so a wrong CA, an unreadable key, an SSH host
+//! key mismatch or a dead engine fail here, with an error that names the host and the endpoint.
+//! The operator's side (certificates, `dockerd` flags, SSH set-up) is in docs/hosts.md.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connect, Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long each request may take once connected (the engine can be slow under load).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keeps an idle SSH connection alive through NAT and notices a dead peer.
+const SSH_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// SSH sessions open at once over one host's master connection: sshd refuses more than its
+/// MaxSessions (10 by default), so further API connections wait for one to close. fleet keeps
+/// at most one long-lived stream (events) per host, which leaves room for the rest.
+const SSH_SESSIONS: usize = 8;
+/// The most of an SSH or remote `docker` message that an error carries.
+const MESSAGE_LIMIT: usize = 4000;
+
+/// Where a host's engine is, as the spec's host says: `docker`, `tls` and `insecure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `unix:///path`, `ssh://[user@]host[:port]`, `tcp://host:port` (or `https://`) with
+    /// `tls`, or `tcp://`/`http://` on a loopback address with `insecure`.
+    pub url: String,
+    pub tls: Option<TlsFiles>,
+    /// Allows plain TCP without TLS, and only to a loopback address.
+    pub insecure: bool,
+}
+
+/// The PEM files of a TLS endpoint: the CA that signed the engine's certificate (the only CA
+/// trusted for it), and fleet's client certificate and key (mode 0600 or stricter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What the control machine brings to a connection, as opposed to what the spec says.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Bounds connecting, the SSH handshake, version negotiation and the ping together.
+    pub timeout: Duration,
+    /// An ssh config file used instead of `~/.ssh/config` (`ssh -F`); `None` uses the
+    /// operator's usual OpenSSH configuration.
+    pub ssh_config: Option<PathBuf>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: Duration::from_secs(30),
+            ssh_config: None,
+        }
+    }
+}
+
+/// An endpoint once checked: exactly one way to reach the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Unix {
+        path: PathBuf,
+    },
+    /// `host` is a DNS name or an IP address (without brackets).
+    Tls {
+        host: String,
+        port: u16,
+        files: TlsFiles,
+    },
+    PlainLoopback {
+        ip: IpAddr,
+        port: u16,
+    },
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("host `{host}`: Docker endpoint `{endpoint}` cannot be used: {reason}")]
+    Invalid {
+        host: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("host `{host}`: cannot use the {role} {} for {endpoint}: {reason}", path.display())]
+    TlsFile {
+        host: String,
+        endpoint: String,
+        role: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "host `{host}`: the TLS handshake with the Docker engine at {endpoint} failed: {reason}"
+    )]
+    Tls {
+        host: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("host `{host}`: ssh could not connect to {endpoint}; ssh said:\n{ssh_said}")]
+    Ssh {
+        host: String,
+        endpoint: String,
+        ssh_said: String,
+    },
+    #[error("host `{host}`: ssh reached {endpoint}, but `docker` there failed ({status}):\n{said}")]
+    RemoteDocker {
+        host: String,
+        endpoint: String,
+        status: String,
+        said: String,
+    },
+    #[error("host `{host}`: the Docker engine at {endpoint} does not answer: {reason}")]
+    Unreachable {
+        host: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("host `{host}`: no answer from the Docker engine at {endpoint} within {}", humantime::format_duration(*after))]
+    Timeout {
+        host: String,
+        endpoint: String,
+        after: Duration,
+    },
+}
+
+impl Endpoint {
+    /// An endpoint without TLS and not insecure: enough for `unix://` and `ssh://`.
+    pub fn new(url: impl Into<String>) -> Endpoint {
+        Endpoint {
+            url: url.into(),
+            tls: None,
+            insecure: false,
+        }
+    }
+
+    /// Checks the endpoint without touching the network; the reason says what to change.
+    /// Plain TCP is refused here, whatever validation ran before, unless it is `insecure` and
+    /// goes to a loopback address.
+    pub fn target(&self) -> Result<Target, String> {
+        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| {
+            "expected unix:///path, ssh://[user@]host[:port] or tcp://host:port".to_string()
+        })?;
+        match scheme {
+            "unix" => self.unix_target(rest),
+            "ssh" => self.ssh_target(rest),
+            "tcp" | "https" | "http" => self.tcp_target(scheme, rest),
+            other => Err(format!(
+                "unknown scheme `{other}://`; expected unix://, ssh://, tcp:// (with tls) or http:// (insecure, loopback only)"
+            )),
+        }
+    }
+
+    fn refuse_tls_and_insecure(&self, scheme: &str) -> Result<(), String> {
+        if self.tls.is_some() {
+            return Err(format!(
+                "`tls` applies to tcp:// endpoints, not {scheme}://"
+            ));
+        }
+        if self.insecure {
+            return Err(format!(
+                "`insecure` applies to tcp:// or http:// without tls, not {scheme}://"
+            ));
+        }
+        Ok(())
+    }
+
+    fn unix_target(&self, path: &str) -> Result<Target, String> {
+        self.refuse_tls_and_insecure("unix")?;
+        if !path.starts_with('/') {
+            return Err("expected an absolute socket path: unix:///path/to/docker.sock".into());
+        }
+        Ok(Target::Unix {
+            path: PathBuf::from(path),
+        })
+    }
+
+    fn ssh_target(&self, rest: &str) -> Result<Target, String> {
+        self.refuse_tls_and_insecure("ssh")?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((user, hostport)) => (Some(user), hostport),
+            None => (None, rest),
+        };
+        if let Some(user) = user {
+            check_ssh_user(user)?;
+        }
+        let (host, port) = split_host_port(hostport)?;
+        Ok(Target::Ssh {
+            user: user.map(str::to_string),
+            host,
+            port,
+        })
+    }
+
+    fn tcp_target(&self, scheme: &str, rest: &str) -> Result<Target, String> {
+        let (host, port) = split_host_port(rest.strip_suffix('/').unwrap_or(rest))?;
+        match (&self.tls, self.insecure, scheme) {
+            (Some(_), true, _) => Err("`tls` and `insecure` exclude each other".into()),
+            (Some(_), false, "http") => {
+                Err("http:// is plain HTTP; write tcp://host:port to use `tls`".into())
+            }
+            (Some(files), false, _) => Ok(Target::Tls {
+                host,
+                port: port.unwrap_or(2376),
+                files: files.clone(),
+            }),
+            (None, false, "https") => Err(
+                "https:// needs `tls: {ca, cert, key}` (fleet trusts only the CA named there)"
+                    .into(),
+            ),
+            (None, false, _) => Err(format!(
+                "{scheme}:// needs `tls: {{ca, cert, key}}`: the Docker API without TLS lets anyone who reaches the port run anything as root on that host (`insecure: true` allows it on a loopback address only)"
+            )),
+            (None, true, "https") => Err("https:// without `tls` cannot be `insecure`".into()),
+            (None, true, _) => loopback_target(&host, port.unwrap_or(2375)),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+fn loopback_target(host: &str, port: u16) -> Result<Target, String> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => Ok(Target::PlainLoopback { ip, port }),
+        Ok(_) => Err(format!(
+            "`insecure` is allowed only for a loopback address (127.0.0.1 or ::1), not {host}: use `tls` for an engine on another machine"
+        )),
+        Err(_) => Err(format!(
+            "`insecure` is allowed only for a loopback IP address, written as one (127.0.0.1 or [::1]), not `{host}`"
+        )),
+    }
+}
+
+/// Splits `host[:port]` or `[v6]:port`. The host may not start with `-`: it is handed to
+/// `ssh` as an argument, where it would be read as an option.
+fn split_host_port(hostport: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+        let (v6, after) = bracketed
+            .split_once(']')
+            .ok_or("an IPv6 address needs its closing `]`")?;
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("`{v6}` is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("expected `:port` after `]`")?),
+        };
+        (v6, port)
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let plain_host = host.contains(':') || valid_host_name(host);
+    if !plain_host {
+        return Err(format!(
+            "`{host}` is not a host name or IP address (letters, digits, `.` and `-`, not starting with `-` or `.`)"
+        ));
+    }
+    let port = port
+        .map(|p| match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("`{p}` is not a port number (1-65535)")),
+        })
+        .transpose()?;
+    Ok((host.to_string(), port))
+}
+
+fn valid_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+/// A login name as POSIX portable user names allow; it is handed to `ssh -l`.
+fn check_ssh_user(user: &str) -> Result<(), String> {
+    let valid = !user.is_empty()
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{user}` is not a user name (letters, digits, `.`, `_` and `-`, not starting with `-`)"
+        ))
+    }
+}
+
+/// Names the host and endpoint in every error of one connection attempt.
+struct Attempt<'a> {
+    host: &'a str,
+    endpoint: &'a str,
+}
+
+impl Attempt<'_> {
+    fn unreachable(&self, e: &(dyn StdError + 'static)) -> EndpointError {
+        if let Some(tls) = find_rustls_error(e) {
+            return EndpointError::Tls {
+                host: self.host.to_string(),
+                endpoint: self.endpoint.to_string(),
+                reason: match tls_hint(tls) {
+                    Some(hint) => format!("{tls} ({hint})"),
+                    None => tls.to_string(),
+                },
+            };
+        }
+        EndpointError::Unreachable {
+            host: self.host.to_string(),
+            endpoint: self.endpoint.to_string(),
+            reason: describe(e),
+        }
+    }
+
+    fn tls_file(&self, problem: FileProblem) -> EndpointError {
+        EndpointError::TlsFile {
+            host: self.host.to_string(),
+            endpoint: self.endpoint.to_string(),
+            role: problem.role,
+            path: problem.path,
+            reason: problem.reason,
+        }
+    }
+}
+
+/// Connects with [`ConnectOptions::default`].
+pub async fn connect(host_name: &str, endpoint: &Endpoint) -> Result<Docker, EndpointError> {
+    connect_with(host_name, endpoint, &ConnectOptions::default()).await
+}
+
+/// Connects to `endpoint` for the spec's host `host_name`, agrees on an API version and pings,
+/// all within `options.timeout`. The client it returns has a per-request timeout of 60 s; over
+/// SSH it owns the SSH connection, which closes when the last clone is dropped.
+pub async fn connect_with(
+    host_name: &str,
+    endpoint: &Endpoint,
+    options: &ConnectOptions,
+) -> Result<Docker, EndpointError> {
+    let attempt = Attempt {
+        host: host_name,
+        endpoint: &endpoint.url,
+    };
+    let target = endpoint.target().map_err(|reason| EndpointError::Invalid {
+        host: host_name.to_string(),
+        endpoint: endpoint.url.clone(),
+        reason,
+    })?;
+    let connecting = async {
+        let docker = open(&target, options, &attempt).await?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| attempt.unreachable(&e))?;
+        docker.ping().await.map_err(|e| attempt.unreachable(&e))?;
+        Ok(docker.with_timeout(REQUEST_TIMEOUT))
+    };
+    match tokio::time::timeout(options.timeout, connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(EndpointError::Timeout {
+            host: host_name.to_string(),
+            endpoint: endpoint.url.clone(),
+            after: options.timeout,
+        }),
+    }
+}
+
+/// A client for `target`; nothing has been sent yet, except over SSH (see [`open_ssh`]).
+async fn open(
+    target: &Target,
+    options: &ConnectOptions,
+    attempt: &Attempt<'_>,
+) -> Result<Docker, EndpointError> {
+    // Whole seconds, at least one: bollard's per-request timeout.
+    let secs = options.timeout.as_secs().max(1);
+    let docker = match target {
+        Target::Unix { path } => {
+            let path = path.to_string_lossy();
+            Docker::connect_with_unix(&path, secs, API_DEFAULT_VERSION)
+        }
+        Target::PlainLoopback { ip, port } => {
+            let addr = std::net::SocketAddr::new(*ip, *port);
+            Docker::connect_with_http(&format!("tcp://{addr}"), secs, API_DEFAULT_VERSION)
+        }
+        Target::Tls { host, port, files } => {
+            let config = tls_config(files).map_err(|p| attempt.tls_file(p))?;
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only()
+                .enable_http1()
+                .build();
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            docker_over(https, (), &format!("https://{authority}"), secs)
+        }
+        Target::Ssh { user, host, port } => {
+            return open_ssh(user.as_deref(), host, *port, options, attempt).await;
+        }
+    };
+    docker.map_err(|e| attempt.unreachable(&e))
+}
+
+/// The body type bollard's requests carry (it is not exported under a name of its own).
+type BollardBody = <BollardRequest as RequestBody>::Body;
+
+trait RequestBody {
+    type Body;
+}
+
+impl<B> RequestBody for http::Request<B> {
+    type Body = B;
+}
+
+/// A bollard client that sends its requests through `connector` (TLS or SSH). `owned` lives as
+/// long as the client (its last clone), and is dropped with it.
+fn docker_over<C, O>(
+    connector: C,
+    owned: O,
+    address: &str,
+    secs: u64,
+) -> Result<Docker, bollard::errors::Error>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    O: Send + Sync + 'static,
+{
+    // With a timer, idle connections (over SSH: a remote dial-stdio each) close after 90 s.
+    let client: Client<C, BollardBody> = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    Docker::connect_with_custom_transport(
+        move |request: BollardRequest| {
+            let _owned = &owned;
+            let client = client.clone();
+            async move {
+                client
+                    .request(request)
+                    .await
+                    .map_err(bollard::errors::Error::from)
+            }
+        },
+        Some(address),
+        secs,
+        API_DEFAULT_VERSION,
+    )
+}
+
+/// A TLS file that cannot be used, before any connection is tried.
+struct FileProblem {
+    role: &'static str,
+    path: PathBuf,
+    reason: String,
+}
+
+/// Trusts only `files.ca` (not the machine's CAs: whoever holds a public certificate for the
+/// name must not receive fleet's requests and their secrets) and presents fleet's certificate.
+fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, FileProblem> {
+    let problem = |role, path: &Path, reason: String| FileProblem {
+        role,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certificates(&files.ca, "CA certificate")? {
+        roots
+            .add(cert)
+            .map_err(|e| problem("CA certificate", &files.ca, e.to_string()))?;
+    }
+    let chain = read_certificates(&files.cert, "client certificate")?;
+    let key = read_private_key(&files.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| problem("client certificate", &files.cert, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            problem(
+                "client key",
+                &files.key,
+                format!("it does not fit the client certificate: {e}"),
+            )
+        })
+}
+
+fn read_file(path: &Path, role: &'static str) -> Result<Vec<u8>, FileProblem> {
+    std::fs::read(path).map_err(|e| FileProblem {
+        role,
+        path: path.to_path_buf(),
+        reason: format!("cannot read it: {e}"),
+    })
+}
+
+fn read_certificates(
+    path: &Path,
+    role: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, FileProblem> {
+    let problem = |reason: String| FileProblem {
+        role,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = read_file(path, role)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(pem_problem(&e).to_string()))?;
+    if certs.is_empty() {
+        return Err(problem("it holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads the client key, refusing one that others can read (as for the GitHub App key).
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileProblem> {
+    use std::os::unix::fs::PermissionsExt;
+    const ROLE: &str = "client key";
+    let problem = |reason: String| FileProblem {
+        role: ROLE,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot read it: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(problem(format!(
+            "expected a private key readable by its owner only (mode 0600 or stricter), found mode {mode:04o}"
+        )));
+    }
+    let pem = read_file(path, ROLE)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            problem("it holds no PEM private key".into())
+        }
+        other => problem(pem_problem(&other).to_string()),
+    })
+}
+
+/// What is wrong with a PEM file, in words that quote nothing from it (it may be a key).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section in it has no END line",
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line in it is malformed",
+        Error::Base64Decode(_) => "a PEM section in it is not valid base64",
+        Error::SectionTooLarge => "a PEM section in it is too large",
+        _ => "it cannot be read as PEM",
+    }
+}
+
+fn find_rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    // io::Error hides the error it wraps from `source()` (hyper-rustls wraps tokio-rustls'
+    // io::Error, which wraps the rustls::Error, in another io::Error).
+    let wrapped = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+    if let Some(found) = wrapped.and_then(|inner| find_rustls_error(inner)) {
+        return Some(found);
+    }
+    e.source().and_then(find_rustls_error)
+}
+
+fn tls_hint(e: &rustls::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription, CertificateError};
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            Some("the engine's certificate is not signed by the CA in `tls.ca`")
+        }
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            Some("the engine's certificate does not name the host of the endpoint")
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            Some("the engine's certificate has expired")
+        }
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateRequired,
+        ) => Some(
+            "the engine refused fleet's client certificate: is it signed by the engine's --tlscacert?",
+        ),
+        _ => None,
+    }
+}
+
+/// An error and its sources on one line, without repeating a message a source already said.
+fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut current = e.source();
+    while let Some(err) = current {
+        let message = err.to_string();
+        if !parts.iter().any(|p| p.contains(&message)) {
+            parts.push(message);
+        }
+        current = err.source();
+    }
+    parts.join(": ")
+}
+
+/// At most [`MESSAGE_LIMIT`] bytes of what ssh or a remote command printed, trimmed.
+fn bounded(text: &str) -> String {
+    let text = text.trim();
+    if text.len() <= MESSAGE_LIMIT {
+        return text.to_string();
+    }
+    let mut start = text.len() - MESSAGE_LIMIT;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &text[start..])
+}
+
+/// Starts an SSH master connection (the system's `ssh`, host keys checked strictly), checks
+/// that `docker` answers on the remote, and returns a client whose every connection is a
+/// `docker system dial-stdio` over that master.
+async fn open_ssh(
+    user: Option<&str>,
+    host: &str,
+    port: Option<u16>,
+    options: &ConnectOptions,
+    attempt: &Attempt<'_>,
+) -> Result<Docker, EndpointError> {
+    let mut builder = openssh::SessionBuilder::default();
+    builder
+        // Never accept an unknown or changed host key: fleet sends secrets to this engine.
+        .known_hosts_check(openssh::KnownHosts::Strict)
+        // Half the budget, so that ssh's own message arrives before our timeout.
+        .connect_timeout(Duration::from_secs((options.timeout.as_secs() / 2).max(1)))
+        .server_alive_interval(SSH_ALIVE_INTERVAL)
+        // Not ~/.local/state, which it would create: a temporary directory of its own under
+        // $TMPDIR holds the control socket (mode 0600).
+        .control_directory(std::env::temp_dir());
+    if let Some(user) = user {
+        builder.user(user.to_string());
+    }
+    if let Some(port) = port {
+        builder.port(port);
+    }
+    if let Some(config) = &options.ssh_config {
+        builder.config_file(config);
+    }
+    let session = builder
+        .connect(host)
+        .await
+        .map_err(|e| EndpointError::Ssh {
+            host: attempt.host.to_string(),
+            endpoint: attempt.endpoint.to_string(),
+            ssh_said: ssh_message(&e),
+        })?;
+    check_remote_docker(&session, attempt).await?;
+    let sessions = Arc::new(tokio::sync::Semaphore::new(SSH_SESSIONS));
+    let dialer = SshDialer {
+        session: Arc::new(session),
+        sessions: Arc::clone(&sessions),
+        host: Arc::from(attempt.host),
+    };
+    let secs = options.timeout.as_secs().max(1);
+    // The address only fills the Host header: every connection goes through the dialer.
+    docker_over(dialer, CloseOnDrop(sessions), "http://docker", secs)
+        .map_err(|e| attempt.unreachable(&e))
+}
+
+/// Closes the SSH session permits when the client goes. hyper finishes a connection attempt
+/// that lost the race to an idle connection in the background, holding the connection pool;
+/// one waiting for a permit held by that pool's idle connections would keep the pool, and with
+/// it the SSH master, alive. Closed permits end such attempts at once.
+struct CloseOnDrop(Arc<tokio::sync::Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// What ssh printed (openssh keeps ssh's log in the error it returns).
+fn ssh_message(e: &openssh::Error) -> String {
+    let said = match e {
+        openssh::Error::Connect(io) => io.to_string(),
+        other => describe(other),
+    };
+    let said = bounded(&said);
+    if said.is_empty() {
+        "nothing (ssh exited without a message)".to_string()
+    } else {
+        said
+    }
+}
+
+/// Runs `docker version` on the remote so that a missing CLI, a stopped engine or a denied
+/// socket there fails with the remote's own words, not as a closed connection.
+async fn check_remote_docker(
+    session: &openssh::Session,
+    attempt: &Attempt<'_>,
+) -> Result<(), EndpointError> {
+    let output = session
+        .command("docker")
+        .arg("version")
+        .arg("--format")
+        .arg("{{.Server.APIVersion}}")
+        .output()
+        .await
+        .map_err(|e| EndpointError::Ssh {
+            host: attempt.host.to_string(),
+            endpoint: attempt.endpoint.to_string(),
+            ssh_said: ssh_message(&e),
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let status = match output.status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => "killed by a signal".to_string(),
+    };
+    let mut said = String::from_utf8_lossy(&output.stderr).into_owned();
+    if said.trim().is_empty() {
+        said = String::from_utf8_lossy(&output.stdout).into_owned();
+    }
+    Err(EndpointError::RemoteDocker {
+        host: attempt.host.to_string(),
+        endpoint: attempt.endpoint.to_string(),
+        status,
+        said: bounded(&said),
+    })
+}
+
+/// Opens one `docker system dial-stdio` per HTTP connection over the shared SSH master.
+#[derive(Clone)]
+struct SshDialer {
+    session: Arc<openssh::Session>,
+    /// Permits for [`SSH_SESSIONS`]; each open stream holds one.
+    sessions: Arc<tokio::sync::Semaphore>,
+    host: Arc<str>,
+}
+
+impl tower_service::Service<hyper::Uri> for SshDialer {
+    type Response = TokioIo<SshStream>;
+    type Error = openssh::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let session = Arc::clone(&self.session);
+        let sessions = Arc::clone(&self.sessions);
+        let host = Arc::clone(&self.host);
+        Box::pin(async move {
+            let permit = sessions.acquire_owned().await.map_err(|_| {
+                openssh::Error::ChildIo(io::Error::other("the SSH connection is closing"))
+            })?;
+            let mut child = session
+                .arc_command("docker")
+                .arg("system")
+                .arg("dial-stdio")
+                .stdin(openssh::Stdio::piped())
+                .stdout(openssh::Stdio::piped())
+                .stderr(openssh::Stdio::piped())
+                .spawn()
+                .await?;
+            let (Some(stdin), Some(stdout)) = (child.stdin().take(), child.stdout().take()) else {
+                return Err(openssh::Error::ChildIo(io::Error::other(
+                    "the remote docker system dial-stdio has no stdin or stdout",
+                )));
+            };
+            if let Some(stderr) = child.stderr().take() {
+                tokio::spawn(log_remote_stderr(host, stderr));
+            }
+            Ok(TokioIo::new(SshStream {
+                io: tokio::io::join(stdout, stdin),
+                _child: child,
+                _permit: permit,
+            }))
+        })
+    }
+}
+
+/// The remote `docker system dial-stdio` says why it stops on its stderr: log it.
+async fn log_remote_stderr(host: Arc<str>, stderr: openssh::ChildStderr) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::warn!(host = %host, "remote docker system dial-stdio: {line}");
+    }
+}
+
+/// One HTTP connection: the remote dial-stdio's stdout and stdin. Dropping it ends the remote
+/// command (openssh kills the local ssh client process on drop).
+struct SshStream {
+    io: tokio::io::Join<openssh::ChildStdout, openssh::ChildStdin>,
+    _child: openssh::Child<Arc<openssh::Session>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsyncRead for SshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for SshStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+
+    fn tls(url: &str) -> Endpoint {
+        Endpoint {
+            tls: Some(files(Path::new("/etc/fleet/tower"))),
+            ..Endpoint::new(url)
+        }
+    }
+
+    fn insecure(url: &str) -> Endpoint {
+        Endpoint {
+            insecure: true,
+            ..Endpoint::new(url)
+        }
+    }
+
+    fn refused(endpoint: &Endpoint) -> String {
+        match endpoint.target() {
+            Ok(target) => panic!("{endpoint} was accepted as {target:?}"),
+            Err(reason) => reason,
+        }
+    }
+
+    #[test]
+    fn unix_sockets_need_an_absolute_path_and_nothing_else() {
+        assert_eq!(
+            Endpoint::new("unix:///var/run/docker.sock").target(),
+            Ok(Target::Unix {
+                path: PathBuf::from("/var/run/docker.sock")
+            })
+        );
+        assert!(refused(&Endpoint::new("unix://run/docker.sock")).contains("absolute"));
+        assert!(refused(&tls("unix:///var/run/docker.sock")).contains("`tls` applies to tcp://"));
+        assert!(refused(&insecure("unix:///var/run/docker.sock")).contains("`insecure` applies"));
+    }
+
+    #[test]
+    fn ssh_urls_keep_user_host_and_port() {
+        assert_eq!(
+            Endpoint::new("ssh://pve-vm.lan").target(),
+            Ok(Target::Ssh {
+                user: None,
+                host: "pve-vm.lan".into(),
+                port: None
+            })
+        );
+        assert_eq!(
+            Endpoint::new("ssh://ci@10.0.0.7:2222").target(),
+            Ok(Target::Ssh {
+                user: Some("ci".into()),
+                host: "10.0.0.7".into(),
+                port: Some(2222)
+            })
+        );
+        assert_eq!(
+            Endpoint::new("ssh://ci@[fd00::7]:22").target(),
+            Ok(Target::Ssh {
+                user: Some("ci".into()),
+                host: "fd00::7".into(),
+                port: Some(22)
+            })
+        );
+        assert!(refused(&tls("ssh://ci@host")).contains("`tls` applies to tcp://"));
+    }
+
+    #[test]
+    fn ssh_hosts_and_users_cannot_smuggle_ssh_options() {
+        for url in [
+            "ssh://-oProxyCommand=touch%20/tmp/x",
+            "ssh://ci@-oProxyCommand=x",
+            "ssh://-lroot@host",
+            "ssh://ci@host name",
+            "ssh://ci@",
+            "ssh://ci@.host",
+        ] {
+            refused(&Endpoint::new(url));
+        }
+        assert!(refused(&Endpoint::new("ssh://host:0")).contains("not a port number"));
+        assert!(refused(&Endpoint::new("ssh://host:65536")).contains("not a port number"));
+        assert!(refused(&Endpoint::new("ssh://[fd00::7")).contains("closing `]`"));
+    }
+
+    #[test]
+    fn tcp_with_tls_defaults_to_port_2376() {
+        let expected = |host: &str, port| {
+            Ok(Target::Tls {
+                host: host.into(),
+                port,
+                files: files(Path::new("/etc/fleet/tower")),
+            })
+        };
+        assert_eq!(tls("tcp://tower.lan").target(), expected("tower.lan", 2376));
+        assert_eq!(
+            tls("tcp://tower.lan:12376/").target(),
+            expected("tower.lan", 12376)
+        );
+        assert_eq!(
+            tls("https://[fd00::9]:2376").target(),
+            expected("fd00::9", 2376)
+        );
+        assert!(refused(&tls("http://tower.lan:2376")).contains("plain HTTP"));
+        let both = Endpoint {
+            insecure: true,
+            ..tls("tcp://127.0.0.1:2376")
+        };
+        assert!(refused(&both).contains("exclude each other"));
+    }
+
+    #[test]
+    fn plain_tcp_needs_insecure_and_a_loopback_address() {
+        let reason = refused(&Endpoint::new("tcp://tower.lan:2375"));
+        assert!(reason.contains("needs `tls"), "{reason}");
+        assert!(reason.contains("root"), "{reason}");
+        refused(&Endpoint::new("tcp://127.0.0.1:2375"));
+        refused(&Endpoint::new("http://127.0.0.1:2375"));
+        refused(&Endpoint::new("https://127.0.0.1:2376"));
+        assert_eq!(
+            insecure("tcp://127.0.0.1:2375").target(),
+            Ok(Target::PlainLoopback {
+                ip: "127.0.0.1".parse().expect("ip"),
+                port: 2375
+            })
+        );
+        assert_eq!(
+            insecure("http://[::1]").target(),
+            Ok(Target::PlainLoopback {
+                ip: "::1".parse().expect("ip"),
+                port: 2375
+            })
+        );
+        assert!(insecure("tcp://127.3.2.1:9").target().is_ok());
+        assert!(refused(&insecure("tcp://10.0.0.7:2375")).contains("only for a loopback"));
+        assert!(refused(&insecure("tcp://0.0.0.0:2375")).contains("only for a loopback"));
+        assert!(refused(&insecure("tcp://localhost:2375")).contains("loopback IP address"));
+        refused(&insecure("https://127.0.0.1:2376"));
+    }
+
+    #[test]
+    fn other_schemes_are_refused() {
+        assert!(refused(&Endpoint::new("npipe:////./pipe/docker")).contains("unknown scheme"));
+        assert!(refused(&Endpoint::new("/var/run/docker.sock")).contains("expected unix://"));
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn connect_error(endpoint: &Endpoint, options: &ConnectOptions) -> EndpointError {
+        match runtime().block_on(connect_with("tower", endpoint, options)) {
+            Ok(_) => panic!("{endpoint} connected"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_host_and_the_endpoint() {
+        let e = connect_error(
+            &Endpoint::new("tcp://tower.lan:2375"),
+            &ConnectOptions::default(),
+        );
+        assert!(matches!(e, EndpointError::Invalid { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.starts_with("host `tower`: Docker endpoint `tcp://tower.lan:2375` cannot be used: tcp:// needs `tls"),
+            "{message}"
+        );
+    }
+
+    /// Writes PEM-looking files; the key is not a real key, which is enough to fail on.
+    fn write_tls_files(dir: &Path, key_mode: u32) -> TlsFiles {
+        use std::os::unix::fs::PermissionsExt;
+        let files = files(dir);
+        std::fs::write(&files.ca, "not a certificate\n").expect("write ca");
+        std::fs::write(&files.cert, "not a certificate\n").expect("write cert");
+        std::fs::write(&files.key, "not a key\n").expect("write key");
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(key_mode))
+            .expect("chmod key");
+        files
+    }
+
+    fn tls_file_error(files: TlsFiles) -> (&'static str, PathBuf, String) {
+        // Port 9 on loopback: nothing is sent, the files are refused first.
+        let endpoint = Endpoint {
+            tls: Some(files),
+            ..Endpoint::new("tcp://127.0.0.1:9")
+        };
+        match connect_error(&endpoint, &ConnectOptions::default()) {
+            e @ EndpointError::TlsFile { .. } => {
+                let message = e.to_string();
+                let EndpointError::TlsFile {
+                    role, path, reason, ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert!(
+                    message.starts_with("host `tower`: cannot use the "),
+                    "{message}"
+                );
+                assert!(message.contains("tcp://127.0.0.1:9"), "{message}");
+                (role, path, reason)
+            }
+            other => panic!("expected a TLS file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named_before_any_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = write_tls_files(dir.path(), 0o600);
+        let (role, path, reason) = tls_file_error(files.clone());
+        assert_eq!((role, &path), ("CA certificate", &files.ca));
+        assert_eq!(reason, "it holds no PEM certificate");
+
+        let missing = TlsFiles {
+            ca: dir.path().join("missing-ca.pem"),
+            ..files.clone()
+        };
+        let (role, _, reason) = tls_file_error(missing);
+        assert_eq!(role, "CA certificate");
+        assert!(reason.starts_with("cannot read it: "), "{reason}");
+    }
+
+    #[test]
+    fn a_client_key_must_be_private_and_present() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = write_tls_files(dir.path(), 0o644);
+        let key = files.key.clone();
+        let Err(problem) = read_private_key(&key) else {
+            panic!("a key of mode 0644 was accepted");
+        };
+        assert_eq!(
+            problem.reason,
+            "expected a private key readable by its owner only (mode 0600 or stricter), found mode 0644"
+        );
+        std::fs::remove_file(&key).expect("remove key");
+        let Err(problem) = read_private_key(&key) else {
+            panic!("a missing key was accepted");
+        };
+        assert_eq!((problem.role, &problem.path), ("client key", &key));
+        assert!(
+            problem.reason.contains("No such file"),
+            "{}",
+            problem.reason
+        );
+    }
+
+    #[test]
+    fn a_broken_key_is_described_without_quoting_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = write_tls_files(dir.path(), 0o600);
+        let broken = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0!!!\n-----END PRIVATE KEY-----\n";
+        std::fs::write(&files.key, broken).expect("write key");
+        let Err(problem) = read_private_key(&files.key) else {
+            panic!("a broken key was accepted");
+        };
+        assert_eq!(problem.reason, "a PEM section in it is not valid base64");
+    }
+
+    #[test]
+    fn an_engine_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("silent.sock");
+        let rt = runtime();
+        let endpoint = Endpoint::new(format!("unix://{}", socket.display()));
+        let options = ConnectOptions {
+            timeout: Duration::from_millis(300),
+            ssh_config: None,
+        };
+        let result = rt.block_on(async {
+            // Accepts connections and never replies.
+            let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+            let hold = tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    held.push(stream);
+                }
+            });
+            let result = connect_with("tower", &endpoint, &options).await;
+            hold.abort();
+            result
+        });
+        match result {
+            Err(e @ EndpointError::Timeout { .. }) => assert_eq!(
+                e.to_string(),
+                format!(
+                    "host `tower`: no answer from the Docker engine at {} within 300ms",
+                    endpoint.url
+                )
+            ),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_socket_is_unreachable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let endpoint = Endpoint::new(format!("unix://{}/none.sock", dir.path().display()));
+        let e = connect_error(&endpoint, &ConnectOptions::default());
+        assert!(matches!(e, EndpointError::Unreachable { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "host `tower`: the Docker engine at {} does not answer: ",
+                endpoint.url
+            )),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(&format!(
+                "Socket not found: {}/none.sock",
+                dir.path().display()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_check() {
+        use rustls::CertificateError;
+        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        // As hyper-rustls returns it: tokio-rustls' io::Error inside another io::Error.
+        let wrapped = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, unknown));
+        let attempt = Attempt {
+            host: "tower",
+            endpoint: "tcp://tower.lan:2376",
+        };
+        let e = attempt.unreachable(&wrapped);
+        assert_eq!(
+            e.to_string(),
+            "host `tower`: the TLS handshake with the Docker engine at tcp://tower.lan:2376 failed: \
+             invalid peer certificate: UnknownIssuer (the engine's certificate is not signed by the CA in `tls.ca`)"
+        );
+    }
+
+    #[test]
+    fn describe_follows_sources_without_repeating_them() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] io::Error);
+        let e = Outer(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+        assert_eq!(describe(&e), "client error (Connect): refused");
+    }
+
+    #[test]
+    fn long_messages_keep_their_end() {
+        let text = format!("{}Host key verification failed.", "é".repeat(MESSAGE_LIMIT));
+        let kept = bounded(&text);
+        assert!(kept.starts_with("..."));
+        assert!(kept.ends_with("Host key verification failed."));
+        assert!(kept.len() <= MESSAGE_LIMIT + 3);
+        assert_eq!(bounded("  short\n"), "short");
+    }
+}
