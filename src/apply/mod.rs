@@ -4,6 +4,7 @@
 
 pub mod lock;
 mod runner;
+mod scaleset;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -128,6 +129,12 @@ pub enum StepError {
         #[source]
         source: GithubError,
     },
+    #[error("{what}: {source}")]
+    ScaleSet {
+        what: String,
+        #[source]
+        source: crate::scaleset::ScaleSetError,
+    },
     #[error("{0}")]
     Plan(String),
 }
@@ -163,6 +170,8 @@ pub struct Executor<'a> {
     parallelism: usize,
     /// (host, image) pairs already made ready in this apply: each is inspected or pulled once.
     images_ready: tokio::sync::Mutex<BTreeSet<(String, String)>>,
+    /// Scale set ids by pool, of the scale sets this apply created or updated.
+    scale_set_ids: tokio::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// One step of a phase.
@@ -190,6 +199,7 @@ impl<'a> Executor<'a> {
                 .collect(),
             parallelism: parallelism.max(1),
             images_ready: tokio::sync::Mutex::new(BTreeSet::new()),
+            scale_set_ids: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -198,7 +208,11 @@ impl<'a> Executor<'a> {
     /// step does not stop the others.
     pub async fn apply(&self, plan: &Plan, progress: &dyn Progress) -> ApplyReport {
         let phases: [&[Action]; 3] = [
-            &[Action::CreateVolume],
+            &[
+                Action::CreateVolume,
+                Action::CreateScaleSet,
+                Action::UpdateScaleSet,
+            ],
             &[Action::Destroy, Action::Deregister],
             &[Action::Replace, Action::Create, Action::UpdateRegistration],
         ];
@@ -214,7 +228,7 @@ impl<'a> Executor<'a> {
         let last = plan.deferred.iter().map(Step::Deferred).chain(
             plan.changes
                 .iter()
-                .filter(|c| c.action() == Action::DestroyVolume)
+                .filter(|c| matches!(c.action(), Action::DestroyVolume | Action::DeleteScaleSet))
                 .map(Step::Change),
         );
         report.steps.extend(self.run_phase(last, progress).await);
@@ -278,6 +292,7 @@ impl<'a> Executor<'a> {
         match change {
             Change::Volume(volume) => self.volume(volume).await,
             Change::Registration(r) => self.registration(r).await,
+            Change::ScaleSet(set) => self.scale_set(set).await,
             Change::Runner(runner) => self.runner(runner).await,
         }
     }

@@ -211,8 +211,21 @@ impl Executor<'_> {
         config: &RunnerConfig,
         name: &str,
     ) -> Result<(String, JitConfig), StepError> {
-        let group = self.runner_group_id(pool)?;
         let mut name = name.to_string();
+        if pool.autoscale.is_some() {
+            for attempt in 0..3 {
+                if let Some(jit) = self.register_in_scale_set(pool, &name).await? {
+                    return Ok((name, jit));
+                }
+                let suffix = naming::suffix(&conflict_seed(&name, attempt));
+                name = naming::runner_name(&self.spec.name, &pool.name, &suffix);
+            }
+            return Err(StepError::Plan(format!(
+                "cannot register a runner for pool `{}`: its scale set kept saying the name is taken",
+                pool.name
+            )));
+        }
+        let group = self.runner_group_id(pool)?;
         for attempt in 0..3 {
             let write = self.observers.github.write();
             match write.generate_jitconfig(&name, group, &config.labels).await {

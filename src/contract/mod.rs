@@ -83,6 +83,12 @@ pub fn registration_owned(runner: &GithubRunner, fleet: &str) -> bool {
         && runner.labels.iter().any(|l| *l == ownership_label(fleet))
 }
 
+/// Whether a runner scale set is fleet `fleet`'s: its labels carry the ownership label.
+pub fn scale_set_owned(labels: &[String], fleet: &str) -> bool {
+    let own = ownership_label(fleet);
+    labels.iter().any(|l| l.eq_ignore_ascii_case(&own))
+}
+
 /// The labels of a volume fleet creates for `pool` (and, for a state volume, its runner).
 pub fn volume_labels(fleet: &str, pool: &str, runner: Option<&str>) -> BTreeMap<String, String> {
     let mut map = BTreeMap::from([

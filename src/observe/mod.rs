@@ -3,6 +3,7 @@
 //! and the GPUs ([`gpu`]). Any failure means no observation: fleet never plans on a partial view.
 
 pub mod gpu;
+pub mod scalesets;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,8 @@ pub enum ObserveError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Github(#[from] GithubError),
+    #[error("cannot read the runner scale sets: {0}")]
+    ScaleSets(#[from] crate::scaleset::ScaleSetError),
 }
 
 impl ObserveError {
@@ -32,6 +35,7 @@ impl ObserveError {
             ),
             ObserveError::Docker(_) => None,
             ObserveError::Github(e) => e.hint(),
+            ObserveError::ScaleSets(_) => None,
         }
     }
 }
@@ -41,6 +45,8 @@ impl ObserveError {
 pub struct Observers {
     pub hosts: BTreeMap<String, DockerHost>,
     pub github: GithubClient,
+    /// The scale set service, when the spec has autoscaled pools.
+    pub scale_sets: Option<crate::scaleset::ScaleSetClient>,
 }
 
 impl Observers {
@@ -58,7 +64,22 @@ impl Observers {
             let connection = DockerHost::connect(&name, host.docker.as_deref(), env).await?;
             hosts.insert(name, connection);
         }
-        Ok(Observers { hosts, github })
+        let scale_sets = scalesets::client_for(spec, &github)?;
+        Ok(Observers {
+            hosts,
+            github,
+            scale_sets,
+        })
+    }
+
+    /// Observes as [`Observers::observe`] does, and reads the runner scale sets too when the
+    /// spec has autoscaled pools (which needs a registration token: `apply` and `watch` only).
+    pub async fn observe_for_apply(&self, spec: &Spec) -> Result<Observed, ObserveError> {
+        let mut observed = self.observe(spec).await?;
+        if let Some(client) = &self.scale_sets {
+            observed.github.scale_sets = Some(scalesets::read(client).await?);
+        }
+        Ok(observed)
     }
 
     /// Observes every host and GitHub at once.
@@ -95,7 +116,11 @@ impl Observers {
             let read = self.github.read();
             let runners = read.list_runners().await?;
             let groups = read.runner_groups().await?;
-            Ok::<_, ObserveError>(state::GithubState { runners, groups })
+            Ok::<_, ObserveError>(state::GithubState {
+                runners,
+                groups,
+                scale_sets: None,
+            })
         };
         let (hosts, github) = futures_util::try_join!(try_join_all(host_futures), github)?;
         tracing::debug!(
@@ -107,6 +132,7 @@ impl Observers {
         Ok(Observed {
             hosts: hosts.into_iter().collect(),
             github,
+            demand: BTreeMap::new(),
         })
     }
 }

@@ -14,6 +14,22 @@ use crate::contract::labels;
 pub struct Observed {
     pub hosts: BTreeMap<String, HostState>,
     pub github: GithubState,
+    /// Jobs assigned to each autoscaled pool's scale set, as `fleet watch`'s listeners know
+    /// them; a pool that is not here has no known demand (`plan` and `apply` from cron), and
+    /// its runners are kept between `min_idle` and `max`. Decided at run time: not part of
+    /// the fingerprint a saved plan is checked against.
+    #[serde(skip)]
+    pub demand: BTreeMap<String, PoolLoad>,
+}
+
+/// The jobs of an autoscaled pool's scale set, as its listener knows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolLoad {
+    /// Jobs assigned to the scale set, waiting for a runner or running.
+    pub assigned: u32,
+    /// Jobs queued for it that GitHub has not assigned (it assigns no more than the capacity
+    /// fleet advertises).
+    pub queued: u32,
 }
 
 /// One Docker host.
@@ -131,6 +147,23 @@ pub struct GithubState {
     pub runners: Vec<GithubRunner>,
     /// Runner groups by name (organization scope only).
     pub groups: BTreeMap<String, u64>,
+    /// The runner scale sets of the spec's autoscaled pools and those fleet owns, when they
+    /// were read. Reading them needs a registration token, which `plan` never asks for: then
+    /// `None`, and scale sets are compared with GitHub when `apply` runs. Not part of the
+    /// fingerprint a saved plan is checked against, for the same reason.
+    #[serde(skip)]
+    pub scale_sets: Option<Vec<ScaleSetState>>,
+}
+
+/// A runner scale set as the Actions service describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleSetState {
+    pub id: u64,
+    pub name: String,
+    pub runner_group_id: u64,
+    pub runner_group: String,
+    /// Its labels, its name first.
+    pub labels: Vec<String>,
 }
 
 /// One runner registration.

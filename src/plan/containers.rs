@@ -36,6 +36,8 @@ pub(super) struct PoolOutcome<'a> {
     pub kept: usize,
     /// Runners to create.
     pub missing: usize,
+    /// Runners the pool wants.
+    pub wanted: u32,
 }
 
 pub(super) fn is_busy(c: &ContainerState, runners: &Registrations) -> bool {
@@ -110,10 +112,11 @@ pub(super) fn decide_pool<'a>(
     containers: &[&'a ContainerState],
     runners: &Registrations,
     inventory: &[String],
+    demand: Option<u32>,
 ) -> PoolOutcome<'a> {
     let fit = Fit::new(fleet, pool, inventory);
     let (busy, idle, finished) = sort_containers(containers, runners, &fit);
-    let want = pool.count as usize;
+    let want = wanted(pool, busy.len() + idle.len(), demand) as usize;
     let total = containers.len() - finished.len();
     let over = || Reason::PoolOver {
         total,
@@ -153,6 +156,24 @@ pub(super) fn decide_pool<'a>(
         fates,
         kept: want - slots,
         missing: slots,
+        wanted: want as u32,
+    }
+}
+
+/// How many runners a pool wants: its `count`; for an autoscaled pool `min(max, min_idle +
+/// assigned jobs)` when `fleet watch` knows the demand, else its `current` runners kept between
+/// `min_idle` and `max` (apply from cron neither follows nor undoes demand).
+pub(super) fn wanted(pool: &ResolvedPool, current: usize, demand: Option<u32>) -> u32 {
+    let Some(autoscale) = &pool.autoscale else {
+        return pool.count;
+    };
+    match demand {
+        Some(assigned) => autoscale
+            .max
+            .min(autoscale.min_idle.saturating_add(assigned)),
+        None => u32::try_from(current)
+            .unwrap_or(u32::MAX)
+            .clamp(autoscale.min_idle, autoscale.max),
     }
 }
 

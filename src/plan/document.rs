@@ -7,8 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Action, AttributeChange, Change, Deferral, Plan, RegistrationOp, RunnerChange, RunnerOp,
-    Summary,
+    Action, AttributeChange, AutoscalePool, Change, Deferral, Plan, RegistrationOp, RunnerChange,
+    RunnerOp, ScaleSetOp, Summary,
 };
 
 /// The version of the JSON plan format. Fields may be added; none may change meaning without a
@@ -27,6 +27,9 @@ pub struct PlanDocument {
     /// Every change, deferred ones included (`action: defer`), registrations last.
     pub changes: Vec<ChangeDocument>,
     pub warnings: Vec<String>,
+    /// Autoscaled pools: what each wants, has and waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub autoscale: Vec<AutoscalePool>,
     pub spec_hash: String,
     pub observed_fingerprint: String,
 }
@@ -125,6 +128,19 @@ impl ChangeDocument {
                     r.reasons.iter().map(ToString::to_string).collect(),
                 )
             },
+            Change::ScaleSet(set) => ChangeDocument {
+                diff: match &set.op {
+                    ScaleSetOp::Update { diff } => diff.clone(),
+                    _ => vec![],
+                },
+                ..ChangeDocument::bare(
+                    change.action(),
+                    set.pool.as_deref().unwrap_or_default(),
+                    REGISTRATION_HOST,
+                    &set.name,
+                    set.reasons.iter().map(ToString::to_string).collect(),
+                )
+            },
         }
     }
 
@@ -166,6 +182,7 @@ impl From<&Plan> for PlanDocument {
             summary: plan.summary(),
             changes,
             warnings: plan.warnings.clone(),
+            autoscale: plan.autoscale.clone(),
             spec_hash: plan.spec_hash.clone(),
             observed_fingerprint: plan.observed_fingerprint.clone(),
         }

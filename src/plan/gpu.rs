@@ -54,6 +54,23 @@ impl Ledger {
         ledger
     }
 
+    /// Whether one more runner of `pool` would get its GPUs on `host` now.
+    pub(super) fn can_place(&self, host: &str, pool: &ResolvedPool) -> bool {
+        match pool.gpus {
+            GpuRequest::Count(n) => self.free(host).len() >= n as usize,
+            GpuRequest::All => self.inventory.get(host).is_some_and(|i| !i.is_empty()),
+        }
+    }
+
+    /// How many more runners of `pool` the free GPUs of `host` could take (`None`: the pool
+    /// holds no GPUs).
+    pub(super) fn free_slots(&self, host: &str, pool: &ResolvedPool) -> Option<u32> {
+        match pool.gpus {
+            GpuRequest::Count(0) | GpuRequest::All => None,
+            GpuRequest::Count(n) => u32::try_from(self.free(host).len() / n as usize).ok(),
+        }
+    }
+
     fn free(&self, host: &str) -> Vec<String> {
         let held = self.held.get(host);
         self.inventory

@@ -11,6 +11,7 @@ mod document;
 mod gpu;
 mod model;
 mod persistent;
+mod scaleset;
 mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,9 +20,11 @@ pub use document::{
     ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, read_saved,
 };
 pub use model::{
-    Action, AttributeChange, Change, Deferral, Plan, Reason, RegistrationChange, RegistrationOp,
-    RunnerChange, RunnerOp, Summary, VolumeChange, VolumeOp,
+    Action, AttributeChange, AutoscalePool, Change, Deferral, Plan, Reason, RegistrationChange,
+    RegistrationOp, RunnerChange, RunnerOp, ScaleSetChange, ScaleSetOp, Summary, VolumeChange,
+    VolumeOp, Waiting,
 };
+pub use scaleset::scale_set_labels;
 
 use crate::contract::hash::full_json_hash;
 use crate::contract::{self, labels, naming};
@@ -59,6 +62,10 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     planner.plan_volumes();
     planner.plan_registrations();
     planner.plan_state_volumes();
+    let scale_sets = scaleset::plan_scale_sets(spec, &pools, observed);
+    planner.changes.extend(scale_sets.changes);
+    planner.problems.extend(scale_sets.problems);
+    planner.warnings.extend(scale_sets.warnings);
     planner
         .warnings
         .extend(warnings::pool_warnings(&pools, observed));
@@ -80,8 +87,10 @@ struct Planner<'a> {
     taken: BTreeSet<String>,
     /// Counter of ephemeral names handed out (part of each name's seed).
     name_seq: usize,
-    /// Per pool: runners kept, runners to create (filled by `place_containers`).
-    missing: Vec<(&'a ResolvedPool, usize, usize)>,
+    /// Per pool: what it lacks (filled by `place_containers`).
+    missing: Vec<Missing<'a>>,
+    /// Autoscaled pools as this plan leaves them.
+    autoscale: Vec<AutoscalePool>,
     /// Persistent runners the pools want whose containers are missing.
     recreate: Vec<(&'a ResolvedPool, persistent::Recreate)>,
     /// Persistent runners the pools decided about: not orphans.
@@ -121,6 +130,7 @@ impl<'a> Planner<'a> {
             taken,
             name_seq: 0,
             missing: Vec::new(),
+            autoscale: Vec::new(),
             recreate: Vec::new(),
             handled: BTreeSet::new(),
             changes: Vec::new(),
@@ -180,14 +190,21 @@ impl<'a> Planner<'a> {
         containers: &[&'a ContainerState],
     ) -> Vec<(&'a ContainerState, Fate)> {
         let inventory = self.inventory(host);
+        let demand = self.observed.demand.get(&pool.name).map(|d| d.assigned);
         let outcome = containers::decide_pool(
             self.fleet(),
             pool,
             containers,
             &self.registrations,
             inventory,
+            demand,
         );
-        self.missing.push((pool, outcome.kept, outcome.missing));
+        self.missing.push(Missing {
+            pool,
+            kept: outcome.kept,
+            count: outcome.missing,
+            wanted: outcome.wanted,
+        });
         outcome.fates
     }
 
@@ -207,7 +224,12 @@ impl<'a> Planner<'a> {
             groups: &observed.github.groups,
         };
         let outcome = persistent::decide(pool, containers, &inputs);
-        self.missing.push((pool, outcome.kept, outcome.missing));
+        self.missing.push(Missing {
+            pool,
+            kept: outcome.kept,
+            count: outcome.missing,
+            wanted: pool.count,
+        });
         self.recreate
             .extend(outcome.recreate.into_iter().map(|r| (pool, r)));
         self.changes.extend(outcome.changes);
@@ -340,14 +362,27 @@ impl<'a> Planner<'a> {
         for (pool, recreate) in std::mem::take(&mut self.recreate) {
             self.create(ledger, pool, recreate.name, recreate.reasons);
         }
-        for (pool, kept, missing) in std::mem::take(&mut self.missing) {
-            for _ in 0..missing {
-                let name = self.fresh_name(pool);
+        let mut missing = std::mem::take(&mut self.missing);
+        // Fixed pools first: an autoscaled pool takes only what GPUs they leave.
+        missing.sort_by_key(|m| m.pool.autoscale.is_some());
+        for m in missing {
+            let mut created = 0;
+            for _ in 0..m.count {
+                if m.pool.autoscale.is_some() && !ledger.can_place(&m.pool.host, m.pool) {
+                    break;
+                }
+                let name = self.fresh_name(m.pool);
                 let reason = Reason::PoolShort {
-                    kept,
-                    wanted: pool.count,
+                    kept: m.kept,
+                    wanted: m.wanted,
                 };
-                self.create(ledger, pool, name, vec![reason]);
+                self.create(ledger, m.pool, name, vec![reason]);
+                created += 1;
+            }
+            if let Some(autoscale) = &m.pool.autoscale {
+                let free_slots = ledger.free_slots(&m.pool.host, m.pool);
+                let entry = autoscale_entry(self.observed, m, autoscale, created, free_slots);
+                self.autoscale.push(entry);
             }
         }
     }
@@ -482,9 +517,66 @@ impl<'a> Planner<'a> {
             changes: self.changes,
             deferred: self.deferred,
             warnings: self.warnings,
+            autoscale: self.autoscale,
             spec_hash: spec_hash(self.spec),
             observed_fingerprint: self.fingerprint,
         })
+    }
+}
+
+/// What a pool lacks after phase 1.
+struct Missing<'a> {
+    pool: &'a ResolvedPool,
+    /// Runners kept or replaced.
+    kept: usize,
+    /// Runners to create.
+    count: usize,
+    /// Runners it wants.
+    wanted: u32,
+}
+
+/// An autoscaled pool as the plan leaves it: `created` of its `m.count` missing runners got
+/// GPUs; the rest, and the demand beyond `max`, wait.
+fn autoscale_entry(
+    observed: &Observed,
+    m: Missing,
+    autoscale: &crate::spec::ResolvedAutoscale,
+    created: usize,
+    free_slots: Option<u32>,
+) -> AutoscalePool {
+    let load = observed.demand.get(&m.pool.name).copied();
+    let assigned = load.map(|l| l.assigned);
+    let runners = u32::try_from(m.kept + created).unwrap_or(u32::MAX);
+    let short = u32::try_from(m.count - created).unwrap_or(u32::MAX);
+    let over_max = assigned
+        .map(|a| {
+            autoscale
+                .min_idle
+                .saturating_add(a)
+                .saturating_sub(autoscale.max)
+        })
+        .unwrap_or(0);
+    // Jobs GitHub holds back (beyond the advertised capacity) wait too: for GPUs when the
+    // capacity is below `max`, else for `max` itself.
+    let queued = load.map_or(0, |l| l.queued);
+    let gpu_bound =
+        short > 0 || free_slots.is_some_and(|free| runners.saturating_add(free) < autoscale.max);
+    let jobs = short + over_max + queued;
+    let waiting = match (jobs, gpu_bound) {
+        (0, _) => None,
+        (jobs, true) => Some((jobs, Waiting::NoFreeGpu)),
+        (jobs, false) => Some((jobs, Waiting::AtMax)),
+    };
+    AutoscalePool {
+        pool: m.pool.name.clone(),
+        scale_set: autoscale.scale_set.clone(),
+        min_idle: autoscale.min_idle,
+        max: autoscale.max,
+        assigned,
+        wanted: m.wanted,
+        runners,
+        free_slots,
+        waiting,
     }
 }
 

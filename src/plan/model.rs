@@ -19,6 +19,12 @@ pub enum Action {
     DestroyVolume,
     /// A persistent runner's registration gets its labels or runner group set on GitHub.
     UpdateRegistration,
+    /// An autoscaled pool's runner scale set is registered on GitHub.
+    CreateScaleSet,
+    /// A scale set's labels or runner group are set to the pool's.
+    UpdateScaleSet,
+    /// A scale set fleet made is removed (its pool left the spec or stopped autoscaling).
+    DeleteScaleSet,
 }
 
 impl Action {
@@ -32,6 +38,9 @@ impl Action {
             Action::Deregister => "deregister",
             Action::DestroyVolume => "destroy-volume",
             Action::UpdateRegistration => "update-registration",
+            Action::CreateScaleSet => "create-scale-set",
+            Action::UpdateScaleSet => "update-scale-set",
+            Action::DeleteScaleSet => "delete-scale-set",
         }
     }
 }
@@ -84,6 +93,12 @@ pub enum Reason {
     StateUnused { runner: String },
     /// A persistent registration's labels or runner group differ from the pool's.
     RegistrationDrift { attributes: Vec<String> },
+    /// An autoscaled pool has no scale set on GitHub yet.
+    ScaleSetMissing { pool: String },
+    /// A scale set's labels or runner group differ from its pool's.
+    ScaleSetDrift { attributes: Vec<String> },
+    /// A scale set fleet made whose pool no longer autoscales.
+    ScaleSetUnused,
     /// `fleet destroy` removes it.
     FleetDestroy,
     /// `fleet destroy --volumes` removes it.
@@ -139,6 +154,15 @@ impl fmt::Display for Reason {
             }
             Reason::RegistrationDrift { attributes } => {
                 write!(f, "the registration's {} differ from the pool's", attributes.join(" and "))
+            }
+            Reason::ScaleSetMissing { pool } => {
+                write!(f, "pool `{pool}` autoscales and GitHub has no scale set of that name")
+            }
+            Reason::ScaleSetDrift { attributes } => {
+                write!(f, "the scale set's {} differ from the pool's", attributes.join(" and "))
+            }
+            Reason::ScaleSetUnused => {
+                f.write_str("no pool of the spec autoscales with this scale set any more")
             }
             Reason::FleetDestroy => f.write_str("fleet destroy"),
             Reason::FleetDestroyVolumes => f.write_str("fleet destroy --volumes"),
@@ -251,12 +275,41 @@ pub struct RegistrationChange {
     pub reasons: Vec<Reason>,
 }
 
+/// What happens to a runner scale set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScaleSetOp {
+    Create,
+    Update {
+        diff: Vec<AttributeChange>,
+    },
+    /// Runners of the scale set that still run a job keep it from being removed: the step is
+    /// then deferred by GitHub's answer, and done on a later apply.
+    Delete,
+}
+
+/// A change to an autoscaled pool's runner scale set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleSetChange {
+    pub op: ScaleSetOp,
+    /// The pool it is for; `None` for one to delete whose pool is gone.
+    pub pool: Option<String>,
+    pub name: String,
+    /// Its id on GitHub, when it exists.
+    pub id: Option<u64>,
+    /// The labels it gets (create, update), its name first.
+    pub labels: Vec<String>,
+    /// The runner group it belongs in (`None`: the default group).
+    pub runner_group: Option<String>,
+    pub reasons: Vec<Reason>,
+}
+
 /// One change apply makes now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Runner(RunnerChange),
     Volume(VolumeChange),
     Registration(RegistrationChange),
+    ScaleSet(ScaleSetChange),
 }
 
 impl Change {
@@ -267,6 +320,11 @@ impl Change {
             Change::Volume(_) => Action::DestroyVolume,
             Change::Registration(r) if r.op == RegistrationOp::Remove => Action::Deregister,
             Change::Registration(_) => Action::UpdateRegistration,
+            Change::ScaleSet(s) => match s.op {
+                ScaleSetOp::Create => Action::CreateScaleSet,
+                ScaleSetOp::Update { .. } => Action::UpdateScaleSet,
+                ScaleSetOp::Delete => Action::DeleteScaleSet,
+            },
         }
     }
 
@@ -276,6 +334,7 @@ impl Change {
             Change::Runner(r) => &r.name,
             Change::Volume(v) => &v.name,
             Change::Registration(r) => &r.name,
+            Change::ScaleSet(s) => &s.name,
         }
     }
 
@@ -285,6 +344,7 @@ impl Change {
             Change::Runner(r) => &r.pool,
             Change::Volume(v) => v.pool.as_deref().unwrap_or_default(),
             Change::Registration(r) => r.pool.as_deref().unwrap_or_default(),
+            Change::ScaleSet(s) => s.pool.as_deref().unwrap_or_default(),
         }
     }
 }
@@ -321,10 +381,66 @@ pub struct Summary {
     /// Registrations whose labels or runner group are set.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub update: usize,
+    /// Runner scale sets created, updated or deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scale_sets: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// Why jobs of an autoscaled pool wait for a runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Waiting {
+    /// Its hosts have no free GPU for another runner.
+    NoFreeGpu,
+    /// It has `max` runners.
+    AtMax,
+}
+
+impl Waiting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Waiting::NoFreeGpu => "no_free_gpu",
+            Waiting::AtMax => "at_max",
+        }
+    }
+}
+
+/// An autoscaled pool as this plan leaves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscalePool {
+    pub pool: String,
+    pub scale_set: String,
+    pub min_idle: u32,
+    pub max: u32,
+    /// Jobs assigned to its scale set (`None`: not known, outside `fleet watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<u32>,
+    /// Runners it wants: `min(max, min_idle + assigned)`, or its current count kept between
+    /// `min_idle` and `max` when demand is not known.
+    pub wanted: u32,
+    /// Runners it has once the plan is applied (capped by free GPUs).
+    pub runners: u32,
+    /// More runners its hosts' free GPUs could take after this plan (`None`: no GPUs asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_slots: Option<u32>,
+    /// Jobs that wait for a runner, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<(u32, Waiting)>,
+}
+
+impl AutoscalePool {
+    /// `X-ScaleSetMaxCapacity`: the most jobs GitHub may assign to the scale set at once, so
+    /// that it never assigns more than fleet can start.
+    pub fn capacity(&self) -> u32 {
+        match self.free_slots {
+            Some(free) => self.max.min(self.runners.saturating_add(free)),
+            None => self.max,
+        }
+    }
 }
 
 /// A plan: what `apply` would do, as data that can be printed, saved and compared.
@@ -336,6 +452,8 @@ pub struct Plan {
     /// What waits for busy runners.
     pub deferred: Vec<Deferral>,
     pub warnings: Vec<String>,
+    /// What each autoscaled pool wants now, and what holds it back.
+    pub autoscale: Vec<AutoscalePool>,
     /// SHA-256 of the spec the plan was made from.
     pub spec_hash: String,
     /// SHA-256 of everything observed; a saved plan is stale once this changes.
@@ -367,6 +485,9 @@ impl Plan {
                 Action::CreateVolume => summary.volumes += 1,
                 Action::DestroyVolume => summary.destroy_volumes += 1,
                 Action::UpdateRegistration => summary.update += 1,
+                Action::CreateScaleSet | Action::UpdateScaleSet | Action::DeleteScaleSet => {
+                    summary.scale_sets += 1
+                }
                 Action::Defer => summary.defer += 1,
             }
         }

@@ -58,6 +58,7 @@ pub(crate) fn empty_world() -> Observed {
     Observed {
         hosts,
         github: GithubState::default(),
+        ..Observed::default()
     }
 }
 
@@ -238,7 +239,10 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                     h.volumes.retain(|v| v.name != change.name);
                 }
             }
-            Action::Defer => {}
+            Action::Defer
+            | Action::CreateScaleSet
+            | Action::UpdateScaleSet
+            | Action::DeleteScaleSet => {}
         }
     }
     world
@@ -831,6 +835,9 @@ proptest! {
                     prop_assert!(busy_names.contains(&change.name.as_str()));
                 }
                 Action::Create | Action::CreateVolume => {}
+                Action::CreateScaleSet | Action::UpdateScaleSet | Action::DeleteScaleSet => {
+                    prop_assert!(false, "no scale set: the world has no autoscaled pool");
+                }
                 Action::DestroyVolume => {
                     // Only a state volume of this fleet.
                     let v = world.hosts["local"].volumes.iter().find(|v| v.name == change.name).expect("volume");

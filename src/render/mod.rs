@@ -62,6 +62,12 @@ pub fn summary_line(summary: &Summary) -> String {
             plural(summary.destroy_volumes, "volume", "volumes")
         ));
     }
+    if summary.scale_sets > 0 {
+        also.push(format!(
+            "{} to change",
+            plural(summary.scale_sets, "scale set", "scale sets")
+        ));
+    }
     if summary.update > 0 {
         also.push(format!(
             "{} to update",
@@ -114,7 +120,9 @@ fn symbol(action: Action) -> (&'static str, AnsiColor) {
         Action::Destroy | Action::Deregister | Action::DestroyVolume => ("-", AnsiColor::Red),
         Action::Replace => ("-/+", AnsiColor::Yellow),
         Action::Defer => ("~", AnsiColor::Cyan),
-        Action::UpdateRegistration => ("~", AnsiColor::Yellow),
+        Action::UpdateRegistration | Action::UpdateScaleSet => ("~", AnsiColor::Yellow),
+        Action::CreateScaleSet => ("+", AnsiColor::Green),
+        Action::DeleteScaleSet => ("-", AnsiColor::Red),
     }
 }
 
@@ -142,6 +150,11 @@ pub fn text(plan: &PlanDocument, color: bool) -> String {
                     "  # GitHub registrations without a container".to_string()
                 } else if change.action == Action::DestroyVolume {
                     format!("  # host {}, volumes", change.host)
+                } else if matches!(
+                    change.action,
+                    Action::CreateScaleSet | Action::UpdateScaleSet | Action::DeleteScaleSet
+                ) {
+                    format!("  # GitHub runner scale sets, pool {}", change.pool)
                 } else {
                     format!("  # host {}, pool {}", change.host, change.pool)
                 };
@@ -172,6 +185,9 @@ fn change_text(out: &mut String, change: &ChangeDocument, p: &Palette) {
         Action::CreateVolume | Action::DestroyVolume => format!("volume {}", change.name),
         Action::Deregister | Action::UpdateRegistration => {
             format!("registration {}", change.name)
+        }
+        Action::CreateScaleSet | Action::UpdateScaleSet | Action::DeleteScaleSet => {
+            format!("scale set {}", change.name)
         }
         _ => format!("runner {}", change.name),
     };
@@ -250,6 +266,7 @@ pub fn markdown(plan: &PlanDocument) -> String {
             ("defer (busy)", s.defer),
             ("destroy volume", s.destroy_volumes),
             ("update registration", s.update),
+            ("scale set", s.scale_sets),
         ] {
             if n > 0 {
                 let _ = writeln!(out, "| {name} | {n} |");

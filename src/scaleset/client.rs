@@ -473,6 +473,20 @@ impl ScaleSetApi for ScaleSetClient {
         single(list, "runner scale sets", name)
     }
 
+    async fn list_scale_sets(&self) -> Result<Vec<RunnerScaleSet>, ScaleSetError> {
+        let request = ServiceRequest::new(Method::GET, SCALE_SETS.to_owned());
+        let (answer, url) = self.service(&request).await?;
+        let list: ListOf<RunnerScaleSet> = expect(
+            answer,
+            StatusCode::OK,
+            &request.method,
+            &url,
+            "runner scale sets",
+        )?
+        .decode(&request.method, &url)?;
+        Ok(list.value)
+    }
+
     async fn get_or_create_scale_set(&self, spec: &ScaleSetSpec) -> Result<Ensured, ScaleSetError> {
         let group = self.runner_group(spec.runner_group.as_deref()).await?;
         if let Some(found) = self.find_scale_set(group.id, &spec.name).await? {

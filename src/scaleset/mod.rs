@@ -84,6 +84,12 @@ pub trait ScaleSetApi: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<RunnerScaleSet>, ScaleSetError>> + Send;
 
+    /// Every scale set of the scope, in every runner group (to find those of pools that left
+    /// the spec).
+    fn list_scale_sets(
+        &self,
+    ) -> impl Future<Output = Result<Vec<RunnerScaleSet>, ScaleSetError>> + Send;
+
     /// The scale set `spec` names in its runner group, created (with its labels) if missing.
     /// An existing one is returned as it is: comparing and updating is the planner's decision.
     fn get_or_create_scale_set(

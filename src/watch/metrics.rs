@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::gha_metrics::AutoscaleMetrics;
 use crate::github::RequestStats;
 use crate::status::{FleetStatus, RunnerStatus};
 
@@ -38,6 +39,8 @@ pub struct Metrics {
     replacement_latency: Histogram,
     github_requests: Family<Labels, Counter>,
     rate_limit_remaining: Gauge,
+    /// Autoscaled pools (`gha_*`).
+    pub autoscale: AutoscaleMetrics,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Metrics {
             replacement_latency: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             github_requests: Family::default(),
             rate_limit_remaining: Gauge::default(),
+            autoscale: AutoscaleMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

@@ -3,7 +3,9 @@
 //! container dies, or the resync timer fires. Triggers that arrive together are coalesced, and
 //! two reconciles never run at once (there is one loop).
 
+mod autoscale;
 mod events;
+pub mod gha_metrics;
 pub mod metrics;
 mod reconcile;
 
@@ -49,6 +51,10 @@ enum Trigger {
     Resync,
     /// A retry after a failed observation.
     Retry,
+    /// An autoscaled pool's listener learnt of jobs (assigned, started, completed).
+    Autoscale {
+        pool: String,
+    },
 }
 
 impl Trigger {
@@ -59,6 +65,7 @@ impl Trigger {
             Trigger::Docker { .. } => "docker",
             Trigger::Resync => "resync",
             Trigger::Retry => "retry",
+            Trigger::Autoscale { .. } => "autoscale",
         }
     }
 }
@@ -117,6 +124,7 @@ pub async fn run(
         backoff: Duration::from_secs(1),
         retry_pending: false,
         tx: tx.clone(),
+        autoscale: autoscale::Listeners::default(),
     };
     tracing::info!(
         "watching {} for fleet `{}` (resync every {}s)",
@@ -176,7 +184,7 @@ pub async fn run(
 async fn coalesce(first: Trigger, rx: &mut UnboundedReceiver<Trigger>) -> Vec<Trigger> {
     let window = match first {
         Trigger::Spec => Duration::from_millis(250),
-        Trigger::Docker { .. } => Duration::from_millis(10),
+        Trigger::Docker { .. } | Trigger::Autoscale { .. } => Duration::from_millis(10),
         _ => Duration::ZERO,
     };
     let mut triggers = vec![first];

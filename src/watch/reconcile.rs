@@ -97,6 +97,8 @@ pub(super) struct Loop {
     pub backoff: Duration,
     pub retry_pending: bool,
     pub tx: UnboundedSender<Trigger>,
+    /// The listeners of autoscaled pools and what they know.
+    pub autoscale: super::autoscale::Listeners,
 }
 
 /// Logs each step and counts it.
@@ -143,7 +145,7 @@ impl Progress for WatchProgress<'_> {
 
 /// The trigger a reconcile is counted under: the first of these that is among its triggers.
 fn trigger_name(triggers: &[Trigger]) -> &'static str {
-    ["spec", "docker", "retry", "start", "resync"]
+    ["spec", "docker", "autoscale", "retry", "start", "resync"]
         .into_iter()
         .find(|name| triggers.iter().any(|t| t.name() == *name))
         .unwrap_or("resync")
@@ -162,10 +164,22 @@ impl Loop {
             started: Instant::now(),
             result: None,
         };
+        let pools: Vec<&str> = triggers
+            .iter()
+            .filter_map(|t| match t {
+                Trigger::Autoscale { pool } => Some(pool.as_str()),
+                _ => None,
+            })
+            .collect();
         tracing::debug!(
-            "reconcile for {} trigger(s), first `{}`",
+            "reconcile for {} trigger(s), first `{}`{}",
             triggers.len(),
-            timer.trigger
+            timer.trigger,
+            if pools.is_empty() {
+                String::new()
+            } else {
+                format!(", jobs of pool(s) {}", pools.join(", "))
+            }
         );
         match self.reconcile(triggers, &timer).await {
             Ok(Reconciled::Unchanged) => {}
@@ -285,8 +299,13 @@ impl Loop {
                 .map_err(|e| ReconcileError::Lock(e.to_string()))?
                 .map_err(|e| ReconcileError::Lock(e.to_string()))?;
         let observers = self.connected().await?;
-        let observed = match observers.observe(&self.spec).await {
-            Ok(observed) => observed,
+        self.autoscale
+            .keep_listening(&self.spec, &observers, &self.metrics, &self.tx);
+        let observed = match observers.observe_for_apply(&self.spec).await {
+            Ok(mut observed) => {
+                self.autoscale.add_demand(&mut observed);
+                observed
+            }
             Err(e) => {
                 // Never act on a partial view: no plan, nothing destroyed.
                 self.metrics.github(&observers.github.stats());
@@ -299,6 +318,8 @@ impl Loop {
         self.backoff = Duration::from_secs(1);
         self.recheck_lagging_events(triggers, &observed);
         let plan = plan::plan(&self.spec, &observed).map_err(ReconcileError::Plan)?;
+        self.autoscale
+            .planned(&self.spec, &observers, &plan, &self.metrics);
         let failed = self
             .converge(triggers, timer.trigger, &observers, &observed, &plan)
             .await;
@@ -351,8 +372,12 @@ impl Loop {
         let fresh = if plan.changes.is_empty() {
             None
         } else {
-            observers.observe(&self.spec).await.ok()
+            observers.observe_for_apply(&self.spec).await.ok()
         };
+        if let Some(fresh) = &fresh {
+            // Scale sets this apply created: their listeners can start now.
+            self.autoscale.learn_scale_sets(fresh);
+        }
         self.update_gauges(observers, fresh.as_ref().unwrap_or(observed));
         failed
     }

@@ -1,0 +1,118 @@
+//! The steps of an autoscaled pool's runner scale set (create, update, delete) and the
+//! registration of its runners through the scale set's just-in-time configs.
+
+use super::{Executor, StepError, StepResult};
+use crate::contract;
+use crate::github::JitConfig;
+use crate::plan::{ScaleSetChange, ScaleSetOp};
+use crate::scaleset::{ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetSpec};
+use crate::spec::ResolvedPool;
+
+impl Executor<'_> {
+    fn scale_set_client(&self) -> Result<&ScaleSetClient, StepError> {
+        self.observers.scale_sets.as_ref().ok_or_else(|| {
+            StepError::Plan("the spec has no autoscaled pool: no scale set client".into())
+        })
+    }
+
+    pub(super) async fn scale_set(&self, change: &ScaleSetChange) -> Result<StepResult, StepError> {
+        let client = self.scale_set_client()?;
+        let failed = |what: &str| {
+            let what = format!("cannot {what} scale set {}", change.name);
+            move |source: ScaleSetError| StepError::ScaleSet { what, source }
+        };
+        let spec = ScaleSetSpec {
+            name: change.name.clone(),
+            runner_group: change.runner_group.clone(),
+            labels: change.labels.clone(),
+            disable_update: false,
+        };
+        match (&change.op, change.id) {
+            (ScaleSetOp::Create, _) => {
+                let ensured = client
+                    .get_or_create_scale_set(&spec)
+                    .await
+                    .map_err(failed("create"))?;
+                let set = ensured.scale_set();
+                if !contract::scale_set_owned(&set.label_names(), &self.spec.name) {
+                    return Err(StepError::Plan(format!(
+                        "a runner scale set `{}` (id {}) appeared on GitHub that fleet did not create; fleet never adopts it",
+                        set.name, set.id
+                    )));
+                }
+                self.remember_scale_set(change, set.id).await;
+            }
+            (ScaleSetOp::Update { .. }, Some(id)) => {
+                client
+                    .update_scale_set(id, &spec)
+                    .await
+                    .map_err(failed("update"))?;
+                self.remember_scale_set(change, id).await;
+            }
+            (ScaleSetOp::Delete, Some(id)) => match client.delete_scale_set(id).await {
+                Ok(()) => {}
+                Err(ScaleSetError::RunnerBusy { .. }) => {
+                    return Ok(StepResult::deferred(
+                        "a runner of the scale set is running a job: deleted after it",
+                    ));
+                }
+                Err(e) => return Err(failed("delete")(e)),
+            },
+            (_, None) => {
+                return Err(StepError::Plan(format!(
+                    "the plan gives no id for scale set {}",
+                    change.name
+                )));
+            }
+        }
+        Ok(StepResult::done())
+    }
+
+    async fn remember_scale_set(&self, change: &ScaleSetChange, id: u64) {
+        if let Some(pool) = &change.pool {
+            self.scale_set_ids.lock().await.insert(pool.clone(), id);
+        }
+    }
+
+    /// The id of an autoscaled pool's scale set: made in this apply, or observed.
+    async fn scale_set_id(&self, pool: &ResolvedPool) -> Result<u64, StepError> {
+        if let Some(id) = self.scale_set_ids.lock().await.get(&pool.name) {
+            return Ok(*id);
+        }
+        let name = pool.autoscale.as_ref().map(|a| a.scale_set.as_str());
+        self.observed
+            .github
+            .scale_sets
+            .iter()
+            .flatten()
+            .find(|s| Some(s.name.as_str()) == name)
+            .map(|s| s.id)
+            .ok_or_else(|| {
+                StepError::Plan(format!(
+                    "pool `{}`: its runner scale set is not on GitHub yet (apply creates it first)",
+                    pool.name
+                ))
+            })
+    }
+
+    /// Registers runner `name` of an autoscaled pool in its scale set. `Ok(None)`: the name is
+    /// taken; the caller picks another.
+    pub(super) async fn register_in_scale_set(
+        &self,
+        pool: &ResolvedPool,
+        name: &str,
+    ) -> Result<Option<JitConfig>, StepError> {
+        let id = self.scale_set_id(pool).await?;
+        match self.scale_set_client()?.generate_jit_config(id, name).await {
+            Ok(jit) => Ok(Some(JitConfig {
+                runner_id: jit.runner.id,
+                encoded: jit.encoded,
+            })),
+            Err(ScaleSetError::RunnerExists { .. }) => Ok(None),
+            Err(source) => Err(StepError::ScaleSet {
+                what: format!("cannot register runner {name} in scale set {id}"),
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The runner scale sets of autoscaled pools, read through the scale set service
+//! (`crate::scaleset`). Reading them needs a registration token (exchanged for the service's
+//! admin token): only `apply` and `watch` do it, never `plan`.
+
+use futures_util::future::BoxFuture;
+
+use crate::github::{GithubClient, GithubScope};
+use crate::observe::state::ScaleSetState;
+use crate::scaleset::{
+    ClientConfig, RegistrationTokenSource, RunnerScaleSet, ScaleSetApi, ScaleSetClient,
+    ScaleSetError, Scope,
+};
+use crate::spec::Spec;
+
+/// fleet's GitHub client buys registration tokens with whatever credential it holds (a token,
+/// or a GitHub App's installation token), from the API the operator configured.
+impl RegistrationTokenSource for GithubClient {
+    fn registration_token(&self) -> BoxFuture<'_, Result<crate::secret::Secret, ScaleSetError>> {
+        Box::pin(async move {
+            self.write()
+                .registration_token()
+                .await
+                .map_err(|e| ScaleSetError::RegistrationToken {
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+/// The scale set service's scope for a GitHub scope.
+pub fn scope_of(scope: &GithubScope) -> Scope {
+    match scope {
+        GithubScope::Repo { owner, repo } => Scope::Repo {
+            owner: owner.clone(),
+            repo: repo.clone(),
+        },
+        GithubScope::Org(org) => Scope::Org(org.clone()),
+    }
+}
+
+/// A scale set client for the spec's scope, when the spec has autoscaled pools.
+pub fn client_for(
+    spec: &Spec,
+    github: &GithubClient,
+) -> Result<Option<ScaleSetClient>, ScaleSetError> {
+    if !spec.resolved_pools().iter().any(|p| p.autoscale.is_some()) {
+        return Ok(None);
+    }
+    let config = ClientConfig::new(github.api_url(), &scope_of(github.scope()));
+    let source = std::sync::Arc::new(github.clone());
+    ScaleSetClient::new(config, source).map(Some)
+}
+
+/// Every scale set of the scope (fleet's are told apart by their labels).
+pub async fn read(client: &ScaleSetClient) -> Result<Vec<ScaleSetState>, ScaleSetError> {
+    let mut sets: Vec<ScaleSetState> = client
+        .list_scale_sets()
+        .await?
+        .into_iter()
+        .map(state_of)
+        .collect();
+    sets.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(sets)
+}
+
+fn state_of(set: RunnerScaleSet) -> ScaleSetState {
+    ScaleSetState {
+        labels: set.label_names(),
+        id: set.id,
+        name: set.name,
+        runner_group_id: set.runner_group_id,
+        runner_group: set.runner_group_name,
+    }
+}

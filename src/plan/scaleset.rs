@@ -1,0 +1,155 @@
+//! Autoscaled pools (`autoscale: { min_idle, max }`): the runner scale set each owns on GitHub,
+//! and how many runners each wants. A scale set is fleet's when its labels carry the fleet's
+//! ownership label; one of the same name that is not is an error, never adopted or deleted
+//! (docs/autoscale.md).
+
+use std::collections::BTreeSet;
+
+use super::model::{AttributeChange, Change, Reason, ScaleSetChange, ScaleSetOp};
+use crate::contract::{self, RunnerConfig};
+use crate::observe::state::{Observed, ScaleSetState};
+use crate::spec::{ResolvedPool, Spec};
+
+/// The labels a pool's scale set carries: its name first (what `runs-on:` names on
+/// github.com), then the pool's runner labels and the ownership label.
+pub fn scale_set_labels(fleet: &str, pool: &ResolvedPool, name: &str) -> Vec<String> {
+    let mut labels = vec![name.to_string()];
+    for label in RunnerConfig::for_pool(fleet, pool).labels {
+        if !labels.iter().any(|l| l.eq_ignore_ascii_case(&label)) {
+            labels.push(label);
+        }
+    }
+    labels
+}
+
+/// The runner group a pool's scale set belongs in, by name (`None`: the default group).
+fn group_of(pool: &ResolvedPool) -> Option<String> {
+    pool.runner_group.clone().filter(|g| g != "Default")
+}
+
+/// What the scale set phase decided.
+#[derive(Default)]
+pub(super) struct ScaleSetPlan {
+    pub changes: Vec<Change>,
+    /// A scale set of a pool's name that fleet did not make stops the plan.
+    pub problems: Vec<String>,
+    /// Scale sets compared only when apply runs.
+    pub warnings: Vec<String>,
+}
+
+/// Scale set changes. When the scale sets were not read (`plan` never asks for the
+/// registration token reading them needs), apply reads and decides: the plan says so.
+pub(super) fn plan_scale_sets(
+    spec: &Spec,
+    pools: &[ResolvedPool],
+    observed: &Observed,
+) -> ScaleSetPlan {
+    let Some(existing) = observed.github.scale_sets.as_ref() else {
+        let warnings = pools
+            .iter()
+            .filter_map(|p| p.autoscale.as_ref().map(|a| (p, a)))
+            .map(|(pool, autoscale)| format!(
+                "pool `{}` autoscales with the runner scale set `{}`: it is compared with GitHub (and created or updated) when apply runs, since reading scale sets needs a registration token, which plan never asks for",
+                pool.name, autoscale.scale_set
+            ))
+            .collect();
+        return ScaleSetPlan {
+            warnings,
+            ..ScaleSetPlan::default()
+        };
+    };
+    let fleet = spec.name.as_str();
+    let mut changes = Vec::new();
+    let mut problems = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for pool in pools {
+        let Some(autoscale) = &pool.autoscale else {
+            continue;
+        };
+        let name = autoscale.scale_set.as_str();
+        wanted.insert(name.to_lowercase());
+        let labels = scale_set_labels(fleet, pool, name);
+        match existing.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+            None => changes.push(change(ScaleSetOp::Create, pool, name, None, labels)),
+            Some(set) if !contract::scale_set_owned(&set.labels, fleet) => problems.push(format!(
+                "pool `{}`: GitHub has a runner scale set `{}` (id {}) that fleet `{fleet}` did not create; fleet never adopts it: rename the pool's scale set (autoscale.scale_set) or remove that one",
+                pool.name, set.name, set.id
+            )),
+            Some(set) => {
+                let diff = drift(set, &labels, group_of(pool).as_deref());
+                if !diff.is_empty() {
+                    let op = ScaleSetOp::Update { diff };
+                    changes.push(change(op, pool, name, Some(set.id), labels));
+                }
+            }
+        }
+    }
+    for set in existing {
+        let ours = contract::scale_set_owned(&set.labels, fleet);
+        if ours && !wanted.contains(&set.name.to_lowercase()) {
+            changes.push(Change::ScaleSet(ScaleSetChange {
+                op: ScaleSetOp::Delete,
+                pool: None,
+                name: set.name.clone(),
+                id: Some(set.id),
+                labels: vec![],
+                runner_group: None,
+                reasons: vec![Reason::ScaleSetUnused],
+            }));
+        }
+    }
+    ScaleSetPlan {
+        changes,
+        problems,
+        warnings: vec![],
+    }
+}
+
+fn change(
+    op: ScaleSetOp,
+    pool: &ResolvedPool,
+    name: &str,
+    id: Option<u64>,
+    labels: Vec<String>,
+) -> Change {
+    let reasons = match &op {
+        ScaleSetOp::Update { diff } => vec![Reason::ScaleSetDrift {
+            attributes: diff.iter().map(|d| d.attribute.clone()).collect(),
+        }],
+        _ => vec![Reason::ScaleSetMissing {
+            pool: pool.name.clone(),
+        }],
+    };
+    Change::ScaleSet(ScaleSetChange {
+        op,
+        pool: Some(pool.name.clone()),
+        name: name.to_string(),
+        id,
+        labels,
+        runner_group: group_of(pool),
+        reasons,
+    })
+}
+
+/// What differs between a scale set and the pool's wishes.
+fn drift(set: &ScaleSetState, labels: &[String], group: Option<&str>) -> Vec<AttributeChange> {
+    let mut diff = Vec::new();
+    let lower =
+        |list: &[String]| -> BTreeSet<String> { list.iter().map(|l| l.to_lowercase()).collect() };
+    if lower(&set.labels) != lower(labels) {
+        diff.push(AttributeChange {
+            attribute: "labels".into(),
+            before: Some(set.labels.join("\n")),
+            after: labels.join("\n"),
+        });
+    }
+    let group = group.unwrap_or("Default");
+    if !set.runner_group.eq_ignore_ascii_case(group) {
+        diff.push(AttributeChange {
+            attribute: "runner_group".into(),
+            before: Some(set.runner_group.clone()),
+            after: group.to_string(),
+        });
+    }
+    diff
+}

@@ -1,0 +1,382 @@
+//! One listener per autoscaled pool: a message session on the pool's runner scale set,
+//! long-polled for job messages. It keeps what it learns (jobs assigned, runners busy, the
+//! scale set's statistics) in the shared [`Demand`] and asks the watch loop for a reconcile;
+//! the reconcile plans `min(max, min_idle + assigned)` runners, capped by free GPUs, and tells
+//! the listener the capacity to advertise (`X-ScaleSetMaxCapacity`), so GitHub never assigns
+//! more than fleet can start. Messages are acknowledged once handled; a restarted listener gets
+//! the unacknowledged ones again, and the statistics say what is assigned (docs/autoscale.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::Trigger;
+use super::gha_metrics::{ScaleSetLabels, scale_set_labels};
+use super::metrics::Metrics;
+use crate::github::GithubScope;
+use crate::observe::Observers;
+use crate::observe::state::{Observed, PoolLoad};
+use crate::plan::Plan;
+use crate::scaleset::listener::JobTracker;
+use crate::scaleset::{
+    JobMessage, Poll, ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetMessage, Session,
+};
+use crate::spec::Spec;
+
+/// How long the service may hold one poll.
+const POLL_HOLD: Duration = Duration::from_secs(50);
+
+/// What one pool's listener knows, shared with the reconcile loop.
+#[derive(Debug, Clone, Default)]
+pub struct PoolDemand {
+    /// The scale set's id, once the reconcile has seen or made it.
+    pub scale_set_id: Option<u64>,
+    /// Jobs assigned to the scale set (waiting or running), once a session told.
+    pub assigned: Option<u32>,
+    /// Jobs queued for it that GitHub has not assigned yet.
+    pub queued: u32,
+    /// Runners running a job, by name.
+    pub busy: BTreeSet<String>,
+    /// The capacity to advertise, set by the reconcile from its plan.
+    pub capacity: u32,
+    /// Whether a message session is open.
+    pub session: bool,
+}
+
+/// Every autoscaled pool's demand, by pool.
+pub type Demand = Arc<Mutex<BTreeMap<String, PoolDemand>>>;
+
+/// The listeners of the spec's autoscaled pools, and what they know.
+#[derive(Default)]
+pub struct Listeners {
+    demand: Demand,
+    running: BTreeMap<String, (String, tokio::task::JoinHandle<()>)>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for (_, task) in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
+impl Listeners {
+    /// Starts a listener for each autoscaled pool that has none (or whose scale set was
+    /// renamed), and stops those of pools that no longer autoscale.
+    pub fn keep_listening(
+        &mut self,
+        spec: &Spec,
+        observers: &Observers,
+        metrics: &Arc<Metrics>,
+        tx: &UnboundedSender<Trigger>,
+    ) {
+        let wanted: BTreeMap<String, String> = spec
+            .resolved_pools()
+            .into_iter()
+            .filter_map(|p| p.autoscale.map(|a| (p.name, a.scale_set)))
+            .collect();
+        self.running.retain(|pool, (set, task)| {
+            let keep = wanted.get(pool) == Some(set) && !task.is_finished();
+            if !keep {
+                task.abort();
+                lock(&self.demand).remove(pool);
+            }
+            keep
+        });
+        let Some(client) = &observers.scale_sets else {
+            return;
+        };
+        let ctx = ListenerContext {
+            client: client.clone(),
+            demand: self.demand.clone(),
+            metrics: metrics.clone(),
+            tx: tx.clone(),
+            owner: format!("fleet-{}", spec.name),
+        };
+        for (pool, set) in wanted {
+            if self.running.contains_key(&pool) {
+                continue;
+            }
+            let labels = labels_of(observers, &set, &pool);
+            let task = tokio::spawn(listen(pool.clone(), labels, ctx.clone()));
+            self.running.insert(pool, (set, task));
+        }
+    }
+
+    /// Puts what the listeners know into an observation: the jobs assigned to each pool whose
+    /// listener has a session, and the runners they know to be busy (a job may start before
+    /// GitHub's runner list says so: a busy runner is never stopped).
+    pub fn add_demand(&self, observed: &mut Observed) {
+        let all = lock(&self.demand);
+        for (pool, demand) in all.iter() {
+            if let (true, Some(assigned)) = (demand.session, demand.assigned) {
+                let load = PoolLoad {
+                    assigned,
+                    queued: demand.queued,
+                };
+                observed.demand.insert(pool.clone(), load);
+            }
+            for runner in observed.github.runners.iter_mut() {
+                if demand.busy.contains(&runner.name) {
+                    runner.busy = true;
+                }
+            }
+        }
+        drop(all);
+        self.learn_scale_sets(observed);
+    }
+
+    /// Records the ids of the pools' scale sets, so that their listeners can open sessions.
+    pub fn learn_scale_sets(&self, observed: &Observed) {
+        let mut all = lock(&self.demand);
+        for (pool, (set, _)) in &self.running {
+            let id = observed
+                .github
+                .scale_sets
+                .iter()
+                .flatten()
+                .find(|s| s.name.eq_ignore_ascii_case(set))
+                .map(|s| s.id);
+            if let Some(id) = id {
+                all.entry(pool.clone()).or_default().scale_set_id = Some(id);
+            }
+        }
+    }
+
+    /// Tells each listener the capacity its pool can take after this plan, and exports what
+    /// the plan wants.
+    pub fn planned(&self, spec: &Spec, observers: &Observers, plan: &Plan, metrics: &Metrics) {
+        let mut all = lock(&self.demand);
+        for pool in &plan.autoscale {
+            all.entry(pool.pool.clone()).or_default().capacity = pool.capacity();
+            let labels = labels_of(observers, &pool.scale_set, &pool.pool);
+            metrics.autoscale.planned(&labels, pool);
+            if let Some((jobs, why)) = pool.waiting {
+                tracing::info!(
+                    "fleet `{}`, pool `{}`: {jobs} job(s) wait for a runner ({})",
+                    spec.name,
+                    pool.pool,
+                    why.as_str()
+                );
+            }
+        }
+    }
+}
+
+/// The metric labels of pool `pool`'s scale set `set`.
+fn labels_of(observers: &Observers, set: &str, pool: &str) -> ScaleSetLabels {
+    match observers.github.scope() {
+        GithubScope::Repo { owner, repo } => {
+            scale_set_labels(set, Some(&format!("{owner}/{repo}")), owner, pool)
+        }
+        GithubScope::Org(org) => scale_set_labels(set, None, org, pool),
+    }
+}
+
+/// Reads the shared demand, whatever another thread did while holding it.
+pub fn lock(demand: &Demand) -> std::sync::MutexGuard<'_, BTreeMap<String, PoolDemand>> {
+    demand.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a listener needs besides its pool.
+#[derive(Clone)]
+pub struct ListenerContext {
+    pub client: ScaleSetClient,
+    pub demand: Demand,
+    pub metrics: Arc<Metrics>,
+    pub tx: UnboundedSender<Trigger>,
+    /// Who holds the session (`fleet-<fleet>@<host>`), shown to whoever finds it taken.
+    pub owner: String,
+}
+
+/// A listener for `pool` whose scale set is `scale_set`: runs until the channel closes.
+pub async fn listen(pool: String, labels: ScaleSetLabels, ctx: ListenerContext) {
+    let mut backoff = Duration::from_secs(1);
+    let mut tracker = JobTracker::new();
+    while !ctx.tx.is_closed() {
+        let Some(id) = lock(&ctx.demand).get(&pool).and_then(|d| d.scale_set_id) else {
+            // The reconcile has not seen or made the scale set yet.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match ctx.client.create_session(id, &ctx.owner).await {
+            Ok(session) => {
+                backoff = Duration::from_secs(1);
+                tracing::info!("pool `{pool}`: listening on scale set {id}");
+                run_session(&pool, &labels, &ctx, &session, &mut tracker).await;
+                set(&ctx.demand, &pool, |d| d.session = false);
+                let _ = ctx.client.delete_session(&session).await;
+            }
+            Err(ScaleSetError::SessionConflict { .. }) => tracing::warn!(
+                "pool `{pool}`: scale set {id} has a message session already (another listener, or one that stopped without closing it); waiting {}s for it to end",
+                backoff.as_secs()
+            ),
+            Err(e) => tracing::warn!(
+                "pool `{pool}`: cannot open a message session: {e}; retrying in {}s",
+                backoff.as_secs()
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+fn set(demand: &Demand, pool: &str, change: impl FnOnce(&mut PoolDemand)) {
+    let mut all = lock(demand);
+    change(all.entry(pool.to_string()).or_default());
+}
+
+/// Polls one session until it ends (gone on the service, or an error that a new session may
+/// cure).
+async fn run_session(
+    pool: &str,
+    labels: &ScaleSetLabels,
+    ctx: &ListenerContext,
+    session: &Session,
+    tracker: &mut JobTracker,
+) {
+    tracker.start_session(session.statistics);
+    publish(pool, labels, ctx, tracker);
+    let mut errors = 0u32;
+    while !ctx.tx.is_closed() {
+        let capacity = lock(&ctx.demand).get(pool).map_or(0, |d| d.capacity);
+        let poll = Poll {
+            last_message_id: tracker.last_message_id(),
+            max_capacity: capacity,
+            timeout: POLL_HOLD,
+        };
+        match ctx.client.get_message(session, &poll).await {
+            Ok(None) => errors = 0,
+            Ok(Some(message)) => {
+                errors = 0;
+                handle(pool, labels, ctx, session, tracker, &message).await;
+            }
+            Err(ScaleSetError::NotFound { .. }) => return,
+            Err(e) if e.is_transient() && errors < 5 => {
+                errors += 1;
+                tracing::warn!("pool `{pool}`: polling its scale set failed: {e}; polling again");
+                tokio::time::sleep(Duration::from_secs(u64::from(errors))).await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "pool `{pool}`: polling its scale set failed: {e}; opening a new session"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Handles one message: acquire what is offered, record what started and finished, publish
+/// the demand and ask for a reconcile, then acknowledge it.
+async fn handle(
+    pool: &str,
+    labels: &ScaleSetLabels,
+    ctx: &ListenerContext,
+    session: &Session,
+    tracker: &mut JobTracker,
+    message: &ScaleSetMessage,
+) {
+    let observation = tracker.observe(message);
+    if !observation.duplicate {
+        for skipped in &message.skipped {
+            tracing::warn!("pool `{pool}`: a scale set message was not understood: {skipped}");
+        }
+        if !observation.to_acquire.is_empty()
+            && let Err(e) = ctx
+                .client
+                .acquire_jobs(session, &observation.to_acquire)
+                .await
+        {
+            tracing::warn!("pool `{pool}`: cannot acquire offered jobs: {e}");
+        }
+        record_jobs(labels, &ctx.metrics, message);
+        publish(pool, labels, ctx, tracker);
+    }
+    if let Err(e) = ctx.client.delete_message(session, message.id).await {
+        tracing::warn!(
+            "pool `{pool}`: cannot acknowledge message {}: {e}; it comes again",
+            message.id
+        );
+    }
+}
+
+/// Shares what the tracker knows and asks the watch loop to reconcile.
+fn publish(pool: &str, labels: &ScaleSetLabels, ctx: &ListenerContext, tracker: &JobTracker) {
+    set(&ctx.demand, pool, |d| {
+        d.assigned = Some(tracker.assigned_jobs());
+        d.queued = tracker.statistics().map_or(0, |s| s.total_available_jobs);
+        d.busy = tracker.busy_runners();
+        d.session = true;
+    });
+    if let Some(statistics) = tracker.statistics() {
+        ctx.metrics.autoscale.statistics(labels, &statistics);
+    }
+    let _ = ctx.tx.send(Trigger::Autoscale {
+        pool: pool.to_string(),
+    });
+}
+
+/// Job counters and durations, as actions-runner-controller's listener exports them.
+fn record_jobs(labels: &ScaleSetLabels, metrics: &Metrics, message: &ScaleSetMessage) {
+    for job in &message.jobs {
+        match job {
+            JobMessage::Started { job, .. } => {
+                metrics.autoscale.job_started(labels);
+                if let Some(seconds) = between(&job.scale_set_assign_time, &job.runner_assign_time)
+                {
+                    metrics.autoscale.job_startup(labels, seconds);
+                }
+            }
+            JobMessage::Completed { job, result, .. } => {
+                metrics.autoscale.job_completed(labels, result);
+                if let Some(seconds) = between(&job.runner_assign_time, &job.finish_time) {
+                    metrics.autoscale.job_execution(labels, seconds);
+                }
+            }
+            JobMessage::Available(_) | JobMessage::Assigned(_) => {}
+        }
+    }
+}
+
+/// Seconds from one RFC 3339 time to a later one; `None` when either is missing, Go's zero time
+/// (`0001-01-01T00:00:00Z`: the step has not happened) or not later.
+fn between(from: &Option<String>, to: &Option<String>) -> Option<f64> {
+    let parse = |t: &Option<String>| -> Option<SystemTime> {
+        let t = t.as_deref()?;
+        if t.starts_with("0001-") {
+            return None;
+        }
+        humantime::parse_rfc3339_weak(t).ok()
+    };
+    parse(to)?
+        .duration_since(parse(from)?)
+        .ok()
+        .map(|d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::between;
+
+    #[test]
+    fn durations_between_job_times() {
+        let t = |s: &str| Some(s.to_string());
+        assert_eq!(
+            between(&t("2026-11-30T10:00:00Z"), &t("2026-11-30T10:00:02.5Z")),
+            Some(2.5)
+        );
+        assert_eq!(
+            between(&t("0001-01-01T00:00:00Z"), &t("2026-11-30T10:00:00Z")),
+            None
+        );
+        assert_eq!(between(&None, &t("2026-11-30T10:00:00Z")), None);
+        assert_eq!(
+            between(&t("2026-11-30T10:00:02Z"), &t("2026-11-30T10:00:00Z")),
+            None
+        );
+    }
+}
