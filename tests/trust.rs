@@ -214,3 +214,84 @@ fn by_default_only_fleet_speaks_when_github_cannot_be_reached() {
         assert!(fleets_own, "not fleet's own words: {line:?}\n{err}");
     }
 }
+
+/// The jobs of a workflow file: `(name, text)`, from its two-space-indented keys under `jobs:`.
+fn jobs(workflow: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("ci/github")
+            .join(workflow),
+    )
+    .expect("read the workflow");
+    let body = text.split_once("\njobs:\n").expect("a jobs: section").1;
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    for line in body.lines() {
+        let key = line
+            .strip_prefix("  ")
+            .filter(|rest| !rest.starts_with(' ') && !rest.starts_with('#'))
+            .and_then(|rest| rest.strip_suffix(':'));
+        match (key, jobs.last_mut()) {
+            (Some(name), _) => jobs.push((name.to_string(), String::new())),
+            (None, Some((_, job))) => {
+                job.push_str(line);
+                job.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    jobs
+}
+
+#[test]
+fn the_plan_workflow_reads_only_and_runs_no_pull_request_code() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plan = std::fs::read_to_string(root.join("ci/github/fleet-plan.yml")).expect("plan");
+    let triggers = plan.split_once("\non:\n").expect("on:").1;
+    let triggers = triggers.split_once("\n\n").map_or(triggers, |(t, _)| t);
+    assert_eq!(
+        triggers.lines().next().map(str::trim),
+        Some("pull_request_target:"),
+        "the base branch's workflow runs, not the pull request's"
+    );
+    let plan_jobs = jobs("fleet-plan.yml");
+    assert!(plan_jobs.len() >= 3, "{plan_jobs:?}");
+    for (name, job) in &plan_jobs {
+        assert!(
+            !job.contains("actions/checkout"),
+            "job {name} checks out code: a pull request's code must never run here"
+        );
+        assert!(
+            !job.contains("FLEET_GITHUB_TOKEN"),
+            "job {name} has the write token"
+        );
+        if job.contains("secrets.") {
+            assert!(
+                job.contains("environment: fleet-plan"),
+                "job {name} reads a secret outside the reviewed environment"
+            );
+            assert!(
+                job.lines()
+                    .filter(|l| l.contains("secrets."))
+                    .all(|l| l.contains("secrets.FLEET_PLAN_TOKEN")),
+                "job {name} reads a secret other than the read-only token"
+            );
+        }
+    }
+    assert!(
+        plan_jobs
+            .iter()
+            .any(|(_, job)| job.contains("secrets.FLEET_PLAN_TOKEN")),
+        "the plan job uses the read-only token"
+    );
+
+    let apply_jobs = jobs("fleet-apply.yml");
+    let writers: Vec<&(String, String)> = apply_jobs
+        .iter()
+        .filter(|(_, job)| job.contains("secrets.FLEET_GITHUB_TOKEN"))
+        .collect();
+    assert_eq!(writers.len(), 1, "the write token lives in the apply job");
+    assert!(
+        writers[0].1.contains("environment: fleet-apply"),
+        "the write token is a secret of the fleet-apply environment"
+    );
+}
