@@ -82,8 +82,9 @@ fn world(runners: usize) -> (Spec, Observed) {
         hosts: BTreeMap::from([("local".to_string(), host)]),
         github: GithubState {
             runners: registrations,
-            groups: BTreeMap::new(),
+            ..GithubState::default()
         },
+        ..Observed::default()
     };
     (spec, observed)
 }

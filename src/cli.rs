@@ -369,39 +369,62 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(cli))
 }
 
-/// Logs to stderr: warnings by default, more with `verbose`; RUST_LOG overrides.
+/// Crates whose debug and trace logs carry what fleet must never print: the Docker client logs
+/// request bodies (a container's create request holds its JIT config), the HTTP stack headers
+/// and bodies (tokens). Whatever RUST_LOG says, their logs stop at info (`log_cap`).
+const CAPPED_LOG_TARGETS: &[&str] = &[
+    "axum",
+    "bollard",
+    "h2",
+    "hyper",
+    "hyper_rustls",
+    "hyper_util",
+    "hyperlocal",
+    "jsonwebtoken",
+    "octocrab",
+    "reqwest",
+    "rustls",
+    "tokio_rustls",
+    "tower",
+    "tower_http",
+];
+
+/// The cap on [`CAPPED_LOG_TARGETS`]: a filter of its own beside RUST_LOG's, so that no
+/// directive of RUST_LOG (not even a more specific one, `bollard::docker=trace`) lifts it. Each
+/// target covers its modules (`bollard` covers `bollard::docker`).
+fn log_cap() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    CAPPED_LOG_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |cap, target| cap.with_target(*target, LevelFilter::INFO),
+    )
+}
+
+/// Logs to stderr. RUST_LOG chooses, else `-v`; by default only fleet's own warnings: the
+/// dependencies' logs (octocrab logs each failed attempt as an error, which fleet reports itself
+/// in its own words) are for `-v` and RUST_LOG, and never above the cap.
 pub fn init_logging(verbose: u8) {
-    // octocrab logs every failed attempt at error level; fleet reports those itself.
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = match verbose {
-        0 => "warn,octocrab=off",
+        0 => "fleet=warn",
         1 => "info,octocrab=warn",
         2 => "fleet=debug,info,octocrab=warn",
         _ => "debug",
     };
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let requested = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // The Docker and HTTP clients log request bodies at debug level, and a container's create
-    // request holds its JIT config: whatever RUST_LOG says, they log at info at most.
-    for directive in [
-        "bollard=info",
-        "hyper=info",
-        "hyper_util=info",
-        "octocrab=info",
-        "h2=info",
-    ] {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = tracing_subscriber::filter::FilterExt::and(requested, log_cap());
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(
             std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .with_target(false)
-        .try_init();
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry().with(stderr).try_init();
 }
 
 /// Whether text on stdout gets colour: a terminal, and NO_COLOR unset or empty.

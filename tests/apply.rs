@@ -408,6 +408,7 @@ fn two_applies_never_overlap() {
         .current_dir(w.dir.path())
         .args(["apply", "--auto-approve"])
         .env("GITHUB_TOKEN", w.fake.token())
+        .env("GITHUB_API_URL", w.fake.url())
         .env("FLEET_LOCK_DIR", w.dir.path())
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -456,6 +457,7 @@ fn kill_9_at_any_moment_leaves_a_state_the_next_apply_converges_from() {
             .current_dir(w.dir.path())
             .args(["apply", "--auto-approve"])
             .env("GITHUB_TOKEN", w.fake.token())
+            .env("GITHUB_API_URL", w.fake.url())
             .env("FLEET_LOCK_DIR", w.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -587,8 +589,12 @@ fn a_jit_name_conflict_frees_our_idle_holder_and_takes_a_new_name() {
     let w = World::new();
     let path = w.spec(&pool("eph", 1, true));
     let spec = fleet::spec::load(&path).expect("spec");
-    let token = w.fake.token();
-    let env = move |k: &str| (k == "GITHUB_TOKEN").then(|| token.clone());
+    let (token, api_url) = (w.fake.token(), w.fake.url());
+    let env = move |k: &str| match k {
+        "GITHUB_TOKEN" => Some(token.clone()),
+        "GITHUB_API_URL" => Some(api_url.clone()),
+        _ => None,
+    };
     let report = w.rt.block_on(async {
         let observers = Observers::connect(&spec, w.dir.path(), &env, RetryPolicy::default())
             .await
@@ -623,6 +629,7 @@ fn on_a_terminal(w: &World, args: &str, answer: &str) -> std::process::Output {
         .args(["-qec", &format!("{fleet} {args}"), "/dev/null"])
         .current_dir(w.dir.path())
         .env("GITHUB_TOKEN", w.fake.token())
+        .env("GITHUB_API_URL", w.fake.url())
         .env("FLEET_LOCK_DIR", w.dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

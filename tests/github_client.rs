@@ -1,9 +1,15 @@
-//! The GitHub observer against the fake GitHub: pages, retries, rate limits, App auth.
+//! The GitHub observer against the fake GitHub: pages, retries, rate limits, App auth; and
+//! against small servers of the test's own: credentials never follow a redirect or a pagination
+//! link to another server, and a list is read whole or not at all.
+
+#[path = "support/recorder.rs"]
+mod recorder;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_github::{AppConfig, Config, FakeGithub, Fault, NewRunner, Scope};
 use fleet::github::{Credentials, GithubClient, GithubError, GithubScope, RetryPolicy};
+use recorder::{Recorder, installation_token, redirect, runner_page};
 
 fn quick() -> RetryPolicy {
     RetryPolicy {
@@ -159,15 +165,30 @@ async fn rate_limits_are_waited_out_as_github_asks() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn github_app_installation_tokens_are_obtained_and_reused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("app.pem");
+/// A fresh RSA key for a GitHub App, in `dir`.
+fn app_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("app.pem");
     let status = std::process::Command::new("openssl")
         .args(["genrsa", "-out", key.to_str().expect("utf-8"), "2048"])
         .output()
         .expect("openssl");
     assert!(status.status.success(), "openssl genrsa failed");
+    key
+}
+
+fn app_credentials(key: &std::path::Path) -> Credentials {
+    Credentials::App {
+        app_id: 42,
+        installation_id: 7,
+        key_pem: std::fs::read(key).expect("key"),
+        key_path: key.display().to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_app_installation_tokens_are_obtained_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = app_key(dir.path());
     let fake = FakeGithub::start(Config {
         app: Some(AppConfig {
             app_id: 42,
@@ -177,18 +198,8 @@ async fn github_app_installation_tokens_are_obtained_and_reused() {
     })
     .await
     .expect("fake");
-    let gh = GithubClient::new(
-        &fake.url(),
-        repo().1,
-        Credentials::App {
-            app_id: 42,
-            installation_id: 7,
-            key_pem: std::fs::read(&key).expect("key"),
-            key_path: key.display().to_string(),
-        },
-        quick(),
-    )
-    .expect("client");
+    let gh =
+        GithubClient::new(&fake.url(), repo().1, app_credentials(&key), quick()).expect("client");
     gh.read()
         .list_runners()
         .await
@@ -244,4 +255,136 @@ async fn unchanged_lists_are_answered_304_and_cost_no_rate_limit() {
         },
     );
     assert_eq!(gh.read().list_runners().await.expect("third").len(), 151);
+}
+
+/// A client of `url` with the token `secret-token`.
+fn token_client(url: &str) -> GithubClient {
+    GithubClient::new(
+        url,
+        repo().1,
+        Credentials::Token("secret-token".into()),
+        quick(),
+    )
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_loop_is_an_error_not_a_shorter_list() {
+    // Every page says the next one is itself.
+    let github = Recorder::start(|seen, own| runner_page(&format!("{own}{}", seen.target))).await;
+    match token_client(&github.url).read().list_runners().await {
+        Err(GithubError::Pagination { reason, .. }) => {
+            assert!(reason.contains("links back"), "{reason}")
+        }
+        other => panic!("expected a pagination error, got {other:?}"),
+    }
+    assert_eq!(github.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_link_to_another_server_is_refused_and_never_followed() {
+    let elsewhere = Recorder::bystander().await;
+    let page_two = format!("{}/repos/acme/zq/actions/runners?page=2", elsewhere.url);
+    let link = page_two.clone();
+    let github = Recorder::start(move |_, _| runner_page(&link)).await;
+    match token_client(&github.url).read().list_runners().await {
+        Err(error @ GithubError::Pagination { .. }) => {
+            assert!(error.to_string().contains(&page_two), "{error}")
+        }
+        other => panic!("expected a pagination error, got {other:?}"),
+    }
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the other server was asked: {:?}",
+        elsewhere.requests()
+    );
+    assert_eq!(
+        github.requests().len(),
+        1,
+        "the link was not rewritten onto the API either: {:?}",
+        github.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_server_is_an_error_and_the_token_stays_home() {
+    let elsewhere = Recorder::bystander().await;
+    let target = format!("{}/repos/acme/zq/actions/runners", elsewhere.url);
+    let location = target.clone();
+    let github = Recorder::start(move |_, _| redirect(&location)).await;
+    match token_client(&github.url).read().list_runners().await {
+        Err(GithubError::Redirected {
+            status, location, ..
+        }) => {
+            assert_eq!(status, 302);
+            assert_eq!(location, target);
+        }
+        other => panic!("expected a refused redirect, got {other:?}"),
+    }
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+    let asked = github.requests();
+    assert_eq!(asked.len(), 1, "a redirect is not retried: {asked:?}");
+    assert!(
+        asked[0]
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.contains("secret-token")),
+        "the API itself got the token: {asked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_app_neither_the_jwt_nor_the_installation_token_follows_a_redirect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = app_key(dir.path());
+    let elsewhere = Recorder::bystander().await;
+    let away = format!("{}/app/installations/7/access_tokens", elsewhere.url);
+
+    // The installation token request, which carries the App's JWT, is redirected.
+    let github = Recorder::start(move |_, _| redirect(&away)).await;
+    let gh =
+        GithubClient::new(&github.url, repo().1, app_credentials(&key), quick()).expect("client");
+    assert!(gh.read().list_runners().await.is_err());
+    assert!(
+        github.requests().iter().any(|r| r
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Bearer "))),
+        "the JWT went to the API: {:?}",
+        github.requests()
+    );
+
+    // The installation token is issued, then the list is redirected.
+    let away = format!("{}/repos/acme/zq/actions/runners", elsewhere.url);
+    let github = Recorder::start(move |seen, _| {
+        if seen.target.ends_with("/access_tokens") {
+            installation_token("ghs_installation_secret")
+        } else {
+            redirect(&away)
+        }
+    })
+    .await;
+    let gh =
+        GithubClient::new(&github.url, repo().1, app_credentials(&key), quick()).expect("client");
+    assert!(matches!(
+        gh.read().list_runners().await,
+        Err(GithubError::Redirected { .. })
+    ));
+    assert!(
+        github
+            .requests()
+            .iter()
+            .any(|r| r.authorization.as_deref() == Some("Bearer ghs_installation_secret")),
+        "the installation token went to the API: {:?}",
+        github.requests()
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "a credential followed a redirect: {:?}",
+        elsewhere.requests()
+    );
 }

@@ -29,6 +29,7 @@ impl Watch {
             .arg("watch")
             .args(extra)
             .env("GITHUB_TOKEN", w.fake.token())
+            .env("GITHUB_API_URL", w.fake.url())
             .env("FLEET_LOCK_DIR", w.dir.path())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

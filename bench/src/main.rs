@@ -154,8 +154,12 @@ impl Setup {
     }
 
     fn env(&self) -> fleet::watch::Env {
-        let token = self.fake.token();
-        Arc::new(move |k: &str| (k == "GITHUB_TOKEN").then(|| token.clone()))
+        let (token, api_url) = (self.fake.token(), self.fake.url());
+        Arc::new(move |k: &str| match k {
+            "GITHUB_TOKEN" => Some(token.clone()),
+            "GITHUB_API_URL" => Some(api_url.clone()),
+            _ => None,
+        })
     }
 
     /// Starts `fleet watch` in this process; returns the stop switch.
@@ -425,6 +429,7 @@ impl Setup {
             .arg(&self.spec)
             .args(args)
             .env("GITHUB_TOKEN", self.fake.token())
+            .env("GITHUB_API_URL", self.fake.url())
             .env("FLEET_LOCK_DIR", self._dir.path())
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::GithubError;
+use super::endpoint::ApiEndpoint;
 use crate::spec::{DEFAULT_API_URL, DEFAULT_TOKEN_ENV, Spec};
 
 /// Repository or organization.
@@ -64,21 +65,19 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// The API URL, scope and credentials of a spec. `env` reads environment variables (a parameter
-/// so tests need not touch the process's environment).
+/// The API, scope and credentials of a spec. The API is the one this machine trusts
+/// (`endpoint.rs`); a spec `api_url` that names another is an error, before any request.
+/// `env` reads environment variables (a parameter so tests need not touch the process's
+/// environment).
 pub fn from_spec(
     spec: &Spec,
     base_dir: &std::path::Path,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<(String, GithubScope, Credentials), GithubError> {
-    let api_url = spec
-        .github
-        .api_url
-        .clone()
-        .or_else(|| env("GITHUB_API_URL").filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+) -> Result<(ApiEndpoint, GithubScope, Credentials), GithubError> {
+    let endpoint = ApiEndpoint::trusted(env)?;
+    endpoint.admit_spec_url(spec.github.api_url.as_deref(), env)?;
     Ok((
-        api_url,
+        endpoint,
         scope_of(spec),
         credentials_of(spec, base_dir, env)?,
     ))

@@ -14,18 +14,24 @@ use serde::de::DeserializeOwned;
 
 use super::GithubError;
 use super::auth::{self, Credentials, GithubScope};
+use super::endpoint::ApiEndpoint;
 use super::http::{decode, error_chain, header_u64, next_link};
 use super::pacing::Pacer;
 use super::retry::{Attempt, RetryPolicy, classify};
 use super::stats::RequestStats;
 use crate::spec::Spec;
 
+/// The most pages fleet reads of one list (100 entries a page): a bound against a server that
+/// links on for ever.
+const MAX_PAGES: usize = 1000;
+
 /// A GitHub client for one scope.
 #[derive(Clone)]
 pub struct GithubClient {
     // Shared by every clone, so that an App's installation token is fetched once and reused.
     octo: Arc<Octocrab>,
-    api_url: String,
+    /// The only API requests go to (`endpoint.rs`).
+    endpoint: ApiEndpoint,
     scope: GithubScope,
     policy: RetryPolicy,
     stats: Arc<RequestStats>,
@@ -60,17 +66,28 @@ impl GithubClient {
         env: &(dyn Fn(&str) -> Option<String> + Sync),
         policy: RetryPolicy,
     ) -> Result<GithubClient, GithubError> {
-        let (api_url, scope, credentials) = auth::from_spec(spec, base_dir, env)?;
-        GithubClient::new(&api_url, scope, credentials, policy)
+        let (endpoint, scope, credentials) = auth::from_spec(spec, base_dir, env)?;
+        GithubClient::with_endpoint(endpoint, scope, credentials, policy)
     }
 
+    /// A client for the API at `api_url` (`https://`, or `http://` on a loopback host).
     pub fn new(
         api_url: &str,
         scope: GithubScope,
         credentials: Credentials,
         policy: RetryPolicy,
     ) -> Result<GithubClient, GithubError> {
-        let api_url = api_url.trim_end_matches('/').to_string();
+        let endpoint = ApiEndpoint::parse(api_url, "the GitHub API URL")?;
+        GithubClient::with_endpoint(endpoint, scope, credentials, policy)
+    }
+
+    fn with_endpoint(
+        endpoint: ApiEndpoint,
+        scope: GithubScope,
+        credentials: Credentials,
+        policy: RetryPolicy,
+    ) -> Result<GithubClient, GithubError> {
+        let api_url = endpoint.url().to_string();
         let client_error = |message: String| GithubError::Client {
             api_url: api_url.clone(),
             message,
@@ -108,7 +125,7 @@ impl GithubClient {
         };
         Ok(GithubClient {
             octo: Arc::new(octo),
-            api_url,
+            endpoint,
             scope,
             policy,
             stats: Arc::new(RequestStats::default()),
@@ -122,7 +139,7 @@ impl GithubClient {
     }
 
     pub fn api_url(&self) -> &str {
-        &self.api_url
+        self.endpoint.url()
     }
 
     pub fn stats(&self) -> Arc<RequestStats> {
@@ -131,30 +148,49 @@ impl GithubClient {
 
     /// The URL of a path under the scope (`/actions/runners` -> `.../repos/o/r/actions/runners`).
     pub(super) fn scoped_url(&self, path: &str) -> String {
-        format!("{}{}{path}", self.api_url, self.scope.path())
+        format!("{}{}{path}", self.endpoint.url(), self.scope.path())
     }
 
     /// The URL `config.sh --url` registers against.
     pub fn registration_url(&self) -> String {
-        auth::registration_url(&self.api_url, &self.scope)
+        auth::registration_url(self.endpoint.url(), &self.scope)
     }
 
-    /// GETs `first` and every page its `Link: <...>; rel="next"` headers lead to.
+    /// GETs `first` and every page its `Link: <...>; rel="next"` headers lead to. Every page or
+    /// an error: a list that stops early (a Link loop, a link off the API, a page that fails)
+    /// would make the planner see runners as gone.
     pub(super) async fn get_all_pages<T: DeserializeOwned>(
         &self,
         first: &str,
         endpoint: &str,
     ) -> Result<Vec<T>, GithubError> {
+        let partial = |reason: String| GithubError::Pagination {
+            first: first.to_string(),
+            reason,
+        };
         let mut pages = Vec::new();
         let mut next = Some(first.to_string());
         let mut seen = std::collections::BTreeSet::new();
         while let Some(url) = next.take() {
             if !seen.insert(url.clone()) {
-                break; // a Link loop: stop rather than spin
+                return Err(partial(format!(
+                    "page {} links back to {url}, a page already read",
+                    pages.len()
+                )));
+            }
+            if pages.len() >= MAX_PAGES {
+                return Err(partial(format!("more than {MAX_PAGES} pages")));
             }
             let answer = self.send(Method::GET, &url, None, endpoint).await?;
             pages.push(decode(&url, &answer.body)?);
             next = next_link(&answer.headers);
+            if let Some(link) = &next
+                && let Err(e) = self.endpoint.relative(link)
+            {
+                return Err(partial(format!(
+                    "the next page's link {link} is refused: {e}"
+                )));
+            }
         }
         Ok(pages)
     }
@@ -241,12 +277,9 @@ impl GithubClient {
         endpoint: &str,
     ) -> Result<Answer, Attempt> {
         // octocrab adds the App's installation token only to requests without a host of their
-        // own (it fills in the base URI, GHES path included), so send the path and query.
-        let relative = url
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
-            .unwrap_or_else(|| url.to_string());
+        // own (it fills in the base URI, GHES path included), so send the path and query; a URL
+        // off the trusted API is refused, never rewritten.
+        let relative = self.endpoint.relative(url).map_err(Attempt::Final)?;
         let relative = relative.as_str();
         let cached = if method == Method::GET {
             self.etags.lock().ok().and_then(|m| m.get(url).cloned())
@@ -310,6 +343,20 @@ impl GithubClient {
                 headers: c.headers,
                 body: c.body,
             });
+        }
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            // octocrab is built without its follow-redirect feature: a 3xx comes back here, and
+            // fleet does not follow it (a redirect could lead credentials off the trusted API).
+            return Err(Attempt::Final(GithubError::Redirected {
+                method,
+                url: url.to_string(),
+                status: status.as_u16(),
+                location: headers
+                    .get(http::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("(no Location header)")
+                    .to_string(),
+            }));
         }
         if status.is_success() {
             let body = text.into_bytes();

@@ -2,6 +2,8 @@
 
 use http::Method;
 
+use super::endpoint::API_URL_ENV;
+
 /// Why GitHub could not be read (or written).
 #[derive(Debug, thiserror::Error)]
 pub enum GithubError {
@@ -69,6 +71,35 @@ pub enum GithubError {
     },
     #[error("GitHub's answer to {url} is not what fleet expected: {message}")]
     Decode { url: String, message: String },
+    #[error(
+        "fleet.yaml sets github.api_url to {spec}, but this machine sends its GitHub credentials only to {trusted} ({trusted_from}): fleet.yaml cannot choose where credentials go"
+    )]
+    UntrustedApiUrl {
+        spec: String,
+        trusted: String,
+        trusted_from: String,
+    },
+    #[error("{from} is `{url}`: {reason}")]
+    BadApiUrl {
+        from: String,
+        url: String,
+        reason: String,
+    },
+    #[error(
+        "refusing to send credentials to {url}: it is not under {api_url}, the GitHub API this machine trusts"
+    )]
+    ForeignUrl { url: String, api_url: String },
+    #[error(
+        "GitHub answered {status} for {method} {url}, a redirect to {location}: fleet follows no redirect, so that no credential leaves the API this machine trusts"
+    )]
+    Redirected {
+        method: Method,
+        url: String,
+        status: u16,
+        location: String,
+    },
+    #[error("cannot read every page of {first}: {reason}; fleet makes no plan on a partial list")]
+    Pagination { first: String, reason: String },
 }
 
 fn permissions_hint(accepted: &Option<String>) -> String {
@@ -89,6 +120,15 @@ impl GithubError {
                 Some("check that the token is valid and has not expired".into())
             }
             GithubError::RateLimited { .. } => Some("try again after the reset time".into()),
+            GithubError::UntrustedApiUrl { spec, .. } => Some(format!(
+                "if {spec} is where this machine's credentials belong, set {API_URL_ENV}={spec} in fleet's environment on this machine; otherwise remove github.api_url from fleet.yaml"
+            )),
+            GithubError::BadApiUrl { .. } => Some(
+                "use https://HOST (GitHub Enterprise Server: https://HOST/api/v3); http:// only on 127.0.0.1, ::1 or localhost".into(),
+            ),
+            GithubError::Redirected { .. } => Some(format!(
+                "point {API_URL_ENV} at the API itself (GitHub Enterprise Server: https://HOST/api/v3), not at a proxy or web address that redirects"
+            )),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod client;
+mod endpoint;
 mod error;
 mod http;
 pub mod pacing;
@@ -14,6 +15,7 @@ mod write;
 
 pub use auth::{Credentials, GithubScope, registration_url};
 pub use client::{Answer, GithubClient};
+pub use endpoint::{API_URL_ENV, ApiEndpoint};
 pub use error::GithubError;
 pub use http::next_link;
 pub use read::GithubRead;

@@ -250,8 +250,15 @@ fn attribute_text(out: &mut String, attr: &AttributeChange, p: &Palette) {
 
 /// The markdown view for a pull-request comment: a summary table, the plan in a collapsible
 /// `diff` block, and the warnings.
+///
+/// Everything in a plan may come from whoever opened the pull request (the spec's names and
+/// images, a saved plan file), so no value may change the comment's structure or ping anyone:
+/// values are made single-line and free of control characters (`one_line`), those outside the
+/// `diff` block are code spans (`code`), where GitHub renders no HTML, link or mention, and the
+/// block's fence is longer than any run of backticks inside it (docs/security.md).
 pub fn markdown(plan: &PlanDocument) -> String {
-    let mut out = format!("### fleet plan for `{}`\n\n", plan.fleet);
+    let plan = &for_markdown(plan);
+    let mut out = format!("### fleet plan for {}\n\n", code(&plan.fleet));
     if plan.changes.is_empty() {
         let _ = writeln!(out, "**{NO_CHANGES}**");
     } else {
@@ -273,43 +280,119 @@ pub fn markdown(plan: &PlanDocument) -> String {
             }
         }
         let _ = writeln!(out, "\n**{}**\n", summary_line(s));
+        let body = diff_body(plan);
+        let fence = "`".repeat(longest_backtick_run(&body).max(2) + 1);
         let _ = writeln!(
             out,
-            "<details><summary>{} change(s)</summary>\n\n```diff",
+            "<details><summary>{} change(s)</summary>\n\n{fence}diff",
             plan.changes.len()
         );
-        let p = Palette { color: false };
-        let mut body = String::new();
-        for change in &plan.changes {
-            change_text(&mut body, change, &p);
-        }
-        // `diff` highlighting keys on the first column: move each change's symbol there
-        // (`!` for a replace); the lines under it stay indented.
-        for line in body.lines() {
-            let line = match line.strip_prefix("  ") {
-                Some(rest) if rest.starts_with("-/+ ") => format!("! {}", &rest[4..]),
-                Some(rest) if ["+ ", "- ", "~ "].iter().any(|s| rest.starts_with(s)) => {
-                    rest.to_string()
-                }
-                _ => line.to_string(),
-            };
-            let _ = writeln!(out, "{line}");
-        }
-        out.push_str("```\n\n</details>\n");
+        out.push_str(&body);
+        let _ = writeln!(out, "{fence}\n\n</details>");
     }
     if !plan.warnings.is_empty() {
         out.push_str("\n> [!WARNING]\n");
         for w in &plan.warnings {
-            let _ = writeln!(out, "> - {w}");
+            let _ = writeln!(out, "> - {}", code(w));
         }
     }
+    let short = |hash: &str| code(&hash.chars().take(12).collect::<String>());
     let _ = writeln!(
         out,
-        "\n<sub>spec `{}` · observed `{}`</sub>",
-        &plan.spec_hash[..plan.spec_hash.len().min(12)],
-        &plan.observed_fingerprint[..plan.observed_fingerprint.len().min(12)]
+        "\n<sub>spec {} · observed {}</sub>",
+        short(&plan.spec_hash),
+        short(&plan.observed_fingerprint)
     );
     out
+}
+
+/// The changes as the text view prints them, each change's symbol moved to the first column,
+/// where `diff` highlighting looks (`!` for a replace); the lines under it stay indented.
+fn diff_body(plan: &PlanDocument) -> String {
+    let p = Palette { color: false };
+    let mut text = String::new();
+    for change in &plan.changes {
+        change_text(&mut text, change, &p);
+    }
+    let mut body = String::new();
+    for line in text.lines() {
+        let line = match line.strip_prefix("  ") {
+            Some(rest) if rest.starts_with("-/+ ") => format!("! {}", &rest[4..]),
+            Some(rest) if ["+ ", "- ", "~ "].iter().any(|s| rest.starts_with(s)) => {
+                rest.to_string()
+            }
+            _ => line.to_string(),
+        };
+        let _ = writeln!(body, "{line}");
+    }
+    body
+}
+
+/// A copy of `plan` whose values are safe to place in markdown: every value on one line (a
+/// newline could start a line that looks like a change of its own), no control character (a
+/// carriage return ends a line too) and no bidirectional override. Multi-line attribute values
+/// keep their newlines: the diff prints each of their lines indented.
+fn for_markdown(plan: &PlanDocument) -> PlanDocument {
+    let mut plan = plan.clone();
+    let lines = |s: &mut String| *s = s.split('\n').map(one_line).collect::<Vec<_>>().join("\n");
+    for text in [
+        &mut plan.fleet,
+        &mut plan.spec_hash,
+        &mut plan.observed_fingerprint,
+    ] {
+        *text = one_line(text);
+    }
+    plan.warnings.iter_mut().for_each(|w| *w = one_line(w));
+    for change in &mut plan.changes {
+        for text in [&mut change.pool, &mut change.host, &mut change.name] {
+            *text = one_line(text);
+        }
+        change.reasons.iter_mut().for_each(|r| *r = one_line(r));
+        change.gpus.iter_mut().for_each(|g| *g = one_line(g));
+        if let Some(replacement) = &mut change.replacement {
+            *replacement = one_line(replacement);
+        }
+        for attr in &mut change.diff {
+            attr.attribute = one_line(&attr.attribute);
+            attr.before.iter_mut().for_each(lines);
+            lines(&mut attr.after);
+        }
+    }
+    plan
+}
+
+/// `text` with control characters (newlines included) and bidirectional controls written as
+/// visible escapes (`\n`, `\u{202e}`).
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `text` as an inline code span: GitHub renders no HTML, link, mention or issue reference
+/// inside one, and its fence is longer than any run of backticks in `text`, so nothing closes
+/// it early. `text` must be on one line (`one_line`).
+fn code(text: &str) -> String {
+    let fence = "`".repeat(longest_backtick_run(text) + 1);
+    // A space inside each end, which markdown strips again, keeps a backtick at either end of
+    // `text` from joining the fence.
+    let pad = text.is_empty() || text.starts_with(['`', ' ']) || text.ends_with(['`', ' ']);
+    if pad {
+        format!("{fence} {text} {fence}")
+    } else {
+        format!("{fence}{text}{fence}")
+    }
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }
 
 #[cfg(test)]

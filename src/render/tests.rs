@@ -136,3 +136,99 @@ fn summary_line_reads_like_terraform() {
         "Plan: 1 to create, 2 to replace, 3 to destroy, 1 registration to remove. Also: 1 volume to create, 1 change deferred until busy runners finish their jobs."
     );
 }
+
+/// A plan whose values attack the markdown: HTML that would close `<details>` and run script,
+/// backticks that would close the `diff` block or a code span, mentions, a newline and a
+/// carriage return that would forge change lines of their own, a bidirectional override. A
+/// saved plan file can carry any of these (`fleet show plan.json --format markdown`).
+fn hostile_plan() -> Plan {
+    let evil = "x</details><img src=x onerror=alert(1)>";
+    let mut plan = busy_plan();
+    plan.fleet = format!("zq`{evil}`@octocat");
+    plan.spec_hash = "``</sub><img src=x>".into();
+    plan.observed_fingerprint = "@everyone\n\n# heading".into();
+    plan.warnings = vec![
+        format!("pool `cpu` mounts {evil} @acme/admins #1 [click](https://evil.example) **now**"),
+        "``` \n</details>\n\n@octocat\r\u{202e}desrever".into(),
+    ];
+    plan.changes[0].name = "zq-cpu-````".into();
+    plan.changes[0]
+        .reasons
+        .push("image ```\n+ runner forged-runner\r- runner forged-too @octocat".into());
+    for attr in plan.changes.iter_mut().flat_map(|c| c.diff.iter_mut()) {
+        match attr.attribute.as_str() {
+            "image" => attr.after = format!("{evil}```"),
+            "env" => attr
+                .after
+                .push_str("\nEVIL=````\n```\n</details>\n@octocat\r+ runner forged-by-env"),
+            _ => {}
+        }
+    }
+    plan
+}
+
+#[test]
+fn markdown_of_a_hostile_plan() {
+    insta::assert_snapshot!(markdown(&hostile_plan()));
+}
+
+#[test]
+fn hostile_values_stay_inside_code() {
+    use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+    let md = markdown(&hostile_plan());
+    let mut code_blocks = Vec::new();
+    let mut in_block = false;
+    let mut prose = String::new();
+    for event in Parser::new_ext(&md, Options::ENABLE_TABLES | Options::ENABLE_GFM) {
+        match event {
+            Event::Start(Tag::CodeBlock(_)) => {
+                in_block = true;
+                code_blocks.push(String::new());
+            }
+            Event::End(TagEnd::CodeBlock) => in_block = false,
+            Event::Text(text) if in_block => code_blocks.last_mut().expect("block").push_str(&text),
+            Event::Text(text) => prose.push_str(&text),
+            Event::Html(html) | Event::InlineHtml(html) => {
+                let html = html.trim();
+                assert!(
+                    [
+                        "<details><summary>9 change(s)</summary>",
+                        "</details>",
+                        "<sub>",
+                        "</sub>"
+                    ]
+                    .contains(&html),
+                    "HTML from a value: {html:?}\n{md}"
+                );
+            }
+            Event::Start(Tag::Link { .. } | Tag::Image { .. }) => panic!("a link:\n{md}"),
+            Event::Start(Tag::Heading { level, .. }) => {
+                assert_eq!(level, HeadingLevel::H3, "a heading from a value:\n{md}")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        code_blocks.len(),
+        1,
+        "one diff block, never closed early:\n{md}"
+    );
+    for needle in ["@", "<", "onerror", "forged", "desrever"] {
+        assert!(!prose.contains(needle), "{needle:?} outside code: {prose}");
+    }
+    let block = &code_blocks[0];
+    assert!(
+        block.contains("onerror") && block.contains("@octocat"),
+        "{block}"
+    );
+    for line in block.lines() {
+        assert!(
+            !line.starts_with("+ runner forged") && !line.starts_with("- runner forged"),
+            "a forged change line: {line:?}"
+        );
+        assert!(
+            !line.contains('\r') && !line.contains('\u{202e}'),
+            "{line:?}"
+        );
+    }
+}

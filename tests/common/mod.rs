@@ -104,7 +104,8 @@ impl World {
         path
     }
 
-    /// Runs the fleet binary with the fake's token.
+    /// Runs the fleet binary with the fake's token, the fake as the API this machine trusts
+    /// (`GITHUB_API_URL`; the spec's `api_url` names the same).
     pub fn fleet(&self, args: &[&str]) -> Output {
         self.fleet_with_env(args, &[("GITHUB_TOKEN", &self.fake.token())])
     }
@@ -114,7 +115,7 @@ impl World {
         cmd.current_dir(self.dir.path())
             .args(args)
             .env_remove("GITHUB_TOKEN")
-            .env_remove("GITHUB_API_URL")
+            .env("GITHUB_API_URL", self.fake.url())
             .env_remove("DOCKER_HOST")
             .env("NO_COLOR", "1")
             .env("FLEET_LOCK_DIR", self.dir.path());

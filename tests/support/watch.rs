@@ -34,7 +34,7 @@ impl WatchProcess {
             .arg("watch")
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(args)
-            .env_remove("GITHUB_API_URL")
+            .env("GITHUB_API_URL", w.fake.url())
             .env_remove("DOCKER_HOST")
             .env("GITHUB_TOKEN", w.fake.token())
             .env("FLEET_LOCK_DIR", w.dir.path())

@@ -39,11 +39,22 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     fleet::cli::init_logging(0);
-    // The fake's token, handed to fleet through the environment as an operator would.
+    // The fake's token and address, handed to fleet through the environment as an operator
+    // would: the machine, not fleet.yaml, says which GitHub API gets the credentials.
     let token = format!("demo-token-{}", std::process::id());
+    let fake_addr = match free_loopback_addr() {
+        Ok(addr) => addr,
+        Err(message) => {
+            eprintln!("\ndemo failed: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     // SAFETY: no other thread exists yet: the runtime and the fake start below.
-    unsafe { std::env::set_var("GITHUB_TOKEN", &token) };
-    match run(&args, &token) {
+    unsafe {
+        std::env::set_var("GITHUB_TOKEN", &token);
+        std::env::set_var("GITHUB_API_URL", format!("http://{fake_addr}"));
+    }
+    match run(&args, &token, fake_addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("\ndemo failed: {message}");
@@ -101,11 +112,12 @@ fn docker_has_nvidia() -> bool {
 }
 
 /// The demo fleet: the example's pools, on this machine, with the demo image.
-fn demo_spec(example: &Path, api_url: &str) -> Result<(Spec, Vec<String>), String> {
+fn demo_spec(example: &Path) -> Result<(Spec, Vec<String>), String> {
     let mut spec = fleet::spec::load(example).map_err(|e| e.render())?;
     let mut notes = Vec::new();
     spec.name = FLEET.to_string();
-    spec.github.api_url = Some(api_url.to_string());
+    // The API is the machine's (GITHUB_API_URL, set above), never the spec's.
+    spec.github.api_url = None;
     spec.github.auth = None;
     let gpus = fleet::observe::gpu::nvml_uuids().unwrap_or_default();
     let use_gpus = !gpus.is_empty() && docker_has_nvidia();
@@ -226,7 +238,14 @@ fn show_runners(fake: &FakeGithub, scope: &Scope) -> Result<(), String> {
     Ok(())
 }
 
-fn run(args: &Args, token: &str) -> Result<(), String> {
+/// A free port on 127.0.0.1 for the fake (the probe is closed again; the fake binds it next).
+fn free_loopback_addr() -> Result<std::net::SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
+}
+
+fn run(args: &Args, token: &str, fake_addr: std::net::SocketAddr) -> Result<(), String> {
     docker(&["info", "--format", "{{.ServerVersion}}"])
         .map_err(|e| format!("the Docker engine does not answer ({e}); start it first"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -237,10 +256,13 @@ fn run(args: &Args, token: &str) -> Result<(), String> {
 
     banner("Starting the fake GitHub on 127.0.0.1");
     let fake = rt
-        .block_on(FakeGithub::start(Config {
-            token: token.to_string(),
-            ..Config::default()
-        }))
+        .block_on(FakeGithub::start_on(
+            Config {
+                token: token.to_string(),
+                ..Config::default()
+            },
+            fake_addr,
+        ))
         .map_err(|e| format!("cannot start the fake GitHub: {e}"))?;
     println!(
         "The fake GitHub API answers at {} (runner endpoints, JIT configs, tokens).",
@@ -251,7 +273,7 @@ fn run(args: &Args, token: &str) -> Result<(), String> {
     runner_image()?;
 
     let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-    let (spec, notes) = demo_spec(&args.example, &fake.url())?;
+    let (spec, notes) = demo_spec(&args.example)?;
     // JSON is YAML: the spec fleet reads is written as JSON.
     let path = dir.path().join("fleet.yaml");
     let text = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
