@@ -74,8 +74,9 @@ pub struct Github {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9-]*$"))]
     pub org: Option<String>,
-    /// REST API base URL. Default: $GITHUB_API_URL, else https://api.github.com.
-    /// GitHub Enterprise Server: https://HOST/api/v3.
+    /// REST API base URL, for the record: it must equal the API the machine trusts
+    /// ($GITHUB_API_URL, else https://api.github.com), or fleet refuses to run; the spec never
+    /// chooses where credentials go. GitHub Enterprise Server: https://HOST/api/v3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s/]+"))]
     #[schemars(extend("default" = "https://api.github.com"))]
