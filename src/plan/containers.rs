@@ -143,7 +143,11 @@ pub(super) fn decide_pool<'a>(
         fates.push((c, fate));
     }
     for c in finished {
-        let exited = Reason::Exited { code: c.exit_code };
+        let exited = if c.status.is_finished() {
+            Reason::Exited { code: c.exit_code }
+        } else {
+            Reason::Unregistered
+        };
         let fate = if slots > 0 {
             Fate::Replace(vec![exited], vec![])
         } else {
@@ -193,7 +197,10 @@ fn sort_containers<'a>(
     let mut idle: Vec<&ContainerState> = Vec::new();
     let mut finished: Vec<&ContainerState> = Vec::new();
     for c in containers {
-        if c.status.is_finished() {
+        // An ephemeral runner registers before its container exists: a container whose
+        // registration is gone has done its job (or was removed on GitHub) and is leaving.
+        let leaving = fit.pool.ephemeral && !runners.contains_key(c.name.as_str());
+        if c.status.is_finished() || leaving {
             finished.push(c);
         } else if is_busy(c, runners) {
             busy.push(c);

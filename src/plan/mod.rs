@@ -633,3 +633,6 @@ pub(crate) mod tests;
 
 #[cfg(test)]
 mod persistent_tests;
+
+#[cfg(test)]
+mod scaleset_tests;

@@ -67,6 +67,9 @@ pub enum Reason {
     NeverStarted,
     /// The container exited (`None`: it is dead).
     Exited { code: Option<i64> },
+    /// An ephemeral runner's container still runs, but its registration is gone: its job is
+    /// done (or it was removed on GitHub), and it is leaving.
+    Unregistered,
     /// A GPU the runner holds left its host's inventory.
     GpuGone { uuid: String, host: String },
     /// The runner holds another number of GPUs than its pool gives.
@@ -123,6 +126,9 @@ impl fmt::Display for Reason {
             Reason::NeverStarted => f.write_str("container was created but never started"),
             Reason::Exited { code: Some(code) } => write!(f, "container exited with code {code}"),
             Reason::Exited { code: None } => f.write_str("container is dead"),
+            Reason::Unregistered => f.write_str(
+                "its registration is gone (the runner finished its job, or was removed on GitHub)",
+            ),
             Reason::GpuGone { uuid, host } => {
                 write!(f, "GPU {uuid} is no longer in host `{host}`'s inventory")
             }

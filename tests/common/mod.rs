@@ -56,6 +56,11 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        World::with_fake(Config::default())
+    }
+
+    /// A world whose fake GitHub is configured by `config` (scale set timings, say).
+    pub fn with_fake(config: Config) -> World {
         test_image();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -63,7 +68,7 @@ impl World {
             .build()
             .expect("runtime");
         let fake = rt
-            .block_on(FakeGithub::start(Config::default()))
+            .block_on(FakeGithub::start(config))
             .expect("start the fake GitHub");
         // Unique per test: fleet names are [a-z0-9-]{1,24}.
         let nanos = std::time::SystemTime::now()

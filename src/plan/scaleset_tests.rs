@@ -1,0 +1,199 @@
+//! Autoscaled pools: their scale sets as plan changes, the runners they want with and without
+//! known demand, and GPUs shared with fixed pools.
+
+use super::tests::{add_runner, empty_world, with_pools};
+use super::{Action, Waiting, plan};
+use crate::contract::ownership_label;
+use crate::observe::state::{Observed, PoolLoad, ScaleSetState};
+
+const AUTO: &str =
+    "  auto:\n    image: r:1\n    labels: [gpu]\n    autoscale: { min_idle: 1, max: 4 }\n";
+
+fn with_scale_sets(mut world: Observed, sets: Vec<ScaleSetState>) -> Observed {
+    world.github.scale_sets = Some(sets);
+    world
+}
+
+fn ours(id: u64, name: &str, labels: &[&str]) -> ScaleSetState {
+    ScaleSetState {
+        id,
+        name: name.into(),
+        runner_group_id: 1,
+        runner_group: "Default".into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+    }
+}
+
+fn actions(world: &Observed, pools: &str) -> Vec<(Action, String)> {
+    plan(&with_pools(pools), world)
+        .expect("plan")
+        .document()
+        .changes
+        .iter()
+        .map(|c| (c.action, c.name.clone()))
+        .collect()
+}
+
+#[test]
+fn plan_does_not_read_scale_sets_and_says_apply_decides() {
+    let plan = plan(&with_pools(AUTO), &empty_world()).expect("plan");
+    assert!(plan.changes.iter().all(|c| c.action() == Action::Create));
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("scale set `zq-auto`") && w.contains("when apply runs")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn a_missing_scale_set_is_created_with_its_labels_name_first() {
+    let world = with_scale_sets(empty_world(), vec![]);
+    let typed = plan(&with_pools(AUTO), &world).expect("plan");
+    let set = typed
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            super::Change::ScaleSet(s) => Some(s),
+            _ => None,
+        })
+        .expect("a scale set change");
+    assert_eq!(set.op, super::ScaleSetOp::Create);
+    assert_eq!(set.name, "zq-auto");
+    assert_eq!(
+        set.labels,
+        [
+            "zq-auto",
+            "self-hosted",
+            "Linux",
+            "X64",
+            "gpu",
+            &ownership_label("zq")
+        ]
+    );
+    assert_eq!(
+        set.reasons[0].to_string(),
+        "pool `auto` autoscales and GitHub has no scale set of that name"
+    );
+}
+
+#[test]
+fn a_scale_set_fleet_did_not_make_is_never_adopted() {
+    let world = with_scale_sets(empty_world(), vec![ours(7, "zq-auto", &["zq-auto", "gpu"])]);
+    let err = plan(&with_pools(AUTO), &world).expect_err("no plan");
+    assert!(err.problems[0].contains("did not create"), "{err:?}");
+}
+
+#[test]
+fn label_drift_updates_and_a_scale_set_no_pool_uses_is_deleted() {
+    let own = ownership_label("zq");
+    let world = with_scale_sets(
+        empty_world(),
+        vec![
+            ours(
+                7,
+                "zq-auto",
+                &["zq-auto", "self-hosted", "Linux", "X64", &own],
+            ),
+            ours(8, "zq-old", &["zq-old", &own]),
+            ours(9, "someone-else", &["someone-else"]),
+        ],
+    );
+    let changes = actions(&world, AUTO);
+    assert!(
+        changes.contains(&(Action::UpdateScaleSet, "zq-auto".into())),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&(Action::DeleteScaleSet, "zq-old".into())),
+        "{changes:?}"
+    );
+    assert!(!changes.iter().any(|(_, n)| n == "someone-else"));
+}
+
+#[test]
+fn without_known_demand_runners_stay_between_min_idle_and_max() {
+    let spec = with_pools(AUTO);
+    // None: min_idle is made.
+    let creates = actions(&empty_world(), AUTO);
+    assert_eq!(
+        creates.iter().filter(|(a, _)| *a == Action::Create).count(),
+        1
+    );
+    // Six: two above max go; three are kept (apply from cron does not undo demand).
+    let mut world = empty_world();
+    for i in 0..6 {
+        add_runner(&mut world, &spec, "auto", &format!("zq-auto-r{i}"), &[]);
+    }
+    let destroys = actions(&world, AUTO);
+    assert_eq!(
+        destroys
+            .iter()
+            .filter(|(a, _)| *a == Action::Destroy)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn with_known_demand_the_pool_wants_min_idle_plus_assigned_up_to_max() {
+    let spec = with_pools(AUTO);
+    let mut world = empty_world();
+    world.demand.insert(
+        "auto".into(),
+        PoolLoad {
+            assigned: 2,
+            queued: 0,
+        },
+    );
+    let typed = plan(&spec, &world).expect("plan");
+    assert_eq!(typed.summary().create, 3);
+    let pool = &typed.autoscale[0];
+    assert_eq!((pool.wanted, pool.runners, pool.assigned), (3, 3, Some(2)));
+    assert_eq!(pool.waiting, None);
+    assert_eq!(pool.capacity(), 4, "no GPUs: capacity is max");
+    // Demand above max waits at max.
+    world.demand.get_mut("auto").expect("demand").assigned = 9;
+    let typed = plan(&spec, &world).expect("plan");
+    assert_eq!(typed.summary().create, 4);
+    assert_eq!(typed.autoscale[0].waiting, Some((6, Waiting::AtMax)));
+}
+
+#[test]
+fn autoscaled_runners_take_only_the_gpus_fixed_pools_leave() {
+    let pools = "  fixed:\n    count: 2\n    image: r:1\n    gpus: 1\n  auto:\n    image: r:1\n    gpus: 1\n    autoscale: { min_idle: 0, max: 8 }\n";
+    let spec = with_pools(pools);
+    let mut world = empty_world(); // four GPUs
+    world.demand.insert(
+        "auto".into(),
+        PoolLoad {
+            assigned: 5,
+            queued: 1,
+        },
+    );
+    let typed = plan(&spec, &world).expect("no GPU error for an autoscaled pool");
+    let doc = typed.document();
+    let gpus_of = |pool: &str| -> Vec<String> {
+        doc.changes
+            .iter()
+            .filter(|c| c.pool == pool)
+            .flat_map(|c| c.gpus.clone())
+            .collect()
+    };
+    assert_eq!(gpus_of("fixed").len(), 2, "fixed pools first");
+    assert_eq!(gpus_of("auto").len(), 2, "what is left");
+    let mut all: Vec<String> = [gpus_of("fixed"), gpus_of("auto")].concat();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 4, "no GPU held twice");
+    let pool = &typed.autoscale[0];
+    assert_eq!(pool.runners, 2);
+    assert_eq!(pool.free_slots, Some(0));
+    assert_eq!(
+        pool.capacity(),
+        2,
+        "GitHub is told no more than fleet can start"
+    );
+    assert_eq!(pool.waiting, Some((4, Waiting::NoFreeGpu)));
+}

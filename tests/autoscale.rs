@@ -1,0 +1,215 @@
+//! Autoscaled pools under `fleet watch`, against the fake GitHub's scale set service and the
+//! real Docker engine: from zero to the jobs queued and back, GPUs shared with a fixed pool and
+//! never held twice, and a restarted watch that loses no job.
+
+mod common;
+#[path = "support/watch.rs"]
+mod support;
+
+use std::time::Duration;
+
+use common::{TEST_IMAGE, World};
+use fake_github::{Config, ScaleSetConfig};
+use support::WatchProcess;
+
+/// The fake answers an empty poll quickly and lets a session lapse soon, so that a test sees
+/// capacity changes and restarts within seconds.
+fn world() -> World {
+    World::with_fake(Config {
+        scaleset: ScaleSetConfig {
+            long_poll: Duration::from_millis(300),
+            session_timeout: Duration::from_secs(3),
+            ..ScaleSetConfig::default()
+        },
+        ..Config::default()
+    })
+}
+
+fn spec(w: &World, pools: &str, gpus: &str) -> std::path::PathBuf {
+    let path = w.dir.path().join("fleet.yaml");
+    let text = format!(
+        "version: 1\nname: {run}\ngithub:\n  repo: acme/{run}\nhosts:\n  local:\n    docker: unix:///var/run/docker.sock\n    gpus: {gpus}\n    gpu_mode: env\npools:\n{pools}",
+        run = w.run
+    );
+    std::fs::write(&path, text).expect("write spec");
+    path
+}
+
+fn autoscaled(name: &str, gpus: u32, max: u32) -> String {
+    format!(
+        "  {name}:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    gpus: {gpus}\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
+    )
+}
+
+/// The scale set of `pool`, once watch has made it and opened a session on it.
+fn listening_scale_set(w: &World, watch: &WatchProcess, pool: &str) -> u64 {
+    let name = format!("{}-{pool}", w.run);
+    let mut id = None;
+    watch.eventually(Duration::from_secs(60), "a listened scale set", || {
+        id = w
+            .fake
+            .scale_sets(Some(&w.scope))
+            .into_iter()
+            .find(|s| s.name == name && s.session.is_some())
+            .map(|s| s.id);
+        id.is_some()
+    });
+    id.expect("scale set")
+}
+
+/// Running containers of `pool`.
+fn running(w: &World, pool: &str) -> Vec<String> {
+    let prefix = format!("{}-{pool}-", w.run);
+    w.owned_containers()
+        .into_iter()
+        .filter(|(n, state)| n.starts_with(&prefix) && state == "running")
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Each running runner of `pool` takes a job and finishes it: GitHub removes the ephemeral
+/// registration and the container exits, as a real runner's would.
+fn run_jobs(w: &World, scale_set: u64, pool: &str) -> usize {
+    let mut done = 0;
+    for runner in running(w, pool) {
+        let started = w.fake.start_job(scale_set, &runner);
+        if started.is_ok() {
+            w.fake
+                .complete_job(scale_set, &runner, "succeeded")
+                .expect("complete");
+            common::docker_ok(&["stop", "-t", "0", &runner]);
+            done += 1;
+        }
+    }
+    done
+}
+
+#[test]
+fn a_pool_scales_from_zero_to_its_jobs_and_back() {
+    let w = world();
+    spec(&w, &autoscaled("auto", 0, 4), "none");
+    // plan reads no scale set: it says apply decides, and plans nothing for min_idle 0.
+    let out = w.fleet(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(
+        common::stdout(&out).contains("when apply runs"),
+        "{}",
+        common::stdout(&out)
+    );
+
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    let set = w
+        .fake
+        .scale_sets(Some(&w.scope))
+        .into_iter()
+        .find(|s| s.id == id)
+        .expect("set");
+    assert!(
+        set.labels.contains(&format!("fleet.{}", w.run)),
+        "owned: {:?}",
+        set.labels
+    );
+    assert!(running(&w, "auto").is_empty(), "min_idle 0: no runner yet");
+
+    w.fake.queue_jobs_for_scale_set(id, 3).expect("queue");
+    watch.eventually(Duration::from_secs(60), "three runners", || {
+        running(&w, "auto").len() == 3
+    });
+    let jobs = run_jobs(&w, id, "auto");
+    assert_eq!(jobs, 3, "each runner took one job");
+    watch.eventually(Duration::from_secs(60), "no runner left", || {
+        w.owned_containers().is_empty() && w.owned_runner_names().is_empty()
+    });
+    let metrics = watch.metrics();
+    for name in [
+        "gha_assigned_jobs",
+        "gha_desired_runners",
+        "gha_started_jobs_total",
+        "gha_completed_jobs_total",
+        "fleet_autoscale_jobs_waiting",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+}
+
+#[test]
+fn autoscaled_and_fixed_pools_share_gpus_and_github_is_told_the_capacity() {
+    let w = world();
+    let pools = format!(
+        "  fixed:\n    count: 1\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    gpus: 1\n{}",
+        autoscaled("auto", 1, 4)
+    );
+    spec(&w, &pools, "[GPU-aaaa-0001, GPU-aaaa-0002, GPU-aaaa-0003]");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    w.fake.queue_jobs_for_scale_set(id, 4).expect("queue");
+    watch.eventually(Duration::from_secs(60), "two autoscaled runners", || {
+        running(&w, "auto").len() == 2
+    });
+    watch.eventually(Duration::from_secs(30), "capacity 2 on the poll", || {
+        w.fake
+            .scale_sets(Some(&w.scope))
+            .iter()
+            .any(|s| s.id == id && s.capacity == Some(2))
+    });
+    let stats = w.fake.scale_set_statistics(id).expect("statistics");
+    assert_eq!(
+        stats.total_assigned_jobs, 2,
+        "GitHub assigned what fleet can run"
+    );
+    // Every GPU is held once.
+    let mut held: Vec<String> = w
+        .owned_containers()
+        .into_iter()
+        .flat_map(|(name, _)| {
+            let labels = &w.inspect(&name)["Config"]["Labels"];
+            labels["fleet.gpus"]
+                .as_str()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    held.sort();
+    let before = held.len();
+    held.dedup();
+    assert_eq!((before, held.len()), (3, 3), "{held:?}");
+    assert!(
+        watch
+            .metrics()
+            .contains("fleet_autoscale_jobs_waiting{pool=\"auto\",reason=\"no_free_gpu\"} 2"),
+        "{}",
+        watch.metrics()
+    );
+    // The jobs end: GPUs free, the next two jobs get runners.
+    run_jobs(&w, id, "auto");
+    watch.eventually(Duration::from_secs(60), "the other two jobs run", || {
+        w.fake
+            .scale_set_statistics(id)
+            .is_some_and(|s| s.total_assigned_jobs == 2 && s.total_available_jobs == 0)
+            && running(&w, "auto").len() == 2
+    });
+}
+
+#[test]
+fn a_restarted_watch_loses_no_job_and_starts_no_extra_runner() {
+    let w = world();
+    spec(&w, &autoscaled("auto", 0, 5), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    drop(watch); // SIGKILL: its session stays open until it lapses
+    w.fake.queue_jobs_for_scale_set(id, 2).expect("queue");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    watch.eventually(
+        Duration::from_secs(90),
+        "two runners after the restart",
+        || running(&w, "auto").len() == 2,
+    );
+    // Steady: no third runner appears for the two jobs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running(&w, "auto").len(), 2, "{}", watch.log());
+    assert_eq!(run_jobs(&w, id, "auto"), 2);
+}
