@@ -177,13 +177,13 @@ fn autoscaled_and_fixed_pools_share_gpus_and_github_is_told_the_capacity() {
     let before = held.len();
     held.dedup();
     assert_eq!((before, held.len()), (3, 3), "{held:?}");
-    assert!(
-        watch
-            .metrics()
-            .contains("fleet_autoscale_jobs_waiting{pool=\"auto\",reason=\"no_free_gpu\"} 2"),
-        "{}",
-        watch.metrics()
-    );
+    watch.eventually(Duration::from_secs(30), "two jobs waiting for GPUs", || {
+        support::sample(
+            &watch.metrics(),
+            "fleet_autoscale_jobs_waiting",
+            &[("pool", "auto"), ("reason", "no_free_gpu")],
+        ) == Some(2.0)
+    });
     // The jobs end: GPUs free, the next two jobs get runners.
     run_jobs(&w, id, "auto");
     watch.eventually(Duration::from_secs(60), "the other two jobs run", || {
