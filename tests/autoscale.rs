@@ -213,3 +213,103 @@ fn a_restarted_watch_loses_no_job_and_starts_no_extra_runner() {
     assert_eq!(running(&w, "auto").len(), 2, "{}", watch.log());
     assert_eq!(run_jobs(&w, id, "auto"), 2);
 }
+
+#[test]
+fn apply_from_cron_keeps_the_scale_set_and_min_idle_runners() {
+    let w = world();
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 2, max: 5 }}\n"
+    );
+    spec(&w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let text = common::stdout(&out);
+    assert!(text.contains("scale set"), "{text}");
+    let sets = w.fake.scale_sets(Some(&w.scope));
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0].name, format!("{}-auto", w.run));
+    assert!(
+        sets[0].labels.contains(&"gpu".to_string()),
+        "{:?}",
+        sets[0].labels
+    );
+    assert_eq!(running(&w, "auto").len(), 2, "min_idle runners");
+    let record = format!("{}-auto.scale-set", w.run);
+    let label = common::docker_ok(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{index .Labels \"fleet.scale-set\"}}",
+        &record,
+    ]);
+    assert_eq!(
+        label,
+        format!("{}-auto", w.run),
+        "the scale set is recorded"
+    );
+    // Their registrations are the scale set's runners.
+    assert_eq!(w.owned_runner_names().len(), 2);
+    // Converged: a second apply changes nothing.
+    let again = w.apply();
+    assert!(
+        common::stdout(&again).contains("No changes"),
+        "{}",
+        common::stdout(&again)
+    );
+    // The pool stops autoscaling: its scale set goes once its runners are gone.
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.owned_containers().is_empty());
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+    assert!(
+        !common::docker(&["volume", "inspect", &record])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn a_scale_set_fleet_did_not_make_is_an_error_never_adopted() {
+    use fleet::scaleset::{
+        ClientConfig, RetryPolicy, ScaleSetApi, ScaleSetClient, ScaleSetSpec, Scope,
+        TokenRegistration,
+    };
+    let w = world();
+    spec(&w, &autoscaled("auto", 0, 2), "none");
+    // Someone else made a scale set with the pool's name (no ownership label).
+    let scope = Scope::Repo {
+        owner: "acme".into(),
+        repo: w.run.clone(),
+    };
+    let name = format!("{}-auto", w.run);
+    w.rt.block_on(async {
+        let tokens = TokenRegistration::new(
+            &w.fake.url(),
+            &scope,
+            fleet::secret::Secret::new(w.fake.token()),
+            RetryPolicy::default(),
+        )
+        .expect("token source");
+        let client = ScaleSetClient::new(
+            ClientConfig::new(&w.fake.url(), &scope),
+            std::sync::Arc::new(tokens),
+        )
+        .expect("client");
+        client
+            .get_or_create_scale_set(&ScaleSetSpec::new(name.clone()))
+            .await
+            .expect("their scale set");
+    });
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(1), "{}", common::stdout(&out));
+    assert!(
+        common::stderr(&out).contains("did not create"),
+        "{}",
+        common::stderr(&out)
+    );
+    let sets = w.fake.scale_sets(Some(&w.scope));
+    assert_eq!(sets.len(), 1, "not deleted, not adopted: {sets:?}");
+    assert!(!sets[0].labels.iter().any(|l| l.starts_with("fleet.")));
+    assert!(w.owned_containers().is_empty());
+}

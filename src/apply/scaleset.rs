@@ -41,6 +41,7 @@ impl Executor<'_> {
                     )));
                 }
                 self.remember_scale_set(change, set.id).await;
+                self.record(change, true).await?;
             }
             (ScaleSetOp::Update { .. }, Some(id)) => {
                 client
@@ -50,7 +51,7 @@ impl Executor<'_> {
                 self.remember_scale_set(change, id).await;
             }
             (ScaleSetOp::Delete, Some(id)) => match client.delete_scale_set(id).await {
-                Ok(()) => {}
+                Ok(()) => self.record(change, false).await?,
                 Err(ScaleSetError::RunnerBusy { .. }) => {
                     return Ok(StepResult::deferred(
                         "a runner of the scale set is running a job: deleted after it",
@@ -66,6 +67,29 @@ impl Executor<'_> {
             }
         }
         Ok(StepResult::done())
+    }
+
+    /// Makes or removes the volume that records the scale set (it tells later applies, without
+    /// reading GitHub, that there is a scale set to look after).
+    async fn record(&self, change: &ScaleSetChange, made: bool) -> Result<(), StepError> {
+        let Some((host, volume)) = &change.record else {
+            return Ok(());
+        };
+        let write = self.host(host)?.write();
+        if made {
+            let mut labels = contract::volume_labels(
+                &self.spec.name,
+                change.pool.as_deref().unwrap_or_default(),
+                None,
+            );
+            labels.insert(contract::labels::SCALE_SET.to_string(), change.name.clone());
+            write
+                .create_volume(volume, labels.into_iter().collect())
+                .await?;
+        } else {
+            write.remove_volume(volume).await?;
+        }
+        Ok(())
     }
 
     async fn remember_scale_set(&self, change: &ScaleSetChange, id: u64) {

@@ -32,6 +32,9 @@ pub mod labels {
     /// On a persistent runner's container: `register` when it was made with a registration
     /// token (it configures itself when it starts), `restore` when it restores a registration.
     pub const REGISTRATION: &str = "fleet.registration";
+    /// On the record of a runner scale set fleet made (an empty volume): the scale set's name.
+    /// It lets `apply` know, without reading GitHub, that there are scale sets to look after.
+    pub const SCALE_SET: &str = "fleet.scale-set";
 }
 
 /// Labels GitHub gives runners itself and that its API cannot change (they are `read-only`):

@@ -58,6 +58,11 @@ pub fn state_volume(runner: &str) -> String {
     format!("{runner}-state")
 }
 
+/// The name of the (empty) volume that records pool `pool`'s runner scale set.
+pub fn scale_set_record(fleet: &str, pool: &str) -> String {
+    format!("{fleet}-{pool}.scale-set")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,6 +182,7 @@ fn volume_state(name: String, labels: BTreeMap<String, String>, fleet: &str) -> 
         owned,
         pool: label(labels::POOL),
         runner: label(labels::RUNNER),
+        scale_set: label(labels::SCALE_SET),
         name,
     }
 }

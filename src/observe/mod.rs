@@ -64,7 +64,7 @@ impl Observers {
             let connection = DockerHost::connect(&name, host.docker.as_deref(), env).await?;
             hosts.insert(name, connection);
         }
-        let scale_sets = scalesets::client_for(spec, &github)?;
+        let scale_sets = Some(scalesets::client_for(&github)?);
         Ok(Observers {
             hosts,
             github,
@@ -72,12 +72,32 @@ impl Observers {
         })
     }
 
-    /// Observes as [`Observers::observe`] does, and reads the runner scale sets too when the
-    /// spec has autoscaled pools (which needs a registration token: `apply` and `watch` only).
+    /// Observes as [`Observers::observe`] does, and reads the runner scale sets too (which
+    /// needs a registration token: `apply` and `watch` only) when the spec has autoscaled pools
+    /// or a host holds the record of one fleet made. Without autoscaled pools in the spec they
+    /// are read only to remove those of pools that left it: a failure then is a warning, and
+    /// nothing is removed.
     pub async fn observe_for_apply(&self, spec: &Spec) -> Result<Observed, ObserveError> {
         let mut observed = self.observe(spec).await?;
-        if let Some(client) = &self.scale_sets {
-            observed.github.scale_sets = Some(scalesets::read(client).await?);
+        let Some(client) = &self.scale_sets else {
+            return Ok(observed);
+        };
+        let autoscaled = spec.resolved_pools().iter().any(|p| p.autoscale.is_some());
+        let recorded = observed
+            .hosts
+            .values()
+            .flat_map(|h| &h.volumes)
+            .any(|v| v.owned && v.scale_set.is_some());
+        if !autoscaled && !recorded {
+            // No scale set to make, none made: no registration token to spend.
+            return Ok(observed);
+        }
+        match scalesets::read(client).await {
+            Ok(sets) => observed.github.scale_sets = Some(sets),
+            Err(e) if autoscaled => return Err(e.into()),
+            Err(e) => tracing::warn!(
+                "cannot read the runner scale sets ({e}); those of pools that left the spec are not removed this time"
+            ),
         }
         Ok(observed)
     }

@@ -10,7 +10,6 @@ use crate::scaleset::{
     ClientConfig, RegistrationTokenSource, RunnerScaleSet, ScaleSetApi, ScaleSetClient,
     ScaleSetError, Scope,
 };
-use crate::spec::Spec;
 
 /// fleet's GitHub client buys registration tokens with whatever credential it holds (a token,
 /// or a GitHub App's installation token), from the API the operator configured.
@@ -38,17 +37,11 @@ pub fn scope_of(scope: &GithubScope) -> Scope {
     }
 }
 
-/// A scale set client for the spec's scope, when the spec has autoscaled pools.
-pub fn client_for(
-    spec: &Spec,
-    github: &GithubClient,
-) -> Result<Option<ScaleSetClient>, ScaleSetError> {
-    if !spec.resolved_pools().iter().any(|p| p.autoscale.is_some()) {
-        return Ok(None);
-    }
+/// A scale set client for the spec's scope (it contacts nothing until used).
+pub fn client_for(github: &GithubClient) -> Result<ScaleSetClient, ScaleSetError> {
     let config = ClientConfig::new(github.api_url(), &scope_of(github.scope()));
     let source = std::sync::Arc::new(github.clone());
-    ScaleSetClient::new(config, source).map(Some)
+    ScaleSetClient::new(config, source)
 }
 
 /// Every scale set of the scope (fleet's are told apart by their labels).

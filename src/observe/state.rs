@@ -107,6 +107,9 @@ pub struct VolumeState {
     /// For a persistent runner's state volume: its runner (`fleet.runner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
+    /// For the record of a runner scale set fleet made: its name (`fleet.scale-set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_set: Option<String>,
 }
 
 /// Where a host's GPU list came from.

@@ -133,6 +133,7 @@ impl ChangeDocument {
                     ScaleSetOp::Update { diff } => diff.clone(),
                     _ => vec![],
                 },
+                state_volume: set.record.as_ref().map(|(_, volume)| volume.clone()),
                 ..ChangeDocument::bare(
                     change.action(),
                     set.pool.as_deref().unwrap_or_default(),

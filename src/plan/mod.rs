@@ -598,6 +598,7 @@ pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<P
     let mut empty = spec.clone();
     for pool in empty.pools.values_mut() {
         pool.count = Some(0);
+        pool.autoscale = None;
     }
     let mut plan = plan(&empty, observed)?;
     for change in &mut plan.changes {

@@ -306,6 +306,8 @@ pub struct ScaleSetChange {
     pub labels: Vec<String>,
     /// The runner group it belongs in (`None`: the default group).
     pub runner_group: Option<String>,
+    /// The (host, volume) that records it: made with it, removed with it.
+    pub record: Option<(String, String)>,
     pub reasons: Vec<Reason>,
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::model::{AttributeChange, Change, Reason, ScaleSetChange, ScaleSetOp};
-use crate::contract::{self, RunnerConfig};
+use crate::contract::{self, RunnerConfig, naming};
 use crate::observe::state::{Observed, ScaleSetState};
 use crate::spec::{ResolvedPool, Spec};
 
@@ -70,7 +70,13 @@ pub(super) fn plan_scale_sets(
         wanted.insert(name.to_lowercase());
         let labels = scale_set_labels(fleet, pool, name);
         match existing.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
-            None => changes.push(change(ScaleSetOp::Create, pool, name, None, labels)),
+            None => {
+                let mut create = change(ScaleSetOp::Create, pool, name, None, labels);
+                if let Change::ScaleSet(set) = &mut create {
+                    set.record = Some((pool.host.clone(), naming::scale_set_record(fleet, &pool.name)));
+                }
+                changes.push(create);
+            }
             Some(set) if !contract::scale_set_owned(&set.labels, fleet) => problems.push(format!(
                 "pool `{}`: GitHub has a runner scale set `{}` (id {}) that fleet `{fleet}` did not create; fleet never adopts it: rename the pool's scale set (autoscale.scale_set) or remove that one",
                 pool.name, set.name, set.id
@@ -94,6 +100,7 @@ pub(super) fn plan_scale_sets(
                 id: Some(set.id),
                 labels: vec![],
                 runner_group: None,
+                record: record_of(observed, &set.name),
                 reasons: vec![Reason::ScaleSetUnused],
             }));
         }
@@ -127,7 +134,19 @@ fn change(
         id,
         labels,
         runner_group: group_of(pool),
+        record: None,
         reasons,
+    })
+}
+
+/// The volume that records scale set `name`, if fleet made one.
+fn record_of(observed: &Observed, name: &str) -> Option<(String, String)> {
+    observed.hosts.iter().find_map(|(host, state)| {
+        state
+            .volumes
+            .iter()
+            .find(|v| v.owned && v.scale_set.as_deref() == Some(name))
+            .map(|v| (host.clone(), v.name.clone()))
     })
 }
 

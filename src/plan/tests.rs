@@ -183,6 +183,7 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                     owned: true,
                     pool: Some(pool.name.clone()),
                     runner: Some(name.to_string()),
+                    scale_set: None,
                 });
                 h.volumes.sort_by(|a, b| a.name.cmp(&b.name));
             }
