@@ -613,8 +613,27 @@ pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<P
         deferral.change.reasons = vec![Reason::FleetDestroy];
     }
     if volumes {
+        // State volumes and scale set records go with their runner or scale set.
+        let going: BTreeSet<String> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Runner(r) => r.state_volume.clone(),
+                Change::ScaleSet(s) => s.record.as_ref().map(|(_, v)| v.clone()),
+                _ => None,
+            })
+            .chain(
+                plan.deferred
+                    .iter()
+                    .filter_map(|d| d.change.state_volume.clone()),
+            )
+            .collect();
         for (host, state) in &observed.hosts {
-            for volume in state.volumes.iter().filter(|v| v.owned) {
+            for volume in state
+                .volumes
+                .iter()
+                .filter(|v| v.owned && !going.contains(&v.name))
+            {
                 plan.changes.push(Change::Volume(VolumeChange {
                     op: VolumeOp::Destroy,
                     host: host.clone(),

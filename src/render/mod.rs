@@ -154,7 +154,10 @@ pub fn text(plan: &PlanDocument, color: bool) -> String {
                     change.action,
                     Action::CreateScaleSet | Action::UpdateScaleSet | Action::DeleteScaleSet
                 ) {
-                    format!("  # GitHub runner scale sets, pool {}", change.pool)
+                    match change.pool.as_str() {
+                        "" => "  # GitHub runner scale sets".to_string(),
+                        pool => format!("  # GitHub runner scale sets, pool {pool}"),
+                    }
                 } else {
                     format!("  # host {}, pool {}", change.host, change.pool)
                 };
@@ -213,7 +216,7 @@ fn change_text(out: &mut String, change: &ChangeDocument, p: &Palette) {
     }
     if let Some(volume) = &change.state_volume {
         let fate = match change.action {
-            Action::Destroy => "removed with it",
+            Action::Destroy | Action::DeleteScaleSet => "removed with it",
             Action::Defer if change.deferred == Some(Action::Destroy) => "removed with it",
             _ => "kept",
         };

@@ -7,13 +7,17 @@
 //! 4. runs `fleet validate`, `plan` and `apply` exactly as an operator would;
 //! 5. shows the runners, lets one take a job and finish it, and applies again: the ephemeral
 //!    runner is replaced under a new name;
-//! 6. cleans up with `fleet destroy --volumes`.
+//! 6. runs `fleet watch`, the always-on loop: a runner that exits is healed without a command,
+//!    and an autoscaled pool added to the spec grows with queued jobs and shrinks after them;
+//! 7. cleans up with `fleet destroy --volumes`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
-use fake_github::{Config, FakeGithub, NewRunner, Scope};
+use std::time::{Duration, Instant};
+
+use fake_github::{Config, FakeGithub, NewRunner, ScaleSetConfig, Scope};
 use fleet::cli::Cli;
 use fleet::contract::ownership_label;
 use fleet::spec::{GpuRequest, HostGpus, Spec};
@@ -259,6 +263,11 @@ fn run(args: &Args, token: &str, fake_addr: std::net::SocketAddr) -> Result<(), 
         .block_on(FakeGithub::start_on(
             Config {
                 token: token.to_string(),
+                // Quick answers to idle polls, so that the autoscaled pool follows jobs at once.
+                scaleset: ScaleSetConfig {
+                    long_poll: Duration::from_millis(500),
+                    ..ScaleSetConfig::default()
+                },
                 ..Config::default()
             },
             fake_addr,
@@ -336,6 +345,8 @@ fn run(args: &Args, token: &str, fake_addr: std::net::SocketAddr) -> Result<(), 
     banner("fleet apply again: nothing to do");
     fleet_ok(&["-f", &file, "apply", "--auto-approve"])?;
 
+    watch_phase(&fake, &scope, &path, spec)?;
+
     drop(cleanup);
     if args.keep {
         println!(
@@ -349,6 +360,154 @@ fn run(args: &Args, token: &str, fake_addr: std::net::SocketAddr) -> Result<(), 
             "\nDemo complete: fleet planned, applied, replaced a finished runner, and cleaned up."
         );
     }
+    Ok(())
+}
+
+/// Waits up to a minute for `done`, polling.
+fn wait_for(
+    what: &str,
+    mut done: impl FnMut() -> Result<bool, String>,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if done()? {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("gave up waiting for {what}"))
+}
+
+/// Running containers of pool `pool`.
+fn running(pool: &str) -> Result<Vec<String>, String> {
+    let names = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=fleet.name={FLEET}"),
+        "--filter",
+        &format!("label=fleet.pool={pool}"),
+        "--format",
+        "{{.Names}}",
+    ])?;
+    Ok(names.lines().map(str::to_string).collect())
+}
+
+/// `fleet watch` in a thread of its own, as the daemon would run; stopped on drop.
+struct Watch {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    fn start(file: &Path) -> Result<Watch, String> {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let file = file.to_path_buf();
+        let options = fleet::watch::WatchOptions {
+            resync: Duration::from_secs(10),
+            metrics_addr: None,
+            lock_timeout: Duration::from_secs(60),
+            parallelism: 10,
+            shutdown_grace: Duration::from_secs(8),
+        };
+        let env: fleet::watch::Env = std::sync::Arc::new(|name: &str| std::env::var(name).ok());
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("cannot start fleet watch: {e}"),
+            };
+            if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
+                eprintln!("fleet watch stopped: {e}");
+            }
+        });
+        Ok(Watch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `fleet watch` heals an exited runner on its own, and follows an autoscaled pool's jobs.
+fn watch_phase(
+    fake: &FakeGithub,
+    scope: &Scope,
+    file: &Path,
+    mut spec: Spec,
+) -> Result<(), String> {
+    banner("fleet watch: the always-on loop");
+    println!("$ fleet -f {} watch    (in the background)", file.display());
+    let watch = Watch::start(file)?;
+    let before = running("gpu")?;
+    let gone = before
+        .first()
+        .ok_or("no runner of pool `gpu` runs")?
+        .clone();
+    println!("A job ends on {gone}: its runner exits, and nobody runs fleet apply.");
+    if let Some(r) = fake.runners(scope).into_iter().find(|r| r.name == gone) {
+        fake.remove_runner(scope, r.id);
+    }
+    docker(&["stop", "-t", "0", &gone])?;
+    let took = wait_for("watch to replace the runner", || {
+        let now = running("gpu")?;
+        Ok(now.len() == before.len() && !now.contains(&gone))
+    })?;
+    println!("fleet watch replaced {gone} in {:.1}s.", took.as_secs_f64());
+
+    banner("An autoscaled pool: runners on demand");
+    let mut burst = spec.pools.get("cpu").cloned().unwrap_or_default();
+    burst.count = None;
+    burst.ephemeral = Some(true);
+    burst.autoscale = Some(fleet::spec::Autoscale {
+        min_idle: 0,
+        max: 3,
+        scale_set: None,
+    });
+    spec.pools.insert("burst".into(), burst);
+    let text = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
+    std::fs::write(file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    println!(
+        "fleet.yaml gains pool `burst` with `autoscale: {{ min_idle: 0, max: 3 }}`; watch picks it up."
+    );
+    let set_name = format!("{FLEET}-burst");
+    let mut set_id = 0;
+    wait_for("the scale set and its listener", || {
+        let found = fake
+            .scale_sets(Some(scope))
+            .into_iter()
+            .find(|s| s.name == set_name && s.session.is_some());
+        set_id = found.as_ref().map_or(0, |s| s.id);
+        Ok(found.is_some())
+    })?;
+    println!(
+        "Scale set {set_name} registered; its listener long-polls for jobs. No runner yet (min_idle 0)."
+    );
+    fake.queue_jobs_for_scale_set(set_id, 3)
+        .ok_or("the fake has no such scale set")?;
+    println!("Three jobs are queued for `runs-on: {set_name}`.");
+    let took = wait_for("three runners", || Ok(running("burst")?.len() == 3))?;
+    println!(
+        "autoscaled pool `burst`: 3 runners for 3 jobs, {:.1}s after they were queued.",
+        took.as_secs_f64()
+    );
+    for runner in running("burst")? {
+        if fake.start_job(set_id, &runner).is_ok() {
+            let _ = fake.complete_job(set_id, &runner, "succeeded");
+        }
+        docker(&["stop", "-t", "0", &runner])?;
+    }
+    println!("The three jobs run and end; their runners exit.");
+    wait_for("the pool to shrink", || Ok(running("burst")?.is_empty()))?;
+    println!("autoscaled pool `burst`: 0 runners after the jobs.");
+    drop(watch);
+    println!("fleet watch stopped (SIGTERM); runners are left as they are.");
     Ok(())
 }
 

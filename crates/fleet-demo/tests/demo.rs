@@ -35,6 +35,10 @@ fn the_offline_demo_plans_applies_replaces_and_cleans_up() {
         "reason: container exited with code 137",
         "Apply complete: 0 created, 1 replaced",
         "No changes. The fleet matches fleet.yaml.",
+        "fleet watch replaced",
+        "autoscaled pool `burst`: 3 runners for 3 jobs",
+        "autoscaled pool `burst`: 0 runners after the jobs.",
+        "- scale set fleet-demo-burst",
         "Destroy complete: 0 created, 0 replaced, 7 destroyed",
         "Demo complete",
     ] {
