@@ -216,3 +216,34 @@ fn a_state_volume_without_fleets_labels_is_never_used_and_the_plan_says_so() {
         "null"
     );
 }
+
+/// The pool's `host` changes and nothing is moved by hand. The runner is still wanted (only its
+/// host changed), so it keeps its registration (docs/apply.md, "Persistent runners"): the old
+/// container goes, and the runner registers again under its name on the new host, with a fresh
+/// state volume; `config.sh --replace` takes over the registration it finds.
+#[test]
+fn changing_a_persistent_pools_host_keeps_its_registration() {
+    let w = World::new();
+    let run = RunDir::new();
+    let hosts = TwoHosts::start(&run);
+    let (name, id) = runner_to_move(&w, &hosts);
+
+    hosts.spec(&w, "other");
+    let plan = w.fleet(&["plan"]);
+    assert_ok(&plan);
+    let apply = w.apply();
+    assert_ok(&apply);
+    let said = format!("{}{}", stdout(&plan), stdout(&apply));
+    assert!(w.container_names("per").is_empty(), "{said}");
+    let env = hosts
+        .other
+        .docker_ok(&["inspect", "--format", "{{json .Config.Env}}", &name]);
+    assert!(env.contains("FLEET_REGISTRATION=register"), "{env}");
+    let env: Vec<String> = serde_json::from_str(&env).expect("environment");
+    w.config_sh_with(&name, &env).expect("registered");
+    assert_eq!(
+        w.runner_id(&name),
+        Some(id),
+        "the runner lost its registration when its pool changed host; plan and apply said:\n{said}"
+    );
+}

@@ -382,18 +382,28 @@ impl World {
     /// uses the registration its state volume holds. Either way the runner then connects
     /// (online). Returns the registration's id, `None` when there is none to use.
     pub fn config_sh(&self, name: &str) -> Option<u64> {
-        let mode = self.env_value(name, "FLEET_REGISTRATION");
-        let token = self.env_value(name, "ACTIONS_RUNNER_INPUT_TOKEN");
-        let id = match (mode.as_deref(), token) {
+        self.config_sh_with(name, &self.env_of(name))
+    }
+
+    /// [`World::config_sh`] for a container whose environment `env` was read elsewhere (on
+    /// another engine).
+    pub fn config_sh_with(&self, name: &str, env: &[String]) -> Option<u64> {
+        let value = |key: &str| {
+            let prefix = format!("{key}=");
+            env.iter()
+                .find_map(|e| e.strip_prefix(&prefix).map(str::to_string))
+        };
+        let id = match (
+            value("FLEET_REGISTRATION").as_deref(),
+            value("ACTIONS_RUNNER_INPUT_TOKEN"),
+        ) {
             (Some("register"), Some(token)) => {
-                let labels = self
-                    .env_value(name, "ACTIONS_RUNNER_INPUT_LABELS")
-                    .unwrap_or_default();
+                let labels = value("ACTIONS_RUNNER_INPUT_LABELS").unwrap_or_default();
                 let config = fake_github::RunnerConfiguration {
                     token,
                     name: name.to_string(),
                     labels: labels.split(',').map(str::to_string).collect(),
-                    runner_group: self.env_value(name, "ACTIONS_RUNNER_INPUT_RUNNERGROUP"),
+                    runner_group: value("ACTIONS_RUNNER_INPUT_RUNNERGROUP"),
                     replace: true,
                 };
                 match self.fake.configure_runner(&config) {
