@@ -370,3 +370,117 @@ impl World {
         self.fleet(&["apply", "--auto-approve"])
     }
 }
+
+/// Persistent runners: their registration as the runner's `config.sh` makes it, their state
+/// volume, and a fleet at organization scope.
+impl World {
+    /// The value of `key` in container `name`'s environment.
+    pub fn env_value(&self, name: &str, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        self.env_of(name)
+            .into_iter()
+            .find_map(|e| e.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// Plays a persistent runner's entrypoint once its container runs: with
+    /// `FLEET_REGISTRATION=register` and a token it registers as `config.sh --unattended
+    /// --replace` does, with the container's name, labels and runner group; with `restore` it
+    /// uses the registration its state volume holds. Either way the runner then connects
+    /// (online). Returns the registration's id, `None` when there is none to use.
+    pub fn config_sh(&self, name: &str) -> Option<u64> {
+        self.config_sh_with(name, &self.env_of(name))
+    }
+
+    /// [`World::config_sh`] for a container whose environment `env` was read elsewhere (on
+    /// another engine).
+    pub fn config_sh_with(&self, name: &str, env: &[String]) -> Option<u64> {
+        let value = |key: &str| {
+            let prefix = format!("{key}=");
+            env.iter()
+                .find_map(|e| e.strip_prefix(&prefix).map(str::to_string))
+        };
+        let id = match (
+            value("FLEET_REGISTRATION").as_deref(),
+            value("ACTIONS_RUNNER_INPUT_TOKEN"),
+        ) {
+            (Some("register"), Some(token)) => {
+                let labels = value("ACTIONS_RUNNER_INPUT_LABELS").unwrap_or_default();
+                let config = fake_github::RunnerConfiguration {
+                    token,
+                    name: name.to_string(),
+                    labels: labels.split(',').map(str::to_string).collect(),
+                    runner_group: value("ACTIONS_RUNNER_INPUT_RUNNERGROUP"),
+                    replace: true,
+                };
+                match self.fake.configure_runner(&config) {
+                    Ok(runner) => runner.id,
+                    Err(e) => panic!("config.sh of {name} failed: {e}"),
+                }
+            }
+            _ => self.runner_id(name)?,
+        };
+        self.fake.set_runner_state(&self.scope, id, true, false);
+        Some(id)
+    }
+
+    /// The id of the registration named `name`, if GitHub has one.
+    pub fn runner_id(&self, name: &str) -> Option<u64> {
+        self.fake
+            .runners(&self.scope)
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| r.id)
+    }
+
+    /// The volume mounted at the persistent runner's state directory in container `name`.
+    pub fn state_mount(&self, name: &str) -> Option<String> {
+        self.inspect(name)["Mounts"]
+            .as_array()?
+            .iter()
+            .find(|m| m["Destination"] == "/var/lib/fleet-runner")
+            .and_then(|m| m["Name"].as_str().map(str::to_string))
+    }
+
+    /// Names of the volumes labelled with this run's fleet, sorted.
+    pub fn owned_volumes(&self) -> Vec<String> {
+        let filter = format!("label=fleet.name={}", self.run);
+        let out = docker_ok(&["volume", "ls", "-q", "--filter", &filter]);
+        let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+
+    /// A world whose fleet registers its runners in organization `<run>` (which has the
+    /// runner groups the fake was given), not in a repository.
+    pub fn at_org() -> World {
+        let mut w = World::new();
+        w.scope = Scope::Org(w.run.clone());
+        w
+    }
+
+    /// Writes fleet.yaml for an organization-scope world (see [`World::at_org`]).
+    pub fn spec_at_org(&self, pools: &str) -> PathBuf {
+        let path = self.dir.path().join("fleet.yaml");
+        let text = format!(
+            "version: 1\nname: {run}\ngithub:\n  org: {run}\n  api_url: {url}\nhosts:\n  local:\n    docker: unix:///var/run/docker.sock\n    gpus: none\npools:\n{pools}",
+            run = self.run,
+            url = self.fake.url(),
+        );
+        std::fs::write(&path, text).expect("write spec");
+        path
+    }
+}
+
+impl World {
+    /// Writes fleet.yaml with `hosts` and `pools` (YAML, each indented by two spaces).
+    pub fn spec_hosts(&self, hosts: &str, pools: &str) -> PathBuf {
+        let path = self.dir.path().join("fleet.yaml");
+        let text = format!(
+            "version: 1\nname: {run}\ngithub:\n  repo: acme/{run}\n  api_url: {url}\nhosts:\n{hosts}pools:\n{pools}",
+            run = self.run,
+            url = self.fake.url(),
+        );
+        std::fs::write(&path, text).expect("write spec");
+        path
+    }
+}

@@ -29,6 +29,7 @@ const DOCS_RUNNERS: &str = "https://docs.github.com/rest/actions/self-hosted-run
 const DOCS_JIT: &str = "https://docs.github.com/rest/actions/self-hosted-runners#create-configuration-for-a-just-in-time-runner-for-an-organization";
 const DOCS_DELETE: &str = "https://docs.github.com/rest/actions/self-hosted-runners#delete-a-self-hosted-runner-from-an-organization";
 const DOCS_LABELS: &str = "https://docs.github.com/rest/actions/self-hosted-runners#add-custom-labels-to-a-self-hosted-runner-for-an-organization";
+const DOCS_GROUPS: &str = "https://docs.github.com/rest/actions/self-hosted-runner-groups#add-a-self-hosted-runner-to-a-group-for-an-organization";
 const DOCS_APPS: &str =
     "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app";
 const DOCS_RATE: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
@@ -88,6 +89,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     }
     router
         .route("/orgs/{org}/actions/runner-groups", get(list_runner_groups))
+        .route(
+            "/orgs/{org}/actions/runner-groups/{runner_group_id}/runners/{runner_id}",
+            axum::routing::put(add_runner_to_group).delete(remove_runner_from_group),
+        )
         .route("/repos/{owner}/{repo}/installation", get(installation))
         .route("/orgs/{org}/installation", get(installation))
         .route(
@@ -957,6 +962,40 @@ async fn list_runner_groups(
     let body = json!({"total_count": groups.len(), "runner_groups": items});
     let link = link_header(&headers, &uri, page, per_page, groups.len());
     Ok(with_link(json_response(StatusCode::OK, &body), link))
+}
+
+/// `PUT /orgs/{org}/actions/runner-groups/{group}/runners/{id}`: 204, or 404 when the group
+/// or the runner is not the organization's.
+async fn add_runner_to_group(
+    State(shared): Ctx,
+    Path((org, group, runner)): Path<(String, String, String)>,
+) -> ApiResult {
+    move_to_group(&shared, &org, group.parse().ok(), &runner)
+}
+
+/// `DELETE` of the same path: the runner goes back to the Default group.
+async fn remove_runner_from_group(
+    State(shared): Ctx,
+    Path((org, group, runner)): Path<(String, String, String)>,
+) -> ApiResult {
+    let known = group
+        .parse::<u64>()
+        .is_ok_and(|g| shared.lock().group_exists(&Scope::org(org.as_str()), g));
+    if !known {
+        return Err(ApiError::not_found(DOCS_GROUPS));
+    }
+    move_to_group(&shared, &org, Some(state::DEFAULT_GROUP_ID), &runner)
+}
+
+fn move_to_group(shared: &Shared, org: &str, group: Option<u64>, runner: &str) -> ApiResult {
+    let (Some(group), Ok(runner)) = (group, runner.parse::<u64>()) else {
+        return Err(ApiError::not_found(DOCS_GROUPS));
+    };
+    shared
+        .lock()
+        .move_runner_to_group(org, runner, group)
+        .map_err(|_| ApiError::not_found(DOCS_GROUPS))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- GitHub App -------------------------------------------------------------------------

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api::json_response;
-use crate::state::DEFAULT_GROUP_ID;
-use crate::{Fault, NewRunner, Scope, Shared};
+use crate::state::{ConfigureError, DEFAULT_GROUP_ID};
+use crate::{Fault, NewRunner, RunnerConfiguration, Scope, Shared};
 
 type Ctx = State<Arc<Shared>>;
 
@@ -24,6 +24,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/_fake/requests", get(requests).delete(clear_requests))
         .route("/_fake/runners", get(runners).post(add_runner))
+        .route("/_fake/runners/configure", post(configure_runner))
         .route("/_fake/runners/{id}/state", post(set_state))
         .route("/_fake/runners/{id}", axum::routing::delete(remove_runner))
         .route("/_fake/runner-groups", post(add_runner_group))
@@ -149,6 +150,56 @@ async fn add_runner(State(shared): Ctx, body: Bytes) -> ControlResult {
         StatusCode::CREATED,
         &to_json(&runner.info())?,
     ))
+}
+
+/// What `config.sh` sends: the body of `POST /_fake/runners/configure`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Configure {
+    token: String,
+    name: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    runner_group: Option<String>,
+    #[serde(default)]
+    replace: bool,
+}
+
+/// A runner registers itself as `config.sh` does: 201 with the new runner, 200 with the one it
+/// replaced in place; 401 for a bad token, 404 for an unknown group, 409 for a name taken.
+async fn configure_runner(State(shared): Ctx, body: Bytes) -> ControlResult {
+    let request: Configure = parse(&body)?;
+    let config = RunnerConfiguration {
+        token: request.token,
+        name: request.name,
+        labels: request.labels,
+        runner_group: request.runner_group,
+        replace: request.replace,
+    };
+    let result = shared
+        .lock()
+        .configure_runner(&config, crate::util::now_epoch());
+    match result {
+        Ok((runner, replaced)) => {
+            let status = if replaced {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok(json_response(status, &to_json(&runner.info())?))
+        }
+        Err(e) => {
+            let status = match e {
+                ConfigureError::BadToken => StatusCode::UNAUTHORIZED,
+                ConfigureError::NoGroup(_) => StatusCode::NOT_FOUND,
+                ConfigureError::NameTaken | ConfigureError::NameInOtherGroup => {
+                    StatusCode::CONFLICT
+                }
+            };
+            Err(ControlError(status, e.to_string()))
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -152,6 +152,21 @@ impl Default for NewRunner {
     }
 }
 
+/// What a runner's `config.sh --unattended` sends when it registers with a registration token:
+/// `--token`, `--name`, `--labels`, `--runnergroup` and `--replace`.
+#[derive(Clone, Debug, Default)]
+pub struct RunnerConfiguration {
+    /// A registration token from `POST .../actions/runners/registration-token`; it names the
+    /// scope the runner joins.
+    pub token: String,
+    pub name: String,
+    /// `--labels`; GitHub's system labels (`self-hosted`, `Linux`, `X64`) are added to them.
+    pub labels: Vec<String>,
+    /// `--runnergroup`, by name; Default when `None`.
+    pub runner_group: Option<String>,
+    pub replace: bool,
+}
+
 /// A runner as the fake holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunnerInfo {
@@ -353,6 +368,20 @@ impl FakeGithub {
     /// build foreign runners, duplicates and orphans. Returns its id.
     pub fn add_runner(&self, scope: &Scope, runner: NewRunner) -> u64 {
         self.shared.lock().insert_runner(scope, runner)
+    }
+
+    /// Registers a runner as its `config.sh` does with a registration token (see
+    /// [`RunnerConfiguration`]): a runner of that name in that group is replaced in place with
+    /// `replace` (same id, new labels), as actions/runner does; otherwise a new runner is added.
+    /// The runner is offline until [`FakeGithub::set_runner_state`] says it connected. Errors
+    /// say why config.sh would fail: an unknown or expired token, an unknown group, the name
+    /// taken without `replace` or in another group.
+    pub fn configure_runner(&self, config: &RunnerConfiguration) -> Result<RunnerInfo, String> {
+        self.shared
+            .lock()
+            .configure_runner(config, util::now_epoch())
+            .map(|(runner, _)| runner.info())
+            .map_err(|e| e.to_string())
     }
 
     /// Sets a runner's status and busy flag; false if there is no such runner in `scope`.

@@ -31,6 +31,9 @@ const SYSTEM_LABELS: &[&str] = &[
     "arm",
     "arm64",
 ];
+/// The system labels `config.sh` gives a runner of the test image's platform (its OS and
+/// architecture as GitHub names them).
+const CONFIGURED_SYSTEM_LABELS: &[&str] = &["self-hosted", "Linux", "X64"];
 /// The runner version reported once a runner has connected.
 const RUNNER_VERSION: &str = "2.329.0";
 
@@ -160,6 +163,45 @@ pub(crate) struct RateSnapshot {
 pub(crate) enum CreateError {
     NameTaken,
     UnknownGroup,
+}
+
+/// Why a runner could not be moved to a runner group.
+pub(crate) enum GroupMoveError {
+    NoRunner,
+    NoGroup,
+}
+
+/// Why `config.sh` could not register a runner.
+#[derive(Debug)]
+pub(crate) enum ConfigureError {
+    /// The registration token is unknown, expired, or was issued for another scope.
+    BadToken,
+    /// No runner group of that name in the token's scope.
+    NoGroup(String),
+    /// A runner of that name exists and `--replace` was not given.
+    NameTaken,
+    /// A runner of that name exists in another runner group.
+    NameInOtherGroup,
+}
+
+impl std::fmt::Display for ConfigureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigureError::BadToken => {
+                f.write_str("the registration token is unknown, expired, or for another scope")
+            }
+            ConfigureError::NoGroup(name) => {
+                write!(
+                    f,
+                    "Could not find any self-hosted runner group named \"{name}\"."
+                )
+            }
+            ConfigureError::NameTaken => f.write_str("A runner exists with the same name"),
+            ConfigureError::NameInOtherGroup => {
+                f.write_str("A runner exists with the same name in another runner group")
+            }
+        }
+    }
 }
 
 /// Why a label operation failed.
@@ -381,6 +423,97 @@ impl State {
 
     pub(crate) fn remove_runner(&mut self, scope: &Scope, id: u64) -> Option<Runner> {
         self.scopes.get_mut(scope)?.runners.remove(&id)
+    }
+
+    /// PUT `/orgs/{org}/actions/runner-groups/{group}/runners/{id}`: the runner joins `group`
+    /// (DELETE sends it back to Default, group 1).
+    pub(crate) fn move_runner_to_group(
+        &mut self,
+        org: &str,
+        id: u64,
+        group: u64,
+    ) -> Result<(), GroupMoveError> {
+        let scope = Scope::org(org);
+        if !self.group_exists(&scope, group) {
+            return Err(GroupMoveError::NoGroup);
+        }
+        let runner = self
+            .runner_mut(&scope, id)
+            .ok_or(GroupMoveError::NoRunner)?;
+        runner.group_id = group;
+        Ok(())
+    }
+
+    /// What the runner's `config.sh --unattended [--replace]` does with a registration token
+    /// (actions/runner's `ConfigurationManager`): the group is found by name (Default when none
+    /// is given); a runner of that name in that group is replaced in place with `--replace`
+    /// (same id, new labels: GitHub's system labels plus the given ones), otherwise a new
+    /// runner is added. The runner is offline until it connects (`set_runner_state`). Returns
+    /// the runner and whether it replaced one.
+    pub(crate) fn configure_runner(
+        &mut self,
+        config: &crate::RunnerConfiguration,
+        now: u64,
+    ) -> Result<(Runner, bool), ConfigureError> {
+        let scope = self
+            .scalesets
+            .registration_scope(&config.token, now)
+            .ok_or(ConfigureError::BadToken)?;
+        let wanted = config.runner_group.as_deref().unwrap_or("Default");
+        let groups = match &scope {
+            Scope::Org(org) => self.runner_groups(org),
+            Scope::Repo { .. } => self.runner_groups(""),
+        };
+        let group = groups
+            .iter()
+            .find(|g| g.name.eq_ignore_ascii_case(wanted))
+            .map(|g| g.id)
+            .filter(|id| self.group_exists(&scope, *id))
+            .ok_or_else(|| ConfigureError::NoGroup(wanted.to_owned()))?;
+        let mut names: Vec<String> = CONFIGURED_SYSTEM_LABELS
+            .iter()
+            .map(|l| (*l).to_owned())
+            .collect();
+        names.extend(config.labels.iter().cloned());
+        let labels = self.make_labels(&names);
+        let existing = self
+            .runners(&scope)
+            .into_iter()
+            .find(|r| r.name == config.name);
+        match existing {
+            Some(r) if r.group_id != group => Err(ConfigureError::NameInOtherGroup),
+            Some(_) if !config.replace => Err(ConfigureError::NameTaken),
+            Some(r) => {
+                let runner = self
+                    .runner_mut(&scope, r.id)
+                    .ok_or(ConfigureError::NameTaken)?;
+                runner.labels = labels;
+                runner.online = false;
+                runner.busy = false;
+                runner.ephemeral = false;
+                runner.connected = true;
+                Ok((runner.clone(), true))
+            }
+            None => {
+                let id = self.insert_runner(
+                    &scope,
+                    NewRunner {
+                        name: config.name.clone(),
+                        labels: vec![],
+                        status_online: false,
+                        busy: false,
+                        runner_group_id: group,
+                        ephemeral: false,
+                    },
+                );
+                let runner = self
+                    .runner_mut(&scope, id)
+                    .ok_or(ConfigureError::NameTaken)?;
+                runner.labels = labels;
+                runner.connected = true;
+                Ok((runner.clone(), false))
+            }
+        }
     }
 
     // ---- labels --------------------------------------------------------------------------

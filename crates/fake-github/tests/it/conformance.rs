@@ -209,6 +209,47 @@ async fn every_endpoint_answers_in_github_shapes() {
     assert_eq!(r.body["runner_groups"][0]["default"], true);
     assert_eq!(r.body["total_count"], 2);
 
+    // Moving a runner between groups: 204 (no body), 404 for a group or runner not there.
+    let gpu = gh.fake.add_runner_group("acme", "gpu-two");
+    let runner = gh.fake.add_runner(
+        &org,
+        fake_github::NewRunner {
+            name: "mover".into(),
+            ..fake_github::NewRunner::default()
+        },
+    );
+    let member = "/orgs/{org}/actions/runner-groups/{runner_group_id}/runners/{runner_id}";
+    let path = |group: u64, runner: u64| {
+        format!("/orgs/acme/actions/runner-groups/{group}/runners/{runner}")
+    };
+    let r = gh.call(Method::PUT, &path(gpu, runner), None).await;
+    expect(&r, 204, member, "put");
+    let group_of = |name: &str| {
+        gh.fake
+            .runners(&org)
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| r.runner_group_id)
+    };
+    assert_eq!(group_of("mover"), Some(gpu));
+    for (group, id) in [(999, runner), (gpu, 999_999)] {
+        let r = gh.call(Method::PUT, &path(group, id), None).await;
+        expect(&r, 404, member, "put");
+    }
+    let r = gh
+        .call(
+            Method::PUT,
+            &format!("/orgs/other/actions/runner-groups/{gpu}/runners/{runner}"),
+            None,
+        )
+        .await;
+    expect(&r, 404, member, "put");
+    let r = gh.call(Method::DELETE, &path(gpu, runner), None).await;
+    expect(&r, 204, member, "delete");
+    assert_eq!(group_of("mover"), Some(1), "back in Default");
+    let r = gh.call(Method::DELETE, &path(999, runner), None).await;
+    expect(&r, 404, member, "delete");
+
     // GitHub App.
     installation(
         &gh,

@@ -3,6 +3,7 @@
 mod behaviour;
 mod binary;
 mod common;
+mod configure;
 mod conformance;
 mod pagination;
 mod scaleset;
