@@ -7,6 +7,8 @@
 //! - `api-budget`: the GitHub requests `fleet watch` makes per resync with N runners, split into
 //!   those that count against the rate limit and conditional ones (304), projected per hour.
 
+mod autoscale;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +69,16 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         runners: u32,
     },
+    /// An autoscaled pool under `fleet watch`: job queued to runner started (p50, p95), a burst
+    /// of jobs from zero runners against the engine's ceiling, GitHub requests per job.
+    Autoscale {
+        /// Single jobs to time.
+        #[arg(long, default_value_t = 20)]
+        jobs: usize,
+        /// Jobs queued at once.
+        #[arg(long, default_value_t = 50)]
+        burst: u32,
+    },
     /// GitHub requests of `fleet watch` in steady state, per resync and projected per hour.
     ApiBudget {
         #[arg(long, default_value_t = 100)]
@@ -101,6 +113,7 @@ fn main() {
             Bench::Plan { registrations } => plan_bench(&registrations).await,
             Bench::Memory { runners } => memory(runners).await,
             Bench::JitTimeline { runners } => jit_timeline(runners).await,
+            Bench::Autoscale { jobs, burst } => autoscale::autoscale(jobs, burst).await,
         }
     });
     if let Err(e) = result {
@@ -230,7 +243,7 @@ impl Setup {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -461,7 +474,7 @@ impl Setup {
 }
 
 /// Removes every container carrying `label=value`.
-async fn remove_labelled(docker: &Docker, label: &str) {
+pub(crate) async fn remove_labelled(docker: &Docker, label: &str) {
     let filters = HashMap::from([("label", vec![label.to_string()])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
@@ -609,7 +622,12 @@ async fn time_compose(
 }
 
 /// The engine's ceiling: create and start through the API, 10 at once (fleet's default).
-async fn time_ceiling(docker: &Docker, image: &str, label: &str, n: u32) -> Result<f64, String> {
+pub(crate) async fn time_ceiling(
+    docker: &Docker,
+    image: &str,
+    label: &str,
+    n: u32,
+) -> Result<f64, String> {
     let started = Instant::now();
     let creates = (0..n).map(|i| {
         let docker = docker.clone();
