@@ -7,7 +7,9 @@ use std::fmt::Write;
 use anstyle::{AnsiColor, Style};
 use similar::{ChangeTag, TextDiff};
 
-use crate::plan::{Action, AttributeChange, ChangeDocument, Plan, PlanDocument, Summary};
+use crate::plan::{
+    Action, AttributeChange, AutoscalePool, ChangeDocument, Plan, PlanDocument, Summary, Waiting,
+};
 
 /// The output formats of `plan` and `show`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +178,12 @@ pub fn text(plan: &PlanDocument, color: bool) -> String {
             let _ = writeln!(out, "  {} {w}", p.paint(AnsiColor::Yellow, false, "!"));
         }
     }
+    if !plan.autoscale.is_empty() {
+        let _ = writeln!(out, "\n{}", p.bold("Autoscaled pools:"));
+        for pool in &plan.autoscale {
+            let _ = writeln!(out, "  {}", autoscale_line(pool));
+        }
+    }
     if !plan.changes.is_empty() {
         let _ = writeln!(out, "\n{}", p.bold(&summary_line(&plan.summary)));
     }
@@ -251,6 +259,28 @@ fn attribute_text(out: &mut String, attr: &AttributeChange, p: &Palette) {
     }
 }
 
+/// One autoscaled pool as the plan leaves it.
+pub fn autoscale_line(pool: &AutoscalePool) -> String {
+    let mut line = match pool.assigned {
+        Some(jobs) => format!(
+            "pool {} (scale set {}): {jobs} job(s) assigned, wants {}, will have {}",
+            pool.pool, pool.scale_set, pool.wanted, pool.runners
+        ),
+        None => format!(
+            "pool {} (scale set {}): {} runner(s), kept between min_idle {} and max {} (fleet watch follows the jobs)",
+            pool.pool, pool.scale_set, pool.runners, pool.min_idle, pool.max
+        ),
+    };
+    if let Some((jobs, why)) = pool.waiting {
+        let why = match why {
+            Waiting::NoFreeGpu => "no free GPU",
+            Waiting::AtMax => "the pool is at max",
+        };
+        let _ = write!(line, "; {jobs} job(s) wait: {why}");
+    }
+    line
+}
+
 /// The markdown view for a pull-request comment: a summary table, the plan in a collapsible
 /// `diff` block, and the warnings.
 ///
@@ -297,6 +327,12 @@ pub fn markdown(plan: &PlanDocument) -> String {
         out.push_str("\n> [!WARNING]\n");
         for w in &plan.warnings {
             let _ = writeln!(out, "> - {}", code(w));
+        }
+    }
+    if !plan.autoscale.is_empty() {
+        out.push_str("\n**Autoscaled pools**\n\n");
+        for pool in &plan.autoscale {
+            let _ = writeln!(out, "- {}", code(&autoscale_line(pool)));
         }
     }
     let short = |hash: &str| code(&hash.chars().take(12).collect::<String>());

@@ -232,3 +232,36 @@ fn hostile_values_stay_inside_code() {
         );
     }
 }
+
+#[test]
+fn autoscaled_pools_say_what_they_want_have_and_wait_for() {
+    let spec = with_pools(
+        "  fixed:\n    count: 3\n    image: r:1\n    gpus: 1\n  auto:\n    image: r:1\n    gpus: 1\n    autoscale: { min_idle: 0, max: 8 }\n",
+    );
+    let mut world = empty_world();
+    world.demand.insert(
+        "auto".into(),
+        crate::observe::state::PoolLoad {
+            assigned: 3,
+            queued: 2,
+        },
+    );
+    let doc = plan(&spec, &world).expect("plan").document();
+    let text = text(&doc, false);
+    assert!(
+        text.contains("Autoscaled pools:\n  pool auto (scale set zq-auto): 3 job(s) assigned, wants 3, will have 1; 4 job(s) wait: no free GPU"),
+        "{text}"
+    );
+    assert!(markdown(&doc).contains("**Autoscaled pools**"));
+    let without_demand = plan(&spec, &empty_world()).expect("plan").document();
+    assert!(
+        text_of(&without_demand)
+            .contains("kept between min_idle 0 and max 8 (fleet watch follows the jobs)"),
+        "{}",
+        text_of(&without_demand)
+    );
+}
+
+fn text_of(doc: &Plan) -> String {
+    text(doc, false)
+}
