@@ -277,8 +277,9 @@ impl RunnerContainer<'_> {
     }
 }
 
-/// The tar archive of the secret file: see [`RunnerContainer::secret_archive`].
-fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>, SecretFileError> {
+/// The tar archive of the secret file, one line `<var>=<secret>`: see
+/// [`RunnerContainer::secret_archive`].
+pub fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>, SecretFileError> {
     let value = secret.expose();
     if value.contains(['\n', '\r']) {
         return Err(SecretFileError { what: var });
