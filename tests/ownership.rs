@@ -395,3 +395,62 @@ fn two_fleets_whose_names_collide_never_disturb_each_other() {
     assert_ok(&c.destroy(long));
     assert_eq!(c.holdings(long), (None, None, None));
 }
+
+/// `plan.json` with the destroy's `container_id` replaced by `id`, saved as `name`; returns the
+/// destroyed runner's name.
+fn edit_saved_destroy(w: &World, name: &str, id: &str) -> String {
+    let text = std::fs::read_to_string(w.dir.path().join("plan.json")).expect("saved plan");
+    let mut plan: serde_json::Value = serde_json::from_str(&text).expect("plan JSON");
+    let change = plan["changes"]
+        .as_array_mut()
+        .expect("changes")
+        .iter_mut()
+        .find(|c| c["action"] == "destroy")
+        .expect("a destroy");
+    assert_ne!(change["container_id"], id, "an edit");
+    change["container_id"] = serde_json::Value::from(id);
+    let runner = change["name"].as_str().expect("a name").to_string();
+    std::fs::write(w.dir.path().join(name), plan.to_string()).expect("write plan");
+    runner
+}
+
+#[test]
+fn a_saved_plan_whose_destroy_names_another_container_is_refused() {
+    let w = World::new();
+    let path = w.spec(&pool("eph", 2, true));
+    let config = w.config(&path, "eph");
+    let first = format!("{}-eph-aaaaaa", w.run);
+    let second = format!("{}-eph-bbbbbb", w.run);
+    let ids = [
+        w.add_container(&first, "eph", &config, &[], true),
+        w.add_container(&second, "eph", &config, &[], true),
+    ];
+    let foreign = w.add_foreign_container(&format!("{}-eph-cccccc", w.run));
+    // One of the two owned runners goes.
+    w.spec(&pool("eph", 1, true));
+    assert_ok(&w.fleet(&["plan", "--out", "plan.json"]));
+    let before = w.docker_snapshot();
+
+    let planned = std::fs::read_to_string(w.dir.path().join("plan.json")).expect("plan");
+    let destroyed = if planned.contains(ids[0].as_str()) {
+        0
+    } else {
+        1
+    };
+    let kept_id = &ids[1 - destroyed];
+    for (file, id) in [("owned.json", kept_id), ("foreign.json", &foreign)] {
+        let runner = edit_saved_destroy(&w, file, id);
+        let text = assert_failed(&w.fleet(&["apply", file]));
+        assert!(
+            text.contains(&format!(
+                "change 1 differs (saved: destroy {runner}; planned now: destroy {runner})"
+            )) && text.contains("Nothing was changed"),
+            "{file}: {text}"
+        );
+        assert_eq!(w.docker_snapshot(), before, "{file}: something changed");
+    }
+    // The plan as saved is applied.
+    assert_ok(&w.fleet(&["apply", "plan.json"]));
+    assert_eq!(container_id(&[&first, &second][destroyed]), None);
+    assert!(container_id(&foreign).is_some());
+}
