@@ -451,6 +451,6 @@ fn a_saved_plan_whose_destroy_names_another_container_is_refused() {
     }
     // The plan as saved is applied.
     assert_ok(&w.fleet(&["apply", "plan.json"]));
-    assert_eq!(container_id(&[&first, &second][destroyed]), None);
+    assert_eq!(container_id([&first, &second][destroyed]), None);
     assert!(container_id(&foreign).is_some());
 }

@@ -28,11 +28,13 @@ pub const JIT_CONFIG_VAR: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 /// The variable that holds the registration token, as [`JIT_CONFIG_VAR`].
 pub const TOKEN_VAR: &str = "ACTIONS_RUNNER_INPUT_TOKEN";
 
-/// A secret that cannot be one line of the secret file.
+/// Why the secret file could not be made. Never holds the secret.
 #[derive(Debug, thiserror::Error)]
-#[error("the {what} GitHub returned holds a line break: it cannot be written into the container")]
-pub struct SecretFileError {
-    what: &'static str,
+pub enum SecretFileError {
+    #[error("the {0} GitHub returned holds a line break: it cannot be one line of the secret file")]
+    LineBreak(&'static str),
+    #[error("cannot build the archive of the secret file: {0}")]
+    Archive(String),
 }
 
 /// How the runner registers.
@@ -282,7 +284,7 @@ impl RunnerContainer<'_> {
 pub fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>, SecretFileError> {
     let value = secret.expose();
     if value.contains(['\n', '\r']) {
-        return Err(SecretFileError { what: var });
+        return Err(SecretFileError::LineBreak(var));
     }
     let contents = format!("{var}={value}\n");
     let dir = SECRET_FILE.rsplit_once('/').map_or("", |(dir, _)| dir);
@@ -300,11 +302,11 @@ pub fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>
         header.set_size(data.len() as u64);
         archive.append_data(&mut header, path.trim_start_matches('/'), data)
     };
-    // Writing into memory cannot fail but for the sizes tar allows, which these are within.
+    // tar's errors name paths and sizes, never the data.
     entry(dir, 0o700, &[])
         .and_then(|()| entry(SECRET_FILE, 0o600, contents.as_bytes()))
         .and_then(|()| archive.into_inner())
-        .map_err(|_| SecretFileError { what: var })
+        .map_err(|e| SecretFileError::Archive(e.to_string()))
 }
 
 #[cfg(test)]
