@@ -19,6 +19,22 @@ fn assert_ok(out: &std::process::Output) {
     );
 }
 
+/// What a container's secret file holds, read as root (the test image leaves it in place).
+fn secret_file(name: &str) -> String {
+    common::docker_ok(&[
+        "exec",
+        name,
+        "/bin/busybox",
+        "cat",
+        "/run/fleet/registration",
+    ])
+}
+
+/// Mode, owner and group of a path in a container, as `stat` prints them.
+fn stat(name: &str, path: &str) -> String {
+    common::docker_ok(&["exec", name, "/bin/busybox", "stat", "-c", "%a %u %g", path])
+}
+
 fn plan_is_empty(w: &World) {
     let out = w.fleet(&["plan", "--detailed-exitcode"]);
     assert_eq!(
@@ -57,13 +73,21 @@ fn converges_from_empty_and_a_second_apply_writes_nothing() {
     assert_eq!(w.fake.jit_configs_issued(), 2);
     assert_eq!(w.fake.registration_tokens_issued(), 1);
 
-    // The container contract.
+    // The container contract. The JIT config is in a root-only file, not in the environment.
     let env = w.env_of(&eph[0]);
-    let jit = env
-        .iter()
-        .find_map(|e| e.strip_prefix("ACTIONS_RUNNER_INPUT_JITCONFIG="))
-        .expect("JIT config in the environment");
+    assert!(env.contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string()));
+    assert!(
+        !env.iter()
+            .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_JITCONFIG=")),
+        "{env:?}"
+    );
+    let secret = secret_file(&eph[0]);
+    let jit = secret
+        .strip_prefix("ACTIONS_RUNNER_INPUT_JITCONFIG=")
+        .expect("the JIT config in the secret file");
     assert_eq!(decode_jit_config(jit).expect("a JIT config").name, eph[0]);
+    assert_eq!(stat(&eph[0], "/run/fleet/registration"), "600 0 0");
+    assert_eq!(stat(&eph[0], "/run/fleet"), "700 0 0");
     assert!(env.contains(&format!("RUNNER_NAME={}", eph[0])));
     assert!(env.contains(&"FLEET_POOL=eph".to_string()));
     assert!(env.contains(&"CCACHE_DIR=/cache".to_string()));
@@ -73,6 +97,16 @@ fn converges_from_empty_and_a_second_apply_writes_nothing() {
     );
     let inspect = w.inspect(&eph[0]);
     assert_eq!(inspect["HostConfig"]["RestartPolicy"]["Name"], "no");
+    // Hardened by default.
+    assert_eq!(
+        inspect["HostConfig"]["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(inspect["HostConfig"]["PidsLimit"], 16384);
+    assert_eq!(
+        inspect["HostConfig"]["CapDrop"],
+        serde_json::json!(["NET_RAW"])
+    );
     assert_eq!(inspect["Config"]["Labels"]["fleet.pool"], "eph");
     assert!(
         inspect["Mounts"]
@@ -85,9 +119,12 @@ fn converges_from_empty_and_a_second_apply_writes_nothing() {
     let per = format!("{}-per-0", w.run);
     let env = w.env_of(&per);
     assert!(
-        env.iter()
-            .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_TOKEN="))
+        !env.iter()
+            .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_TOKEN=")),
+        "{env:?}"
     );
+    assert!(env.contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string()));
+    assert!(secret_file(&per).starts_with("ACTIONS_RUNNER_INPUT_TOKEN="));
     assert!(env.contains(&format!("ACTIONS_RUNNER_INPUT_NAME={per}")));
     assert!(env.contains(&"FLEET_STATE_DIR=/var/lib/fleet-runner".to_string()));
     let inspect = w.inspect(&per);
@@ -557,17 +594,18 @@ fn no_secret_reaches_output_logs_plans_or_labels() {
     let mut everything = format!("{}{}", stdout(&out), stderr(&out));
     everything.push_str(&std::fs::read_to_string(w.dir.path().join("plan.json")).expect("plan"));
     for (name, _) in w.owned_containers() {
-        for e in w.env_of(&name) {
-            for key in [
-                "ACTIONS_RUNNER_INPUT_JITCONFIG=",
-                "ACTIONS_RUNNER_INPUT_TOKEN=",
-            ] {
-                if let Some(secret) = e.strip_prefix(key) {
-                    secrets.push(secret.to_string());
-                }
+        let file = secret_file(&name);
+        for key in [
+            "ACTIONS_RUNNER_INPUT_JITCONFIG=",
+            "ACTIONS_RUNNER_INPUT_TOKEN=",
+        ] {
+            if let Some(secret) = file.strip_prefix(key) {
+                secrets.push(secret.to_string());
             }
         }
         everything.push_str(&w.inspect(&name)["Config"]["Labels"].to_string());
+        // Nor is any in the container's configuration.
+        everything.push_str(&w.inspect(&name)["Config"].to_string());
     }
     assert_eq!(
         secrets.len(),
@@ -694,4 +732,46 @@ fn a_missing_image_with_pull_never_is_warned_about_and_fails_its_steps_cleanly()
         0,
         "nothing registered for a runner that cannot start"
     );
+}
+
+#[test]
+fn secrets_env_and_security_opt_outs_are_honoured() {
+    let w = World::new();
+    w.spec(&format!(
+        "{}    secrets: env\n    security: {{ no_new_privileges: false, pids_limit: 0, net_raw: true }}\n{}    secrets: env\n",
+        pool("eph", 1, true),
+        pool("per", 1, false)
+    ));
+    assert_ok(&w.apply());
+    let eph = w.container_names("eph");
+    let env = w.env_of(&eph[0]);
+    let jit = env
+        .iter()
+        .find_map(|e| e.strip_prefix("ACTIONS_RUNNER_INPUT_JITCONFIG="))
+        .expect("JIT config in the environment");
+    assert_eq!(decode_jit_config(jit).expect("a JIT config").name, eph[0]);
+    assert!(!env.iter().any(|e| e.starts_with("FLEET_SECRET_FILE=")));
+    let no_file = common::docker(&["exec", &eph[0], "/bin/busybox", "test", "-e", "/run/fleet"]);
+    assert!(
+        !no_file.status.success(),
+        "no secret file with `secrets: env`"
+    );
+    let host = w.inspect(&eph[0])["HostConfig"].clone();
+    assert_eq!(host["SecurityOpt"], serde_json::Value::Null);
+    assert!(
+        matches!(host["PidsLimit"].as_i64(), None | Some(0) | Some(-1)),
+        "{host}"
+    );
+    assert_eq!(host["CapDrop"], serde_json::Value::Null);
+
+    let per = format!("{}-per-0", w.run);
+    assert!(
+        w.env_of(&per)
+            .iter()
+            .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_TOKEN="))
+    );
+    // The other pool keeps the default hardening.
+    let host = w.inspect(&per)["HostConfig"].clone();
+    assert_eq!(host["CapDrop"], serde_json::json!(["NET_RAW"]));
+    plan_is_empty(&w);
 }

@@ -1,10 +1,12 @@
 //! The reference runner image's entrypoint (`ci/runner/entrypoint.sh`), run for real on the
 //! machine's Docker engine. Each test builds a small image `FROM` the project's busybox runner
-//! image with the entrypoint and the stub `config.sh` and `run.sh` of `ci/runner/tests/`, which
-//! record how they were called in a directory the test mounts at /records. Containers run with
-//! `--init` (tini as PID 1, as in the real image) and `--network none`. Everything a test makes
-//! (containers, volumes, its image) carries the label `fleet-test.run=<run id>` and is removed
-//! when the test ends, failed or not.
+//! image with the entrypoint, a `runner` user (uid 1001) that owns the runner and state
+//! directories, and the stub `config.sh` and `run.sh` of `ci/runner/tests/`, which record how
+//! (and as whom) they were called in a directory the test mounts at /records. The entrypoint
+//! starts as root, as in the reference images. Containers run with `--init` (tini as PID 1, as
+//! in the real image) and `--network none`. Everything a test makes (containers, volumes, its
+//! image) carries the label `fleet-test.run=<run id>` and is removed when the test ends, failed
+//! or not. The last test runs `fleet apply` with this image against the fake GitHub.
 
 mod common;
 
@@ -14,10 +16,21 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{RUN_LABEL, docker, docker_ok};
+use common::{RUN_LABEL, World, docker, docker_ok};
+use fleet::contract::container::{JIT_CONFIG_VAR, TOKEN_VAR, secret_file_archive};
+use fleet::secret::Secret;
 
 const ENTRYPOINT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/runner/entrypoint.sh");
 const STUBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/runner/tests");
+/// The runner user of the test image.
+const RUNNER_UID: &str = "1001";
+/// The users of the test image, and the directories the runner user owns.
+const IMAGE_SETUP: &str = "mkdir -p /etc /home/runner /runner /var/lib/fleet-runner /tmp \
+ && echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd \
+ && echo 'runner:x:1001:1001:runner:/home/runner:/bin/sh' >> /etc/passwd \
+ && printf 'root:x:0:\\nrunner:x:1001:\\n' > /etc/group \
+ && chown 1001:1001 /home/runner /runner /var/lib/fleet-runner \
+ && chmod 0700 /var/lib/fleet-runner && chmod 1777 /tmp";
 
 /// Held while an image of these tests is built or removed. With the legacy builder, the tests'
 /// images share cached intermediate images, and removing one test's image removes the
@@ -42,6 +55,12 @@ struct Lab {
 
 impl Lab {
     fn new(test: &str) -> Lab {
+        Lab::with_files(test, &[])
+    }
+
+    /// A lab whose image also holds `files` of this machine, at the same paths (the host's
+    /// util-linux setpriv and the libraries it loads, say).
+    fn with_files(test: &str, files: &[PathBuf]) -> Lab {
         let base = common::test_image();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -56,6 +75,8 @@ impl Lab {
         let context = lab.dir.path().join("context");
         std::fs::create_dir_all(&context).expect("context dir");
         std::fs::create_dir_all(lab.records()).expect("records dir");
+        // The stubs run as the runner user.
+        open_to_all(&lab.records());
         for (from, to) in [
             (PathBuf::from(ENTRYPOINT), "entrypoint.sh"),
             (Path::new(STUBS).join("config.sh"), "config.sh"),
@@ -64,11 +85,26 @@ impl Lab {
             std::fs::copy(&from, context.join(to))
                 .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
         }
+        // Only when there are files: the legacy builder stumbles over layers of empty copies
+        // shared by images built and removed at the same time ("layer does not exist").
+        let rootfs = context.join("rootfs");
+        let copy_rootfs = if files.is_empty() {
+            ""
+        } else {
+            "COPY rootfs/ /\n"
+        };
+        for file in files {
+            let to = rootfs.join(file.strip_prefix("/").expect("an absolute path"));
+            std::fs::create_dir_all(to.parent().expect("a parent")).expect("rootfs dir");
+            std::fs::copy(file, &to).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+        }
         std::fs::write(
             context.join("Dockerfile"),
             format!(
                 "FROM {base}\n\
                  RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+                 RUN {IMAGE_SETUP}\n\
+                 {copy_rootfs}\
                  COPY entrypoint.sh /usr/local/bin/fleet-entrypoint\n\
                  COPY config.sh run.sh /runner/\n\
                  ENV FLEET_RUNNER_DIR=/runner\n\
@@ -101,6 +137,19 @@ impl Lab {
         std::fs::read_to_string(self.records().join(name)).ok()
     }
 
+    /// A record the stubs wrote, removed: the test takes a secret out of the container's view
+    /// before it looks for copies of it.
+    fn take_record(&self, name: &str) -> Option<String> {
+        let record = self.record(name);
+        let _ = std::fs::remove_file(self.records().join(name));
+        record
+    }
+
+    /// The user id a stub recorded.
+    fn uid(&self, name: &str) -> String {
+        self.record(name).unwrap_or_default().trim().to_string()
+    }
+
     fn lines(&self, name: &str) -> Vec<String> {
         self.record(name)
             .unwrap_or_default()
@@ -125,25 +174,72 @@ impl Lab {
 
     /// Starts a container of the test image; returns its name.
     fn start(&self, suffix: &str, env: &[(&str, &str)], state: Option<&str>) -> String {
+        self.container(&["run", "-d"], suffix, env, state)
+    }
+
+    /// Creates a container as fleet does with `secrets: file`: `var=secret` in a root-only file
+    /// written into it (with fleet's own archive) before it starts. Returns its name.
+    fn start_with_secret(
+        &self,
+        suffix: &str,
+        env: &[(&str, &str)],
+        state: Option<&str>,
+        (var, secret): (&'static str, &str),
+    ) -> String {
+        let mut env = env.to_vec();
+        env.push(("FLEET_SECRET_FILE", "/run/fleet/registration"));
+        let c = self.container(&["create"], suffix, &env, state);
+        let archive = secret_file_archive(var, &Secret::new(secret)).expect("archive");
+        let mut child = Command::new("docker")
+            .args(["cp", "-", &format!("{c}:/")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run docker cp");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&archive)
+            .expect("write to docker cp");
+        let out = child.wait_with_output().expect("docker cp");
+        assert!(
+            out.status.success(),
+            "docker cp failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        docker_ok(&["start", &c]);
+        c
+    }
+
+    /// `docker <command> ... IMAGE` for a test container; returns its name.
+    fn container(
+        &self,
+        command: &[&str],
+        suffix: &str,
+        env: &[(&str, &str)],
+        state: Option<&str>,
+    ) -> String {
         let name = format!("{}-{suffix}", self.run);
         let label = format!("{RUN_LABEL}={}", self.run);
         let records = format!("{}:/records", self.records().display());
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            "--label",
-            &label,
-            "-v",
-            &records,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "--init",
+                "--network",
+                "none",
+                "--name",
+                &name,
+                "--label",
+                &label,
+                "-v",
+                &records,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         if let Some(volume) = state {
             args.push("-v".into());
             args.push(format!("{volume}:/var/lib/fleet-runner"));
@@ -248,6 +344,117 @@ impl Drop for Lab {
     }
 }
 
+/// This machine's util-linux setpriv (the reference images' way to the runner user) and the
+/// shared libraries it loads, as `ldd` lists them.
+fn host_setpriv() -> Vec<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", "command -v setpriv"])
+        .output()
+        .expect("run sh");
+    let setpriv = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        setpriv.starts_with('/'),
+        "no setpriv on this machine: install util-linux"
+    );
+    let setpriv = std::fs::canonicalize(&setpriv).expect("setpriv's path");
+    let ldd = Command::new("ldd").arg(&setpriv).output().expect("run ldd");
+    assert!(ldd.status.success(), "ldd {}", setpriv.display());
+    let mut files: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    files.push(setpriv);
+    files
+}
+
+/// Lets every user write into `dir` (the stubs run as the runner user).
+fn open_to_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+}
+
+/// Waits until a stub has written `record` into `dir`.
+fn wait_for_record(dir: &Path, record: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join(record).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{record} never appeared in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Where `secret` shows in a running container to `user`: in the environment of a process
+/// (`/proc/*/environ`, those `user` may read), in a new process's environment, and with
+/// `files` in any file but those of /proc, /sys and /dev. One line per sighting, none when it
+/// is nowhere. The secret goes to the container on stdin: never in an argument of `docker` or
+/// an environment.
+fn sightings(container: &str, user: &str, secret: &str, files: bool) -> String {
+    // busybox's `grep -F` stops at a NUL, and environments are NUL-separated: `tr` first.
+    const LOOK: &str = r#"IFS= read -r secret
+has() { tr '\000' '\n' <"$1" 2>/dev/null | grep -qF -e "$secret"; }
+for f in /proc/[0-9]*/environ; do
+  has "$f" && echo "the environment of process ${f#/proc/}"
+done
+env | grep -qF -e "$secret" && echo "the environment of a new process"
+if [ "$1" = files ]; then
+  find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type f -print |
+    while IFS= read -r f; do
+      has "$f" && echo "file $f"
+    done
+fi
+exit 0"#;
+    let scope = if files { "files" } else { "processes" };
+    let mut child = Command::new("docker")
+        .args([
+            "exec", "-i", "-u", user, container, "sh", "-c", LOOK, "sh", scope,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run docker exec");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{secret}\n").as_bytes())
+        .expect("write to docker exec");
+    let out = child.wait_with_output().expect("docker exec");
+    assert!(
+        out.status.success(),
+        "docker exec failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `secret` is in no process environment the runner user or root can read, no file, and not in
+/// `docker inspect`; except, with `runner_env`, in the environments of the runner user's
+/// processes (a JIT configuration, which the runner reads from its environment).
+fn assert_no_copy_left(container: &str, secret: &str, runner_env: bool) {
+    let inspect = docker_ok(&["inspect", container]);
+    assert_secret_free("docker inspect", &inspect, &[secret]);
+    // Root without CAP_SYS_PTRACE reads only root's processes; the runner user only its own.
+    let users: &[&str] = if runner_env {
+        &["0"]
+    } else {
+        &[RUNNER_UID, "0"]
+    };
+    for user in users {
+        let seen = sightings(container, user, secret, false);
+        assert!(seen.is_empty(), "as user {user}, the secret is in:\n{seen}");
+    }
+    let seen = sightings(container, "0", secret, true);
+    let files: Vec<&str> = seen.lines().filter(|l| l.starts_with("file ")).collect();
+    assert!(files.is_empty(), "the secret is in:\n{}", files.join("\n"));
+    let gone = docker(&["exec", container, "test", "-e", "/run/fleet/registration"]);
+    assert!(!gone.status.success(), "the secret file is still there");
+}
+
 /// Fails when a secret appears in `text`; the message shows the text with the secrets masked.
 fn assert_secret_free(what: &str, text: &str, secrets: &[&str]) {
     if secrets.iter().any(|secret| text.contains(secret)) {
@@ -295,6 +502,11 @@ fn jit_mode_runs_the_runner_with_its_jit_config_and_never_configures() {
     lab.wait_for_log(&c, "runner stub: listening");
 
     assert_eq!(lab.count("run.count"), 1, "run.sh started once");
+    assert_eq!(
+        lab.uid("run.uid"),
+        RUNNER_UID,
+        "the runner runs as the runner user"
+    );
     assert_eq!(lab.record("run.jitconfig").as_deref(), Some(jit.as_str()));
     assert_eq!(
         lab.lines("run.env-names"),
@@ -355,6 +567,12 @@ fn persistent_runner_configures_once_and_a_recreated_container_keeps_its_registr
     );
     lab.wait_for_log(&first, "runner stub: listening");
     assert_eq!(lab.count("config.count"), 1);
+    assert_eq!(
+        lab.uid("config.uid"),
+        RUNNER_UID,
+        "config.sh runs as the runner user"
+    );
+    assert_eq!(lab.uid("run.uid"), RUNNER_UID);
     assert_eq!(lab.lines("config.args"), ["--unattended", "--replace"]);
     assert_eq!(
         lab.lines("config.env-names"),
@@ -382,6 +600,15 @@ fn persistent_runner_configures_once_and_a_recreated_container_keeps_its_registr
         "the registration inputs are not passed on to the runner and its jobs"
     );
     assert_secret_free("the command lines", &lab.process_args(&first), &[&token]);
+    // With the token in the container's environment (`secrets: env`), the look finds it: in
+    // root's processes (tini's, the entrypoint's) and in every process `docker exec` starts.
+    let seen = sightings(&first, "0", &token, false);
+    assert!(
+        seen.contains("the environment of process 1/environ"),
+        "{seen}"
+    );
+    let seen = sightings(&first, RUNNER_UID, &token, false);
+    assert!(seen.contains("the environment of a new process"), "{seen}");
     let (took, code) = lab.stop(&first);
     assert!(took < STOP_WITHIN, "docker stop took {took:?}");
     assert_eq!(code, 0);
@@ -594,4 +821,218 @@ fn a_registration_github_dropped_is_configured_again_on_its_volume_once() {
     );
     logs.push_str(&lab.logs(&third));
     assert_secret_free("the logs", &logs, &[&first_token, &second_token]);
+}
+
+#[test]
+fn a_persistent_runner_registers_from_the_secret_file_and_no_copy_of_the_token_is_left() {
+    let lab = Lab::new("file-per");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-0-state");
+    let labels = "self-hosted,Linux,X64,cpu,fleet.zq";
+    let mut env = persistent_env("zq-cpu-0", labels, None);
+    env.push(("FLEET_REGISTRATION", "register"));
+    let c = lab.start_with_secret("cpu-0", &env, Some(&state), (TOKEN_VAR, &token));
+    lab.wait_for_log(&c, "runner stub: listening");
+
+    assert_eq!(lab.count("config.count"), 1);
+    assert_eq!(lab.uid("config.uid"), RUNNER_UID);
+    assert_eq!(lab.uid("run.uid"), RUNNER_UID);
+    assert!(
+        lab.lines("config.env-names")
+            .contains(&"ACTIONS_RUNNER_INPUT_TOKEN".to_string()),
+        "config.sh got the token in its environment"
+    );
+    // The look finds a copy where there is one: the stub's record of the token.
+    let seen = sightings(&c, "0", &token, true);
+    assert!(seen.contains("file /records/config.token"), "{seen}");
+    assert_eq!(
+        lab.take_record("config.token").as_deref(),
+        Some(token.as_str())
+    );
+    assert_eq!(lab.lines("run.env-names"), Vec::<String>::new());
+    assert_no_copy_left(&c, &token, false);
+    assert_secret_free("the command lines", &lab.process_args(&c), &[&token]);
+
+    // Restarted, it finds no file (its token was used) and restores what it saved.
+    docker_ok(&["restart", "-t", "5", &c]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.count("run.count") < 2 {
+        assert!(Instant::now() < deadline, "the runner never ran again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        lab.count("config.count"),
+        1,
+        "a restart does not register again"
+    );
+    assert_eq!(
+        lab.lines("run.config-files"),
+        [".runner", ".credentials", ".credentials_rsaparams"]
+    );
+    let logs = lab.logs(&c);
+    assert!(logs.contains("read and removed the secret file"), "{logs}");
+    assert!(logs.contains("restoring its registration"), "{logs}");
+    assert_secret_free("the logs", &logs, &[&token]);
+}
+
+#[test]
+fn a_jit_runner_reads_its_config_from_the_secret_file() {
+    let lab = Lab::new("file-jit");
+    let jit = format!("FAKE-JIT-CONFIG-{}", lab.run);
+    let env = [
+        ("RUNNER_NAME", "zq-gpu-7f3k2a"),
+        ("RUNNER_LABELS", "self-hosted,Linux,X64,gpu,fleet.zq"),
+        ("FLEET_POOL", "gpu"),
+    ];
+    let c = lab.start_with_secret("gpu-7f3k2a", &env, None, (JIT_CONFIG_VAR, &jit));
+    lab.wait_for_log(&c, "runner stub: listening");
+
+    assert_eq!(lab.uid("run.uid"), RUNNER_UID);
+    assert_eq!(lab.count("config.count"), 0);
+    assert_eq!(
+        lab.lines("run.env-names"),
+        ["ACTIONS_RUNNER_INPUT_JITCONFIG"],
+        "the runner reads its JIT configuration from its own environment"
+    );
+    assert_eq!(
+        lab.take_record("run.jitconfig").as_deref(),
+        Some(jit.as_str())
+    );
+    // Only the runner's own processes have it (root without CAP_SYS_PTRACE cannot read their
+    // environments, and the runner user can read only its own): no file, no root process.
+    assert_no_copy_left(&c, &jit, true);
+    let seen = sightings(&c, RUNNER_UID, &jit, false);
+    assert!(
+        seen.contains("the environment of process"),
+        "the runner's own environment has it: {seen}"
+    );
+    assert!(!seen.contains("a new process"), "{seen}");
+    let (took, code) = lab.stop(&c);
+    assert!(took < STOP_WITHIN, "docker stop took {took:?}");
+    assert_eq!(code, 0);
+    assert_secret_free("the logs", &lab.logs(&c), &[&jit]);
+}
+
+#[test]
+fn an_entrypoint_that_cannot_read_the_secret_file_says_how_to_fix_it() {
+    let lab = Lab::new("file-user");
+    let jit = format!("FAKE-JIT-CONFIG-{}", lab.run);
+    let env = [
+        ("RUNNER_NAME", "zq-gpu-a"),
+        ("FLEET_SECRET_FILE", "/run/fleet/registration"),
+    ];
+    let c = lab.container(&["create", "--user", RUNNER_UID], "gpu-a", &env, None);
+    let archive = secret_file_archive(JIT_CONFIG_VAR, &Secret::new(jit.clone())).expect("archive");
+    let mut child = Command::new("docker")
+        .args(["cp", "-", &format!("{c}:/")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("docker cp");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&archive)
+        .expect("write");
+    assert!(child.wait().expect("docker cp").success());
+    docker_ok(&["start", &c]);
+    assert_eq!(lab.wait_exit(&c), 1);
+    let logs = lab.logs(&c);
+    assert!(
+        logs.contains("cannot read the secret file") && logs.contains("secrets: env"),
+        "{logs}"
+    );
+    assert_eq!(lab.count("run.count"), 0);
+    assert_secret_free("the logs", &logs, &[&jit]);
+}
+
+/// A pool of the entrypoint image whose stubs record into `records`.
+fn lab_pool(name: &str, ephemeral: bool, image: &str, records: &Path) -> String {
+    format!(
+        "  {name}:\n    count: 1\n    ephemeral: {ephemeral}\n    image: {image}\n    pull: never\n    network: none\n    volumes: [{{ source: {}, target: /records }}]\n",
+        records.display()
+    )
+}
+
+#[test]
+fn fleet_apply_writes_the_secret_file_and_the_entrypoint_leaves_no_copy() {
+    let lab = Lab::new("apply");
+    let w = World::new();
+    let (eph_records, per_records) = (lab.records().join("eph"), lab.records().join("per"));
+    for dir in [&eph_records, &per_records] {
+        std::fs::create_dir_all(dir).expect("records dir");
+        open_to_all(dir);
+    }
+    w.spec(&format!(
+        "{}{}",
+        lab_pool("eph", true, &lab.image, &eph_records),
+        lab_pool("per", false, &lab.image, &per_records)
+    ));
+    let out = w.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let eph = w.container_names("eph").pop().expect("an ephemeral runner");
+    let per = format!("{}-per-0", w.run);
+    wait_for_record(&eph_records, "run.uid");
+    wait_for_record(&per_records, "run.uid");
+    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let take = |dir: &Path, name: &str| {
+        let value = read(dir, name);
+        let _ = std::fs::remove_file(dir.join(name));
+        value
+    };
+
+    // The persistent runner registered with the token fleet asked for, as the runner user.
+    assert_eq!(read(&per_records, "config.uid").trim(), RUNNER_UID);
+    assert_eq!(read(&per_records, "run.uid").trim(), RUNNER_UID);
+    let token = take(&per_records, "config.token");
+    assert_eq!(token.len(), 29, "a registration token of the fake");
+    assert_eq!(w.fake.registration_tokens_issued(), 1);
+    assert!(
+        w.env_of(&per)
+            .contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string())
+    );
+    assert_no_copy_left(&per, &token, false);
+
+    // The ephemeral runner got the JIT config of its own name.
+    assert_eq!(read(&eph_records, "run.uid").trim(), RUNNER_UID);
+    let jit = take(&eph_records, "run.jitconfig");
+    let settings = fake_github::decode_jit_config(&jit).expect("a JIT config of the fake");
+    assert_eq!(settings.name, eph);
+    assert_no_copy_left(&eph, &jit, true);
+
+    let logs = format!("{}{}", lab.logs(&eph), lab.logs(&per));
+    assert!(logs.contains("switched with"), "{logs}");
+    assert_secret_free("the logs", &logs, &[&token, &jit]);
+    drop(w);
+}
+
+#[test]
+fn with_util_linux_setpriv_the_entrypoint_drops_with_it() {
+    let lab = Lab::with_files("setpriv", &host_setpriv());
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-0-state");
+    let mut env = persistent_env("zq-cpu-0", "self-hosted,Linux,X64,cpu,fleet.zq", None);
+    env.push(("FLEET_REGISTRATION", "register"));
+    let c = lab.start_with_secret("cpu-0", &env, Some(&state), (TOKEN_VAR, &token));
+    lab.wait_for_log(&c, "runner stub: listening");
+    let logs = lab.logs(&c);
+    assert!(logs.contains("/setpriv)"), "{logs}");
+    assert_eq!(lab.uid("config.uid"), RUNNER_UID);
+    assert_eq!(lab.uid("run.uid"), RUNNER_UID);
+    assert_eq!(
+        lab.take_record("config.token").as_deref(),
+        Some(token.as_str())
+    );
+    assert_no_copy_left(&c, &token, false);
+    let (took, code) = lab.stop(&c);
+    assert!(took < STOP_WITHIN, "docker stop took {took:?}");
+    assert_eq!(code, 0);
+    assert_eq!(lab.record("run.signal").as_deref(), Some("TERM\n"));
+    assert_secret_free("the logs", &lab.logs(&c), &[&token]);
 }

@@ -1,14 +1,28 @@
 #!/bin/sh
 # fleet-entrypoint: starts the GitHub Actions runner of a container that fleet made, following
-# fleet's container contract (docs/apply.md, "What each step does"). POSIX sh: it runs under
+# fleet's container contract (docs/apply.md, "The container contract"). POSIX sh: it runs under
 # bash, dash and busybox ash alike (fleet's tests run it under busybox).
 #
-# Two modes, chosen by the environment fleet sets:
+# It starts as root, reads and removes the registration secret, and runs everything else as the
+# unprivileged runner user ($FLEET_RUNNER_USER, default `runner`).
 #
-#   Ephemeral (JIT): ACTIONS_RUNNER_INPUT_JITCONFIG is set. The runner starts with that single-use
-#     configuration and runs one job; config.sh is never called and nothing is saved.
+# The registration secret. With `secrets: file` (fleet's default) fleet writes it, before the
+# container starts, into a root-only file (mode 0600) whose path is in FLEET_SECRET_FILE
+# (/run/fleet/registration): one line ACTIONS_RUNNER_INPUT_JITCONFIG=<config> (ephemeral runner)
+# or ACTIONS_RUNNER_INPUT_TOKEN=<token> (persistent runner that must register). The script reads
+# it into unexported variables and removes the file before anything else runs; neither value is
+# ever in the container's configuration (`docker inspect`). A container started again (a restart
+# of a persistent runner) finds no file: the secret was used the first time, and the runner
+# restores the registration it saved. With `secrets: env` the same variables come from the
+# environment instead (then `docker inspect` shows them for the container's life).
 #
-#   Persistent: ACTIONS_RUNNER_INPUT_URL is set (with _NAME, _LABELS, and _TOKEN when the runner
+# Two modes, chosen by what fleet gave:
+#
+#   Ephemeral (JIT): a JIT configuration. The runner starts with that single-use configuration
+#     in its own environment (it reads it there) and runs one job; config.sh is never called and
+#     nothing is saved.
+#
+#   Persistent: ACTIONS_RUNNER_INPUT_URL is set (with _NAME, _LABELS, and a token when the runner
 #     must register). The registration (.runner, .credentials, .credentials_rsaparams) lives in
 #     $FLEET_STATE_DIR (default /var/lib/fleet-runner, a per-runner volume). FLEET_REGISTRATION
 #     says what fleet found: `restore` (GitHub knows the runner: the saved registration is
@@ -19,11 +33,20 @@
 #     after registering restores what it saved: the token it registered with is remembered by its
 #     SHA-256 in $FLEET_STATE_DIR/.fleet-token-used, never by value. Without FLEET_REGISTRATION
 #     (an older fleet), a saved registration is restored and a token used only when there is none.
+#     config.sh runs as the runner user (it refuses root, and what it writes is the runner's),
+#     with the token in its environment and nothing else of the runner's running; once it has
+#     exited no process, environment or file holds the token.
+#
+# Dropping to the runner user. The first of these that is installed and works (it is tried with
+# `id -u`) switches user: setpriv (util-linux, in the reference images), su-exec, gosu, runuser,
+# chpst, setuidgid, su. A script started as another user than root runs as that user and cannot
+# read a secret file (use `secrets: env` for such an image); FLEET_RUNNER_USER=root keeps root,
+# which the runner refuses unless RUNNER_ALLOW_RUNASROOT=1. Files in places the runner user can
+# write (the runner directory, the state directory) are only read and written as that user.
 #
 # Secrets are never put on a command line (where `ps` and `docker top` on the host would show
 # them) and never printed: the runner reads every ACTIONS_RUNNER_INPUT_<NAME> variable itself as
-# the input <name> (its CommandSettings), and removes them from its own environment so that jobs
-# do not see them. This script logs only names and paths.
+# the input <name> (its CommandSettings). This script logs only names and paths.
 #
 # SIGTERM, SIGINT and SIGHUP are forwarded to the runner as SIGTERM; the script waits for it to
 # finish and exits 0. The runner's run.sh, with RUNNER_MANUALLY_TRAP_SIG=1, turns SIGTERM into a
@@ -40,17 +63,23 @@
 # `config.sh remove` with it, deletes the token file, and clears the saved registration.
 #
 # Other variables: FLEET_RUNNER_DIR (where the runner is unpacked, default
-# /home/runner/actions-runner). With arguments, the script runs them instead of the runner
-# (`docker run --rm -it IMAGE bash` for a look inside).
+# /home/runner/actions-runner). With arguments, the script runs them instead of the runner, as
+# the user it was started as (`docker run --rm -it IMAGE bash` for a look inside).
 
 set -eu
 
 runner_dir=${FLEET_RUNNER_DIR:-/home/runner/actions-runner}
 state_dir=${FLEET_STATE_DIR:-/var/lib/fleet-runner}
 remove_token_file=${FLEET_REMOVE_TOKEN_FILE:-$state_dir/remove-token}
+runner_user=${FLEET_RUNNER_USER:-runner}
 # What config.sh writes and run.sh needs; the runner may add the *_migrated files later.
 required_files=".runner .credentials .credentials_rsaparams"
 state_files="$required_files .runner_migrated .credentials_migrated"
+# The script itself, for the steps it runs again as the runner user.
+case $0 in
+/*) self=$0 ;;
+*) self=$(pwd)/$0 ;;
+esac
 
 log() { printf 'fleet-entrypoint: %s\n' "$*" >&2; }
 die() {
@@ -58,26 +87,7 @@ die() {
   exit 1
 }
 
-if [ "$#" -gt 0 ]; then
-  exec "$@"
-fi
-
-if [ -n "${ACTIONS_RUNNER_INPUT_JITCONFIG:-}" ]; then
-  mode=jit
-  if [ -n "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ]; then
-    log "warning: both a JIT configuration and a registration token are set; using the JIT configuration"
-  fi
-  unset ACTIONS_RUNNER_INPUT_TOKEN
-elif [ -n "${ACTIONS_RUNNER_INPUT_URL:-}" ]; then
-  mode=persistent
-else
-  die "neither ACTIONS_RUNNER_INPUT_JITCONFIG (ephemeral runner) nor ACTIONS_RUNNER_INPUT_URL (persistent runner) is set: this image expects the environment fleet gives its runner containers"
-fi
-
-cd "$runner_dir" 2>/dev/null || die "cannot enter the runner directory $runner_dir (set FLEET_RUNNER_DIR)"
-[ -x ./run.sh ] || die "no runner in $runner_dir: run.sh is missing (set FLEET_RUNNER_DIR)"
-
-name=${ACTIONS_RUNNER_INPUT_NAME:-${RUNNER_NAME:-}}
+## Steps that run as the runner user (`fleet-entrypoint:configure` and `fleet-entrypoint:save`).
 
 has_state() {
   for f in $required_files; do
@@ -142,41 +152,197 @@ clear_state() {
   done
 }
 
-if [ "$mode" = persistent ]; then
-  [ -n "$name" ] || die "ACTIONS_RUNNER_INPUT_NAME is not set: a persistent runner needs its name"
-  [ -d "$state_dir" ] || die "the state directory $state_dir does not exist: mount the runner's state volume there (FLEET_STATE_DIR)"
+# A persistent runner: restores its saved registration, or registers with the token in
+# ACTIONS_RUNNER_INPUT_TOKEN (this process's environment, and config.sh's) and saves it.
+configure() {
   if ! must_register; then
     log "runner $name: restoring its registration from $state_dir"
     restore_state
-  else
-    if has_state; then
-      log "runner $name: GitHub no longer knows the registration saved in $state_dir: removing it and registering again"
-      clear_state
-    fi
-    [ -n "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ] ||
-      die "runner $name has no saved registration in $state_dir and no ACTIONS_RUNNER_INPUT_TOKEN to register with; fleet passes a token only when GitHub does not know the runner, so the state volume was probably lost: remove the runner's registration on GitHub and run fleet apply"
-    [ -w "$state_dir" ] || die "the state directory $state_dir is not writable by user $(id -u): the registration could not be saved"
-    set -- --unattended --replace
-    # The runner adds self-hosted, Linux and X64 unless told not to; fleet lists them itself
-    # unless the pool says no_default_labels.
-    labels=$(printf '%s' "${ACTIONS_RUNNER_INPUT_LABELS:-}" | tr '[:upper:]' '[:lower:]')
-    case ",$labels," in
-    *,self-hosted,*) ;;
-    *) set -- "$@" --no-default-labels ;;
-    esac
-    log "runner $name: registering with GitHub (config.sh $*)"
-    rm -f ./.runner ./.credentials ./.credentials_rsaparams ./.runner_migrated ./.credentials_migrated
-    if ./config.sh "$@"; then
-      save_state
-      (umask 077 && token_digest >"$state_dir/.fleet-token-used") ||
-        log "warning: cannot record the use of the registration token in $state_dir"
-      log "runner $name: registered; registration saved to $state_dir"
-    else
-      die "config.sh failed with status $?: runner $name is not registered"
-    fi
+    return 0
   fi
+  if has_state; then
+    log "runner $name: GitHub no longer knows the registration saved in $state_dir: removing it and registering again"
+    clear_state
+  fi
+  [ -n "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ] ||
+    die "runner $name has no saved registration in $state_dir and no registration token (ACTIONS_RUNNER_INPUT_TOKEN, from \$FLEET_SECRET_FILE or the environment) to register with; fleet passes a token only when GitHub does not know the runner, so the state volume was probably lost: remove the runner's registration on GitHub and run fleet apply"
+  [ -w "$state_dir" ] || die "the state directory $state_dir is not writable by user $(id -u): the registration could not be saved"
+  set -- --unattended --replace
+  # The runner adds self-hosted, Linux and X64 unless told not to; fleet lists them itself
+  # unless the pool says no_default_labels.
+  labels=$(printf '%s' "${ACTIONS_RUNNER_INPUT_LABELS:-}" | tr '[:upper:]' '[:lower:]')
+  case ",$labels," in
+  *,self-hosted,*) ;;
+  *) set -- "$@" --no-default-labels ;;
+  esac
+  log "runner $name: registering with GitHub (config.sh $*)"
+  rm -f ./.runner ./.credentials ./.credentials_rsaparams ./.runner_migrated ./.credentials_migrated
+  if ./config.sh "$@"; then
+    save_state
+    (umask 077 && token_digest >"$state_dir/.fleet-token-used") ||
+      log "warning: cannot record the use of the registration token in $state_dir"
+    log "runner $name: registered; registration saved to $state_dir"
+  else
+    die "config.sh failed with status $?: runner $name is not registered"
+  fi
+}
+
+name=${ACTIONS_RUNNER_INPUT_NAME:-${RUNNER_NAME:-}}
+
+case "${1:-}" in
+fleet-entrypoint:configure)
+  cd "$runner_dir"
+  configure
+  exit 0
+  ;;
+fleet-entrypoint:save)
+  cd "$runner_dir"
+  save_state
+  remove_if_asked
+  exit 0
+  ;;
+esac
+
+if [ "$#" -gt 0 ]; then
+  exec "$@"
+fi
+
+## As root: the secret, the user, then the runner.
+
+jit_config=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
+token=${ACTIONS_RUNNER_INPUT_TOKEN:-}
+# From here on they reach only the process that needs them, and only for as long as it does.
+unset ACTIONS_RUNNER_INPUT_JITCONFIG ACTIONS_RUNNER_INPUT_TOKEN
+
+# Reads the secret file into the unexported variables and removes it. Only the two known
+# variables are taken; the file is never sourced.
+read_secret_file() {
+  secret_file=${FLEET_SECRET_FILE:-}
+  [ -n "$secret_file" ] || return 0
+  unreadable="cannot read the secret file $secret_file as user $(id -u): it is root's; start this entrypoint as root (no USER in the image: it drops to $runner_user itself), or give the pool \`secrets: env\`"
+  if [ ! -e "$secret_file" ]; then
+    # A directory this user cannot search hides the file.
+    if [ -d "${secret_file%/*}" ] && [ ! -x "${secret_file%/*}" ]; then
+      die "$unreadable"
+    fi
+    log "no secret file at $secret_file: it was read and removed when this container first started"
+    return 0
+  fi
+  [ -r "$secret_file" ] || die "$unreadable"
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in
+    ACTIONS_RUNNER_INPUT_JITCONFIG=*) jit_config=${line#*=} ;;
+    ACTIONS_RUNNER_INPUT_TOKEN=*) token=${line#*=} ;;
+    '') ;;
+    *) log "warning: ignoring a line of $secret_file that sets neither ACTIONS_RUNNER_INPUT_JITCONFIG nor ACTIONS_RUNNER_INPUT_TOKEN" ;;
+    esac
+  done <"$secret_file"
+  unset line
+  rm -f "$secret_file" || die "cannot remove the secret file $secret_file"
+  rmdir "${secret_file%/*}" 2>/dev/null || true
+  log "read and removed the secret file $secret_file"
+}
+
+# uid, gid and home of a user, from /etc/passwd (no getent in busybox images).
+passwd_entry() {
+  while IFS=: read -r user _ uid gid _ home _; do
+    if [ "$user" = "$1" ]; then
+      printf '%s %s %s\n' "$uid" "$gid" "$home"
+      return 0
+    fi
+  done </etc/passwd
+  return 1
+}
+
+# Runs "$@" as the runner user, in place of the calling (sub)shell, with the tool $drop found
+# at $drop_path.
+exec_as_runner() {
+  # shellcheck disable=SC2016 # su: the runner user's shell expands "$0" "$@"
+  case $drop in
+  none) exec "$@" ;;
+  setpriv) exec "$drop_path" --reuid="$runner_uid" --regid="$runner_gid" --init-groups -- "$@" ;;
+  su-exec | gosu) exec "$drop_path" "$runner_user" "$@" ;;
+  runuser) exec "$drop_path" -u "$runner_user" -- "$@" ;;
+  chpst) exec "$drop_path" -u "$runner_user" "$@" ;;
+  setuidgid) exec "$drop_path" "$runner_user" "$@" ;;
+  su) exec "$drop_path" -s /bin/sh -c 'exec "$0" "$@"' -- "$runner_user" "$@" ;;
+  esac
+  die "no way to run a command as $runner_user"
+}
+
+# Each executable named $1 in $PATH, in order. Not `command -v`: a busybox shell may answer
+# with its own applet of that name, whatever else $PATH holds.
+executables() {
+  (
+    IFS=:
+    for dir in $PATH; do
+      [ -f "$dir/$1" ] && [ -x "$dir/$1" ] && printf '%s\n' "$dir/$1"
+    done
+  ) || true
+}
+
+# Chooses how to drop to the runner user: the first tool that is there and works (busybox's
+# setpriv, for one, has no --reuid).
+choose_drop() {
+  drop=none
+  if [ "$(id -u)" != 0 ]; then
+    log "running as user $(id -u), not root: the runner runs as that user"
+    return 0
+  fi
+  if [ "$runner_user" = root ]; then
+    log "warning: FLEET_RUNNER_USER=root: the runner and its jobs run as root"
+    return 0
+  fi
+  entry=$(passwd_entry "$runner_user") ||
+    die "user $runner_user is not in /etc/passwd: create it in the image, or set FLEET_RUNNER_USER"
+  runner_uid=${entry%% *}
+  entry=${entry#* }
+  runner_gid=${entry%% *}
+  runner_home=${entry#* }
+  for drop in setpriv su-exec gosu runuser chpst setuidgid su; do
+    for drop_path in $(executables "$drop"); do
+      if [ "$(exec_as_runner id -u 2>/dev/null)" = "$runner_uid" ]; then
+        export HOME="$runner_home" USER="$runner_user" LOGNAME="$runner_user"
+        log "the runner runs as $runner_user (uid $runner_uid, switched with $drop_path)"
+        return 0
+      fi
+    done
+  done
+  die "found no working way to switch to user $runner_user (tried setpriv, su-exec, gosu, runuser, chpst, setuidgid, su in \$PATH): install util-linux's setpriv in the image"
+}
+
+read_secret_file
+
+if [ -n "$jit_config" ]; then
+  mode=jit
+  if [ -n "$token" ]; then
+    log "warning: both a JIT configuration and a registration token were given; using the JIT configuration"
+  fi
+  token=
+elif [ -n "${ACTIONS_RUNNER_INPUT_URL:-}" ]; then
+  mode=persistent
+else
+  die "neither ACTIONS_RUNNER_INPUT_JITCONFIG (ephemeral runner) nor ACTIONS_RUNNER_INPUT_URL (persistent runner) is set, in the environment or in \$FLEET_SECRET_FILE: this image expects what fleet gives its runner containers"
+fi
+
+choose_drop
+cd "$runner_dir" 2>/dev/null || die "cannot enter the runner directory $runner_dir (set FLEET_RUNNER_DIR)"
+[ -x ./run.sh ] || die "no runner in $runner_dir: run.sh is missing (set FLEET_RUNNER_DIR)"
+
+if [ "$mode" = persistent ]; then
+  [ -n "$name" ] || die "ACTIONS_RUNNER_INPUT_NAME is not set: a persistent runner needs its name"
+  [ -d "$state_dir" ] || die "the state directory $state_dir does not exist: mount the runner's state volume there (FLEET_STATE_DIR)"
+  # The token goes to this one step, as the runner user, and ends with it.
+  (
+    if [ -n "$token" ]; then
+      ACTIONS_RUNNER_INPUT_TOKEN=$token
+      export ACTIONS_RUNNER_INPUT_TOKEN
+    fi
+    exec_as_runner /bin/sh "$self" fleet-entrypoint:configure
+  ) || exit 1
+  token=
   # Not needed to run, and not for jobs to see.
-  unset ACTIONS_RUNNER_INPUT_TOKEN ACTIONS_RUNNER_INPUT_URL ACTIONS_RUNNER_INPUT_NAME ACTIONS_RUNNER_INPUT_LABELS
+  unset ACTIONS_RUNNER_INPUT_URL ACTIONS_RUNNER_INPUT_NAME ACTIONS_RUNNER_INPUT_LABELS ACTIONS_RUNNER_INPUT_RUNNERGROUP
 else
   log "runner ${name:-?}: starting with its JIT configuration"
 fi
@@ -200,16 +366,26 @@ trap 'forward HUP' HUP
   log "stopped (SIG$stopping) before the runner started"
   exit 0
 }
-# A command started with `&` by a shell without job control has SIGINT and SIGQUIT ignored,
-# and the runner (.NET) keeps ignored signals ignored; run.sh stops its listener with SIGINT.
-# GNU env (coreutils 8.31 and later) restores them; busybox's env cannot, and does not need to
-# for anything but the real runner.
-if env --default-signal=INT,QUIT true >/dev/null 2>&1; then
-  env --default-signal=INT,QUIT ./run.sh &
-else
-  ./run.sh &
-fi
+
+# The runner, as the runner user; the JIT configuration in its environment only.
+start_runner() {
+  if [ -n "$jit_config" ]; then
+    ACTIONS_RUNNER_INPUT_JITCONFIG=$jit_config
+    export ACTIONS_RUNNER_INPUT_JITCONFIG
+  fi
+  # A command started with `&` by a shell without job control has SIGINT and SIGQUIT ignored,
+  # and the runner (.NET) keeps ignored signals ignored; run.sh stops its listener with SIGINT.
+  # GNU env (coreutils 8.31 and later) restores them; busybox's env cannot, and does not need to
+  # for anything but the real runner.
+  if env --default-signal=INT,QUIT true >/dev/null 2>&1; then
+    exec_as_runner env --default-signal=INT,QUIT ./run.sh
+  else
+    exec_as_runner ./run.sh
+  fi
+}
+start_runner &
 runner_pid=$!
+jit_config=
 if [ -n "$stopping" ]; then
   kill -TERM "$runner_pid" 2>/dev/null || true
 fi
@@ -224,8 +400,8 @@ while :; do
 done
 
 if [ "$mode" = persistent ]; then
-  save_state
-  remove_if_asked
+  (exec_as_runner /bin/sh "$self" fleet-entrypoint:save) ||
+    log "warning: saving the registration to $state_dir failed"
 fi
 
 if [ -n "$stopping" ]; then

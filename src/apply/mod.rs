@@ -137,6 +137,9 @@ pub enum StepError {
     },
     #[error("{0}")]
     Plan(String),
+    /// A container that this step did not make holds the runner's name.
+    #[error(transparent)]
+    NameTaken(DockerError),
 }
 
 /// How a step that did not fail ended, and the runner it made.
@@ -307,7 +310,11 @@ impl<'a> Executor<'a> {
                     .create_volume(&volume.name, labels.into_iter().collect())
                     .await?;
             }
-            VolumeOp::Destroy => host.write().remove_volume(&volume.name).await?,
+            VolumeOp::Destroy => {
+                host.write()
+                    .remove_owned_volume(&volume.name, &self.spec.name)
+                    .await?
+            }
         }
         Ok(StepResult::done())
     }

@@ -1,10 +1,12 @@
 //! The steps of one runner: create (registration, image, volumes, container), destroy
 //! (registration first, then container, then a persistent runner's state volume) and replace.
+//! Containers are removed only by the id this step created or the plan observed, and only with
+//! the fleet's labels; names are never trusted (docs/security.md).
 
 use super::{Executor, Outcome, StepError, StepResult};
 use crate::contract::container::{Registration, RunnerContainer};
 use crate::contract::{self, RunnerConfig, naming};
-use crate::docker::DockerError;
+use crate::docker::{DockerError, DockerHost};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
 use crate::observe::state::GithubRunner;
 use crate::plan::{RunnerChange, RunnerOp};
@@ -42,8 +44,10 @@ impl Executor<'_> {
             ));
         }
         let host = self.host(&change.host)?;
-        let target = change.container_id.as_deref().unwrap_or(&change.name);
-        host.write().remove_container(target).await?;
+        let id = observed_id(change)?;
+        host.write()
+            .remove_owned_container(id, &self.spec.name)
+            .await?;
         self.create(change, &change.name).await
     }
 
@@ -51,6 +55,11 @@ impl Executor<'_> {
     /// the container stays), then its container, then a persistent runner's state volume.
     async fn destroy(&self, change: &RunnerChange) -> Result<StepResult, StepError> {
         let host = self.host(&change.host)?;
+        let fleet = &self.spec.name;
+        // Checked before the registration goes: a container that is not the fleet's stops the
+        // step with nothing done.
+        let container = observed_id(change)?;
+        host.write().owned_container(container, fleet).await?;
         let id = match change.runner_id {
             Some(id) => Some(id),
             // Registered since the observation (a persistent runner that just configured).
@@ -63,10 +72,11 @@ impl Executor<'_> {
                 "GitHub says the runner is busy: kept, and handled after its job",
             ));
         }
-        let target = change.container_id.as_deref().unwrap_or(&change.name);
-        host.write().remove_container(target).await?;
+        host.write()
+            .remove_owned_container(container, fleet)
+            .await?;
         if let Some(volume) = &change.state_volume {
-            host.write().remove_volume(volume).await?;
+            host.write().remove_owned_volume(volume, fleet).await?;
         }
         Ok(StepResult::done())
     }
@@ -74,12 +84,17 @@ impl Executor<'_> {
     /// The registration of `name` on GitHub, if fleet owns it.
     async fn owned_registration(&self, name: &str) -> Result<Option<GithubRunner>, StepError> {
         let fleet = &self.spec.name;
+        let found = self.registration_named(name).await?;
+        Ok(found.filter(|r| contract::registration_owned(r, fleet)))
+    }
+
+    /// The registration GitHub has under `name`, whoever owns it.
+    async fn registration_named(&self, name: &str) -> Result<Option<GithubRunner>, StepError> {
         self.observers
             .github
             .read()
             .runner_by_name(name)
             .await
-            .map(|r| r.filter(|r| contract::registration_owned(r, fleet)))
             .map_err(|source| StepError::Github {
                 what: format!("cannot look up runner {name} on GitHub"),
                 source,
@@ -123,65 +138,175 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Creates runner `name` of the change's pool: registration, image, volumes, container.
+    /// Creates runner `name` of the change's pool: image, registration, volumes, container.
     async fn create(&self, change: &RunnerChange, name: &str) -> Result<StepResult, StepError> {
         let pool = self.pool(&change.pool)?;
+        self.ensure_image(change, pool).await?;
+        let made = if pool.ephemeral {
+            self.create_ephemeral(change, pool, name).await?
+        } else {
+            self.create_persistent(change, pool, name).await?;
+            name.to_string()
+        };
+        Ok(StepResult {
+            outcome: Outcome::Done,
+            runner: Some(made),
+        })
+    }
+
+    /// An ephemeral runner: a JIT registration, then its container under the same name. When
+    /// a container that this step did not make holds the name, the registration is removed and
+    /// the runner takes another fresh name, so that registration and container always match.
+    async fn create_ephemeral(
+        &self,
+        change: &RunnerChange,
+        pool: &ResolvedPool,
+        planned: &str,
+    ) -> Result<String, StepError> {
+        let config = RunnerConfig::for_pool(&self.spec.name, pool);
+        let mut name = planned.to_string();
+        for attempt in 0..NAME_ATTEMPTS {
+            let (registered, jit) = self.register_jit(pool, &config, &name).await?;
+            let registration = Registration::Jit(jit.encoded);
+            match self
+                .make_container(change, pool, &registered, registration)
+                .await
+            {
+                Ok(()) => return Ok(registered),
+                Err(failure) => {
+                    // No registration without its container.
+                    self.forget_registration(jit.runner_id, &registered).await;
+                    let StepError::NameTaken(cause) = failure else {
+                        return Err(failure);
+                    };
+                    tracing::warn!("{cause}; runner {registered} takes another name");
+                    let suffix = naming::suffix(&conflict_seed(&registered, attempt));
+                    name = naming::runner_name(&self.spec.name, &pool.name, &suffix);
+                }
+            }
+        }
+        Err(StepError::Plan(format!(
+            "cannot create a runner for pool `{}`: {NAME_ATTEMPTS} names in a row were taken by containers on host `{}`",
+            pool.name, change.host
+        )))
+    }
+
+    /// A persistent runner: its registration or a token, its state volume, then its container.
+    /// A state volume this step created goes again when the container cannot be made.
+    async fn create_persistent(
+        &self,
+        change: &RunnerChange,
+        pool: &ResolvedPool,
+        name: &str,
+    ) -> Result<(), StepError> {
+        let (registration, new_volume) = self.register_persistent(change, pool, name).await?;
+        let made = self.make_container(change, pool, name, registration).await;
+        if made.is_err() && new_volume {
+            let host = self.host(&change.host)?;
+            let volume = naming::state_volume(name);
+            if let Err(e) = host
+                .write()
+                .remove_owned_volume(&volume, &self.spec.name)
+                .await
+            {
+                tracing::warn!("cannot roll back the state volume of {name}: {e}");
+            }
+        }
+        made
+    }
+
+    /// Creates container `name`, writes its secret file (`secrets: file`) and starts it. When
+    /// a step after the create fails, the container goes again, by the id the create returned.
+    async fn make_container(
+        &self,
+        change: &RunnerChange,
+        pool: &ResolvedPool,
+        name: &str,
+        registration: Registration,
+    ) -> Result<(), StepError> {
         let host = self.host(&change.host)?;
         let config = RunnerConfig::for_pool(&self.spec.name, pool);
-        self.ensure_image(change, pool).await?;
-        let (name, registration, jit_runner) = if pool.ephemeral {
-            let (name, jit) = self.register_jit(pool, &config, name).await?;
-            (name, Registration::Jit(jit.encoded), Some(jit.runner_id))
-        } else {
-            let registration = self.register_persistent(change, pool, name).await?;
-            (name.to_string(), registration, None)
-        };
         let observed_host = self.observed.hosts.get(&change.host);
-        let body = RunnerContainer {
+        let container = RunnerContainer {
             fleet: &self.spec.name,
             pool,
             config: &config,
-            name: &name,
+            name,
             gpus: &change.gpus,
             host_has_gpus: observed_host.is_some_and(|h| !h.gpus.uuids.is_empty()),
             nvidia_runtime: observed_host.is_some_and(|h| h.engine.nvidia_runtime),
             registration,
-        }
-        .body();
-        let made = match host.write().create_container(&name, body).await {
-            Ok(_) => host.write().start_container(&name).await,
-            Err(e) => Err(e),
         };
-        if let Err(cause) = made {
-            // Roll back: no container without its runner, no registration without its container.
-            let _ = host.write().remove_container(&name).await;
-            if let Some(id) = jit_runner {
-                let _ = self.observers.github.write().delete_runner(id).await;
+        let secret = container
+            .secret_archive()
+            .map_err(|e| StepError::Plan(format!("runner {name}: {e}")))?;
+        let wants_gpus = !change.gpus.is_empty();
+        let id = match host.write().create_container(name, container.body()).await {
+            Ok(id) => id,
+            Err(
+                cause @ DockerError::Write {
+                    status: Some(409), ..
+                },
+            ) => {
+                return Err(StepError::NameTaken(cause));
             }
-            return Err(with_gpu_hint(cause, !change.gpus.is_empty(), &host.name));
+            Err(cause) => return Err(with_gpu_hint(cause, wants_gpus, &host.name)),
+        };
+        if let Err(cause) = start_with_secret(host, &id, secret).await {
+            if let Err(e) = host
+                .write()
+                .remove_owned_container(&id, &self.spec.name)
+                .await
+            {
+                tracing::warn!("cannot roll back container {name}: {e}");
+            }
+            return Err(with_gpu_hint(cause, wants_gpus, &host.name));
         }
-        Ok(StepResult {
-            outcome: Outcome::Done,
-            runner: Some(name),
-        })
+        Ok(())
     }
 
-    /// A persistent runner's state volume, and a registration token unless GitHub knows the
-    /// runner and its state volume was there already (then the volume holds its credentials: it
-    /// comes back as itself). A token tells the container to discard any saved registration.
+    /// Removes a registration this step made for a runner that could not be made.
+    async fn forget_registration(&self, runner_id: u64, name: &str) {
+        if let Err(e) = self.observers.github.write().delete_runner(runner_id).await {
+            tracing::warn!(
+                "cannot remove the registration of {name} (runner id {runner_id}), whose container could not be made: {e}"
+            );
+        }
+    }
+
+    /// A persistent runner's registration: a registration token unless GitHub knows the runner
+    /// and its state volume was there already (then the volume holds its credentials: it comes
+    /// back as itself); a token tells the container to discard any saved registration. And
+    /// whether the state volume was created now. A name GitHub has for a runner fleet does not
+    /// own gets no token: the runner's `config.sh --replace` would take that registration over.
     async fn register_persistent(
         &self,
         change: &RunnerChange,
         pool: &ResolvedPool,
         name: &str,
-    ) -> Result<Registration, StepError> {
+    ) -> Result<(Registration, bool), StepError> {
         let host = self.host(&change.host)?;
-        let labels = contract::volume_labels(&self.spec.name, &pool.name, Some(name));
+        let fleet = &self.spec.name;
+        let known = match self.registration_named(name).await? {
+            Some(r) if contract::registration_owned(&r, fleet) => true,
+            Some(r) => {
+                return Err(StepError::Plan(format!(
+                    "GitHub has a runner named {name} (id {}) that fleet `{fleet}` does not own (it lacks the label {}): fleet asks no registration token for it, since the runner's `config.sh --replace` would take that registration over. Remove or rename that runner on GitHub, or rename the pool",
+                    r.id,
+                    contract::ownership_label(fleet)
+                )));
+            }
+            None => false,
+        };
+        let labels = contract::volume_labels(fleet, &pool.name, Some(name));
         let new_volume = host
             .write()
-            .create_volume(&naming::state_volume(name), labels.into_iter().collect())
+            .create_owned_volume(
+                &naming::state_volume(name),
+                labels.into_iter().collect(),
+                fleet,
+            )
             .await?;
-        let known = self.owned_registration(name).await?.is_some();
         let token = match known && !new_volume {
             true => None,
             false => Some(
@@ -196,10 +321,11 @@ impl Executor<'_> {
                     })?,
             ),
         };
-        Ok(Registration::Persistent {
+        let registration = Registration::Persistent {
             url: self.observers.github.registration_url(),
             token,
-        })
+        };
+        Ok((registration, new_volume))
     }
 
     /// Registers an ephemeral runner. When GitHub has the name already (409: a retried request
@@ -256,6 +382,32 @@ impl Executor<'_> {
             pool.name
         )))
     }
+}
+
+/// How many names an ephemeral runner tries when containers hold them.
+const NAME_ATTEMPTS: usize = 3;
+
+/// The id the plan observed for the container of a replace or destroy: fleet removes a
+/// container by that id, never by name.
+fn observed_id(change: &RunnerChange) -> Result<&str, StepError> {
+    change.container_id.as_deref().ok_or_else(|| {
+        StepError::Plan(format!(
+            "the plan has no container id for runner {}: fleet removes a container only by the id it observed, never by name",
+            change.name
+        ))
+    })
+}
+
+/// Writes the secret file into container `id` (when there is one), then starts it.
+async fn start_with_secret(
+    host: &DockerHost,
+    id: &str,
+    secret: Option<Vec<u8>>,
+) -> Result<(), DockerError> {
+    if let Some(archive) = secret {
+        host.write().upload_archive(id, archive).await?;
+    }
+    host.write().start_container(id).await
 }
 
 /// The seed of a new suffix after a name conflict: the clock and the process make it new;

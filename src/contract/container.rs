@@ -1,5 +1,6 @@
-//! What a runner container is made of: the container contract (docs/apply.md, "What each step
-//! does"), as a Docker create request. Pure, so it is tested without an engine.
+//! What a runner container is made of: the container contract (docs/apply.md, "The container
+//! contract"), as a Docker create request, and the registration secret file fleet writes into
+//! the container before it starts (`secrets: file`). Pure, so it is tested without an engine.
 
 use std::collections::HashMap;
 
@@ -11,10 +12,30 @@ use bollard::models::{
 use super::naming::state_volume;
 use super::{RunnerConfig, labels};
 use crate::secret::Secret;
-use crate::spec::{GpuMode, GpuRequest, ResolvedPool};
+use crate::spec::{GpuMode, GpuRequest, ResolvedPool, SecretDelivery, parse_memory};
 
 /// Where a persistent runner keeps `.runner`, `.credentials` and `.credentials_rsaparams`.
 pub const STATE_DIR: &str = "/var/lib/fleet-runner";
+
+/// Where fleet writes a runner's JIT config or registration token (`secrets: file`): a file
+/// owned by root with mode 0600, in a directory owned by root with mode 0700.
+pub const SECRET_FILE: &str = "/run/fleet/registration";
+/// The variable that tells the container where [`SECRET_FILE`] is. Not a secret.
+pub const SECRET_FILE_ENV: &str = "FLEET_SECRET_FILE";
+/// The variable that holds the JIT config: in the secret file, or (`secrets: env`) in the
+/// container's environment.
+pub const JIT_CONFIG_VAR: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
+/// The variable that holds the registration token, as [`JIT_CONFIG_VAR`].
+pub const TOKEN_VAR: &str = "ACTIONS_RUNNER_INPUT_TOKEN";
+
+/// Why the secret file could not be made. Never holds the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("the {0} GitHub returned holds a line break: it cannot be one line of the secret file")]
+    LineBreak(&'static str),
+    #[error("cannot build the archive of the secret file: {0}")]
+    Archive(String),
+}
 
 /// How the runner registers.
 pub enum Registration {
@@ -25,6 +46,14 @@ pub enum Registration {
 }
 
 impl Registration {
+    /// The secret and the variable that carries it, if this registration has one.
+    fn secret(&self) -> Option<(&'static str, &Secret)> {
+        match self {
+            Registration::Jit(jit) => Some((JIT_CONFIG_VAR, jit)),
+            Registration::Persistent { token, .. } => token.as_ref().map(|t| (TOKEN_VAR, t)),
+        }
+    }
+
     /// For a persistent runner: `register` (configure with the token, discarding any
     /// registration saved in the state volume: GitHub does not know it, or the volume is new)
     /// or `restore` (run with the registration the state volume holds).
@@ -49,24 +78,6 @@ pub struct RunnerContainer<'a> {
     /// The engine has a runtime named `nvidia` (used by `gpu_mode: env`).
     pub nvidia_runtime: bool,
     pub registration: Registration,
-}
-
-/// `16g` -> bytes. Units b, k, m, g (powers of 1024), as Docker reads them.
-pub fn parse_memory(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
-        _ => (text, 'b'),
-    };
-    let n: i64 = digits.parse().ok()?;
-    let factor: i64 = match unit {
-        'b' => 1,
-        'k' => 1 << 10,
-        'm' => 1 << 20,
-        'g' => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 impl RunnerContainer<'_> {
@@ -98,21 +109,19 @@ impl RunnerContainer<'_> {
         env.push(("RUNNER_NAME".into(), self.name.to_string()));
         env.push(("RUNNER_LABELS".into(), labels.clone()));
         env.push(("FLEET_POOL".into(), self.pool.name.clone()));
-        match &self.registration {
-            Registration::Jit(jit) => {
-                env.push((
-                    "ACTIONS_RUNNER_INPUT_JITCONFIG".into(),
-                    jit.expose().to_string(),
-                ));
+        match (self.registration.secret(), self.pool.secrets) {
+            (Some((var, secret)), SecretDelivery::Env) => {
+                env.push((var.into(), secret.expose().to_string()));
             }
-            Registration::Persistent { url, token } => {
+            (Some(_), SecretDelivery::File) => {
+                env.push((SECRET_FILE_ENV.into(), SECRET_FILE.into()));
+            }
+            (None, _) => {}
+        }
+        match &self.registration {
+            Registration::Jit(_) => {}
+            Registration::Persistent { url, .. } => {
                 env.push(("ACTIONS_RUNNER_INPUT_URL".into(), url.clone()));
-                if let Some(token) = token {
-                    env.push((
-                        "ACTIONS_RUNNER_INPUT_TOKEN".into(),
-                        token.expose().to_string(),
-                    ));
-                }
                 env.push(("ACTIONS_RUNNER_INPUT_NAME".into(), self.name.to_string()));
                 env.push(("ACTIONS_RUNNER_INPUT_LABELS".into(), labels));
                 // config.sh reads it as --runnergroup (organization scope).
@@ -213,6 +222,31 @@ impl RunnerContainer<'_> {
             .then(|| "nvidia".to_string())
     }
 
+    /// With `secrets: file`, the tar archive that puts the registration's secret at
+    /// [`SECRET_FILE`] (extracted at `/`): `run/fleet/` (root, 0700) and the file (root, 0600),
+    /// one line `ACTIONS_RUNNER_INPUT_JITCONFIG=<config>` or `ACTIONS_RUNNER_INPUT_TOKEN=<token>`.
+    /// `None` when the secret goes in the environment or there is none.
+    pub fn secret_archive(&self) -> Result<Option<Vec<u8>>, SecretFileError> {
+        match (self.registration.secret(), self.pool.secrets) {
+            (Some((var, secret)), SecretDelivery::File) => {
+                secret_file_archive(var, secret).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The pool's `security`: no-new-privileges, the pids limit, NET_RAW dropped.
+    fn harden(&self, host: &mut HostConfig) {
+        let security = self.pool.security;
+        if security.no_new_privileges {
+            host.security_opt = Some(vec!["no-new-privileges:true".into()]);
+        }
+        host.pids_limit = security.pids_limit.map(i64::from);
+        if !security.net_raw {
+            host.cap_drop = Some(vec!["NET_RAW".into()]);
+        }
+    }
+
     /// The create request.
     pub fn body(&self) -> ContainerCreateBody {
         let restart = if self.pool.ephemeral {
@@ -220,27 +254,59 @@ impl RunnerContainer<'_> {
         } else {
             RestartPolicyNameEnum::UNLESS_STOPPED
         };
+        let mut host = HostConfig {
+            network_mode: Some(self.pool.network.clone()),
+            nano_cpus: self.pool.cpus.map(|c| (c * 1e9) as i64),
+            memory: self.pool.memory.as_deref().and_then(parse_memory),
+            restart_policy: Some(RestartPolicy {
+                name: Some(restart),
+                maximum_retry_count: None,
+            }),
+            mounts: Some(self.mounts()),
+            device_requests: self.device_requests(),
+            runtime: self.runtime(),
+            ..Default::default()
+        };
+        self.harden(&mut host);
         ContainerCreateBody {
             image: Some(self.pool.image.clone()),
             env: Some(self.env()),
             labels: Some(self.labels()),
             hostname: Some(self.name.chars().take(63).collect()),
-            host_config: Some(HostConfig {
-                network_mode: Some(self.pool.network.clone()),
-                nano_cpus: self.pool.cpus.map(|c| (c * 1e9) as i64),
-                memory: self.pool.memory.as_deref().and_then(parse_memory),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(restart),
-                    maximum_retry_count: None,
-                }),
-                mounts: Some(self.mounts()),
-                device_requests: self.device_requests(),
-                runtime: self.runtime(),
-                ..Default::default()
-            }),
+            host_config: Some(host),
             ..Default::default()
         }
     }
+}
+
+/// The tar archive of the secret file, one line `<var>=<secret>`: see
+/// [`RunnerContainer::secret_archive`].
+pub fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>, SecretFileError> {
+    let value = secret.expose();
+    if value.contains(['\n', '\r']) {
+        return Err(SecretFileError::LineBreak(var));
+    }
+    let contents = format!("{var}={value}\n");
+    let dir = SECRET_FILE.rsplit_once('/').map_or("", |(dir, _)| dir);
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut entry = |path: &str, mode: u32, data: &[u8]| {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(if data.is_empty() {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(data.len() as u64);
+        archive.append_data(&mut header, path.trim_start_matches('/'), data)
+    };
+    // tar's errors name paths and sizes, never the data.
+    entry(dir, 0o700, &[])
+        .and_then(|()| entry(SECRET_FILE, 0o600, contents.as_bytes()))
+        .and_then(|()| archive.into_inner())
+        .map_err(|e| SecretFileError::Archive(e.to_string()))
 }
 
 #[cfg(test)]
@@ -288,15 +354,6 @@ mod tests {
     }
 
     #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("16g"), Some(16 << 30));
-        assert_eq!(parse_memory("512m"), Some(512 << 20));
-        assert_eq!(parse_memory("1024"), Some(1024));
-        assert_eq!(parse_memory("2K"), Some(2048));
-        assert_eq!(parse_memory("x"), None);
-    }
-
-    #[test]
     fn ephemeral_gpu_runner_follows_the_contract() {
         let pool = pool(true, GpuRequest::Count(1));
         let config = RunnerConfig::for_pool("zq", &pool);
@@ -313,7 +370,11 @@ mod tests {
         };
         let body = c.body();
         let env = body.env.clone().expect("env");
-        assert!(env.contains(&"ACTIONS_RUNNER_INPUT_JITCONFIG=JITSECRET".to_string()));
+        assert!(env.contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string()));
+        assert!(
+            env.iter().all(|e| !e.contains("JITSECRET")),
+            "the JIT config is not in the environment"
+        );
         assert!(env.contains(&"RUNNER_NAME=zq-gpu-abc123".to_string()));
         assert!(env.contains(&"RUNNER_LABELS=self-hosted,Linux,X64,gpu,fleet.zq".to_string()));
         assert!(env.contains(&"FLEET_POOL=gpu".to_string()));
@@ -419,7 +480,7 @@ mod tests {
         let env = body.env.clone().expect("env");
         for expected in [
             "ACTIONS_RUNNER_INPUT_URL=https://github.com/acme/zq",
-            "ACTIONS_RUNNER_INPUT_TOKEN=REGTOKEN",
+            "FLEET_SECRET_FILE=/run/fleet/registration",
             "ACTIONS_RUNNER_INPUT_NAME=zq-cpu-0",
             "ACTIONS_RUNNER_INPUT_LABELS=self-hosted,Linux,X64,gpu,fleet.zq",
             "FLEET_STATE_DIR=/var/lib/fleet-runner",
@@ -438,9 +499,152 @@ mod tests {
             host.restart_policy.and_then(|r| r.name),
             Some(RestartPolicyNameEnum::UNLESS_STOPPED)
         );
+        assert!(env.iter().all(|e| !e.contains("REGTOKEN")));
+        let archive = c.secret_archive().expect("archive").expect("a secret file");
+        assert_eq!(
+            entries(&archive),
+            [
+                ("run/fleet".to_string(), 0o700, 0, 0, String::new()),
+                (
+                    "run/fleet/registration".to_string(),
+                    0o600,
+                    0,
+                    0,
+                    "ACTIONS_RUNNER_INPUT_TOKEN=REGTOKEN\n".to_string()
+                ),
+            ]
+        );
         let mounts = host.mounts.expect("mounts");
         let state = mounts.last().expect("state mount");
         assert_eq!(state.source.as_deref(), Some("zq-cpu-0-state"));
         assert_eq!(state.target.as_deref(), Some(STATE_DIR));
+    }
+
+    /// Path, mode, uid, gid and contents of each entry of a tar archive.
+    fn entries(archive: &[u8]) -> Vec<(String, u32, u64, u64, String)> {
+        use std::io::Read;
+        let mut archive = tar::Archive::new(archive);
+        archive
+            .entries()
+            .expect("entries")
+            .map(|entry| {
+                let mut entry = entry.expect("entry");
+                let header = entry.header().clone();
+                let mut contents = String::new();
+                entry.read_to_string(&mut contents).expect("contents");
+                (
+                    header.path().expect("path").display().to_string(),
+                    header.mode().expect("mode"),
+                    header.uid().expect("uid"),
+                    header.gid().expect("gid"),
+                    contents,
+                )
+            })
+            .collect()
+    }
+
+    fn jit_container<'a>(
+        pool: &'a ResolvedPool,
+        config: &'a RunnerConfig,
+        jit: &str,
+    ) -> RunnerContainer<'a> {
+        RunnerContainer {
+            fleet: "zq",
+            pool,
+            config,
+            name: "zq-gpu-a",
+            gpus: &[],
+            host_has_gpus: false,
+            nvidia_runtime: false,
+            registration: Registration::Jit(Secret::new(jit)),
+        }
+    }
+
+    #[test]
+    fn the_secret_goes_in_a_root_only_file_unless_the_pool_says_env() {
+        let mut pool = pool(true, GpuRequest::Count(0));
+        let config = RunnerConfig::for_pool("zq", &pool);
+        let c = jit_container(&pool, &config, "eyJJIT");
+        let archive = c.secret_archive().expect("archive").expect("a file");
+        let files = entries(&archive);
+        assert_eq!(files[1].0, SECRET_FILE.trim_start_matches('/'));
+        assert_eq!(files[1].4, "ACTIONS_RUNNER_INPUT_JITCONFIG=eyJJIT\n");
+        assert!(
+            c.env()
+                .contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string())
+        );
+
+        pool.secrets = SecretDelivery::Env;
+        let c = jit_container(&pool, &config, "eyJJIT");
+        assert!(c.secret_archive().expect("archive").is_none());
+        let env = c.env();
+        assert!(env.contains(&"ACTIONS_RUNNER_INPUT_JITCONFIG=eyJJIT".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("FLEET_SECRET_FILE=")));
+    }
+
+    #[test]
+    fn a_secret_with_a_line_break_is_refused_and_not_echoed() {
+        let pool = pool(true, GpuRequest::Count(0));
+        let config = RunnerConfig::for_pool("zq", &pool);
+        let c = jit_container(&pool, &config, "eyJ\nFLEET_EVIL=1");
+        let error = c.secret_archive().expect_err("refused").to_string();
+        assert!(error.contains("line break"), "{error}");
+        assert!(!error.contains("EVIL"), "{error}");
+    }
+
+    #[test]
+    fn a_runner_restoring_its_registration_gets_no_secret_file() {
+        let pool = pool(false, GpuRequest::Count(0));
+        let config = RunnerConfig::for_pool("zq", &pool);
+        let c = RunnerContainer {
+            registration: Registration::Persistent {
+                url: "https://github.com/acme/zq".into(),
+                token: None,
+            },
+            ..jit_container(&pool, &config, "x")
+        };
+        assert!(c.secret_archive().expect("archive").is_none());
+        assert!(!c.env().iter().any(|e| e.starts_with("FLEET_SECRET_FILE=")));
+    }
+
+    #[test]
+    fn containers_are_hardened_as_the_pool_says() {
+        let mut pool = pool(true, GpuRequest::Count(0));
+        let config = RunnerConfig::for_pool("zq", &pool);
+        let host = jit_container(&pool, &config, "x")
+            .body()
+            .host_config
+            .expect("host config");
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()])
+        );
+        assert_eq!(host.pids_limit, Some(16384));
+        assert_eq!(host.cap_drop, Some(vec!["NET_RAW".to_string()]));
+
+        pool.security = crate::spec::ResolvedSecurity {
+            no_new_privileges: false,
+            pids_limit: None,
+            net_raw: true,
+        };
+        let host = jit_container(&pool, &config, "x")
+            .body()
+            .host_config
+            .expect("host config");
+        assert_eq!(host.security_opt, None);
+        assert_eq!(host.pids_limit, None);
+        assert_eq!(host.cap_drop, None);
+    }
+
+    #[test]
+    fn memory_is_read_by_the_specs_bounded_parser() {
+        let mut pool = pool(true, GpuRequest::Count(0));
+        let config = RunnerConfig::for_pool("zq", &pool);
+        pool.memory = Some("512M".into());
+        let host = jit_container(&pool, &config, "x").body().host_config;
+        assert_eq!(host.and_then(|h| h.memory), Some(512 << 20));
+        pool.memory = Some("99999999999999999999g".into());
+        let host = jit_container(&pool, &config, "x").body().host_config;
+        assert_eq!(host.and_then(|h| h.memory), None);
     }
 }

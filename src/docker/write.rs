@@ -1,17 +1,20 @@
 //! Writes, each idempotent: what exists already is not an error, what is gone already is not
-//! an error. Only the executor calls these.
+//! an error. Only the executor calls these. Containers are started, written into and removed
+//! by id only, and removed (like volumes) only when they carry the fleet's label
+//! (docs/security.md, "Never touch what is not proven owned").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StartContainerOptions,
+    RemoveVolumeOptionsBuilder, StartContainerOptions, UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
 use super::{DockerError, DockerHost};
+use crate::contract::{self, labels};
 use crate::spec::PullPolicy;
 
 /// One host's engine, to change.
@@ -91,10 +94,8 @@ impl DockerWrite<'_> {
         name: &str,
         labels: HashMap<String, String>,
     ) -> Result<bool, DockerError> {
-        match self.host.docker.inspect_volume(name).await {
-            Ok(_) => return Ok(false),
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(self.failed(format!("inspect volume {name}"), &e)),
+        if self.volume_labels(name).await?.is_some() {
+            return Ok(false);
         }
         let request = VolumeCreateRequest {
             name: Some(name.to_string()),
@@ -107,52 +108,238 @@ impl DockerWrite<'_> {
         }
     }
 
-    /// Removes a volume; one already gone is fine.
-    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+    /// Creates a volume fleet `fleet` will own and use (a persistent runner's state volume), or
+    /// adopts it when it is there with `fleet.name=<fleet>`. One there without that label was
+    /// not made by this fleet: an error, and it is neither used nor changed. Returns whether it
+    /// was created.
+    pub async fn create_owned_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+        fleet: &str,
+    ) -> Result<bool, DockerError> {
+        match self.volume_labels(name).await? {
+            Some(found) if labels_owned(&found, fleet) => Ok(false),
+            Some(_) => Err(self.refused(
+                format!("use volume {name}"),
+                format!(
+                    "volume {name} exists and does not carry the label {}={fleet}: another fleet or someone else made it, and fleet never mounts or removes a volume it cannot prove it created. Rename or remove it, or rename the pool",
+                    labels::FLEET
+                ),
+            )),
+            None => self.create_volume(name, labels).await,
+        }
+    }
+
+    /// The labels of volume `name`; `None` when there is no such volume.
+    async fn volume_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<HashMap<String, String>>, DockerError> {
+        match self.host.docker.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(volume.labels)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.failed(format!("inspect volume {name}"), &e)),
+        }
+    }
+
+    /// Removes volume `name` if it carries `fleet.name=<fleet>`; one already gone is fine, one
+    /// without the label is an error and stays.
+    pub async fn remove_owned_volume(&self, name: &str, fleet: &str) -> Result<(), DockerError> {
+        let what = || format!("remove volume {name}");
+        let Some(labels) = self.volume_labels(name).await? else {
+            return Ok(());
+        };
+        if !labels_owned(&labels, fleet) {
+            return Err(self.refused(what(), not_owned("volume", name, fleet)));
+        }
         let options = RemoveVolumeOptionsBuilder::new().force(false).build();
         match self.host.docker.remove_volume(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(self.failed(format!("remove volume {name}"), &e)),
+            Err(e) => Err(self.failed(what(), &e)),
         }
     }
 
-    /// Creates container `name`; returns its id.
+    /// Creates container `name`; returns its id. A name in use is a `Write` error with status
+    /// 409 whose message says which container holds it and whose it is.
     pub async fn create_container(
         &self,
         name: &str,
         body: ContainerCreateBody,
     ) -> Result<String, DockerError> {
+        let fleet = body
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::FLEET))
+            .cloned()
+            .unwrap_or_default();
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         match self.host.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(created.id),
+            Err(e) if status_of(&e) == Some(409) => Err(DockerError::Write {
+                host: self.host.name.clone(),
+                what: format!("create container {name}"),
+                status: Some(409),
+                message: self.name_conflict(name, &fleet).await,
+            }),
             Err(e) => Err(self.failed(format!("create container {name}"), &e)),
         }
     }
 
-    pub async fn start_container(&self, name: &str) -> Result<(), DockerError> {
-        let options = None::<StartContainerOptions>;
-        match self.host.docker.start_container(name, options).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.failed(format!("start container {name}"), &e)),
+    /// Why `name` is taken: the container that holds it, and whose it is.
+    async fn name_conflict(&self, name: &str, fleet: &str) -> String {
+        let holder = self.host.docker.inspect_container(name, None).await.ok();
+        let id = holder.as_ref().and_then(|c| c.id.as_deref()).unwrap_or("?");
+        let owner = holder
+            .as_ref()
+            .and_then(|c| c.config.as_ref())
+            .and_then(|config| config.labels.as_ref())
+            .and_then(|labels| labels.get(labels::FLEET))
+            .cloned();
+        match owner {
+            Some(owner) if owner == fleet => format!(
+                "container {name} already exists (id {}) and is fleet `{fleet}`'s, made after this plan was: run fleet apply again",
+                short(id)
+            ),
+            owner => format!(
+                "container {name} already exists (id {}, {}) and fleet never removes a container it cannot prove it created: rename or remove it, or rename the pool",
+                short(id),
+                match owner {
+                    Some(other) => format!("labelled {}={other}", labels::FLEET),
+                    None => format!("without a {} label", labels::FLEET),
+                }
+            ),
         }
     }
 
-    /// Removes a container, running or not, with its anonymous volumes (named volumes stay).
-    pub async fn remove_container(&self, name_or_id: &str) -> Result<(), DockerError> {
+    /// Extracts a tar archive at the root of container `id`'s filesystem, before it starts.
+    /// Entries keep the owner and mode the archive gives them.
+    pub async fn upload_archive(&self, id: &str, archive: Vec<u8>) -> Result<(), DockerError> {
+        let id = container_id(id)
+            .map_err(|message| self.refused(format!("write into container {id}"), message))?;
+        let options = UploadToContainerOptionsBuilder::new()
+            .path("/")
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        let body = bollard::body_full(archive.into());
+        match self
+            .host
+            .docker
+            .upload_to_container(id, Some(options), body)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(format!("write into container {}", short(id)), &e)),
+        }
+    }
+
+    /// Starts container `id`.
+    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+        let id = container_id(id)
+            .map_err(|message| self.refused(format!("start container {id}"), message))?;
+        let options = None::<StartContainerOptions>;
+        match self.host.docker.start_container(id, options).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(format!("start container {}", short(id)), &e)),
+        }
+    }
+
+    /// The full id of the container whose id is `id`, if it carries `fleet.name=<fleet>`;
+    /// `None` when it is gone. Never by name: `id` must be a container id, and the container
+    /// Docker finds must have it. One without the label is an error.
+    pub async fn owned_container(
+        &self,
+        id: &str,
+        fleet: &str,
+    ) -> Result<Option<String>, DockerError> {
+        let what = || format!("remove container {}", short(id));
+        let id = container_id(id).map_err(|message| self.refused(what(), message))?;
+        let found = match self.host.docker.inspect_container(id, None).await {
+            Ok(found) => found,
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.failed(what(), &e)),
+        };
+        let full_id = found.id.unwrap_or_default();
+        // Docker resolves a name before an id prefix: a container named like the id is not it.
+        if !full_id.starts_with(id) {
+            return Ok(None);
+        }
+        let name = found.name.unwrap_or_default();
+        let labels = found
+            .config
+            .and_then(|config| config.labels)
+            .unwrap_or_default();
+        if !labels_owned(&labels, fleet) {
+            let container = format!("container {} ({})", short(id), name.trim_start_matches('/'));
+            return Err(self.refused(what(), not_owned("container", &container, fleet)));
+        }
+        Ok(Some(full_id))
+    }
+
+    /// Removes the container whose id is `id` (running or not, with its anonymous volumes;
+    /// named volumes stay) if [`DockerWrite::owned_container`] says it is the fleet's. One
+    /// already gone is fine; one without the label is an error and stays.
+    pub async fn remove_owned_container(&self, id: &str, fleet: &str) -> Result<(), DockerError> {
+        let Some(full_id) = self.owned_container(id, fleet).await? else {
+            return Ok(());
+        };
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
-        let removed = self
+        match self
             .host
             .docker
-            .remove_container(name_or_id, Some(options))
-            .await;
-        match removed {
+            .remove_container(&full_id, Some(options))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(self.failed(format!("remove container {name_or_id}"), &e)),
+            Err(e) => Err(self.failed(format!("remove container {}", short(id)), &e)),
         }
     }
+
+    /// A write fleet refuses to make itself.
+    fn refused(&self, what: String, message: String) -> DockerError {
+        DockerError::Write {
+            host: self.host.name.clone(),
+            what,
+            status: None,
+            message,
+        }
+    }
+}
+
+/// `id` if it is a container id (12 to 64 hex digits), for the writes that go by id only.
+fn container_id(id: &str) -> Result<&str, String> {
+    let hex = id
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    if hex && (12..=64).contains(&id.len()) {
+        Ok(id)
+    } else {
+        Err(format!(
+            "`{id}` is not a container id; fleet removes and starts containers only by the id it created or observed"
+        ))
+    }
+}
+
+/// The ownership rule (`contract::labels_owned`) on the labels Docker returns.
+fn labels_owned(labels: &HashMap<String, String>, fleet: &str) -> bool {
+    let labels: BTreeMap<String, String> =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    contract::labels_owned(&labels, fleet)
+}
+
+/// The first 12 digits of a container id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn not_owned(kind: &str, what: &str, fleet: &str) -> String {
+    format!(
+        "{what} is not fleet `{fleet}`'s: it does not carry the label {}={fleet}, and fleet never removes a {kind} it cannot prove it created",
+        labels::FLEET
+    )
 }

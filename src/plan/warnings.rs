@@ -1,8 +1,27 @@
-//! What the plan warns about: risky pool settings, GPU pools on engines without NVIDIA support,
+//! What the plan warns about: risky pool settings (the Docker socket, bind mounts of the host's
+//! system or home directories, the host's network), GPU pools on engines without NVIDIA support,
 //! images that cannot be had, and runner groups that do not exist.
 
 use crate::observe::state::Observed;
 use crate::spec::{GpuRequest, ResolvedPool};
+
+/// Host directories whose contents give away the host: credentials and configuration (`/etc`),
+/// root's and the users' homes (SSH keys, `~/.docker/config.json`, tokens). A bind mount of one
+/// of them or of anything under it is warned about: a subdirectory is only less obviously
+/// dangerous (`/etc/ssh`, `/home/ci/.ssh`). `/` is warned about as itself (everything is under
+/// it).
+const SENSITIVE_TREES: &[&str] = &["/etc", "/root", "/home"];
+
+/// Where the Docker socket lives, and the directories that hold it: a bind mount of any of
+/// them hands the jobs the Docker API, which is root on the host (read-only or not: a socket is
+/// connected to, not written).
+const DOCKER_SOCKET_PATHS: &[&str] = &[
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run",
+    "/run",
+    "/var",
+];
 
 /// Warnings about the pools as the observation shows them.
 pub(super) fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<String> {
@@ -14,6 +33,7 @@ pub(super) fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<
                 pool.name, pool.host
             ));
         }
+        warnings.extend(exposure_warnings(pool));
         if pool.gpus == GpuRequest::All && pool.count > 0 {
             warnings.push(format!(
                 "pool `{}` uses `gpus: all`: its runners share every GPU of host `{}` with each other and with any other job",
@@ -53,6 +73,70 @@ pub(super) fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<
     warnings
 }
 
+/// Bind mounts that expose the host's system, its users or its Docker socket, and the host's
+/// network.
+fn exposure_warnings(pool: &ResolvedPool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for volume in pool.volumes.iter().filter(|v| v.is_bind()) {
+        let path = normalize(&volume.source);
+        let access = if volume.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        };
+        let what = if DOCKER_SOCKET_PATHS.contains(&path.as_str()) {
+            format!(
+                "the Docker socket: its jobs are root on host `{}`",
+                pool.host
+            )
+        } else if path == "/" {
+            format!("the whole filesystem of host `{}`", pool.host)
+        } else if let Some(tree) = SENSITIVE_TREES.iter().find(|t| is_within(&path, t)) {
+            format!(
+                "{tree} of host `{}`: its jobs can read the credentials and keys kept there",
+                pool.host
+            )
+        } else {
+            continue;
+        };
+        warnings.push(format!(
+            "pool `{}` bind-mounts {} ({access}) at {}, which exposes {what}",
+            pool.name, volume.source, volume.target
+        ));
+    }
+    if pool.network == "host" {
+        warnings.push(format!(
+            "pool `{}` uses `network: host`: its jobs share host `{}`'s network, reach every service listening on it (127.0.0.1 included) and can listen on its ports",
+            pool.name, pool.host
+        ));
+    }
+    warnings
+}
+
+/// `path` with `.`, `..` and repeated or trailing slashes resolved lexically (the host's
+/// symbolic links are not known here).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Whether `path` is `tree` or under it (`/etc/ssh`, not `/etcetera`).
+fn is_within(path: &str, tree: &str) -> bool {
+    path == tree
+        || path
+            .strip_prefix(tree)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Organization scope: a pool's runner group must exist (GitHub always has `Default`).
 pub(super) fn runner_group_problems(pools: &[ResolvedPool], observed: &Observed) -> Vec<String> {
     let groups = &observed.github.groups;
@@ -74,4 +158,77 @@ pub(super) fn runner_group_problems(pools: &[ResolvedPool], observed: &Observed)
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Spec, Volume};
+
+    fn pool(volumes: &[(&str, bool)], network: &str) -> ResolvedPool {
+        let spec: Spec = crate::spec::parse_str(
+            "version: 1\nname: zq\ngithub:\n  repo: acme/zq\npools:\n  a:\n    count: 1\n    image: r:1\n",
+            std::path::Path::new("."),
+        )
+        .expect("spec");
+        let mut pool = spec.resolved_pools().remove(0);
+        pool.network = network.to_string();
+        pool.volumes = volumes
+            .iter()
+            .enumerate()
+            .map(|(i, (source, read_only))| Volume {
+                source: source.to_string(),
+                target: format!("/m{i}"),
+                read_only: *read_only,
+            })
+            .collect();
+        pool
+    }
+
+    fn warned(pool: &ResolvedPool) -> String {
+        pool_warnings(std::slice::from_ref(pool), &Observed::default()).join("\n")
+    }
+
+    #[test]
+    fn bind_mounts_of_the_host_system_homes_and_docker_socket_are_warned_about() {
+        for (source, exposes) in [
+            ("/", "the whole filesystem"),
+            ("/etc", "/etc of host"),
+            ("/etc/ssh/", "/etc of host"),
+            ("/srv/../etc/shadow", "/etc of host"),
+            ("/root", "/root of host"),
+            ("/home/ci/.ssh", "/home of host"),
+            ("/var/run/docker.sock", "the Docker socket"),
+            ("/run", "the Docker socket"),
+            ("/var", "the Docker socket"),
+        ] {
+            let text = warned(&pool(&[(source, true)], "none"));
+            assert!(
+                text.contains(&format!("bind-mounts {source} (read-only)"))
+                    && text.contains(exposes),
+                "{source}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_bind_mounts_named_volumes_and_other_networks_are_not() {
+        let quiet = pool(
+            &[
+                ("/srv/ccache", false),
+                ("/etcetera", false),
+                ("/homes", false),
+                ("/opt/toolchains", true),
+                ("cache", false),
+            ],
+            "bridge",
+        );
+        assert_eq!(warned(&quiet), "");
+    }
+
+    #[test]
+    fn the_host_network_is_warned_about() {
+        let text = warned(&pool(&[], "host"));
+        assert!(text.contains("uses `network: host`"), "{text}");
+    }
 }

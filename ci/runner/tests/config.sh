@@ -1,11 +1,14 @@
 #!/bin/sh
 # Test stub of the runner's config.sh, used by tests/entrypoint.rs (never shipped in the image):
-# it records its arguments and the inputs it got from the environment in $FLEET_TEST_RECORDS and
-# writes (or, for `remove`, deletes) the files the real one does. It prints no input value.
+# it records its user id, its arguments and the inputs it got from the environment in
+# $FLEET_TEST_RECORDS and writes (or, for `remove`, deletes) the files the real one does. It
+# prints no input value. The token it records is the test's to take away before it looks for
+# copies of the token in the container.
 set -eu
 rec=${FLEET_TEST_RECORDS:-/records}
 count=$(cat "$rec/config.count" 2>/dev/null || echo 0)
 echo $((count + 1)) >"$rec/config.count"
+id -u >"$rec/config.uid"
 for arg in "$@"; do printf '%s\n' "$arg"; done >"$rec/config.args"
 env | sed -n 's/^\(ACTIONS_RUNNER_INPUT_[A-Z_]*\)=.*/\1/p' | sort >"$rec/config.env-names"
 if [ "${1:-}" = remove ]; then
