@@ -84,10 +84,10 @@ impl Executor<'_> {
             );
             labels.insert(contract::labels::SCALE_SET.to_string(), change.name.clone());
             write
-                .create_volume(volume, labels.into_iter().collect())
+                .create_owned_volume(volume, labels.into_iter().collect(), &self.spec.name)
                 .await?;
         } else {
-            write.remove_volume(volume).await?;
+            write.remove_owned_volume(volume, &self.spec.name).await?;
         }
         Ok(())
     }
