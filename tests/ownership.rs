@@ -42,7 +42,12 @@ fn apply_spec_in_process(
 ) -> ApplyReport {
     let spec = fleet::spec::load(path).expect("spec");
     let token = w.fake.token();
-    let env = move |k: &str| (k == "GITHUB_TOKEN").then(|| token.clone());
+    let api = w.fake.url();
+    let env = move |k: &str| match k {
+        "GITHUB_TOKEN" => Some(token.clone()),
+        "GITHUB_API_URL" => Some(api.clone()),
+        _ => None,
+    };
     w.rt.block_on(async {
         let observers = Observers::connect(&spec, w.dir.path(), &env, RetryPolicy::default())
             .await
@@ -425,6 +430,9 @@ fn a_saved_plan_whose_destroy_names_another_container_is_refused() {
         w.add_container(&first, "eph", &config, &[], true),
         w.add_container(&second, "eph", &config, &[], true),
     ];
+    // Ephemeral runners register before their containers start: both are healthy and idle.
+    w.register(&first, true, true, false);
+    w.register(&second, true, true, false);
     let foreign = w.add_foreign_container(&format!("{}-eph-cccccc", w.run));
     // One of the two owned runners goes.
     w.spec(&pool("eph", 1, true));
