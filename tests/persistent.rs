@@ -125,7 +125,7 @@ fn a_removed_container_comes_back_under_its_name_with_its_registration_and_state
         w.env_value(&name, "FLEET_REGISTRATION").as_deref(),
         Some("restore")
     );
-    assert_eq!(w.env_value(&name, "ACTIONS_RUNNER_INPUT_TOKEN"), None);
+    assert_eq!(w.token_of(&name), None);
     assert_eq!(w.state_mount(&name).as_deref(), Some(state.as_str()));
     assert_eq!(read_state(&name), "registered-once", "the same volume");
     assert_eq!(w.config_sh(&name), Some(id));
@@ -207,7 +207,7 @@ fn a_registration_deleted_while_the_container_is_stopped_is_registered_again_on_
         w.env_value(&name, "FLEET_REGISTRATION").as_deref(),
         Some("register")
     );
-    assert!(w.env_value(&name, "ACTIONS_RUNNER_INPUT_TOKEN").is_some());
+    assert!(w.token_of(&name).is_some());
     assert_eq!(w.fake.registration_tokens_issued(), 2);
     assert_eq!(
         w.state_mount(&name).as_deref(),
@@ -294,7 +294,7 @@ fn an_image_change_replaces_the_container_and_keeps_the_registration() {
     assert_eq!(w.inspect(&name)["Config"]["Image"], tag.0.as_str());
     assert_eq!(w.runner_id(&name), Some(id));
     assert_eq!(w.fake.registration_tokens_issued(), 1, "no new token");
-    assert_eq!(w.env_value(&name, "ACTIONS_RUNNER_INPUT_TOKEN"), None);
+    assert_eq!(w.token_of(&name), None);
     assert_eq!(read_state(&name), "kept");
     assert_eq!(w.config_sh(&name), Some(id));
     plan_is_empty(&w);

@@ -239,7 +239,9 @@ fn changing_a_persistent_pools_host_keeps_its_registration() {
         .other
         .docker_ok(&["inspect", "--format", "{{json .Config.Env}}", &name]);
     assert!(env.contains("FLEET_REGISTRATION=register"), "{env}");
-    let env: Vec<String> = serde_json::from_str(&env).expect("environment");
+    let mut env: Vec<String> = serde_json::from_str(&env).expect("environment");
+    let host = format!("unix://{}", hosts.other.socket().display());
+    env.extend(common::secret_inputs(&["-H", &host, "exec", &name], &env));
     w.config_sh_with(&name, &env).expect("registered");
     assert_eq!(
         w.runner_id(&name),

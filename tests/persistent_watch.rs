@@ -102,7 +102,21 @@ impl<'w> Runners<'w> {
         if env_value(container, "FLEET_REGISTRATION").as_deref() != Some("register") {
             return;
         }
-        let Some(token) = env_value(container, "ACTIONS_RUNNER_INPUT_TOKEN") else {
+        let env: Vec<String> = container["Config"]["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let secret = common::secret_inputs(&["exec", name], &env);
+        let token = secret
+            .iter()
+            .chain(&env)
+            .find_map(|e| e.strip_prefix("ACTIONS_RUNNER_INPUT_TOKEN="))
+            .map(str::to_string);
+        let Some(token) = token else {
             return;
         };
         if !self.used_tokens.insert(token.clone()) {

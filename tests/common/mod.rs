@@ -371,6 +371,25 @@ impl World {
     }
 }
 
+/// The lines of a container's secret file (`FLEET_SECRET_FILE`, fleet's default way of handing
+/// over a registration token or JIT config), read as root with `docker <exec...> busybox cat`;
+/// none when its environment names no such file or the file is gone.
+pub fn secret_inputs(exec: &[&str], env: &[String]) -> Vec<String> {
+    let Some(path) = env
+        .iter()
+        .find_map(|e| e.strip_prefix("FLEET_SECRET_FILE="))
+    else {
+        return vec![];
+    };
+    let mut args: Vec<&str> = exec.to_vec();
+    args.extend(["/bin/busybox", "cat", path]);
+    let out = docker(&args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Persistent runners: their registration as the runner's `config.sh` makes it, their state
 /// volume, and a fleet at organization scope.
 impl World {
@@ -382,13 +401,26 @@ impl World {
             .find_map(|e| e.strip_prefix(&prefix).map(str::to_string))
     }
 
+    /// The registration token container `name` was given, in its secret file or (with
+    /// `secrets: env`) its environment.
+    pub fn token_of(&self, name: &str) -> Option<String> {
+        let env = self.env_of(name);
+        secret_inputs(&["exec", name], &env)
+            .iter()
+            .chain(&env)
+            .find_map(|e| e.strip_prefix("ACTIONS_RUNNER_INPUT_TOKEN="))
+            .map(str::to_string)
+    }
+
     /// Plays a persistent runner's entrypoint once its container runs: with
     /// `FLEET_REGISTRATION=register` and a token it registers as `config.sh --unattended
     /// --replace` does, with the container's name, labels and runner group; with `restore` it
     /// uses the registration its state volume holds. Either way the runner then connects
     /// (online). Returns the registration's id, `None` when there is none to use.
     pub fn config_sh(&self, name: &str) -> Option<u64> {
-        self.config_sh_with(name, &self.env_of(name))
+        let mut inputs = self.env_of(name);
+        inputs.extend(secret_inputs(&["exec", name], &inputs));
+        self.config_sh_with(name, &inputs)
     }
 
     /// [`World::config_sh`] for a container whose environment `env` was read elsewhere (on
