@@ -82,14 +82,25 @@ pub fn container_owned(container: &ContainerState, fleet: &str) -> bool {
 /// Whether this GitHub registration is fleet `fleet`'s: its name prefix and its ownership
 /// label, both. A hand-made runner that happens to share the prefix is never touched.
 pub fn registration_owned(runner: &GithubRunner, fleet: &str) -> bool {
-    runner.name.starts_with(&format!("{fleet}-"))
-        && runner.labels.iter().any(|l| *l == ownership_label(fleet))
+    // Without allocating: the planner asks this of every registration of the scope.
+    let prefixed = runner
+        .name
+        .strip_prefix(fleet)
+        .is_some_and(|rest| rest.starts_with('-'));
+    prefixed && runner.labels.iter().any(|l| is_ownership_label(l, fleet))
+}
+
+/// Whether `label` is fleet `fleet`'s ownership label (`fleet.<fleet>`).
+fn is_ownership_label(label: &str, fleet: &str) -> bool {
+    label.strip_prefix("fleet.") == Some(fleet)
 }
 
 /// Whether a runner scale set is fleet `fleet`'s: its labels carry the ownership label.
 pub fn scale_set_owned(labels: &[String], fleet: &str) -> bool {
-    let own = ownership_label(fleet);
-    labels.iter().any(|l| l.eq_ignore_ascii_case(&own))
+    labels.iter().any(|l| {
+        l.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("fleet."))
+            && l[6..].eq_ignore_ascii_case(fleet)
+    })
 }
 
 /// The labels of a volume fleet creates for `pool` (and, for a state volume, its runner).
