@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fleet benchmark on this machine's Docker engine with the fake GitHub, and prints the
-# tables that docs/benchmarks.md holds. Takes about ten minutes on 2 cores.
+# tables that docs/benchmarks.md holds. Takes about fifteen minutes on 2 cores. The two-engine
+# benchmarks start an extra dockerd (TLS on 127.0.0.1, certificates by openssl): run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ bench=target/release/fleet-bench
 echo "## Machine"
 echo
 echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), Docker $(docker version --format '{{.Server.Version}}')"
-for what in "converge --runners 30,100 --rounds 3" "plan" "replacement --exits 20" "api-budget --runners 100" "jit-timeline --runners 100" "memory --runners 100"; do
+for what in "converge --runners 30,100 --rounds 3" "plan" "replacement --exits 20" "api-budget --runners 100" "jit-timeline --runners 100" "memory --runners 100" "hosts-converge --runners 30 --rounds 3" "dead-host --runners 3 --exits 5"; do
   echo
   echo "## fleet-bench $what"
   echo

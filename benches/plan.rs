@@ -75,6 +75,7 @@ fn world(runners: usize) -> (Spec, Observed) {
         gpus: GpuInventory {
             uuids: vec![],
             source: GpuSource::None,
+            ..GpuInventory::default()
         },
         ..HostState::default()
     };

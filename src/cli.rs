@@ -9,7 +9,7 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
-use crate::apply::{Executor, Outcome, Progress, Run, StepReport, lock};
+use crate::apply::{Outcome, Progress, Run, StepReport, lock};
 use crate::github::RetryPolicy;
 use crate::observe::state::Observed;
 use crate::observe::{ObserveError, Observers};
@@ -83,6 +83,8 @@ pub enum Command {
         /// Exit 2 when there are changes, 0 when there are none.
         #[arg(long)]
         detailed_exitcode: bool,
+        #[command(flatten)]
+        hosts: HostSelection,
     },
     /// Make the world match fleet.yaml.
     ///
@@ -102,6 +104,8 @@ pub enum Command {
         auto_approve: bool,
         #[command(flatten)]
         run: RunOptions,
+        #[command(flatten)]
+        hosts: HostSelection,
     },
     /// Remove every runner of the fleet: registration first, then container.
     ///
@@ -117,6 +121,8 @@ pub enum Command {
         volumes: bool,
         #[command(flatten)]
         run: RunOptions,
+        #[command(flatten)]
+        hosts: HostSelection,
     },
     /// Keep the fleet converged: re-plan and apply whenever fleet.yaml changes, a runner
     /// container exits, or the resync timer fires.
@@ -132,26 +138,41 @@ pub enum Command {
         /// Serve Prometheus metrics on /metrics (and /healthz) at this address.
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// The most one host's observation may take (30s, 1m): a host slower than this, or
+        /// one that fails, is left alone (its runners and registrations untouched) while the
+        /// others converge, and is reconnected with backoff.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        host_timeout: std::time::Duration,
         #[command(flatten)]
         run: RunOptions,
     },
     /// Show every runner: container state, uptime, GitHub status, GPUs and their use.
     ///
-    /// Read-only. Per pool, desired against actual; totals at the end. JSON for programs.
+    /// Read-only. Per pool, desired against actual; each host's GPUs and the runner holding
+    /// each; totals at the end. A host that does not answer is shown with its error (exit 1);
+    /// the others are shown all the same. JSON for programs.
     Status {
         #[arg(long, value_enum, default_value = "text")]
         format: StatusFormat,
+        #[command(flatten)]
+        hosts: HostSelection,
     },
-    /// This machine's NVIDIA GPUs through NVML: index, UUID, name, memory, utilization,
-    /// temperature and processes.
+    /// NVIDIA GPUs: this machine's through NVML (index, UUID, name, memory, utilization,
+    /// temperature, processes), or with --host those of a host of fleet.yaml and the runners
+    /// holding them.
     ///
     /// The UUIDs are what a host's `gpus:` list declares. Without an NVIDIA library it says
     /// so and exits 0; a driver or permission problem, or a GPU NVML cannot read (lost), is an
     /// error (exit 1). FLEET_NVML_LIBRARY names the library to load instead of
-    /// libnvidia-ml.so.1.
+    /// libnvidia-ml.so.1. With --host, a `gpus: auto` host whose engine is not on this machine
+    /// is asked through a one-shot container running the host's nvidia-smi (docs/hosts.md);
+    /// when its GPUs cannot be read, it says why (exit 1).
     Gpus {
         #[arg(long, value_enum, default_value = "text")]
         format: GpusFormat,
+        /// A host of fleet.yaml (-f) instead of this machine.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
     },
     /// Print a plan saved by `fleet plan --out FILE`.
     Show {
@@ -272,11 +293,13 @@ fn watch_command(
     file: &Path,
     resync: std::time::Duration,
     metrics_addr: Option<std::net::SocketAddr>,
+    host_timeout: std::time::Duration,
     run: &RunOptions,
 ) -> Result<u8, Failure> {
     let options = crate::watch::WatchOptions {
         resync,
         metrics_addr,
+        host_timeout,
         lock_timeout: run.lock_timeout,
         parallelism: usize::from(run.parallelism),
         shutdown_grace: std::time::Duration::from_secs(8),
@@ -324,21 +347,46 @@ async fn wait_for_signal() {
     }
 }
 
-fn status_command(file: &Path, format: StatusFormat) -> Result<u8, Failure> {
+fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> Result<u8, Failure> {
+    use crate::observe::ObserveOptions;
+    use crate::observe::inventory::ProbeWhen;
     let spec = spec::load(file).map_err(Failure::Spec)?;
     let base_dir = file.parent().unwrap_or(Path::new("."));
-    let observed = runtime()?.block_on(async {
-        let observers = Observers::connect(&spec, base_dir, &env_var, RetryPolicy::default())
+    let excluded = hosts.excluded();
+    let (observation, mut failed) = runtime()?.block_on(async {
+        let (observers, failed) = Observers::connect_available(
+            &spec,
+            base_dir,
+            &env_var,
+            RetryPolicy::default(),
+            &excluded,
+        )
+        .await
+        .map_err(Failure::Observe)?;
+        let options = ObserveOptions {
+            tolerate_down_hosts: true,
+            probe: ProbeWhen::Always,
+            ..ObserveOptions::default()
+        };
+        let observation = observers
+            .observe_with(&spec, options)
             .await
             .map_err(Failure::Observe)?;
-        observers.observe(&spec).await.map_err(Failure::Observe)
+        Ok::<_, Failure>((observation, failed))
     })?;
+    failed.extend(observation.failed);
     let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let status = crate::status::build(&spec, &observed, &devices, now);
+    let mut status = crate::status::build(&spec, &observation.observed, &devices, now);
+    for host in &excluded {
+        status.note_unobserved(host, "excluded with --exclude-host".into());
+    }
+    for (host, e) in &failed {
+        status.note_unobserved(host, e.to_string());
+    }
     let text = match format {
         StatusFormat::Text => crate::status::text(&status),
         StatusFormat::Json => format!(
@@ -346,13 +394,81 @@ fn status_command(file: &Path, format: StatusFormat) -> Result<u8, Failure> {
             serde_json::to_string_pretty(&status).unwrap_or_default()
         ),
     };
-    Ok(print_stdout(&text))
+    let code = print_stdout(&text);
+    if failed.is_empty() {
+        return Ok(code);
+    }
+    Err(Failure::Other(format!(
+        "{} host(s) did not answer: {}",
+        failed.len(),
+        failed.keys().cloned().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// `fleet gpus --host NAME`: the GPUs of one host of the spec and the runners holding them.
+fn host_gpus_command(file: &Path, host: &str, format: GpusFormat) -> Result<u8, Failure> {
+    use crate::observe::state::GpuSource;
+    let spec = spec::load(file).map_err(Failure::Spec)?;
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let observed = runtime()?
+        .block_on(crate::observe::observe_one_host(
+            &spec, host, base_dir, &env_var,
+        ))
+        .map_err(Failure::Observe)?;
+    let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
+    let status = crate::status::build(&spec, &observed, &devices, 0);
+    let Some(view) = status.hosts.iter().find(|h| h.name == host) else {
+        return Err(Failure::Other(format!("the spec has no host `{host}`")));
+    };
+    let text = match format {
+        GpusFormat::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(view).unwrap_or_default()
+        ),
+        GpusFormat::Text => crate::status::host_text(view).trim_start().to_string(),
+    };
+    let code = print_stdout(&text);
+    let unreadable = observed
+        .hosts
+        .get(host)
+        .is_some_and(|h| matches!(h.gpus.source, GpuSource::Unavailable(_)));
+    if unreadable {
+        return Err(Failure::Other(format!(
+            "the GPUs of host `{host}` cannot be read (see above)"
+        )));
+    }
+    Ok(code)
+}
+
+/// Which hosts of the spec a command reads (and changes).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HostSelection {
+    /// Leave out host NAME (repeatable): its runners, volumes and GitHub registrations are
+    /// left as they are, and no registration without a container is removed. For a host
+    /// that is down.
+    #[arg(long = "exclude-host", value_name = "NAME")]
+    pub exclude_host: Vec<String>,
+}
+
+impl HostSelection {
+    fn excluded(&self) -> std::collections::BTreeSet<String> {
+        self.exclude_host.iter().cloned().collect()
+    }
+
+    /// Says on stderr which hosts are left out.
+    fn announce(&self) {
+        for host in &self.exclude_host {
+            eprintln!(
+                "note: host `{host}` is excluded: nothing there is read or changed, and no registration that may belong to it is removed"
+            );
+        }
+    }
 }
 
 /// Options of the commands that change the world.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
-    /// Steps run at once (never two on one runner).
+    /// Steps run at once on each host (never two on one runner); hosts are changed at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub parallelism: u16,
     /// How long to wait for another fleet process that holds this fleet's lock (60s, 2m).
@@ -474,12 +590,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))
 }
 
-/// Loads the spec, observes the world and plans.
-async fn observe_and_plan(file: &Path, spec: &Spec) -> Result<Plan, Failure> {
+/// Loads the spec, observes the world (but the excluded hosts) and plans.
+async fn observe_and_plan(
+    file: &Path,
+    spec: &Spec,
+    hosts: &HostSelection,
+) -> Result<Plan, Failure> {
     let base_dir = file.parent().unwrap_or(Path::new("."));
-    let observers = Observers::connect(spec, base_dir, &env_var, RetryPolicy::default())
-        .await
-        .map_err(Failure::Observe)?;
+    let observers = Observers::connect_excluding(
+        spec,
+        base_dir,
+        &env_var,
+        RetryPolicy::default(),
+        &hosts.excluded(),
+    )
+    .await
+    .map_err(Failure::Observe)?;
     let observed = observers.observe(spec).await.map_err(Failure::Observe)?;
     tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
     plan::plan(spec, &observed).map_err(Failure::Plan)
@@ -490,9 +616,11 @@ fn plan_command(
     out: Option<&Path>,
     format: Format,
     detailed_exitcode: bool,
+    hosts: &HostSelection,
 ) -> Result<u8, Failure> {
     let spec = spec::load(file).map_err(Failure::Spec)?;
-    let plan = runtime()?.block_on(observe_and_plan(file, &spec))?;
+    hosts.announce();
+    let plan = runtime()?.block_on(observe_and_plan(file, &spec, hosts))?;
     let color = format == Format::Text && stdout_color();
     let mut text = render::render(&plan, format, color);
     if let Some(out) = out {
@@ -622,6 +750,7 @@ fn approve(question: &str, auto_approve: bool) -> Result<bool, Failure> {
 fn converge(
     file: &Path,
     options: &RunOptions,
+    hosts: &HostSelection,
     run: Run,
     decide: impl FnOnce(&Spec, &Observed) -> Result<(Plan, bool), Failure>,
     auto_approve: bool,
@@ -635,12 +764,20 @@ fn converge(
         .map_err(|e| Failure::Other(e.to_string()))?;
     let rt = runtime()?;
     let base_dir = file.parent().unwrap_or(Path::new("."));
+    hosts.announce();
     let (observers, observed) = rt.block_on(async {
-        let observers = Observers::connect(&spec, base_dir, &env_var, RetryPolicy::default())
-            .await
-            .map_err(Failure::Observe)?;
-        let observed = observers
-            .observe_for_apply(&spec)
+        let observers = Observers::connect_excluding(
+            &spec,
+            base_dir,
+            &env_var,
+            RetryPolicy::default(),
+            &hosts.excluded(),
+        )
+        .await
+        .map_err(Failure::Observe)?;
+        let mut observed = observers.observe(&spec).await.map_err(Failure::Observe)?;
+        observers
+            .read_scale_sets(&spec, &mut observed)
             .await
             .map_err(Failure::Observe)?;
         Ok::<_, Failure>((observers, observed))
@@ -668,13 +805,14 @@ fn converge(
     }
     println!();
     let progress = ProgressPrinter::new(plan.len());
-    let executor = Executor::new(
+    let report = rt.block_on(crate::fanout::apply_by_host(
         &spec,
         &observers,
         &observed,
+        &plan,
         usize::from(options.parallelism),
-    );
-    let report = rt.block_on(executor.apply(&plan, &progress));
+        &progress,
+    ));
     progress.done();
     tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
     println!("\n{}", report.summary(run));
@@ -696,10 +834,12 @@ fn apply_command(
     saved: Option<&Path>,
     auto_approve: bool,
     options: &RunOptions,
+    hosts: &HostSelection,
 ) -> Result<u8, Failure> {
     converge(
         file,
         options,
+        hosts,
         Run::Apply,
         |spec, observed| {
             let fresh = plan::plan(spec, observed).map_err(Failure::Plan)?;
@@ -792,10 +932,12 @@ fn destroy_command(
     auto_approve: bool,
     volumes: bool,
     options: &RunOptions,
+    hosts: &HostSelection,
 ) -> Result<u8, Failure> {
     converge(
         file,
         options,
+        hosts,
         Run::Destroy,
         |spec, observed| {
             plan::plan_destroy(spec, observed, volumes)
@@ -813,25 +955,39 @@ pub fn run(cli: Cli) -> u8 {
             out,
             format,
             detailed_exitcode,
-        } => plan_command(&cli.file, out.as_deref(), format.into(), detailed_exitcode),
+            hosts,
+        } => plan_command(
+            &cli.file,
+            out.as_deref(),
+            format.into(),
+            detailed_exitcode,
+            &hosts,
+        ),
         Command::Show { plan, format } => show_command(&plan, format.into()),
         Command::Apply {
             plan,
             auto_approve,
             run,
-        } => apply_command(&cli.file, plan.as_deref(), auto_approve, &run),
+            hosts,
+        } => apply_command(&cli.file, plan.as_deref(), auto_approve, &run, &hosts),
         Command::Destroy {
             auto_approve,
             volumes,
             run,
-        } => destroy_command(&cli.file, auto_approve, volumes, &run),
-        Command::Gpus { format } => gpus_command(format),
+            hosts,
+        } => destroy_command(&cli.file, auto_approve, volumes, &run, &hosts),
+        Command::Gpus { format, host: None } => gpus_command(format),
+        Command::Gpus {
+            format,
+            host: Some(host),
+        } => host_gpus_command(&cli.file, &host, format),
         Command::Watch {
             resync,
             metrics_addr,
+            host_timeout,
             run,
-        } => watch_command(&cli.file, resync, metrics_addr, &run),
-        Command::Status { format } => status_command(&cli.file, format),
+        } => watch_command(&cli.file, resync, metrics_addr, host_timeout, &run),
+        Command::Status { format, hosts } => status_command(&cli.file, format, &hosts),
         Command::Validate => Ok(validate(&cli.file)),
         Command::Schema { generate } => {
             let text = if generate {

@@ -13,6 +13,7 @@ pub mod completions;
 pub mod contract;
 pub mod docker;
 pub mod endpoint;
+pub mod fanout;
 pub mod github;
 pub mod import;
 pub mod init;

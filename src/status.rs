@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::contract::{self, labels};
 use crate::observe::gpu::GpuDevice;
-use crate::observe::state::{ContainerStatus, Observed};
-use crate::spec::Spec;
+use crate::observe::state::{ContainerStatus, GpuSource, Observed};
+use crate::spec::{GpuRequest, Spec};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FleetStatus {
@@ -18,6 +18,46 @@ pub struct FleetStatus {
     /// Registrations fleet owns that no container runs.
     pub orphan_registrations: Vec<String>,
     pub totals: Totals,
+    /// Each host of the spec: whether it was observed, and its GPUs and who holds them.
+    pub hosts: Vec<HostStatus>,
+}
+
+/// One host: observed or not (and why), its GPU inventory and its use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostStatus {
+    pub name: String,
+    /// Read in this observation; false: left out (`--exclude-host`) or not answering.
+    pub observed: bool,
+    /// Why it was not observed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where its GPU list comes from: `declared`, `nvml`, `probe`, `none` or `unavailable`.
+    pub gpu_source: String,
+    /// Why there is no GPU list (`gpus: auto` that could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_note: Option<String>,
+    pub gpus: Vec<HostGpu>,
+}
+
+impl HostStatus {
+    /// GPUs no runner holds.
+    pub fn free(&self) -> usize {
+        self.gpus.iter().filter(|g| g.held_by.is_none()).count()
+    }
+}
+
+/// One GPU of a host and the runner that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostGpu {
+    pub uuid: String,
+    /// What NVML or the host's nvidia-smi calls it (unknown for a declared GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+    /// The runner whose container holds it exclusively.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -33,7 +73,11 @@ pub struct Totals {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// The first of `hosts`.
     pub host: String,
+    /// Every host the pool runs on (for containers left on a host the pool no longer lists:
+    /// that host alone, with `desired` 0).
+    pub hosts: Vec<String>,
     pub desired: u32,
     pub runners: Vec<RunnerStatus>,
 }
@@ -66,6 +110,8 @@ impl RunnerState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunnerStatus {
     pub name: String,
+    /// The host its container is on.
+    pub host: String,
     pub state: RunnerState,
     /// Docker's state of the container.
     pub container: ContainerStatus,
@@ -116,11 +162,11 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
     let mut totals = Totals::default();
     let mut seen = Vec::new();
     let mut pools = Vec::new();
-    let resolved = spec.resolved_pools();
-    // Pools of the spec, then pools that only live on in containers.
-    let mut names: Vec<(String, String, u32)> = resolved
-        .iter()
-        .map(|p| (p.name.clone(), p.host.clone(), p.count))
+    // Pools of the spec, then pools that only live on in containers on a host they do not list.
+    let mut names: Vec<(String, Vec<String>, u32)> = spec
+        .resolved_pools()
+        .into_iter()
+        .map(|p| (p.name, p.hosts, p.count))
         .collect();
     for (host, state) in &observed.hosts {
         for c in state
@@ -129,63 +175,32 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
             .filter(|c| contract::container_owned(c, &spec.name))
         {
             let pool = c.label(labels::POOL).unwrap_or_default().to_string();
-            if !names.iter().any(|(n, h, _)| n == &pool && h == host) {
-                names.push((pool, host.clone(), 0));
+            if !names.iter().any(|(n, h, _)| n == &pool && h.contains(host)) {
+                names.push((pool, vec![host.clone()], 0));
             }
         }
     }
-    for (pool, host, desired) in names {
+    for (pool, hosts, desired) in names {
         let mut runners = Vec::new();
-        if let Some(state) = observed.hosts.get(&host) {
+        for host in &hosts {
+            let Some(state) = observed.hosts.get(host) else {
+                continue;
+            };
             for c in state.containers.iter().filter(|c| {
                 contract::container_owned(c, &spec.name)
                     && c.label(labels::POOL) == Some(pool.as_str())
             }) {
                 seen.push(c.name.clone());
-                let github = registrations.get(c.name.as_str()).cloned();
-                let state = if c.status.is_finished() {
-                    RunnerState::Exited
-                } else {
-                    match &github {
-                        Some(g) if g.busy => RunnerState::Busy,
-                        Some(g) if g.online => RunnerState::Idle,
-                        _ => RunnerState::Offline,
-                    }
-                };
-                match state {
-                    RunnerState::Busy => totals.busy += 1,
-                    RunnerState::Idle => totals.idle += 1,
-                    RunnerState::Offline => totals.offline += 1,
-                    RunnerState::Exited => totals.exited += 1,
-                }
-                totals.containers += 1;
-                runners.push(RunnerStatus {
-                    name: c.name.clone(),
-                    state,
-                    container: c.status,
-                    uptime_seconds: (now - c.created).max(0),
-                    exit_code: c.exit_code,
-                    github,
-                    gpus: c
-                        .gpus()
-                        .into_iter()
-                        .map(|uuid| {
-                            let d = by_uuid.get(uuid.as_str());
-                            GpuUse {
-                                utilization_percent: d.and_then(|d| d.utilization_percent),
-                                memory_used_bytes: d.map(|d| d.memory_used_bytes),
-                                memory_total_bytes: d.map(|d| d.memory_total_bytes),
-                                uuid,
-                            }
-                        })
-                        .collect(),
-                });
+                let runner = runner_status(c, host, &registrations, &by_uuid, now);
+                totals.count(runner.state);
+                runners.push(runner);
             }
         }
         totals.desired += desired;
         pools.push(PoolStatus {
             name: pool,
-            host,
+            host: hosts.first().cloned().unwrap_or_default(),
+            hosts,
             desired,
             runners,
         });
@@ -200,7 +215,178 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
         pools,
         orphan_registrations,
         totals,
+        hosts: host_statuses(spec, observed, devices),
     }
+}
+
+impl Totals {
+    fn count(&mut self, state: RunnerState) {
+        match state {
+            RunnerState::Busy => self.busy += 1,
+            RunnerState::Idle => self.idle += 1,
+            RunnerState::Offline => self.offline += 1,
+            RunnerState::Exited => self.exited += 1,
+        }
+        self.containers += 1;
+    }
+}
+
+fn runner_status(
+    c: &crate::observe::state::ContainerState,
+    host: &str,
+    registrations: &BTreeMap<&str, GithubView>,
+    by_uuid: &BTreeMap<&str, &GpuDevice>,
+    now: i64,
+) -> RunnerStatus {
+    let github = registrations.get(c.name.as_str()).cloned();
+    let state = if c.status.is_finished() {
+        RunnerState::Exited
+    } else {
+        match &github {
+            Some(g) if g.busy => RunnerState::Busy,
+            Some(g) if g.online => RunnerState::Idle,
+            _ => RunnerState::Offline,
+        }
+    };
+    RunnerStatus {
+        name: c.name.clone(),
+        host: host.to_string(),
+        state,
+        container: c.status,
+        uptime_seconds: (now - c.created).max(0),
+        exit_code: c.exit_code,
+        github,
+        gpus: c
+            .gpus()
+            .into_iter()
+            .map(|uuid| {
+                let d = by_uuid.get(uuid.as_str());
+                GpuUse {
+                    utilization_percent: d.and_then(|d| d.utilization_percent),
+                    memory_used_bytes: d.map(|d| d.memory_used_bytes),
+                    memory_total_bytes: d.map(|d| d.memory_total_bytes),
+                    uuid,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Each host of the spec: observed or not, its GPUs, and the runner holding each. A GPU is held
+/// by a running container of this fleet whose pool holds GPUs exclusively (not `gpus: all`).
+fn host_statuses(spec: &Spec, observed: &Observed, devices: &[GpuDevice]) -> Vec<HostStatus> {
+    let shared: Vec<String> = spec
+        .resolved_pools()
+        .into_iter()
+        .filter(|p| p.gpus == GpuRequest::All)
+        .map(|p| p.name)
+        .collect();
+    spec.effective_hosts()
+        .into_keys()
+        .map(|name| {
+            let Some(state) = observed.hosts.get(&name) else {
+                return HostStatus {
+                    name,
+                    observed: false,
+                    reason: Some("not observed".into()),
+                    gpu_source: "unknown".into(),
+                    gpu_note: None,
+                    gpus: vec![],
+                };
+            };
+            let mut holders: BTreeMap<String, String> = BTreeMap::new();
+            for c in state.containers.iter().filter(|c| {
+                contract::container_owned(c, &spec.name)
+                    && !c.status.is_finished()
+                    && !c
+                        .label(labels::POOL)
+                        .is_some_and(|p| shared.iter().any(|s| s == p))
+            }) {
+                for uuid in c.gpus() {
+                    holders.entry(uuid).or_insert_with(|| c.name.clone());
+                }
+            }
+            let describe = |uuid: &str| {
+                let probed = state.gpus.devices.iter().find(|d| d.uuid == uuid);
+                let local = devices.iter().find(|d| d.uuid == uuid);
+                match (probed, local, &state.gpus.source) {
+                    (Some(d), _, _) => (Some(d.name.clone()), Some(d.memory_total_bytes)),
+                    (None, Some(d), GpuSource::Nvml) => {
+                        (Some(d.name.clone()), Some(d.memory_total_bytes))
+                    }
+                    _ => (None, None),
+                }
+            };
+            let (gpu_source, gpu_note) = match &state.gpus.source {
+                GpuSource::None => ("none", None),
+                GpuSource::Declared => ("declared", None),
+                GpuSource::Nvml => ("nvml", None),
+                GpuSource::Probe => ("probe", None),
+                GpuSource::Unavailable(why) => ("unavailable", Some(why.clone())),
+            };
+            HostStatus {
+                gpus: state
+                    .gpus
+                    .uuids
+                    .iter()
+                    .map(|uuid| {
+                        let (gpu_name, memory) = describe(uuid);
+                        HostGpu {
+                            uuid: uuid.clone(),
+                            name: gpu_name,
+                            memory_total_bytes: memory,
+                            held_by: holders.get(uuid).cloned(),
+                        }
+                    })
+                    .collect(),
+                name,
+                observed: true,
+                reason: None,
+                gpu_source: gpu_source.into(),
+                gpu_note,
+            }
+        })
+        .collect()
+}
+
+impl FleetStatus {
+    /// Says why `host` was not observed (excluded, or the error it gave).
+    pub fn note_unobserved(&mut self, host: &str, reason: String) {
+        if let Some(h) = self.hosts.iter_mut().find(|h| h.name == host) {
+            h.reason = Some(reason);
+        }
+    }
+}
+
+/// A host's line, and its GPUs with the runner holding each.
+pub fn host_text(host: &HostStatus) -> String {
+    if !host.observed {
+        let why = host.reason.as_deref().unwrap_or("not observed");
+        return format!("\nhost {}: not observed: {why}\n", host.name);
+    }
+    let gpus = match (host.gpu_source.as_str(), &host.gpu_note) {
+        (_, Some(note)) => return format!("\nhost {}: GPUs unknown: {note}\n", host.name),
+        ("none", _) => return format!("\nhost {}: no GPUs (gpus: none)\n", host.name),
+        (source, _) => format!(
+            "{} of {} GPUs free ({source})",
+            host.free(),
+            host.gpus.len()
+        ),
+    };
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header(["UUID", "NAME", "MEMORY", "HELD BY"]);
+    for g in &host.gpus {
+        table.add_row([
+            g.uuid.clone(),
+            g.name.clone().unwrap_or_else(|| "-".into()),
+            g.memory_total_bytes.map_or("-".into(), |b| {
+                format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64)
+            }),
+            g.held_by.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    format!("\nhost {}: {gpus}\n{table}\n", host.name)
 }
 
 fn duration(secs: i64) -> String {
@@ -221,24 +407,26 @@ pub fn text(status: &FleetStatus) -> String {
             .iter()
             .filter(|r| r.state != RunnerState::Exited)
             .count();
+        let on = match pool.hosts.as_slice() {
+            [one] => format!("host {one}"),
+            many => format!("hosts {}", many.join(", ")),
+        };
         out.push_str(&format!(
-            "\npool {} on host {}: {actual} of {} runners\n",
-            pool.name, pool.host, pool.desired
+            "\npool {} on {on}: {actual} of {} runners\n",
+            pool.name, pool.desired
         ));
         if pool.runners.is_empty() {
             continue;
         }
+        let several = pool.hosts.len() > 1;
         let mut table = comfy_table::Table::new();
         table.load_style(comfy_table::presets::NOTHING);
-        table.set_header([
-            "RUNNER",
-            "STATE",
-            "CONTAINER",
-            "UPTIME",
-            "GITHUB",
-            "GPUS",
-            "EXIT",
-        ]);
+        let mut header = vec!["RUNNER"];
+        if several {
+            header.push("HOST");
+        }
+        header.extend(["STATE", "CONTAINER", "UPTIME", "GITHUB", "GPUS", "EXIT"]);
+        table.set_header(header);
         for r in &pool.runners {
             let github = match &r.github {
                 Some(g) => format!(
@@ -269,8 +457,11 @@ pub fn text(status: &FleetStatus) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            table.add_row([
-                r.name.clone(),
+            let mut row = vec![r.name.clone()];
+            if several {
+                row.push(r.host.clone());
+            }
+            row.extend([
                 r.state.as_str().to_string(),
                 format!("{:?}", r.container).to_lowercase(),
                 duration(r.uptime_seconds),
@@ -278,8 +469,12 @@ pub fn text(status: &FleetStatus) -> String {
                 if gpus.is_empty() { "-".into() } else { gpus },
                 r.exit_code.map_or("-".into(), |c| c.to_string()),
             ]);
+            table.add_row(row);
         }
         out.push_str(&format!("{table}\n"));
+    }
+    for host in &status.hosts {
+        out.push_str(&host_text(host));
     }
     if !status.orphan_registrations.is_empty() {
         out.push_str(&format!(
@@ -340,6 +535,70 @@ mod tests {
         assert!(text.contains("GPU-b 87% 2.0/8.0GiB"), "{text}");
         assert!(
             text.contains("Total: 2 of 3 runners (1 busy, 0 idle, 1 offline), 0 exited."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_pool_on_two_hosts_and_each_hosts_gpus_with_their_holders() {
+        use crate::observe::state::{GpuInventory, GpuSource, HostState};
+        let spec = crate::plan::tests::spec(
+            "version: 1\nname: zq\ngithub:\n  repo: acme/zq\nhosts:\n  a:\n    gpus: [GPU-a, GPU-b]\n  b:\n    gpus: none\n  c:\n    gpus: auto\n\
+             pools:\n  gpu:\n    host: [a, c]\n    count: 2\n    image: r:1\n    gpus: 1\n  cpu:\n    host: [a, b]\n    count: 2\n    image: r:1\n",
+        );
+        let mut world = empty_world();
+        world.hosts.clear();
+        let declared = GpuInventory {
+            uuids: vec!["GPU-a".into(), "GPU-b".into()],
+            source: GpuSource::Declared,
+            ..GpuInventory::default()
+        };
+        world.hosts.insert("local".into(), HostState::default());
+        add_runner(&mut world, &spec, "gpu", "zq-gpu-aaaaaa", &["GPU-b"]);
+        add_runner(&mut world, &spec, "cpu", "zq-cpu-aaaaaa", &[]);
+        let mut a = world.hosts.remove("local").expect("host");
+        a.gpus = declared;
+        world.hosts.insert("a".into(), a);
+        let b = HostState {
+            containers: world.hosts["a"]
+                .containers
+                .iter()
+                .filter(|c| c.name == "zq-cpu-aaaaaa")
+                .cloned()
+                .map(|mut c| {
+                    c.name = "zq-cpu-bbbbbb".into();
+                    c
+                })
+                .collect(),
+            ..HostState::default()
+        };
+        world.hosts.insert("b".into(), b);
+        world.unobserved.insert("c".into());
+        let mut status = build(&spec, &world, &[], 1100);
+        status.note_unobserved("c", "excluded with --exclude-host".into());
+        let cpu = status.pools.iter().find(|p| p.name == "cpu").expect("cpu");
+        assert_eq!(cpu.hosts, ["a", "b"]);
+        let hosts: Vec<(&str, &str)> = cpu
+            .runners
+            .iter()
+            .map(|r| (r.name.as_str(), r.host.as_str()))
+            .collect();
+        assert_eq!(hosts, [("zq-cpu-aaaaaa", "a"), ("zq-cpu-bbbbbb", "b")]);
+        let a = &status.hosts[0];
+        assert_eq!((a.name.as_str(), a.free()), ("a", 1));
+        assert_eq!(a.gpus[1].held_by.as_deref(), Some("zq-gpu-aaaaaa"));
+        let text = text(&status);
+        assert!(
+            text.contains("pool cpu on hosts a, b: 2 of 2 runners"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host a: 1 of 2 GPUs free (declared)"),
+            "{text}"
+        );
+        assert!(text.contains("host b: no GPUs (gpus: none)"), "{text}");
+        assert!(
+            text.contains("host c: not observed: excluded with --exclude-host"),
             "{text}"
         );
     }

@@ -249,8 +249,10 @@ fn docker_unreachable_is_one_line_with_a_hint() {
     let out = w.fleet(&["plan"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("error: cannot reach Docker at unix:///nonexistent/docker.sock (host `local`): is the engine running?"), "{err}");
+    assert!(err.contains("error: host `local`: the Docker engine at unix:///nonexistent/docker.sock does not answer: Socket not found: /nonexistent/docker.sock\n"), "{err}");
     assert!(err.contains("hint: start the Docker engine"), "{err}");
+    // With one host there is no other host to plan: --exclude-host is not suggested.
+    assert!(!err.contains("--exclude-host"), "{err}");
     assert!(stdout(&out).is_empty());
 }
 

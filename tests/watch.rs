@@ -339,7 +339,7 @@ fn watch_rides_out_a_docker_endpoint_that_disappears_and_comes_back() {
         Duration::from_secs(15),
         "the loss to be reported",
         &log,
-        || log().contains("cannot reach Docker at unix://") && log().contains("retrying in"),
+        || log().contains("the Docker engine at unix://") && log().contains("retrying in"),
     );
     assert!(
         running(&w, "eph").is_empty(),

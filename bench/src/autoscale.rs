@@ -76,6 +76,7 @@ impl Autoscaled {
             lock_timeout: Duration::from_secs(60),
             parallelism: 10,
             shutdown_grace: Duration::from_secs(8),
+            host_timeout: Duration::from_secs(30),
         };
         let (token, api_url) = (self.fake.token(), self.fake.url());
         let env: fleet::watch::Env = Arc::new(move |k: &str| match k {

@@ -6,6 +6,9 @@
 //!   container's `die` to its replacement's `start` (Docker's own event times), p50 and p95.
 //! - `api-budget`: the GitHub requests `fleet watch` makes per resync with N runners, split into
 //!   those that count against the rate limit and conditional ones (304), projected per hour.
+//! - `hosts-converge`, `dead-host`: a fleet on two engines (`hosts.rs`).
+
+mod hosts;
 
 mod autoscale;
 
@@ -79,6 +82,28 @@ enum Bench {
         #[arg(long, default_value_t = 50)]
         burst: u32,
     },
+    /// N runners on each of two engines (this machine's and a TLS engine on 127.0.0.1) from
+    /// empty: fleet apply against both engines' ceiling driven at once.
+    HostsConverge {
+        /// Runners per engine.
+        #[arg(long, default_value_t = 30)]
+        runners: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Under `fleet watch`, runner replacements on one engine while the other answers, just
+    /// after it stops answering, and once it is known to be down.
+    DeadHost {
+        /// Runners per engine.
+        #[arg(long, default_value_t = 3)]
+        runners: u32,
+        /// Exits timed in each state.
+        #[arg(long, default_value_t = 5)]
+        exits: usize,
+        /// watch's --host-timeout, in seconds.
+        #[arg(long, default_value_t = 30)]
+        host_timeout: u64,
+    },
     /// GitHub requests of `fleet watch` in steady state, per resync and projected per hour.
     ApiBudget {
         #[arg(long, default_value_t = 100)]
@@ -114,6 +139,12 @@ fn main() {
             Bench::Memory { runners } => memory(runners).await,
             Bench::JitTimeline { runners } => jit_timeline(runners).await,
             Bench::Autoscale { jobs, burst } => autoscale::autoscale(jobs, burst).await,
+            Bench::HostsConverge { runners, rounds } => hosts::converge(runners, rounds).await,
+            Bench::DeadHost {
+                runners,
+                exits,
+                host_timeout,
+            } => hosts::dead_host(runners, exits, Duration::from_secs(host_timeout)).await,
         }
     });
     if let Err(e) = result {
@@ -184,6 +215,7 @@ impl Setup {
             lock_timeout: Duration::from_secs(60),
             parallelism: 10,
             shutdown_grace: Duration::from_secs(8),
+            host_timeout: Duration::from_secs(30),
         };
         let file = self.spec.clone();
         let env = self.env();
@@ -463,9 +495,15 @@ impl Setup {
         .map_err(|e| e.to_string())?;
         let observed = observers.observe(&spec).await.map_err(|e| e.to_string())?;
         let plan = fleet::plan::plan(&spec, &observed).map_err(|e| e.to_string())?;
-        let report = fleet::apply::Executor::new(&spec, &observers, &observed, 10)
-            .apply(&plan, &fleet::apply::Quiet)
-            .await;
+        let report = fleet::fanout::apply_by_host(
+            &spec,
+            &observers,
+            &observed,
+            &plan,
+            10,
+            &fleet::apply::Quiet,
+        )
+        .await;
         match report.failed().next() {
             None => Ok(()),
             Some(_) => Err(report.summary(fleet::apply::Run::Apply)),

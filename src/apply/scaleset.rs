@@ -92,6 +92,19 @@ impl Executor<'_> {
         Ok(())
     }
 
+    /// The scale set ids this executor made or updated, by pool.
+    pub async fn scale_set_ids(&self) -> std::collections::BTreeMap<String, u64> {
+        self.scale_set_ids.lock().await.clone()
+    }
+
+    /// Takes the scale set ids another executor made (the first stage of an apply by host).
+    pub fn with_scale_set_ids(self, ids: std::collections::BTreeMap<String, u64>) -> Self {
+        Executor {
+            scale_set_ids: tokio::sync::Mutex::new(ids),
+            ..self
+        }
+    }
+
     async fn remember_scale_set(&self, change: &ScaleSetChange, id: u64) {
         if let Some(pool) = &change.pool {
             self.scale_set_ids.lock().await.insert(pool.clone(), id);

@@ -1,4 +1,5 @@
-//! A host's GPU inventory: declared in the spec, or read through NVML on this machine.
+//! A host's GPU inventory: declared in the spec, or read through NVML on this machine (a remote
+//! engine's is read by the GPU probe, `inventory.rs`).
 //!
 //! NVML (`libnvidia-ml.so.1`) is loaded at run time, so fleet builds and runs where there is
 //! none; `gpus: auto` then yields an empty inventory with the loader's reason. `FLEET_NVML_LIBRARY`
@@ -20,27 +21,29 @@ pub const LIBRARY_ENV: &str = "FLEET_NVML_LIBRARY";
 pub fn inventory(host_name: &str, gpus: &HostGpus, local: bool) -> GpuInventory {
     match gpus {
         HostGpus::None => GpuInventory {
-            uuids: vec![],
             source: GpuSource::None,
+            ..GpuInventory::default()
         },
         HostGpus::Declared(uuids) => GpuInventory {
             uuids: uuids.clone(),
             source: GpuSource::Declared,
+            ..GpuInventory::default()
         },
         HostGpus::Auto if !local => GpuInventory {
-            uuids: vec![],
             source: GpuSource::Unavailable(format!(
                 "`gpus: auto` reads NVML on this machine, and host `{host_name}` is a remote engine"
             )),
+            ..GpuInventory::default()
         },
         HostGpus::Auto => match nvml_uuids() {
             Ok(uuids) => GpuInventory {
                 uuids,
                 source: GpuSource::Nvml,
+                ..GpuInventory::default()
             },
             Err(reason) => GpuInventory {
-                uuids: vec![],
                 source: GpuSource::Unavailable(reason),
+                ..GpuInventory::default()
             },
         },
     }

@@ -1,26 +1,43 @@
 //! The observation: assembles an [`Observed`](state::Observed), the planner's only input
 //! besides the spec, from the readers of Docker ([`crate::docker`]), GitHub ([`crate::github`])
-//! and the GPUs ([`gpu`]). Any failure means no observation: fleet never plans on a partial view.
+//! and the GPUs ([`gpu`], [`inventory`]). Any failure means no observation: fleet never plans on
+//! a partial view. The one exception is deliberate and recorded in the observation: hosts left
+//! out with `--exclude-host` (or, under `fleet watch`, hosts that do not answer) are listed in
+//! `Observed::unobserved`, and the planner leaves alone whatever may live there.
 
 pub mod gpu;
+pub mod inventory;
 pub mod scalesets;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 
 use crate::docker::{DockerError, DockerHost};
 use crate::github::{GithubClient, GithubError, RetryPolicy};
-use crate::spec::Spec;
-use state::Observed;
+use crate::spec::{ResolvedPool, Spec};
+use inventory::{GpuProbe, PROBE_IMAGE_ENV, ProbeWhen};
+use state::{HostState, Observed};
 
 /// Why the world could not be observed.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// Hosts that could not be reached or read, each error naming its host; `others`: the
+    /// spec has other hosts, which `--exclude-host` would let fleet plan.
+    #[error("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Hosts {
+        errors: Vec<DockerError>,
+        others: bool,
+    },
+    /// `--exclude-host` or `--host` named a host the spec does not have.
+    #[error("the spec has no host `{name}` (its hosts: {known})")]
+    UnknownHost { name: String, known: String },
     #[error(transparent)]
     Github(#[from] GithubError),
     #[error("cannot read the runner scale sets: {0}")]
@@ -29,11 +46,21 @@ pub enum ObserveError {
 
 impl ObserveError {
     pub fn hint(&self) -> Option<String> {
+        const START: &str =
+            "start the Docker engine, or point hosts.<name>.docker or DOCKER_HOST at it";
         match self {
-            ObserveError::Docker(DockerError::Unreachable { .. }) => Some(
-                "start the Docker engine, or point hosts.<name>.docker or DOCKER_HOST at it".into(),
-            ),
-            ObserveError::Docker(_) => None,
+            ObserveError::Hosts { errors, others } => {
+                let mut hints = Vec::new();
+                if errors.iter().any(DockerError::is_unreachable) {
+                    hints.push(START);
+                }
+                if *others {
+                    hints.push("`--exclude-host NAME` plans and applies the other hosts and leaves that host's runners and registrations alone");
+                }
+                (!hints.is_empty()).then(|| hints.join("; "))
+            }
+            ObserveError::Docker(e) if e.is_unreachable() => Some(START.into()),
+            ObserveError::Docker(_) | ObserveError::UnknownHost { .. } => None,
             ObserveError::Github(e) => e.hint(),
             ObserveError::ScaleSets(_) => None,
         }
@@ -43,10 +70,43 @@ impl ObserveError {
 /// Connections to every outside system a spec names.
 #[derive(Clone)]
 pub struct Observers {
+    /// The hosts observations read.
     pub hosts: BTreeMap<String, DockerHost>,
     pub github: GithubClient,
-    /// The scale set service, when the spec has autoscaled pools.
+    /// Hosts of the spec that are not read: excluded, or not answering under `fleet watch`.
+    pub unobserved: BTreeSet<String>,
+    gpu_probe: Arc<GpuProbe>,
+    /// The scale set service (it contacts nothing until asked: reading costs a registration
+    /// token).
     pub scale_sets: Option<crate::scaleset::ScaleSetClient>,
+}
+
+/// How one observation treats the hosts.
+#[derive(Debug, Clone, Copy)]
+pub struct ObserveOptions {
+    /// A host that fails, or does not answer within `host_limit`, is left out of this
+    /// observation (listed as unobserved) instead of failing it: `fleet watch` and `status`.
+    pub tolerate_down_hosts: bool,
+    /// The most one host's reads may take; `None`: the engine's own request timeout.
+    pub host_limit: Option<Duration>,
+    pub probe: ProbeWhen,
+}
+
+impl Default for ObserveOptions {
+    /// Every host must answer: plan, apply and destroy.
+    fn default() -> Self {
+        ObserveOptions {
+            tolerate_down_hosts: false,
+            host_limit: None,
+            probe: ProbeWhen::Needed,
+        }
+    }
+}
+
+/// An observation, and the hosts left out of it because they failed (tolerant observations).
+pub struct Observation {
+    pub observed: Observed,
+    pub failed: BTreeMap<String, DockerError>,
 }
 
 impl Observers {
@@ -58,29 +118,104 @@ impl Observers {
         env: &(dyn Fn(&str) -> Option<String> + Sync),
         policy: RetryPolicy,
     ) -> Result<Observers, ObserveError> {
-        let github = GithubClient::from_spec(spec, base_dir, env, policy)?;
-        let mut hosts = BTreeMap::new();
-        for (name, host) in spec.effective_hosts() {
-            let connection = DockerHost::connect(&name, host.docker.as_deref(), env).await?;
-            hosts.insert(name, connection);
-        }
-        let scale_sets = Some(scalesets::client_for(&github)?);
-        Ok(Observers {
-            hosts,
-            github,
-            scale_sets,
-        })
+        Observers::connect_excluding(spec, base_dir, env, policy, &BTreeSet::new()).await
     }
 
-    /// Observes as [`Observers::observe`] does, and reads the runner scale sets too (which
-    /// needs a registration token: `apply` and `watch` only) when the spec has autoscaled pools
-    /// or a host holds the record of one fleet made. Without autoscaled pools in the spec they
-    /// are read only to remove those of pools that left it: a failure then is a warning, and
-    /// nothing is removed.
-    pub async fn observe_for_apply(&self, spec: &Spec) -> Result<Observed, ObserveError> {
-        let mut observed = self.observe(spec).await?;
+    /// As [`Observers::connect`], leaving out the hosts in `excluded` (each must be a host of
+    /// the spec). The others are connected at once; every one that fails is reported.
+    pub async fn connect_excluding(
+        spec: &Spec,
+        base_dir: &Path,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+        policy: RetryPolicy,
+        excluded: &BTreeSet<String>,
+    ) -> Result<Observers, ObserveError> {
+        let (observers, failed) =
+            Observers::connect_available(spec, base_dir, env, policy, excluded).await?;
+        if failed.is_empty() {
+            Ok(observers)
+        } else {
+            let others = spec.effective_hosts().len() > failed.len();
+            Err(ObserveError::Hosts {
+                errors: failed.into_values().collect(),
+                others,
+            })
+        }
+    }
+
+    /// Connects to every host not in `excluded`, at once, and returns the hosts that failed
+    /// beside the observers of the others (those are listed as unobserved).
+    pub async fn connect_available(
+        spec: &Spec,
+        base_dir: &Path,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+        policy: RetryPolicy,
+        excluded: &BTreeSet<String>,
+    ) -> Result<(Observers, BTreeMap<String, DockerError>), ObserveError> {
+        let declared = spec.effective_hosts();
+        if let Some(name) = excluded.iter().find(|n| !declared.contains_key(*n)) {
+            return Err(ObserveError::UnknownHost {
+                name: name.clone(),
+                known: declared.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let github = GithubClient::from_spec(spec, base_dir, env, policy)?;
+        let attempts = declared
+            .iter()
+            .filter(|(name, _)| !excluded.contains(*name))
+            .map(|(name, host)| async move {
+                let result = DockerHost::connect_host(name, host, base_dir, env).await;
+                (name.clone(), result)
+            });
+        let mut hosts = BTreeMap::new();
+        let mut failed = BTreeMap::new();
+        for (name, result) in join_all(attempts).await {
+            match result {
+                Ok(connection) => {
+                    hosts.insert(name, connection);
+                }
+                Err(e) => {
+                    failed.insert(name, e);
+                }
+            }
+        }
+        let mut unobserved = excluded.clone();
+        unobserved.extend(failed.keys().cloned());
+        let probe = GpuProbe::new(env(PROBE_IMAGE_ENV), Duration::ZERO);
+        let observers = Observers::from_connections(hosts, github, unobserved, Arc::new(probe));
+        Ok((observers, failed))
+    }
+
+    /// Observers made of connections the caller keeps (`fleet watch`), with its GPU probe.
+    pub fn from_connections(
+        hosts: BTreeMap<String, DockerHost>,
+        github: GithubClient,
+        unobserved: BTreeSet<String>,
+        gpu_probe: Arc<GpuProbe>,
+    ) -> Observers {
+        let scale_sets = scalesets::client_for(&github)
+            .inspect_err(|e| tracing::warn!("no runner scale set client: {e}"))
+            .ok();
+        Observers {
+            hosts,
+            github,
+            unobserved,
+            gpu_probe,
+            scale_sets,
+        }
+    }
+
+    /// Reads the runner scale sets into `observed` (which needs a registration token: `apply`
+    /// and `watch` only) when the spec has autoscaled pools or a host holds the record of one
+    /// fleet made. Without autoscaled pools in the spec they are read only to remove those of
+    /// pools that left it: a failure then is a warning, and nothing is removed.
+    pub async fn read_scale_sets(
+        &self,
+        spec: &Spec,
+        observed: &mut Observed,
+    ) -> Result<(), ObserveError> {
         let Some(client) = &self.scale_sets else {
-            return Ok(observed);
+            return Ok(());
         };
         let autoscaled = spec.resolved_pools().iter().any(|p| p.autoscale.is_some());
         let recorded = observed
@@ -90,7 +225,7 @@ impl Observers {
             .any(|v| v.owned && v.scale_set.is_some());
         if !autoscaled && !recorded {
             // No scale set to make, none made: no registration token to spend.
-            return Ok(observed);
+            return Ok(());
         }
         match scalesets::read(client).await {
             Ok(sets) => observed.github.scale_sets = Some(sets),
@@ -99,39 +234,28 @@ impl Observers {
                 "cannot read the runner scale sets ({e}); those of pools that left the spec are not removed this time"
             ),
         }
-        Ok(observed)
+        Ok(())
     }
 
-    /// Observes every host and GitHub at once.
+    /// Observes every connected host and GitHub at once; any failure fails the observation.
     pub async fn observe(&self, spec: &Spec) -> Result<Observed, ObserveError> {
+        let observation = self.observe_with(spec, ObserveOptions::default()).await?;
+        Ok(observation.observed)
+    }
+
+    /// Observes every connected host and GitHub at once. A GitHub failure fails the
+    /// observation; a host's failure does too, unless `options` tolerates it, in which case the
+    /// host is listed as unobserved and its error returned beside the observation.
+    pub async fn observe_with(
+        &self,
+        spec: &Spec,
+        options: ObserveOptions,
+    ) -> Result<Observation, ObserveError> {
         let pools = spec.resolved_pools();
-        let declared = spec.effective_hosts();
-        let host_futures = self.hosts.iter().map(|(name, host)| {
-            let images: BTreeSet<String> = pools
-                .iter()
-                .filter(|p| &p.host == name)
-                .map(|p| p.image.clone())
-                .collect();
-            let volumes: BTreeSet<String> = pools
-                .iter()
-                .filter(|p| &p.host == name)
-                .flat_map(|p| p.volumes.iter().filter(|v| !v.is_bind()))
-                .map(|v| v.source.clone())
-                .collect();
-            let gpus = declared
-                .get(name)
-                .map(|h| gpu::inventory(name, &h.gpus, host.is_local()))
-                .unwrap_or_default();
-            async move {
-                let images: Vec<String> = images.into_iter().collect();
-                let volumes: Vec<String> = volumes.into_iter().collect();
-                let state = host
-                    .read()
-                    .observe(&spec.name, &images, &volumes, gpus)
-                    .await?;
-                Ok::<_, ObserveError>((name.clone(), state))
-            }
-        });
+        let host_futures = self
+            .hosts
+            .iter()
+            .map(|(name, host)| self.observe_host(spec, &pools, name, host, options));
         let github = async {
             let read = self.github.read();
             let runners = read.list_runners().await?;
@@ -142,17 +266,131 @@ impl Observers {
                 scale_sets: None,
             })
         };
-        let (hosts, github) = futures_util::try_join!(try_join_all(host_futures), github)?;
+        let (hosts, github) = futures_util::join!(join_all(host_futures), github);
+        let github = github?;
+        let mut observed = Observed {
+            github,
+            unobserved: self.unobserved.clone(),
+            ..Observed::default()
+        };
+        let mut failed = BTreeMap::new();
+        for (name, result) in hosts {
+            match result {
+                Ok(state) => {
+                    observed.hosts.insert(name, state);
+                }
+                Err(e) => {
+                    failed.insert(name, e);
+                }
+            }
+        }
+        if !failed.is_empty() && !options.tolerate_down_hosts {
+            let others = spec.effective_hosts().len() > failed.len();
+            return Err(ObserveError::Hosts {
+                errors: failed.into_values().collect(),
+                others,
+            });
+        }
+        observed.unobserved.extend(failed.keys().cloned());
         tracing::debug!(
             "observed {} host(s) and {} GitHub runner(s) with {} GitHub request(s)",
-            hosts.len(),
-            github.runners.len(),
+            observed.hosts.len(),
+            observed.github.runners.len(),
             self.github.stats().total()
         );
-        Ok(Observed {
-            hosts: hosts.into_iter().collect(),
-            github,
-            demand: BTreeMap::new(),
-        })
+        Ok(Observation { observed, failed })
     }
+
+    /// One host: its GPU inventory, then its containers, volumes, images and engine, within
+    /// `options.host_limit`.
+    async fn observe_host(
+        &self,
+        spec: &Spec,
+        pools: &[ResolvedPool],
+        name: &str,
+        host: &DockerHost,
+        options: ObserveOptions,
+    ) -> (String, Result<HostState, DockerError>) {
+        let on_host = |p: &&ResolvedPool| p.hosts.iter().any(|h| h == name);
+        let images: BTreeSet<String> = pools
+            .iter()
+            .filter(on_host)
+            .map(|p| p.image.clone())
+            .collect();
+        let volumes: BTreeSet<String> = pools
+            .iter()
+            .filter(on_host)
+            .flat_map(|p| p.volumes.iter().filter(|v| !v.is_bind()))
+            .map(|v| v.source.clone())
+            .collect();
+        let declared = spec.effective_hosts();
+        let reading = async {
+            let gpus = match declared.get(name) {
+                Some(h) => {
+                    self.gpu_probe
+                        .inventory(&spec.name, name, &h.gpus, host, pools, options.probe)
+                        .await
+                }
+                None => state::GpuInventory::default(),
+            };
+            let images: Vec<String> = images.into_iter().collect();
+            let volumes: Vec<String> = volumes.into_iter().collect();
+            host.read()
+                .observe(&spec.name, &images, &volumes, gpus)
+                .await
+        };
+        let result = match options.host_limit {
+            None => reading.await,
+            Some(limit) => tokio::time::timeout(limit, reading)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DockerError::Timeout {
+                        host: name.to_string(),
+                        endpoint: host.endpoint.clone(),
+                        after: limit,
+                    })
+                }),
+        };
+        (name.to_string(), result)
+    }
+}
+
+/// One host alone, without GitHub: its containers and its GPU inventory (the GPU probe runs
+/// for a remote `gpus: auto` engine). `fleet gpus --host` shows it.
+pub async fn observe_one_host(
+    spec: &Spec,
+    name: &str,
+    base_dir: &Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Observed, ObserveError> {
+    let declared = spec.effective_hosts();
+    let Some(host) = declared.get(name) else {
+        return Err(ObserveError::UnknownHost {
+            name: name.to_string(),
+            known: declared.keys().cloned().collect::<Vec<_>>().join(", "),
+        });
+    };
+    let connection = DockerHost::connect_host(name, host, base_dir, env).await?;
+    let probe = GpuProbe::new(env(PROBE_IMAGE_ENV), Duration::ZERO);
+    let pools = spec.resolved_pools();
+    let gpus = probe
+        .inventory(
+            &spec.name,
+            name,
+            &host.gpus,
+            &connection,
+            &pools,
+            ProbeWhen::Always,
+        )
+        .await;
+    let containers = connection.read().owned_containers(&spec.name).await?;
+    let state = HostState {
+        containers,
+        gpus,
+        ..HostState::default()
+    };
+    Ok(Observed {
+        hosts: BTreeMap::from([(name.to_string(), state)]),
+        ..Observed::default()
+    })
 }

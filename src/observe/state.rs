@@ -3,7 +3,7 @@
 //! Every list is sorted by the observers, so that the same world gives the same value (and the
 //! same fingerprint, which a saved plan uses to notice that the world changed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,11 @@ use crate::contract::labels;
 pub struct Observed {
     pub hosts: BTreeMap<String, HostState>,
     pub github: GithubState,
+    /// Hosts of the spec that were not observed: left out with `--exclude-host`, or, under
+    /// `fleet watch`, not answering. The planner leaves what may live there alone
+    /// (docs/hosts.md, "A host that goes away").
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unobserved: BTreeSet<String>,
     /// Jobs assigned to each autoscaled pool's scale set, as `fleet watch`'s listeners know
     /// them; a pool that is not here has no known demand (`plan` and `apply` from cron), and
     /// its runners are kept between `min_idle` and `max`. Decided at run time: not part of
@@ -115,9 +120,21 @@ pub struct VolumeState {
 /// Where a host's GPU list came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInventory {
-    /// GPU UUIDs, in the order NVML or the spec gives them.
+    /// GPU UUIDs, in the order NVML, the engine or the spec gives them.
     pub uuids: Vec<String>,
     pub source: GpuSource,
+    /// What the engine said of each GPU, when the inventory came from the GPU probe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<GpuInfo>,
+}
+
+/// One GPU as `nvidia-smi` on its host describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +147,8 @@ pub enum GpuSource {
     Declared,
     /// NVML on this machine.
     Nvml,
+    /// The host's engine, through a one-shot container running the host's `nvidia-smi`.
+    Probe,
     /// `gpus: auto`, but NVML could not be used; the reason.
     Unavailable(String),
 }

@@ -1,11 +1,11 @@
 //! The fate of each container fleet owns: kept, replaced, destroyed, or deferred until its
 //! runner's job ends; and how many runners a pool still needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::model::{Action, AttributeChange, Reason};
 use crate::contract::{RunnerConfig, labels};
-use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner};
+use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner, HostState};
 use crate::spec::{GpuRequest, ResolvedPool};
 
 /// Owned registrations by name.
@@ -29,10 +29,13 @@ pub(super) struct Placed<'a> {
     pub fate: Fate,
 }
 
-/// What a pool's containers come to on one host.
+/// A container of a pool on one of the pool's hosts.
+pub(super) type OnHost<'a> = (&'a str, &'a ContainerState);
+
+/// What a pool's containers come to, on all its observed hosts together.
 pub(super) struct PoolOutcome<'a> {
-    pub fates: Vec<(&'a ContainerState, Fate)>,
-    /// Runners kept or replaced.
+    pub fates: Vec<(&'a str, &'a ContainerState, Fate)>,
+    /// Runners kept or replaced (counting those that may run on unobserved hosts).
     pub kept: usize,
     /// Runners to create.
     pub missing: usize,
@@ -51,22 +54,40 @@ pub(super) fn pool_gpu_count(pool: &ResolvedPool) -> usize {
     }
 }
 
-/// What a pool's containers should be: its configuration, its hash and its host's GPUs.
+/// What a pool's containers on one host should be: its configuration, its hash and the host's
+/// GPUs.
+#[derive(Clone)]
 pub(super) struct Fit<'a> {
     pub pool: &'a ResolvedPool,
     pub desired: RunnerConfig,
     hash: String,
+    host: &'a str,
     inventory: &'a [String],
 }
 
 impl<'a> Fit<'a> {
-    pub fn new(fleet: &str, pool: &'a ResolvedPool, inventory: &'a [String]) -> Fit<'a> {
+    pub fn new(
+        fleet: &str,
+        pool: &'a ResolvedPool,
+        host: &'a str,
+        inventory: &'a [String],
+    ) -> Fit<'a> {
         let desired = RunnerConfig::for_pool(fleet, pool);
         Fit {
             pool,
             hash: desired.hash(),
             desired,
+            host,
             inventory,
+        }
+    }
+
+    /// The same fit for another host of the pool.
+    pub fn on(&self, host: &'a str, inventory: &'a [String]) -> Fit<'a> {
+        Fit {
+            host,
+            inventory,
+            ..self.clone()
         }
     }
 
@@ -88,7 +109,7 @@ impl<'a> Fit<'a> {
             for gone in held.iter().filter(|u| !self.inventory.contains(u)) {
                 reasons.push(Reason::GpuGone {
                     uuid: gone.clone(),
-                    host: self.pool.host.clone(),
+                    host: self.host.to_string(),
                 });
             }
             let wanted = pool_gpu_count(self.pool);
@@ -103,46 +124,68 @@ impl<'a> Fit<'a> {
     }
 }
 
-/// Decides what happens to each container of one pool on its host, and how many to create.
-/// Busy runners are kept first (their changes wait for their jobs), then healthy idle ones,
-/// then the oldest; exited ones are replaced while the pool still wants runners.
-pub(super) fn decide_pool<'a>(
+/// One fit per host the containers are on.
+pub(super) fn fits<'a>(
     fleet: &str,
+    pool: &'a ResolvedPool,
+    containers: &[OnHost<'a>],
+    hosts: &'a BTreeMap<String, HostState>,
+) -> BTreeMap<&'a str, Fit<'a>> {
+    let inventory = |h: &str| hosts.get(h).map_or(&[][..], |s| s.gpus.uuids.as_slice());
+    let first = Fit::new(fleet, pool, &pool.host, inventory(&pool.host));
+    let mut fits = BTreeMap::new();
+    for (host, _) in containers {
+        fits.entry(*host)
+            .or_insert_with(|| first.on(host, inventory(host)));
+    }
+    fits
+}
+
+/// Decides what happens to each container of an ephemeral pool on its observed hosts, and how
+/// many runners to create. Busy runners are kept first (their changes wait for their jobs),
+/// then healthy idle ones, then the oldest; exited ones are replaced (on their host) while the
+/// pool still wants runners. When the pool has too many idle runners, they are removed from
+/// the host with the most runners of the pool first (on a tie, the host listed last), the
+/// drifted and then the newest of that host first. `unseen` runners may run on hosts that were
+/// not observed: they count as kept and are not touched.
+pub(super) fn decide_pool<'a>(
     pool: &ResolvedPool,
-    containers: &[&'a ContainerState],
+    fits: &BTreeMap<&'a str, Fit<'a>>,
+    containers: &[OnHost<'a>],
     runners: &Registrations,
-    inventory: &[String],
+    unseen: usize,
     demand: Option<u32>,
 ) -> PoolOutcome<'a> {
-    let fit = Fit::new(fleet, pool, inventory);
-    let (busy, idle, finished) = sort_containers(containers, runners, &fit);
-    let want = wanted(pool, busy.len() + idle.len(), demand) as usize;
-    let total = containers.len() - finished.len();
+    let (busy, idle, finished) = sort_containers(containers, runners, fits);
+    let want = wanted(pool, busy.len() + idle.len() + unseen, demand) as usize;
+    let total = containers.len() - finished.len() + unseen;
     let over = || Reason::PoolOver {
         total,
         wanted: want,
     };
-    let mut slots = want;
+    let mut slots = want.saturating_sub(unseen);
     let mut fates = Vec::new();
-    for c in busy {
-        let fate = match (slots > 0, fit.misfit(c)) {
+    for (host, c) in busy {
+        let fate = match (slots > 0, fits[host].misfit(c)) {
             (false, _) => Fate::Defer(Action::Destroy, vec![over()], vec![]),
             (true, None) => Fate::Keep,
             (true, Some((reasons, diff))) => Fate::Defer(Action::Replace, reasons, diff),
         };
         slots = slots.saturating_sub(1);
-        fates.push((c, fate));
+        fates.push((host, c, fate));
     }
-    for c in idle {
-        let fate = match (slots > 0, fit.misfit(c)) {
-            (false, _) => Fate::Destroy(vec![over()]),
-            (true, None) => Fate::Keep,
-            (true, Some((reasons, diff))) => Fate::Replace(reasons, diff),
+    let keep_idle = slots.min(idle.len());
+    let removed = idle_to_remove(pool, containers, &idle, idle.len() - keep_idle);
+    for (host, c) in idle {
+        let fate = match (removed.contains(c.name.as_str()), fits[host].misfit(c)) {
+            (true, _) => Fate::Destroy(vec![over()]),
+            (false, None) => Fate::Keep,
+            (false, Some((reasons, diff))) => Fate::Replace(reasons, diff),
         };
-        slots = slots.saturating_sub(1);
-        fates.push((c, fate));
+        fates.push((host, c, fate));
     }
-    for c in finished {
+    slots -= keep_idle;
+    for (host, c) in finished {
         let exited = if c.status.is_finished() {
             Reason::Exited { code: c.exit_code }
         } else {
@@ -154,7 +197,7 @@ pub(super) fn decide_pool<'a>(
             Fate::Destroy(vec![exited])
         };
         slots = slots.saturating_sub(1);
-        fates.push((c, fate));
+        fates.push((host, c, fate));
     }
     PoolOutcome {
         fates,
@@ -181,40 +224,76 @@ pub(super) fn wanted(pool: &ResolvedPool, current: usize, demand: Option<u32>) -
     }
 }
 
-type Sorted<'a> = (
-    Vec<&'a ContainerState>,
-    Vec<&'a ContainerState>,
-    Vec<&'a ContainerState>,
-);
+/// The names of `count` idle containers to remove: one at a time from the host with the most
+/// runners of the pool (busy and idle; on a tie, the host listed last), the last of that host's
+/// idle containers in keeping order (drifted, then newest) first.
+fn idle_to_remove<'a>(
+    pool: &ResolvedPool,
+    containers: &[OnHost<'a>],
+    idle: &[OnHost<'a>],
+    count: usize,
+) -> BTreeSet<&'a str> {
+    let mut runners: BTreeMap<&str, usize> = BTreeMap::new();
+    for (host, c) in containers {
+        if !c.status.is_finished() {
+            *runners.entry(host).or_default() += 1;
+        }
+    }
+    let mut candidates: BTreeMap<&str, Vec<&'a ContainerState>> = BTreeMap::new();
+    for (host, c) in idle {
+        candidates.entry(host).or_default().push(c);
+    }
+    let position = |h: &str| pool.hosts.iter().position(|p| p == h).unwrap_or(0);
+    let mut removed = BTreeSet::new();
+    for _ in 0..count {
+        let chosen = candidates
+            .iter()
+            .filter(|(_, left)| !left.is_empty())
+            .map(|(host, _)| *host)
+            .max_by_key(|h| (runners.get(h).copied().unwrap_or(0), position(h)));
+        let Some(host) = chosen else { break };
+        if let Some(c) = candidates.get_mut(host).and_then(Vec::pop) {
+            removed.insert(c.name.as_str());
+        }
+        if let Some(n) = runners.get_mut(host) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    removed
+}
+
+type Sorted<'a> = (Vec<OnHost<'a>>, Vec<OnHost<'a>>, Vec<OnHost<'a>>);
 
 /// Busy (oldest first), idle (healthy first, then oldest) and finished (by name) containers.
 fn sort_containers<'a>(
-    containers: &[&'a ContainerState],
+    containers: &[OnHost<'a>],
     runners: &Registrations,
-    fit: &Fit,
+    fits: &BTreeMap<&'a str, Fit>,
 ) -> Sorted<'a> {
-    let mut busy: Vec<&ContainerState> = Vec::new();
-    let mut idle: Vec<&ContainerState> = Vec::new();
-    let mut finished: Vec<&ContainerState> = Vec::new();
-    for c in containers {
+    let mut busy = Vec::new();
+    let mut idle = Vec::new();
+    let mut finished = Vec::new();
+    for &(host, c) in containers {
         // An ephemeral runner registers before its container exists: a container whose
         // registration is gone has done its job (or was removed on GitHub) and is leaving.
-        let leaving = fit.pool.ephemeral && !runners.contains_key(c.name.as_str());
+        let leaving = fits[host].pool.ephemeral && !runners.contains_key(c.name.as_str());
         if c.status.is_finished() || leaving {
-            finished.push(c);
+            finished.push((host, c));
         } else if is_busy(c, runners) {
-            busy.push(c);
+            busy.push((host, c));
         } else {
-            idle.push(c);
+            idle.push((host, c));
         }
     }
-    busy.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
-    idle.sort_by_cached_key(|c| (fit.misfit(c).is_some(), c.created, c.name.clone()));
-    finished.sort_by(|a, b| a.name.cmp(&b.name));
+    busy.sort_by(|(_, a), (_, b)| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    idle.sort_by_cached_key(|(host, c)| {
+        (fits[host].misfit(c).is_some(), c.created, c.name.clone())
+    });
+    finished.sort_by(|(_, a), (_, b)| a.name.cmp(&b.name));
     (busy, idle, finished)
 }
 
-/// The fate of an owned container whose pool left the spec or moved to another host.
+/// The fate of an owned container whose pool left the spec or no longer lists its host.
 pub(super) fn orphan_fate(
     c: &ContainerState,
     pools: &[ResolvedPool],
@@ -224,7 +303,7 @@ pub(super) fn orphan_fate(
     let reason = match pools.iter().find(|p| p.name == pool) {
         Some(p) => Reason::PoolMoved {
             pool: pool.to_string(),
-            host: p.host.clone(),
+            host: p.hosts.join("`, `"),
         },
         None => Reason::PoolRemoved {
             pool: pool.to_string(),

@@ -20,6 +20,16 @@ pub(super) struct Ledger {
     /// Free GPUs per host before this plan placed anything.
     free_before: BTreeMap<String, usize>,
     demand: BTreeMap<(String, String), Demand>,
+    /// Pools on several hosts whose new runners fit on none, by pool.
+    unplaced: BTreeMap<String, Unplaced>,
+}
+
+/// New runners of a pool on several hosts that fit on none of them.
+struct Unplaced {
+    per_runner: usize,
+    runners: usize,
+    /// Each host with its free GPUs when the first runner was left out.
+    free: Vec<(String, usize)>,
 }
 
 impl Ledger {
@@ -45,6 +55,7 @@ impl Ledger {
             held,
             free_before: BTreeMap::new(),
             demand: BTreeMap::new(),
+            unplaced: BTreeMap::new(),
         };
         ledger.free_before = observed
             .hosts
@@ -82,6 +93,33 @@ impl Ledger {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// How many GPUs of `host` no runner holds.
+    pub(super) fn free_count(&self, host: &str) -> usize {
+        self.free(host).len()
+    }
+
+    /// Whether `host` has any GPU in its inventory.
+    pub(super) fn has_gpus(&self, host: &str) -> bool {
+        self.inventory.get(host).is_some_and(|i| !i.is_empty())
+    }
+
+    /// Records a runner of `pool` (on several hosts) that none of `hosts` has `per_runner`
+    /// free GPUs for.
+    pub(super) fn unplaced(&mut self, pool: &ResolvedPool, per_runner: usize, hosts: &[&str]) {
+        let free: Vec<(String, usize)> = hosts
+            .iter()
+            .map(|h| (h.to_string(), self.free_count(h)))
+            .collect();
+        self.unplaced
+            .entry(pool.name.clone())
+            .or_insert(Unplaced {
+                per_runner,
+                runners: 0,
+                free,
+            })
+            .runners += 1;
     }
 
     /// GPUs for one new runner of `pool` on `host`; `previous` are the GPUs of the container it
@@ -148,6 +186,12 @@ impl Ledger {
 
     fn inventory_note(&self, host: &str) -> String {
         match self.source.get(host) {
+            // The GPU probe's reasons say already where to declare them.
+            Some(GpuSource::Unavailable(reason))
+                if reason.contains(&format!("hosts.{host}.gpus")) =>
+            {
+                format!(" (GPU inventory unavailable: {reason})")
+            }
             Some(GpuSource::Unavailable(reason)) => format!(
                 " (GPU inventory unavailable: {reason}; declare the UUIDs in hosts.{host}.gpus)"
             ),
@@ -158,7 +202,26 @@ impl Ledger {
 
     /// One message per pool whose new runners did not all get their GPUs.
     pub(super) fn shortages(&self) -> Vec<String> {
-        self.demand
+        let unplaced = self.unplaced.iter().map(|(pool, u)| {
+            let (per_runner, runners) = (u.per_runner, u.runners);
+            let hosts: Vec<String> = u
+                .free
+                .iter()
+                .map(|(host, free)| {
+                    let inventory = self.inventory.get(host).map_or(0, Vec::len);
+                    format!(
+                        "host `{host}` has {free} of {inventory} free{}",
+                        self.inventory_note(host)
+                    )
+                })
+                .collect();
+            format!(
+                "pool `{pool}` wants {per_runner} GPU(s) per runner for {runners} more new runner(s), and a runner's GPUs come from one host: after the plan's other new runners, {}",
+                hosts.join(", ")
+            )
+        });
+        let by_host = self
+            .demand
             .iter()
             .filter(|(_, d)| d.placed < d.runners)
             .map(|((host, pool), d)| {
@@ -182,7 +245,7 @@ impl Ledger {
                     d.per_runner,
                     self.inventory_note(host)
                 )
-            })
-            .collect()
+            });
+        unplaced.chain(by_host).collect()
     }
 }

@@ -2,16 +2,19 @@
 //! randomness. The same spec and the same observation always give the same plan.
 //!
 //! It runs in phases (docs/architecture.md): the fate of every container fleet owns
-//! (`containers.rs`), GPU conflicts between runners that stay, new runners with their names and
-//! GPUs (`gpu.rs` keeps the ledger), the volumes pools mount, registrations without a
-//! container, then warnings.
+//! (`containers.rs`), GPU conflicts between runners that stay, new runners with their names,
+//! hosts (`place.rs`) and GPUs (`gpu.rs` keeps the ledger), the volumes pools mount,
+//! registrations without a container, then warnings. A pool may list several hosts; hosts that
+//! were not observed (`Observed::unobserved`) are left alone, with what may live on them.
 
 mod containers;
 mod document;
 mod gpu;
 mod model;
 mod persistent;
+mod place;
 mod scaleset;
+mod split;
 mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +33,7 @@ use crate::contract::hash::full_json_hash;
 use crate::contract::{self, labels, naming};
 use crate::observe::state::{ContainerState, Observed};
 use crate::spec::{ResolvedPool, Spec};
-use containers::{Fate, Placed, Registrations};
+use containers::{Fate, OnHost, Placed, Registrations};
 
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,11 +56,15 @@ pub fn observed_fingerprint(observed: &Observed) -> String {
 pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     let pools = spec.resolved_pools();
     let mut planner = Planner::new(spec, &pools, observed);
+    planner
+        .problems
+        .extend(place::gpu_mode_problems(spec, &pools));
     let mut placed = planner.place_containers();
     containers::resolve_gpu_conflicts(&mut placed, &planner.registrations);
     let mut ledger = gpu::Ledger::new(observed, &containers::placed_holdings(&placed));
     planner.apply_fates(&placed, &mut ledger);
-    planner.create_missing(&mut ledger);
+    let mut placement = place::Placement::new(observed, &placed);
+    planner.create_missing(&mut ledger, &mut placement);
     planner.problems.extend(ledger.shortages());
     planner.plan_volumes();
     planner.plan_registrations();
@@ -66,6 +73,9 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     planner.changes.extend(scale_sets.changes);
     planner.problems.extend(scale_sets.problems);
     planner.warnings.extend(scale_sets.warnings);
+    planner
+        .warnings
+        .extend(place::unobserved_warnings(observed));
     planner
         .warnings
         .extend(warnings::pool_warnings(&pools, observed));
@@ -91,6 +101,8 @@ struct Planner<'a> {
     missing: Vec<Missing<'a>>,
     /// Autoscaled pools as this plan leaves them.
     autoscale: Vec<AutoscalePool>,
+    /// Owned containers on the observed hosts, by name.
+    running: BTreeSet<&'a str>,
     /// Persistent runners the pools want whose containers are missing.
     recreate: Vec<(&'a ResolvedPool, persistent::Recreate)>,
     /// Persistent runners the pools decided about: not orphans.
@@ -117,9 +129,16 @@ impl<'a> Planner<'a> {
             .iter()
             .map(|r| r.name.clone())
             .collect();
+        let mut running = BTreeSet::new();
         for host in observed.hosts.values() {
             taken.extend(host.containers.iter().map(|c| c.name.clone()));
             taken.extend(host.volumes.iter().filter_map(|v| v.runner.clone()));
+            running.extend(
+                host.containers
+                    .iter()
+                    .filter(|c| contract::container_owned(c, fleet))
+                    .map(|c| c.name.as_str()),
+            );
         }
         Planner {
             spec,
@@ -131,6 +150,7 @@ impl<'a> Planner<'a> {
             name_seq: 0,
             missing: Vec::new(),
             autoscale: Vec::new(),
+            running,
             recreate: Vec::new(),
             handled: BTreeSet::new(),
             changes: Vec::new(),
@@ -144,61 +164,67 @@ impl<'a> Planner<'a> {
         self.spec.name.as_str()
     }
 
-    /// Phase 1: the fate of every owned container, host by host, and what each pool lacks.
+    /// Phase 1: the fate of every owned container, pool by pool across the pool's observed
+    /// hosts, and what each pool lacks. Containers come out host by host (pools, then orphans),
+    /// as a single host's always did.
     fn place_containers(&mut self) -> Vec<Placed<'a>> {
         let fleet = self.fleet();
+        let observed = self.observed;
+        let mut by_pool: BTreeMap<&str, Vec<OnHost<'a>>> = BTreeMap::new();
         let mut placed = Vec::new();
-        for (host_name, host) in &self.observed.hosts {
+        for (host_name, host) in &observed.hosts {
             let owned: Vec<&ContainerState> = host
                 .containers
                 .iter()
                 .filter(|c| contract::container_owned(c, fleet))
                 .collect();
-            // Grouped once: a filter per pool would read every container's labels again per pool.
-            let mut by_pool: BTreeMap<&str, Vec<&ContainerState>> = BTreeMap::new();
             for c in &owned {
-                by_pool
-                    .entry(c.label(labels::POOL).unwrap_or_default())
-                    .or_default()
-                    .push(c);
-            }
-            for pool in self.pools.iter().filter(|p| &p.host == host_name) {
-                let mine = by_pool
-                    .get(pool.name.as_str())
-                    .map_or(&[][..], Vec::as_slice);
-                let fates = if pool.ephemeral {
-                    self.decide_ephemeral(pool, host_name, mine)
-                } else {
-                    self.decide_persistent(pool, host_name, mine)
-                };
-                placed.extend(fates.into_iter().map(|(container, fate)| Placed {
-                    host: host_name,
-                    pool: Some(pool),
-                    container,
-                    fate,
-                }));
+                let pool = c.label(labels::POOL).unwrap_or_default();
+                if self.pool_lists(pool, host_name) {
+                    by_pool.entry(pool).or_default().push((host_name, c));
+                }
             }
             placed.extend(self.orphans(host_name, &owned));
         }
+        for pool in self.pools {
+            if !pool.hosts.iter().any(|h| observed.hosts.contains_key(h)) {
+                continue; // every host of the pool is unobserved: nothing to decide
+            }
+            let mine = by_pool.remove(pool.name.as_str()).unwrap_or_default();
+            let fates = if pool.ephemeral {
+                self.decide_ephemeral(pool, &mine)
+            } else {
+                self.decide_persistent(pool, &mine)
+            };
+            placed.extend(fates.into_iter().map(|(host, container, fate)| Placed {
+                host,
+                pool: Some(pool),
+                container,
+                fate,
+            }));
+        }
+        // Host by host, a pool's containers before the orphans (stable: the pools' order).
+        placed.sort_by_key(|p| (p.host, p.pool.is_none()));
         placed
+    }
+
+    /// Whether the spec's pool `pool` lists `host`.
+    fn pool_lists(&self, pool: &str, host: &str) -> bool {
+        self.pools
+            .iter()
+            .any(|p| p.name == pool && p.hosts.iter().any(|h| h == host))
     }
 
     fn decide_ephemeral(
         &mut self,
         pool: &'a ResolvedPool,
-        host: &'a str,
-        containers: &[&'a ContainerState],
-    ) -> Vec<(&'a ContainerState, Fate)> {
-        let inventory = self.inventory(host);
+        containers: &[OnHost<'a>],
+    ) -> Vec<(&'a str, &'a ContainerState, Fate)> {
+        let fits = containers::fits(self.fleet(), pool, containers, &self.observed.hosts);
+        let unseen = self.unseen_runners(pool);
         let demand = self.observed.demand.get(&pool.name).map(|d| d.assigned);
-        let outcome = containers::decide_pool(
-            self.fleet(),
-            pool,
-            containers,
-            &self.registrations,
-            inventory,
-            demand,
-        );
+        let outcome =
+            containers::decide_pool(pool, &fits, containers, &self.registrations, unseen, demand);
         self.missing.push(Missing {
             pool,
             kept: outcome.kept,
@@ -208,20 +234,38 @@ impl<'a> Planner<'a> {
         outcome.fates
     }
 
+    /// Registrations of an ephemeral pool that no container on an observed host runs, while
+    /// the pool lists a host that was not observed: they may be that host's runners, so they
+    /// count towards the pool (and are not removed: phase 5).
+    fn unseen_runners(&self, pool: &ResolvedPool) -> usize {
+        let unobserved = &self.observed.unobserved;
+        if !pool.hosts.iter().any(|h| unobserved.contains(h)) {
+            return 0;
+        }
+        let fleet = self.fleet();
+        let names: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+        self.registrations
+            .keys()
+            .filter(|name| !self.running.contains(*name))
+            .filter(|name| {
+                naming::pool_from_name(fleet, name, names.iter().copied()) == Some(&pool.name)
+            })
+            .count()
+    }
+
     fn decide_persistent(
         &mut self,
         pool: &'a ResolvedPool,
-        host: &'a str,
-        containers: &[&'a ContainerState],
-    ) -> Vec<(&'a ContainerState, Fate)> {
+        containers: &[OnHost<'a>],
+    ) -> Vec<(&'a str, &'a ContainerState, Fate)> {
         let observed = self.observed;
         let inputs = persistent::Inputs {
             fleet: self.fleet(),
-            host,
             registrations: &self.registrations,
-            volumes: observed.hosts.get(host).map_or(&[][..], |h| &h.volumes),
-            inventory: self.inventory(host),
+            hosts: &observed.hosts,
             groups: &observed.github.groups,
+            partial: !observed.unobserved.is_empty(),
+            running: &self.running,
         };
         let outcome = persistent::decide(pool, containers, &inputs);
         self.missing.push(Missing {
@@ -238,19 +282,11 @@ impl<'a> Planner<'a> {
         outcome.fates
     }
 
-    fn inventory(&self, host: &str) -> &'a [String] {
-        let observed = self.observed;
-        observed.hosts.get(host).map_or(&[][..], |h| &h.gpus.uuids)
-    }
-
-    /// Owned containers of pools that left the spec, or moved to another host.
+    /// Owned containers of pools that left the spec, or that no longer list their host.
     fn orphans(&self, host: &'a str, owned: &[&'a ContainerState]) -> Vec<Placed<'a>> {
         owned
             .iter()
-            .filter(|c| {
-                let pool = c.label(labels::POOL).unwrap_or_default();
-                !self.pools.iter().any(|p| p.name == pool && p.host == host)
-            })
+            .filter(|c| !self.pool_lists(c.label(labels::POOL).unwrap_or_default(), host))
             .map(|container| Placed {
                 host,
                 pool: None,
@@ -356,31 +392,44 @@ impl<'a> Planner<'a> {
             })
     }
 
-    /// Phase 3: persistent runners made again under their names, and new runners for what each
-    /// pool lacks.
-    fn create_missing(&mut self, ledger: &mut gpu::Ledger) {
-        for (pool, recreate) in std::mem::take(&mut self.recreate) {
-            self.create(ledger, pool, recreate.name, recreate.reasons);
+    /// Phase 3: persistent runners made again under their names (on the host of their state
+    /// volume), and new runners for what each pool lacks, each on the host placement picks.
+    fn create_missing(&mut self, ledger: &mut gpu::Ledger, placement: &mut place::Placement) {
+        let mut recreate = std::mem::take(&mut self.recreate);
+        recreate.sort_by_key(|(pool, _)| pool.host.as_str()); // host by host, as before
+        for (pool, recreate) in recreate {
+            let host = match recreate.host {
+                Some(host) => Some(host),
+                None => placement.choose(pool, ledger),
+            };
+            if let Some(host) = host {
+                placement.count(pool, &host);
+                self.create(ledger, pool, &host, recreate.name, recreate.reasons);
+            }
         }
         let mut missing = std::mem::take(&mut self.missing);
         // Fixed pools first: an autoscaled pool takes only what GPUs they leave.
-        missing.sort_by_key(|m| m.pool.autoscale.is_some());
+        missing.sort_by_key(|m| (m.pool.autoscale.is_some(), m.pool.host.as_str()));
         for m in missing {
             let mut created = 0;
             for _ in 0..m.count {
-                if m.pool.autoscale.is_some() && !ledger.can_place(&m.pool.host, m.pool) {
+                if m.pool.autoscale.is_some() && !placement.fits_somewhere(m.pool, ledger) {
                     break;
                 }
+                let Some(host) = placement.choose(m.pool, ledger) else {
+                    break;
+                };
+                placement.count(m.pool, &host);
                 let name = self.fresh_name(m.pool);
                 let reason = Reason::PoolShort {
                     kept: m.kept,
                     wanted: m.wanted,
                 };
-                self.create(ledger, m.pool, name, vec![reason]);
+                self.create(ledger, m.pool, &host, name, vec![reason]);
                 created += 1;
             }
             if let Some(autoscale) = &m.pool.autoscale {
-                let free_slots = ledger.free_slots(&m.pool.host, m.pool);
+                let free_slots = placement.free_slots(m.pool, ledger);
                 let entry = autoscale_entry(self.observed, m, autoscale, created, free_slots);
                 self.autoscale.push(entry);
             }
@@ -391,63 +440,65 @@ impl<'a> Planner<'a> {
         &mut self,
         ledger: &mut gpu::Ledger,
         pool: &ResolvedPool,
+        host: &str,
         name: String,
         reasons: Vec<Reason>,
     ) {
-        let mut change =
-            RunnerChange::new(RunnerOp::Create, &pool.name, &pool.host, &name, reasons);
-        change.gpus = self.assign_gpus(ledger, &pool.host, pool, &[]);
+        let mut change = RunnerChange::new(RunnerOp::Create, &pool.name, host, &name, reasons);
+        change.gpus = self.assign_gpus(ledger, host, pool, &[]);
         change.state_volume = (!pool.ephemeral).then(|| naming::state_volume(&name));
         self.changes.push(Change::Runner(change));
     }
 
-    /// Phase 4: named volumes the pools mount.
+    /// Phase 4: named volumes the pools mount, on each observed host of the pool.
     fn plan_volumes(&mut self) {
         let mut planned = BTreeSet::new();
         for pool in self.pools.iter().filter(|p| p.count > 0) {
-            let Some(host) = self.observed.hosts.get(&pool.host) else {
-                continue;
-            };
-            for volume in pool.volumes.iter().filter(|v| !v.is_bind()) {
-                match host.volumes.iter().find(|v| v.name == volume.source) {
-                    Some(existing) if !existing.owned => self.warnings.push(format!(
-                        "volume `{}` on host `{}` was not created by fleet; pool `{}` mounts it as it is",
-                        volume.source, pool.host, pool.name
-                    )),
-                    Some(_) => {}
-                    None if planned.insert((pool.host.clone(), volume.source.clone())) => {
-                        self.changes.push(Change::Volume(VolumeChange {
-                            op: VolumeOp::Create,
-                            host: pool.host.clone(),
-                            name: volume.source.clone(),
-                            pool: Some(pool.name.clone()),
-                            reasons: vec![Reason::MountedBy {
-                                pool: pool.name.clone(),
-                                target: volume.target.clone(),
-                            }],
-                        }))
+            for host_name in &pool.hosts {
+                let Some(host) = self.observed.hosts.get(host_name) else {
+                    continue;
+                };
+                for volume in pool.volumes.iter().filter(|v| !v.is_bind()) {
+                    match host.volumes.iter().find(|v| v.name == volume.source) {
+                        Some(existing) if !existing.owned => self.warnings.push(format!(
+                            "volume `{}` on host `{host_name}` was not created by fleet; pool `{}` mounts it as it is",
+                            volume.source, pool.name
+                        )),
+                        Some(_) => {}
+                        None if planned.insert((host_name.clone(), volume.source.clone())) => {
+                            self.changes.push(Change::Volume(VolumeChange {
+                                op: VolumeOp::Create,
+                                host: host_name.clone(),
+                                name: volume.source.clone(),
+                                pool: Some(pool.name.clone()),
+                                reasons: vec![Reason::MountedBy {
+                                    pool: pool.name.clone(),
+                                    target: volume.target.clone(),
+                                }],
+                            }))
+                        }
+                        None => {}
                     }
-                    None => {}
                 }
             }
         }
     }
 
-    /// Phase 5: owned registrations that no owned container runs.
+    /// Phase 5: owned registrations that no owned container runs. While a host of the spec
+    /// was not observed none is removed: the registration carries no host, and its runner may
+    /// live there.
     fn plan_registrations(&mut self) {
         let fleet = self.fleet();
-        let running: BTreeSet<&str> = self
-            .observed
-            .hosts
-            .values()
-            .flat_map(|h| h.containers.iter())
-            .filter(|c| contract::container_owned(c, fleet))
-            .map(|c| c.name.as_str())
-            .collect();
         let pool_names = self.pools.iter().map(|p| p.name.as_str());
         let pool_names: Vec<&str> = pool_names.collect();
+        let partial = !self.observed.unobserved.is_empty();
+        let mut left_alone = 0;
         for runner in self.registrations.values() {
-            if running.contains(runner.name.as_str()) || self.handled.contains(&runner.name) {
+            if self.running.contains(runner.name.as_str()) || self.handled.contains(&runner.name) {
+                continue;
+            }
+            if partial {
+                left_alone += 1;
                 continue;
             }
             if runner.online || runner.busy {
@@ -468,6 +519,12 @@ impl<'a> Planner<'a> {
                 host: None,
                 reasons: vec![Reason::OrphanRegistration],
             }));
+        }
+        if left_alone > 0 {
+            self.warnings.push(format!(
+                "{left_alone} registration(s) of this fleet have no container on the hosts that were observed; they may run on {}, so none is removed",
+                place::unobserved_list(self.observed)
+            ));
         }
     }
 
@@ -654,5 +711,7 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod persistent_tests;
 
+#[cfg(test)]
+mod hosts_tests;
 #[cfg(test)]
 mod scaleset_tests;

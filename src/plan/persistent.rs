@@ -5,34 +5,58 @@
 //! set on the registration when they drift. Only a runner the pool no longer wants loses its
 //! registration, container and state volume, together (docs/apply.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::containers::{Fate, Fit, Registrations, is_busy};
+use super::containers::{self, Fate, Fit, OnHost, Registrations, is_busy};
 use super::model::{
     Action, AttributeChange, Change, Reason, RegistrationChange, RegistrationOp, VolumeChange,
     VolumeOp,
 };
 use crate::contract::{self, RunnerConfig, labels, naming};
-use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner, VolumeState};
+use crate::observe::state::{
+    ContainerState, ContainerStatus, GithubRunner, HostState, VolumeState,
+};
 use crate::spec::ResolvedPool;
 
-/// One persistent runner, from whatever of it exists.
+/// One persistent runner, from whatever of it exists, with the host of its container and of
+/// its state volume.
 struct Identity<'a> {
     name: String,
-    container: Option<&'a ContainerState>,
+    container: Option<OnHost<'a>>,
     registration: Option<&'a GithubRunner>,
-    volume: Option<&'a VolumeState>,
+    volume: Option<(&'a str, &'a VolumeState)>,
 }
 
-/// A runner the pool wants whose container is missing: made again under its name.
+impl Identity<'_> {
+    /// The host the runner lives on: its container's, else its state volume's.
+    fn host(&self) -> Option<&str> {
+        self.container
+            .map(|(h, _)| h)
+            .or(self.volume.map(|(h, _)| h))
+    }
+
+    /// Only a registration was seen, no container on an observed host runs it, and some host
+    /// was not observed: the runner may live on that host, so it is neither made again nor
+    /// removed.
+    fn unseen(&self, inputs: &Inputs) -> bool {
+        inputs.partial
+            && self.container.is_none()
+            && self.volume.is_none()
+            && !inputs.running.contains(self.name.as_str())
+    }
+}
+
+/// A runner the pool wants whose container is missing: made again under its name, on the host
+/// that holds its state volume (`None`: where placement says).
 pub(super) struct Recreate {
     pub name: String,
     pub reasons: Vec<Reason>,
+    pub host: Option<String>,
 }
 
-/// What a persistent pool's runners come to on one host.
+/// What a persistent pool's runners come to on its observed hosts.
 pub(super) struct PersistentOutcome<'a> {
-    pub fates: Vec<(&'a ContainerState, Fate)>,
+    pub fates: Vec<(&'a str, &'a ContainerState, Fate)>,
     pub recreate: Vec<Recreate>,
     /// Registrations removed or updated, state volumes removed.
     pub changes: Vec<Change>,
@@ -49,26 +73,31 @@ pub(super) struct PersistentOutcome<'a> {
 /// What the pool decision reads besides the pool's own containers.
 pub(super) struct Inputs<'a, 'r> {
     pub fleet: &'a str,
-    pub host: &'a str,
     pub registrations: &'r Registrations<'a>,
-    pub volumes: &'a [VolumeState],
-    pub inventory: &'a [String],
+    /// The observed hosts: their volumes and GPU inventories.
+    pub hosts: &'a BTreeMap<String, HostState>,
     /// Runner groups by name (organization scope; empty at repository scope).
     pub groups: &'a BTreeMap<String, u64>,
+    /// Some host of the spec was not observed.
+    pub partial: bool,
+    /// Owned containers on the observed hosts, by name (of any pool).
+    pub running: &'r BTreeSet<&'a str>,
 }
 
-/// Decides what happens to a persistent pool's runners on its host.
+/// Decides what happens to a persistent pool's runners on its observed hosts. An index is
+/// one runner across all of the pool's hosts.
 pub(super) fn decide<'a>(
-    pool: &ResolvedPool,
-    containers: &[&'a ContainerState],
+    pool: &'a ResolvedPool,
+    containers: &[OnHost<'a>],
     inputs: &Inputs<'a, '_>,
 ) -> PersistentOutcome<'a> {
-    let fit = Fit::new(inputs.fleet, pool, inputs.inventory);
+    let fits = containers::fits(inputs.fleet, pool, containers, inputs.hosts);
+    let first = Fit::new(inputs.fleet, pool, &pool.host, &[]);
     let (identities, strays) = identities(pool, containers, inputs);
     let mut out = PersistentOutcome {
         fates: strays
             .into_iter()
-            .map(|c| (c, stray_fate(c, &fit, inputs.registrations)))
+            .map(|(h, c)| (h, c, stray_fate(c, &fits[h], inputs.registrations)))
             .collect(),
         recreate: vec![],
         changes: vec![],
@@ -82,8 +111,16 @@ pub(super) fn decide<'a>(
         wanted: pool.count as usize,
     };
     for (position, identity) in identities.values().enumerate() {
+        if identity.unseen(inputs) {
+            out.warnings.push(unseen_warning(identity));
+            continue;
+        }
+        let fit = identity
+            .container
+            .and_then(|(h, _)| fits.get(h))
+            .unwrap_or(&first);
         if position < out.kept {
-            keep(&mut out, identity, &fit, inputs);
+            keep(&mut out, identity, fit, inputs);
         } else {
             retire(&mut out, identity, &over, inputs);
         }
@@ -91,20 +128,27 @@ pub(super) fn decide<'a>(
     out
 }
 
+fn unseen_warning(identity: &Identity) -> String {
+    format!(
+        "runner `{}` is registered, but no host that was observed has its container or its state volume: it may run on a host that was not observed, and is left alone",
+        identity.name
+    )
+}
+
 /// The pool's runners by index, and its containers whose names are not indexes (made while
 /// the pool was ephemeral, say).
 fn identities<'a>(
     pool: &ResolvedPool,
-    containers: &[&'a ContainerState],
+    containers: &[OnHost<'a>],
     inputs: &Inputs<'a, '_>,
-) -> (BTreeMap<usize, Identity<'a>>, Vec<&'a ContainerState>) {
+) -> (BTreeMap<usize, Identity<'a>>, Vec<OnHost<'a>>) {
     let index = |name: &str| naming::persistent_index(inputs.fleet, &pool.name, name);
     let mut found: BTreeMap<usize, Identity<'a>> = BTreeMap::new();
     let mut strays = Vec::new();
-    for c in containers {
+    for &(host, c) in containers {
         match index(&c.name) {
-            Some(n) => identity(&mut found, inputs.fleet, pool, n).container = Some(c),
-            None => strays.push(*c),
+            Some(n) => identity(&mut found, inputs.fleet, pool, n).container = Some((host, c)),
+            None => strays.push((host, c)),
         }
     }
     for (name, runner) in inputs.registrations.iter() {
@@ -112,14 +156,31 @@ fn identities<'a>(
             identity(&mut found, inputs.fleet, pool, n).registration = Some(runner);
         }
     }
-    for volume in inputs.volumes {
-        let ours = volume.owned && volume.pool.as_deref() == Some(pool.name.as_str());
-        let runner = volume.runner.as_deref().filter(|_| ours);
-        if let Some(n) = runner.and_then(index)
-            && volume.name
-                == naming::state_volume(&naming::persistent_name(inputs.fleet, &pool.name, n))
-        {
-            identity(&mut found, inputs.fleet, pool, n).volume = Some(volume);
+    for host in &pool.hosts {
+        let Some((host, state)) = inputs.hosts.get_key_value(host) else {
+            continue;
+        };
+        for volume in &state.volumes {
+            let ours = volume.owned && volume.pool.as_deref() == Some(pool.name.as_str());
+            let runner = volume.runner.as_deref().filter(|_| ours);
+            let Some(n) = runner.and_then(index) else {
+                continue;
+            };
+            if volume.name
+                != naming::state_volume(&naming::persistent_name(inputs.fleet, &pool.name, n))
+            {
+                continue;
+            }
+            let id = identity(&mut found, inputs.fleet, pool, n);
+            // The volume on the container's host is the one it uses.
+            let better = match (id.volume, id.container) {
+                (None, _) => true,
+                (Some((held, _)), Some((on, _))) => held != on && host.as_str() == on,
+                (Some(_), None) => false,
+            };
+            if better {
+                id.volume = Some((host.as_str(), volume));
+            }
         }
     }
     (found, strays)
@@ -156,9 +217,9 @@ fn stray_fate(c: &ContainerState, fit: &Fit, runners: &Registrations) -> Fate {
 /// registration is updated when its labels or group drifted.
 fn keep<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, fit: &Fit, inputs: &Inputs) {
     match id.container {
-        Some(c) => out
+        Some((host, c)) => out
             .fates
-            .push((c, kept_fate(c, id, fit, inputs.registrations))),
+            .push((host, c, kept_fate(c, id, fit, inputs.registrations))),
         None => {
             let reason = match (id.registration, id.volume) {
                 (Some(_), Some(_)) => Reason::ContainerMissing,
@@ -168,11 +229,13 @@ fn keep<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, fit: &Fit, input
             out.recreate.push(Recreate {
                 name: id.name.clone(),
                 reasons: vec![reason],
+                host: id.volume.map(|(h, _)| h.to_string()),
             });
         }
     }
+    let host = id.host().unwrap_or(&fit.pool.host);
     if let Some(runner) = id.registration
-        && let Some(update) = drift(fit, runner, inputs)
+        && let Some(update) = drift(fit, runner, host, inputs)
     {
         out.changes.push(Change::Registration(update));
     }
@@ -207,14 +270,14 @@ fn kept_fate(c: &ContainerState, id: &Identity, fit: &Fit, runners: &Registratio
 /// A runner the pool no longer wants: its registration first (not while busy), then its
 /// container, then its state volume.
 fn retire<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, over: &Reason, inputs: &Inputs) {
-    if let Some(c) = id.container {
+    if let Some((host, c)) = id.container {
         // The container's change removes the registration and the state volume with it.
         let fate = if is_busy(c, inputs.registrations) {
             Fate::Defer(Action::Destroy, vec![over.clone()], vec![])
         } else {
             Fate::Destroy(vec![over.clone()])
         };
-        out.fates.push((c, fate));
+        out.fates.push((host, c, fate));
         return;
     }
     if let Some(runner) = id.registration {
@@ -224,7 +287,7 @@ fn retire<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, over: &Reason,
                 runner.name,
                 runner.id,
                 if runner.busy { "busy" } else { "online" },
-                inputs.host
+                id.host().unwrap_or("?")
             ));
             return;
         }
@@ -237,10 +300,10 @@ fn retire<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, over: &Reason,
             reasons: vec![over.clone()],
         }));
     }
-    if let Some(volume) = id.volume {
+    if let Some((host, volume)) = id.volume {
         out.changes.push(Change::Volume(VolumeChange {
             op: VolumeOp::Destroy,
-            host: inputs.host.to_string(),
+            host: host.to_string(),
             name: volume.name.clone(),
             pool: volume.pool.clone(),
             reasons: vec![Reason::StateUnused {
@@ -251,16 +314,21 @@ fn retire<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, over: &Reason,
 }
 
 fn runner_pool(id: &Identity) -> Option<String> {
-    id.volume.and_then(|v| v.pool.clone()).or_else(|| {
+    id.volume.and_then(|(_, v)| v.pool.clone()).or_else(|| {
         id.container
-            .and_then(|c| c.label(labels::POOL))
+            .and_then(|(_, c)| c.label(labels::POOL))
             .map(str::to_string)
     })
 }
 
 /// The update a registration needs when its custom labels or runner group differ from the
 /// pool's.
-fn drift(fit: &Fit, runner: &GithubRunner, inputs: &Inputs) -> Option<RegistrationChange> {
+fn drift(
+    fit: &Fit,
+    runner: &GithubRunner,
+    host: &str,
+    inputs: &Inputs,
+) -> Option<RegistrationChange> {
     let desired = &fit.desired;
     let mut diff = Vec::new();
     let want = contract::custom_labels(&desired.labels);
@@ -287,7 +355,7 @@ fn drift(fit: &Fit, runner: &GithubRunner, inputs: &Inputs) -> Option<Registrati
         runner_id: runner.id,
         name: runner.name.clone(),
         pool: Some(fit.pool.name.clone()),
-        host: Some(inputs.host.to_string()),
+        host: Some(host.to_string()),
         reasons: vec![Reason::RegistrationDrift { attributes }],
     })
 }

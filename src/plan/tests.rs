@@ -47,6 +47,7 @@ pub(crate) fn empty_world() -> Observed {
                     .map(String::from)
                     .to_vec(),
                 source: GpuSource::Declared,
+                ..GpuInventory::default()
             },
             engine: EngineInfo {
                 nvidia_runtime: true,
@@ -138,7 +139,16 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
         }
         world.github.runners.retain(|r| r.name != name);
     };
-    for change in &plan.changes {
+    // In the executor's order: volumes, removals, creations, then volumes that go last.
+    let phase = |action: Action| match action {
+        Action::CreateVolume => 0,
+        Action::Destroy | Action::Deregister => 1,
+        Action::DestroyVolume => 3,
+        _ => 2,
+    };
+    let mut ordered: Vec<&Change> = plan.changes.iter().collect();
+    ordered.sort_by_key(|c| phase(c.action));
+    for change in ordered {
         let mut add = |world: &mut Observed, name: &str| {
             let Some(pool) = pools.iter().find(|p| p.name == change.pool) else {
                 return;

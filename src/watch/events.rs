@@ -1,55 +1,19 @@
-//! Docker's events of the fleet's containers: one task per host follows them (reconnecting
-//! when the engine goes away) and turns each into a trigger; and the rule for an event the
-//! engine's container list has not caught up with yet.
+//! Docker's events of the fleet's containers: each host's task (`hosts.rs`) follows them and
+//! turns each into a trigger; and the rule for an event the engine's container list has not
+//! caught up with yet.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Env, Trigger};
+use super::Trigger;
 use crate::docker::DockerHost;
 use crate::observe::state::Observed;
-use crate::spec::Spec;
 
-/// One task per host that follows Docker's events of the fleet's containers, reconnecting with
-/// backoff when the engine goes away.
-pub(super) fn spawn_event_tasks(
-    spec: &Spec,
-    env: Env,
-    tx: UnboundedSender<Trigger>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    spec.effective_hosts()
-        .into_iter()
-        .map(|(name, host)| {
-            let fleet = spec.name.clone();
-            let tx = tx.clone();
-            let env = env.clone();
-            tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(500);
-                loop {
-                    match DockerHost::connect(&name, host.docker.as_deref(), &*env).await {
-                        Ok(docker) => {
-                            backoff = Duration::from_millis(500);
-                            follow_events(&docker, &fleet, &tx).await;
-                            tracing::warn!(
-                                "host `{name}`: lost Docker's event stream; reconnecting"
-                            );
-                        }
-                        Err(e) => tracing::warn!("{e}; retrying in {:.1}s", backoff.as_secs_f64()),
-                    }
-                    if tx.is_closed() {
-                        break;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            })
-        })
-        .collect()
-}
-
-async fn follow_events(docker: &DockerHost, fleet: &str, tx: &UnboundedSender<Trigger>) {
+/// Sends a trigger for each of the fleet's container events on `docker`, until the stream ends
+/// (the engine went away) or the loop's channel closes. `hosts.rs` runs it per host.
+pub(super) async fn follow_events(docker: &DockerHost, fleet: &str, tx: &UnboundedSender<Trigger>) {
     let events = docker.read().container_events(fleet);
     futures_util::pin_mut!(events);
     while let Some(event) = events.next().await {

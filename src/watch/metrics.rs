@@ -41,6 +41,8 @@ pub struct Metrics {
     rate_limit_remaining: Gauge,
     /// Autoscaled pools (`gha_*`).
     pub autoscale: AutoscaleMetrics,
+    host_up: Family<Labels, Gauge>,
+    host_gpus: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -67,6 +69,8 @@ impl Metrics {
             github_requests: Family::default(),
             rate_limit_remaining: Gauge::default(),
             autoscale: AutoscaleMetrics::register(&mut registry),
+            host_up: Family::default(),
+            host_gpus: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +138,16 @@ impl Metrics {
             "The last x-ratelimit-remaining GitHub sent",
             m.rate_limit_remaining.clone(),
         );
+        registry.register(
+            "fleet_host_up",
+            "Whether each Docker host of the spec answered at the last observation (1) or not (0)",
+            m.host_up.clone(),
+        );
+        registry.register(
+            "fleet_host_gpus",
+            "Each observed host's GPUs by state: held by a runner, or free",
+            m.host_gpus.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -150,8 +164,9 @@ impl Metrics {
         openmetrics_to_prometheus_text(&self.encode())
     }
 
-    /// Runner gauges from a status (cleared first: runners come and go). `host_of_gpus` is the
-    /// host whose GPUs NVML on this machine reads.
+    /// Runner and host gauges from a status (cleared first: runners come and go).
+    /// `host_of_gpus` is the host whose GPUs NVML on this machine reads: GPU use is exported for
+    /// the runners on it.
     pub fn observe_status(&self, status: &FleetStatus, host_of_gpus: &str) {
         self.runners.clear();
         self.desired.clear();
@@ -159,37 +174,63 @@ impl Metrics {
         self.gpu_utilization.clear();
         self.gpu_memory.clear();
         self.gpu_memory_total.clear();
-        // A pool appears once per host it has runners on; its desired count is the spec's.
+        // A pool appears once with every host it lists, and once more per host it has runners
+        // left on (desired 0 there); its desired count is the spec's.
         let mut desired: std::collections::BTreeMap<&str, i64> = Default::default();
         for pool in &status.pools {
             *desired.entry(pool.name.as_str()).or_default() += i64::from(pool.desired);
-            for state in ["busy", "idle", "offline", "exited"] {
-                let n = pool
-                    .runners
-                    .iter()
-                    .filter(|r| r.state.as_str() == state)
-                    .count();
-                self.runners
-                    .get_or_create(&labels([
-                        ("pool", &pool.name),
-                        ("state", state),
-                        ("host", &pool.host),
-                    ]))
-                    .set(n as i64);
+            for host in &pool.hosts {
+                for state in ["busy", "idle", "offline", "exited"] {
+                    let n = pool
+                        .runners
+                        .iter()
+                        .filter(|r| &r.host == host && r.state.as_str() == state)
+                        .count();
+                    self.runners
+                        .get_or_create(&labels([
+                            ("pool", &pool.name),
+                            ("state", state),
+                            ("host", host),
+                        ]))
+                        .set(n as i64);
+                }
             }
             for r in &pool.runners {
                 self.uptime
                     .get_or_create(&labels([
                         ("pool", &pool.name),
                         ("runner", &r.name),
-                        ("host", &pool.host),
+                        ("host", &r.host),
                     ]))
                     .set(r.uptime_seconds);
-                self.observe_gpus(r, host_of_gpus);
+                if r.host == host_of_gpus {
+                    self.observe_gpus(r, host_of_gpus);
+                }
             }
         }
         for (pool, n) in desired {
             self.desired.get_or_create(&labels([("pool", pool)])).set(n);
+        }
+        self.observe_hosts(status);
+    }
+
+    /// `fleet_host_up` for every host of the spec; `fleet_host_gpus` for the observed ones (an
+    /// unobserved host keeps no GPU series: its use is unknown).
+    fn observe_hosts(&self, status: &FleetStatus) {
+        self.host_up.clear();
+        self.host_gpus.clear();
+        for host in &status.hosts {
+            self.host_up
+                .get_or_create(&labels([("host", &host.name)]))
+                .set(i64::from(host.observed));
+            if host.observed {
+                let free = host.free();
+                for (state, n) in [("free", free), ("held", host.gpus.len() - free)] {
+                    self.host_gpus
+                        .get_or_create(&labels([("host", &host.name), ("state", state)]))
+                        .set(n as i64);
+                }
+            }
         }
     }
 
@@ -326,11 +367,12 @@ fn openmetrics_to_prometheus_text(page: &str) -> String {
 mod tests {
     use super::*;
     use crate::observe::state::ContainerStatus;
-    use crate::status::{GpuUse, PoolStatus, RunnerState, Totals};
+    use crate::status::{GpuUse, HostGpu, HostStatus, PoolStatus, RunnerState, Totals};
 
-    fn runner(name: &str, state: RunnerState, gpus: Vec<GpuUse>) -> RunnerStatus {
+    fn runner(name: &str, host: &str, state: RunnerState, gpus: Vec<GpuUse>) -> RunnerStatus {
         RunnerStatus {
             name: name.into(),
+            host: host.into(),
             state,
             container: ContainerStatus::Running,
             uptime_seconds: 42,
@@ -354,19 +396,49 @@ mod tests {
                 PoolStatus {
                     name: "gpu".into(),
                     host: "bare".into(),
+                    hosts: vec!["bare".into(), "vm".into()],
                     desired: 2,
-                    runners: vec![runner("zq-gpu-a", RunnerState::Busy, vec![gpu])],
+                    runners: vec![
+                        runner("zq-gpu-a", "bare", RunnerState::Busy, vec![gpu]),
+                        runner("zq-gpu-c", "vm", RunnerState::Idle, vec![]),
+                    ],
                 },
                 // Runners left on a host the pool no longer uses: desired 0 there.
                 PoolStatus {
                     name: "gpu".into(),
                     host: "old".into(),
+                    hosts: vec!["old".into()],
                     desired: 0,
-                    runners: vec![runner("zq-gpu-b", RunnerState::Idle, vec![])],
+                    runners: vec![runner("zq-gpu-b", "old", RunnerState::Idle, vec![])],
                 },
             ],
             orphan_registrations: vec![],
             totals: Totals::default(),
+            hosts: vec![
+                HostStatus {
+                    name: "bare".into(),
+                    observed: true,
+                    reason: None,
+                    gpu_source: "nvml".into(),
+                    gpu_note: None,
+                    gpus: ["GPU-a", "GPU-b", "GPU-c"]
+                        .map(|uuid| HostGpu {
+                            uuid: uuid.into(),
+                            name: None,
+                            memory_total_bytes: None,
+                            held_by: (uuid == "GPU-a").then(|| "zq-gpu-a".into()),
+                        })
+                        .to_vec(),
+                },
+                HostStatus {
+                    name: "vm".into(),
+                    observed: false,
+                    reason: Some("did not answer".into()),
+                    gpu_source: "unknown".into(),
+                    gpu_note: None,
+                    gpus: vec![],
+                },
+            ],
         };
         let metrics = Metrics::new();
         metrics.observe_status(&status, "bare");
@@ -377,6 +449,11 @@ mod tests {
             "fleet_runners{pool=\"gpu\",state=\"busy\",host=\"bare\"} 1",
             "fleet_runners{pool=\"gpu\",state=\"idle\",host=\"old\"} 1",
             "fleet_runners{pool=\"gpu\",state=\"idle\",host=\"bare\"} 0",
+            "fleet_runners{pool=\"gpu\",state=\"idle\",host=\"vm\"} 1",
+            "fleet_host_up{host=\"bare\"} 1",
+            "fleet_host_up{host=\"vm\"} 0",
+            "fleet_host_gpus{host=\"bare\",state=\"free\"} 2",
+            "fleet_host_gpus{host=\"bare\",state=\"held\"} 1",
             "fleet_runner_uptime_seconds{pool=\"gpu\",runner=\"zq-gpu-b\",host=\"old\"} 42",
             "fleet_gpu_utilization_ratio{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 0.87",
             "fleet_gpu_memory_used_bytes{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 2147483648",
@@ -391,6 +468,8 @@ mod tests {
             .and_then(|v| v.parse::<f64>().ok())
             .expect("the last reconcile's time");
         assert!(last > 1.7e9, "{last}");
+        // An unobserved host has no GPU series.
+        assert!(!page.contains("fleet_host_gpus{host=\"vm\""), "{page}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod autoscale;
 mod events;
 pub mod gha_metrics;
+mod hosts;
 pub mod metrics;
 mod reconcile;
 
@@ -32,6 +33,9 @@ pub struct WatchOptions {
     pub parallelism: usize,
     /// How long a reconcile in flight may finish after SIGTERM or SIGINT.
     pub shutdown_grace: Duration,
+    /// The most one host's observation may take: a host slower than this is left out of the
+    /// reconcile (and reconnected) while the others converge.
+    pub host_timeout: Duration,
 }
 
 /// Why a reconcile happens.
@@ -55,6 +59,11 @@ enum Trigger {
     Autoscale {
         pool: String,
     },
+    /// A host's connection came back (`up`) or was lost.
+    Host {
+        host: String,
+        up: bool,
+    },
 }
 
 impl Trigger {
@@ -66,6 +75,7 @@ impl Trigger {
             Trigger::Resync => "resync",
             Trigger::Retry => "retry",
             Trigger::Autoscale { .. } => "autoscale",
+            Trigger::Host { .. } => "host",
         }
     }
 }
@@ -99,7 +109,8 @@ pub async fn run(
 
     let (tx, mut rx) = unbounded_channel();
     let _spec_watcher = watch_spec_file(&file, tx.clone())?;
-    let mut event_tasks = events::spawn_event_tasks(&spec, env.clone(), tx.clone());
+    let base_dir = spec_dir(&file);
+    let links = hosts::HostLinks::start(&spec, &base_dir, env.clone(), tx.clone()).await;
     let resync_tx = tx.clone();
     let resync = options.resync;
     let resync_task = tokio::spawn(async move {
@@ -114,13 +125,19 @@ pub async fn run(
     });
     let _ = tx.send(Trigger::Start);
 
+    let gpu_probe = crate::observe::inventory::GpuProbe::new(
+        env(crate::observe::inventory::PROBE_IMAGE_ENV),
+        GPU_PROBE_KEEP,
+    );
     let mut state = Loop {
         file,
         spec,
         options,
         env,
         metrics,
-        observers: None,
+        github: None,
+        links,
+        gpu_probe: Arc::new(gpu_probe),
         backoff: Duration::from_secs(1),
         retry_pending: false,
         tx: tx.clone(),
@@ -138,7 +155,6 @@ pub async fn run(
             t = rx.recv() => match t { Some(t) => t, None => break },
         };
         let triggers = coalesce(first, &mut rx).await;
-        let hosts_before: Vec<String> = state.spec.effective_hosts().into_keys().collect();
         let grace = state.options.shutdown_grace;
         let stopped = {
             let reconcile = state.run_once(&triggers);
@@ -163,20 +179,22 @@ pub async fn run(
         if stopped {
             break;
         }
-        let hosts_after: Vec<String> = state.spec.effective_hosts().into_keys().collect();
-        if hosts_after != hosts_before {
-            for task in event_tasks.drain(..) {
-                task.abort();
-            }
-            event_tasks = events::spawn_event_tasks(&state.spec, state.env.clone(), tx.clone());
-        }
     }
     resync_task.abort();
-    for task in event_tasks {
-        task.abort();
-    }
     tracing::info!("stopped; runners were left as they are");
     Ok(())
+}
+
+/// How long `fleet watch` reuses a GPU inventory read through the GPU probe (a remote engine's
+/// GPUs change with hardware, not from one resync to the next).
+const GPU_PROBE_KEEP: Duration = Duration::from_secs(600);
+
+/// The directory relative paths of the spec (TLS files, the App key) start from.
+fn spec_dir(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 /// Takes every trigger that arrives within a short window: a burst of container exits or an

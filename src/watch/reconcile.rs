@@ -3,19 +3,21 @@
 //! metric label and a retry, and a timer records every reconcile's duration when it is dropped.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::hosts::HostLinks;
 use super::metrics::Metrics;
-use super::{Env, Trigger, WatchOptions, events};
-use crate::apply::{Executor, Outcome, Progress, StepReport, lock};
-use crate::github::RetryPolicy;
+use super::{Env, Trigger, WatchOptions, events, spec_dir};
+use crate::apply::{Outcome, Progress, StepReport, lock};
+use crate::github::{GithubClient, RetryPolicy};
 use crate::observe::gpu::nvml_devices;
+use crate::observe::inventory::{GpuProbe, ProbeWhen};
 use crate::observe::state::Observed;
-use crate::observe::{ObserveError, Observers};
+use crate::observe::{ObserveError, ObserveOptions, Observers};
 use crate::plan::{self, Action, PlanError};
 use crate::spec::{self, Spec};
 
@@ -36,6 +38,7 @@ pub(super) enum ReconcileError {
     InvalidSpec(String),
     #[error("{0}")]
     Lock(String),
+    /// The GitHub client could not be set up (credentials).
     #[error("{0}")]
     Connect(ObserveError),
     #[error("{0}")]
@@ -93,7 +96,12 @@ pub(super) struct Loop {
     pub options: WatchOptions,
     pub env: Env,
     pub metrics: Arc<Metrics>,
-    pub observers: Option<Observers>,
+    /// Made once, again when the spec's `github` changes.
+    pub github: Option<GithubClient>,
+    /// Each host's connection, kept (and reconnected) by its own task.
+    pub links: HostLinks,
+    /// Inventories of remote `gpus: auto` hosts, kept for a while.
+    pub gpu_probe: Arc<GpuProbe>,
     pub backoff: Duration,
     pub retry_pending: bool,
     pub tx: UnboundedSender<Trigger>,
@@ -145,10 +153,18 @@ impl Progress for WatchProgress<'_> {
 
 /// The trigger a reconcile is counted under: the first of these that is among its triggers.
 fn trigger_name(triggers: &[Trigger]) -> &'static str {
-    ["spec", "docker", "autoscale", "retry", "start", "resync"]
-        .into_iter()
-        .find(|name| triggers.iter().any(|t| t.name() == *name))
-        .unwrap_or("resync")
+    [
+        "spec",
+        "docker",
+        "host",
+        "autoscale",
+        "retry",
+        "start",
+        "resync",
+    ]
+    .into_iter()
+    .find(|name| triggers.iter().any(|t| t.name() == *name))
+    .unwrap_or("resync")
 }
 
 impl Loop {
@@ -156,6 +172,12 @@ impl Loop {
     pub async fn run_once(&mut self, triggers: &[Trigger]) {
         if triggers.iter().any(|t| matches!(t, Trigger::Retry)) {
             self.retry_pending = false;
+        }
+        for trigger in triggers {
+            if let Trigger::Host { host, up } = trigger {
+                let now = if *up { "answers again" } else { "went away" };
+                tracing::info!("host `{host}` {now}: reconciling");
+            }
         }
         let metrics = self.metrics.clone();
         let mut timer = ReconcileTimer {
@@ -245,10 +267,8 @@ impl Loop {
         match spec::load(&self.file) {
             Ok(new) if new != self.spec => {
                 tracing::info!("{} changed; converging to it", self.file.display());
-                if new.effective_hosts() != self.spec.effective_hosts()
-                    || new.github != self.spec.github
-                {
-                    self.observers = None;
+                if new.github != self.spec.github {
+                    self.github = None;
                 }
                 self.spec = new;
                 Ok(true)
@@ -271,16 +291,56 @@ impl Loop {
         }
     }
 
+    /// Observers of the hosts that are up (the others are unobserved), with the GitHub client;
+    /// new host links first when the spec's hosts changed.
     async fn connected(&mut self) -> Result<Observers, ReconcileError> {
-        if let Some(observers) = &self.observers {
-            return Ok(observers.clone());
+        let base = spec_dir(&self.file);
+        if !self.links.serve(&self.spec) {
+            self.links =
+                HostLinks::start(&self.spec, &base, self.env.clone(), self.tx.clone()).await;
         }
-        let base = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let observers = Observers::connect(&self.spec, &base, &*self.env, RetryPolicy::default())
-            .await
-            .map_err(ReconcileError::Connect)?;
-        self.observers = Some(observers.clone());
-        Ok(observers)
+        let github = match &self.github {
+            Some(github) => github.clone(),
+            None => {
+                let github =
+                    GithubClient::from_spec(&self.spec, &base, &*self.env, RetryPolicy::default())
+                        .map_err(|e| ReconcileError::Connect(ObserveError::Github(e)))?;
+                self.github = Some(github.clone());
+                github
+            }
+        };
+        Ok(Observers::from_connections(
+            self.links.up(),
+            github,
+            self.links.down_names(),
+            self.gpu_probe.clone(),
+        ))
+    }
+
+    /// Observes the hosts that are up, each within the host timeout; a host that fails is
+    /// marked down (its task reconnects) and left out of this reconcile.
+    async fn observe(&self, observers: &Observers) -> Result<Observed, ObserveError> {
+        let options = ObserveOptions {
+            tolerate_down_hosts: true,
+            host_limit: Some(self.options.host_timeout),
+            probe: ProbeWhen::Needed,
+        };
+        let observation = observers.observe_with(&self.spec, options).await?;
+        for (host, e) in &observation.failed {
+            tracing::warn!(
+                "{e}; host `{host}` is left out (its runners and registrations untouched) until it answers again"
+            );
+            self.links.mark_down(host, e.to_string());
+        }
+        Ok(observation.observed)
+    }
+
+    /// [`Loop::observe`], the runner scale sets, and what the autoscale listeners know.
+    async fn observe_all(&self, observers: &Observers) -> Result<Observed, ObserveError> {
+        let mut observed = self.observe(observers).await?;
+        observers.read_scale_sets(&self.spec, &mut observed).await?;
+        self.autoscale.add_demand(&mut observed);
+        Ok(observed)
     }
 
     async fn reconcile(
@@ -301,23 +361,23 @@ impl Loop {
         let observers = self.connected().await?;
         self.autoscale
             .keep_listening(&self.spec, &observers, &self.metrics, &self.tx);
-        let observed = match observers.observe_for_apply(&self.spec).await {
-            Ok(mut observed) => {
-                self.autoscale.add_demand(&mut observed);
-                observed
-            }
+        let observed = match self.observe_all(&observers).await {
+            Ok(observed) => observed,
             Err(e) => {
-                // Never act on a partial view: no plan, nothing destroyed.
+                // Never act on a partial view of GitHub: no plan, nothing destroyed.
                 self.metrics.github(&observers.github.stats());
-                if matches!(e, ObserveError::Docker(_)) {
-                    self.observers = None;
-                }
                 return Err(ReconcileError::Observe(e));
             }
         };
         self.backoff = Duration::from_secs(1);
         self.recheck_lagging_events(triggers, &observed);
-        let plan = plan::plan(&self.spec, &observed).map_err(ReconcileError::Plan)?;
+        let plan = match plan::plan(&self.spec, &observed) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.update_gauges(&observers, &observed);
+                return Err(ReconcileError::Plan(e));
+            }
+        };
         self.autoscale
             .planned(&self.spec, &observers, &plan, &self.metrics);
         let failed = self
@@ -360,19 +420,22 @@ impl Loop {
                 metrics: &self.metrics,
                 exits: &exits,
             };
-            let executor = Executor::new(&self.spec, observers, observed, self.options.parallelism);
-            failed = executor
-                .apply(plan, &progress)
-                .await
-                .failed()
-                .next()
-                .is_some();
+            let report = crate::fanout::apply_by_host(
+                &self.spec,
+                observers,
+                observed,
+                plan,
+                self.options.parallelism,
+                &progress,
+            )
+            .await;
+            failed = report.failed().next().is_some();
         }
         // Gauges from a fresh look when something changed, else from what was observed.
         let fresh = if plan.changes.is_empty() {
             None
         } else {
-            observers.observe_for_apply(&self.spec).await.ok()
+            self.observe_all(observers).await.ok()
         };
         if let Some(fresh) = &fresh {
             // Scale sets this apply created: their listeners can start now.
@@ -388,7 +451,10 @@ impl Loop {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let status = crate::status::build(&self.spec, observed, &devices, now);
+        let mut status = crate::status::build(&self.spec, observed, &devices, now);
+        for (host, why) in self.links.down() {
+            status.note_unobserved(&host, why);
+        }
         let local = observers
             .hosts
             .values()

@@ -553,8 +553,31 @@ impl Engine {
         self.startup = started.elapsed();
     }
 
+    /// Freezes dockerd (SIGSTOP): it accepts connections but answers nothing, as an engine
+    /// cut off by the network or hung does, while its containers keep running.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused dockerd go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} dockerd");
+        }
+    }
+
     /// Removes its containers, then SIGTERM (SIGKILL after 30 s) and waits for the exit.
     pub fn stop(&mut self) {
+        // A paused engine neither removes containers nor stops.
+        self.resume();
         let Some(mut child) = self.child.take() else {
             return;
         };

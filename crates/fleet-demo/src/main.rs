@@ -408,6 +408,7 @@ impl Watch {
             lock_timeout: Duration::from_secs(60),
             parallelism: 10,
             shutdown_grace: Duration::from_secs(8),
+            host_timeout: Duration::from_secs(30),
         };
         let env: fleet::watch::Env = std::sync::Arc::new(|name: &str| std::env::var(name).ok());
         let thread = std::thread::spawn(move || {

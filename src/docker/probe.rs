@@ -1,0 +1,361 @@
+//! The GPU probe: how `gpus: auto` reads the GPUs of an engine that does not run on this
+//! machine. It is read-side work that needs a write: one short-lived container of fleet's own,
+//! asking for every GPU with the `utility` capability only, so that the NVIDIA container toolkit
+//! mounts the host's `nvidia-smi` into it; its output is the inventory. The container is
+//! created, started, read and removed here, and nothing else is touched (docs/hosts.md, "GPU
+//! inventory of a remote engine", says why `plan` may do this).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions,
+};
+use futures_util::StreamExt;
+
+use super::DockerHost;
+use crate::observe::state::GpuInfo;
+
+/// The label of a probe container: its value is the fleet. Not `fleet.name`, so that no
+/// planner ever takes a probe for a runner.
+pub const PROBE_LABEL: &str = "fleet.gpu-probe";
+
+/// How long the probe container may run (`nvidia-smi` answers in well under a second).
+const PROBE_LIMIT: Duration = Duration::from_secs(30);
+
+/// A probe container older than this is a leftover of a fleet that was killed mid-probe.
+const LEFTOVER_AGE: Duration = Duration::from_secs(300);
+
+/// The query: one CSV line per GPU, memory in MiB.
+const NVIDIA_SMI_ARGS: [&str; 2] = [
+    "--query-gpu=index,uuid,name,memory.total",
+    "--format=csv,noheader,nounits",
+];
+
+/// Why the probe gave no inventory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The engine cannot hand GPUs to containers: no NVIDIA container toolkit there.
+    #[error(
+        "the Docker engine at {endpoint} has no NVIDIA support (it cannot give a container GPUs: {message}); install the NVIDIA driver and nvidia-container-toolkit on host `{host}`, or declare its GPU UUIDs in hosts.{host}.gpus"
+    )]
+    NoNvidia {
+        host: String,
+        endpoint: String,
+        message: String,
+    },
+    /// The image to probe with is not on the host; the probe never pulls.
+    #[error(
+        "host `{host}`: cannot ask the engine for its GPUs: image {image} is not on the host (the GPU probe never pulls); load it there, name another image in FLEET_GPU_PROBE_IMAGE, or declare the GPU UUIDs in hosts.{host}.gpus"
+    )]
+    ImageMissing { host: String, image: String },
+    /// Anything else: the step and the engine's or the command's words.
+    #[error("host `{host}`: the GPU probe could not {step}: {message}")]
+    Failed {
+        host: String,
+        step: &'static str,
+        message: String,
+    },
+}
+
+impl DockerHost {
+    /// Runs the GPU probe on this host with `image` (which must already be on the host): creates
+    /// a container labelled [`PROBE_LABEL`]`=<fleet>` that runs only the host's `nvidia-smi`
+    /// (no network, no capabilities, read-only root, no new privileges), reads its output and
+    /// removes it, also when a step fails. Probe containers of this fleet left by a killed
+    /// fleet (older than five minutes) are removed first.
+    pub async fn run_gpu_probe(
+        &self,
+        fleet: &str,
+        image: &str,
+    ) -> Result<Vec<GpuInfo>, ProbeError> {
+        let failed = |step: &'static str| {
+            let host = self.name.clone();
+            move |e: bollard::errors::Error| ProbeError::Failed {
+                host,
+                step,
+                message: e.to_string(),
+            }
+        };
+        self.remove_probe_leftovers(fleet).await;
+        if !self
+            .read()
+            .has_image(image)
+            .await
+            .map_err(|e| ProbeError::Failed {
+                host: self.name.clone(),
+                step: "inspect its image",
+                message: e.to_string(),
+            })?
+        {
+            return Err(ProbeError::ImageMissing {
+                host: self.name.clone(),
+                image: image.to_string(),
+            });
+        }
+        let name = probe_name(fleet);
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        self.docker
+            .create_container(Some(options), probe_body(fleet, image))
+            .await
+            .map_err(failed("create its container"))?;
+        let result = tokio::time::timeout(PROBE_LIMIT, self.start_and_read(&name)).await;
+        let removed = self.remove_probe(&name).await;
+        let output = match result {
+            Ok(output) => output?,
+            Err(_) => {
+                return Err(ProbeError::Failed {
+                    host: self.name.clone(),
+                    step: "finish",
+                    message: format!("nvidia-smi did not exit within {}s", PROBE_LIMIT.as_secs()),
+                });
+            }
+        };
+        removed.map_err(failed("remove its container"))?;
+        parse_nvidia_smi(&output).map_err(|message| ProbeError::Failed {
+            host: self.name.clone(),
+            step: "read nvidia-smi's answer",
+            message,
+        })
+    }
+
+    /// Starts the probe, waits for it and returns its stdout; a non-zero exit is an error with
+    /// its stderr.
+    async fn start_and_read(&self, name: &str) -> Result<String, ProbeError> {
+        if let Err(e) = self
+            .docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+        {
+            return Err(self.start_error(e));
+        }
+        let exit = self.docker.wait_container(name, None).next().await;
+        let (stdout, stderr) = self.probe_logs(name).await;
+        match exit {
+            Some(Ok(_)) => Ok(stdout),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                Err(ProbeError::Failed {
+                    host: self.name.clone(),
+                    step: "run nvidia-smi",
+                    message: format!("it exited with status {code}: {}", stderr.trim()),
+                })
+            }
+            Some(Err(e)) => Err(ProbeError::Failed {
+                host: self.name.clone(),
+                step: "wait for nvidia-smi",
+                message: e.to_string(),
+            }),
+            None => Err(ProbeError::Failed {
+                host: self.name.clone(),
+                step: "wait for nvidia-smi",
+                message: "the engine ended the wait without an exit status".into(),
+            }),
+        }
+    }
+
+    /// The engine refuses to start a container that asks for GPUs when it has no NVIDIA
+    /// toolkit ("could not select device driver ... with capabilities: [[utility]]").
+    fn start_error(&self, e: bollard::errors::Error) -> ProbeError {
+        let message = match &e {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let no_driver = message.contains("could not select device driver")
+            || message.contains("nvidia-container-cli")
+            || message.contains("unknown or invalid runtime name: nvidia");
+        if no_driver {
+            ProbeError::NoNvidia {
+                host: self.name.clone(),
+                endpoint: self.endpoint.clone(),
+                message,
+            }
+        } else {
+            ProbeError::Failed {
+                host: self.name.clone(),
+                step: "start its container",
+                message,
+            }
+        }
+    }
+
+    async fn probe_logs(&self, name: &str) -> (String, String) {
+        let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+        let mut logs = self.docker.logs(name, Some(options));
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        while let Some(Ok(chunk)) = logs.next().await {
+            match chunk {
+                bollard::container::LogOutput::StdErr { message } => {
+                    stderr.push_str(&String::from_utf8_lossy(&message))
+                }
+                other => stdout.push_str(&other.to_string()),
+            }
+        }
+        (stdout, stderr)
+    }
+
+    async fn remove_probe(&self, name: &str) -> Result<(), bollard::errors::Error> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes this fleet's probe containers older than [`LEFTOVER_AGE`] (a probe in flight in
+    /// another fleet process is younger).
+    async fn remove_probe_leftovers(&self, fleet: &str) {
+        let filters = HashMap::from([("label", vec![format!("{PROBE_LABEL}={fleet}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let Ok(found) = self.docker.list_containers(Some(options)).await else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for container in found {
+            let old = now - container.created.unwrap_or(now) > LEFTOVER_AGE.as_secs() as i64;
+            let labelled = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(PROBE_LABEL))
+                .is_some_and(|v| v == fleet);
+            if let (true, true, Some(id)) = (old, labelled, container.id) {
+                tracing::info!("host `{}`: removing a leftover GPU probe {id}", self.name);
+                let _ = self.remove_probe(&id).await;
+            }
+        }
+    }
+}
+
+/// `fleet-gpu-probe-<fleet>-<nonce>`: unique, so that two fleet processes can probe at once.
+fn probe_name(fleet: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "fleet-gpu-probe-{fleet}-{:x}{nanos:08x}",
+        std::process::id()
+    )
+}
+
+/// The probe container: the host's `nvidia-smi` as entrypoint (whatever the image's own is),
+/// every GPU with the `utility` capability only (no compute), and nothing else.
+fn probe_body(fleet: &str, image: &str) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        entrypoint: Some(vec!["nvidia-smi".to_string()]),
+        cmd: Some(NVIDIA_SMI_ARGS.iter().map(|a| a.to_string()).collect()),
+        labels: Some(HashMap::from([(
+            PROBE_LABEL.to_string(),
+            fleet.to_string(),
+        )])),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            device_requests: Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                count: Some(-1),
+                capabilities: Some(vec![vec!["utility".into()]]),
+                ..Default::default()
+            }]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            readonly_rootfs: Some(true),
+            pids_limit: Some(64),
+            memory: Some(256 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Reads `index, uuid, name, memory.total [MiB]` lines; anything else is an error that quotes
+/// the line (nvidia-smi prints no secrets).
+pub fn parse_nvidia_smi(output: &str) -> Result<Vec<GpuInfo>, String> {
+    let mut gpus = Vec::new();
+    for line in output.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let parsed = match fields.as_slice() {
+            [index, uuid, name @ .., memory] if uuid.starts_with("GPU-") && !name.is_empty() => {
+                index
+                    .parse::<u32>()
+                    .ok()
+                    .zip(memory.parse::<u64>().ok())
+                    .map(|(index, mib)| GpuInfo {
+                        index,
+                        uuid: uuid.to_string(),
+                        name: name.join(","),
+                        memory_total_bytes: mib << 20,
+                    })
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(gpu) => gpus.push(gpu),
+            None => {
+                let shown: String = line.chars().take(200).collect();
+                return Err(format!(
+                    "expected `index, GPU-uuid, name, memory MiB`, found `{shown}`"
+                ));
+            }
+        }
+    }
+    gpus.sort_by_key(|g| g.index);
+    Ok(gpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_smi_lines_become_gpus_in_index_order() {
+        let output = "1, GPU-8c2f1b7e-0000-0000-0000-000000000002, NVIDIA H200, 143771\n\
+                      0, GPU-8c2f1b7e-0000-0000-0000-000000000001, NVIDIA H200, 143771\n\n";
+        let gpus = parse_nvidia_smi(output).expect("parsed");
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[0].index, 0);
+        assert_eq!(gpus[0].uuid, "GPU-8c2f1b7e-0000-0000-0000-000000000001");
+        assert_eq!(gpus[0].name, "NVIDIA H200");
+        assert_eq!(gpus[0].memory_total_bytes, 143771 << 20);
+        assert_eq!(parse_nvidia_smi(""), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_name_with_a_comma_is_kept_and_other_text_is_refused() {
+        let gpus = parse_nvidia_smi("0, GPU-a, Tesla T4, rev. 2, 15360").expect("parsed");
+        assert_eq!(gpus[0].name, "Tesla T4,rev. 2");
+        let e = parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate")
+            .expect_err("refused");
+        assert!(e.contains("found `NVIDIA-SMI has failed"), "{e}");
+        assert!(parse_nvidia_smi("x, GPU-a, T4, 1").is_err());
+    }
+
+    #[test]
+    fn the_probe_runs_only_nvidia_smi_without_network_or_privileges() {
+        let body = probe_body("zq", "runner:1");
+        assert_eq!(body.entrypoint, Some(vec!["nvidia-smi".to_string()]));
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        let request = &host.device_requests.expect("a device request")[0];
+        assert_eq!(request.count, Some(-1));
+        assert_eq!(
+            request.capabilities,
+            Some(vec![vec!["utility".to_string()]])
+        );
+        assert_eq!(
+            body.labels.and_then(|l| l.get(PROBE_LABEL).cloned()),
+            Some("zq".to_string())
+        );
+        assert!(probe_name("zq").starts_with("fleet-gpu-probe-zq-"));
+    }
+}

@@ -1,0 +1,131 @@
+//! A host's GPU inventory as one observation reads it: declared in the spec, `none`, NVML when
+//! the engine runs on this machine, or, for `gpus: auto` on a remote engine, the GPU probe
+//! (`docker/probe.rs`): a one-shot container on that host running the host's `nvidia-smi`.
+//!
+//! The probe runs only where it is needed: for a host that a pool asking for GPUs may run on
+//! (or when `fleet gpus --host` and `fleet status` ask for every host). Under `fleet watch` its
+//! answer is kept for a while, so that a resync every 30 s does not start a container each time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::gpu;
+use super::state::{GpuInventory, GpuSource};
+use crate::docker::DockerHost;
+use crate::spec::{GpuRequest, HostGpus, ResolvedPool};
+
+/// The environment variable that names the image the GPU probe runs (it must be on each host
+/// that is probed); without it, the image of a pool that runs on the host.
+pub const PROBE_IMAGE_ENV: &str = "FLEET_GPU_PROBE_IMAGE";
+
+/// When to ask a remote engine for its GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeWhen {
+    /// Only hosts that a pool asking for GPUs may run on (plan, apply, watch).
+    Needed,
+    /// Every `gpus: auto` host (status, `fleet gpus --host`).
+    Always,
+}
+
+/// The GPU probe's settings and the answers it keeps.
+pub struct GpuProbe {
+    /// The operator's image for the probe ([`PROBE_IMAGE_ENV`]).
+    image: Option<String>,
+    /// How long an answer is kept; zero keeps none.
+    keep: Duration,
+    answers: Mutex<BTreeMap<String, (Instant, String, GpuInventory)>>,
+}
+
+impl GpuProbe {
+    /// `keep`: how long an inventory read through the probe is reused for the same host,
+    /// endpoint and image.
+    pub fn new(image: Option<String>, keep: Duration) -> GpuProbe {
+        GpuProbe {
+            image: image.filter(|i| !i.is_empty()),
+            keep,
+            answers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The inventory of `host` (connected as `connection`), as its spec entry says.
+    pub async fn inventory(
+        &self,
+        fleet: &str,
+        host: &str,
+        gpus: &HostGpus,
+        connection: &DockerHost,
+        pools: &[ResolvedPool],
+        when: ProbeWhen,
+    ) -> GpuInventory {
+        if *gpus != HostGpus::Auto || connection.is_local() {
+            return gpu::inventory(host, gpus, connection.is_local());
+        }
+        let on_host: Vec<&ResolvedPool> = pools
+            .iter()
+            .filter(|p| p.hosts.iter().any(|h| h == host))
+            .collect();
+        let wants_gpus = on_host
+            .iter()
+            .any(|p| p.gpus != GpuRequest::Count(0) && (p.count > 0 || p.autoscale.is_some()));
+        if when == ProbeWhen::Needed && !wants_gpus {
+            return unavailable(format!(
+                "`gpus: auto` on host `{host}`, a remote engine, is read only while a pool that asks for GPUs runs there (`fleet gpus --host {host}` reads it)"
+            ));
+        }
+        let Some(image) = self.image_for(&on_host) else {
+            return unavailable(format!(
+                "`gpus: auto` on host `{host}` is read by running the host's nvidia-smi in a container, and no image is known to run it: set {PROBE_IMAGE_ENV} or give the host a pool, or declare the GPU UUIDs in hosts.{host}.gpus"
+            ));
+        };
+        let key = format!("{}|{image}", connection.endpoint);
+        if let Some(kept) = self.kept(host, &key) {
+            return kept;
+        }
+        let inventory = match connection.run_gpu_probe(fleet, &image).await {
+            Ok(devices) => GpuInventory {
+                uuids: devices.iter().map(|d| d.uuid.clone()).collect(),
+                source: GpuSource::Probe,
+                devices,
+            },
+            Err(e) => return unavailable(e.to_string()),
+        };
+        self.keep(host, key, &inventory);
+        inventory
+    }
+
+    /// The operator's probe image, else the image of the first pool on the host that asks for
+    /// GPUs, else of the first pool on it.
+    fn image_for(&self, on_host: &[&ResolvedPool]) -> Option<String> {
+        self.image.clone().or_else(|| {
+            on_host
+                .iter()
+                .find(|p| p.gpus != GpuRequest::Count(0))
+                .or_else(|| on_host.first())
+                .map(|p| p.image.clone())
+        })
+    }
+
+    fn kept(&self, host: &str, key: &str) -> Option<GpuInventory> {
+        let answers = self.answers.lock().ok()?;
+        let (at, kept_key, inventory) = answers.get(host)?;
+        (kept_key == key && at.elapsed() < self.keep).then(|| inventory.clone())
+    }
+
+    fn keep(&self, host: &str, key: String, inventory: &GpuInventory) {
+        if self.keep.is_zero() {
+            return;
+        }
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.insert(host.to_string(), (Instant::now(), key, inventory.clone()));
+        }
+    }
+}
+
+fn unavailable(reason: String) -> GpuInventory {
+    GpuInventory {
+        uuids: vec![],
+        source: GpuSource::Unavailable(reason),
+        devices: vec![],
+    }
+}
