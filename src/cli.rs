@@ -368,10 +368,16 @@ fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> R
             probe: ProbeWhen::Always,
             ..ObserveOptions::default()
         };
-        let observation = observers
+        let mut observation = observers
             .observe_with(&spec, options)
             .await
             .map_err(Failure::Observe)?;
+        if let Err(e) = observers
+            .read_scale_sets(&spec, &mut observation.observed)
+            .await
+        {
+            tracing::warn!("cannot read the runner scale sets: {e}");
+        }
         Ok::<_, Failure>((observation, failed))
     })?;
     failed.extend(observation.failed);
@@ -381,6 +387,7 @@ fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> R
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut status = crate::status::build(&spec, &observation.observed, &devices, now);
+    status.autoscale = crate::status::autoscale_statuses(&spec, &observation.observed);
     for host in &excluded {
         status.note_unobserved(host, "excluded with --exclude-host".into());
     }

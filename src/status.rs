@@ -20,6 +20,25 @@ pub struct FleetStatus {
     pub totals: Totals,
     /// Each host of the spec: whether it was observed, and its GPUs and who holds them.
     pub hosts: Vec<HostStatus>,
+    /// Autoscaled pools: their scale set, and the runners they want and have.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub autoscale: Vec<AutoscaleStatus>,
+}
+
+/// An autoscaled pool as the planner sees it now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoscaleStatus {
+    pub pool: String,
+    pub scale_set: String,
+    /// The scale set's id on GitHub (`None`: not made yet, or not read).
+    pub scale_set_id: Option<u64>,
+    pub min_idle: u32,
+    pub max: u32,
+    /// Runners it wants now; outside `fleet watch` the jobs assigned are not known, so this
+    /// is its count kept between `min_idle` and `max`.
+    pub wanted: u32,
+    /// More runners its hosts' free GPUs could take (`None`: the pool asks no GPUs).
+    pub free_slots: Option<u32>,
 }
 
 /// One host: observed or not (and why), its GPU inventory and its use.
@@ -216,7 +235,63 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
         orphan_registrations,
         totals,
         hosts: host_statuses(spec, observed, devices),
+        // Filled by `fleet status` only: the watch daemon has the plan's own figures.
+        autoscale: vec![],
     }
+}
+
+/// What the planner decides for each autoscaled pool (nothing when the spec cannot be planned:
+/// `fleet plan` says why).
+pub fn autoscale_statuses(spec: &Spec, observed: &Observed) -> Vec<AutoscaleStatus> {
+    let Ok(plan) = crate::plan::plan(spec, observed) else {
+        return vec![];
+    };
+    let sets = observed.github.scale_sets.as_deref().unwrap_or_default();
+    plan.autoscale
+        .into_iter()
+        .map(|a| AutoscaleStatus {
+            scale_set_id: sets.iter().find(|s| s.name == a.scale_set).map(|s| s.id),
+            pool: a.pool,
+            scale_set: a.scale_set,
+            min_idle: a.min_idle,
+            max: a.max,
+            wanted: a.wanted,
+            free_slots: a.free_slots,
+        })
+        .collect()
+}
+
+/// The autoscaled pools' section of `fleet status`.
+fn autoscale_text(pools: &[AutoscaleStatus]) -> String {
+    if pools.is_empty() {
+        return String::new();
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header([
+        "POOL",
+        "SCALE SET",
+        "ID",
+        "WANTED",
+        "MIN IDLE",
+        "MAX",
+        "FREE GPU SLOTS",
+    ]);
+    for a in pools {
+        table.add_row([
+            a.pool.clone(),
+            a.scale_set.clone(),
+            a.scale_set_id
+                .map_or("not made".into(), |id| id.to_string()),
+            a.wanted.to_string(),
+            a.min_idle.to_string(),
+            a.max.to_string(),
+            a.free_slots.map_or("-".into(), |n| n.to_string()),
+        ]);
+    }
+    format!(
+        "\nautoscaled pools (jobs assigned and waiting are known to `fleet watch`: fleet_autoscale_jobs_waiting)\n{table}\n"
+    )
 }
 
 impl Totals {
@@ -473,6 +548,7 @@ pub fn text(status: &FleetStatus) -> String {
         }
         out.push_str(&format!("{table}\n"));
     }
+    out.push_str(&autoscale_text(&status.autoscale));
     for host in &status.hosts {
         out.push_str(&host_text(host));
     }

@@ -249,6 +249,21 @@ fn apply_from_cron_keeps_the_scale_set_and_min_idle_runners() {
     );
     // Their registrations are the scale set's runners.
     assert_eq!(w.owned_runner_names().len(), 2);
+    // `fleet status` shows the pool's scale set, by id, and what the pool wants.
+    let status = w.fleet(&["status", "--format", "json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", common::stderr(&status));
+    let status: serde_json::Value =
+        serde_json::from_str(&common::stdout(&status)).expect("status JSON");
+    let pool = &status["autoscale"][0];
+    assert_eq!(pool["scale_set"], format!("{}-auto", w.run), "{status}");
+    assert_eq!(pool["scale_set_id"], sets[0].id, "{status}");
+    assert_eq!(
+        (&pool["wanted"], &pool["min_idle"], &pool["max"]),
+        (&2.into(), &2.into(), &5.into())
+    );
+    let text = common::stdout(&w.fleet(&["status"]));
+    assert!(text.contains("autoscaled pools"), "{text}");
+    assert!(text.contains(&format!("{}-auto", w.run)), "{text}");
     // Converged: a second apply changes nothing.
     let again = w.apply();
     assert!(

@@ -12,6 +12,8 @@ use crate::observe::state::GithubRunner;
 use crate::plan::{RunnerChange, RunnerOp};
 use crate::spec::ResolvedPool;
 
+const BUSY: &str = "GitHub says the runner is busy: kept, and handled after its job";
+
 impl Executor<'_> {
     pub(super) async fn runner(&self, change: &RunnerChange) -> Result<StepResult, StepError> {
         match &change.op {
@@ -60,17 +62,17 @@ impl Executor<'_> {
         // step with nothing done.
         let container = observed_id(change)?;
         host.write().owned_container(container, fleet).await?;
-        let id = match change.runner_id {
-            Some(id) => Some(id),
-            // Registered since the observation (a persistent runner that just configured).
-            None => self.owned_registration(&change.name).await?.map(|r| r.id),
-        };
-        if let Some(id) = id
+        if change.registration_kept {
+            // The runner lives on elsewhere under its registration: only its container goes,
+            // and not while GitHub says it runs a job.
+            let registration = self.owned_registration(&change.name).await?;
+            if registration.is_some_and(|r| r.busy) {
+                return Ok(StepResult::deferred(BUSY));
+            }
+        } else if let Some(id) = self.registration_to_remove(change).await?
             && self.remove_registration(id, &change.name).await? == Removal::Busy
         {
-            return Ok(StepResult::deferred(
-                "GitHub says the runner is busy: kept, and handled after its job",
-            ));
+            return Ok(StepResult::deferred(BUSY));
         }
         host.write()
             .remove_owned_container(container, fleet)
@@ -79,6 +81,18 @@ impl Executor<'_> {
             host.write().remove_owned_volume(volume, fleet).await?;
         }
         Ok(StepResult::done())
+    }
+
+    /// The registration a destroyed runner loses: the planned one, or one made since the
+    /// observation (a persistent runner that just configured).
+    async fn registration_to_remove(
+        &self,
+        change: &RunnerChange,
+    ) -> Result<Option<u64>, StepError> {
+        match change.runner_id {
+            Some(id) => Ok(Some(id)),
+            None => Ok(self.owned_registration(&change.name).await?.map(|r| r.id)),
+        }
     }
 
     /// The registration of `name` on GitHub, if fleet owns it.

@@ -1,7 +1,7 @@
 //! Reads: the containers and volumes a fleet owns on one host, its pool images, what the
 //! engine offers for GPUs, and the events of the fleet's containers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::models::ContainerSummaryStateEnum;
@@ -95,44 +95,33 @@ impl DockerRead<'_> {
         Ok(containers)
     }
 
-    /// The volumes the spec names (owned or not) and those the fleet owns, sorted by name.
+    /// The volumes the fleet owns and those of `names` (owned or not: a volume the spec mounts,
+    /// or one holding a persistent runner's state volume name), sorted by name.
     async fn volumes(
         &self,
         fleet: &str,
         names: &[String],
     ) -> Result<Vec<VolumeState>, DockerError> {
+        // One listing, filtered by fleet's label unless some names must be seen whoever made
+        // them: one call whatever the number of names.
         let filters = HashMap::from([("label", vec![format!("{}={fleet}", labels::FLEET)])]);
         let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
-        let owned = self
+        let listing = self
             .host
             .docker
-            .list_volumes(Some(options))
+            .list_volumes(names.is_empty().then_some(options))
             .await
             .map_err(|e| self.host.api_error("list volumes", e))?;
-        let mut volumes: BTreeMap<String, VolumeState> = owned
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let mut volumes: Vec<VolumeState> = listing
             .volumes
             .unwrap_or_default()
             .into_iter()
             .map(|v| volume_state(v.name, v.labels.into_iter().collect(), fleet))
-            .filter(|v| v.owned)
-            .map(|v| (v.name.clone(), v))
+            .filter(|v| v.owned || wanted.contains(v.name.as_str()))
             .collect();
-        for name in names {
-            if volumes.contains_key(name) {
-                continue;
-            }
-            match self.host.docker.inspect_volume(name).await {
-                Ok(v) => {
-                    let state = volume_state(v.name, v.labels.into_iter().collect(), fleet);
-                    volumes.insert(name.clone(), state);
-                }
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(e) => return Err(self.host.api_error(&format!("inspect volume {name}"), e)),
-            }
-        }
-        Ok(volumes.into_values().collect())
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(volumes)
     }
 
     /// Whether the engine has `image` locally.

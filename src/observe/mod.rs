@@ -322,6 +322,7 @@ impl Observers {
             .filter(on_host)
             .flat_map(|p| p.volumes.iter().filter(|v| !v.is_bind()))
             .map(|v| v.source.clone())
+            .chain(state_volume_names(&spec.name, pools, name))
             .collect();
         let declared = spec.effective_hosts();
         let reading = async {
@@ -393,4 +394,23 @@ pub async fn observe_one_host(
         hosts: BTreeMap::from([(name.to_string(), state)]),
         ..Observed::default()
     })
+}
+
+/// The state volume names of the persistent runners the pools on `host` want: a volume of
+/// such a name that fleet did not make is never used, and the plan says so.
+fn state_volume_names<'a>(
+    fleet: &'a str,
+    pools: &'a [ResolvedPool],
+    host: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    pools
+        .iter()
+        .filter(move |p| !p.ephemeral && p.hosts.iter().any(|h| h == host))
+        .flat_map(move |p| {
+            (0..p.count as usize).map(move |i| {
+                crate::contract::naming::state_volume(&crate::contract::naming::persistent_name(
+                    fleet, &p.name, i,
+                ))
+            })
+        })
 }

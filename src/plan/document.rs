@@ -63,6 +63,10 @@ pub struct ChangeDocument {
     /// A persistent runner's state volume: kept (create, replace) or removed (destroy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_volume: Option<String>,
+    /// A destroy (or defer of one) that leaves the runner's registration on GitHub: the pool
+    /// wants the runner on another host, where it registers again under its name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub registration_kept: bool,
 }
 
 impl ChangeDocument {
@@ -84,6 +88,7 @@ impl ChangeDocument {
             container_id: change.container_id.clone(),
             runner_id: change.runner_id,
             state_volume: change.state_volume.clone(),
+            registration_kept: change.registration_kept,
         }
     }
 
@@ -101,6 +106,7 @@ impl ChangeDocument {
             container_id: None,
             runner_id: None,
             state_volume: None,
+            registration_kept: false,
         }
     }
 

@@ -340,6 +340,113 @@ fn a_new_persistent_index_skips_names_held_on_any_host() {
     assert_eq!(made, [("zq-per-2", "a")]);
 }
 
+/// A persistent pool of `count` on host `b`, whose runner `zq-per-0` (and its state volume)
+/// is still on `a`, where the pool ran before; `busy` when it runs a job.
+fn moved_pool(count: u32, runner: &str, busy: bool) -> (Spec, Observed) {
+    let hosts = [("a", 0), ("b", 0)];
+    let pools = format!("  per: {{ count: {count}, image: r:1, ephemeral: false, host: b }}\n");
+    let spec = hosts_spec(&hosts, &pools);
+    let mut world = world_of(&hosts);
+    add_runner_on(&mut world, &spec, "per", "a", runner);
+    add_state_volume(&mut world, "a", "per", runner);
+    world.github.runners[0].busy = busy;
+    world.github.runners[0].online = true;
+    (spec, world)
+}
+
+#[test]
+fn a_persistent_runner_whose_pool_moved_host_keeps_its_registration() {
+    let (spec, world) = moved_pool(1, "zq-per-0", false);
+    let plan = plan(&spec, &world).expect("plan");
+    let made: Vec<(Action, &str, &str, bool)> = plan
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.action,
+                c.host.as_str(),
+                c.name.as_str(),
+                c.registration_kept,
+            )
+        })
+        .collect();
+    assert_eq!(
+        made,
+        [
+            (Action::Destroy, "a", "zq-per-0", true),
+            (Action::Create, "b", "zq-per-0", false),
+        ],
+        "{plan:#?}"
+    );
+    assert_eq!(plan.changes[0].runner_id, Some(1));
+    assert_eq!(plan.summary.deregister, 0);
+}
+
+#[test]
+fn a_runner_past_the_moved_pools_count_loses_its_registration() {
+    let (spec, world) = moved_pool(1, "zq-per-1", false);
+    let plan = plan(&spec, &world).expect("plan");
+    let gone = plan
+        .changes
+        .iter()
+        .find(|c| c.name == "zq-per-1")
+        .expect("the runner on a goes");
+    assert_eq!(
+        (gone.action, gone.registration_kept),
+        (Action::Destroy, false)
+    );
+}
+
+#[test]
+fn a_busy_runner_whose_pool_moved_is_made_again_only_after_its_job() {
+    let (spec, world) = moved_pool(1, "zq-per-0", true);
+    let plan = plan(&spec, &world).expect("plan");
+    let made: Vec<(Action, &str, bool)> = plan
+        .changes
+        .iter()
+        .map(|c| (c.action, c.host.as_str(), c.registration_kept))
+        .collect();
+    assert_eq!(made, [(Action::Defer, "a", true)], "{plan:#?}");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("zq-per-0") && w.contains("after its job")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn a_state_volume_fleet_did_not_make_is_never_used() {
+    let hosts = [("a", 0), ("b", 0)];
+    let spec = hosts_spec(
+        &hosts,
+        "  per: { count: 1, image: r:1, ephemeral: false, host: b }\n",
+    );
+    let mut world = world_of(&hosts);
+    world
+        .hosts
+        .get_mut("b")
+        .expect("b")
+        .volumes
+        .push(VolumeState {
+            name: "zq-per-0-state".into(),
+            owned: false,
+            pool: None,
+            runner: None,
+            scale_set: None,
+        });
+    let plan = plan(&spec, &world).expect("plan");
+    assert!(plan.changes.is_empty(), "{plan:#?}");
+    assert!(
+        plan.warnings.iter().any(|w| w.contains("zq-per-0-state")
+            && w.contains("not created by fleet")
+            && w.contains("zq-per-0")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
 /// Host `b` is not observed: `a` holds two runners of the pool, and two more registrations
 /// have no container on `a`.
 fn half_seen(pools: &str) -> (Spec, Observed) {

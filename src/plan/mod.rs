@@ -332,6 +332,7 @@ impl<'a> Planner<'a> {
                 Fate::Destroy(reasons) => {
                     let mut change = existing(p, RunnerOp::Destroy, reasons, runner_id);
                     change.state_volume = self.state_volume_of(p.host, &p.container.name);
+                    change.registration_kept = self.wanted_elsewhere(p);
                     self.changes.push(Change::Runner(change));
                 }
                 Fate::Defer(then, reasons, diff) => {
@@ -344,6 +345,7 @@ impl<'a> Planner<'a> {
                     };
                     let mut change = existing(p, op, reasons, runner_id);
                     change.state_volume = self.state_volume_of(p.host, &p.container.name);
+                    change.registration_kept = self.wanted_elsewhere(p);
                     self.deferred.push(Deferral { change });
                 }
                 Fate::Replace(reasons, diff) => {
@@ -362,6 +364,32 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+    }
+
+    /// A persistent runner on a host its pool no longer lists, whose index the pool still
+    /// wants: it goes from this host, but keeps its registration for the runner made again
+    /// under its name on the pool's host.
+    fn wanted_elsewhere(&self, p: &Placed) -> bool {
+        let name = p.container.name.as_str();
+        p.pool.is_none()
+            && p.container.label(labels::POOL).is_some_and(|label| {
+                self.pools.iter().any(|pool| {
+                    pool.name == label
+                        && !pool.ephemeral
+                        && naming::persistent_index(self.fleet(), &pool.name, name)
+                            .is_some_and(|n| n < pool.count as usize)
+                })
+            })
+    }
+
+    /// Whether `host` has a volume under runner `name`'s state volume name that fleet did not
+    /// make.
+    fn foreign_state_volume(&self, host: &str, name: &str) -> bool {
+        let state = naming::state_volume(name);
+        self.observed
+            .hosts
+            .get(host)
+            .is_some_and(|h| h.volumes.iter().any(|v| !v.owned && v.name == state))
     }
 
     /// The state volume fleet made for runner `runner` on `host`, if there is one.
@@ -444,6 +472,14 @@ impl<'a> Planner<'a> {
         name: String,
         reasons: Vec<Reason>,
     ) {
+        if !pool.ephemeral && self.foreign_state_volume(host, &name) {
+            self.warnings.push(format!(
+                "volume `{}` on host `{host}` was not created by fleet: runner `{name}` of pool `{}` is not made there, since fleet never uses a volume it did not create as a runner's state (docs/operations.md, \"Moving a persistent runner to another host\")",
+                naming::state_volume(&name),
+                pool.name
+            ));
+            return;
+        }
         let mut change = RunnerChange::new(RunnerOp::Create, &pool.name, host, &name, reasons);
         change.gpus = self.assign_gpus(ledger, host, pool, &[]);
         change.state_volume = (!pool.ephemeral).then(|| naming::state_volume(&name));

@@ -208,6 +208,9 @@ pub struct RunnerChange {
     pub runner_id: Option<u64>,
     /// A persistent runner's state volume: used (create, replace) or removed with it (destroy).
     pub state_volume: Option<String>,
+    /// A destroy that leaves the registration: the pool still wants this persistent runner,
+    /// on another host, where it registers again under the same name.
+    pub registration_kept: bool,
 }
 
 impl RunnerChange {
@@ -223,6 +226,7 @@ impl RunnerChange {
             container_id: None,
             runner_id: None,
             state_volume: None,
+            registration_kept: false,
         }
     }
 

@@ -220,6 +220,14 @@ fn keep<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, fit: &Fit, input
         Some((host, c)) => out
             .fates
             .push((host, c, kept_fate(c, id, fit, inputs.registrations))),
+        None if busy_elsewhere(&id.name, inputs) => {
+            // Its container runs a job on a host the pool no longer lists: made again here
+            // after that job, never beside it under the same registration.
+            out.warnings.push(format!(
+                "runner `{}` is busy on a host pool `{}` no longer lists: it is made again on the pool's host after its job",
+                id.name, fit.pool.name
+            ));
+        }
         None => {
             let reason = match (id.registration, id.volume) {
                 (Some(_), Some(_)) => Reason::ContainerMissing,
@@ -239,6 +247,17 @@ fn keep<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, fit: &Fit, input
     {
         out.changes.push(Change::Registration(update));
     }
+}
+
+/// Whether an owned container named `name` runs a job on some observed host (one its pool no
+/// longer lists, since the pool's own hosts showed none).
+fn busy_elsewhere(name: &str, inputs: &Inputs) -> bool {
+    inputs.running.contains(name)
+        && inputs
+            .hosts
+            .values()
+            .flat_map(|h| &h.containers)
+            .any(|c| c.name == name && is_busy(c, inputs.registrations))
 }
 
 /// The fate of a kept runner's container.

@@ -212,6 +212,13 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                 let new_name = change.replacement.clone().unwrap_or(change.name.clone());
                 add(&mut world, &new_name);
             }
+            Action::Destroy if change.registration_kept => {
+                if let Some(h) = world.hosts.get_mut(&change.host) {
+                    h.containers.retain(|c| c.name != change.name);
+                    h.volumes
+                        .retain(|v| Some(&v.name) != change.state_volume.as_ref());
+                }
+            }
             Action::Destroy => {
                 remove(&mut world, &change.host, &change.name);
                 if let (Some(volume), Some(h)) =

@@ -230,6 +230,12 @@ fn change_text(out: &mut String, change: &ChangeDocument, p: &Palette) {
         };
         let _ = writeln!(out, "      state:  volume {volume} ({fate})");
     }
+    if change.registration_kept {
+        let _ = writeln!(
+            out,
+            "      registration: kept (the runner registers again under its name on its new host)"
+        );
+    }
     for attr in &change.diff {
         attribute_text(out, attr, p);
     }

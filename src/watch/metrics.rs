@@ -414,6 +414,7 @@ mod tests {
             ],
             orphan_registrations: vec![],
             totals: Totals::default(),
+            autoscale: vec![],
             hosts: vec![
                 HostStatus {
                     name: "bare".into(),
