@@ -339,3 +339,50 @@ fn github_failures_stop_the_plan_with_a_cause() {
     let out = w.fleet(&["plan"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// What Docker would refuse at apply is said at plan time: a user network the engine does not
+/// have, a bind-mount source missing on this machine. What exists is not warned about.
+#[test]
+fn the_plan_warns_of_a_missing_network_and_a_missing_bind_source() {
+    let w = World::new();
+    let made = format!("{}-net", w.run);
+    common::docker_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--label",
+        &format!("{}={}", common::RUN_LABEL, w.run),
+        &made,
+    ]);
+    let missing_net = format!("{}-no-such-net", w.run);
+    let gone = w.dir.path().join("gone");
+    let there = w.dir.path().display().to_string();
+    w.spec(&format!(
+        "  a:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: {missing_net}\n    volumes: [{{ source: {}, target: /gone }}, {{ source: {there}, target: /there }}]\n  b:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: {made}\n",
+        gone.display()
+    ));
+    let out = w.fleet(&["plan"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "network `{missing_net}` does not exist on host `local`"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "bind-mount source `{}` does not exist on host `local`",
+            gone.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&format!("`{made}` does not exist")),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&format!("`{there}` does not exist")),
+        "{said}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::endpoint::{self, ConnectOptions, Endpoint, EndpointError, Target, Tls
 use crate::spec::Host;
 
 pub use probe::{PROBE_LABEL, ProbeError, parse_nvidia_smi};
-pub use read::{ContainerEvent, DockerRead};
+pub use read::{ContainerEvent, DockerRead, Named};
 pub use write::DockerWrite;
 
 /// The socket used when neither the spec nor $DOCKER_HOST names an engine.

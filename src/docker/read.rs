@@ -13,34 +13,69 @@ use crate::observe::state::{
     ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, VolumeState,
 };
 
+/// What the spec names on one host, whose presence the planner checks.
+#[derive(Debug, Clone, Default)]
+pub struct Named {
+    pub images: Vec<String>,
+    /// Volumes the pools mount, and the state volume names of wanted persistent runners.
+    pub volumes: Vec<String>,
+    /// User networks (not `bridge`, `host`, `none` or `container:...`).
+    pub networks: Vec<String>,
+}
+
 /// One host's engine, read-only.
 pub struct DockerRead<'a> {
     pub(super) host: &'a DockerHost,
 }
 
 impl DockerRead<'_> {
-    /// Everything about this host the planner needs.
+    /// Everything about this host the planner needs: the fleet's containers and volumes, and
+    /// what the spec names on it (images, volumes, user networks).
     pub async fn observe(
         &self,
         fleet: &str,
-        images: &[String],
-        volume_names: &[String],
+        named: &Named,
         gpus: GpuInventory,
     ) -> Result<HostState, DockerError> {
         let containers = self.owned_containers(fleet).await?;
-        let volumes = self.volumes(fleet, volume_names).await?;
-        let mut image_presence = BTreeMap::new();
-        for image in images {
-            image_presence.insert(image.clone(), self.has_image(image).await?);
+        let volumes = self.volumes(fleet, &named.volumes).await?;
+        let mut images = BTreeMap::new();
+        for image in &named.images {
+            images.insert(image.clone(), self.has_image(image).await?);
+        }
+        let mut networks = BTreeMap::new();
+        for network in &named.networks {
+            networks.insert(network.clone(), self.has_network(network).await?);
         }
         let engine = self.engine_info().await?;
         Ok(HostState {
             containers,
             volumes,
-            images: image_presence,
+            images,
             gpus,
             engine,
+            networks,
+            bind_sources: BTreeMap::new(),
         })
+    }
+
+    /// Whether the engine has a network of that name (or id).
+    pub async fn has_network(&self, network: &str) -> Result<bool, DockerError> {
+        let options = bollard::query_parameters::InspectNetworkOptions::default();
+        match self
+            .host
+            .docker
+            .inspect_network(network, Some(options))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self
+                .host
+                .api_error(&format!("inspect network {network}"), e)),
+        }
     }
 
     /// Containers labelled `fleet.name=<fleet>`, running or not, sorted by name.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::docker::{DockerError, DockerHost};
+use crate::docker::{DockerError, DockerHost, Named};
 use crate::github::{GithubClient, GithubError, RetryPolicy};
 use crate::spec::{ResolvedPool, Spec};
 use inventory::{GpuProbe, PROBE_IMAGE_ENV, ProbeWhen};
@@ -311,19 +311,7 @@ impl Observers {
         host: &DockerHost,
         options: ObserveOptions,
     ) -> (String, Result<HostState, DockerError>) {
-        let on_host = |p: &&ResolvedPool| p.hosts.iter().any(|h| h == name);
-        let images: BTreeSet<String> = pools
-            .iter()
-            .filter(on_host)
-            .map(|p| p.image.clone())
-            .collect();
-        let volumes: BTreeSet<String> = pools
-            .iter()
-            .filter(on_host)
-            .flat_map(|p| p.volumes.iter().filter(|v| !v.is_bind()))
-            .map(|v| v.source.clone())
-            .chain(state_volume_names(&spec.name, pools, name))
-            .collect();
+        let named = named_on_host(&spec.name, pools, name);
         let declared = spec.effective_hosts();
         let reading = async {
             let gpus = match declared.get(name) {
@@ -334,11 +322,11 @@ impl Observers {
                 }
                 None => state::GpuInventory::default(),
             };
-            let images: Vec<String> = images.into_iter().collect();
-            let volumes: Vec<String> = volumes.into_iter().collect();
-            host.read()
-                .observe(&spec.name, &images, &volumes, gpus)
-                .await
+            let mut state = host.read().observe(&spec.name, &named, gpus).await?;
+            if host.is_local() {
+                state.bind_sources = bind_sources(pools, name);
+            }
+            Ok(state)
         };
         let result = match options.host_limit {
             None => reading.await,
@@ -413,4 +401,46 @@ fn state_volume_names<'a>(
                 ))
             })
         })
+}
+
+/// What the pools on `host` name there: images, volumes (with wanted state volumes) and user
+/// networks, each once.
+fn named_on_host(fleet: &str, pools: &[ResolvedPool], host: &str) -> Named {
+    let on_host: Vec<&ResolvedPool> = pools
+        .iter()
+        .filter(|p| p.hosts.iter().any(|h| h == host))
+        .collect();
+    let images: BTreeSet<String> = on_host.iter().map(|p| p.image.clone()).collect();
+    let volumes: BTreeSet<String> = on_host
+        .iter()
+        .flat_map(|p| p.volumes.iter().filter(|v| !v.is_bind()))
+        .map(|v| v.source.clone())
+        .chain(state_volume_names(fleet, pools, host))
+        .collect();
+    let networks: BTreeSet<String> = on_host
+        .iter()
+        .map(|p| p.network.clone())
+        .filter(|n| is_user_network(n))
+        .collect();
+    Named {
+        images: images.into_iter().collect(),
+        volumes: volumes.into_iter().collect(),
+        networks: networks.into_iter().collect(),
+    }
+}
+
+/// A network the engine must already have: not one of Docker's own, nor another container's.
+fn is_user_network(network: &str) -> bool {
+    !matches!(network, "bridge" | "host" | "none" | "default") && !network.starts_with("container:")
+}
+
+/// Each bind-mount source of the pools on `host`, and whether it exists on this machine (the
+/// engine's own, when it listens on a local socket).
+fn bind_sources(pools: &[ResolvedPool], host: &str) -> BTreeMap<String, bool> {
+    pools
+        .iter()
+        .filter(|p| p.hosts.iter().any(|h| h == host) && p.count > 0)
+        .flat_map(|p| p.volumes.iter().filter(|v| v.is_bind()))
+        .map(|v| (v.source.clone(), Path::new(&v.source).exists()))
+        .collect()
 }

@@ -48,6 +48,13 @@ pub struct HostState {
     pub images: BTreeMap<String, bool>,
     pub gpus: GpuInventory,
     pub engine: EngineInfo,
+    /// Each user network the pools of this host name, and whether the engine has it.
+    #[serde(default)]
+    pub networks: BTreeMap<String, bool>,
+    /// Each bind-mount source of the pools of this host, and whether it exists; read only for
+    /// an engine on this machine (a Unix socket), whose files fleet can see.
+    #[serde(default)]
+    pub bind_sources: BTreeMap<String, bool>,
 }
 
 /// A container as Docker reports it.

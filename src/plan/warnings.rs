@@ -2,7 +2,7 @@
 //! system or home directories, the host's network), GPU pools on engines without NVIDIA support,
 //! images that cannot be had, and runner groups that do not exist.
 
-use crate::observe::state::Observed;
+use crate::observe::state::{HostState, Observed};
 use crate::spec::{GpuRequest, ResolvedPool};
 
 /// Host directories whose contents give away the host: credentials and configuration (`/etc`),
@@ -50,23 +50,46 @@ pub(super) fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<
                 ));
             }
         }
-        let Some(host) = observed.hosts.get(&pool.host) else {
-            continue;
-        };
-        let wants_gpus = pool.gpus != GpuRequest::Count(0) && pool.count > 0;
-        if wants_gpus && !host.engine.nvidia_runtime && host.engine.cdi_devices.is_empty() {
-            warnings.push(format!(
-                "pool `{}` needs GPUs but the Docker engine on host `{}` shows no NVIDIA support (no `nvidia` runtime, no CDI devices): install nvidia-container-toolkit on the host, run `nvidia-ctk runtime configure --runtime=docker`, and restart Docker",
-                pool.name, pool.host
-            ));
+        for name in &pool.hosts {
+            if let Some(host) = observed.hosts.get(name) {
+                warnings.extend(engine_warnings(pool, name, host));
+            }
         }
-        if pool.pull == crate::spec::PullPolicy::Never
-            && host.images.get(&pool.image) == Some(&false)
-            && pool.count > 0
-        {
+    }
+    warnings
+}
+
+/// What host `name`'s engine would refuse or lack for `pool`'s runners, as the observation
+/// shows it: NVIDIA support, a `pull: never` image, a user network, a bind-mount source.
+fn engine_warnings(pool: &ResolvedPool, name: &str, host: &HostState) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if pool.count == 0 {
+        return warnings;
+    }
+    let wants_gpus = pool.gpus != GpuRequest::Count(0);
+    if wants_gpus && !host.engine.nvidia_runtime && host.engine.cdi_devices.is_empty() {
+        warnings.push(format!(
+            "pool `{}` needs GPUs but the Docker engine on host `{name}` shows no NVIDIA support (no `nvidia` runtime, no CDI devices): install nvidia-container-toolkit on the host, run `nvidia-ctk runtime configure --runtime=docker`, and restart Docker",
+            pool.name
+        ));
+    }
+    if pool.pull == crate::spec::PullPolicy::Never && host.images.get(&pool.image) == Some(&false) {
+        warnings.push(format!(
+            "pool `{}`: image `{}` is not on host `{name}` and `pull: never`: creating its runners will fail",
+            pool.name, pool.image
+        ));
+    }
+    if host.networks.get(&pool.network) == Some(&false) {
+        warnings.push(format!(
+            "pool `{}`: network `{}` does not exist on host `{name}`: creating its runners will fail (create it with `docker network create {}`, or fix `network`)",
+            pool.name, pool.network, pool.network
+        ));
+    }
+    for volume in pool.volumes.iter().filter(|v| v.is_bind()) {
+        if host.bind_sources.get(&volume.source) == Some(&false) {
             warnings.push(format!(
-                "pool `{}`: image `{}` is not on host `{}` and `pull: never`: creating its runners will fail",
-                pool.name, pool.image, pool.host
+                "pool `{}`: bind-mount source `{}` does not exist on host `{name}`: creating its runners will fail",
+                pool.name, volume.source
             ));
         }
     }
@@ -230,5 +253,45 @@ mod tests {
     fn the_host_network_is_warned_about() {
         let text = warned(&pool(&[], "host"));
         assert!(text.contains("uses `network: host`"), "{text}");
+    }
+
+    #[test]
+    fn what_the_engine_would_refuse_is_warned_about_on_each_host() {
+        let mut pool = pool(&[("/srv/ccache", false), ("/srv/gone", false)], "ci-net");
+        pool.hosts = vec!["a".into(), "b".into()];
+        let mut observed = Observed::default();
+        let host = |network: bool| HostState {
+            networks: [("ci-net".to_string(), network)].into(),
+            bind_sources: [
+                ("/srv/ccache".to_string(), true),
+                ("/srv/gone".to_string(), false),
+            ]
+            .into(),
+            ..HostState::default()
+        };
+        observed.hosts.insert("a".into(), host(true));
+        observed.hosts.insert("b".into(), host(false));
+        let text = pool_warnings(std::slice::from_ref(&pool), &observed).join("\n");
+        assert!(
+            text.contains("network `ci-net` does not exist on host `b`"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("network `ci-net` does not exist on host `a`"),
+            "{text}"
+        );
+        for host in ["a", "b"] {
+            assert!(
+                text.contains(&format!(
+                    "bind-mount source `/srv/gone` does not exist on host `{host}`"
+                )),
+                "{text}"
+            );
+        }
+        assert!(!text.contains("/srv/ccache` does not exist"), "{text}");
+        // A pool of no runners creates nothing that could fail.
+        pool.count = 0;
+        let text = pool_warnings(std::slice::from_ref(&pool), &observed).join("\n");
+        assert!(!text.contains("does not exist"), "{text}");
     }
 }

@@ -236,7 +236,7 @@ pub struct Pool {
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
     #[schemars(extend("default" = {}))]
     pub env: Option<BTreeMap<String, String>>,
-    /// Docker network: bridge (default), host, none, or a user network's name.
+    /// Docker network: bridge (default), host, none, container:NAME, or a user network's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     #[schemars(extend("default" = "bridge"))]

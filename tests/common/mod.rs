@@ -270,6 +270,10 @@ impl Drop for World {
             for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
                 let _ = docker(&["volume", "rm", "-f", v]);
             }
+            let networks = docker(&["network", "ls", "-q", "--filter", &filter]);
+            for n in String::from_utf8_lossy(&networks.stdout).split_whitespace() {
+                let _ = docker(&["network", "rm", n]);
+            }
         }
     }
 }

@@ -305,6 +305,18 @@ pub(super) fn check_pool_values(c: &mut Checker, base: &str, pool: &Pool) {
             }
         }
     }
+    if let Some(network) = &pool.network {
+        let name = network.strip_prefix("container:").unwrap_or(network);
+        if !is_volume_name(name) {
+            c.at_value(
+                &format!("{base}/network"),
+                format!(
+                    "expected `bridge`, `host`, `none`, a network name of letters, digits, '_', '.' and '-', or `container:NAME`, found {}",
+                    quote(network)
+                ),
+            );
+        }
+    }
     if let Some(memory) = &pool.memory
         && let Some(problem) = memory_problem(memory)
     {
