@@ -49,11 +49,11 @@ pub struct HostState {
     pub gpus: GpuInventory,
     pub engine: EngineInfo,
     /// Each user network the pools of this host name, and whether the engine has it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, bool>,
     /// Each bind-mount source of the pools of this host, and whether it exists; read only for
     /// an engine on this machine (a Unix socket), whose files fleet can see.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bind_sources: BTreeMap<String, bool>,
 }
 
