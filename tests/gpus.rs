@@ -449,7 +449,7 @@ fn a_gpu_lost_between_two_plans_replaces_its_runner() {
     assert_eq!(
         changes[0]["reasons"],
         serde_json::json!([format!(
-            "GPU {} is no longer in host `local`'s inventory",
+            "GPU {} is lost: no longer in host `local`'s inventory, and NVML reports a GPU there fallen off the bus",
             gpus[1].uuid
         )])
     );

@@ -36,9 +36,10 @@ pub fn inventory(host_name: &str, gpus: &HostGpus, local: bool) -> GpuInventory 
             ..GpuInventory::default()
         },
         HostGpus::Auto => match nvml_uuids() {
-            Ok(uuids) => GpuInventory {
+            Ok((uuids, lost)) => GpuInventory {
                 uuids,
                 source: GpuSource::Nvml,
+                lost,
                 ..GpuInventory::default()
             },
             Err(reason) => GpuInventory {
@@ -49,13 +50,13 @@ pub fn inventory(host_name: &str, gpus: &HostGpus, local: bool) -> GpuInventory 
     }
 }
 
-/// UUIDs of this machine's usable GPUs, in NVML's index order.
+/// UUIDs of this machine's usable GPUs, in NVML's index order, and how many GPUs are lost.
 ///
 /// A GPU that NVML reports lost (fallen off the bus) is left out, with a warning in the log:
 /// it can run nothing, so the runner that holds it is replaced (its GPU is no longer in the
 /// inventory). Any other failure to read a GPU fails the whole inventory: fleet does not plan on
 /// a partial view.
-pub fn nvml_uuids() -> Result<Vec<String>, String> {
+pub fn nvml_uuids() -> Result<(Vec<String>, u32), String> {
     let report = nvml_report().map_err(|problem| match problem {
         NvmlProblem::Absent(reason) => format!("NVML is not available: {reason}"),
         NvmlProblem::Failed(reason) => reason,
@@ -69,7 +70,8 @@ pub fn nvml_uuids() -> Result<Vec<String>, String> {
             lost.reason
         );
     }
-    Ok(report.devices.into_iter().map(|d| d.uuid).collect())
+    let lost = report.unreadable.len() as u32;
+    Ok((report.devices.into_iter().map(|d| d.uuid).collect(), lost))
 }
 
 /// One GPU as NVML reports it (`fleet gpus`, `fleet status`, metrics).

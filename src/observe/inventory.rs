@@ -87,6 +87,7 @@ impl GpuProbe {
                 uuids: devices.iter().map(|d| d.uuid.clone()).collect(),
                 source: GpuSource::Probe,
                 devices,
+                lost: 0,
             },
             Err(e) => return unavailable(e.to_string()),
         };
@@ -127,5 +128,6 @@ fn unavailable(reason: String) -> GpuInventory {
         uuids: vec![],
         source: GpuSource::Unavailable(reason),
         devices: vec![],
+        lost: 0,
     }
 }

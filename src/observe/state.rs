@@ -133,6 +133,14 @@ pub struct GpuInventory {
     /// What the engine said of each GPU, when the inventory came from the GPU probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<GpuInfo>,
+    /// GPUs NVML reports lost (`NVML_ERROR_GPU_IS_LOST`): left out of `uuids`, since a lost
+    /// GPU cannot even tell its UUID.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One GPU as `nvidia-smi` on its host describes it.

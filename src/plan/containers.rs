@@ -63,6 +63,8 @@ pub(super) struct Fit<'a> {
     hash: String,
     host: &'a str,
     inventory: &'a [String],
+    /// GPUs NVML reports lost on this host (they are not in the inventory).
+    gpus_lost: u32,
 }
 
 impl<'a> Fit<'a> {
@@ -79,14 +81,16 @@ impl<'a> Fit<'a> {
             desired,
             host,
             inventory,
+            gpus_lost: 0,
         }
     }
 
     /// The same fit for another host of the pool.
-    pub fn on(&self, host: &'a str, inventory: &'a [String]) -> Fit<'a> {
+    pub fn on(&self, host: &'a str, inventory: &'a [String], gpus_lost: u32) -> Fit<'a> {
         Fit {
             host,
             inventory,
+            gpus_lost,
             ..self.clone()
         }
     }
@@ -110,6 +114,7 @@ impl<'a> Fit<'a> {
                 reasons.push(Reason::GpuGone {
                     uuid: gone.clone(),
                     host: self.host.to_string(),
+                    lost: self.gpus_lost > 0,
                 });
             }
             let wanted = pool_gpu_count(self.pool);
@@ -132,11 +137,12 @@ pub(super) fn fits<'a>(
     hosts: &'a BTreeMap<String, HostState>,
 ) -> BTreeMap<&'a str, Fit<'a>> {
     let inventory = |h: &str| hosts.get(h).map_or(&[][..], |s| s.gpus.uuids.as_slice());
+    let lost = |h: &str| hosts.get(h).map_or(0, |s| s.gpus.lost);
     let first = Fit::new(fleet, pool, &pool.host, inventory(&pool.host));
     let mut fits = BTreeMap::new();
     for (host, _) in containers {
         fits.entry(*host)
-            .or_insert_with(|| first.on(host, inventory(host)));
+            .or_insert_with(|| first.on(host, inventory(host), lost(host)));
     }
     fits
 }

@@ -71,7 +71,12 @@ pub enum Reason {
     /// done (or it was removed on GitHub), and it is leaving.
     Unregistered,
     /// A GPU the runner holds left its host's inventory.
-    GpuGone { uuid: String, host: String },
+    /// `lost`: NVML reports a GPU of the host lost (fallen off the bus), which is why it left.
+    GpuGone {
+        uuid: String,
+        host: String,
+        lost: bool,
+    },
     /// The runner holds another number of GPUs than its pool gives.
     GpuCount { held: usize, wanted: usize },
     /// Another runner that stays holds the same GPU.
@@ -129,9 +134,15 @@ impl fmt::Display for Reason {
             Reason::Unregistered => f.write_str(
                 "its registration is gone (the runner finished its job, or was removed on GitHub)",
             ),
-            Reason::GpuGone { uuid, host } => {
-                write!(f, "GPU {uuid} is no longer in host `{host}`'s inventory")
-            }
+            Reason::GpuGone {
+                uuid,
+                host,
+                lost: false,
+            } => write!(f, "GPU {uuid} is no longer in host `{host}`'s inventory"),
+            Reason::GpuGone { uuid, host, .. } => write!(
+                f,
+                "GPU {uuid} is lost: no longer in host `{host}`'s inventory, and NVML reports a GPU there fallen off the bus"
+            ),
             Reason::GpuCount { held, wanted } => {
                 write!(f, "holds {held} GPUs, the pool gives {wanted}")
             }
