@@ -123,7 +123,7 @@ fn demo_spec(example: &Path) -> Result<(Spec, Vec<String>), String> {
     // The API is the machine's (GITHUB_API_URL, set above), never the spec's.
     spec.github.api_url = None;
     spec.github.auth = None;
-    let gpus = fleet::observe::gpu::nvml_uuids().unwrap_or_default();
+    let (gpus, _lost) = fleet::observe::gpu::nvml_uuids().unwrap_or_default();
     let use_gpus = !gpus.is_empty() && docker_has_nvidia();
     if let Some(hosts) = spec.hosts.as_mut() {
         for host in hosts.values_mut() {
