@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hash::short_hash;
 use super::ownership_label;
-use crate::spec::{GpuMode, GpuRequest, ResolvedPool};
+use crate::spec::{GpuMode, GpuRequest, ResolvedPool, ResolvedSecurity, SecretDelivery};
 
 /// Everything about a runner container that comes from the spec. Two containers with the same
 /// `RunnerConfig` are interchangeable; a change in any field means the container is replaced.
@@ -34,6 +34,14 @@ pub struct RunnerConfig {
     /// default `nvidia` (so that other pools' hashes do not depend on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_mode: Option<String>,
+    /// The container hardening, when it is not the default (so that pools that say nothing
+    /// keep the hash they had before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
+    /// `env` when the registration secret is handed over in the environment (the default,
+    /// a file, is left out for the same reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<String>,
 }
 
 impl RunnerConfig {
@@ -64,6 +72,9 @@ impl RunnerConfig {
             docker_socket: pool.docker_socket,
             gpu_mode: (pool.gpus != GpuRequest::Count(0) && pool.gpu_mode != GpuMode::Nvidia)
                 .then(|| pool.gpu_mode.as_str().to_string()),
+            security: (pool.security != ResolvedSecurity::default())
+                .then(|| security_text(&pool.security)),
+            secrets: (pool.secrets == SecretDelivery::Env).then(|| "env".to_string()),
         }
     }
 
@@ -123,6 +134,27 @@ impl RunnerConfig {
             ("memory", opt(&self.memory)),
             ("docker_socket", self.docker_socket.to_string()),
             ("gpu_mode", opt(&self.gpu_mode)),
+            (
+                "security",
+                self.security
+                    .clone()
+                    .unwrap_or_else(|| security_text(&ResolvedSecurity::default())),
+            ),
+            (
+                "secrets",
+                self.secrets.clone().unwrap_or_else(|| "file".into()),
+            ),
         ]
     }
+}
+
+/// The hardening as one line: `no_new_privileges=true pids_limit=4096 net_raw=false`.
+fn security_text(security: &ResolvedSecurity) -> String {
+    let pids = security
+        .pids_limit
+        .map_or_else(|| "none".to_string(), |n| n.to_string());
+    format!(
+        "no_new_privileges={} pids_limit={pids} net_raw={}",
+        security.no_new_privileges, security.net_raw
+    )
 }

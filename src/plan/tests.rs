@@ -336,6 +336,40 @@ fn changed_image_replaces_with_attribute_diff() {
 }
 
 #[test]
+fn changed_hardening_or_secret_delivery_replaces_the_runner() {
+    let old = with_pools("  cpu:\n    count: 1\n    image: r:1\n");
+    let mut world = empty_world();
+    add_runner(&mut world, &old, "cpu", "zq-cpu-aaaaaa", &[]);
+    // Saying the defaults out loud changes nothing.
+    let same = with_pools(
+        "  cpu:\n    count: 1\n    image: r:1\n    secrets: file\n    security: { no_new_privileges: true, net_raw: false }\n",
+    );
+    assert!(plan(&same, &world).expect("plan").is_empty());
+    for (yaml, attribute, after) in [
+        (
+            "    security: { pids_limit: 0 }\n",
+            "security",
+            "no_new_privileges=true pids_limit=none net_raw=false",
+        ),
+        ("    secrets: env\n", "secrets", "env"),
+    ] {
+        let new = with_pools(&format!("  cpu:\n    count: 1\n    image: r:1\n{yaml}"));
+        let plan = plan(&new, &world).expect("plan");
+        assert_eq!(
+            actions(&plan),
+            [(Action::Replace, "zq-cpu-aaaaaa".to_string())],
+            "{yaml}"
+        );
+        let diff = &plan.changes[0].diff;
+        assert_eq!(diff.len(), 1, "{diff:?}");
+        assert_eq!(
+            (diff[0].attribute.as_str(), diff[0].after.as_str()),
+            (attribute, after)
+        );
+    }
+}
+
+#[test]
 fn busy_runner_is_deferred_never_replaced_or_destroyed() {
     let old = with_pools("  cpu:\n    count: 2\n    image: r:1\n");
     let new = with_pools("  cpu:\n    count: 1\n    image: r:2\n");
