@@ -129,7 +129,10 @@ fn symbol(action: Action) -> (&'static str, AnsiColor) {
 }
 
 /// The text view: a block per host and pool, one entry per change, then warnings and the summary.
+/// Control characters in the plan's words (a saved plan is anyone's input) are shown escaped,
+/// never sent to the terminal.
 pub fn text(plan: &PlanDocument, color: bool) -> String {
+    let plan = &without_controls(plan);
     let p = Palette { color };
     let mut out = String::new();
     if plan.changes.is_empty() {
@@ -442,3 +445,52 @@ fn longest_backtick_run(text: &str) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+/// Control characters (but the newline) and bidirectional overrides, which make a terminal act
+/// or make text read other than it is.
+fn is_unsafe(c: char) -> bool {
+    (c.is_control() && c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The document with every unsafe character in its words written as an escape (`\u{1b}`): a
+/// terminal must not act on what a plan says.
+fn without_controls(plan: &PlanDocument) -> PlanDocument {
+    let clean = |s: &mut String| {
+        if s.chars().any(is_unsafe) {
+            *s = s
+                .chars()
+                .map(|c| match c {
+                    c if is_unsafe(c) => c.escape_unicode().to_string(),
+                    c => c.to_string(),
+                })
+                .collect();
+        }
+    };
+    let mut plan = plan.clone();
+    clean(&mut plan.fleet);
+    plan.warnings.iter_mut().for_each(clean);
+    for change in &mut plan.changes {
+        for field in [&mut change.pool, &mut change.host, &mut change.name] {
+            clean(field);
+        }
+        change.reasons.iter_mut().for_each(clean);
+        change.gpus.iter_mut().for_each(clean);
+        for field in [
+            &mut change.replacement,
+            &mut change.container_id,
+            &mut change.state_volume,
+        ] {
+            field.iter_mut().for_each(clean);
+        }
+        for attr in &mut change.diff {
+            clean(&mut attr.attribute);
+            clean(&mut attr.after);
+            attr.before.iter_mut().for_each(clean);
+        }
+    }
+    for pool in &mut plan.autoscale {
+        clean(&mut pool.pool);
+        clean(&mut pool.scale_set);
+    }
+    plan
+}

@@ -168,6 +168,25 @@ fn hostile_plan() -> Plan {
 }
 
 #[test]
+fn the_text_of_a_hostile_plan_sends_no_control_character_to_the_terminal() {
+    let mut plan = hostile_plan();
+    plan.changes[1].name = "x\u{1b}]0;title\u{7}y".into();
+    plan.warnings.push("\u{1b}[2J cleared".into());
+    let out = text(&plan, true);
+    let unsafe_chars: Vec<char> = out
+        .replace(['\u{1b}'], "")
+        .chars()
+        .filter(|&c| is_unsafe(c))
+        .collect();
+    assert!(unsafe_chars.is_empty(), "{unsafe_chars:?}");
+    // The only escapes left are the palette's own colours.
+    assert!(!out.contains("\u{1b}]0;"), "{out}");
+    assert!(!out.contains("\u{1b}[2J"), "{out}");
+    assert!(out.contains("x\\u{1b}]0;title\\u{7}y"), "{out}");
+    assert!(out.contains("\\u{202e}desrever"), "{out}");
+}
+
+#[test]
 fn markdown_of_a_hostile_plan() {
     insta::assert_snapshot!(markdown(&hostile_plan()));
 }
