@@ -897,7 +897,8 @@ fn check_saved(path: &Path, spec: &Spec, observed: &Observed, fresh: &Plan) -> R
 /// The first change in which two plans differ, described. Scale set changes are left out:
 /// `plan` does not read scale sets (that needs a registration token), apply decides them.
 fn first_difference(saved: &PlanDocument, fresh: &PlanDocument) -> Option<String> {
-    let describe = |c: &plan::ChangeDocument| format!("{} {}", c.action.as_str(), c.name);
+    // Debug-quoted: a saved plan's words reach the terminal escaped.
+    let describe = |c: &plan::ChangeDocument| format!("{} {:?}", c.action.as_str(), c.name);
     let decided_at_apply = |c: &&plan::ChangeDocument| {
         matches!(
             c.action,
@@ -917,8 +918,9 @@ fn first_difference(saved: &PlanDocument, fresh: &PlanDocument) -> Option<String
     for (i, (a, b)) in saved.iter().zip(&fresh).enumerate() {
         if a != b {
             return Some(format!(
-                "change {} differs (saved: {}; planned now: {})",
+                "change {} differs in `{}` (saved: {}; planned now: {})",
                 i + 1,
+                differing_field(a, b),
                 describe(a),
                 describe(b)
             ));
@@ -932,6 +934,20 @@ fn first_difference(saved: &PlanDocument, fresh: &PlanDocument) -> Option<String
             fresh.len()
         )),
     }
+}
+
+/// The first field of two changes that differs, by its JSON name.
+fn differing_field(a: &plan::ChangeDocument, b: &plan::ChangeDocument) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return "?".into();
+    };
+    a.keys()
+        .chain(b.keys())
+        .find(|key| a.get(*key) != b.get(*key))
+        .cloned()
+        .unwrap_or_else(|| "?".into())
 }
 
 fn destroy_command(

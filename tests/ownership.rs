@@ -32,12 +32,15 @@ fn assert_failed(out: &Output) -> String {
 
 /// Plans in-process, lets `edit` change the plan or the world, then applies that plan.
 fn apply_in_process(w: &World, edit: impl FnOnce(&mut Plan)) -> ApplyReport {
-    apply_spec_in_process(w, &w.dir.path().join("fleet.yaml"), edit)
+    apply_spec_in_process(w, &w.dir.path().join("fleet.yaml"), |_| {}, edit)
 }
 
+/// Observes, lets `prepare` change the observation (to play a plan made earlier), plans, lets
+/// `edit` change the plan or the world, then applies that plan.
 fn apply_spec_in_process(
     w: &World,
     path: &std::path::Path,
+    prepare: impl FnOnce(&mut fleet::observe::state::Observed),
     edit: impl FnOnce(&mut Plan),
 ) -> ApplyReport {
     let spec = fleet::spec::load(path).expect("spec");
@@ -52,7 +55,8 @@ fn apply_spec_in_process(
         let observers = Observers::connect(&spec, w.dir.path(), &env, RetryPolicy::default())
             .await
             .expect("connect");
-        let observed = observers.observe(&spec).await.expect("observe");
+        let mut observed = observers.observe(&spec).await.expect("observe");
+        prepare(&mut observed);
         let mut plan = fleet::plan::plan(&spec, &observed).expect("plan");
         edit(&mut plan);
         Executor::new(&spec, &observers, &observed, 4)
@@ -176,11 +180,14 @@ fn a_foreign_volume_with_a_state_volumes_name_is_neither_mounted_nor_removed() {
     docker_ok(&["volume", "create", "--label", &run_label, &volume]);
     let labels = volume_labels(&volume);
 
-    let text = assert_failed(&w.apply());
+    // The plan refuses it before anything is done.
+    let text = assert_failed(&w.fleet(&["plan"]));
     assert!(
-        text.contains(&format!("volume {volume}")) && text.contains("fleet.name"),
+        text.contains(&format!("volume `{volume}`")) && text.contains("fleet.name"),
         "{text}"
     );
+    let text = assert_failed(&w.apply());
+    assert!(text.contains(&format!("volume `{volume}`")), "{text}");
     assert!(w.owned_containers().is_empty(), "no container mounts it");
     assert_eq!(w.fake.registration_tokens_issued(), 0);
     assert_eq!(volume_labels(&volume), labels, "the volume is as it was");
@@ -373,7 +380,13 @@ fn two_fleets_whose_names_collide_never_disturb_each_other() {
     // the long fleet asks no token for a name GitHub has as a runner it does not own.
     let tokens = w.fake.registration_tokens_issued();
     let long_spec = std::path::PathBuf::from(&long.spec);
-    let report = apply_spec_in_process(&w, &long_spec, |plan| {
+    // The long fleet's plan was made before the short fleet's state volume existed.
+    let before_the_volume = |observed: &mut fleet::observe::state::Observed| {
+        for host in observed.hosts.values_mut() {
+            host.volumes.retain(|v| v.owned);
+        }
+    };
+    let report = apply_spec_in_process(&w, &long_spec, before_the_volume, |plan| {
         assert_eq!(plan.changes[0].name(), c.runner, "{plan:?}");
         c.register(short);
     });
@@ -451,7 +464,7 @@ fn a_saved_plan_whose_destroy_names_another_container_is_refused() {
         let text = assert_failed(&w.fleet(&["apply", file]));
         assert!(
             text.contains(&format!(
-                "change 1 differs (saved: destroy {runner}; planned now: destroy {runner})"
+                "change 1 differs in `container_id` (saved: destroy {runner:?}; planned now: destroy {runner:?})"
             )) && text.contains("Nothing was changed"),
             "{file}: {text}"
         );

@@ -436,14 +436,13 @@ fn a_state_volume_fleet_did_not_make_is_never_used() {
             runner: None,
             scale_set: None,
         });
-    let plan = plan(&spec, &world).expect("plan");
-    assert!(plan.changes.is_empty(), "{plan:#?}");
+    let err = plan(&spec, &world).expect_err("an error");
     assert!(
-        plan.warnings.iter().any(|w| w.contains("zq-per-0-state")
-            && w.contains("not created by fleet")
-            && w.contains("zq-per-0")),
+        err.problems.iter().any(|p| p.contains("zq-per-0-state")
+            && p.contains("not created by fleet")
+            && p.contains("runner `zq-per-0`")),
         "{:?}",
-        plan.warnings
+        err.problems
     );
 }
 

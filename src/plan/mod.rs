@@ -473,9 +473,12 @@ impl<'a> Planner<'a> {
         reasons: Vec<Reason>,
     ) {
         if !pool.ephemeral && self.foreign_state_volume(host, &name) {
-            self.warnings.push(format!(
-                "volume `{}` on host `{host}` was not created by fleet: runner `{name}` of pool `{}` is not made there, since fleet never uses a volume it did not create as a runner's state (docs/operations.md, \"Moving a persistent runner to another host\")",
+            // Apply would refuse it: said now, as an error, rather than as a runner that
+            // silently never comes.
+            self.problems.push(format!(
+                "volume `{}` on host `{host}` was not created by fleet (it lacks the label fleet.name={}): runner `{name}` of pool `{}` cannot use it as its state, since fleet never mounts a volume it did not create. Label it as docs/operations.md says (\"Moving a persistent runner to another host\"), or remove it",
                 naming::state_volume(&name),
+                self.fleet(),
                 pool.name
             ));
             return;
