@@ -378,12 +378,15 @@ pub async fn connect_with(
     })?;
     let connecting = async {
         let docker = open(&target, options, &attempt).await?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| attempt.unreachable(&e))?;
-        docker.ping().await.map_err(|e| attempt.unreachable(&e))?;
-        Ok(docker.with_timeout(REQUEST_TIMEOUT))
+        let answered = async {
+            let docker = docker.negotiate_version().await?;
+            docker.ping().await?;
+            Ok::<_, bollard::errors::Error>(docker)
+        };
+        match answered.await {
+            Ok(docker) => Ok(docker.with_timeout(REQUEST_TIMEOUT)),
+            Err(e) => Err(explained(&target, &attempt, attempt.unreachable(&e)).await),
+        }
     };
     match tokio::time::timeout(options.timeout, connecting).await {
         Ok(result) => result,
@@ -394,6 +397,51 @@ pub async fn connect_with(
         }),
     }
 }
+
+/// A TLS engine that did not answer, for a reason the HTTP client hid: in TLS 1.3 the engine
+/// refuses a client certificate after the handshake, and the client may see only a closed
+/// connection. One request made by hand reads the engine's alert, which says why.
+async fn explained(target: &Target, attempt: &Attempt<'_>, e: EndpointError) -> EndpointError {
+    let (EndpointError::Unreachable { .. }, Target::Tls { host, port, files }) = (&e, target)
+    else {
+        return e;
+    };
+    let (host, port, files) = (host.clone(), *port, files.clone());
+    let alert = tokio::task::spawn_blocking(move || tls_alert(&host, port, &files))
+        .await
+        .ok()
+        .flatten();
+    match alert {
+        Some(tls) => attempt.unreachable(&tls),
+        None => e,
+    }
+}
+
+/// The TLS error one `GET /_ping` over a connection of its own meets, if any.
+fn tls_alert(host: &str, port: u16, files: &TlsFiles) -> Option<rustls::Error> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let config = Arc::new(tls_config(files).ok()?);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let connection = rustls::ClientConnection::new(config, name).ok()?;
+    let addr = (host, port).to_socket_addrs().ok()?.next()?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, DIAGNOSIS_TIMEOUT).ok()?;
+    tcp.set_read_timeout(Some(DIAGNOSIS_TIMEOUT)).ok()?;
+    tcp.set_write_timeout(Some(DIAGNOSIS_TIMEOUT)).ok()?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let request = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n";
+    let failure = match tls.write_all(request) {
+        Err(e) => e,
+        Ok(()) => tls.read(&mut [0u8; 64]).err()?,
+    };
+    failure
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned()
+}
+
+/// How long the diagnosis of a failed TLS connection may wait for the engine.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client for `target`; nothing has been sent yet, except over SSH (see [`open_ssh`]).
 async fn open(
