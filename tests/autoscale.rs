@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{TEST_IMAGE, World};
 use fake_github::{Config, ScaleSetConfig};
-use support::WatchProcess;
+use support::{WatchProcess, listening_scale_set};
 
 /// The fake answers an empty poll quickly and lets a session lapse soon, so that a test sees
 /// capacity changes and restarts within seconds.
@@ -39,22 +39,6 @@ fn autoscaled(name: &str, gpus: u32, max: u32) -> String {
     format!(
         "  {name}:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    gpus: {gpus}\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
     )
-}
-
-/// The scale set of `pool`, once watch has made it and opened a session on it.
-fn listening_scale_set(w: &World, watch: &WatchProcess, pool: &str) -> u64 {
-    let name = format!("{}-{pool}", w.run);
-    let mut id = None;
-    watch.eventually(Duration::from_secs(60), "a listened scale set", || {
-        id = w
-            .fake
-            .scale_sets(Some(&w.scope))
-            .into_iter()
-            .find(|s| s.name == name && s.session.is_some())
-            .map(|s| s.id);
-        id.is_some()
-    });
-    id.expect("scale set")
 }
 
 /// Running containers of `pool`.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::nvml::{NvmlStub, StubGpu};
 use common::{World, pool};
 use fake_github::{Config, ScaleSetConfig};
-use watch_process::{WatchProcess, free_port, http_get, sample};
+use watch_process::{WatchProcess, free_port, http_get, listening_scale_set, sample};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -315,18 +315,7 @@ fn autoscaled_pool(name: &str) -> String {
 /// One job queued for `pool`'s scale set, taken by the runner watch starts for it and
 /// completed, as GitHub and the runner would.
 fn run_one_autoscaled_job(w: &World, watch: &WatchProcess, pool: &str) {
-    let name = format!("{}-{pool}", w.run);
-    let mut id = None;
-    watch.eventually(Duration::from_secs(60), "a listened scale set", || {
-        id = w
-            .fake
-            .scale_sets(Some(&w.scope))
-            .into_iter()
-            .find(|s| s.name == name && s.session.is_some())
-            .map(|s| s.id);
-        id.is_some()
-    });
-    let id = id.expect("scale set");
+    let id = listening_scale_set(w, watch, pool);
     w.fake.queue_jobs_for_scale_set(id, 1).expect("queue a job");
     let mut runner = None;
     watch.eventually(Duration::from_secs(60), "a runner for the job", || {

@@ -57,11 +57,15 @@ pub struct HostState {
     pub bind_sources: BTreeMap<String, bool>,
 }
 
-/// A container as Docker reports it.
+/// A container as Docker reports it. Its serialized form is what the observation's fingerprint
+/// hashes (saved plans, seeded names): the labels are left out of it, since Docker fixes them
+/// when the container is made and its id stands for them (hashing their JSON-in-JSON was most
+/// of `plan()`'s time).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerState {
     pub id: String,
     pub name: String,
+    #[serde(default, skip_serializing)]
     pub labels: BTreeMap<String, String>,
     pub status: ContainerStatus,
     pub exit_code: Option<i64>,

@@ -8,6 +8,23 @@ use std::time::{Duration, Instant};
 
 use crate::common::World;
 
+/// The id of `pool`'s scale set once the watch has made it and opened a session on it.
+#[allow(dead_code)] // Only the tests with autoscaled pools ask.
+pub fn listening_scale_set(w: &World, watch: &WatchProcess, pool: &str) -> u64 {
+    let name = format!("{}-{pool}", w.run);
+    let mut id = None;
+    watch.eventually(Duration::from_secs(60), "a listened scale set", || {
+        id = w
+            .fake
+            .scale_sets(Some(&w.scope))
+            .into_iter()
+            .find(|s| s.name == name && s.session.is_some())
+            .map(|s| s.id);
+        id.is_some()
+    });
+    id.expect("scale set")
+}
+
 /// A free port on 127.0.0.1 (the listener is closed again; the caller binds it next).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
