@@ -28,7 +28,7 @@ struct Autoscaled {
 }
 
 impl Autoscaled {
-    async fn new(max: u32) -> Result<Autoscaled, String> {
+    async fn new(max: u32, secrets: &str) -> Result<Autoscaled, String> {
         let image = fake_github::image::ensure_runner_image()?;
         let fake = FakeGithub::start(Config {
             token: format!("bench-token-{}", std::process::id()),
@@ -49,7 +49,7 @@ impl Autoscaled {
         std::fs::write(
             &spec,
             format!(
-                "version: 1\nname: {fleet}\ngithub:\n  repo: acme/bench\nhosts:\n  local:\n    gpus: none\npools:\n  burst:\n    image: {image}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
+                "version: 1\nname: {fleet}\ngithub:\n  repo: acme/bench\nhosts:\n  local:\n    gpus: none\npools:\n  burst:\n    image: {image}\n    pull: never\n    network: none\n    secrets: {secrets}\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
             ),
         )
         .map_err(|e| e.to_string())?;
@@ -165,8 +165,8 @@ impl Autoscaled {
 }
 
 /// Queue-to-start latency of `jobs` single jobs, then a burst of `burst` jobs at once.
-pub async fn autoscale(jobs: usize, burst: u32) -> Result<(), String> {
-    let bench = Autoscaled::new(burst).await?;
+pub async fn autoscale(jobs: usize, burst: u32, secrets: &str) -> Result<(), String> {
+    let bench = Autoscaled::new(burst, secrets).await?;
     let label = format!("fleet.name={}", bench.fleet);
     let outcome = async {
         let stop = bench.watch();

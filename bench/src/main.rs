@@ -81,6 +81,10 @@ enum Bench {
         /// Jobs queued at once.
         #[arg(long, default_value_t = 50)]
         burst: u32,
+        /// How runners get their JIT config: `file` (the default: one more Docker request per
+        /// container, between create and start) or `env`.
+        #[arg(long, default_value = "file")]
+        secrets: String,
     },
     /// N runners on each of two engines (this machine's and a TLS engine on 127.0.0.1) from
     /// empty: fleet apply against both engines' ceiling driven at once.
@@ -138,7 +142,11 @@ fn main() {
             Bench::Plan { registrations } => plan_bench(&registrations).await,
             Bench::Memory { runners } => memory(runners).await,
             Bench::JitTimeline { runners } => jit_timeline(runners).await,
-            Bench::Autoscale { jobs, burst } => autoscale::autoscale(jobs, burst).await,
+            Bench::Autoscale {
+                jobs,
+                burst,
+                secrets,
+            } => autoscale::autoscale(jobs, burst, &secrets).await,
             Bench::HostsConverge { runners, rounds } => hosts::converge(runners, rounds).await,
             Bench::DeadHost {
                 runners,
