@@ -20,14 +20,12 @@ fn assert_ok(out: &std::process::Output) {
 }
 
 /// What a container's secret file holds, read as root (the test image leaves it in place).
+/// The secret line container `name` was given (the test image keeps it in its secret file,
+/// whatever the delivery).
 fn secret_file(name: &str) -> String {
-    common::docker_ok(&[
-        "exec",
-        name,
-        "/bin/busybox",
-        "cat",
-        "/run/fleet/registration",
-    ])
+    let env = common::docker_ok(&["inspect", "--format", "{{json .Config.Env}}", name]);
+    let env: Vec<String> = serde_json::from_str(&env).expect("environment");
+    common::secret_inputs(&["exec", name], &env).join("\n")
 }
 
 /// Mode, owner and group of a path in a container, as `stat` prints them.
@@ -73,15 +71,19 @@ fn converges_from_empty_and_a_second_apply_writes_nothing() {
     assert_eq!(w.fake.jit_configs_issued(), 2);
     assert_eq!(w.fake.registration_tokens_issued(), 1);
 
-    // The container contract. The JIT config is in a root-only file, not in the environment.
+    // The container contract. The JIT config came on standard input (the test image keeps it
+    // in a root-only file), never in the environment.
     let env = w.env_of(&eph[0]);
-    assert!(env.contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string()));
+    assert!(env.contains(&"FLEET_SECRET_STDIN=1".to_string()), "{env:?}");
     assert!(
         !env.iter()
             .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_JITCONFIG=")),
         "{env:?}"
     );
-    let secret = secret_file(&eph[0]);
+    let inspect = w.inspect(&eph[0]);
+    assert_eq!(inspect["Config"]["OpenStdin"], true);
+    assert_eq!(inspect["Config"]["StdinOnce"], true);
+    let secret = common::secret_inputs(&["exec", &eph[0]], &env).join("\n");
     let jit = secret
         .strip_prefix("ACTIONS_RUNNER_INPUT_JITCONFIG=")
         .expect("the JIT config in the secret file");
@@ -123,7 +125,7 @@ fn converges_from_empty_and_a_second_apply_writes_nothing() {
             .any(|e| e.starts_with("ACTIONS_RUNNER_INPUT_TOKEN=")),
         "{env:?}"
     );
-    assert!(env.contains(&"FLEET_SECRET_FILE=/run/fleet/registration".to_string()));
+    assert!(env.contains(&"FLEET_SECRET_STDIN=1".to_string()));
     assert!(secret_file(&per).starts_with("ACTIONS_RUNNER_INPUT_TOKEN="));
     assert!(env.contains(&format!("ACTIONS_RUNNER_INPUT_NAME={per}")));
     assert!(env.contains(&"FLEET_STATE_DIR=/var/lib/fleet-runner".to_string()));

@@ -954,8 +954,11 @@ fn lab_pool(name: &str, ephemeral: bool, image: &str, records: &Path) -> String 
     )
 }
 
+/// fleet apply with the reference entrypoint: the ephemeral pool gets its JIT config on standard
+/// input (`secrets: stdin`, the default), the persistent pool its token in the secret file
+/// (`secrets: file`); neither leaves a copy.
 #[test]
-fn fleet_apply_writes_the_secret_file_and_the_entrypoint_leaves_no_copy() {
+fn fleet_apply_hands_over_each_secret_and_the_entrypoint_leaves_no_copy() {
     let lab = Lab::new("apply");
     let w = World::new();
     let (eph_records, per_records) = (lab.records().join("eph"), lab.records().join("per"));
@@ -964,7 +967,7 @@ fn fleet_apply_writes_the_secret_file_and_the_entrypoint_leaves_no_copy() {
         open_to_all(dir);
     }
     w.spec(&format!(
-        "{}{}",
+        "{}{}    secrets: file\n",
         lab_pool("eph", true, &lab.image, &eph_records),
         lab_pool("per", false, &lab.image, &per_records)
     ));
@@ -999,7 +1002,13 @@ fn fleet_apply_writes_the_secret_file_and_the_entrypoint_leaves_no_copy() {
     );
     assert_no_copy_left(&per, &token, false);
 
-    // The ephemeral runner got the JIT config of its own name.
+    // The ephemeral runner got the JIT config of its own name, on standard input.
+    assert!(w.env_of(&eph).contains(&"FLEET_SECRET_STDIN=1".to_string()));
+    assert!(
+        !w.env_of(&eph)
+            .iter()
+            .any(|e| e.starts_with("FLEET_SECRET_FILE="))
+    );
     assert_eq!(read(&eph_records, "run.uid").trim(), RUNNER_UID);
     let jit = take(&eph_records, "run.jitconfig");
     let settings = fake_github::decode_jit_config(&jit).expect("a JIT config of the fake");

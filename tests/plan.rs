@@ -6,13 +6,13 @@ use common::{World, stderr, stdout};
 use fake_github::Fault;
 
 const CPU_POOL: &str =
-    "  cpu:\n    count: 2\n    image: fleet-busybox-runner:1\n    network: none\n";
+    "  cpu:\n    count: 2\n    image: fleet-busybox-runner:2\n    network: none\n";
 
 #[test]
 fn empty_host_plans_a_create_per_runner() {
     let w = World::new();
     w.spec(&format!(
-        "{CPU_POOL}  gpu:\n    count: 1\n    image: fleet-busybox-runner:1\n    gpus: 1\n    network: none\n    volumes: [{{ source: {}-cache, target: /cache }}]\n",
+        "{CPU_POOL}  gpu:\n    count: 1\n    image: fleet-busybox-runner:2\n    gpus: 1\n    network: none\n    volumes: [{{ source: {}-cache, target: /cache }}]\n",
         w.run
     ));
     let out = w.fleet(&["plan", "--detailed-exitcode"]);
@@ -80,7 +80,7 @@ fn changed_image_replaces_with_a_diff() {
         "{text}"
     );
     assert!(
-        text.contains("~ image: \"fleet-test-busybox:0\" -> \"fleet-busybox-runner:1\""),
+        text.contains("~ image: \"fleet-test-busybox:0\" -> \"fleet-busybox-runner:2\""),
         "{text}"
     );
     assert!(
@@ -93,7 +93,7 @@ fn changed_image_replaces_with_a_diff() {
 fn lower_count_destroys_the_idle_runner_and_spares_the_busy_one() {
     let w = World::new();
     let spec =
-        w.spec("  cpu:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: none\n");
+        w.spec("  cpu:\n    count: 1\n    image: fleet-busybox-runner:2\n    network: none\n");
     let cfg = w.config(&spec, "cpu");
     let (busy, idle, extra) = (
         format!("{}-cpu-aaaaaa", w.run),
@@ -126,7 +126,7 @@ fn lower_count_destroys_the_idle_runner_and_spares_the_busy_one() {
 fn orphan_registration_is_deregistered_and_exited_container_replaced() {
     let w = World::new();
     let spec =
-        w.spec("  cpu:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: none\n");
+        w.spec("  cpu:\n    count: 1\n    image: fleet-busybox-runner:2\n    network: none\n");
     let cfg = w.config(&spec, "cpu");
     let exited = format!("{}-cpu-aaaaaa", w.run);
     w.add_container(&exited, "cpu", &cfg, &[], true);
@@ -153,7 +153,7 @@ fn orphan_registration_is_deregistered_and_exited_container_replaced() {
 fn foreign_resources_are_left_alone_and_plan_is_read_only() {
     let w = World::new();
     let spec = w.spec(&format!(
-        "  cpu:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: none\n    volumes: [{{ source: {}-vol, target: /v }}]\n",
+        "  cpu:\n    count: 1\n    image: fleet-busybox-runner:2\n    network: none\n    volumes: [{{ source: {}-vol, target: /v }}]\n",
         w.run
     ));
     let cfg = w.config(&spec, "cpu");
@@ -358,7 +358,7 @@ fn the_plan_warns_of_a_missing_network_and_a_missing_bind_source() {
     let gone = w.dir.path().join("gone");
     let there = w.dir.path().display().to_string();
     w.spec(&format!(
-        "  a:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: {missing_net}\n    volumes: [{{ source: {}, target: /gone }}, {{ source: {there}, target: /there }}]\n  b:\n    count: 1\n    image: fleet-busybox-runner:1\n    network: {made}\n",
+        "  a:\n    count: 1\n    image: fleet-busybox-runner:2\n    network: {missing_net}\n    volumes: [{{ source: {}, target: /gone }}, {{ source: {there}, target: /there }}]\n  b:\n    count: 1\n    image: fleet-busybox-runner:2\n    network: {made}\n",
         gone.display()
     ));
     let out = w.fleet(&["plan"]);

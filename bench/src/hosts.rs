@@ -121,9 +121,15 @@ impl TwoHosts {
         })
     }
 
+    /// The machine's environment as fleet reads it: the token, and the fake as GitHub's API
+    /// (the spec's `api_url` must agree with it).
     fn env(&self) -> fleet::watch::Env {
-        let token = self.fake.token();
-        Arc::new(move |k: &str| (k == "GITHUB_TOKEN").then(|| token.clone()))
+        let (token, api_url) = (self.fake.token(), self.fake.url());
+        Arc::new(move |k: &str| match k {
+            "GITHUB_TOKEN" => Some(token.clone()),
+            "GITHUB_API_URL" => Some(api_url.clone()),
+            _ => None,
+        })
     }
 
     fn label(&self) -> String {

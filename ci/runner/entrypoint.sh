@@ -6,14 +6,16 @@
 # It starts as root, reads and removes the registration secret, and runs everything else as the
 # unprivileged runner user ($FLEET_RUNNER_USER, default `runner`).
 #
-# The registration secret. With `secrets: file` (fleet's default) fleet writes it, before the
-# container starts, into a root-only file (mode 0600) whose path is in FLEET_SECRET_FILE
-# (/run/fleet/registration): one line ACTIONS_RUNNER_INPUT_JITCONFIG=<config> (ephemeral runner)
-# or ACTIONS_RUNNER_INPUT_TOKEN=<token> (persistent runner that must register). The script reads
-# it into unexported variables and removes the file before anything else runs; neither value is
+# The registration secret: one line ACTIONS_RUNNER_INPUT_JITCONFIG=<config> (ephemeral runner)
+# or ACTIONS_RUNNER_INPUT_TOKEN=<token> (persistent runner that must register). With
+# `secrets: stdin` (fleet's default, FLEET_SECRET_STDIN=1) fleet writes that line to the
+# container's standard input as it first starts, then closes it. With `secrets: file` fleet
+# writes it, before the container starts, into a root-only file (mode 0600) whose path is in
+# FLEET_SECRET_FILE (/run/fleet/registration); the script removes the file once read. Either way
+# the script reads it into unexported variables before anything else runs, and neither value is
 # ever in the container's configuration (`docker inspect`). A container started again (a restart
-# of a persistent runner) finds no file: the secret was used the first time, and the runner
-# restores the registration it saved. With `secrets: env` the same variables come from the
+# of a persistent runner) finds no line and no file: the secret was used the first time, and the
+# runner restores the registration it saved. With `secrets: env` the same variables come from the
 # environment instead (then `docker inspect` shows them for the container's life).
 #
 # Two modes, chosen by what fleet gave:
@@ -243,6 +245,24 @@ read_secret_file() {
   log "read and removed the secret file $secret_file"
 }
 
+# Reads the secret line fleet writes to standard input (`secrets: stdin`). A container started
+# again gets no line: end of input, or nothing within 10 s.
+read_secret_stdin() {
+  [ "${FLEET_SECRET_STDIN:-}" = 1 ] || return 0
+  if command -v timeout >/dev/null 2>&1; then
+    line=$(timeout 10 head -n 1) || line=
+  else
+    line=$(head -n 1) || line=
+  fi
+  case $line in
+  ACTIONS_RUNNER_INPUT_JITCONFIG=*) jit_config=${line#*=} ;;
+  ACTIONS_RUNNER_INPUT_TOKEN=*) token=${line#*=} ;;
+  '') log "no secret on standard input: it was read when this container first started" ;;
+  *) log "warning: ignoring a line on standard input that sets neither ACTIONS_RUNNER_INPUT_JITCONFIG nor ACTIONS_RUNNER_INPUT_TOKEN" ;;
+  esac
+  unset line
+}
+
 # uid, gid and home of a user, from /etc/passwd (no getent in busybox images).
 passwd_entry() {
   while IFS=: read -r user _ uid gid _ home _; do
@@ -311,6 +331,7 @@ choose_drop() {
   die "found no working way to switch to user $runner_user (tried setpriv, su-exec, gosu, runuser, chpst, setuidgid, su in \$PATH): install util-linux's setpriv in the image"
 }
 
+read_secret_stdin
 read_secret_file
 
 if [ -n "$jit_config" ]; then

@@ -253,6 +253,13 @@ impl Executor<'_> {
         };
         let secret = container
             .secret_archive()
+            .map(|archive| archive.map(SecretHandover::Archive))
+            .and_then(|archive| match archive {
+                Some(a) => Ok(Some(a)),
+                None => container
+                    .secret_line()
+                    .map(|line| line.map(SecretHandover::Stdin)),
+            })
             .map_err(|e| StepError::Plan(format!("runner {name}: {e}")))?;
         let wants_gpus = !change.gpus.is_empty();
         let id = match host.write().create_container(name, container.body()).await {
@@ -413,15 +420,31 @@ fn observed_id(change: &RunnerChange) -> Result<&str, StepError> {
 }
 
 /// Writes the secret file into container `id` (when there is one), then starts it.
+/// How the registration secret reaches a new container.
+enum SecretHandover {
+    /// `secrets: file`: an archive written into it before it starts.
+    Archive(Vec<u8>),
+    /// `secrets: stdin`: a line written to its standard input as it starts.
+    Stdin(crate::secret::Secret),
+}
+
 async fn start_with_secret(
     host: &DockerHost,
     id: &str,
-    secret: Option<Vec<u8>>,
+    secret: Option<SecretHandover>,
 ) -> Result<(), DockerError> {
-    if let Some(archive) = secret {
-        host.write().upload_archive(id, archive).await?;
+    match secret {
+        Some(SecretHandover::Archive(archive)) => {
+            host.write().upload_archive(id, archive).await?;
+            host.write().start_container(id).await
+        }
+        Some(SecretHandover::Stdin(line)) => {
+            host.write()
+                .start_with_stdin(id, line.expose().as_bytes())
+                .await
+        }
+        None => host.write().start_container(id).await,
     }
-    host.write().start_container(id).await
 }
 
 /// The seed of a new suffix after a name conflict: the clock and the process make it new;

@@ -38,8 +38,8 @@ pub struct RunnerConfig {
     /// keep the hash they had before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<String>,
-    /// `env` when the registration secret is handed over in the environment (the default,
-    /// a file, is left out for the same reason).
+    /// `file` or `env`: how the registration secret is handed over, when not the default
+    /// (`stdin`, left out for the same reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<String>,
 }
@@ -74,7 +74,11 @@ impl RunnerConfig {
                 .then(|| pool.gpu_mode.as_str().to_string()),
             security: (pool.security != ResolvedSecurity::default())
                 .then(|| security_text(&pool.security)),
-            secrets: (pool.secrets == SecretDelivery::Env).then(|| "env".to_string()),
+            secrets: match pool.secrets {
+                SecretDelivery::Stdin => None,
+                SecretDelivery::File => Some("file".into()),
+                SecretDelivery::Env => Some("env".into()),
+            },
         }
     }
 
@@ -142,7 +146,7 @@ impl RunnerConfig {
             ),
             (
                 "secrets",
-                self.secrets.clone().unwrap_or_else(|| "file".into()),
+                self.secrets.clone().unwrap_or_else(|| "stdin".into()),
             ),
         ]
     }

@@ -22,6 +22,9 @@ pub const STATE_DIR: &str = "/var/lib/fleet-runner";
 pub const SECRET_FILE: &str = "/run/fleet/registration";
 /// The variable that tells the container where [`SECRET_FILE`] is. Not a secret.
 pub const SECRET_FILE_ENV: &str = "FLEET_SECRET_FILE";
+/// Set to `1` with `secrets: stdin`: the secret line comes on standard input as the container
+/// first starts, then standard input closes. Not a secret.
+pub const SECRET_STDIN_ENV: &str = "FLEET_SECRET_STDIN";
 /// The variable that holds the JIT config: in the secret file, or (`secrets: env`) in the
 /// container's environment.
 pub const JIT_CONFIG_VAR: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
@@ -115,6 +118,9 @@ impl RunnerContainer<'_> {
             }
             (Some(_), SecretDelivery::File) => {
                 env.push((SECRET_FILE_ENV.into(), SECRET_FILE.into()));
+            }
+            (Some(_), SecretDelivery::Stdin) => {
+                env.push((SECRET_STDIN_ENV.into(), "1".into()));
             }
             (None, _) => {}
         }
@@ -222,6 +228,21 @@ impl RunnerContainer<'_> {
             .then(|| "nvidia".to_string())
     }
 
+    /// With `secrets: stdin`, the line fleet writes to the container's standard input as it
+    /// starts: `ACTIONS_RUNNER_INPUT_JITCONFIG=<config>` or `ACTIONS_RUNNER_INPUT_TOKEN=<token>`.
+    /// `None` with another delivery, or without a secret.
+    pub fn secret_line(&self) -> Result<Option<Secret>, SecretFileError> {
+        match (self.registration.secret(), self.pool.secrets) {
+            (Some((var, secret)), SecretDelivery::Stdin) => secret_line(var, secret).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the container's standard input is kept open for the secret line.
+    fn secret_on_stdin(&self) -> bool {
+        self.pool.secrets == SecretDelivery::Stdin && self.registration.secret().is_some()
+    }
+
     /// With `secrets: file`, the tar archive that puts the registration's secret at
     /// [`SECRET_FILE`] (extracted at `/`): `run/fleet/` (root, 0700) and the file (root, 0600),
     /// one line `ACTIONS_RUNNER_INPUT_JITCONFIG=<config>` or `ACTIONS_RUNNER_INPUT_TOKEN=<token>`.
@@ -268,25 +289,36 @@ impl RunnerContainer<'_> {
             ..Default::default()
         };
         self.harden(&mut host);
+        // Standard input open, for the secret line; closed once fleet has written it.
+        let stdin = self.secret_on_stdin().then_some(true);
         ContainerCreateBody {
             image: Some(self.pool.image.clone()),
             env: Some(self.env()),
             labels: Some(self.labels()),
             hostname: Some(self.name.chars().take(63).collect()),
             host_config: Some(host),
+            open_stdin: stdin,
+            stdin_once: stdin,
+            attach_stdin: stdin,
             ..Default::default()
         }
     }
 }
 
-/// The tar archive of the secret file, one line `<var>=<secret>`: see
-/// [`RunnerContainer::secret_archive`].
-pub fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>, SecretFileError> {
+/// The secret's one line, `<var>=<secret>` and a line break.
+fn secret_line(var: &'static str, secret: &Secret) -> Result<Secret, SecretFileError> {
     let value = secret.expose();
     if value.contains(['\n', '\r']) {
         return Err(SecretFileError::LineBreak(var));
     }
-    let contents = format!("{var}={value}\n");
+    Ok(Secret::new(format!("{var}={value}\n")))
+}
+
+/// The tar archive of the secret file, one line `<var>=<secret>`: see
+/// [`RunnerContainer::secret_archive`].
+pub fn secret_file_archive(var: &'static str, secret: &Secret) -> Result<Vec<u8>, SecretFileError> {
+    let line = secret_line(var, secret)?;
+    let contents = line.expose();
     let dir = SECRET_FILE.rsplit_once('/').map_or("", |(dir, _)| dir);
     let mut archive = tar::Builder::new(Vec::new());
     let mut entry = |path: &str, mode: u32, data: &[u8]| {
@@ -580,6 +612,42 @@ mod tests {
         let env = c.env();
         assert!(env.contains(&"ACTIONS_RUNNER_INPUT_JITCONFIG=eyJJIT".to_string()));
         assert!(!env.iter().any(|e| e.starts_with("FLEET_SECRET_FILE=")));
+    }
+
+    #[test]
+    fn with_stdin_the_secret_is_one_line_on_an_open_once_standard_input() {
+        let mut pool = pool(true, GpuRequest::Count(0));
+        pool.secrets = SecretDelivery::Stdin;
+        let config = RunnerConfig::for_pool("zq", &pool);
+        let c = jit_container(&pool, &config, "eyJJIT");
+        assert!(c.secret_archive().expect("archive").is_none());
+        let line = c.secret_line().expect("line").expect("a line");
+        assert_eq!(line.expose(), "ACTIONS_RUNNER_INPUT_JITCONFIG=eyJJIT\n");
+        let env = c.env();
+        assert!(env.contains(&"FLEET_SECRET_STDIN=1".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("FLEET_SECRET_FILE=")));
+        assert!(!env.iter().any(|e| e.contains("eyJJIT")));
+        let body = c.body();
+        assert_eq!(
+            (body.open_stdin, body.stdin_once, body.attach_stdin),
+            (Some(true), Some(true), Some(true))
+        );
+        // A runner that restores its registration gets no secret, and no open input.
+        let restoring = RunnerContainer {
+            registration: Registration::Persistent {
+                url: "https://github.com/acme/zq".into(),
+                token: None,
+            },
+            ..jit_container(&pool, &config, "x")
+        };
+        assert!(restoring.secret_line().expect("line").is_none());
+        assert_eq!(restoring.body().open_stdin, None);
+        assert!(
+            !restoring
+                .env()
+                .iter()
+                .any(|e| e.starts_with("FLEET_SECRET"))
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StartContainerOptions, UploadToContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StartContainerOptions,
+    UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -232,6 +233,38 @@ impl DockerWrite<'_> {
             Ok(()) => Ok(()),
             Err(e) => Err(self.failed(format!("write into container {}", short(id)), &e)),
         }
+    }
+
+    /// Starts container `id`, made with its standard input open once (`OpenStdin`, `StdinOnce`),
+    /// and writes `line` to it, which then closes. Attached before the start, so that nothing
+    /// is lost; an attach costs the engine far less than an archive written into the container.
+    pub async fn start_with_stdin(&self, id: &str, line: &[u8]) -> Result<(), DockerError> {
+        use tokio::io::AsyncWriteExt;
+        let id = container_id(id)
+            .map_err(|message| self.refused(format!("attach to container {id}"), message))?;
+        let options = AttachContainerOptionsBuilder::new()
+            .stdin(true)
+            .stream(true)
+            .build();
+        let mut attached = self
+            .host
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(|e| self.failed(format!("attach to container {}", short(id)), &e))?;
+        self.start_container(id).await?;
+        // io errors name no data: the line never reaches a message.
+        let written = async {
+            attached.input.write_all(line).await?;
+            attached.input.flush().await?;
+            attached.input.shutdown().await
+        };
+        written.await.map_err(|e| {
+            self.refused(
+                format!("write the registration secret to container {}", short(id)),
+                e.to_string(),
+            )
+        })
     }
 
     /// Starts container `id`.

@@ -342,7 +342,7 @@ fn changed_hardening_or_secret_delivery_replaces_the_runner() {
     add_runner(&mut world, &old, "cpu", "zq-cpu-aaaaaa", &[]);
     // Saying the defaults out loud changes nothing.
     let same = with_pools(
-        "  cpu:\n    count: 1\n    image: r:1\n    secrets: file\n    security: { no_new_privileges: true, net_raw: false }\n",
+        "  cpu:\n    count: 1\n    image: r:1\n    secrets: stdin\n    security: { no_new_privileges: true, net_raw: false }\n",
     );
     assert!(plan(&same, &world).expect("plan").is_empty());
     for (yaml, attribute, after) in [

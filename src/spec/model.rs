@@ -306,15 +306,17 @@ pub struct Autoscale {
     pub scale_set: Option<String>,
 }
 
-/// How a runner container receives its JIT config or registration token: `file` (a root-only
-/// file that fleet writes into the container before starting it; the container's configuration
-/// holds only its path) or `env` (the legacy `ACTIONS_RUNNER_INPUT_*` environment variables, for
-/// images that read only those: the secret stays in `docker inspect` and /proc/1/environ for
-/// the container's life).
+/// How a runner container receives its JIT config or registration token: `stdin` (fleet
+/// writes it to the container's standard input once, as it starts; the entrypoint keeps it in a
+/// root-only file), `file` (fleet writes that root-only file into the container before starting
+/// it, for images that read only the file: one more request to the engine per runner) or `env`
+/// (the legacy `ACTIONS_RUNNER_INPUT_*` environment variables, for images that read only those:
+/// the secret stays in `docker inspect` and /proc/1/environ for the container's life).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SecretDelivery {
     #[default]
+    Stdin,
     File,
     Env,
 }

@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn secrets_and_security_defaults() {
         let resolved = pools("pools:\n  cpu: { count: 1, image: x }\n");
-        assert_eq!(resolved[0].secrets, SecretDelivery::File);
+        assert_eq!(resolved[0].secrets, SecretDelivery::Stdin);
         assert_eq!(
             resolved[0].security,
             ResolvedSecurity {

@@ -375,23 +375,36 @@ impl World {
     }
 }
 
-/// The lines of a container's secret file (`FLEET_SECRET_FILE`, fleet's default way of handing
-/// over a registration token or JIT config), read as root with `docker <exec...> busybox cat`;
-/// none when its environment names no such file or the file is gone.
+/// Where the test image keeps the secret line fleet sends on standard input (`secrets: stdin`).
+pub const STDIN_SECRET_FILE: &str = "/run/fleet/registration";
+
+/// The lines of a container's secret file (`FLEET_SECRET_FILE`), read as root with
+/// `docker <exec...> busybox cat`; none when its environment names no such file or the file is
+/// gone. With `secrets: stdin` (fleet's default) the test image's entrypoint writes the file from
+/// the line fleet sent it as it started: it is waited for, a few seconds at most.
 pub fn secret_inputs(exec: &[&str], env: &[String]) -> Vec<String> {
+    let from_stdin = env.iter().any(|e| e == "FLEET_SECRET_STDIN=1");
     let Some(path) = env
         .iter()
         .find_map(|e| e.strip_prefix("FLEET_SECRET_FILE="))
+        .or(from_stdin.then_some(STDIN_SECRET_FILE))
     else {
         return vec![];
     };
     let mut args: Vec<&str> = exec.to_vec();
     args.extend(["/bin/busybox", "cat", path]);
-    let out = docker(&args);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = docker(&args);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if !lines.is_empty() || !from_stdin || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Persistent runners: their registration as the runner's `config.sh` makes it, their state

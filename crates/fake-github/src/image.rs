@@ -7,12 +7,18 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The image's name. It is the one image fleet's tests leave on the engine.
-pub const RUNNER_IMAGE: &str = "fleet-busybox-runner:1";
+pub const RUNNER_IMAGE: &str = "fleet-busybox-runner:2";
 
+/// With `secrets: stdin`, the "runner" keeps the secret line fleet sends on its standard input
+/// in the root-only file /run/fleet/registration, where `secrets: file` puts it, so that tests
+/// read it there whatever the delivery.
 const DOCKERFILE: &str = "FROM scratch\n\
 COPY busybox /bin/busybox\n\
 COPY busybox /bin/sh\n\
-CMD [\"/bin/sh\", \"-c\", \"echo runner $RUNNER_NAME of pool $FLEET_POOL ready; exec /bin/busybox sleep 86400\"]\n";
+CMD if [ \"$FLEET_SECRET_STDIN\" = 1 ] && [ ! -e /run/fleet/registration ]; then \
+/bin/busybox mkdir -p -m 700 /run/fleet; \
+(umask 077; /bin/busybox timeout 5 /bin/busybox head -n 1 > /run/fleet/registration); fi; \
+echo runner $RUNNER_NAME of pool $FLEET_POOL ready; exec /bin/busybox sleep 86400\n";
 
 fn docker(args: &[&str]) -> Result<String, String> {
     let out = Command::new("docker")
