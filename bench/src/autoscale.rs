@@ -124,6 +124,29 @@ impl Autoscaled {
             .collect())
     }
 
+    /// Waits until watch has removed every container of the fleet, exited ones included: a
+    /// burst then starts from nothing, with no removal of earlier runners in its way.
+    async fn wait_for_none(&self, limit: Duration) -> Result<(), String> {
+        let filters = HashMap::from([("label", vec![format!("fleet.name={}", self.fleet)])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let list = self
+                .docker
+                .list_containers(Some(options.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("the fleet's containers were not removed after {limit:?}"))
+    }
+
     async fn wait_for(&self, n: usize, limit: Duration) -> Result<Duration, String> {
         let started = Instant::now();
         while started.elapsed() < limit {
@@ -172,6 +195,7 @@ pub async fn autoscale(jobs: usize, burst: u32, secrets: &str) -> Result<(), Str
         let stop = bench.watch();
         let set = bench.scale_set().await?;
         let latencies = single_jobs(&bench, set, jobs).await?;
+        bench.wait_for_none(Duration::from_secs(120)).await?;
         let requests_before = bench.fake.requests().len();
         bench
             .fake

@@ -81,9 +81,9 @@ enum Bench {
         /// Jobs queued at once.
         #[arg(long, default_value_t = 50)]
         burst: u32,
-        /// How runners get their JIT config: `file` (the default: one more Docker request per
-        /// container, between create and start) or `env`.
-        #[arg(long, default_value = "file")]
+        /// How runners get their JIT config: `stdin` (fleet's default), `file` (one more Docker
+        /// request per container, between create and start) or `env`.
+        #[arg(long, default_value = "stdin")]
         secrets: String,
     },
     /// N runners on each of two engines (this machine's and a TLS engine on 127.0.0.1) from
