@@ -229,7 +229,8 @@ impl Executor<'_> {
         made
     }
 
-    /// Creates container `name`, writes its secret file (`secrets: file`) and starts it. When
+    /// Creates container `name` and starts it, handing its secret over on standard input
+    /// (`secrets: stdin`) or as a file written before the start (`secrets: file`). When
     /// a step after the create fails, the container goes again, by the id the create returned.
     async fn make_container(
         &self,

@@ -1,6 +1,7 @@
 //! What a runner container is made of: the container contract (docs/apply.md, "The container
-//! contract"), as a Docker create request, and the registration secret file fleet writes into
-//! the container before it starts (`secrets: file`). Pure, so it is tested without an engine.
+//! contract"), as a Docker create request, and the registration secret as fleet hands it over:
+//! a line on standard input (`secrets: stdin`) or a file written into the container before it
+//! starts (`secrets: file`). Pure, so it is tested without an engine.
 
 use std::collections::HashMap;
 
