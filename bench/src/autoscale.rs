@@ -144,7 +144,9 @@ impl Autoscaled {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("the fleet's containers were not removed after {limit:?}"))
+        Err(format!(
+            "the fleet's containers were not removed after {limit:?}"
+        ))
     }
 
     async fn wait_for(&self, n: usize, limit: Duration) -> Result<Duration, String> {

@@ -519,7 +519,8 @@ impl Setup {
     }
 }
 
-/// Removes every container carrying `label=value`.
+/// Removes every container and volume carrying `label=value` (an autoscaled pool's scale set
+/// record is a volume).
 pub(crate) async fn remove_labelled(docker: &Docker, label: &str) {
     let filters = HashMap::from([("label", vec![label.to_string()])]);
     let options = ListContainersOptionsBuilder::new()
@@ -547,6 +548,20 @@ pub(crate) async fn remove_labelled(docker: &Docker, label: &str) {
             .buffer_unordered(10)
             .collect::<Vec<_>>()
             .await;
+    }
+    // The volumes too: an autoscaled pool's scale set record, for one.
+    let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    if let Ok(list) = docker.list_volumes(Some(options)).await {
+        for volume in list.volumes.unwrap_or_default() {
+            let _ = docker
+                .remove_volume(
+                    &volume.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await;
+        }
     }
 }
 
