@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 #[path = "../../tests/common/engines.rs"]
 mod engines;
 
-use super::{median, percentile, remove_labelled};
+use super::{median, percentile, raw_creates, remove_labelled};
 use engines::{Certificates, Engine, Listen, RunDir, free_port};
 
 /// The second engine of a bench: TLS on 127.0.0.1, with the runner image loaded.
@@ -239,48 +239,6 @@ async fn time_ceiling(
     remove_labelled(local, label).await;
     remove_labelled(second, label).await;
     a.and(b).map(|()| seconds)
-}
-
-/// Creates and starts `n` labelled containers through `docker`, 10 at once.
-async fn raw_creates(
-    docker: &Docker,
-    tag: &str,
-    image: &str,
-    label: &str,
-    n: u32,
-) -> Result<(), String> {
-    let (key, value) = label.split_once('=').unwrap_or((label, ""));
-    let creates = (0..n).map(|i| async move {
-        let name = format!("fleet-bench-raw-{tag}-{}-{i}", std::process::id());
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(image.to_string()),
-            labels: Some(HashMap::from([(key.to_string(), value.to_string())])),
-            host_config: Some(bollard::models::HostConfig {
-                network_mode: Some("none".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
-            .name(&name)
-            .build();
-        docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| e.to_string())?;
-        docker
-            .start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(|e| e.to_string())
-    });
-    let results: Vec<Result<(), String>> = futures_util::stream::iter(creates)
-        .buffer_unordered(10)
-        .collect()
-        .await;
-    results.into_iter().collect()
 }
 
 async fn connect_both(second: &Second) -> Result<(Docker, Docker), String> {

@@ -690,46 +690,52 @@ pub(crate) async fn time_ceiling(
     n: u32,
 ) -> Result<f64, String> {
     let started = Instant::now();
-    let creates = (0..n).map(|i| {
-        let docker = docker.clone();
-        async move {
-            let name = format!("fleet-bench-raw-{}-{i}", std::process::id());
-            let (key, value) = label.split_once('=').unwrap_or((label, ""));
-            let body = bollard::models::ContainerCreateBody {
-                image: Some(image.to_string()),
-                labels: Some(HashMap::from([(key.to_string(), value.to_string())])),
-                host_config: Some(bollard::models::HostConfig {
-                    network_mode: Some("none".into()),
-                    ..Default::default()
-                }),
+    let made = raw_creates(docker, "ceiling", image, label, n).await;
+    let seconds = started.elapsed().as_secs_f64();
+    remove_labelled(docker, label).await;
+    made.map(|()| seconds)
+}
+
+/// Creates and starts `n` labelled containers through `docker`, 10 at once.
+pub(crate) async fn raw_creates(
+    docker: &Docker,
+    tag: &str,
+    image: &str,
+    label: &str,
+    n: u32,
+) -> Result<(), String> {
+    let (key, value) = label.split_once('=').unwrap_or((label, ""));
+    let creates = (0..n).map(|i| async move {
+        let name = format!("fleet-bench-raw-{tag}-{}-{i}", std::process::id());
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image.to_string()),
+            labels: Some(HashMap::from([(key.to_string(), value.to_string())])),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".into()),
                 ..Default::default()
-            };
-            let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
-                .name(&name)
-                .build();
-            docker
-                .create_container(Some(options), body)
-                .await
-                .map_err(|e| e.to_string())?;
-            docker
-                .start_container(
-                    &name,
-                    None::<bollard::query_parameters::StartContainerOptions>,
-                )
-                .await
-                .map_err(|e| e.to_string())
-        }
+            }),
+            ..Default::default()
+        };
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
+            .name(&name)
+            .build();
+        docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| e.to_string())?;
+        docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| e.to_string())
     });
     let results: Vec<Result<(), String>> = futures_util::stream::iter(creates)
         .buffer_unordered(10)
         .collect()
         .await;
-    let seconds = started.elapsed().as_secs_f64();
-    remove_labelled(docker, label).await;
-    match results.into_iter().find(|r| r.is_err()) {
-        Some(Err(e)) => Err(e),
-        _ => Ok(seconds),
-    }
+    results.into_iter().collect()
 }
 
 async fn converge(sizes: &[u32], rounds: usize) -> Result<(), String> {
