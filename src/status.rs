@@ -250,7 +250,11 @@ pub fn autoscale_statuses(spec: &Spec, observed: &Observed) -> Vec<AutoscaleStat
     plan.autoscale
         .into_iter()
         .map(|a| AutoscaleStatus {
-            scale_set_id: sets.iter().find(|s| s.name == a.scale_set).map(|s| s.id),
+            // GitHub compares scale set names ignoring case, as the planner does.
+            scale_set_id: sets
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(&a.scale_set))
+                .map(|s| s.id),
             pool: a.pool,
             scale_set: a.scale_set,
             min_idle: a.min_idle,

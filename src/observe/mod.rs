@@ -182,20 +182,21 @@ impl Observers {
         let mut unobserved = excluded.clone();
         unobserved.extend(failed.keys().cloned());
         let probe = GpuProbe::new(env(PROBE_IMAGE_ENV), Duration::ZERO);
-        let observers = Observers::from_connections(hosts, github, unobserved, Arc::new(probe));
+        let scale_sets = scale_set_client(&github);
+        let observers =
+            Observers::from_connections(hosts, github, scale_sets, unobserved, Arc::new(probe));
         Ok((observers, failed))
     }
 
-    /// Observers made of connections the caller keeps (`fleet watch`), with its GPU probe.
+    /// Observers made of connections the caller keeps (`fleet watch`: the scale set client
+    /// too, whose admin token outlives a reconcile), with its GPU probe.
     pub fn from_connections(
         hosts: BTreeMap<String, DockerHost>,
         github: GithubClient,
+        scale_sets: Option<crate::scaleset::ScaleSetClient>,
         unobserved: BTreeSet<String>,
         gpu_probe: Arc<GpuProbe>,
     ) -> Observers {
-        let scale_sets = scalesets::client_for(&github)
-            .inspect_err(|e| tracing::warn!("no runner scale set client: {e}"))
-            .ok();
         Observers {
             hosts,
             github,
@@ -443,4 +444,11 @@ fn bind_sources(pools: &[ResolvedPool], host: &str) -> BTreeMap<String, bool> {
         .flat_map(|p| p.volumes.iter().filter(|v| v.is_bind()))
         .map(|v| (v.source.clone(), Path::new(&v.source).exists()))
         .collect()
+}
+
+/// The scale set client of `github`'s scope; `None`, with a warning, when it cannot be made.
+pub fn scale_set_client(github: &GithubClient) -> Option<crate::scaleset::ScaleSetClient> {
+    scalesets::client_for(github)
+        .inspect_err(|e| tracing::warn!("no runner scale set client: {e}"))
+        .ok()
 }

@@ -576,15 +576,20 @@ impl<'a> Planner<'a> {
                 let Some(runner) = volume.runner.as_deref() else {
                     continue;
                 };
-                let has_container = host
-                    .containers
-                    .iter()
-                    .any(|c| c.name == runner && contract::container_owned(c, fleet));
+                // Cheapest first: nearly every volume is a kept runner's (`handled`), and the
+                // container search scans the host.
                 let live = self
                     .registrations
                     .get(runner)
                     .is_some_and(|r| r.online || r.busy);
-                if self.handled.contains(runner) || has_container || live {
+                if self.handled.contains(runner) || live {
+                    continue;
+                }
+                let has_container = host
+                    .containers
+                    .iter()
+                    .any(|c| c.name == runner && contract::container_owned(c, fleet));
+                if has_container {
                     continue;
                 }
                 self.changes.push(Change::Volume(VolumeChange {

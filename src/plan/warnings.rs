@@ -27,27 +27,32 @@ const DOCKER_SOCKET_PATHS: &[&str] = &[
 pub(super) fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<String> {
     let mut warnings = Vec::new();
     for pool in pools {
+        // Every host the pool may run on: `a` or `a`, `b`.
+        let hosts = pool.hosts.join("`, `");
         if pool.docker_socket {
             warnings.push(format!(
-                "pool `{}` mounts /var/run/docker.sock: its jobs are root on host `{}`",
-                pool.name, pool.host
+                "pool `{}` mounts /var/run/docker.sock: its jobs are root on host `{hosts}`",
+                pool.name
             ));
         }
         warnings.extend(exposure_warnings(pool));
         if pool.gpus == GpuRequest::All && pool.count > 0 {
             warnings.push(format!(
-                "pool `{}` uses `gpus: all`: its runners share every GPU of host `{}` with each other and with any other job",
-                pool.name, pool.host
+                "pool `{}` uses `gpus: all`: its runners share every GPU of host `{hosts}` with each other and with any other job",
+                pool.name
             ));
-            if pools.iter().any(|other| {
-                other.host == pool.host
-                    && matches!(other.gpus, GpuRequest::Count(n) if n > 0)
-                    && other.count > 0
-            }) {
-                warnings.push(format!(
-                    "host `{}` mixes `gpus: all` (pool `{}`) with pools that hold GPUs exclusively: the shared runners see the exclusive runners' GPUs",
-                    pool.host, pool.name
-                ));
+            for host in &pool.hosts {
+                let exclusive_here = pools.iter().any(|other| {
+                    other.hosts.contains(host)
+                        && matches!(other.gpus, GpuRequest::Count(n) if n > 0)
+                        && other.count > 0
+                });
+                if exclusive_here {
+                    warnings.push(format!(
+                        "host `{host}` mixes `gpus: all` (pool `{}`) with pools that hold GPUs exclusively: the shared runners see the exclusive runners' GPUs",
+                        pool.name
+                    ));
+                }
             }
         }
         for name in &pool.hosts {
@@ -100,6 +105,7 @@ fn engine_warnings(pool: &ResolvedPool, name: &str, host: &HostState) -> Vec<Str
 /// network.
 fn exposure_warnings(pool: &ResolvedPool) -> Vec<String> {
     let mut warnings = Vec::new();
+    let host = pool.hosts.join("`, `");
     for volume in pool.volumes.iter().filter(|v| v.is_bind()) {
         let path = normalize(&volume.source);
         let access = if volume.read_only {
@@ -108,16 +114,12 @@ fn exposure_warnings(pool: &ResolvedPool) -> Vec<String> {
             "read-write"
         };
         let what = if DOCKER_SOCKET_PATHS.contains(&path.as_str()) {
-            format!(
-                "the Docker socket: its jobs are root on host `{}`",
-                pool.host
-            )
+            format!("the Docker socket: its jobs are root on host `{host}`")
         } else if path == "/" {
-            format!("the whole filesystem of host `{}`", pool.host)
+            format!("the whole filesystem of host `{host}`")
         } else if let Some(tree) = SENSITIVE_TREES.iter().find(|t| is_within(&path, t)) {
             format!(
-                "{tree} of host `{}`: its jobs can read the credentials and keys kept there",
-                pool.host
+                "{tree} of host `{host}`: its jobs can read the credentials and keys kept there"
             )
         } else {
             continue;
@@ -129,8 +131,8 @@ fn exposure_warnings(pool: &ResolvedPool) -> Vec<String> {
     }
     if pool.network == "host" {
         warnings.push(format!(
-            "pool `{}` uses `network: host`: its jobs share host `{}`'s network, reach every service listening on it (127.0.0.1 included) and can listen on its ports",
-            pool.name, pool.host
+            "pool `{}` uses `network: host`: its jobs share host `{host}`'s network, reach every service listening on it (127.0.0.1 included) and can listen on its ports",
+            pool.name
         ));
     }
     warnings
@@ -293,5 +295,24 @@ mod tests {
         pool.count = 0;
         let text = pool_warnings(std::slice::from_ref(&pool), &observed).join("\n");
         assert!(!text.contains("does not exist"), "{text}");
+    }
+
+    #[test]
+    fn gpus_all_mixed_with_exclusive_gpus_is_found_on_any_shared_host() {
+        let mut shared = pool(&[], "none");
+        shared.name = "shared".into();
+        shared.gpus = GpuRequest::All;
+        shared.hosts = vec!["a".into(), "b".into()];
+        let mut exclusive = pool(&[], "none");
+        exclusive.name = "exclusive".into();
+        exclusive.gpus = GpuRequest::Count(1);
+        exclusive.hosts = vec!["b".into()];
+        let text = pool_warnings(&[shared, exclusive], &Observed::default()).join("\n");
+        assert!(
+            text.contains("every GPU of host `a`, `b`")
+                && text.contains("host `b` mixes `gpus: all` (pool `shared`)")
+                && !text.contains("host `a` mixes"),
+            "{text}"
+        );
     }
 }

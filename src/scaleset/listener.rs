@@ -179,59 +179,6 @@ impl JobTracker {
     }
 }
 
-/// A pool's autoscaling bounds (`autoscale: { min_idle, max }`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Autoscale {
-    /// Runners kept waiting beyond those the assigned jobs need.
-    pub min_idle: u32,
-    /// The most runners the pool ever has.
-    pub max: u32,
-}
-
-/// What the pool should do now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScaleDecision {
-    /// `min(max, min_idle + assigned jobs)`: the runners wanted with room to spare.
-    pub wanted: u32,
-    /// `wanted`, capped by the runners the pool can have now (its current ones plus free slots).
-    pub desired: u32,
-    /// Runners to start.
-    pub create: u32,
-    /// Runners beyond `desired`; only idle ones may go, never a busy one.
-    pub excess: u32,
-    /// True when free slots (GPUs) hold the pool below what it wants.
-    pub limited_by_slots: bool,
-}
-
-/// The desired-runner rule: `desired = min(max, min_idle + assigned)`, capped by what
-/// `free_slots` (GPU capacity for new runners) leaves room for beside the `current` runners.
-pub fn decide(
-    policy: Autoscale,
-    assigned_jobs: u32,
-    current: u32,
-    free_slots: u32,
-) -> ScaleDecision {
-    let wanted = policy
-        .max
-        .min(policy.min_idle.saturating_add(assigned_jobs));
-    let room = current.saturating_add(free_slots);
-    let desired = wanted.min(room);
-    ScaleDecision {
-        wanted,
-        desired,
-        create: desired.saturating_sub(current),
-        excess: current.saturating_sub(desired),
-        limited_by_slots: desired < wanted,
-    }
-}
-
-/// The `X-ScaleSetMaxCapacity` to send on a poll: how many jobs the pool can hold at once, so
-/// GitHub assigns no more than there can be runners for (the runners there are, plus the free
-/// slots for new ones, never above `max`).
-pub fn capacity(policy: Autoscale, current: u32, free_slots: u32) -> u32 {
-    policy.max.min(current.saturating_add(free_slots))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,59 +345,5 @@ mod tests {
         }
         assert!(tracker.observe(&message(2, 0, Vec::new())).duplicate);
         assert!(!tracker.observe(&message(1, 0, Vec::new())).duplicate);
-    }
-
-    #[test]
-    fn the_desired_runner_rule() {
-        let policy = Autoscale {
-            min_idle: 1,
-            max: 8,
-        };
-        // (assigned, current, free) -> (wanted, desired, create, excess, limited)
-        let table = [
-            ((0, 0, 4), (1, 1, 1, 0, false)),
-            ((3, 1, 4), (4, 4, 3, 0, false)),
-            ((20, 2, 10), (8, 8, 6, 0, false)),
-            ((5, 2, 1), (6, 3, 1, 0, true)),
-            ((5, 2, 0), (6, 2, 0, 0, true)),
-            ((0, 4, 2), (1, 1, 0, 3, false)),
-            ((0, 0, 0), (1, 0, 0, 0, true)),
-        ];
-        for ((assigned, current, free), (wanted, desired, create, excess, limited)) in table {
-            let decision = decide(policy, assigned, current, free);
-            assert_eq!(
-                (
-                    decision.wanted,
-                    decision.desired,
-                    decision.create,
-                    decision.excess,
-                    decision.limited_by_slots
-                ),
-                (wanted, desired, create, excess, limited),
-                "assigned {assigned}, current {current}, free {free}"
-            );
-        }
-        let none = Autoscale {
-            min_idle: 0,
-            max: 0,
-        };
-        assert_eq!(decide(none, 9, 0, 9).desired, 0);
-        let huge = Autoscale {
-            min_idle: u32::MAX,
-            max: u32::MAX,
-        };
-        assert_eq!(decide(huge, u32::MAX, u32::MAX, u32::MAX).desired, u32::MAX);
-    }
-
-    #[test]
-    fn the_capacity_header_counts_runners_and_free_slots_up_to_max() {
-        let policy = Autoscale {
-            min_idle: 0,
-            max: 8,
-        };
-        assert_eq!(capacity(policy, 0, 4), 4);
-        assert_eq!(capacity(policy, 3, 2), 5);
-        assert_eq!(capacity(policy, 6, 6), 8);
-        assert_eq!(capacity(policy, 0, 0), 0);
     }
 }

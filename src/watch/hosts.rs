@@ -4,7 +4,7 @@
 //! in time is marked down, its task drops the connection and reconnects, and meanwhile the
 //! planner leaves that host alone (docs/watch.md, "A host that goes away").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,26 +102,22 @@ impl HostLinks {
         self.hosts == spec.effective_hosts()
     }
 
-    /// The hosts that are up, with their connections.
-    pub(super) fn up(&self) -> BTreeMap<String, DockerHost> {
-        self.snapshot()
-            .into_iter()
-            .filter_map(|(name, link)| match link {
-                Link::Up(connection) => Some((name, connection)),
-                Link::Down(_) => None,
-            })
-            .collect()
+    /// The hosts that are up, with their connections, and those that are down, with why: from
+    /// one reading of the table.
+    pub(super) fn split(&self) -> (BTreeMap<String, DockerHost>, BTreeMap<String, String>) {
+        let (mut up, mut down) = (BTreeMap::new(), BTreeMap::new());
+        for (name, link) in self.snapshot() {
+            match link {
+                Link::Up(connection) => up.insert(name, connection).map(|_| ()),
+                Link::Down(why) => down.insert(name, why).map(|_| ()),
+            };
+        }
+        (up, down)
     }
 
     /// The hosts that are down, with why.
     pub(super) fn down(&self) -> BTreeMap<String, String> {
-        self.snapshot()
-            .into_iter()
-            .filter_map(|(name, link)| match link {
-                Link::Down(why) => Some((name, why)),
-                Link::Up(_) => None,
-            })
-            .collect()
+        self.split().1
     }
 
     fn snapshot(&self) -> BTreeMap<String, Link> {
@@ -136,11 +132,6 @@ impl HostLinks {
         if let Some(reset) = self.resets.get(host) {
             reset.send_modify(|n| *n += 1);
         }
-    }
-
-    /// The hosts of the spec that are down.
-    pub(super) fn down_names(&self) -> BTreeSet<String> {
-        self.down().into_keys().collect()
     }
 }
 

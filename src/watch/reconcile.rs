@@ -96,8 +96,9 @@ pub(super) struct Loop {
     pub options: WatchOptions,
     pub env: Env,
     pub metrics: Arc<Metrics>,
-    /// Made once, again when the spec's `github` changes.
-    pub github: Option<GithubClient>,
+    /// Made once, again when the spec's `github` changes; with its scale set client, which
+    /// keeps the service's admin token between reconciles.
+    pub github: Option<(GithubClient, Option<crate::scaleset::ScaleSetClient>)>,
     /// Each host's connection, kept (and reconnected) by its own task.
     pub links: HostLinks,
     /// Inventories of remote `gpus: auto` hosts, kept for a while.
@@ -299,20 +300,25 @@ impl Loop {
             self.links =
                 HostLinks::start(&self.spec, &base, self.env.clone(), self.tx.clone()).await;
         }
-        let github = match &self.github {
-            Some(github) => github.clone(),
+        let (github, scale_sets) = match &self.github {
+            Some(clients) => clients.clone(),
             None => {
                 let github =
                     GithubClient::from_spec(&self.spec, &base, &*self.env, RetryPolicy::default())
                         .map_err(|e| ReconcileError::Connect(ObserveError::Github(e)))?;
-                self.github = Some(github.clone());
-                github
+                let clients = (github.clone(), crate::observe::scale_set_client(&github));
+                self.github = Some(clients.clone());
+                clients
             }
         };
+        // One reading of the links: a host that comes up in between is in one of the two sets,
+        // never in neither (its runners would look like orphans).
+        let (up, down) = self.links.split();
         Ok(Observers::from_connections(
-            self.links.up(),
+            up,
             github,
-            self.links.down_names(),
+            scale_sets,
+            down.into_keys().collect(),
             self.gpu_probe.clone(),
         ))
     }
@@ -431,16 +437,13 @@ impl Loop {
             .await;
             failed = report.failed().next().is_some();
         }
-        // Gauges from a fresh look when something changed, else from what was observed.
+        // Gauges from a fresh look when something changed, else from what was observed. The
+        // fresh look also tells the listeners of scale sets this apply created.
         let fresh = if plan.changes.is_empty() {
             None
         } else {
             self.observe_all(observers).await.ok()
         };
-        if let Some(fresh) = &fresh {
-            // Scale sets this apply created: their listeners can start now.
-            self.autoscale.learn_scale_sets(fresh);
-        }
         self.update_gauges(observers, fresh.as_ref().unwrap_or(observed));
         failed
     }

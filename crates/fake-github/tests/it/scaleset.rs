@@ -12,7 +12,7 @@ use fake_github::{
     Config, FakeGithub, Fault, JobDelivery, JobState, QueueJobs, ScaleSetConfig, ScaleSetEndpoint,
     ScaleSetFault, decode_jit_config,
 };
-use fleet::scaleset::listener::{Autoscale, JobTracker, Observation, capacity, decide};
+use fleet::scaleset::listener::{JobTracker, Observation};
 use fleet::scaleset::{
     ClientConfig, Ensured, JobMessage, Poll, RetryPolicy, ScaleSetApi, ScaleSetClient,
     ScaleSetError, ScaleSetMessage, ScaleSetSpec, Scope, Session, TokenRegistration,
@@ -260,13 +260,9 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
     tracker.start_session(session.statistics);
     rig.fake.queue_jobs_for_scale_set(set, 3).expect("jobs");
 
-    // Two GPUs free: the listener can hold two jobs, and GitHub assigns no more.
-    let policy = Autoscale {
-        min_idle: 0,
-        max: 8,
-    };
-    let (message, _) =
-        next_message(&rig.client, &session, &mut tracker, capacity(policy, 0, 2)).await;
+    // Two GPUs free (max 8, no runner yet): the listener can hold two jobs, and GitHub
+    // assigns no more.
+    let (message, _) = next_message(&rig.client, &session, &mut tracker, 2).await;
     assert_eq!(kinds(&message), ["assigned", "assigned"]);
     let stats = message.statistics.expect("statistics");
     assert_eq!(
@@ -274,12 +270,10 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
         (2, 1)
     );
     assert_eq!(tracker.assigned_jobs(), 2);
-    let decision = decide(policy, tracker.assigned_jobs(), 0, 2);
-    assert_eq!(decision.create, 2);
 
-    // Start the runners the rule asks for: each a JIT config of the scale set.
+    // Start a runner for each assigned job (min_idle 0): each a JIT config of the scale set.
     let mut runners = Vec::new();
-    for n in 0..decision.create {
+    for n in 0..tracker.assigned_jobs() {
         let name = format!("zq-gpu-{n}");
         let jit = rig
             .client
