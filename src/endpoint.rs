@@ -1,6 +1,6 @@
 //! Connecting to one host's Docker engine: a Unix socket, TLS over TCP, the system's OpenSSH
 //! running `docker system dial-stdio`, or plain TCP on a loopback address. [`connect`] agrees
-//! on an API version and pings before it returns, so a wrong CA, an unreadable key, an SSH host
+//! on an API version (`GET /version`) before it returns, so a wrong CA, an unreadable key, an SSH host
 //! key mismatch or a dead engine fail here, with an error that names the host and the endpoint.
 //! The operator's side (certificates, `dockerd` flags, SSH set-up) is in docs/hosts.md.
 
@@ -57,7 +57,7 @@ pub struct TlsFiles {
 /// What the control machine brings to a connection, as opposed to what the spec says.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// Bounds connecting, the SSH handshake, version negotiation and the ping together.
+    /// Bounds connecting, the SSH handshake, and version negotiation together.
     pub timeout: Duration,
     /// An ssh config file used instead of `~/.ssh/config` (`ssh -F`); `None` uses the
     /// operator's usual OpenSSH configuration.
@@ -359,8 +359,8 @@ pub async fn connect(host_name: &str, endpoint: &Endpoint) -> Result<Docker, End
     connect_with(host_name, endpoint, &ConnectOptions::default()).await
 }
 
-/// Connects to `endpoint` for the spec's host `host_name`, agrees on an API version and pings,
-/// all within `options.timeout`. The client it returns has a per-request timeout of 60 s; over
+/// Connects to `endpoint` for the spec's host `host_name` and agrees on an API version (the
+/// request that proves the engine answers), all within `options.timeout`. The client it returns has a per-request timeout of 60 s; over
 /// SSH it owns the SSH connection, which closes when the last clone is dropped.
 pub async fn connect_with(
     host_name: &str,
@@ -378,12 +378,8 @@ pub async fn connect_with(
     })?;
     let connecting = async {
         let docker = open(&target, options, &attempt).await?;
-        let answered = async {
-            let docker = docker.negotiate_version().await?;
-            docker.ping().await?;
-            Ok::<_, bollard::errors::Error>(docker)
-        };
-        match answered.await {
+        // `GET /version` is the round trip that proves the engine answers: no ping after it.
+        match docker.negotiate_version().await {
             Ok(docker) => Ok(docker.with_timeout(REQUEST_TIMEOUT)),
             Err(e) => Err(explained(&target, &attempt, attempt.unreachable(&e)).await),
         }

@@ -4,7 +4,7 @@
 //! the fleet's labels; names are never trusted (docs/security.md).
 
 use super::{Executor, Outcome, StepError, StepResult};
-use crate::contract::container::{Registration, RunnerContainer};
+use crate::contract::container::{Registration, RunnerContainer, SecretHandover};
 use crate::contract::{self, RunnerConfig, naming};
 use crate::docker::{DockerError, DockerHost};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
@@ -253,14 +253,7 @@ impl Executor<'_> {
             registration,
         };
         let secret = container
-            .secret_archive()
-            .map(|archive| archive.map(SecretHandover::Archive))
-            .and_then(|archive| match archive {
-                Some(a) => Ok(Some(a)),
-                None => container
-                    .secret_line()
-                    .map(|line| line.map(SecretHandover::Stdin)),
-            })
+            .secret_handover()
             .map_err(|e| StepError::Plan(format!("runner {name}: {e}")))?;
         let wants_gpus = !change.gpus.is_empty();
         let id = match host.write().create_container(name, container.body()).await {
@@ -421,14 +414,6 @@ fn observed_id(change: &RunnerChange) -> Result<&str, StepError> {
 }
 
 /// Writes the secret file into container `id` (when there is one), then starts it.
-/// How the registration secret reaches a new container.
-enum SecretHandover {
-    /// `secrets: file`: an archive written into it before it starts.
-    Archive(Vec<u8>),
-    /// `secrets: stdin`: a line written to its standard input as it starts.
-    Stdin(crate::secret::Secret),
-}
-
 async fn start_with_secret(
     host: &DockerHost,
     id: &str,

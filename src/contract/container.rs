@@ -41,6 +41,14 @@ pub enum SecretFileError {
     Archive(String),
 }
 
+/// How the registration secret reaches a new container.
+pub enum SecretHandover {
+    /// `secrets: file`: an archive written into it before it starts.
+    Archive(Vec<u8>),
+    /// `secrets: stdin`: a line written to its standard input as it starts.
+    Stdin(Secret),
+}
+
 /// How the runner registers.
 pub enum Registration {
     /// Ephemeral: a single-use JIT configuration.
@@ -229,32 +237,29 @@ impl RunnerContainer<'_> {
             .then(|| "nvidia".to_string())
     }
 
-    /// With `secrets: stdin`, the line fleet writes to the container's standard input as it
-    /// starts: `ACTIONS_RUNNER_INPUT_JITCONFIG=<config>` or `ACTIONS_RUNNER_INPUT_TOKEN=<token>`.
-    /// `None` with another delivery, or without a secret.
-    pub fn secret_line(&self) -> Result<Option<Secret>, SecretFileError> {
-        match (self.registration.secret(), self.pool.secrets) {
-            (Some((var, secret)), SecretDelivery::Stdin) => secret_line(var, secret).map(Some),
-            _ => Ok(None),
+    /// How the registration's secret reaches the container: with `secrets: stdin` the line
+    /// written to its standard input as it starts, with `secrets: file` the tar archive that
+    /// puts that line at [`SECRET_FILE`] (extracted at `/`: `run/fleet/` root 0700, the file
+    /// root 0600). The line: `ACTIONS_RUNNER_INPUT_JITCONFIG=<config>` or
+    /// `ACTIONS_RUNNER_INPUT_TOKEN=<token>`. `None` with `secrets: env` or without a secret.
+    pub fn secret_handover(&self) -> Result<Option<SecretHandover>, SecretFileError> {
+        let Some((var, secret)) = self.registration.secret() else {
+            return Ok(None);
+        };
+        match self.pool.secrets {
+            SecretDelivery::Stdin => {
+                secret_line(var, secret).map(|l| Some(SecretHandover::Stdin(l)))
+            }
+            SecretDelivery::File => {
+                secret_file_archive(var, secret).map(|a| Some(SecretHandover::Archive(a)))
+            }
+            SecretDelivery::Env => Ok(None),
         }
     }
 
     /// Whether the container's standard input is kept open for the secret line.
     fn secret_on_stdin(&self) -> bool {
         self.pool.secrets == SecretDelivery::Stdin && self.registration.secret().is_some()
-    }
-
-    /// With `secrets: file`, the tar archive that puts the registration's secret at
-    /// [`SECRET_FILE`] (extracted at `/`): `run/fleet/` (root, 0700) and the file (root, 0600),
-    /// one line `ACTIONS_RUNNER_INPUT_JITCONFIG=<config>` or `ACTIONS_RUNNER_INPUT_TOKEN=<token>`.
-    /// `None` when the secret goes in the environment or there is none.
-    pub fn secret_archive(&self) -> Result<Option<Vec<u8>>, SecretFileError> {
-        match (self.registration.secret(), self.pool.secrets) {
-            (Some((var, secret)), SecretDelivery::File) => {
-                secret_file_archive(var, secret).map(Some)
-            }
-            _ => Ok(None),
-        }
     }
 
     /// The pool's `security`: no-new-privileges, the pids limit, NET_RAW dropped.
@@ -574,6 +579,22 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    impl RunnerContainer<'_> {
+        fn secret_archive(&self) -> Result<Option<Vec<u8>>, SecretFileError> {
+            Ok(match self.secret_handover()? {
+                Some(SecretHandover::Archive(archive)) => Some(archive),
+                _ => None,
+            })
+        }
+
+        fn secret_line(&self) -> Result<Option<Secret>, SecretFileError> {
+            Ok(match self.secret_handover()? {
+                Some(SecretHandover::Stdin(line)) => Some(line),
+                _ => None,
+            })
+        }
     }
 
     fn jit_container<'a>(

@@ -98,13 +98,22 @@ impl DockerWrite<'_> {
         if self.volume_labels(name).await?.is_some() {
             return Ok(false);
         }
+        self.make_volume(name, labels).await.map(|()| true)
+    }
+
+    /// `POST /volumes/create`, for a volume known to be missing.
+    async fn make_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), DockerError> {
         let request = VolumeCreateRequest {
             name: Some(name.to_string()),
             labels: Some(labels),
             ..Default::default()
         };
         match self.host.docker.create_volume(request).await {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(()),
             Err(e) => Err(self.failed(format!("create volume {name}"), &e)),
         }
     }
@@ -128,7 +137,8 @@ impl DockerWrite<'_> {
                     labels::FLEET
                 ),
             )),
-            None => self.create_volume(name, labels).await,
+            // Looked up just now: made without asking again.
+            None => self.make_volume(name, labels).await.map(|()| true),
         }
     }
 
