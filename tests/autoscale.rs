@@ -192,8 +192,23 @@ fn a_restarted_watch_loses_no_job_and_starts_no_extra_runner() {
         "two runners after the restart",
         || running(&w, "auto").len() == 2,
     );
-    // Steady: no third runner appears for the two jobs.
-    std::thread::sleep(Duration::from_secs(3));
+    // Steady: a full reconcile later (a resync at the latest), still no third runner.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    watch.eventually(
+        Duration::from_secs(30),
+        "a reconcile after both runners ran",
+        || {
+            support::sample(
+                &watch.metrics(),
+                "fleet_last_reconcile_timestamp_seconds",
+                &[],
+            )
+            .is_some_and(|at| at > now + 1.0)
+        },
+    );
     assert_eq!(running(&w, "auto").len(), 2, "{}", watch.log());
     assert_eq!(run_jobs(&w, id, "auto"), 2);
 }
