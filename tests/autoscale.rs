@@ -97,9 +97,18 @@ fn a_pool_scales_from_zero_to_its_jobs_and_back() {
     assert!(running(&w, "auto").is_empty(), "min_idle 0: no runner yet");
 
     w.fake.queue_jobs_for_scale_set(id, 3).expect("queue");
-    watch.eventually(Duration::from_secs(60), "three runners", || {
-        running(&w, "auto").len() == 3
-    });
+    // Runners start for jobs still being acquired; a runner takes a job once GitHub has
+    // assigned it to the scale set, so both are waited for.
+    watch.eventually(
+        Duration::from_secs(60),
+        "three runners and three assigned jobs",
+        || {
+            running(&w, "auto").len() == 3
+                && w.fake
+                    .scale_set_statistics(id)
+                    .is_some_and(|s| s.total_assigned_jobs == 3)
+        },
+    );
     let jobs = run_jobs(&w, id, "auto");
     assert_eq!(jobs, 3, "each runner took one job");
     watch.eventually(Duration::from_secs(60), "no runner left", || {
@@ -207,6 +216,9 @@ fn a_restarted_watch_loses_no_job_and_starts_no_extra_runner() {
                 &[],
             )
             .is_some_and(|at| at > now + 1.0)
+                && w.fake
+                    .scale_set_statistics(id)
+                    .is_some_and(|s| s.total_assigned_jobs == 2)
         },
     );
     assert_eq!(running(&w, "auto").len(), 2, "{}", watch.log());
