@@ -271,7 +271,7 @@ fn a_tls_engine_answers_fleets_certificate_and_nothing_else() {
     let e = connect_error(&rt, "tower", &tls_endpoint(&url, missing_key), &options);
     let message = e.to_string();
     let expected = format!(
-        "host `tower`: cannot use the client key {}/missing-key.pem for {url}: cannot read it: No such file or directory",
+        "host `tower`: cannot use the client key {}/missing-key.pem for {url}: not usable (the reason is in fleet's log: run with -v)",
         cert_dir.display()
     );
     assert!(message.starts_with(&expected), "{message}");

@@ -351,7 +351,8 @@ fn broken_endpoints_are_clear_errors_that_change_nothing_and_exclude_host_works_
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("expected a readable TLS client key file, found none at")
+        err.contains("the TLS client key file")
+            && err.contains("is not usable")
             && err.contains("missing-key.pem"),
         "{err}"
     );

@@ -2,6 +2,7 @@
 //! needs, and the event stream `watch` follows) and its writes (`write.rs`: only the executor
 //! calls them), as docs/architecture.md draws them.
 
+mod api_path;
 mod probe;
 mod read;
 mod write;

@@ -15,7 +15,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::DockerHost;
+use super::{DockerHost, api_path};
 use crate::observe::state::GpuInfo;
 
 /// The label of a probe container: its value is the fleet. Not `fleet.name`, so that no
@@ -27,6 +27,13 @@ const PROBE_LIMIT: Duration = Duration::from_secs(30);
 
 /// A probe container older than this is a leftover of a fleet that was killed mid-probe.
 const LEFTOVER_AGE: Duration = Duration::from_secs(300);
+
+/// Where the NVIDIA container toolkit mounts the host's `nvidia-smi` (over whatever the image
+/// has there): run by this path, never looked up on the image's `PATH`.
+pub const NVIDIA_SMI_PATH: &str = "/usr/bin/nvidia-smi";
+
+/// The probe's user: `nobody`, not the image's (often root).
+const PROBE_USER: &str = "65534:65534";
 
 /// The query: one CSV line per GPU, memory in MiB.
 const NVIDIA_SMI_ARGS: [&str; 2] = [
@@ -80,25 +87,11 @@ impl DockerHost {
             }
         };
         self.remove_probe_leftovers(fleet).await;
-        if !self
-            .read()
-            .has_image(image)
-            .await
-            .map_err(|e| ProbeError::Failed {
-                host: self.name.clone(),
-                step: "inspect its image",
-                message: e.to_string(),
-            })?
-        {
-            return Err(ProbeError::ImageMissing {
-                host: self.name.clone(),
-                image: image.to_string(),
-            });
-        }
+        let image_env = self.probe_image_env(image).await?;
         let name = probe_name(fleet);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         self.docker
-            .create_container(Some(options), probe_body(fleet, image))
+            .create_container(Some(options), probe_body(fleet, image, &image_env))
             .await
             .map_err(failed("create its container"))?;
         let result = tokio::time::timeout(PROBE_LIMIT, self.start_and_read(&name)).await;
@@ -121,9 +114,41 @@ impl DockerHost {
         })
     }
 
+    /// The names of the environment variables `image` sets (the probe blanks each); an image
+    /// not on the host is [`ProbeError::ImageMissing`].
+    async fn probe_image_env(&self, image: &str) -> Result<Vec<String>, ProbeError> {
+        let failed = |message: String| ProbeError::Failed {
+            host: self.name.clone(),
+            step: "inspect its image",
+            message,
+        };
+        let path = api_path::segment(image).map_err(failed)?;
+        match self.docker.inspect_image(&path).await {
+            Ok(found) => Ok(found
+                .config
+                .and_then(|c| c.env)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.to_string()))
+                .collect()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(ProbeError::ImageMissing {
+                host: self.name.clone(),
+                image: image.to_string(),
+            }),
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
     /// Starts the probe, waits for it and returns its stdout; a non-zero exit is an error with
     /// its stderr.
     async fn start_and_read(&self, name: &str) -> Result<String, ProbeError> {
+        let name = &api_path::segment(name).map_err(|message| ProbeError::Failed {
+            host: self.name.clone(),
+            step: "start its container",
+            message,
+        })?;
         if let Err(e) = self
             .docker
             .start_container(name, None::<StartContainerOptions>)
@@ -196,8 +221,13 @@ impl DockerHost {
     }
 
     async fn remove_probe(&self, name: &str) -> Result<(), bollard::errors::Error> {
-        let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self.docker.remove_container(name, Some(options)).await {
+        // `v`: with its anonymous volumes (an image's `VOLUME`s), which would outlive it.
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        // A name fleet made, or an id the engine gave: never `..`, so never refused.
+        let Ok(name) = api_path::segment(name) else {
+            return Ok(());
+        };
+        match self.docker.remove_container(&name, Some(options)).await {
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
@@ -245,12 +275,19 @@ fn probe_name(fleet: &str) -> String {
     )
 }
 
-/// The probe container: the host's `nvidia-smi` as entrypoint (whatever the image's own is),
-/// every GPU with the `utility` capability only (no compute), and nothing else.
-fn probe_body(fleet: &str, image: &str) -> ContainerCreateBody {
+/// The probe container: the host's `nvidia-smi` by its absolute path as entrypoint (whatever
+/// the image's own is, and whatever its `PATH` says), as `nobody`, with every variable the image
+/// sets blanked (`LD_PRELOAD=` and the like: Docker cannot drop an image's variables, only
+/// override them), every GPU with the `utility` capability only (no compute), and nothing else.
+fn probe_body(fleet: &str, image: &str, image_env: &[String]) -> ContainerCreateBody {
+    let mut env: Vec<String> = image_env.iter().map(|name| format!("{name}=")).collect();
+    env.sort();
+    env.dedup();
     ContainerCreateBody {
         image: Some(image.to_string()),
-        entrypoint: Some(vec!["nvidia-smi".to_string()]),
+        entrypoint: Some(vec![NVIDIA_SMI_PATH.to_string()]),
+        user: Some(PROBE_USER.to_string()),
+        env: Some(env),
         cmd: Some(NVIDIA_SMI_ARGS.iter().map(|a| a.to_string()).collect()),
         labels: Some(HashMap::from([(
             PROBE_LABEL.to_string(),
@@ -340,8 +377,16 @@ mod tests {
 
     #[test]
     fn the_probe_runs_only_nvidia_smi_without_network_or_privileges() {
-        let body = probe_body("zq", "runner:1");
-        assert_eq!(body.entrypoint, Some(vec!["nvidia-smi".to_string()]));
+        let image_env = ["PATH".to_string(), "LD_PRELOAD".to_string()];
+        let body = probe_body("zq", "runner:1", &image_env);
+        // The host's tool by its path, not the image's by its PATH; not root; the image's
+        // variables (LD_PRELOAD) blanked.
+        assert_eq!(body.entrypoint, Some(vec!["/usr/bin/nvidia-smi".to_string()]));
+        assert_eq!(body.user.as_deref(), Some("65534:65534"));
+        assert_eq!(
+            body.env,
+            Some(vec!["LD_PRELOAD=".to_string(), "PATH=".to_string()])
+        );
         let host = body.host_config.expect("host config");
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
 
-use super::{DockerError, DockerHost};
+use super::{DockerError, DockerHost, api_path};
 use crate::contract::{self, labels};
 use crate::observe::state::{
     ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, VolumeState,
@@ -62,10 +62,12 @@ impl DockerRead<'_> {
     /// Whether the engine has a network of that name (or id).
     pub async fn has_network(&self, network: &str) -> Result<bool, DockerError> {
         let options = bollard::query_parameters::InspectNetworkOptions::default();
+        let path = api_path::segment(network)
+            .map_err(|e| self.host.api_error(&format!("inspect network {network}"), e))?;
         match self
             .host
             .docker
-            .inspect_network(network, Some(options))
+            .inspect_network(&path, Some(options))
             .await
         {
             Ok(_) => Ok(true),
@@ -161,12 +163,14 @@ impl DockerRead<'_> {
 
     /// Whether the engine has `image` locally.
     pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
-        match self.host.docker.inspect_image(image).await {
+        let what = || format!("inspect image {image}");
+        let path = api_path::segment(image).map_err(|e| self.host.api_error(&what(), e))?;
+        match self.host.docker.inspect_image(&path).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(false),
-            Err(e) => Err(self.host.api_error(&format!("inspect image {image}"), e)),
+            Err(e) => Err(self.host.api_error(&what(), e)),
         }
     }
 

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{DockerError, DockerHost};
+use super::{DockerError, DockerHost, api_path};
 use crate::contract::{self, labels};
 use crate::spec::PullPolicy;
 
@@ -147,7 +147,9 @@ impl DockerWrite<'_> {
         &self,
         name: &str,
     ) -> Result<Option<HashMap<String, String>>, DockerError> {
-        match self.host.docker.inspect_volume(name).await {
+        let path = api_path::segment(name)
+            .map_err(|m| self.refused(format!("inspect volume {name}"), m))?;
+        match self.host.docker.inspect_volume(&path).await {
             Ok(volume) => Ok(Some(volume.labels)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.failed(format!("inspect volume {name}"), &e)),
@@ -165,7 +167,8 @@ impl DockerWrite<'_> {
             return Err(self.refused(what(), not_owned("volume", name, fleet)));
         }
         let options = RemoveVolumeOptionsBuilder::new().force(false).build();
-        match self.host.docker.remove_volume(name, Some(options)).await {
+        let path = api_path::segment(name).map_err(|m| self.refused(what(), m))?;
+        match self.host.docker.remove_volume(&path, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.failed(what(), &e)),
@@ -200,7 +203,10 @@ impl DockerWrite<'_> {
 
     /// Why `name` is taken: the container that holds it, and whose it is.
     async fn name_conflict(&self, name: &str, fleet: &str) -> String {
-        let holder = self.host.docker.inspect_container(name, None).await.ok();
+        let holder = match api_path::segment(name) {
+            Ok(path) => self.host.docker.inspect_container(&path, None).await.ok(),
+            Err(_) => None,
+        };
         let id = holder.as_ref().and_then(|c| c.id.as_deref()).unwrap_or("?");
         let owner = holder
             .as_ref()
@@ -237,7 +243,7 @@ impl DockerWrite<'_> {
         match self
             .host
             .docker
-            .upload_to_container(id, Some(options), body)
+            .upload_to_container(&api_path::segment(id).map_err(|m| self.refused(format!("write into container {id}"), m))?, Some(options), body)
             .await
         {
             Ok(()) => Ok(()),
@@ -259,7 +265,7 @@ impl DockerWrite<'_> {
         let mut attached = self
             .host
             .docker
-            .attach_container(id, Some(options))
+            .attach_container(&api_path::segment(id).map_err(|m| self.refused(format!("attach to container {id}"), m))?, Some(options))
             .await
             .map_err(|e| self.failed(format!("attach to container {}", short(id)), &e))?;
         self.start_container(id).await?;
@@ -282,7 +288,9 @@ impl DockerWrite<'_> {
         let id = container_id(id)
             .map_err(|message| self.refused(format!("start container {id}"), message))?;
         let options = None::<StartContainerOptions>;
-        match self.host.docker.start_container(id, options).await {
+        let path =
+            api_path::segment(id).map_err(|m| self.refused(format!("start container {id}"), m))?;
+        match self.host.docker.start_container(&path, options).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.failed(format!("start container {}", short(id)), &e)),
         }
@@ -298,7 +306,8 @@ impl DockerWrite<'_> {
     ) -> Result<Option<String>, DockerError> {
         let what = || format!("remove container {}", short(id));
         let id = container_id(id).map_err(|message| self.refused(what(), message))?;
-        let found = match self.host.docker.inspect_container(id, None).await {
+        let path = api_path::segment(id).map_err(|m| self.refused(what(), m))?;
+        let found = match self.host.docker.inspect_container(&path, None).await {
             Ok(found) => found,
             Err(e) if status_of(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(self.failed(what(), &e)),
@@ -334,7 +343,7 @@ impl DockerWrite<'_> {
         match self
             .host
             .docker
-            .remove_container(&full_id, Some(options))
+            .remove_container(&api_path::segment(&full_id).map_err(|m| self.refused(format!("remove container {}", short(id)), m))?, Some(options))
             .await
         {
             Ok(()) => Ok(()),

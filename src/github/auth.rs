@@ -105,9 +105,12 @@ fn credentials_of(
     let auth = spec.github.auth.as_ref();
     if let Some(app) = auth.and_then(|a| a.app.as_ref()) {
         let path = base_dir.join(&app.private_key_file);
-        let key_pem = std::fs::read(&path).map_err(|source| GithubError::AppKey {
-            path: path.display().to_string(),
-            source,
+        // Small and checked (a regular file, private, at most 64 KiB): bounded work.
+        let key_pem = crate::named_file::read_private_key(&path).map_err(|refused| {
+            refused.logged("the GitHub App private key");
+            GithubError::AppKey {
+                path: path.display().to_string(),
+            }
         })?;
         return Ok(Credentials::App {
             app_id: app.app_id,

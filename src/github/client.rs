@@ -111,9 +111,12 @@ impl GithubClient {
                 key_path,
             } => {
                 let key = octocrab::EncodingKey::from_rsa_pem(&key_pem).map_err(|e| {
+                    tracing::info!(
+                        "the GitHub App private key {}: not an RSA PEM key: {e}",
+                        crate::escape::escaped(&key_path)
+                    );
                     GithubError::AppKeyFormat {
                         path: key_path.clone(),
-                        message: e.to_string(),
                     }
                 })?;
                 builder

@@ -9,14 +9,12 @@ use super::endpoint::API_URL_ENV;
 pub enum GithubError {
     #[error("{var} is not set: fleet reads the GitHub token from it")]
     MissingToken { var: String },
-    #[error("cannot read the GitHub App private key {path}: {source}")]
-    AppKey {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the GitHub App private key {path} is not an RSA PEM key: {message}")]
-    AppKeyFormat { path: String, message: String },
+    /// The spec names the key's path: the reason goes to the log only (src/named_file.rs).
+    #[error("the GitHub App private key {path} is {}", crate::named_file::NOT_USABLE)]
+    AppKey { path: String },
+    /// Read, but not an RSA PEM key; as for [`GithubError::AppKey`], the reason is logged.
+    #[error("the GitHub App private key {path} is {}", crate::named_file::NOT_USABLE)]
+    AppKeyFormat { path: String },
     #[error("cannot set up the GitHub client for {api_url}: {message}")]
     Client { api_url: String, message: String },
     #[error("GitHub rejected the credentials (401 {message}) for {method} {url}")]

@@ -16,7 +16,9 @@ use crate::docker::DockerHost;
 use crate::spec::{GpuRequest, HostGpus, ResolvedPool};
 
 /// The environment variable that names the image the GPU probe runs (it must be on each host
-/// that is probed); without it, the image of a pool that runs on the host.
+/// that is probed). The operator's choice only: a pool's image is the pull request's, and the
+/// probe runs with every GPU's device nodes, so without it `gpus: auto` on a remote engine is
+/// unavailable (declare the UUIDs instead).
 pub const PROBE_IMAGE_ENV: &str = "FLEET_GPU_PROBE_IMAGE";
 
 /// When to ask a remote engine for its GPUs.
@@ -73,10 +75,8 @@ impl GpuProbe {
                 "`gpus: auto` on host `{host}`, a remote engine, is read only while a pool that asks for GPUs runs there (`fleet gpus --host {host}` reads it)"
             ));
         }
-        let Some(image) = self.image_for(&on_host) else {
-            return unavailable(format!(
-                "`gpus: auto` on host `{host}` is read by running the host's nvidia-smi in a container, and no image is known to run it: set {PROBE_IMAGE_ENV} or give the host a pool, or declare the GPU UUIDs in hosts.{host}.gpus"
-            ));
+        let Some(image) = self.image.clone() else {
+            return unavailable(no_probe_image(host));
         };
         let key = format!("{}|{image}", connection.endpoint);
         if let Some(kept) = self.kept(host, &key) {
@@ -95,18 +95,6 @@ impl GpuProbe {
         inventory
     }
 
-    /// The operator's probe image, else the image of the first pool on the host that asks for
-    /// GPUs, else of the first pool on it.
-    fn image_for(&self, on_host: &[&ResolvedPool]) -> Option<String> {
-        self.image.clone().or_else(|| {
-            on_host
-                .iter()
-                .find(|p| p.gpus != GpuRequest::Count(0))
-                .or_else(|| on_host.first())
-                .map(|p| p.image.clone())
-        })
-    }
-
     fn kept(&self, host: &str, key: &str) -> Option<GpuInventory> {
         let answers = self.answers.lock().ok()?;
         let (at, kept_key, inventory) = answers.get(host)?;
@@ -121,6 +109,14 @@ impl GpuProbe {
             answers.insert(host.to_string(), (Instant::now(), key, inventory.clone()));
         }
     }
+}
+
+/// Why there is no probe: no operator's image. A pool's image is never used (it is the pull
+/// request's, and would run with every GPU's device nodes).
+fn no_probe_image(host: &str) -> String {
+    format!(
+        "`gpus: auto` on host `{host}` is read by running the host's nvidia-smi in a container of the image the control machine names in {PROBE_IMAGE_ENV}, and it names none (a pool's image is never used: it comes from the spec): set {PROBE_IMAGE_ENV} to an image on that host (such as nvidia/cuda:12.4.1-base-ubuntu22.04), or declare the GPU UUIDs in hosts.{host}.gpus"
+    )
 }
 
 fn unavailable(reason: String) -> GpuInventory {

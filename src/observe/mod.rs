@@ -436,14 +436,22 @@ fn is_user_network(network: &str) -> bool {
 }
 
 /// Each bind-mount source of the pools on `host`, and whether it exists on this machine (the
-/// engine's own, when it listens on a local socket).
+/// engine's own, when it listens on a local socket). A missing one is said in the operator's
+/// log (info, `-v`), never in the plan: the spec names the path (docs/security.md).
 fn bind_sources(pools: &[ResolvedPool], host: &str) -> BTreeMap<String, bool> {
-    pools
+    let sources: BTreeMap<String, bool> = pools
         .iter()
         .filter(|p| p.hosts.iter().any(|h| h == host) && p.count > 0)
         .flat_map(|p| p.volumes.iter().filter(|v| v.is_bind()))
         .map(|v| (v.source.clone(), Path::new(&v.source).exists()))
-        .collect()
+        .collect();
+    for (source, _) in sources.iter().filter(|(_, exists)| !**exists) {
+        tracing::info!(
+            "host `{host}`: bind-mount source {} does not exist: creating its runners will fail",
+            crate::escape::escaped(source)
+        );
+    }
+    sources
 }
 
 /// The scale set client of `github`'s scope; `None`, with a warning, when it cannot be made.

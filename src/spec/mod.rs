@@ -8,6 +8,7 @@ pub mod diag;
 pub mod endpoint;
 mod memory;
 pub mod model;
+pub mod reference;
 mod resolve;
 pub mod schema;
 pub mod yaml;

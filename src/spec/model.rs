@@ -130,8 +130,8 @@ pub struct Host {
     /// spec's directory; the key must be mode 0600 or stricter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<HostTls>,
-    /// Allow tcp:// or http:// without TLS: only for a loopback address (127.0.0.0/8, ::1,
-    /// localhost). Default: false.
+    /// Allow tcp:// or http:// without TLS: only for a loopback IP address (127.0.0.0/8,
+    /// [::1]). Default: false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = false))]
     pub insecure: Option<bool>,

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::Checker;
+use crate::named_file;
 
 /// What a file is for, in messages, and whether it holds a private key.
 pub(super) struct FileRole {
@@ -28,8 +29,11 @@ impl FileRole {
     }
 }
 
-/// Checks that `path` is a readable file, and a private one for a key; problems are reported
-/// at the value of `pointer`, each message starting with `context`.
+/// Checks that `path` is a usable file (src/named_file.rs: a regular file outside `/proc`,
+/// `/sys` and `/dev`, that opens), and a private one for a key. Whatever is wrong, the message
+/// says only that the file is not usable: the spec chose the path, and validation output (a
+/// pull-request comment) must not tell whether a path exists, its type or its mode. The
+/// reason goes to the log.
 pub(super) fn check_file(
     c: &mut Checker,
     pointer: &str,
@@ -38,49 +42,21 @@ pub(super) fn check_file(
     context: &str,
 ) {
     let what = &role.what;
-    let shown = path.display();
-    let meta = match std::fs::metadata(path) {
-        Err(e) => {
-            c.at_value(
-                pointer,
-                format!("{context}expected a readable {what} file, found none at {shown}: {e}"),
-            );
-            return;
-        }
-        Ok(meta) => meta,
+    let checked = if role.private {
+        named_file::read_private_key(path).map(|_| ())
+    } else {
+        named_file::read_capped(path, named_file::KEY_CAP).map(|_| ())
     };
-    if !meta.is_file() {
-        let kind = if meta.is_dir() {
-            "a directory"
+    if let Err(refused) = checked {
+        let not_usable = refused.logged(what);
+        c.at_value(
+            pointer,
+            format!("{context}the {what} file {} is {not_usable}", path.display()),
+        )
+        .help(if role.private {
+            "name a regular file of at most 64 KiB, readable by fleet's user only (chmod 600)"
         } else {
-            "something else (a socket, a pipe or a device)"
-        };
-        c.at_value(
-            pointer,
-            format!("{context}expected a file, found {kind} at {shown}"),
-        );
-        return;
-    }
-    // Opening proves it readable by this user (metadata alone does not).
-    if let Err(e) = std::fs::File::open(path) {
-        c.at_value(
-            pointer,
-            format!("{context}expected a readable {what} file, cannot open {shown}: {e}"),
-        );
-        return;
-    }
-    #[cfg(unix)]
-    if role.private {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            c.at_value(
-                pointer,
-                format!(
-                    "{context}expected a {what} readable by its owner only (mode 0600 or stricter), found mode {mode:04o} on {shown}"
-                ),
-            )
-            .help(format!("chmod 600 {shown}"));
-        }
+            "name a regular file of at most 64 KiB that fleet's user can read"
+        });
     }
 }

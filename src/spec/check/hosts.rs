@@ -5,7 +5,7 @@ use std::path::Path;
 use super::files::{FileRole, check_file};
 use super::{Checker, escape_pointer};
 use crate::spec::diag::shorten;
-use crate::spec::endpoint::DockerEndpoint;
+use crate::spec::endpoint::{DockerEndpoint, Field, Transport};
 use crate::spec::model::{Host, HostGpus};
 
 pub(super) fn check_hosts(c: &mut Checker, base_dir: &Path) {
@@ -56,52 +56,36 @@ fn check_endpoint(c: &mut Checker, name: &str, ptr: &str, host: &Host, base_dir:
             return;
         }
     };
-    if let Some(tls) = &host.tls {
-        if !matches!(endpoint, DockerEndpoint::Tcp { .. }) {
-            // Its files do not matter until the endpoint is one that uses them.
-            c.at_key(
-                &format!("{ptr}/tls"),
-                format!("{at}: `tls` is only for tcp:// endpoints"),
-            );
-            return;
+    // The same check as connecting (src/endpoint.rs): what passes here is what fleet reaches.
+    match endpoint.transport(host.tls.is_some(), insecure) {
+        Ok(Transport::Tls { .. }) => {
+            let Some(tls) = &host.tls else { return };
+            let context = format!("{at}: ");
+            for (field, file, role) in [
+                ("ca", &tls.ca, FileRole::public("TLS CA certificate")),
+                (
+                    "cert",
+                    &tls.cert,
+                    FileRole::public("TLS client certificate"),
+                ),
+                ("key", &tls.key, FileRole::private("TLS client key")),
+            ] {
+                let pointer = format!("{ptr}/tls/{field}");
+                check_file(c, &pointer, &base_dir.join(file), &role, &context);
+            }
         }
-        if insecure {
-            c.at_key(
-                &format!("{ptr}/insecure"),
-                format!("{at}: expected `tls` or `insecure: true`, found both"),
-            )
-            .help("remove `insecure`: the connection uses TLS");
+        Ok(_) => {}
+        Err(refusal) => {
+            let message = format!("{at}: {}", refusal.message);
+            let help = match refusal.field {
+                Field::Docker => c.at_value(&format!("{ptr}/docker"), message),
+                // `tls` is a mapping: point at its key.
+                Field::Tls => c.at_key(&format!("{ptr}/tls"), message),
+                Field::Insecure => c.at_value(&format!("{ptr}/insecure"), message),
+            };
+            if let Some(text) = refusal.help {
+                help.help(text);
+            }
         }
-        let context = format!("{at}: ");
-        for (field, file, role) in [
-            ("ca", &tls.ca, FileRole::public("TLS CA certificate")),
-            (
-                "cert",
-                &tls.cert,
-                FileRole::public("TLS client certificate"),
-            ),
-            ("key", &tls.key, FileRole::private("TLS client key")),
-        ] {
-            let pointer = format!("{ptr}/tls/{field}");
-            check_file(c, &pointer, &base_dir.join(file), &role, &context);
-        }
-    } else if endpoint.is_network() && !insecure {
-        c.at_value(
-            &format!("{ptr}/docker"),
-            format!("{at}: expected TLS for a {}:// endpoint, found none: whoever reaches it controls the engine", endpoint.scheme()),
-        )
-        .help("add `tls: { ca: PATH, cert: PATH, key: PATH }` with tcp://, or for an engine on this machine's loopback `insecure: true`");
-    }
-    if insecure && !endpoint.is_network() {
-        c.at_value(
-            &format!("{ptr}/insecure"),
-            format!("{at}: `insecure` applies to tcp:// and http:// endpoints only"),
-        );
-    } else if insecure && host.tls.is_none() && !endpoint.is_loopback() {
-        c.at_value(
-            &format!("{ptr}/insecure"),
-            format!("{at}: `insecure: true` is accepted only for a loopback address (127.0.0.0/8, ::1, localhost)"),
-        )
-        .help("give the engine TLS certificates in `tls` and use tcp://");
     }
 }

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::spec::diag::quote;
 use crate::spec::memory::memory_problem;
+use crate::spec::reference::check_reference;
 use crate::spec::model::{GpuRequest, Host, HostGpus, MAX_SCALE_SET_NAME, Pool, PoolHosts};
 use crate::spec::resolve::DEFAULT_RUNNER_LABELS;
 
@@ -194,6 +195,23 @@ fn check_autoscale(
             format!("pool `{name}` autoscales: its runners must be ephemeral (one job each), found `ephemeral: false`"),
         );
     }
+    let scale_set = c.spec.scale_set_name(name, autoscale);
+    if scale_set
+        .get(..RESERVED_LABEL_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_LABEL_PREFIX))
+    {
+        // A scale set's name is one of its labels, and `fleet.<fleet>` marks what a fleet owns
+        // (src/contract/mod.rs): `fleet.prod` would be taken, and deleted, by fleet `prod`.
+        let at = if autoscale.scale_set.is_some() {
+            format!("{ptr}/scale_set")
+        } else {
+            ptr.clone()
+        };
+        c.at_value(
+            &at,
+            format!("scale set name {scale_set:?} starts with `{RESERVED_LABEL_PREFIX}`, the prefix of fleet's ownership labels: expected a name that does not"),
+        );
+    }
     if autoscale.scale_set.is_none() {
         let default = c.spec.scale_set_name(name, autoscale);
         if !is_scale_set_name(&default) {
@@ -289,6 +307,13 @@ fn check_runner_identity(c: &mut Checker, name: &str, pool_ptr: &str, pool: &Poo
 
 /// Checks of values that hold wherever they are written, in a pool or in `defaults`.
 pub(super) fn check_pool_values(c: &mut Checker, base: &str, pool: &Pool) {
+    if let Some(image) = &pool.image
+        && let Err(why) = check_reference(image)
+    {
+        // The image goes into Docker API paths: only the reference grammar gets there.
+        c.at_value(&format!("{base}/image"), format!("image {}: {why}", quote(image)))
+            .help("write a reference such as ghcr.io/acme/runner:2.321.0 or runner@sha256:...");
+    }
     if let Some(labels) = &pool.labels {
         check_labels(c, base, labels);
     }
