@@ -343,3 +343,63 @@ fn an_enterprise_server_and_labels_from_the_shell() {
         "{report}"
     );
 }
+
+/// A compose file is anyone's input: `import` reads no build context outside its folder
+/// (absolute, `..`, or through a symbolic link), says so in the report, and copies nothing
+/// from there into fleet.yaml (docs/security.md, "YAML by size, import by folder").
+#[test]
+fn a_build_context_outside_the_compose_folder_is_not_read() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        outside.path().join("entrypoint.sh"),
+        "./config.sh --url https://github.com/outside/secretrepo --labels outsidelabel\n",
+    )
+    .expect("write the outside script");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("linked")).expect("symlink");
+    for context in [
+        outside.path().display().to_string(),
+        format!("../{}", outside.path().file_name().expect("name").to_string_lossy()),
+        "linked".to_string(),
+    ] {
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            format!("services:\n  r:\n    image: myoung34/github-runner:latest\n    build:\n      context: {context}\n    environment:\n      REPO_URL: https://github.com/acme/zquic\n"),
+        )
+        .expect("write compose file");
+        let out = fleet_in(dir.path(), &["import", "."]);
+        let (yaml, report) = (stdout(&out), stderr(&out));
+        assert!(out.status.success(), "{context}: {report}");
+        for value in ["outside/secretrepo", "outsidelabel"] {
+            assert!(!yaml.contains(value) && !report.contains(value), "{context}:\n{yaml}\n{report}");
+        }
+        assert!(report.contains("was not read"), "{context}: {report}");
+    }
+}
+
+/// A `dockerfile:` that names a FIFO, and a compose file over 1 MiB: refused, never waited on.
+#[test]
+fn a_fifo_dockerfile_does_not_hang_and_a_huge_compose_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = Command::new("mkfifo")
+        .arg(dir.path().join("Dockerfile.fifo"))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  r:\n    image: myoung34/github-runner:latest\n    build:\n      context: .\n      dockerfile: Dockerfile.fifo\n    environment:\n      REPO_URL: https://github.com/acme/zquic\n",
+    )
+    .expect("write compose file");
+    let started = std::time::Instant::now();
+    let out = fleet_in(dir.path(), &["import", "."]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    let huge = dir.path().join("huge.yaml");
+    let padding = format!("# {}\n", "x".repeat(1 << 20));
+    std::fs::write(&huge, format!("{padding}services: {{}}\n")).expect("write huge");
+    let out = fleet_in(dir.path(), &["import", "huge.yaml"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("larger than 1048576 bytes"), "{}", stderr(&out));
+}

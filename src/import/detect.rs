@@ -46,6 +46,8 @@ pub struct Build {
     pub args: Vec<EnvVar>,
     /// Files of the context that run `config.sh`.
     pub registering: Vec<Scanned>,
+    /// Why the context was not read: it is outside the compose file's folder.
+    pub outside: Option<String>,
 }
 
 /// One build file that runs `config.sh`.
@@ -82,12 +84,19 @@ pub fn build(file: &ComposeFile, build: &Value) -> Build {
         context: context.clone(),
         args,
         registering: vec![],
+        outside: None,
     };
     if context.contains("://") || context.starts_with("git@") {
         return out;
     }
-    let dir = file.dir.join(&context);
     let dockerfile = dockerfile.unwrap_or_else(|| "Dockerfile".to_string());
+    // Only files inside the compose file's folder are read: a compose file is anyone's input,
+    // and its values are copied into fleet.yaml.
+    if let Some(why) = outside_of(&file.dir, &context, &dockerfile) {
+        out.outside = Some(why);
+        return out;
+    }
+    let dir = file.dir.join(&context);
     let mut candidates = vec![dir.join(&dockerfile)];
     if let Ok(entries) = std::fs::read_dir(&dir) {
         let mut scripts: Vec<_> = entries
@@ -116,11 +125,38 @@ pub fn build(file: &ComposeFile, build: &Value) -> Build {
     out
 }
 
-/// Reads one build file; `Some` when it runs config.sh.
+/// Why `context` (and `dockerfile` in it) would take `import` out of the compose file's
+/// folder `dir`: an absolute path, a `..`, or a symbolic link that leads out.
+fn outside_of(dir: &Path, context: &str, dockerfile: &str) -> Option<String> {
+    use std::path::Component;
+    let escapes = |p: &str| {
+        Path::new(p)
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+    };
+    if escapes(context) || escapes(dockerfile) {
+        return Some(format!(
+            "build context {} (dockerfile {}) was not read: it is outside the compose file's folder (an absolute path or `..`); fleet import reads only files inside it",
+            crate::escape::escaped(context),
+            crate::escape::escaped(dockerfile)
+        ));
+    }
+    let root = dir.canonicalize().ok()?;
+    match dir.join(context).canonicalize() {
+        Ok(real) if !real.starts_with(&root) => Some(format!(
+            "build context {} was not read: a symbolic link leads it outside the compose file's folder",
+            crate::escape::escaped(context)
+        )),
+        _ => None,
+    }
+}
+
+/// Reads one build file; `Some` when it runs config.sh. Only a regular file is opened (a FIFO
+/// would hang `import`), and without following a link out of the folder (see [`outside_of`]).
 fn scan(path: &Path, is_dockerfile: bool) -> Option<Scanned> {
     use std::io::Read;
     let mut text = String::new();
-    std::fs::File::open(path)
+    crate::named_file::open(path)
         .ok()?
         .take(SCAN_LIMIT)
         .read_to_string(&mut text)

@@ -215,6 +215,11 @@ pub fn import(paths: &[PathBuf], overrides: &Overrides) -> Result<Imported, Impo
     for (index, file) in files.iter().enumerate() {
         for (name, svc) in &file.services {
             let build = svc.get("build").map(|b| detect::build(file, b));
+            if let Some(why) = build.as_ref().and_then(|b| b.outside.clone()) {
+                report.files[index]
+                    .2
+                    .push(Finding::new(Tag::Warning, format!("service {name}: {why}")));
+            }
             let env = env::read(svc.get("environment"));
             let reasons = detect::runner_reasons(svc, &env, build.as_ref());
             if reasons.is_empty() {

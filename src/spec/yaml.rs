@@ -123,6 +123,8 @@ struct Built {
     height: usize,
     /// Nodes in it, itself included.
     size: usize,
+    /// Bytes of the scalars in it (keys included).
+    bytes: usize,
 }
 
 /// A collection whose end event has not come yet.
@@ -134,12 +136,14 @@ struct Open {
     mapping: bool,
     height: usize,
     size: usize,
+    bytes: usize,
 }
 
 impl Open {
     fn add(&mut self, child: Built) {
         self.height = self.height.max(child.height);
         self.size = self.size.saturating_add(child.size);
+        self.bytes = self.bytes.saturating_add(child.bytes);
         self.items.push(child.node);
     }
 
@@ -159,6 +163,7 @@ impl Open {
             node,
             height: self.height + 1,
             size: self.size + 1,
+            bytes: self.bytes,
         }
     }
 }
@@ -170,10 +175,16 @@ struct Builder<'a> {
     /// Nodes copied by alias expansion so far; bounded so that a "billion laughs" file
     /// cannot exhaust memory.
     expanded: usize,
+    /// Bytes of scalars copied by alias expansion so far: few aliases of one large scalar
+    /// expand to as much memory as many of a small one.
+    expanded_bytes: usize,
 }
 
 /// The most nodes that aliases may expand to in one document.
 const ALIAS_EXPANSION_LIMIT: usize = 10_000;
+
+/// The most scalar bytes that aliases may expand to in one document (4 MiB).
+pub const ALIAS_BYTES_LIMIT: usize = 4 << 20;
 
 /// The most lists and mappings nested inside each other. fleet.yaml needs 5; the limit keeps
 /// hostile files (`[[[[...`) from exhausting the stack of anything that walks the tree.
@@ -234,6 +245,7 @@ impl<'a> Builder<'a> {
             let pos = Pos::from_span(&span);
             let built = match ev {
                 Event::Scalar(text, style, anchor, tag) => {
+                    let bytes = text.len();
                     let built = Built {
                         node: Node::Scalar {
                             text: text.into_owned(),
@@ -244,6 +256,7 @@ impl<'a> Builder<'a> {
                         },
                         height: 0,
                         size: 1,
+                        bytes,
                     };
                     self.remember(anchor, &built);
                     built
@@ -259,6 +272,7 @@ impl<'a> Builder<'a> {
                         mapping: matches!(ev, Event::MappingStart(..)),
                         height: 0,
                         size: 0,
+                        bytes: 0,
                     });
                     continue;
                 }
@@ -307,9 +321,19 @@ impl<'a> Builder<'a> {
                 },
                 height: 0,
                 size: 1,
+                bytes: 0,
             });
         };
         self.expanded = self.expanded.saturating_add(built.size);
+        self.expanded_bytes = self.expanded_bytes.saturating_add(built.bytes);
+        if self.expanded_bytes > ALIAS_BYTES_LIMIT {
+            return Err(Stop::Limit {
+                pos,
+                message: format!(
+                    "aliases expand to more than {ALIAS_BYTES_LIMIT} bytes (4 MiB): fleet refuses such alias bombs"
+                ),
+            });
+        }
         if self.expanded > ALIAS_EXPANSION_LIMIT {
             return Err(Stop::Limit {
                 pos,
@@ -332,6 +356,7 @@ pub fn parse(source: &str) -> Document {
         anchors: BTreeMap::new(),
         problems: Vec::new(),
         expanded: 0,
+        expanded_bytes: 0,
     };
     let mut roots = Vec::new();
     let outcome = (|| -> Result<(), Stop> {
@@ -614,6 +639,24 @@ mod tests {
         assert_eq!(doc.problems.len(), 1);
         assert!(doc.problems[0].message.starts_with("YAML syntax error"));
         assert!(doc.problems[0].pos.line >= 1);
+    }
+
+    /// One 900 KB anchored scalar and ten aliases: few nodes, but 9 MB once expanded.
+    #[test]
+    fn aliases_are_limited_by_the_bytes_they_expand_to() {
+        let big = "x".repeat(900_000);
+        let aliases = (0..10).map(|i| format!("a{i}: *b\n")).collect::<String>();
+        let doc = parse(&format!("big: &b {big}\n{aliases}"));
+        assert!(doc.value.is_none());
+        assert!(
+            doc.problems.iter().any(|p| p.message.contains("more than 4194304 bytes (4 MiB)")),
+            "{:?}",
+            doc.problems.iter().map(|p| &p.message).collect::<Vec<_>>()
+        );
+        // Four copies stay under 4 MiB.
+        let aliases = (0..3).map(|i| format!("a{i}: *b\n")).collect::<String>();
+        let doc = parse(&format!("big: &b {big}\n{aliases}"));
+        assert!(doc.value.is_some(), "{:?}", doc.problems.first().map(|p| &p.message));
     }
 
     #[test]
