@@ -10,6 +10,7 @@ use std::path::Path;
 use clap::{Parser, Subcommand};
 
 use crate::apply::{Outcome, Progress, Run, StepReport, lock};
+use crate::escape::escaped_lines;
 use crate::github::RetryPolicy;
 use crate::observe::state::Observed;
 use crate::observe::{ObserveError, Observers};
@@ -568,11 +569,13 @@ enum Failure {
 }
 
 impl Failure {
+    /// Every message goes through [`escaped_lines`]: errors quote the spec, saved plans and
+    /// the services' answers, which must not reach the terminal as control sequences.
     fn report(&self) -> u8 {
         match self {
-            Failure::Spec(e) => eprint!("{}", e.render()),
+            Failure::Spec(e) => eprint!("{}", escaped_lines(&e.render())),
             Failure::Observe(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", escaped_lines(&e.to_string()));
                 if let Some(hint) = e.hint() {
                     eprintln!("hint: {hint}");
                 }
@@ -580,11 +583,11 @@ impl Failure {
             }
             Failure::Plan(e) => {
                 for problem in &e.problems {
-                    eprintln!("error: {problem}");
+                    eprintln!("error: {}", escaped_lines(&problem.to_string()));
                 }
                 eprintln!("No plan was made; nothing was changed.");
             }
-            Failure::Other(message) => eprintln!("error: {message}"),
+            Failure::Other(message) => eprintln!("error: {}", escaped_lines(message)),
         }
         exit::ERROR
     }
@@ -826,7 +829,10 @@ fn converge(
     let failed: Vec<&StepReport> = report.failed().collect();
     for step in &failed {
         if let Outcome::Failed(cause) = &step.outcome {
-            eprintln!("error: {}: {cause}", step.name);
+            eprintln!(
+                "error: {}",
+                escaped_lines(&format!("{}: {cause}", step.name))
+            );
         }
     }
     Ok(if failed.is_empty() {

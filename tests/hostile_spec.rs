@@ -308,3 +308,32 @@ mod tls {
         }
     }
 }
+
+/// Escape sequences in a spec and in a saved plan never reach the terminal: the code frame,
+/// the message and `fleet show`'s error print them as visible escapes (src/escape.rs).
+#[test]
+fn escape_sequences_in_a_spec_or_a_saved_plan_are_printed_escaped() {
+    let hostile = "\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m";
+    let (out, all) = validate_text(&format!(
+        "{HEAD}pools:\n  cpu:\n    count: 1\n    image: \"x{hostile}\"\n    network: \"n{hostile}\"\n"
+    ));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains('\u{1b}') && !all.contains('\u{9b}') && !all.contains('\u{7}'), "{all:?}");
+    assert!(all.contains("\\u{1b}[2J"), "{all}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        format!("{{\"format_version\": \"9{}\"}}", hostile.replace('\u{1b}', "\\u001b").replace('\u{7}', "\\u0007").replace('\u{9b}', "\\u009b")),
+    )
+    .expect("write plan");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .args(["show", plan.to_str().expect("utf-8")])
+        .output()
+        .expect("run fleet show");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("format_version 9"), "{all}");
+    assert!(!all.contains('\u{1b}') && !all.contains('\u{9b}') && !all.contains('\u{7}'), "{all:?}");
+}

@@ -268,7 +268,8 @@ pub fn read_saved(path: &Path) -> Result<PlanDocument, SavedPlanError> {
         Some(other) => {
             return Err(SavedPlanError::Version {
                 path: path.to_path_buf(),
-                found: other.to_string(),
+                // The file is anyone's: what it says is shown escaped (src/escape.rs).
+                found: crate::escape::escaped(other).into_owned(),
             });
         }
         None => {
@@ -279,6 +280,6 @@ pub fn read_saved(path: &Path) -> Result<PlanDocument, SavedPlanError> {
     }
     serde_json::from_value(value).map_err(|e| SavedPlanError::Invalid {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: crate::escape::escaped(&e.to_string()).into_owned(),
     })
 }

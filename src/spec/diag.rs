@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::escape::{escaped, escaped_lines};
+
 use super::yaml::Pos;
 use crate::secret::mask_credentials;
 
@@ -50,9 +52,12 @@ impl Diagnostic {
 
     /// [`Diagnostic::render`] with the source line already found (`None`: past the end).
     pub fn render_line(&self, file: &str, line: Option<&str>) -> String {
+        // Everything shown comes from the file: escaped (src/escape.rs), so that no escape
+        // sequence in the spec reaches the terminal or the CI log.
         let path = self.path();
-        let path = mask_credentials(&shorten(&path)).into_owned();
-        let message = mask_credentials(&self.message);
+        let path = escaped(&mask_credentials(&shorten(&path))).into_owned();
+        let message = escaped_lines(&mask_credentials(&self.message)).into_owned();
+        let file = escaped(file);
         let mut out = if path.is_empty() {
             format!("error: {message}\n")
         } else {
@@ -68,8 +73,10 @@ impl Diagnostic {
         if let Some(line) = line {
             // The caret goes under the column as it is shown: after masking what precedes it.
             let before: String = line.chars().take(self.pos.col.saturating_sub(1)).collect();
-            let caret_at = display_width(&mask_credentials(&before));
-            let shown = mask_credentials(line).replace('\t', "    ");
+            let caret_at = escaped(&mask_credentials(&before).replace('\t', "    "))
+                .chars()
+                .count();
+            let shown = escaped(&mask_credentials(line).replace('\t', "    ")).into_owned();
             let (shown, caret_at) = frame_window(&shown, caret_at);
             out.push_str(&format!("{:gutter$} |\n", ""));
             out.push_str(&format!("{line_no} | {shown}\n"));
@@ -79,7 +86,7 @@ impl Diagnostic {
             out.push_str(&format!(
                 "{:gutter$} = help: {}\n",
                 "",
-                mask_credentials(help)
+                escaped_lines(&mask_credentials(help))
             ));
         }
         out
@@ -112,19 +119,14 @@ fn frame_window(line: &str, caret_at: usize) -> (String, usize) {
     (shown, caret)
 }
 
-/// Columns of `text` as the frame prints it (a tab takes four).
-fn display_width(text: &str) -> usize {
-    text.chars().map(|c| if c == '\t' { 4 } else { 1 }).sum()
-}
-
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = self.path();
         write!(f, "{}:{}: ", self.pos.line, self.pos.col)?;
         if !path.is_empty() {
-            write!(f, "{}: ", mask_credentials(&path))?;
+            write!(f, "{}: ", escaped(&mask_credentials(&path)))?;
         }
-        f.write_str(&mask_credentials(&self.message))
+        f.write_str(&escaped_lines(&mask_credentials(&self.message)))
     }
 }
 
