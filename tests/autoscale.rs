@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use common::{TEST_IMAGE, World};
-use fake_github::{Config, ScaleSetConfig};
+use fake_github::{Config, ScaleSetConfig, ScaleSetEndpoint, ScaleSetFault};
 use support::{WatchProcess, listening_scale_set};
 
 /// The fake answers an empty poll quickly and lets a session lapse soon, so that a test sees
@@ -338,4 +338,89 @@ fn a_scale_set_fleet_did_not_make_is_an_error_never_adopted() {
     assert_eq!(sets.len(), 1, "not deleted, not adopted: {sets:?}");
     assert!(!sets[0].labels.iter().any(|l| l.starts_with("fleet.")));
     assert!(w.owned_containers().is_empty());
+}
+
+#[test]
+fn an_outage_of_the_scale_set_service_stops_only_the_autoscaled_pools() {
+    let w = world();
+    let pools = format!(
+        "  fixed:\n    count: 1\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n{}",
+        autoscaled("auto", 0, 2)
+    );
+    spec(&w, &pools, "none");
+    let watch = WatchProcess::start(&w, &["--resync", "3s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    watch.eventually(Duration::from_secs(60), "the fixed runner", || {
+        running(&w, "fixed").len() == 1
+    });
+    // The Actions service answers 503 to everything; GitHub's REST API still answers.
+    w.fake
+        .fail_next_scaleset(ScaleSetEndpoint::Any, ScaleSetFault::Status(503), usize::MAX);
+    let first = running(&w, "fixed").remove(0);
+    common::docker_ok(&["stop", "-t", "0", &first]);
+    watch.eventually(
+        Duration::from_secs(60),
+        "the fixed runner replaced during the outage",
+        || {
+            let now = running(&w, "fixed");
+            now.len() == 1 && now[0] != first
+        },
+    );
+    watch.eventually(
+        Duration::from_secs(30),
+        "the outage in the metrics",
+        || support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(0.0),
+    );
+    let status = w.fleet(&["status"]);
+    assert!(
+        common::stdout(&status).contains("runner scale sets: cannot be read"),
+        "{}",
+        common::stdout(&status)
+    );
+    // The service answers again: the listener opens a session and serves a job, no restart.
+    w.fake.clear_faults();
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(
+        Duration::from_secs(90),
+        "a runner for the job after the outage",
+        || running(&w, "auto").len() == 1,
+    );
+    watch.eventually(Duration::from_secs(30), "the service up again", || {
+        support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(1.0)
+    });
+}
+
+#[test]
+fn a_stopped_watch_closes_its_sessions_and_a_restart_serves_a_job_at_once() {
+    // Sessions lapse only after ten minutes here: a restart that waited for its old session
+    // would not serve the job in time.
+    let w = World::with_fake(Config {
+        scaleset: ScaleSetConfig {
+            long_poll: Duration::from_millis(300),
+            session_timeout: Duration::from_secs(600),
+            ..ScaleSetConfig::default()
+        },
+        ..Config::default()
+    });
+    spec(&w, &autoscaled("auto", 0, 2), "none");
+    let mut watch = WatchProcess::start(&w, &["--resync", "30s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    let status = watch.terminate();
+    assert!(status.success(), "{status}: {}", watch.log());
+    let sessions: Vec<_> = w
+        .fake
+        .scale_sets(Some(&w.scope))
+        .into_iter()
+        .filter_map(|s| s.session)
+        .collect();
+    assert!(sessions.is_empty(), "{sessions:?}\n{}", watch.log());
+    assert!(watch.log().contains("message session closed"), "{}", watch.log());
+
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    let watch = WatchProcess::start(&w, &["--resync", "30s"], &[]);
+    watch.eventually(
+        Duration::from_secs(5),
+        "a runner for the job within 5 s of the restart",
+        || running(&w, "auto").len() == 1,
+    );
 }

@@ -31,7 +31,7 @@ pub use scaleset::scale_set_labels;
 
 use crate::contract::hash::full_json_hash;
 use crate::contract::{self, labels, naming};
-use crate::observe::state::{ContainerState, Observed};
+use crate::observe::state::{ContainerState, GithubRunner, Observed};
 use crate::spec::{ResolvedPool, Spec};
 use containers::{Fate, OnHost, Placed, Registrations};
 
@@ -191,7 +191,10 @@ impl<'a> Planner<'a> {
                 continue; // every host of the pool is unobserved: nothing to decide
             }
             let mine = by_pool.remove(pool.name.as_str()).unwrap_or_default();
-            let fates = if pool.ephemeral {
+            let fates = if self.frozen(&pool.name) {
+                // The scale set service cannot be read: its runners stay as they are.
+                mine.iter().map(|(h, c)| (*h, *c, Fate::Keep)).collect()
+            } else if pool.ephemeral {
                 self.decide_ephemeral(pool, &mine)
             } else {
                 self.decide_persistent(pool, &mine)
@@ -206,6 +209,16 @@ impl<'a> Planner<'a> {
         // Host by host, a pool's containers before the orphans (stable: the pools' order).
         placed.sort_by_key(|p| (p.host, p.pool.is_none()));
         placed
+    }
+
+    /// Whether pool `pool` autoscales while the scale set service cannot be read: its scale
+    /// set, runners and registrations are left as they are (no create, no delete).
+    fn frozen(&self, pool: &str) -> bool {
+        self.observed.github.scale_set_error.is_some()
+            && self
+                .pools
+                .iter()
+                .any(|p| p.name == pool && p.autoscale.is_some())
     }
 
     /// Whether the spec's pool `pool` lists `host`.
@@ -245,12 +258,21 @@ impl<'a> Planner<'a> {
         let fleet = self.fleet();
         let names: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
         self.registrations
-            .keys()
-            .filter(|name| !self.running.contains(*name))
+            .iter()
+            .filter(|(name, runner)| !self.running.contains(*name) && !self.lost_here(runner))
+            .map(|(name, _)| name)
             .filter(|name| {
                 naming::pool_from_name(fleet, name, names.iter().copied()) == Some(&pool.name)
             })
             .count()
+    }
+
+    /// Whether a registration that no container runs was made on a host that was observed
+    /// (its host mark says so): its runner is lost there, and may not be on an unobserved
+    /// host. A registration without the mark may be anywhere.
+    fn lost_here(&self, runner: &GithubRunner) -> bool {
+        contract::registration_host(runner, self.fleet())
+            .is_some_and(|host| self.observed.hosts.contains_key(host))
     }
 
     fn decide_persistent(
@@ -536,7 +558,7 @@ impl<'a> Planner<'a> {
             if self.running.contains(runner.name.as_str()) || self.handled.contains(&runner.name) {
                 continue;
             }
-            if partial {
+            if partial && !self.lost_here(runner) {
                 left_alone += 1;
                 continue;
             }
@@ -550,6 +572,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let pool = naming::pool_from_name(fleet, &runner.name, pool_names.iter().copied());
+            if pool.is_some_and(|p| self.frozen(p)) {
+                continue;
+            }
             self.changes.push(Change::Registration(RegistrationChange {
                 op: RegistrationOp::Remove,
                 runner_id: runner.id,

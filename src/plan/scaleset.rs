@@ -44,6 +44,12 @@ pub(super) fn plan_scale_sets(
     pools: &[ResolvedPool],
     observed: &Observed,
 ) -> ScaleSetPlan {
+    if let Some(error) = &observed.github.scale_set_error {
+        return ScaleSetPlan {
+            warnings: outage_warnings(pools, error),
+            ..ScaleSetPlan::default()
+        };
+    }
     let Some(existing) = observed.github.scale_sets.as_ref() else {
         let warnings = pools
             .iter()
@@ -110,6 +116,26 @@ pub(super) fn plan_scale_sets(
         problems,
         warnings: vec![],
     }
+}
+
+/// What an outage of the scale set service leaves as it is.
+fn outage_warnings(pools: &[ResolvedPool], error: &str) -> Vec<String> {
+    let autoscaled: Vec<String> = pools
+        .iter()
+        .filter_map(|p| p.autoscale.as_ref().map(|a| (p, a)))
+        .map(|(pool, autoscale)| format!("`{}` (scale set `{}`)", pool.name, autoscale.scale_set))
+        .collect();
+    let left = if autoscaled.is_empty() {
+        "the scale sets of pools that left the spec are not removed".to_string()
+    } else {
+        format!(
+            "autoscaled pool(s) {} are left as they are: no scale set, runner or registration of theirs is created or removed",
+            autoscaled.join(", ")
+        )
+    };
+    vec![format!(
+        "the runner scale set service cannot be read ({error}): {left} until it answers again; the other pools converge"
+    )]
 }
 
 fn change(

@@ -197,3 +197,47 @@ fn autoscaled_runners_take_only_the_gpus_fixed_pools_leave() {
     );
     assert_eq!(pool.waiting, Some((4, Waiting::NoFreeGpu)));
 }
+
+#[test]
+fn an_outage_of_the_scale_set_service_freezes_only_the_autoscaled_pools() {
+    let pools = format!("  fixed:\n    count: 2\n    image: r:1\n{AUTO}");
+    let spec = with_pools(&pools);
+    let own = ownership_label("zq");
+    let mut world = empty_world();
+    world.github.scale_set_error = Some("503 Service Unavailable".into());
+    // Seven autoscaled runners (above max), one of them exited; an autoscaled registration
+    // without a container; the fixed pool lacks a runner.
+    for i in 0..7 {
+        add_runner(&mut world, &spec, "auto", &format!("zq-auto-r{i}"), &[]);
+    }
+    let host = world.hosts.get_mut("local").expect("host");
+    host.containers[0].status = crate::observe::state::ContainerStatus::Exited;
+    world.github.runners.push(crate::observe::state::GithubRunner {
+        id: 99,
+        name: "zq-auto-gone".into(),
+        labels: vec![own.clone()],
+        ..Default::default()
+    });
+    add_runner(&mut world, &spec, "fixed", "zq-fixed-0", &[]);
+    let typed = plan(&spec, &world).expect("plan");
+    let changes: Vec<(Action, String)> = typed
+        .document()
+        .changes
+        .iter()
+        .map(|c| (c.action, c.pool.clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [(Action::Create, "fixed".to_string())],
+        "only the fixed pool converges"
+    );
+    assert!(typed.autoscale.is_empty(), "{:?}", typed.autoscale);
+    assert!(
+        typed
+            .warnings
+            .iter()
+            .any(|w| w.contains("cannot be read (503") && w.contains("`auto` (scale set `zq-auto`)")),
+        "{:?}",
+        typed.warnings
+    );
+}
