@@ -354,8 +354,11 @@ fn an_outage_of_the_scale_set_service_stops_only_the_autoscaled_pools() {
         running(&w, "fixed").len() == 1
     });
     // The Actions service answers 503 to everything; GitHub's REST API still answers.
-    w.fake
-        .fail_next_scaleset(ScaleSetEndpoint::Any, ScaleSetFault::Status(503), usize::MAX);
+    w.fake.fail_next_scaleset(
+        ScaleSetEndpoint::Any,
+        ScaleSetFault::Status(503),
+        usize::MAX,
+    );
     let first = running(&w, "fixed").remove(0);
     common::docker_ok(&["stop", "-t", "0", &first]);
     watch.eventually(
@@ -366,11 +369,9 @@ fn an_outage_of_the_scale_set_service_stops_only_the_autoscaled_pools() {
             now.len() == 1 && now[0] != first
         },
     );
-    watch.eventually(
-        Duration::from_secs(30),
-        "the outage in the metrics",
-        || support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(0.0),
-    );
+    watch.eventually(Duration::from_secs(30), "the outage in the metrics", || {
+        support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(0.0)
+    });
     let status = w.fleet(&["status"]);
     assert!(
         common::stdout(&status).contains("runner scale sets: cannot be read"),
@@ -414,7 +415,11 @@ fn a_stopped_watch_closes_its_sessions_and_a_restart_serves_a_job_at_once() {
         .filter_map(|s| s.session)
         .collect();
     assert!(sessions.is_empty(), "{sessions:?}\n{}", watch.log());
-    assert!(watch.log().contains("message session closed"), "{}", watch.log());
+    assert!(
+        watch.log().contains("message session closed"),
+        "{}",
+        watch.log()
+    );
 
     w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
     let watch = WatchProcess::start(&w, &["--resync", "30s"], &[]);
@@ -423,4 +428,77 @@ fn a_stopped_watch_closes_its_sessions_and_a_restart_serves_a_job_at_once() {
         "a runner for the job within 5 s of the restart",
         || running(&w, "auto").len() == 1,
     );
+}
+
+/// An autoscaled pool of `min_idle` runners made by apply, one of them running a job.
+fn one_busy_runner(w: &World) -> (u64, String, String) {
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 2, max: 4 }}\n"
+    );
+    spec(w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let sets = w.fake.scale_sets(Some(&w.scope));
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let mut runners = running(w, "auto");
+    runners.sort();
+    assert_eq!(runners.len(), 2);
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &runners[0], true, true)
+    );
+    (sets[0].id, runners[0].clone(), runners[1].clone())
+}
+
+#[test]
+fn retiring_an_autoscaled_pool_with_a_busy_runner_waits_for_its_job() {
+    let w = world();
+    let (id, busy, idle) = one_busy_runner(&w);
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    let out = w.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(text.contains("is deleted after the last job"), "{text}");
+    assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
+    assert_eq!(
+        running(&w, "auto"),
+        [busy.clone()],
+        "the idle runner went at once ({idle})"
+    );
+    // The job ends: the next apply deletes the scale set and its record.
+    w.finish_job(&busy);
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+    assert!(
+        w.owned_containers().is_empty(),
+        "{:?}",
+        w.owned_containers()
+    );
+}
+
+#[test]
+fn destroy_waits_for_a_busy_scale_set_runner_before_deleting_its_scale_set() {
+    let w = world();
+    let (id, busy, _) = one_busy_runner(&w);
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
+    assert_eq!(running(&w, "auto"), [busy.clone()]);
+    w.finish_job(&busy);
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
 }

@@ -516,11 +516,15 @@ fn a_runner_removed_behind_fleets_back_is_replaced_while_another_host_is_away() 
     });
     let up = |host: &str| sample(&watch.metrics(), "fleet_host_up", &[("host", host)]);
     let running = |listing: &str| listing.lines().filter(|l| l.contains(" running ")).count();
-    watch.eventually(Duration::from_secs(90), "all four running, tower up", || {
-        running(&main_engine_listing(&w)) == 2
-            && running(&farm.tower.containers()) == 2
-            && up("tower") == Some(1.0)
-    });
+    watch.eventually(
+        Duration::from_secs(90),
+        "all four running, tower up",
+        || {
+            running(&main_engine_listing(&w)) == 2
+                && running(&farm.tower.containers()) == 2
+                && up("tower") == Some(1.0)
+        },
+    );
     let tower_runners = runners(&farm.tower.containers());
     farm.tower.pause();
     watch.eventually(Duration::from_secs(60), "tower down", || {

@@ -96,9 +96,23 @@ pub(super) fn plan_scale_sets(
             }
         }
     }
+    let mut warnings = Vec::new();
     for set in existing {
         let ours = contract::scale_set_owned(&set.labels, fleet);
         if ours && !wanted.contains(&set.name.to_lowercase()) {
+            let record = record_of(observed, &set.name);
+            let busy = busy_runners(fleet, observed, set, record.as_ref());
+            if !busy.is_empty() {
+                // The service refuses to delete a scale set whose runner runs a job; its
+                // idle runners go now, the set after the last job.
+                warnings.push(format!(
+                    "runner scale set `{}` (id {}) is deleted after the last job of its runners: {} busy",
+                    set.name,
+                    set.id,
+                    busy.join(", ")
+                ));
+                continue;
+            }
             changes.push(Change::ScaleSet(ScaleSetChange {
                 op: ScaleSetOp::Delete,
                 pool: None,
@@ -106,7 +120,7 @@ pub(super) fn plan_scale_sets(
                 id: Some(set.id),
                 labels: vec![],
                 runner_group: None,
-                record: record_of(observed, &set.name),
+                record,
                 reasons: vec![Reason::ScaleSetUnused],
             }));
         }
@@ -114,8 +128,53 @@ pub(super) fn plan_scale_sets(
     ScaleSetPlan {
         changes,
         problems,
-        warnings: vec![],
+        warnings,
     }
+}
+
+/// The runners of scale set `set` that run a job: running containers of its pool (from its
+/// record, else from its default name `<fleet>-<pool>`) whose registration is busy.
+fn busy_runners(
+    fleet: &str,
+    observed: &Observed,
+    set: &ScaleSetState,
+    record: Option<&(String, String)>,
+) -> Vec<String> {
+    let from_record = record.and_then(|(host, volume)| {
+        observed
+            .hosts
+            .get(host)?
+            .volumes
+            .iter()
+            .find(|v| &v.name == volume)?
+            .pool
+            .clone()
+    });
+    let from_name = || {
+        set.name
+            .strip_prefix(fleet)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .map(str::to_string)
+    };
+    let Some(pool) = from_record.or_else(from_name) else {
+        return vec![];
+    };
+    let busy: BTreeSet<&str> = observed
+        .github
+        .runners
+        .iter()
+        .filter(|r| r.busy && contract::registration_owned(r, fleet))
+        .map(|r| r.name.as_str())
+        .collect();
+    observed
+        .hosts
+        .values()
+        .flat_map(|h| &h.containers)
+        .filter(|c| contract::container_owned(c, fleet) && !c.status.is_finished())
+        .filter(|c| c.label(crate::contract::labels::POOL) == Some(pool.as_str()))
+        .filter(|c| busy.contains(c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// What an outage of the scale set service leaves as it is.

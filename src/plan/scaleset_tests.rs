@@ -212,12 +212,15 @@ fn an_outage_of_the_scale_set_service_freezes_only_the_autoscaled_pools() {
     }
     let host = world.hosts.get_mut("local").expect("host");
     host.containers[0].status = crate::observe::state::ContainerStatus::Exited;
-    world.github.runners.push(crate::observe::state::GithubRunner {
-        id: 99,
-        name: "zq-auto-gone".into(),
-        labels: vec![own.clone()],
-        ..Default::default()
-    });
+    world
+        .github
+        .runners
+        .push(crate::observe::state::GithubRunner {
+            id: 99,
+            name: "zq-auto-gone".into(),
+            labels: vec![own.clone()],
+            ..Default::default()
+        });
     add_runner(&mut world, &spec, "fixed", "zq-fixed-0", &[]);
     let typed = plan(&spec, &world).expect("plan");
     let changes: Vec<(Action, String)> = typed
@@ -233,11 +236,60 @@ fn an_outage_of_the_scale_set_service_freezes_only_the_autoscaled_pools() {
     );
     assert!(typed.autoscale.is_empty(), "{:?}", typed.autoscale);
     assert!(
-        typed
-            .warnings
-            .iter()
-            .any(|w| w.contains("cannot be read (503") && w.contains("`auto` (scale set `zq-auto`)")),
+        typed.warnings.iter().any(
+            |w| w.contains("cannot be read (503") && w.contains("`auto` (scale set `zq-auto`)")
+        ),
         "{:?}",
         typed.warnings
+    );
+}
+
+#[test]
+fn a_retired_scale_set_with_a_busy_runner_is_deleted_after_the_last_job() {
+    let own = ownership_label("zq");
+    let old = "  old:\n    image: r:1\n    autoscale: { min_idle: 0, max: 4 }\n";
+    let before = with_pools(old);
+    let mut world = with_scale_sets(empty_world(), vec![ours(8, "zq-old", &["zq-old", &own])]);
+    add_runner(&mut world, &before, "old", "zq-old-busy01", &[]);
+    add_runner(&mut world, &before, "old", "zq-old-idle01", &[]);
+    super::tests::set_busy(&mut world, "zq-old-busy01");
+    let host = world.hosts.get_mut("local").expect("host");
+    host.volumes.push(crate::observe::state::VolumeState {
+        name: "zq-old.scale-set".into(),
+        owned: true,
+        pool: Some("old".into()),
+        runner: None,
+        scale_set: Some("zq-old".into()),
+    });
+    let after = with_pools("  other:\n    count: 0\n    image: r:1\n");
+    let typed = plan(&after, &world).expect("plan");
+    let changes: Vec<(Action, String)> = typed
+        .document()
+        .changes
+        .iter()
+        .map(|c| (c.action, c.name.clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (Action::Destroy, "zq-old-idle01".to_string()),
+            (Action::Defer, "zq-old-busy01".to_string())
+        ],
+        "the idle runner goes now, the busy one and the scale set wait"
+    );
+    assert!(
+        typed.warnings.iter().any(
+            |w| w.contains("`zq-old` (id 8) is deleted after the last job")
+                && w.contains("zq-old-busy01")
+        ),
+        "{:?}",
+        typed.warnings
+    );
+    // The job is over (the runner is idle): the scale set goes, with its record.
+    world.github.runners.iter_mut().for_each(|r| r.busy = false);
+    let changes = actions(&world, "  other:\n    count: 0\n    image: r:1\n");
+    assert!(
+        changes.contains(&(Action::DeleteScaleSet, "zq-old".into())),
+        "{changes:?}"
     );
 }

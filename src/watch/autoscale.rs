@@ -285,7 +285,8 @@ pub async fn listen(
             Ok(session) => {
                 backoff = Duration::from_secs(1);
                 tracing::info!("pool `{pool}`: listening on scale set {id}");
-                let end = run_session(&pool, &labels, &ctx, &session, &mut tracker, &mut stop).await;
+                let end =
+                    run_session(&pool, &labels, &ctx, &session, &mut tracker, &mut stop).await;
                 if let SessionEnd::Stopped = end {
                     close(&pool, &ctx, &session).await;
                     return;
