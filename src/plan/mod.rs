@@ -673,26 +673,9 @@ fn autoscale_entry(
     let load = observed.demand.get(&m.pool.name).copied();
     let assigned = load.map(|l| l.assigned);
     let runners = u32::try_from(m.kept + created).unwrap_or(u32::MAX);
-    let short = u32::try_from(m.count - created).unwrap_or(u32::MAX);
-    let over_max = assigned
-        .map(|a| {
-            autoscale
-                .min_idle
-                .saturating_add(a)
-                .saturating_sub(autoscale.max)
-        })
-        .unwrap_or(0);
-    // Jobs GitHub holds back (beyond the advertised capacity) wait too: for GPUs when the
-    // capacity is below `max`, else for `max` itself.
-    let queued = load.map_or(0, |l| l.queued);
-    let gpu_bound =
-        short > 0 || free_slots.is_some_and(|free| runners.saturating_add(free) < autoscale.max);
-    let jobs = short + over_max + queued;
-    let waiting = match (jobs, gpu_bound) {
-        (0, _) => None,
-        (jobs, true) => Some((jobs, Waiting::NoFreeGpu)),
-        (jobs, false) => Some((jobs, Waiting::AtMax)),
-    };
+    let gpu_bound = created < m.count
+        || free_slots.is_some_and(|free| runners.saturating_add(free) < autoscale.max);
+    let waiting = load.and_then(|load| waiting_jobs(load, runners, autoscale.max, gpu_bound));
     AutoscalePool {
         pool: m.pool.name.clone(),
         scale_set: autoscale.scale_set.clone(),
@@ -704,6 +687,30 @@ fn autoscale_entry(
         free_slots,
         waiting,
     }
+}
+
+/// The jobs of an autoscaled pool that have no runner, and why: the assigned jobs beyond its
+/// runners (idle runners kept for `min_idle` are runners, never jobs) and the jobs GitHub has
+/// not assigned yet. `at_max` only when the pool's runners are at `max`; else `no_free_gpu`
+/// when its hosts' GPUs bound it; else `acquiring` (room left: the job is on its way).
+pub(crate) fn waiting_jobs(
+    load: crate::observe::state::PoolLoad,
+    runners: u32,
+    max: u32,
+    gpu_bound: bool,
+) -> Option<(u32, Waiting)> {
+    let jobs = load
+        .assigned
+        .saturating_sub(runners)
+        .saturating_add(load.queued);
+    let why = if runners >= max {
+        Waiting::AtMax
+    } else if gpu_bound {
+        Waiting::NoFreeGpu
+    } else {
+        Waiting::Acquiring
+    };
+    (jobs > 0).then_some((jobs, why))
 }
 
 /// A change to an existing container: it holds its GPUs, and has its ids.

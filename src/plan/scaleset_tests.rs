@@ -157,7 +157,11 @@ fn with_known_demand_the_pool_wants_min_idle_plus_assigned_up_to_max() {
     world.demand.get_mut("auto").expect("demand").assigned = 9;
     let typed = plan(&spec, &world).expect("plan");
     assert_eq!(typed.summary().create, 4);
-    assert_eq!(typed.autoscale[0].waiting, Some((6, Waiting::AtMax)));
+    assert_eq!(
+        typed.autoscale[0].waiting,
+        Some((5, Waiting::AtMax)),
+        "9 jobs, 4 runners: the min_idle runner is not a job"
+    );
 }
 
 #[test]
@@ -292,4 +296,33 @@ fn a_retired_scale_set_with_a_busy_runner_is_deleted_after_the_last_job() {
         changes.contains(&(Action::DeleteScaleSet, "zq-old".into())),
         "{changes:?}"
     );
+}
+
+#[test]
+fn jobs_wait_for_the_reason_that_holds_them() {
+    use super::waiting_jobs;
+    use crate::observe::state::PoolLoad;
+    let load = |assigned, queued| PoolLoad { assigned, queued };
+    // (assigned, queued, runners after the plan, max, GPU-bound) -> waiting
+    let cases = [
+        // Every job has a runner, idle runners beside them: nothing waits.
+        ((2, 0), 3, 4, false, None),
+        ((0, 0), 1, 4, false, None),
+        // Available, room left: on its way, not a problem.
+        ((0, 2), 0, 4, false, Some((2, Waiting::Acquiring))),
+        ((3, 0), 1, 4, false, Some((2, Waiting::Acquiring))),
+        // GPUs hold the pool below max.
+        ((3, 0), 1, 4, true, Some((2, Waiting::NoFreeGpu))),
+        ((2, 1), 2, 4, true, Some((1, Waiting::NoFreeGpu))),
+        // At max: only then at_max, even with GPUs short.
+        ((6, 0), 4, 4, false, Some((2, Waiting::AtMax))),
+        ((4, 3), 4, 4, true, Some((3, Waiting::AtMax))),
+    ];
+    for ((assigned, queued), runners, max, gpu_bound, want) in cases {
+        assert_eq!(
+            waiting_jobs(load(assigned, queued), runners, max, gpu_bound),
+            want,
+            "assigned {assigned}, queued {queued}, runners {runners}, max {max}, GPU-bound {gpu_bound}"
+        );
+    }
 }
