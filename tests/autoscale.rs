@@ -502,3 +502,78 @@ fn destroy_waits_for_a_busy_scale_set_runner_before_deleting_its_scale_set() {
     assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
     assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
 }
+
+fn world_with(change: impl FnOnce(&mut ScaleSetConfig)) -> World {
+    let mut scaleset = ScaleSetConfig {
+        long_poll: Duration::from_millis(300),
+        session_timeout: Duration::from_secs(3),
+        ..ScaleSetConfig::default()
+    };
+    change(&mut scaleset);
+    World::with_fake(Config {
+        scaleset,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn a_job_whose_acquisition_failed_is_acquired_when_its_message_comes_again() {
+    let w = world_with(|c| {
+        c.delivery = fake_github::JobDelivery::Acquire;
+        c.redelivery = Duration::from_secs(1);
+    });
+    spec(&w, &autoscaled("auto", 0, 2), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    w.fake
+        .fail_next_scaleset(ScaleSetEndpoint::AcquireJobs, ScaleSetFault::Status(400), 1);
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(
+        Duration::from_secs(60),
+        "the job acquired and assigned after the failure, and its runner",
+        || {
+            w.fake
+                .scale_set_statistics(id)
+                .is_some_and(|s| s.total_assigned_jobs == 1)
+                && running(&w, "auto").len() == 1
+        },
+    );
+    assert!(
+        watch.log().contains("cannot acquire offered jobs"),
+        "{}",
+        watch.log()
+    );
+}
+
+#[test]
+fn a_new_session_after_a_lost_one_numbers_its_messages_anew() {
+    let w = world_with(|c| c.message_ids_per_session = true);
+    spec(&w, &autoscaled("auto", 0, 3), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    let session = || {
+        w.fake
+            .scale_sets(Some(&w.scope))
+            .into_iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.session)
+            .map(|(session, _)| session)
+    };
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(Duration::from_secs(60), "one runner", || {
+        running(&w, "auto").len() == 1
+    });
+    let first = session().expect("a session");
+    // The service loses the session: the listener opens another, whose messages start at 1.
+    w.fake
+        .fail_next_scaleset(ScaleSetEndpoint::GetMessage, ScaleSetFault::Status(404), 1);
+    watch.eventually(Duration::from_secs(60), "a new session", || {
+        session().is_some_and(|s| s != first)
+    });
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(
+        Duration::from_secs(60),
+        "a runner for the second job",
+        || running(&w, "auto").len() == 2,
+    );
+}

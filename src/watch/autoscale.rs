@@ -401,7 +401,13 @@ async fn handle(
                 .acquire_jobs(session, &observation.to_acquire)
                 .await
         {
-            tracing::warn!("pool `{pool}`: cannot acquire offered jobs: {e}");
+            // Not acknowledged: the message comes again and its jobs are acquired then.
+            tracing::warn!(
+                "pool `{pool}`: cannot acquire offered jobs: {e}; message {} is handled again when it comes back",
+                message.id
+            );
+            tracker.handle_again(message.id, &observation.to_acquire);
+            return;
         }
         record_jobs(labels, &ctx.metrics, message);
         publish(pool, labels, ctx, tracker);
