@@ -373,12 +373,9 @@ fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> R
             .observe_with(&spec, options)
             .await
             .map_err(Failure::Observe)?;
-        if let Err(e) = observers
+        observers
             .read_scale_sets(&spec, &mut observation.observed)
-            .await
-        {
-            tracing::warn!("cannot read the runner scale sets: {e}");
-        }
+            .await;
         Ok::<_, Failure>((observation, failed))
     })?;
     failed.extend(observation.failed);
@@ -786,10 +783,7 @@ fn converge(
         .await
         .map_err(Failure::Observe)?;
         let mut observed = observers.observe(&spec).await.map_err(Failure::Observe)?;
-        observers
-            .read_scale_sets(&spec, &mut observed)
-            .await
-            .map_err(Failure::Observe)?;
+        observers.read_scale_sets(&spec, &mut observed).await;
         Ok::<_, Failure>((observers, observed))
     })?;
     let (plan, show) = decide(&spec, &observed)?;

@@ -23,6 +23,10 @@ pub struct FleetStatus {
     /// Autoscaled pools: their scale set, and the runners they want and have.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub autoscale: Vec<AutoscaleStatus>,
+    /// Why the runner scale sets could not be read (the scale set service failed): the
+    /// autoscaled pools are left as they are meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_set_error: Option<String>,
 }
 
 /// An autoscaled pool as the planner sees it now.
@@ -237,6 +241,7 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
         hosts: host_statuses(spec, observed, devices),
         // Filled by `fleet status` only: the watch daemon has the plan's own figures.
         autoscale: vec![],
+        scale_set_error: observed.github.scale_set_error.clone(),
     }
 }
 
@@ -553,6 +558,11 @@ pub fn text(status: &FleetStatus) -> String {
         out.push_str(&format!("{table}\n"));
     }
     out.push_str(&autoscale_text(&status.autoscale));
+    if let Some(error) = &status.scale_set_error {
+        out.push_str(&format!(
+            "\nrunner scale sets: cannot be read ({error}); autoscaled pools are left as they are until the service answers again\n"
+        ));
+    }
     for host in &status.hosts {
         out.push_str(&host_text(host));
     }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use common::{TEST_IMAGE, World};
-use fake_github::{Config, ScaleSetConfig};
+use fake_github::{Config, ScaleSetConfig, ScaleSetEndpoint, ScaleSetFault};
 use support::{WatchProcess, listening_scale_set};
 
 /// The fake answers an empty poll quickly and lets a session lapse soon, so that a test sees
@@ -338,4 +338,242 @@ fn a_scale_set_fleet_did_not_make_is_an_error_never_adopted() {
     assert_eq!(sets.len(), 1, "not deleted, not adopted: {sets:?}");
     assert!(!sets[0].labels.iter().any(|l| l.starts_with("fleet.")));
     assert!(w.owned_containers().is_empty());
+}
+
+#[test]
+fn an_outage_of_the_scale_set_service_stops_only_the_autoscaled_pools() {
+    let w = world();
+    let pools = format!(
+        "  fixed:\n    count: 1\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n{}",
+        autoscaled("auto", 0, 2)
+    );
+    spec(&w, &pools, "none");
+    let watch = WatchProcess::start(&w, &["--resync", "3s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    watch.eventually(Duration::from_secs(60), "the fixed runner", || {
+        running(&w, "fixed").len() == 1
+    });
+    // The Actions service answers 503 to everything; GitHub's REST API still answers.
+    w.fake.fail_next_scaleset(
+        ScaleSetEndpoint::Any,
+        ScaleSetFault::Status(503),
+        usize::MAX,
+    );
+    let first = running(&w, "fixed").remove(0);
+    common::docker_ok(&["stop", "-t", "0", &first]);
+    watch.eventually(
+        Duration::from_secs(60),
+        "the fixed runner replaced during the outage",
+        || {
+            let now = running(&w, "fixed");
+            now.len() == 1 && now[0] != first
+        },
+    );
+    watch.eventually(Duration::from_secs(30), "the outage in the metrics", || {
+        support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(0.0)
+    });
+    let status = w.fleet(&["status"]);
+    assert!(
+        common::stdout(&status).contains("runner scale sets: cannot be read"),
+        "{}",
+        common::stdout(&status)
+    );
+    // The service answers again: the listener opens a session and serves a job, no restart.
+    w.fake.clear_faults();
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(
+        Duration::from_secs(90),
+        "a runner for the job after the outage",
+        || running(&w, "auto").len() == 1,
+    );
+    watch.eventually(Duration::from_secs(30), "the service up again", || {
+        support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(1.0)
+    });
+}
+
+#[test]
+fn a_stopped_watch_closes_its_sessions_and_a_restart_serves_a_job_at_once() {
+    // Sessions lapse only after ten minutes here: a restart that waited for its old session
+    // would not serve the job in time.
+    let w = World::with_fake(Config {
+        scaleset: ScaleSetConfig {
+            long_poll: Duration::from_millis(300),
+            session_timeout: Duration::from_secs(600),
+            ..ScaleSetConfig::default()
+        },
+        ..Config::default()
+    });
+    spec(&w, &autoscaled("auto", 0, 2), "none");
+    let mut watch = WatchProcess::start(&w, &["--resync", "30s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    let status = watch.terminate();
+    assert!(status.success(), "{status}: {}", watch.log());
+    let sessions: Vec<_> = w
+        .fake
+        .scale_sets(Some(&w.scope))
+        .into_iter()
+        .filter_map(|s| s.session)
+        .collect();
+    assert!(sessions.is_empty(), "{sessions:?}\n{}", watch.log());
+    assert!(
+        watch.log().contains("message session closed"),
+        "{}",
+        watch.log()
+    );
+
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    let watch = WatchProcess::start(&w, &["--resync", "30s"], &[]);
+    watch.eventually(
+        Duration::from_secs(5),
+        "a runner for the job within 5 s of the restart",
+        || running(&w, "auto").len() == 1,
+    );
+}
+
+/// An autoscaled pool of `min_idle` runners made by apply, one of them running a job.
+fn one_busy_runner(w: &World) -> (u64, String, String) {
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 2, max: 4 }}\n"
+    );
+    spec(w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let sets = w.fake.scale_sets(Some(&w.scope));
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let mut runners = running(w, "auto");
+    runners.sort();
+    assert_eq!(runners.len(), 2);
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &runners[0], true, true)
+    );
+    (sets[0].id, runners[0].clone(), runners[1].clone())
+}
+
+#[test]
+fn retiring_an_autoscaled_pool_with_a_busy_runner_waits_for_its_job() {
+    let w = world();
+    let (id, busy, idle) = one_busy_runner(&w);
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    let out = w.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(text.contains("is deleted after the last job"), "{text}");
+    assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
+    assert_eq!(
+        running(&w, "auto"),
+        [busy.clone()],
+        "the idle runner went at once ({idle})"
+    );
+    // The job ends: the next apply deletes the scale set and its record.
+    w.finish_job(&busy);
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+    assert!(
+        w.owned_containers().is_empty(),
+        "{:?}",
+        w.owned_containers()
+    );
+}
+
+#[test]
+fn destroy_waits_for_a_busy_scale_set_runner_before_deleting_its_scale_set() {
+    let w = world();
+    let (id, busy, _) = one_busy_runner(&w);
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
+    assert_eq!(running(&w, "auto"), [busy.clone()]);
+    w.finish_job(&busy);
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+}
+
+fn world_with(change: impl FnOnce(&mut ScaleSetConfig)) -> World {
+    let mut scaleset = ScaleSetConfig {
+        long_poll: Duration::from_millis(300),
+        session_timeout: Duration::from_secs(3),
+        ..ScaleSetConfig::default()
+    };
+    change(&mut scaleset);
+    World::with_fake(Config {
+        scaleset,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn a_job_whose_acquisition_failed_is_acquired_when_its_message_comes_again() {
+    let w = world_with(|c| {
+        c.delivery = fake_github::JobDelivery::Acquire;
+        c.redelivery = Duration::from_secs(1);
+    });
+    spec(&w, &autoscaled("auto", 0, 2), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    w.fake
+        .fail_next_scaleset(ScaleSetEndpoint::AcquireJobs, ScaleSetFault::Status(400), 1);
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(
+        Duration::from_secs(60),
+        "the job acquired and assigned after the failure, and its runner",
+        || {
+            w.fake
+                .scale_set_statistics(id)
+                .is_some_and(|s| s.total_assigned_jobs == 1)
+                && running(&w, "auto").len() == 1
+        },
+    );
+    assert!(
+        watch.log().contains("cannot acquire offered jobs"),
+        "{}",
+        watch.log()
+    );
+}
+
+#[test]
+fn a_new_session_after_a_lost_one_numbers_its_messages_anew() {
+    let w = world_with(|c| c.message_ids_per_session = true);
+    spec(&w, &autoscaled("auto", 0, 3), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    let session = || {
+        w.fake
+            .scale_sets(Some(&w.scope))
+            .into_iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.session)
+            .map(|(session, _)| session)
+    };
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(Duration::from_secs(60), "one runner", || {
+        running(&w, "auto").len() == 1
+    });
+    let first = session().expect("a session");
+    // The service loses the session: the listener opens another, whose messages start at 1.
+    w.fake
+        .fail_next_scaleset(ScaleSetEndpoint::GetMessage, ScaleSetFault::Status(404), 1);
+    watch.eventually(Duration::from_secs(60), "a new session", || {
+        session().is_some_and(|s| s != first)
+    });
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(
+        Duration::from_secs(60),
+        "a runner for the second job",
+        || running(&w, "auto").len() == 2,
+    );
 }

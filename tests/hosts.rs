@@ -500,3 +500,54 @@ fn a_host_that_stops_answering_mid_watch_is_left_alone_while_the_other_heals() {
     let plan = ok(&fleet(&w, &farm, &["plan", "--detailed-exitcode"], false));
     assert!(plan.contains("No changes"), "{plan}");
 }
+
+#[test]
+fn a_runner_removed_behind_fleets_back_is_replaced_while_another_host_is_away() {
+    let farm = Farm::start(false);
+    let w = World::new();
+    write_spec(
+        &w,
+        &Hosts::new(&farm),
+        &pool_on("spread", "[bare, tower]", 4, ""),
+    );
+    let watch = WatchProcess::start(&w, &["--resync", "1s", "--host-timeout", "3s"], &[]);
+    let runners = |listing: &str| runners_on(listing, &w.run, "spread");
+    watch.eventually(Duration::from_secs(90), "two runners on each host", || {
+        runners(&main_engine_listing(&w)).len() == 2 && runners(&farm.tower.containers()).len() == 2
+    });
+    let up = |host: &str| sample(&watch.metrics(), "fleet_host_up", &[("host", host)]);
+    let running = |listing: &str| listing.lines().filter(|l| l.contains(" running ")).count();
+    watch.eventually(
+        Duration::from_secs(90),
+        "all four running, tower up",
+        || {
+            running(&main_engine_listing(&w)) == 2
+                && running(&farm.tower.containers()) == 2
+                && up("tower") == Some(1.0)
+        },
+    );
+    let tower_runners = runners(&farm.tower.containers());
+    farm.tower.pause();
+    watch.eventually(Duration::from_secs(60), "tower down", || {
+        up("tower") == Some(0.0)
+    });
+    // A runner of bare disappears with its container (an OOM kill and a cleanup script):
+    // its registration says it was made on bare, which answers, so it is lost, not away.
+    let bare = runners(&main_engine_listing(&w));
+    common::docker_ok(&["rm", "-f", &bare[0]]);
+    watch.eventually(Duration::from_secs(60), "a replacement on bare", || {
+        let now = runners(&main_engine_listing(&w));
+        now.len() == 2 && !now.contains(&bare[0])
+    });
+    watch.eventually(
+        Duration::from_secs(30),
+        "the lost runner's registration removed",
+        || !w.owned_runner_names().contains(&bare[0]),
+    );
+    let names = w.owned_runner_names();
+    assert!(
+        tower_runners.iter().all(|n| names.contains(n)),
+        "tower's registrations are kept: {names:?}"
+    );
+    farm.tower.resume();
+}

@@ -180,7 +180,9 @@ impl Executor<'_> {
         let config = RunnerConfig::for_pool(&self.spec.name, pool);
         let mut name = planned.to_string();
         for attempt in 0..NAME_ATTEMPTS {
-            let (registered, jit) = self.register_jit(pool, &config, &name).await?;
+            let (registered, jit) = self
+                .register_jit(pool, &config, &name, &change.host)
+                .await?;
             let registration = Registration::Jit(jit.encoded);
             match self
                 .make_container(change, pool, &registered, registration)
@@ -351,6 +353,7 @@ impl Executor<'_> {
         pool: &ResolvedPool,
         config: &RunnerConfig,
         name: &str,
+        host: &str,
     ) -> Result<(String, JitConfig), StepError> {
         let mut name = name.to_string();
         if pool.autoscale.is_some() {
@@ -367,9 +370,12 @@ impl Executor<'_> {
             )));
         }
         let group = self.runner_group_id(pool)?;
+        // The host mark: while another host is away, a lost runner of this host is known.
+        let mut labels = config.labels.clone();
+        labels.push(contract::host_label(&self.spec.name, host));
         for attempt in 0..3 {
             let write = self.observers.github.write();
-            match write.generate_jitconfig(&name, group, &config.labels).await {
+            match write.generate_jitconfig(&name, group, &labels).await {
                 Ok(jit) => return Ok((name, jit)),
                 Err(GithubError::Rejected { status: 409, .. }) => {
                     match self.owned_registration(&name).await? {

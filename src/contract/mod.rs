@@ -68,6 +68,25 @@ pub fn ownership_label(fleet: &str) -> String {
     format!("fleet.{fleet}")
 }
 
+/// The label fleet gives the registration of a runner it makes on `host` (`fleet.<fleet>.host.
+/// <host>`): it tells, while another host cannot be observed, that a registration without a
+/// container belongs to a host that answers, so its runner is lost (docs/hosts.md). Scale set
+/// runners take their scale set's labels and carry none.
+pub fn host_label(fleet: &str, host: &str) -> String {
+    format!("fleet.{fleet}.host.{host}")
+}
+
+/// The host a registration's mark names, if it carries fleet `fleet`'s mark (GitHub keeps a
+/// label's case but compares labels ignoring it).
+pub fn registration_host<'a>(runner: &'a GithubRunner, fleet: &str) -> Option<&'a str> {
+    let prefix = format!("fleet.{fleet}.host.");
+    runner.labels.iter().find_map(|l| {
+        l.get(..prefix.len())
+            .filter(|p| p.eq_ignore_ascii_case(&prefix))
+            .map(|_| &l[prefix.len()..])
+    })
+}
+
 /// Whether Docker labels say that fleet `fleet` made the container or volume. Only labels prove
 /// ownership, never a name.
 pub fn labels_owned(labels: &BTreeMap<String, String>, fleet: &str) -> bool {

@@ -40,8 +40,6 @@ pub enum ObserveError {
     UnknownHost { name: String, known: String },
     #[error(transparent)]
     Github(#[from] GithubError),
-    #[error("cannot read the runner scale sets: {0}")]
-    ScaleSets(#[from] crate::scaleset::ScaleSetError),
 }
 
 impl ObserveError {
@@ -62,7 +60,6 @@ impl ObserveError {
             ObserveError::Docker(e) if e.is_unreachable() => Some(START.into()),
             ObserveError::Docker(_) | ObserveError::UnknownHost { .. } => None,
             ObserveError::Github(e) => e.hint(),
-            ObserveError::ScaleSets(_) => None,
         }
     }
 }
@@ -208,15 +205,13 @@ impl Observers {
 
     /// Reads the runner scale sets into `observed` (which needs a registration token: `apply`
     /// and `watch` only) when the spec has autoscaled pools or a host holds the record of one
-    /// fleet made. Without autoscaled pools in the spec they are read only to remove those of
-    /// pools that left it: a failure then is a warning, and nothing is removed.
-    pub async fn read_scale_sets(
-        &self,
-        spec: &Spec,
-        observed: &mut Observed,
-    ) -> Result<(), ObserveError> {
+    /// fleet made. A failure of the scale set service never fails the observation: it is
+    /// recorded in `observed.github.scale_set_error`, and the planner leaves the autoscaled
+    /// pools (and the scale sets of pools that left the spec) as they are while the other
+    /// pools converge.
+    pub async fn read_scale_sets(&self, spec: &Spec, observed: &mut Observed) {
         let Some(client) = &self.scale_sets else {
-            return Ok(());
+            return;
         };
         let autoscaled = spec.resolved_pools().iter().any(|p| p.autoscale.is_some());
         let recorded = observed
@@ -226,16 +221,17 @@ impl Observers {
             .any(|v| v.owned && v.scale_set.is_some());
         if !autoscaled && !recorded {
             // No scale set to make, none made: no registration token to spend.
-            return Ok(());
+            return;
         }
         match scalesets::read(client).await {
             Ok(sets) => observed.github.scale_sets = Some(sets),
-            Err(e) if autoscaled => return Err(e.into()),
-            Err(e) => tracing::warn!(
-                "cannot read the runner scale sets ({e}); those of pools that left the spec are not removed this time"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the runner scale sets ({e}); autoscaled pools and scale sets are left as they are until the service answers again, the other pools converge"
+                );
+                observed.github.scale_set_error = Some(e.to_string());
+            }
         }
-        Ok(())
     }
 
     /// Observes every connected host and GitHub at once; any failure fails the observation.
@@ -264,7 +260,7 @@ impl Observers {
             Ok::<_, ObserveError>(state::GithubState {
                 runners,
                 groups,
-                scale_sets: None,
+                ..state::GithubState::default()
             })
         };
         let (hosts, github) = futures_util::join!(join_all(host_futures), github);

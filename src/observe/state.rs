@@ -194,6 +194,11 @@ pub struct GithubState {
     /// fingerprint a saved plan is checked against, for the same reason.
     #[serde(skip)]
     pub scale_sets: Option<Vec<ScaleSetState>>,
+    /// Why the scale sets could not be read (the scale set service failed: registration
+    /// exchange, admin token, list). Autoscaled pools are then left as they are, and the other
+    /// pools converge (docs/autoscale.md, "Failure modes").
+    #[serde(skip)]
+    pub scale_set_error: Option<String>,
 }
 
 /// A runner scale set as the Actions service describes it.

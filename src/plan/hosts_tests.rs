@@ -501,6 +501,44 @@ fn runners_that_may_live_on_an_unobserved_host_are_counted_and_never_deregistere
 }
 
 #[test]
+fn a_lost_runner_of_a_host_that_answers_is_replaced_while_another_is_away() {
+    let (spec, mut world) = half_seen("  eph: { count: 4, image: r:1, host: [a, b] }\n");
+    add_runner_on(&mut world, &spec, "eph", "a", "zq-eph-aaaaa1");
+    let labels = RunnerConfig::for_pool("zq", &spec.resolved_pools()[0]).labels;
+    let marked = |host: &str| {
+        let mut l = labels.clone();
+        l.push(crate::contract::host_label("zq", host));
+        l
+    };
+    // Made on `a`, its container gone: lost. Made on `b`: may run there. No mark: may be
+    // anywhere.
+    register(&mut world, "zq-eph-lostaa", &marked("a"));
+    register(&mut world, "zq-eph-onbbbb", &marked("b"));
+    register(&mut world, "zq-eph-oldone", &labels);
+    let typed = plan(&spec, &world).expect("plan");
+    let mut actions: Vec<(Action, String)> = typed
+        .changes
+        .iter()
+        .map(|c| (c.action, c.name.clone()))
+        .collect();
+    actions.sort();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert_eq!(actions[0].0, Action::Create, "{actions:?}");
+    assert_eq!(
+        actions[1],
+        (Action::Deregister, "zq-eph-lostaa".to_string()),
+        "only the lost one goes"
+    );
+    assert!(
+        typed.warnings.iter().any(|w| w.contains(
+            "2 registration(s) of this fleet have no container on the hosts that were observed"
+        )),
+        "{:?}",
+        typed.warnings
+    );
+}
+
+#[test]
 fn an_orphan_registration_is_kept_while_any_host_is_unobserved() {
     // The pool lists only `a`, but its runner may have been made on `b` before a move.
     let (spec, mut world) = half_seen("  eph: { count: 1, image: r:1, host: a }\n");

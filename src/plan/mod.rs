@@ -31,7 +31,7 @@ pub use scaleset::scale_set_labels;
 
 use crate::contract::hash::full_json_hash;
 use crate::contract::{self, labels, naming};
-use crate::observe::state::{ContainerState, Observed};
+use crate::observe::state::{ContainerState, GithubRunner, Observed};
 use crate::spec::{ResolvedPool, Spec};
 use containers::{Fate, OnHost, Placed, Registrations};
 
@@ -191,7 +191,10 @@ impl<'a> Planner<'a> {
                 continue; // every host of the pool is unobserved: nothing to decide
             }
             let mine = by_pool.remove(pool.name.as_str()).unwrap_or_default();
-            let fates = if pool.ephemeral {
+            let fates = if self.frozen(&pool.name) {
+                // The scale set service cannot be read: its runners stay as they are.
+                mine.iter().map(|(h, c)| (*h, *c, Fate::Keep)).collect()
+            } else if pool.ephemeral {
                 self.decide_ephemeral(pool, &mine)
             } else {
                 self.decide_persistent(pool, &mine)
@@ -206,6 +209,16 @@ impl<'a> Planner<'a> {
         // Host by host, a pool's containers before the orphans (stable: the pools' order).
         placed.sort_by_key(|p| (p.host, p.pool.is_none()));
         placed
+    }
+
+    /// Whether pool `pool` autoscales while the scale set service cannot be read: its scale
+    /// set, runners and registrations are left as they are (no create, no delete).
+    fn frozen(&self, pool: &str) -> bool {
+        self.observed.github.scale_set_error.is_some()
+            && self
+                .pools
+                .iter()
+                .any(|p| p.name == pool && p.autoscale.is_some())
     }
 
     /// Whether the spec's pool `pool` lists `host`.
@@ -245,12 +258,21 @@ impl<'a> Planner<'a> {
         let fleet = self.fleet();
         let names: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
         self.registrations
-            .keys()
-            .filter(|name| !self.running.contains(*name))
+            .iter()
+            .filter(|(name, runner)| !self.running.contains(*name) && !self.lost_here(runner))
+            .map(|(name, _)| name)
             .filter(|name| {
                 naming::pool_from_name(fleet, name, names.iter().copied()) == Some(&pool.name)
             })
             .count()
+    }
+
+    /// Whether a registration that no container runs was made on a host that was observed
+    /// (its host mark says so): its runner is lost there, and may not be on an unobserved
+    /// host. A registration without the mark may be anywhere.
+    fn lost_here(&self, runner: &GithubRunner) -> bool {
+        contract::registration_host(runner, self.fleet())
+            .is_some_and(|host| self.observed.hosts.contains_key(host))
     }
 
     fn decide_persistent(
@@ -536,7 +558,7 @@ impl<'a> Planner<'a> {
             if self.running.contains(runner.name.as_str()) || self.handled.contains(&runner.name) {
                 continue;
             }
-            if partial {
+            if partial && !self.lost_here(runner) {
                 left_alone += 1;
                 continue;
             }
@@ -550,6 +572,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let pool = naming::pool_from_name(fleet, &runner.name, pool_names.iter().copied());
+            if pool.is_some_and(|p| self.frozen(p)) {
+                continue;
+            }
             self.changes.push(Change::Registration(RegistrationChange {
                 op: RegistrationOp::Remove,
                 runner_id: runner.id,
@@ -648,26 +673,9 @@ fn autoscale_entry(
     let load = observed.demand.get(&m.pool.name).copied();
     let assigned = load.map(|l| l.assigned);
     let runners = u32::try_from(m.kept + created).unwrap_or(u32::MAX);
-    let short = u32::try_from(m.count - created).unwrap_or(u32::MAX);
-    let over_max = assigned
-        .map(|a| {
-            autoscale
-                .min_idle
-                .saturating_add(a)
-                .saturating_sub(autoscale.max)
-        })
-        .unwrap_or(0);
-    // Jobs GitHub holds back (beyond the advertised capacity) wait too: for GPUs when the
-    // capacity is below `max`, else for `max` itself.
-    let queued = load.map_or(0, |l| l.queued);
-    let gpu_bound =
-        short > 0 || free_slots.is_some_and(|free| runners.saturating_add(free) < autoscale.max);
-    let jobs = short + over_max + queued;
-    let waiting = match (jobs, gpu_bound) {
-        (0, _) => None,
-        (jobs, true) => Some((jobs, Waiting::NoFreeGpu)),
-        (jobs, false) => Some((jobs, Waiting::AtMax)),
-    };
+    let gpu_bound = created < m.count
+        || free_slots.is_some_and(|free| runners.saturating_add(free) < autoscale.max);
+    let waiting = load.and_then(|load| waiting_jobs(load, runners, autoscale.max, gpu_bound));
     AutoscalePool {
         pool: m.pool.name.clone(),
         scale_set: autoscale.scale_set.clone(),
@@ -679,6 +687,30 @@ fn autoscale_entry(
         free_slots,
         waiting,
     }
+}
+
+/// The jobs of an autoscaled pool that have no runner, and why: the assigned jobs beyond its
+/// runners (idle runners kept for `min_idle` are runners, never jobs) and the jobs GitHub has
+/// not assigned yet. `at_max` only when the pool's runners are at `max`; else `no_free_gpu`
+/// when its hosts' GPUs bound it; else `acquiring` (room left: the job is on its way).
+pub(crate) fn waiting_jobs(
+    load: crate::observe::state::PoolLoad,
+    runners: u32,
+    max: u32,
+    gpu_bound: bool,
+) -> Option<(u32, Waiting)> {
+    let jobs = load
+        .assigned
+        .saturating_sub(runners)
+        .saturating_add(load.queued);
+    let why = if runners >= max {
+        Waiting::AtMax
+    } else if gpu_bound {
+        Waiting::NoFreeGpu
+    } else {
+        Waiting::Acquiring
+    };
+    (jobs > 0).then_some((jobs, why))
 }
 
 /// A change to an existing container: it holds its GPUs, and has its ids.

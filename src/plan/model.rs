@@ -421,13 +421,20 @@ pub enum Waiting {
     NoFreeGpu,
     /// It has `max` runners.
     AtMax,
+    /// The pool has room (runners below `max`, GPUs free): the job is available and being
+    /// acquired or assigned, or its runner is starting. Not a reason to act.
+    Acquiring,
 }
 
 impl Waiting {
+    /// Every reason, in the order metrics export them.
+    pub const ALL: [Waiting; 3] = [Waiting::NoFreeGpu, Waiting::AtMax, Waiting::Acquiring];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Waiting::NoFreeGpu => "no_free_gpu",
             Waiting::AtMax => "at_max",
+            Waiting::Acquiring => "acquiring",
         }
     }
 }

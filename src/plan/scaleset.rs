@@ -44,6 +44,12 @@ pub(super) fn plan_scale_sets(
     pools: &[ResolvedPool],
     observed: &Observed,
 ) -> ScaleSetPlan {
+    if let Some(error) = &observed.github.scale_set_error {
+        return ScaleSetPlan {
+            warnings: outage_warnings(pools, error),
+            ..ScaleSetPlan::default()
+        };
+    }
     let Some(existing) = observed.github.scale_sets.as_ref() else {
         let warnings = pools
             .iter()
@@ -90,9 +96,23 @@ pub(super) fn plan_scale_sets(
             }
         }
     }
+    let mut warnings = Vec::new();
     for set in existing {
         let ours = contract::scale_set_owned(&set.labels, fleet);
         if ours && !wanted.contains(&set.name.to_lowercase()) {
+            let record = record_of(observed, &set.name);
+            let busy = busy_runners(fleet, observed, set, record.as_ref());
+            if !busy.is_empty() {
+                // The service refuses to delete a scale set whose runner runs a job; its
+                // idle runners go now, the set after the last job.
+                warnings.push(format!(
+                    "runner scale set `{}` (id {}) is deleted after the last job of its runners: {} busy",
+                    set.name,
+                    set.id,
+                    busy.join(", ")
+                ));
+                continue;
+            }
             changes.push(Change::ScaleSet(ScaleSetChange {
                 op: ScaleSetOp::Delete,
                 pool: None,
@@ -100,7 +120,7 @@ pub(super) fn plan_scale_sets(
                 id: Some(set.id),
                 labels: vec![],
                 runner_group: None,
-                record: record_of(observed, &set.name),
+                record,
                 reasons: vec![Reason::ScaleSetUnused],
             }));
         }
@@ -108,8 +128,73 @@ pub(super) fn plan_scale_sets(
     ScaleSetPlan {
         changes,
         problems,
-        warnings: vec![],
+        warnings,
     }
+}
+
+/// The runners of scale set `set` that run a job: running containers of its pool (from its
+/// record, else from its default name `<fleet>-<pool>`) whose registration is busy.
+fn busy_runners(
+    fleet: &str,
+    observed: &Observed,
+    set: &ScaleSetState,
+    record: Option<&(String, String)>,
+) -> Vec<String> {
+    let from_record = record.and_then(|(host, volume)| {
+        observed
+            .hosts
+            .get(host)?
+            .volumes
+            .iter()
+            .find(|v| &v.name == volume)?
+            .pool
+            .clone()
+    });
+    let from_name = || {
+        set.name
+            .strip_prefix(fleet)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .map(str::to_string)
+    };
+    let Some(pool) = from_record.or_else(from_name) else {
+        return vec![];
+    };
+    let busy: BTreeSet<&str> = observed
+        .github
+        .runners
+        .iter()
+        .filter(|r| r.busy && contract::registration_owned(r, fleet))
+        .map(|r| r.name.as_str())
+        .collect();
+    observed
+        .hosts
+        .values()
+        .flat_map(|h| &h.containers)
+        .filter(|c| contract::container_owned(c, fleet) && !c.status.is_finished())
+        .filter(|c| c.label(crate::contract::labels::POOL) == Some(pool.as_str()))
+        .filter(|c| busy.contains(c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// What an outage of the scale set service leaves as it is.
+fn outage_warnings(pools: &[ResolvedPool], error: &str) -> Vec<String> {
+    let autoscaled: Vec<String> = pools
+        .iter()
+        .filter_map(|p| p.autoscale.as_ref().map(|a| (p, a)))
+        .map(|(pool, autoscale)| format!("`{}` (scale set `{}`)", pool.name, autoscale.scale_set))
+        .collect();
+    let left = if autoscaled.is_empty() {
+        "the scale sets of pools that left the spec are not removed".to_string()
+    } else {
+        format!(
+            "autoscaled pool(s) {} are left as they are: no scale set, runner or registration of theirs is created or removed",
+            autoscaled.join(", ")
+        )
+    };
+    vec![format!(
+        "the runner scale set service cannot be read ({error}): {left} until it answers again; the other pools converge"
+    )]
 }
 
 fn change(

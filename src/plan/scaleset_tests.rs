@@ -157,7 +157,11 @@ fn with_known_demand_the_pool_wants_min_idle_plus_assigned_up_to_max() {
     world.demand.get_mut("auto").expect("demand").assigned = 9;
     let typed = plan(&spec, &world).expect("plan");
     assert_eq!(typed.summary().create, 4);
-    assert_eq!(typed.autoscale[0].waiting, Some((6, Waiting::AtMax)));
+    assert_eq!(
+        typed.autoscale[0].waiting,
+        Some((5, Waiting::AtMax)),
+        "9 jobs, 4 runners: the min_idle runner is not a job"
+    );
 }
 
 #[test]
@@ -196,4 +200,129 @@ fn autoscaled_runners_take_only_the_gpus_fixed_pools_leave() {
         "GitHub is told no more than fleet can start"
     );
     assert_eq!(pool.waiting, Some((4, Waiting::NoFreeGpu)));
+}
+
+#[test]
+fn an_outage_of_the_scale_set_service_freezes_only_the_autoscaled_pools() {
+    let pools = format!("  fixed:\n    count: 2\n    image: r:1\n{AUTO}");
+    let spec = with_pools(&pools);
+    let own = ownership_label("zq");
+    let mut world = empty_world();
+    world.github.scale_set_error = Some("503 Service Unavailable".into());
+    // Seven autoscaled runners (above max), one of them exited; an autoscaled registration
+    // without a container; the fixed pool lacks a runner.
+    for i in 0..7 {
+        add_runner(&mut world, &spec, "auto", &format!("zq-auto-r{i}"), &[]);
+    }
+    let host = world.hosts.get_mut("local").expect("host");
+    host.containers[0].status = crate::observe::state::ContainerStatus::Exited;
+    world
+        .github
+        .runners
+        .push(crate::observe::state::GithubRunner {
+            id: 99,
+            name: "zq-auto-gone".into(),
+            labels: vec![own.clone()],
+            ..Default::default()
+        });
+    add_runner(&mut world, &spec, "fixed", "zq-fixed-0", &[]);
+    let typed = plan(&spec, &world).expect("plan");
+    let changes: Vec<(Action, String)> = typed
+        .document()
+        .changes
+        .iter()
+        .map(|c| (c.action, c.pool.clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [(Action::Create, "fixed".to_string())],
+        "only the fixed pool converges"
+    );
+    assert!(typed.autoscale.is_empty(), "{:?}", typed.autoscale);
+    assert!(
+        typed.warnings.iter().any(
+            |w| w.contains("cannot be read (503") && w.contains("`auto` (scale set `zq-auto`)")
+        ),
+        "{:?}",
+        typed.warnings
+    );
+}
+
+#[test]
+fn a_retired_scale_set_with_a_busy_runner_is_deleted_after_the_last_job() {
+    let own = ownership_label("zq");
+    let old = "  old:\n    image: r:1\n    autoscale: { min_idle: 0, max: 4 }\n";
+    let before = with_pools(old);
+    let mut world = with_scale_sets(empty_world(), vec![ours(8, "zq-old", &["zq-old", &own])]);
+    add_runner(&mut world, &before, "old", "zq-old-busy01", &[]);
+    add_runner(&mut world, &before, "old", "zq-old-idle01", &[]);
+    super::tests::set_busy(&mut world, "zq-old-busy01");
+    let host = world.hosts.get_mut("local").expect("host");
+    host.volumes.push(crate::observe::state::VolumeState {
+        name: "zq-old.scale-set".into(),
+        owned: true,
+        pool: Some("old".into()),
+        runner: None,
+        scale_set: Some("zq-old".into()),
+    });
+    let after = with_pools("  other:\n    count: 0\n    image: r:1\n");
+    let typed = plan(&after, &world).expect("plan");
+    let changes: Vec<(Action, String)> = typed
+        .document()
+        .changes
+        .iter()
+        .map(|c| (c.action, c.name.clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (Action::Destroy, "zq-old-idle01".to_string()),
+            (Action::Defer, "zq-old-busy01".to_string())
+        ],
+        "the idle runner goes now, the busy one and the scale set wait"
+    );
+    assert!(
+        typed.warnings.iter().any(
+            |w| w.contains("`zq-old` (id 8) is deleted after the last job")
+                && w.contains("zq-old-busy01")
+        ),
+        "{:?}",
+        typed.warnings
+    );
+    // The job is over (the runner is idle): the scale set goes, with its record.
+    world.github.runners.iter_mut().for_each(|r| r.busy = false);
+    let changes = actions(&world, "  other:\n    count: 0\n    image: r:1\n");
+    assert!(
+        changes.contains(&(Action::DeleteScaleSet, "zq-old".into())),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn jobs_wait_for_the_reason_that_holds_them() {
+    use super::waiting_jobs;
+    use crate::observe::state::PoolLoad;
+    let load = |assigned, queued| PoolLoad { assigned, queued };
+    // (assigned, queued, runners after the plan, max, GPU-bound) -> waiting
+    let cases = [
+        // Every job has a runner, idle runners beside them: nothing waits.
+        ((2, 0), 3, 4, false, None),
+        ((0, 0), 1, 4, false, None),
+        // Available, room left: on its way, not a problem.
+        ((0, 2), 0, 4, false, Some((2, Waiting::Acquiring))),
+        ((3, 0), 1, 4, false, Some((2, Waiting::Acquiring))),
+        // GPUs hold the pool below max.
+        ((3, 0), 1, 4, true, Some((2, Waiting::NoFreeGpu))),
+        ((2, 1), 2, 4, true, Some((1, Waiting::NoFreeGpu))),
+        // At max: only then at_max, even with GPUs short.
+        ((6, 0), 4, 4, false, Some((2, Waiting::AtMax))),
+        ((4, 3), 4, 4, true, Some((3, Waiting::AtMax))),
+    ];
+    for ((assigned, queued), runners, max, gpu_bound, want) in cases {
+        assert_eq!(
+            waiting_jobs(load(assigned, queued), runners, max, gpu_bound),
+            want,
+            "assigned {assigned}, queued {queued}, runners {runners}, max {max}, GPU-bound {gpu_bound}"
+        );
+    }
 }

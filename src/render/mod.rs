@@ -284,6 +284,7 @@ pub fn autoscale_line(pool: &AutoscalePool) -> String {
         let why = match why {
             Waiting::NoFreeGpu => "no free GPU",
             Waiting::AtMax => "the pool is at max",
+            Waiting::Acquiring => "being acquired (the pool has room)",
         };
         let _ = write!(line, "; {jobs} job(s) wait: {why}");
     }

@@ -53,9 +53,24 @@ impl JobTracker {
         JobTracker::default()
     }
 
-    /// Takes the statistics a new session starts with.
+    /// Takes the statistics a new session starts with. A session numbers its messages on its
+    /// own, as actions/scaleset's listener assumes (it starts each session from message 0):
+    /// the ids of an earlier session's messages say nothing about this one's.
     pub fn start_session(&mut self, statistics: Statistics) {
         self.statistics = Some(statistics);
+        self.last_message_id = None;
+        self.handled.clear();
+        self.handled_order.clear();
+    }
+
+    /// The message could not be handled (acquiring its jobs failed): it is not acknowledged,
+    /// so the service sends it again, and then it is handled anew and its jobs acquired.
+    pub fn handle_again(&mut self, message_id: u64, requests: &[u64]) {
+        self.handled.remove(&message_id);
+        self.handled_order.retain(|id| *id != message_id);
+        for request in requests {
+            self.acquiring.remove(request);
+        }
     }
 
     /// Takes in one message: returns what to do about it.
@@ -335,6 +350,27 @@ mod tests {
             ..Statistics::default()
         });
         assert_eq!(tracker.assigned_jobs(), 3);
+    }
+
+    #[test]
+    fn a_new_session_numbers_its_messages_anew() {
+        let mut tracker = JobTracker::new();
+        tracker.observe(&message(1, 1, vec![JobMessage::Available(info("a", 10))]));
+        tracker.start_session(Statistics::default());
+        assert_eq!(tracker.last_message_id(), None, "polled from the start");
+        let seen = tracker.observe(&message(1, 1, vec![JobMessage::Assigned(info("b", 11))]));
+        assert!(!seen.duplicate, "message 1 of the new session is new");
+    }
+
+    #[test]
+    fn a_message_whose_acquisition_failed_is_handled_again() {
+        let mut tracker = JobTracker::new();
+        let offer = message(3, 0, vec![JobMessage::Available(info("a", 10))]);
+        assert_eq!(tracker.observe(&offer).to_acquire, [10]);
+        tracker.handle_again(3, &[10]);
+        let again = tracker.observe(&offer);
+        assert!(!again.duplicate);
+        assert_eq!(again.to_acquire, [10], "acquired again, not lost");
     }
 
     #[test]

@@ -48,17 +48,25 @@ pub struct PoolDemand {
 /// Every autoscaled pool's demand, by pool.
 pub type Demand = Arc<Mutex<BTreeMap<String, PoolDemand>>>;
 
+/// One pool's listener task: the scale set it listens on, and how to stop it.
+struct Running {
+    scale_set: String,
+    task: tokio::task::JoinHandle<()>,
+    /// Set to true to stop the listener: it ends its poll and deletes its session.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
 /// The listeners of the spec's autoscaled pools, and what they know.
 #[derive(Default)]
 pub struct Listeners {
     demand: Demand,
-    running: BTreeMap<String, (String, tokio::task::JoinHandle<()>)>,
+    running: BTreeMap<String, Running>,
 }
 
 impl Drop for Listeners {
     fn drop(&mut self) {
-        for (_, task) in self.running.values() {
-            task.abort();
+        for listener in self.running.values() {
+            listener.task.abort();
         }
     }
 }
@@ -78,10 +86,13 @@ impl Listeners {
             .into_iter()
             .filter_map(|p| p.autoscale.map(|a| (p.name, a.scale_set)))
             .collect();
-        self.running.retain(|pool, (set, task)| {
-            let keep = wanted.get(pool) == Some(set) && !task.is_finished();
+        self.running.retain(|pool, listener| {
+            let keep =
+                wanted.get(pool) == Some(&listener.scale_set) && !listener.task.is_finished();
             if !keep {
-                task.abort();
+                // It ends its poll and deletes its session on its own (the task goes on
+                // until it has).
+                listener.stop.send_replace(true);
                 lock(&self.demand).remove(pool);
             }
             keep
@@ -101,8 +112,33 @@ impl Listeners {
                 continue;
             }
             let labels = labels_of(observers, &set, &pool);
-            let task = tokio::spawn(listen(pool.clone(), labels, ctx.clone()));
-            self.running.insert(pool, (set, task));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(listen(pool.clone(), labels, ctx.clone(), stopped));
+            let listener = Running {
+                scale_set: set,
+                task,
+                stop,
+            };
+            self.running.insert(pool, listener);
+        }
+    }
+
+    /// Stops every listener: each ends its poll and deletes its message session, within
+    /// `grace` (SIGTERM, SIGINT). A restarted watch then opens its sessions at once.
+    pub async fn stop(&mut self, grace: Duration) {
+        let running = std::mem::take(&mut self.running);
+        for listener in running.values() {
+            listener.stop.send_replace(true);
+        }
+        let tasks = running.into_values().map(|l| l.task);
+        if tokio::time::timeout(grace, futures_util::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stopping: a listener did not delete its message session within {}s; it lapses on the service",
+                grace.as_secs()
+            );
         }
     }
 
@@ -132,7 +168,8 @@ impl Listeners {
     /// Records the ids of the pools' scale sets, so that their listeners can open sessions.
     pub fn learn_scale_sets(&self, observed: &Observed) {
         let mut all = lock(&self.demand);
-        for (pool, (set, _)) in &self.running {
+        for (pool, listener) in &self.running {
+            let set = &listener.scale_set;
             let id = observed
                 .github
                 .scale_sets
@@ -192,23 +229,72 @@ pub struct ListenerContext {
     pub owner: String,
 }
 
-/// A listener for `pool` whose scale set is `scale_set`: runs until the channel closes.
-pub async fn listen(pool: String, labels: ScaleSetLabels, ctx: ListenerContext) {
+/// The longest wait between two attempts to open a session (the service down, or a session
+/// of another listener still open).
+const SESSION_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// How a session's polling ended.
+enum SessionEnd {
+    /// The listener was told to stop.
+    Stopped,
+    /// The session is gone on the service, or failed in a way a new session may cure.
+    Lost,
+}
+
+/// Sleeps `wait` unless the listener is stopped first; false when it was.
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, wait: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    !stopped && !*stop.borrow()
+}
+
+/// A listener for `pool` whose scale set is `scale_set`: runs until `stop` turns true (then
+/// it deletes its session) or the channel closes. While the service fails it opens sessions
+/// again with backoff, 1 s doubling to [`SESSION_BACKOFF_CAP`].
+pub async fn listen(
+    pool: String,
+    labels: ScaleSetLabels,
+    ctx: ListenerContext,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_secs(1);
     let mut tracker = JobTracker::new();
-    while !ctx.tx.is_closed() {
+    // A session that could not be deleted when it ended (the service was down): deleted
+    // before a new one is opened, so that the new one is not refused while it lapses.
+    let mut stale: Option<Session> = None;
+    while !ctx.tx.is_closed() && !*stop.borrow() {
+        if let Some(old) = stale.take()
+            && ctx.client.delete_session(&old).await.is_err()
+        {
+            stale = Some(old);
+        }
         let Some(id) = lock(&ctx.demand).get(&pool).and_then(|d| d.scale_set_id) else {
             // The reconcile has not seen or made the scale set yet.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !pause(&mut stop, Duration::from_secs(1)).await {
+                break;
+            }
             continue;
         };
-        match ctx.client.create_session(id, &ctx.owner).await {
+        let opened = tokio::select! {
+            opened = ctx.client.create_session(id, &ctx.owner) => opened,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match opened {
             Ok(session) => {
                 backoff = Duration::from_secs(1);
                 tracing::info!("pool `{pool}`: listening on scale set {id}");
-                run_session(&pool, &labels, &ctx, &session, &mut tracker).await;
+                let end =
+                    run_session(&pool, &labels, &ctx, &session, &mut tracker, &mut stop).await;
+                if let SessionEnd::Stopped = end {
+                    close(&pool, &ctx, &session).await;
+                    return;
+                }
                 set(&ctx.demand, &pool, |d| d.session = false);
-                let _ = ctx.client.delete_session(&session).await;
+                if ctx.client.delete_session(&session).await.is_err() {
+                    stale = Some(session);
+                }
             }
             Err(ScaleSetError::SessionConflict { .. }) => tracing::warn!(
                 "pool `{pool}`: scale set {id} has a message session already (another listener, or one that stopped without closing it); waiting {}s for it to end",
@@ -219,8 +305,24 @@ pub async fn listen(pool: String, labels: ScaleSetLabels, ctx: ListenerContext) 
                 backoff.as_secs()
             ),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        if !pause(&mut stop, backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(SESSION_BACKOFF_CAP);
+    }
+    if let Some(old) = stale {
+        close(&pool, &ctx, &old).await;
+    }
+}
+
+/// Deletes a session on the way out, as actions-runner-controller's listener does: the next
+/// listener opens its own at once instead of waiting for this one to lapse.
+async fn close(pool: &str, ctx: &ListenerContext, session: &Session) {
+    match ctx.client.delete_session(session).await {
+        Ok(()) => tracing::info!("pool `{pool}`: message session closed"),
+        Err(e) => tracing::warn!(
+            "pool `{pool}`: cannot delete its message session ({e}); it lapses on the service"
+        ),
     }
 }
 
@@ -229,15 +331,16 @@ fn set(demand: &Demand, pool: &str, change: impl FnOnce(&mut PoolDemand)) {
     change(all.entry(pool.to_string()).or_default());
 }
 
-/// Polls one session until it ends (gone on the service, or an error that a new session may
-/// cure).
+/// Polls one session until it ends (stopped, gone on the service, or an error that a new
+/// session may cure).
 async fn run_session(
     pool: &str,
     labels: &ScaleSetLabels,
     ctx: &ListenerContext,
     session: &Session,
     tracker: &mut JobTracker,
-) {
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> SessionEnd {
     tracker.start_session(session.statistics);
     publish(pool, labels, ctx, tracker);
     let mut errors = 0u32;
@@ -248,26 +351,33 @@ async fn run_session(
             max_capacity: capacity,
             timeout: POLL_HOLD,
         };
-        match ctx.client.get_message(session, &poll).await {
+        let polled = tokio::select! {
+            polled = ctx.client.get_message(session, &poll) => polled,
+            _ = stop.wait_for(|s| *s) => return SessionEnd::Stopped,
+        };
+        match polled {
             Ok(None) => errors = 0,
             Ok(Some(message)) => {
                 errors = 0;
                 handle(pool, labels, ctx, session, tracker, &message).await;
             }
-            Err(ScaleSetError::NotFound { .. }) => return,
+            Err(ScaleSetError::NotFound { .. }) => return SessionEnd::Lost,
             Err(e) if e.is_transient() && errors < 5 => {
                 errors += 1;
                 tracing::warn!("pool `{pool}`: polling its scale set failed: {e}; polling again");
-                tokio::time::sleep(Duration::from_secs(u64::from(errors))).await;
+                if !pause(stop, Duration::from_secs(u64::from(errors))).await {
+                    return SessionEnd::Stopped;
+                }
             }
             Err(e) => {
                 tracing::warn!(
                     "pool `{pool}`: polling its scale set failed: {e}; opening a new session"
                 );
-                return;
+                return SessionEnd::Lost;
             }
         }
     }
+    SessionEnd::Stopped
 }
 
 /// Handles one message: acquire what is offered, record what started and finished, publish
@@ -291,7 +401,13 @@ async fn handle(
                 .acquire_jobs(session, &observation.to_acquire)
                 .await
         {
-            tracing::warn!("pool `{pool}`: cannot acquire offered jobs: {e}");
+            // Not acknowledged: the message comes again and its jobs are acquired then.
+            tracing::warn!(
+                "pool `{pool}`: cannot acquire offered jobs: {e}; message {} is handled again when it comes back",
+                message.id
+            );
+            tracker.handle_again(message.id, &observation.to_acquire);
+            return;
         }
         record_jobs(labels, &ctx.metrics, message);
         publish(pool, labels, ctx, tracker);

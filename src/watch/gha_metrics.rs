@@ -127,7 +127,7 @@ impl AutoscaleMetrics {
         );
         registry.register(
             "fleet_autoscale_jobs_waiting",
-            "Jobs of an autoscaled pool waiting for a runner fleet cannot start, by reason (no_free_gpu, at_max)",
+            "Jobs of an autoscaled pool waiting for a runner, by reason (no_free_gpu, at_max, acquiring)",
             m.waiting.clone(),
         );
         m
@@ -152,7 +152,7 @@ impl AutoscaleMetrics {
         self.desired
             .get_or_create(labels)
             .set(i64::from(pool.runners));
-        for reason in [Waiting::NoFreeGpu, Waiting::AtMax] {
+        for reason in Waiting::ALL {
             let jobs = match pool.waiting {
                 Some((jobs, why)) if why == reason => jobs,
                 _ => 0,

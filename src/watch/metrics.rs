@@ -43,6 +43,7 @@ pub struct Metrics {
     pub autoscale: AutoscaleMetrics,
     host_up: Family<Labels, Gauge>,
     host_gpus: Family<Labels, Gauge>,
+    scale_sets_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,6 +72,7 @@ impl Metrics {
             autoscale: AutoscaleMetrics::register(&mut registry),
             host_up: Family::default(),
             host_gpus: Family::default(),
+            scale_sets_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,7 +150,20 @@ impl Metrics {
             "Each observed host's GPUs by state: held by a runner, or free",
             m.host_gpus.clone(),
         );
+        registry.register(
+            "fleet_scale_set_service_up",
+            "Whether the runner scale sets could be read at the last observation that read them (1) or not (0)",
+            m.scale_sets_up.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// `fleet_scale_set_service_up`: `Some(up)` after an observation that read (or failed to
+    /// read) the scale sets; `None` leaves the last value.
+    pub fn scale_sets_read(&self, up: Option<bool>) {
+        if let Some(up) = up {
+            self.scale_sets_up.set(i64::from(up));
+        }
     }
 
     /// The Prometheus text format.
@@ -415,6 +430,7 @@ mod tests {
             orphan_registrations: vec![],
             totals: Totals::default(),
             autoscale: vec![],
+            scale_set_error: None,
             hosts: vec![
                 HostStatus {
                     name: "bare".into(),

@@ -181,6 +181,8 @@ pub async fn run(
         }
     }
     resync_task.abort();
+    // Message sessions are deleted on the way out: a restarted watch opens its own at once.
+    state.autoscale.stop(state.options.shutdown_grace).await;
     tracing::info!("stopped; runners were left as they are");
     Ok(())
 }

@@ -344,7 +344,7 @@ impl Loop {
     /// [`Loop::observe`], the runner scale sets, and what the autoscale listeners know.
     async fn observe_all(&self, observers: &Observers) -> Result<Observed, ObserveError> {
         let mut observed = self.observe(observers).await?;
-        observers.read_scale_sets(&self.spec, &mut observed).await?;
+        observers.read_scale_sets(&self.spec, &mut observed).await;
         self.autoscale.add_demand(&mut observed);
         Ok(observed)
     }
@@ -465,6 +465,10 @@ impl Loop {
             .map(|h| h.name.clone())
             .unwrap_or_default();
         self.metrics.observe_status(&status, &local);
+        let github = &observed.github;
+        let read = (github.scale_sets.is_some() || github.scale_set_error.is_some())
+            .then_some(github.scale_set_error.is_none());
+        self.metrics.scale_sets_read(read);
         self.metrics.github(&observers.github.stats());
     }
 }

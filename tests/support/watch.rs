@@ -69,6 +69,18 @@ impl WatchProcess {
         }
     }
 
+    /// Sends SIGTERM and waits for the process to end.
+    #[allow(dead_code)] // Only the tests of clean stops ask.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        self.child.wait().expect("wait for fleet watch")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -336,10 +336,19 @@ impl State {
 
     /// Puts up to `BATCH` outbox events in a new message; returns its queue position.
     fn seal_message(&mut self, set: u64) -> usize {
-        let id = self.scalesets.next_message_id;
-        self.scalesets.next_message_id += 1;
+        let per_session = self.scalesets.config.message_ids_per_session;
         let Some(scale_set) = self.scalesets.sets.get_mut(&set) else {
             return 0;
+        };
+        let id = match scale_set.session.as_mut().filter(|_| per_session) {
+            Some(session) => {
+                session.next_message_id += 1;
+                session.next_message_id - 1
+            }
+            None => {
+                self.scalesets.next_message_id += 1;
+                self.scalesets.next_message_id - 1
+            }
         };
         let take = scale_set.outbox.len().min(BATCH);
         let events: Vec<Value> = scale_set.outbox.drain(..take).collect();

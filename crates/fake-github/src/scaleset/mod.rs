@@ -35,6 +35,10 @@ pub struct ScaleSetConfig {
     pub queue_token_ttl: Duration,
     /// How jobs reach a scale set.
     pub delivery: JobDelivery,
+    /// Number each session's messages from 1 (a new session starts its own numbering) instead
+    /// of across sessions: a listener must not take a new session's message for one it
+    /// handled in an earlier session.
+    pub message_ids_per_session: bool,
 }
 
 impl Default for ScaleSetConfig {
@@ -46,6 +50,7 @@ impl Default for ScaleSetConfig {
             admin_token_ttl: Duration::from_secs(3600),
             queue_token_ttl: Duration::from_secs(3600),
             delivery: JobDelivery::AutoAssign,
+            message_ids_per_session: false,
         }
     }
 }

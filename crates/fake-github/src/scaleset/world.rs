@@ -59,6 +59,9 @@ pub(crate) struct Session {
     pub last_seen: Instant,
     /// Polls being held right now: a session being polled is alive however long the poll.
     pub polls: u32,
+    /// The id of the next message sealed for this session, with
+    /// `ScaleSetConfig::message_ids_per_session`.
+    pub next_message_id: u64,
 }
 
 pub(crate) struct QueuedMessage {
@@ -558,6 +561,7 @@ impl State {
             queue_token_expires: now + self.scalesets.config.queue_token_ttl,
             last_seen: now,
             polls: 0,
+            next_message_id: 1,
         };
         let set = self
             .scalesets

@@ -960,3 +960,27 @@ async fn jobs_reach_only_scale_sets_with_all_their_labels() {
         (1, 0)
     );
 }
+
+#[tokio::test]
+async fn messages_can_be_numbered_per_session() {
+    let rig = rig(ScaleSetConfig {
+        message_ids_per_session: true,
+        ..fast()
+    })
+    .await;
+    let set = scale_set(&rig).await;
+    let mut ids = Vec::new();
+    for owner in ["listener-1", "listener-2"] {
+        let session = rig
+            .client
+            .create_session(set, owner)
+            .await
+            .expect("session");
+        let mut tracker = JobTracker::new();
+        rig.fake.queue_jobs_for_scale_set(set, 1).expect("jobs");
+        let (message, _) = next_message(&rig.client, &session, &mut tracker, 4).await;
+        ids.push(message.id);
+        rig.client.delete_session(&session).await.expect("close");
+    }
+    assert_eq!(ids, [1, 1], "each session starts its own numbering");
+}
