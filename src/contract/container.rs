@@ -144,6 +144,17 @@ impl RunnerContainer<'_> {
                     env.push(("ACTIONS_RUNNER_INPUT_RUNNERGROUP".into(), group.clone()));
                 }
                 env.push(("FLEET_STATE_DIR".into(), STATE_DIR.into()));
+                // The entrypoint passes --no-default-labels from this, not from the label list.
+                let no_defaults = if self.pool.no_default_labels {
+                    "1"
+                } else {
+                    "0"
+                };
+                env.push(("FLEET_NO_DEFAULT_LABELS".into(), no_defaults.into()));
+                env.push((
+                    "FLEET_RUNNER_UPDATE".into(),
+                    self.pool.runner_update.as_str().into(),
+                ));
                 if let Some(mode) = self.registration.mode() {
                     env.push(("FLEET_REGISTRATION".into(), mode.to_string()));
                 }
@@ -292,6 +303,8 @@ impl RunnerContainer<'_> {
             mounts: Some(self.mounts()),
             device_requests: self.device_requests(),
             runtime: self.runtime(),
+            // An init process as PID 1 reaps the orphans a job leaves and passes signals on.
+            init: Some(true),
             ..Default::default()
         };
         self.harden(&mut host);
@@ -306,6 +319,9 @@ impl RunnerContainer<'_> {
             open_stdin: stdin,
             stdin_once: stdin,
             attach_stdin: stdin,
+            // `docker stop` by hand and the engine's own shutdown give the runner as long as
+            // fleet does.
+            stop_timeout: Some(i64::from(self.pool.stop_timeout_secs)),
             ..Default::default()
         }
     }
@@ -388,6 +404,8 @@ mod tests {
             autoscale: None,
             secrets: crate::spec::SecretDelivery::File,
             security: crate::spec::ResolvedSecurity::default(),
+            runner_update: crate::spec::RunnerUpdate::Disabled,
+            stop_timeout_secs: 30,
         }
     }
 
@@ -437,6 +455,12 @@ mod tests {
             host.restart_policy.and_then(|r| r.name),
             Some(RestartPolicyNameEnum::NO)
         );
+        assert_eq!(
+            host.init,
+            Some(true),
+            "an init process reaps a job's orphans"
+        );
+        assert_eq!(body.stop_timeout, Some(30), "the pool's stop timeout");
         let mounts = host.mounts.expect("mounts");
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[1].typ, Some(MountType::BIND));
@@ -525,6 +549,8 @@ mod tests {
             "ACTIONS_RUNNER_INPUT_RUNNERGROUP=gpu-builders",
             "NVIDIA_VISIBLE_DEVICES=void",
             "FLEET_REGISTRATION=register",
+            "FLEET_NO_DEFAULT_LABELS=0",
+            "FLEET_RUNNER_UPDATE=disabled",
         ] {
             assert!(
                 env.contains(&expected.to_string()),
