@@ -1372,3 +1372,110 @@ fn runner_updates_happen_only_when_the_pool_enables_them() {
     assert_eq!(lab.lines("updates").len(), 1, "updated once");
     assert!(lab.logs(&c).contains("updated itself"));
 }
+
+/// fleet stops a runner before it removes it: a persistent runner that is replaced ends its
+/// session (the next container of the same runner starts with no conflict), and a runner that
+/// ignores SIGTERM is killed after its pool's `stop_timeout`, not before.
+#[test]
+fn fleet_stops_runners_gracefully_within_the_pools_stop_timeout() {
+    let lab = Lab::new("stop");
+    let w = World::new();
+    let (per_records, slow_records) = (lab.records().join("per"), lab.records().join("slow"));
+    for dir in [&per_records, &slow_records] {
+        std::fs::create_dir_all(dir).expect("records dir");
+        open_to_all(dir);
+    }
+    let pools = |generation: &str| {
+        format!(
+            "{}    env: {{ GENERATION: '{generation}' }}\n{}    stop_timeout: 3s\n    env: {{ FLEET_TEST_IGNORE_TERM: '1' }}\n",
+            lab_pool("per", false, &lab.image, &per_records),
+            lab_pool("slow", true, &lab.image, &slow_records),
+        )
+    };
+    w.spec(&pools("1"));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let per = format!("{}-per-0", w.run);
+    let slow = w
+        .container_names("slow")
+        .pop()
+        .expect("an ephemeral runner");
+    wait_for_record(&per_records, "run.uid");
+    wait_for_record(&slow_records, "run.uid");
+    let inspect = w.inspect(&slow);
+    assert_eq!(
+        inspect["HostConfig"]["Init"], true,
+        "an init process as PID 1"
+    );
+    assert_eq!(inspect["Config"]["StopTimeout"], 3);
+
+    // The persistent runner registers with GitHub (the stub config.sh only writes files).
+    let token = std::fs::read_to_string(per_records.join("config.token")).expect("a token");
+    let labels = w
+        .env_value(&per, "ACTIONS_RUNNER_INPUT_LABELS")
+        .expect("labels");
+    let runner = w
+        .fake
+        .configure_runner(&fake_github::RunnerConfiguration {
+            token,
+            name: per.clone(),
+            labels: labels.split(',').map(str::to_string).collect(),
+            runner_group: None,
+            replace: true,
+        })
+        .expect("configure");
+    w.fake.set_runner_state(&w.scope, runner.id, true, false);
+
+    // A change replaces it: stopped with SIGTERM, so its session is gone and the new container
+    // of the same runner starts listening.
+    w.spec(&pools("2"));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(per_records.join("run.signal"))
+            .ok()
+            .as_deref(),
+        Some("TERM\n")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(per_records.join("run.count"))
+        .ok()
+        .as_deref()
+        != Some("2\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new container never started its runner"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(per_records.join("sessions").join(&per).exists());
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Status}}", &per]),
+        "running",
+        "no session conflict"
+    );
+
+    // The runner that ignores SIGTERM goes after its 3 s, not at once and not after 30 s.
+    let started = Instant::now();
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(20),
+        "destroy took {took:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(slow_records.join("run.signal"))
+            .ok()
+            .as_deref(),
+        Some("TERM\n"),
+        "it was asked to stop first"
+    );
+    assert!(
+        w.owned_containers().is_empty(),
+        "{:?}",
+        w.owned_containers()
+    );
+    drop(w);
+}
