@@ -4,12 +4,14 @@
 //! the fleet's labels; names are never trusted (docs/security.md).
 
 use super::{Executor, Outcome, StepError, StepResult};
-use crate::contract::container::{Registration, RunnerContainer, SecretHandover};
+use crate::contract::container::{
+    EXIT_REGISTER_AGAIN, Registration, RunnerContainer, SecretHandover,
+};
 use crate::contract::{self, RunnerConfig, naming};
 use crate::docker::{DockerError, DockerHost, Stop};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
 use crate::observe::state::GithubRunner;
-use crate::plan::{RunnerChange, RunnerOp};
+use crate::plan::{Reason, RunnerChange, RunnerOp};
 use crate::spec::{DEFAULT_STOP_TIMEOUT_SECS, ResolvedPool};
 
 const BUSY: &str = "GitHub says the runner is busy: kept, and handled after its job";
@@ -367,7 +369,7 @@ impl Executor<'_> {
                 fleet,
             )
             .await?;
-        let token = match known && !new_volume {
+        let token = match known && !new_volume && !asks_to_register(change) {
             true => None,
             false => Some(
                 self.observers
@@ -446,6 +448,14 @@ impl Executor<'_> {
 
 /// How many names an ephemeral runner tries when containers hold them.
 const NAME_ATTEMPTS: usize = 3;
+
+/// Whether the runner's last container exited saying it has nothing to restore and no token
+/// (the entrypoint's [`EXIT_REGISTER_AGAIN`]): it gets a token whatever GitHub knows.
+fn asks_to_register(change: &RunnerChange) -> bool {
+    change.reasons.contains(&Reason::Exited {
+        code: Some(EXIT_REGISTER_AGAIN),
+    })
+}
 
 /// The id the plan observed for the container of a replace or destroy: fleet removes a
 /// container by that id, never by name.

@@ -327,6 +327,10 @@ impl RunnerContainer<'_> {
     }
 }
 
+/// The exit code of a persistent runner's container that has no registration saved and no token
+/// to register with (ci/runner/entrypoint.sh): fleet makes it again with a registration token.
+pub const EXIT_REGISTER_AGAIN: i64 = 75;
+
 /// The secret's one line, `<var>=<secret>` and a line break.
 fn secret_line(var: &'static str, secret: &Secret) -> Result<Secret, SecretFileError> {
     let value = secret.expose();
