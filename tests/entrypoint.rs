@@ -1479,3 +1479,38 @@ fn fleet_stops_runners_gracefully_within_the_pools_stop_timeout() {
     );
     drop(w);
 }
+
+#[test]
+fn with_the_docker_socket_mounted_the_runner_user_joins_its_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new("socket");
+    // A stand-in for the engine's socket, of a group the image does not have.
+    let socket = lab.dir.path().join("docker.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::os::unix::fs::chown(&socket, Some(0), Some(4242)).expect("chown");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).expect("chmod");
+    let jit = format!("FAKE-JIT-CONFIG-{}", lab.run);
+    let mount = format!("{}:/var/run/docker.sock", socket.display());
+    let c = lab.container(
+        &["run", "-d", "-v", &mount],
+        "socket",
+        &[
+            ("RUNNER_NAME", "zq-docker-0"),
+            ("ACTIONS_RUNNER_INPUT_JITCONFIG", &jit),
+        ],
+        None,
+    );
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert!(
+        lab.lines("run.groups").contains(&"4242".to_string()),
+        "{:?}",
+        lab.lines("run.groups")
+    );
+    assert_eq!(lab.uid("run.uid"), RUNNER_UID, "still the runner user");
+    let logs = lab.logs(&c);
+    assert!(
+        logs.contains("joins group fleet-docker (gid 4242)"),
+        "{logs}"
+    );
+    lab.stop(&c);
+}

@@ -94,6 +94,13 @@
 # (default $FLEET_STATE_DIR/remove-token) before stopping the container. The script then runs
 # `config.sh remove` with it, deletes the token file, and clears the saved registration.
 #
+# Docker for jobs (`docker_socket: true`). When the engine's socket is mounted
+# ($FLEET_DOCKER_SOCKET, default /var/run/docker.sock), the runner user joins the group that owns
+# it, by the gid the socket has in this container (a group of that gid in /etc/group, or a new
+# `fleet-docker`), so that a job's `docker` works without root. The script reads the gid itself
+# because fleet may reach the engine over SSH or TCP and cannot see the socket. A socket of group
+# 0 is not given: that would make the runner user a member of root's group.
+#
 # Other variables: FLEET_RUNNER_DIR (where the runner is unpacked, default
 # /home/runner/actions-runner). With arguments, the script runs them instead of the runner, as
 # the user it was started as (`docker run --rm -it IMAGE bash` for a look inside).
@@ -414,6 +421,53 @@ choose_drop() {
 }
 
 started_marker=${FLEET_STARTED_MARKER:-/var/lib/fleet-entrypoint/started}
+# The name of the group whose gid is $1 in /etc/group, if any.
+group_of_gid() {
+  while IFS=: read -r group _ gid _; do
+    if [ "$gid" = "$1" ]; then
+      printf '%s\n' "$group"
+      return 0
+    fi
+  done </etc/group
+  return 1
+}
+
+# Adds $runner_user to the members of group $1 in /etc/group.
+join_group() {
+  tmp=/etc/group.fleet-entrypoint
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in
+    "$1":*)
+      members=${line##*:}
+      case ",$members," in
+      *",$runner_user,"*) ;;
+      *) line="$line${members:+,}$runner_user" ;;
+      esac
+      ;;
+    esac
+    printf '%s\n' "$line"
+  done </etc/group >"$tmp" && cat "$tmp" >/etc/group && rm -f "$tmp"
+}
+
+# The Docker socket's group for the runner user (see the top of this file).
+grant_docker_socket() {
+  socket=${FLEET_DOCKER_SOCKET:-/var/run/docker.sock}
+  [ -S "$socket" ] && [ "$drop" != none ] || return 0
+  gid=$(stat -c %g "$socket") || return 0
+  if [ "$gid" = 0 ]; then
+    log "warning: $socket belongs to group 0: not giving it to $runner_user, so jobs cannot use Docker (give the socket a group of its own on the host)"
+    return 0
+  fi
+  if group=$(group_of_gid "$gid"); then
+    join_group "$group" || die "cannot add $runner_user to group $group in /etc/group"
+  else
+    group=fleet-docker
+    printf '%s:x:%s:%s\n' "$group" "$gid" "$runner_user" >>/etc/group ||
+      die "cannot add group $group to /etc/group"
+  fi
+  log "$runner_user joins group $group (gid $gid), which owns $socket: jobs can use Docker"
+}
+
 read_secret_stdin
 read_secret_file
 if [ "$(id -u)" = 0 ]; then
@@ -434,6 +488,7 @@ else
 fi
 
 choose_drop
+grant_docker_socket
 cd "$runner_dir" 2>/dev/null || die "cannot enter the runner directory $runner_dir (set FLEET_RUNNER_DIR)"
 [ -x ./bin/Runner.Listener ] || die "no runner in $runner_dir: bin/Runner.Listener is missing (set FLEET_RUNNER_DIR)"
 

@@ -331,6 +331,23 @@ impl RunnerContainer<'_> {
 /// to register with (ci/runner/entrypoint.sh): fleet makes it again with a registration token.
 pub const EXIT_REGISTER_AGAIN: i64 = 75;
 
+/// What the reference entrypoint means by a failure exit code (docs/apply.md, "Exit codes");
+/// `None` for 0 and codes it does not give.
+pub fn exit_meaning(code: i64) -> Option<&'static str> {
+    match code {
+        1 => Some(
+            "the runner stopped with an error: GitHub refused its credentials, its registration was deleted, or it could not start",
+        ),
+        5 => Some("session conflict: another listener holds this runner's session"),
+        7 => Some("the runner's version is deprecated: rebuild the image with a newer runner"),
+        EXIT_REGISTER_AGAIN => Some("nothing to restore and no token: it registers again"),
+        78 => Some(
+            "the container is not set up as fleet's container contract says, or config.sh failed",
+        ),
+        _ => None,
+    }
+}
+
 /// The secret's one line, `<var>=<secret>` and a line break.
 fn secret_line(var: &'static str, secret: &Secret) -> Result<Secret, SecretFileError> {
     let value = secret.expose();
