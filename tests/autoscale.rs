@@ -244,6 +244,10 @@ fn apply_from_cron_keeps_the_scale_set_and_min_idle_runners() {
         "{:?}",
         sets[0].labels
     );
+    assert!(
+        sets[0].disable_update,
+        "runner_update: disabled, the default: the runners keep the image's runner"
+    );
     assert_eq!(running(&w, "auto").len(), 2, "min_idle runners");
     let record = format!("{}-auto.scale-set", w.run);
     let label = common::docker_ok(&[

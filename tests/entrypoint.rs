@@ -7,6 +7,12 @@
 //! in the real image) and `--network none`. Everything a test makes (containers, volumes, its
 //! image) carries the label `fleet-test.run=<run id>` and is removed when the test ends, failed
 //! or not. The last test runs `fleet apply` with this image against the fake GitHub.
+//!
+//! The stubs play the runner's parts as the real ones behave where the entrypoint can tell:
+//! `bin/Runner.Listener` exits with the real listener's codes, keeps a session per runner that
+//! only a graceful stop deletes, and updates itself when allowed; `run.sh` and
+//! `run-helper.sh.template` map its codes as actions/runner's scripts do (which is why the
+//! entrypoint starts the listener itself).
 
 mod common;
 
@@ -77,10 +83,19 @@ impl Lab {
         std::fs::create_dir_all(lab.records()).expect("records dir");
         // The stubs run as the runner user.
         open_to_all(&lab.records());
+        std::fs::create_dir_all(context.join("bin")).expect("context bin dir");
         for (from, to) in [
             (PathBuf::from(ENTRYPOINT), "entrypoint.sh"),
             (Path::new(STUBS).join("config.sh"), "config.sh"),
             (Path::new(STUBS).join("run.sh"), "run.sh"),
+            (
+                Path::new(STUBS).join("run-helper.sh.template"),
+                "run-helper.sh.template",
+            ),
+            (
+                Path::new(STUBS).join("bin/Runner.Listener"),
+                "bin/Runner.Listener",
+            ),
         ] {
             std::fs::copy(&from, context.join(to))
                 .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
@@ -106,7 +121,8 @@ impl Lab {
                  RUN {IMAGE_SETUP}\n\
                  {copy_rootfs}\
                  COPY entrypoint.sh /usr/local/bin/fleet-entrypoint\n\
-                 COPY config.sh run.sh /runner/\n\
+                 COPY config.sh run.sh run-helper.sh.template /runner/\n\
+                 COPY bin/Runner.Listener /runner/bin/\n\
                  ENV FLEET_RUNNER_DIR=/runner\n\
                  ENTRYPOINT [\"/usr/local/bin/fleet-entrypoint\"]\n"
             ),
@@ -241,8 +257,12 @@ impl Lab {
             .map(|s| s.to_string()),
         );
         if let Some(volume) = state {
+            let dir = env
+                .iter()
+                .find(|(k, _)| *k == "FLEET_STATE_DIR")
+                .map_or("/var/lib/fleet-runner", |(_, v)| *v);
             args.push("-v".into());
-            args.push(format!("{volume}:/var/lib/fleet-runner"));
+            args.push(format!("{volume}:{dir}"));
         }
         for (k, v) in env {
             args.push("-e".into());
@@ -479,6 +499,13 @@ fn persistent_env<'a>(
         ("ACTIONS_RUNNER_INPUT_LABELS", labels),
         ("FLEET_STATE_DIR", "/var/lib/fleet-runner"),
     ];
+    // As fleet sets it: the pool's no_default_labels.
+    let no_defaults = if labels.starts_with("self-hosted") {
+        "0"
+    } else {
+        "1"
+    };
+    env.push(("FLEET_NO_DEFAULT_LABELS", no_defaults));
     if let Some(token) = token {
         env.push(("ACTIONS_RUNNER_INPUT_TOKEN", token));
     }
@@ -513,7 +540,7 @@ fn jit_mode_runs_the_runner_with_its_jit_config_and_never_configures() {
         ["ACTIONS_RUNNER_INPUT_JITCONFIG"],
         "the runner reads its JIT configuration from the environment"
     );
-    assert_eq!(lab.lines("run.args"), Vec::<String>::new());
+    assert_eq!(lab.lines("run.args"), ["run"], "the listener itself");
     assert_eq!(lab.record("run.trap-sig").as_deref(), Some("1"));
     assert_eq!(lab.count("config.count"), 0, "config.sh is never called");
     assert_secret_free("the command lines", &lab.process_args(&c), &[&jit]);
@@ -521,7 +548,11 @@ fn jit_mode_runs_the_runner_with_its_jit_config_and_never_configures() {
     let (took, code) = lab.stop(&c);
     assert!(took < STOP_WITHIN, "docker stop took {took:?}");
     assert_eq!(code, 0, "a clean exit after SIGTERM");
-    assert_eq!(lab.record("run.signal").as_deref(), Some("TERM\n"));
+    assert_eq!(
+        lab.record("run.signal").as_deref(),
+        Some("TERM\n"),
+        "SIGTERM reaches the listener"
+    );
     let logs = lab.logs(&c);
     assert!(logs.contains("stopped (SIGTERM)"), "{logs}");
     assert_secret_free("the logs", &logs, &[&jit]);
@@ -529,8 +560,9 @@ fn jit_mode_runs_the_runner_with_its_jit_config_and_never_configures() {
 
 #[test]
 fn a_runner_that_ends_by_itself_ends_the_container_with_its_status() {
+    // 1: credentials refused or registration deleted; 5: session conflict; 7: deprecated.
     let lab = Lab::new("exit");
-    for status in ["0", "3"] {
+    for status in ["0", "1", "5", "7", "9"] {
         let jit = format!("FAKE-JIT-CONFIG-{}-{status}", lab.run);
         let c = lab.start(
             &format!("done-{status}"),
@@ -573,7 +605,10 @@ fn persistent_runner_configures_once_and_a_recreated_container_keeps_its_registr
         "config.sh runs as the runner user"
     );
     assert_eq!(lab.uid("run.uid"), RUNNER_UID);
-    assert_eq!(lab.lines("config.args"), ["--unattended", "--replace"]);
+    assert_eq!(
+        lab.lines("config.args"),
+        ["--unattended", "--replace", "--disableupdate"]
+    );
     assert_eq!(
         lab.lines("config.env-names"),
         [
@@ -583,13 +618,18 @@ fn persistent_runner_configures_once_and_a_recreated_container_keeps_its_registr
             "ACTIONS_RUNNER_INPUT_URL"
         ]
     );
+    assert_eq!(lab.record("run.deprecated-exit-code").as_deref(), Some("1"));
     assert_eq!(lab.record("config.token").as_deref(), Some(token.as_str()));
     assert_eq!(
         lab.record("config.url").as_deref(),
         Some("https://github.com/acme/zquic")
     );
     assert_eq!(lab.record("config.name").as_deref(), Some("zq-cpu-0"));
-    assert_eq!(lab.record("config.labels").as_deref(), Some(labels));
+    assert_eq!(
+        lab.record("config.labels").as_deref(),
+        Some("cpu,fleet.zq"),
+        "config.sh adds the default labels itself: they are not sent twice"
+    );
     assert_eq!(
         lab.lines("run.config-files"),
         [".runner", ".credentials", ".credentials_rsaparams"]
@@ -671,14 +711,20 @@ fn persistent_runner_without_default_labels_registers_with_no_default_labels() {
     lab.wait_for_log(&c, "runner stub: listening");
     assert_eq!(
         lab.lines("config.args"),
-        ["--unattended", "--replace", "--no-default-labels"]
+        [
+            "--unattended",
+            "--replace",
+            "--disableupdate",
+            "--no-default-labels"
+        ]
     );
+    assert_eq!(lab.record("config.labels").as_deref(), Some("gpu,fleet.zq"));
     lab.stop(&c);
     assert_secret_free("the logs", &lab.logs(&c), &[&token]);
 }
 
 #[test]
-fn persistent_runner_without_registration_or_token_fails_and_says_why() {
+fn persistent_runner_without_registration_or_token_asks_to_be_registered_again() {
     let lab = Lab::new("notoken");
     let state = lab.volume("cpu-1-state");
     let c = lab.start(
@@ -686,10 +732,14 @@ fn persistent_runner_without_registration_or_token_fails_and_says_why() {
         &persistent_env("zq-cpu-1", "self-hosted,cpu", None),
         Some(&state),
     );
-    assert_eq!(lab.wait_exit(&c), 1);
+    assert_eq!(
+        lab.wait_exit(&c),
+        75,
+        "the code that makes fleet register it"
+    );
     let logs = lab.logs(&c);
     assert!(
-        logs.contains("no saved registration") && logs.contains("ACTIONS_RUNNER_INPUT_TOKEN"),
+        logs.contains("no saved registration") && logs.contains("register it again"),
         "{logs}"
     );
     assert_eq!(lab.count("config.count"), 0);
@@ -700,7 +750,7 @@ fn persistent_runner_without_registration_or_token_fails_and_says_why() {
 fn without_the_contract_environment_it_refuses_to_start() {
     let lab = Lab::new("noenv");
     let c = lab.start("bare", &[("RUNNER_NAME", "zq-x-0")], None);
-    assert_eq!(lab.wait_exit(&c), 1);
+    assert_eq!(lab.wait_exit(&c), 78, "a configuration error");
     let logs = lab.logs(&c);
     assert!(
         logs.contains("neither ACTIONS_RUNNER_INPUT_JITCONFIG"),
@@ -744,7 +794,7 @@ fn a_persistent_runner_removes_its_registration_only_when_given_a_removal_token(
         &persistent_env("zq-cpu-2", "self-hosted,cpu", None),
         Some(&state),
     );
-    assert_eq!(lab.wait_exit(&again), 1);
+    assert_eq!(lab.wait_exit(&again), 75);
     assert!(lab.logs(&again).contains("no saved registration"));
     assert_eq!(lab.count("config.count"), 2, "no removal attempted twice");
 }
@@ -787,6 +837,8 @@ fn a_registration_github_dropped_is_configured_again_on_its_volume_once() {
         "a restart does not register again"
     );
     logs.push_str(&lab.logs(&first));
+    // fleet stops a container before it removes it: the listener ends its session.
+    lab.stop(&first);
     lab.remove(&first);
 
     // GitHub dropped the registration: fleet makes the container again with a new token and
@@ -804,6 +856,7 @@ fn a_registration_github_dropped_is_configured_again_on_its_volume_once() {
         "{second_logs}"
     );
     logs.push_str(&second_logs);
+    lab.stop(&second);
     lab.remove(&second);
 
     // Known to GitHub again: restored, never configured a third time.
@@ -936,7 +989,7 @@ fn an_entrypoint_that_cannot_read_the_secret_file_says_how_to_fix_it() {
         .expect("write");
     assert!(child.wait().expect("docker cp").success());
     docker_ok(&["start", &c]);
-    assert_eq!(lab.wait_exit(&c), 1);
+    assert_eq!(lab.wait_exit(&c), 78);
     let logs = lab.logs(&c);
     assert!(
         logs.contains("cannot read the secret file") && logs.contains("secrets: env"),
@@ -1044,4 +1097,420 @@ fn with_util_linux_setpriv_the_entrypoint_drops_with_it() {
     assert_eq!(code, 0);
     assert_eq!(lab.record("run.signal").as_deref(), Some("TERM\n"));
     assert_secret_free("the logs", &lab.logs(&c), &[&token]);
+}
+
+/// Waits until `count` of a stub's record reaches `n`.
+fn wait_for_count(lab: &Lab, record: &str, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.count(record) < n {
+        assert!(Instant::now() < deadline, "{record} never reached {n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_runners_own_run_sh_turns_the_listener_failures_into_0() {
+    // Why the entrypoint starts the listener itself: through run.sh, a refused credential (1)
+    // and a session conflict (5) look like a job done; only 7 survives, and only when asked.
+    let lab = Lab::new("runsh");
+    for (status, deprecated, expected) in [("1", "", 0), ("5", "", 0), ("7", "", 0), ("7", "1", 7)]
+    {
+        let name = format!("zq-runsh-{status}-{expected}");
+        let c = lab.container(
+            &[
+                "run",
+                "-d",
+                "-u",
+                RUNNER_UID,
+                "--entrypoint",
+                "/runner/run.sh",
+            ],
+            &format!("runsh-{status}-{expected}"),
+            &[
+                ("RUNNER_NAME", &name),
+                ("FLEET_TEST_RUNNER_EXIT", status),
+                (
+                    "ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE",
+                    deprecated,
+                ),
+            ],
+            None,
+        );
+        assert_eq!(
+            lab.wait_exit(&c),
+            expected,
+            "run.sh with a listener that exits {status}"
+        );
+    }
+}
+
+#[test]
+fn retryable_errors_and_self_updates_start_the_listener_again() {
+    let lab = Lab::new("retry");
+    let jit = format!("FAKE-JIT-CONFIG-{}", lab.run);
+    let c = lab.start(
+        "retry",
+        &[
+            ("RUNNER_NAME", "zq-retry"),
+            ("ACTIONS_RUNNER_INPUT_JITCONFIG", &jit),
+            ("FLEET_TEST_LISTENER_EXITS", "2 3 0"),
+        ],
+        None,
+    );
+    assert_eq!(lab.wait_exit(&c), 0, "the job is done after two restarts");
+    assert_eq!(lab.count("run.count"), 3);
+    let logs = lab.logs(&c);
+    assert!(logs.contains("status 2 (retryable)"), "{logs}");
+    assert!(logs.contains("updated itself"), "{logs}");
+    assert!(logs.contains("exited with status 0"), "{logs}");
+    assert_secret_free("the logs", &logs, &[&jit]);
+}
+
+#[test]
+fn a_graceful_stop_ends_the_session_and_a_killed_runner_leaves_a_conflict() {
+    let lab = Lab::new("session");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-3-state");
+    let labels = "self-hosted,cpu";
+    let session = lab.records().join("sessions/zq-cpu-3");
+    let first = lab.start(
+        "cpu-3-a",
+        &persistent_env("zq-cpu-3", labels, Some(&token)),
+        Some(&state),
+    );
+    lab.wait_for_log(&first, "runner stub: listening");
+    assert!(session.exists(), "the listener holds a session");
+    lab.stop(&first);
+    assert!(!session.exists(), "a graceful stop deletes the session");
+    lab.remove(&first);
+
+    let second = lab.start(
+        "cpu-3-b",
+        &persistent_env("zq-cpu-3", labels, None),
+        Some(&state),
+    );
+    lab.wait_for_log(&second, "runner stub: listening");
+    docker_ok(&["kill", "-s", "KILL", &second]);
+    lab.wait_exit(&second);
+    assert!(session.exists(), "SIGKILL leaves the session behind");
+    lab.remove(&second);
+
+    let third = lab.start(
+        "cpu-3-c",
+        &persistent_env("zq-cpu-3", labels, None),
+        Some(&state),
+    );
+    assert_eq!(lab.wait_exit(&third), 5, "a session conflict is a failure");
+    let logs = lab.logs(&third);
+    assert!(logs.contains("holds this runner's session"), "{logs}");
+}
+
+#[test]
+fn the_save_mirrors_deletions_so_a_deleted_registration_is_not_restored() {
+    let lab = Lab::new("mirror");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-4-state");
+    let env = persistent_env("zq-cpu-4", "self-hosted,cpu", Some(&token));
+    let c = lab.start("cpu-4", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    // What the runner does when GitHub deleted its registration: it deletes its configuration.
+    docker_ok(&[
+        "exec",
+        "-u",
+        RUNNER_UID,
+        &c,
+        "rm",
+        "-f",
+        "/runner/.runner",
+        "/runner/.credentials",
+        "/runner/.credentials_rsaparams",
+    ]);
+    lab.stop(&c);
+    lab.remove(&c);
+
+    let again = lab.start(
+        "cpu-4-again",
+        &persistent_env("zq-cpu-4", "self-hosted,cpu", None),
+        Some(&state),
+    );
+    assert_eq!(
+        lab.wait_exit(&again),
+        75,
+        "nothing left to restore: register it again"
+    );
+    assert_eq!(
+        lab.count("run.count"),
+        1,
+        "the dead registration was not restored"
+    );
+}
+
+#[test]
+fn a_state_directory_root_owns_is_given_to_the_runner_user() {
+    let lab = Lab::new("chown");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-5-state");
+    // A path the image lacks: Docker makes the volume's root root's.
+    let mut env = persistent_env("zq-cpu-5", "self-hosted,cpu", Some(&token));
+    env.retain(|(k, _)| *k != "FLEET_STATE_DIR");
+    env.push(("FLEET_STATE_DIR", "/var/lib/other-state"));
+    let c = lab.start("cpu-5", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    let owner = docker_ok(&["exec", &c, "stat", "-c", "%u", "/var/lib/other-state"]);
+    assert_eq!(owner, RUNNER_UID);
+    assert_eq!(lab.count("config.count"), 1, "registered and saved");
+}
+
+#[test]
+fn config_sh_is_tried_again_after_a_failure_and_gives_up_with_78() {
+    let lab = Lab::new("cfgretry");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-6-state");
+    let mut env = persistent_env("zq-cpu-6", "self-hosted,cpu", Some(&token));
+    env.extend([
+        ("FLEET_TEST_CONFIG_FAILS", "2"),
+        ("FLEET_CONFIG_RETRY_DELAY", "1"),
+    ]);
+    let c = lab.start("cpu-6", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert_eq!(
+        lab.count("config.count"),
+        3,
+        "two failures, then registered"
+    );
+    lab.stop(&c);
+    let logs = lab.logs(&c);
+    assert!(
+        logs.contains("trying again in 1 s") && logs.contains("trying again in 2 s"),
+        "{logs}"
+    );
+    assert_secret_free("the logs", &logs, &[&token]);
+
+    let other = lab.volume("cpu-7-state");
+    let mut env = persistent_env("zq-cpu-7", "self-hosted,cpu", Some(&token));
+    env.extend([
+        ("FLEET_TEST_CONFIG_FAILS", "100"),
+        ("FLEET_CONFIG_RETRY_DELAY", "1"),
+        ("FLEET_CONFIG_ATTEMPTS", "2"),
+    ]);
+    let c = lab.start("cpu-7", &env, Some(&other));
+    assert_eq!(lab.wait_exit(&c), 78);
+    assert!(lab.logs(&c).contains("2 times"));
+}
+
+#[test]
+fn a_restarted_container_does_not_wait_for_a_secret_line() {
+    let lab = Lab::new("restart");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-8-state");
+    let mut env = persistent_env("zq-cpu-8", "self-hosted,cpu", Some(&token));
+    env.push(("FLEET_SECRET_STDIN", "1"));
+    // Standard input open and never written: the first start waits for a line (10 s at most).
+    let c = lab.container(&["run", "-d", "-i"], "cpu-8", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    let started = Instant::now();
+    docker_ok(&["restart", "-t", "10", &c]);
+    wait_for_count(&lab, "run.count", 2);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the restart took {took:?}");
+    assert!(lab.logs(&c).contains("this container started before"));
+}
+
+#[test]
+fn labels_go_to_config_sh_as_written_and_defaults_once() {
+    let lab = Lab::new("labels");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    let state = lab.volume("cpu-9-state");
+    let labels = "self-hosted,Linux,X64,linux,GPU-A100,fleet.zq";
+    let c = lab.start(
+        "cpu-9",
+        &persistent_env("zq-cpu-9", labels, Some(&token)),
+        Some(&state),
+    );
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert_eq!(
+        lab.record("config.labels").as_deref(),
+        Some("linux,GPU-A100,fleet.zq"),
+        "the runner adds self-hosted, Linux and X64 itself; a custom `linux` stays"
+    );
+    assert!(
+        !lab.lines("config.args")
+            .contains(&"--no-default-labels".to_string())
+    );
+}
+
+#[test]
+fn runner_updates_happen_only_when_the_pool_enables_them() {
+    let lab = Lab::new("update");
+    let token = format!("FAKE-REGISTRATION-TOKEN-{}", lab.run);
+    // Disabled (the default): --disableupdate, and the runner stays as it is.
+    let state = lab.volume("cpu-10-state");
+    let mut env = persistent_env("zq-cpu-10", "self-hosted,cpu", Some(&token));
+    env.push(("FLEET_TEST_NEWER_RUNNER", "1"));
+    let c = lab.start("cpu-10", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert!(
+        lab.lines("config.args")
+            .contains(&"--disableupdate".to_string())
+    );
+    assert!(lab.record("updates").is_none(), "no update");
+    lab.stop(&c);
+
+    // Enabled: the runner updates itself, and the entrypoint starts it again.
+    let state = lab.volume("cpu-11-state");
+    let mut env = persistent_env("zq-cpu-11", "self-hosted,cpu", Some(&token));
+    env.extend([
+        ("FLEET_TEST_NEWER_RUNNER", "1"),
+        ("FLEET_RUNNER_UPDATE", "enabled"),
+    ]);
+    let c = lab.start("cpu-11", &env, Some(&state));
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert!(
+        !lab.lines("config.args")
+            .contains(&"--disableupdate".to_string())
+    );
+    assert_eq!(lab.lines("updates").len(), 1, "updated once");
+    assert!(lab.logs(&c).contains("updated itself"));
+}
+
+/// fleet stops a runner before it removes it: a persistent runner that is replaced ends its
+/// session (the next container of the same runner starts with no conflict), and a runner that
+/// ignores SIGTERM is killed after its pool's `stop_timeout`, not before.
+#[test]
+fn fleet_stops_runners_gracefully_within_the_pools_stop_timeout() {
+    let lab = Lab::new("stop");
+    let w = World::new();
+    let (per_records, slow_records) = (lab.records().join("per"), lab.records().join("slow"));
+    for dir in [&per_records, &slow_records] {
+        std::fs::create_dir_all(dir).expect("records dir");
+        open_to_all(dir);
+    }
+    let pools = |generation: &str| {
+        format!(
+            "{}    env: {{ GENERATION: '{generation}' }}\n{}    stop_timeout: 3s\n    env: {{ FLEET_TEST_IGNORE_TERM: '1' }}\n",
+            lab_pool("per", false, &lab.image, &per_records),
+            lab_pool("slow", true, &lab.image, &slow_records),
+        )
+    };
+    w.spec(&pools("1"));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let per = format!("{}-per-0", w.run);
+    let slow = w
+        .container_names("slow")
+        .pop()
+        .expect("an ephemeral runner");
+    wait_for_record(&per_records, "run.uid");
+    wait_for_record(&slow_records, "run.uid");
+    let inspect = w.inspect(&slow);
+    assert_eq!(
+        inspect["HostConfig"]["Init"], true,
+        "an init process as PID 1"
+    );
+    assert_eq!(inspect["Config"]["StopTimeout"], 3);
+
+    // The persistent runner registers with GitHub (the stub config.sh only writes files).
+    let token = std::fs::read_to_string(per_records.join("config.token")).expect("a token");
+    let labels = w
+        .env_value(&per, "ACTIONS_RUNNER_INPUT_LABELS")
+        .expect("labels");
+    let runner = w
+        .fake
+        .configure_runner(&fake_github::RunnerConfiguration {
+            token,
+            name: per.clone(),
+            labels: labels.split(',').map(str::to_string).collect(),
+            runner_group: None,
+            replace: true,
+        })
+        .expect("configure");
+    w.fake.set_runner_state(&w.scope, runner.id, true, false);
+
+    // A change replaces it: stopped with SIGTERM, so its session is gone and the new container
+    // of the same runner starts listening.
+    w.spec(&pools("2"));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(per_records.join("run.signal"))
+            .ok()
+            .as_deref(),
+        Some("TERM\n")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(per_records.join("run.count"))
+        .ok()
+        .as_deref()
+        != Some("2\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new container never started its runner"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(per_records.join("sessions").join(&per).exists());
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Status}}", &per]),
+        "running",
+        "no session conflict"
+    );
+
+    // The runner that ignores SIGTERM goes after its 3 s, not at once and not after 30 s.
+    let started = Instant::now();
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(20),
+        "destroy took {took:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(slow_records.join("run.signal"))
+            .ok()
+            .as_deref(),
+        Some("TERM\n"),
+        "it was asked to stop first"
+    );
+    assert!(
+        w.owned_containers().is_empty(),
+        "{:?}",
+        w.owned_containers()
+    );
+    drop(w);
+}
+
+#[test]
+fn with_the_docker_socket_mounted_the_runner_user_joins_its_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new("socket");
+    // A stand-in for the engine's socket, of a group the image does not have.
+    let socket = lab.dir.path().join("docker.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::os::unix::fs::chown(&socket, Some(0), Some(4242)).expect("chown");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).expect("chmod");
+    let jit = format!("FAKE-JIT-CONFIG-{}", lab.run);
+    let mount = format!("{}:/var/run/docker.sock", socket.display());
+    let c = lab.container(
+        &["run", "-d", "-v", &mount],
+        "socket",
+        &[
+            ("RUNNER_NAME", "zq-docker-0"),
+            ("ACTIONS_RUNNER_INPUT_JITCONFIG", &jit),
+        ],
+        None,
+    );
+    lab.wait_for_log(&c, "runner stub: listening");
+    assert!(
+        lab.lines("run.groups").contains(&"4242".to_string()),
+        "{:?}",
+        lab.lines("run.groups")
+    );
+    assert_eq!(lab.uid("run.uid"), RUNNER_UID, "still the runner user");
+    let logs = lab.logs(&c);
+    assert!(
+        logs.contains("joins group fleet-docker (gid 4242)"),
+        "{logs}"
+    );
+    lab.stop(&c);
 }

@@ -50,9 +50,39 @@
 # them) and never printed: the runner reads every ACTIONS_RUNNER_INPUT_<NAME> variable itself as
 # the input <name> (its CommandSettings). This script logs only names and paths.
 #
-# SIGTERM, SIGINT and SIGHUP are forwarded to the runner as SIGTERM; the script waits for it to
-# finish and exits 0. The runner's run.sh, with RUNNER_MANUALLY_TRAP_SIG=1, turns SIGTERM into a
-# graceful stop of its listener.
+# The runner. The script starts the runner's listener itself (`bin/Runner.Listener run`, as the
+# runner's run.sh and run-helper.sh do), not run.sh: run-helper.sh turns the listener's failures
+# (1: credentials refused, registration deleted; 5: session conflict; any unknown code) into 0,
+# so that an image that cannot work would look like a runner that finished its job. The script
+# repeats what run.sh and run-helper.sh do otherwise: it starts the listener again after a
+# retryable error (2, and 6: configuration refreshed) after 5 s, and after a self-update (3, 4)
+# once update.finished is there (at most 30 s).
+#
+# SIGTERM, SIGINT and SIGHUP are forwarded to the listener as SIGTERM, which it handles as a
+# shutdown (its Unloading handler, as for SIGINT): it stops listening, deletes its session with
+# GitHub (else the next container of a persistent runner waits minutes on "a session for this
+# runner already exists") and exits; a persistent runner's registration is then saved; the
+# script exits 0. Not SIGINT: a command started with `&` by a shell without job control has
+# SIGINT ignored, and only GNU env can restore it.
+#
+# Exit codes, so that fleet tells "job done" from "could not start" (docs/apply.md, "Exit codes"):
+#   0   the runner ended normally (an ephemeral runner's job is done), or it was stopped
+#   1   the listener's terminated error: GitHub refused its credentials, its registration was
+#       deleted, or it could not start
+#   5   the listener's session conflict: another listener holds this runner's session
+#   7   the runner's version is deprecated: GitHub no longer accepts it (rebuild the image)
+#   75  a persistent runner with no registration saved and no token to register with: fleet
+#       registers it again (a new token, FLEET_REGISTRATION=register)
+#   78  the container is not set up as the contract says (no runner, no user, a secret that
+#       cannot be read), or config.sh failed after its retries
+#   any other code is the listener's own (137: it was killed)
+#
+# Labels. FLEET_NO_DEFAULT_LABELS=1 (the pool's `no_default_labels`) passes
+# --no-default-labels to config.sh; otherwise the runner adds self-hosted, Linux and X64 itself
+# and the script takes exactly those names off ACTIONS_RUNNER_INPUT_LABELS, so that they are not
+# sent twice; every other label goes as written. FLEET_RUNNER_UPDATE=enabled lets the runner
+# update itself; anything else (fleet's default, `runner_update: disabled`) passes
+# --disableupdate to config.sh.
 #
 # Registration removal on exit: a persistent runner KEEPS its registration when it stops. fleet
 # replaces a persistent runner by removing only its container and creating it again on the same
@@ -63,6 +93,13 @@
 # `POST .../actions/runners/remove-token`, valid for an hour) in the file $FLEET_REMOVE_TOKEN_FILE
 # (default $FLEET_STATE_DIR/remove-token) before stopping the container. The script then runs
 # `config.sh remove` with it, deletes the token file, and clears the saved registration.
+#
+# Docker for jobs (`docker_socket: true`). When the engine's socket is mounted
+# ($FLEET_DOCKER_SOCKET, default /var/run/docker.sock), the runner user joins the group that owns
+# it, by the gid the socket has in this container (a group of that gid in /etc/group, or a new
+# `fleet-docker`), so that a job's `docker` works without root. The script reads the gid itself
+# because fleet may reach the engine over SSH or TCP and cannot see the socket. A socket of group
+# 0 is not given: that would make the runner user a member of root's group.
 #
 # Other variables: FLEET_RUNNER_DIR (where the runner is unpacked, default
 # /home/runner/actions-runner). With arguments, the script runs them instead of the runner, as
@@ -86,7 +123,7 @@ esac
 log() { printf 'fleet-entrypoint: %s\n' "$*" >&2; }
 die() {
   log "error: $*"
-  exit 1
+  exit 78
 }
 
 ## Steps that run as the runner user (`fleet-entrypoint:configure` and `fleet-entrypoint:save`).
@@ -107,12 +144,16 @@ restore_state() {
   done
 }
 
-# Copies what the runner holds back to the state directory, each file atomically.
+# Copies what the runner holds back to the state directory, each file atomically, and removes
+# from it what the runner removed: a runner whose registration GitHub deleted deletes its
+# configuration, and a saved copy would be restored on every start.
 save_state() {
   for f in $state_files; do
     if [ -f "./$f" ]; then
       (umask 077 && cp "./$f" "$state_dir/$f.tmp" && mv -f "$state_dir/$f.tmp" "$state_dir/$f") ||
         log "warning: cannot save $f to $state_dir"
+    elif [ -e "$state_dir/$f" ]; then
+      rm -f "$state_dir/$f" || log "warning: cannot remove $f from $state_dir"
     fi
   done
 }
@@ -166,30 +207,70 @@ configure() {
     log "runner $name: GitHub no longer knows the registration saved in $state_dir: removing it and registering again"
     clear_state
   fi
-  [ -n "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ] ||
-    die "runner $name has no saved registration in $state_dir and no registration token (ACTIONS_RUNNER_INPUT_TOKEN, from \$FLEET_SECRET_FILE or the environment) to register with; fleet passes a token only when GitHub does not know the runner, so the state volume was probably lost: remove the runner's registration on GitHub and run fleet apply"
+  if [ -z "${ACTIONS_RUNNER_INPUT_TOKEN:-}" ]; then
+    log "runner $name has no saved registration in $state_dir and no registration token to register with (the registration was deleted, or the state volume lost): exiting with $exit_register_again, which tells fleet to register it again"
+    exit "$exit_register_again"
+  fi
   [ -w "$state_dir" ] || die "the state directory $state_dir is not writable by user $(id -u): the registration could not be saved"
   set -- --unattended --replace
-  # The runner adds self-hosted, Linux and X64 unless told not to; fleet lists them itself
-  # unless the pool says no_default_labels.
-  labels=$(printf '%s' "${ACTIONS_RUNNER_INPUT_LABELS:-}" | tr '[:upper:]' '[:lower:]')
-  case ",$labels," in
-  *,self-hosted,*) ;;
-  *) set -- "$@" --no-default-labels ;;
-  esac
-  log "runner $name: registering with GitHub (config.sh $*)"
-  rm -f ./.runner ./.credentials ./.credentials_rsaparams ./.runner_migrated ./.credentials_migrated
-  if ./config.sh "$@"; then
-    save_state
-    (umask 077 && token_digest >"$state_dir/.fleet-token-used") ||
-      log "warning: cannot record the use of the registration token in $state_dir"
-    log "runner $name: registered; registration saved to $state_dir"
+  [ "${FLEET_RUNNER_UPDATE:-disabled}" = enabled ] || set -- "$@" --disableupdate
+  if [ -n "${FLEET_NO_DEFAULT_LABELS:-}" ]; then
+    [ "$FLEET_NO_DEFAULT_LABELS" != 1 ] || set -- "$@" --no-default-labels
+    ACTIONS_RUNNER_INPUT_LABELS=$(custom_labels "${ACTIONS_RUNNER_INPUT_LABELS:-}")
+    export ACTIONS_RUNNER_INPUT_LABELS
   else
-    die "config.sh failed with status $?: runner $name is not registered"
+    # An older fleet: it listed the defaults itself unless the pool said no_default_labels.
+    labels=$(printf '%s' "${ACTIONS_RUNNER_INPUT_LABELS:-}" | tr '[:upper:]' '[:lower:]')
+    case ",$labels," in
+    *,self-hosted,*) ;;
+    *) set -- "$@" --no-default-labels ;;
+    esac
   fi
+  log "runner $name: registering with GitHub (config.sh $*)"
+  attempt=1
+  delay=${FLEET_CONFIG_RETRY_DELAY:-5}
+  while :; do
+    rm -f ./.runner ./.credentials ./.credentials_rsaparams ./.runner_migrated ./.credentials_migrated
+    if ./config.sh "$@"; then
+      break
+    else
+      status=$?
+    fi
+    # A registration token is valid for an hour: a passing network error is worth a wait.
+    [ "$attempt" -lt "${FLEET_CONFIG_ATTEMPTS:-5}" ] ||
+      die "config.sh failed with status $status $attempt times: runner $name is not registered"
+    log "runner $name: config.sh failed with status $status (attempt $attempt); trying again in $delay s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+  save_state
+  (umask 077 && token_digest >"$state_dir/.fleet-token-used") ||
+    log "warning: cannot record the use of the registration token in $state_dir"
+  log "runner $name: registered; registration saved to $state_dir"
+}
+
+# The labels of the comma-separated list $1 but the runner's own defaults, which it adds itself
+# unless FLEET_NO_DEFAULT_LABELS=1 (exact names: a custom `linux` stays as written).
+custom_labels() {
+  [ "${FLEET_NO_DEFAULT_LABELS:-}" != 1 ] || {
+    printf '%s' "$1"
+    return 0
+  }
+  printf '%s' "$1" | tr ',' '\n' | {
+    out=
+    while IFS= read -r label || [ -n "$label" ]; do
+      case $label in
+      self-hosted | Linux | X64 | '') ;;
+      *) out=${out:+$out,}$label ;;
+      esac
+    done
+    printf '%s' "$out"
+  }
 }
 
 name=${ACTIONS_RUNNER_INPUT_NAME:-${RUNNER_NAME:-}}
+exit_register_again=75
 
 case "${1:-}" in
 fleet-entrypoint:configure)
@@ -245,10 +326,16 @@ read_secret_file() {
   log "read and removed the secret file $secret_file"
 }
 
-# Reads the secret line fleet writes to standard input (`secrets: stdin`). A container started
-# again gets no line: end of input, or nothing within 10 s.
+# Reads the secret line fleet writes to standard input (`secrets: stdin`) on the container's
+# first start. A container started again (a restart) gets no line, and does not wait for one: a
+# root-only marker in its own filesystem says it started before. Without the marker (it could
+# not be written), nothing within 10 s means no line.
 read_secret_stdin() {
   [ "${FLEET_SECRET_STDIN:-}" = 1 ] || return 0
+  if [ -e "$started_marker" ]; then
+    log "no secret on standard input: this container started before, and its secret was read then"
+    return 0
+  fi
   if command -v timeout >/dev/null 2>&1; then
     line=$(timeout 10 head -n 1) || line=
   else
@@ -311,6 +398,8 @@ choose_drop() {
   fi
   if [ "$runner_user" = root ]; then
     log "warning: FLEET_RUNNER_USER=root: the runner and its jobs run as root"
+    # The runner's scripts refuse root without it.
+    export RUNNER_ALLOW_RUNASROOT=1
     return 0
   fi
   entry=$(passwd_entry "$runner_user") ||
@@ -331,8 +420,60 @@ choose_drop() {
   die "found no working way to switch to user $runner_user (tried setpriv, su-exec, gosu, runuser, chpst, setuidgid, su in \$PATH): install util-linux's setpriv in the image"
 }
 
+started_marker=${FLEET_STARTED_MARKER:-/var/lib/fleet-entrypoint/started}
+# The name of the group whose gid is $1 in /etc/group, if any.
+group_of_gid() {
+  while IFS=: read -r group _ gid _; do
+    if [ "$gid" = "$1" ]; then
+      printf '%s\n' "$group"
+      return 0
+    fi
+  done </etc/group
+  return 1
+}
+
+# Adds $runner_user to the members of group $1 in /etc/group.
+join_group() {
+  tmp=/etc/group.fleet-entrypoint
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in
+    "$1":*)
+      members=${line##*:}
+      case ",$members," in
+      *",$runner_user,"*) ;;
+      *) line="$line${members:+,}$runner_user" ;;
+      esac
+      ;;
+    esac
+    printf '%s\n' "$line"
+  done </etc/group >"$tmp" && cat "$tmp" >/etc/group && rm -f "$tmp"
+}
+
+# The Docker socket's group for the runner user (see the top of this file).
+grant_docker_socket() {
+  socket=${FLEET_DOCKER_SOCKET:-/var/run/docker.sock}
+  [ -S "$socket" ] && [ "$drop" != none ] || return 0
+  gid=$(stat -c %g "$socket") || return 0
+  if [ "$gid" = 0 ]; then
+    log "warning: $socket belongs to group 0: not giving it to $runner_user, so jobs cannot use Docker (give the socket a group of its own on the host)"
+    return 0
+  fi
+  if group=$(group_of_gid "$gid"); then
+    join_group "$group" || die "cannot add $runner_user to group $group in /etc/group"
+  else
+    group=fleet-docker
+    printf '%s:x:%s:%s\n' "$group" "$gid" "$runner_user" >>/etc/group ||
+      die "cannot add group $group to /etc/group"
+  fi
+  log "$runner_user joins group $group (gid $gid), which owns $socket: jobs can use Docker"
+}
+
 read_secret_stdin
 read_secret_file
+if [ "$(id -u)" = 0 ]; then
+  (umask 077 && mkdir -p "${started_marker%/*}" && : >"$started_marker") 2>/dev/null ||
+    log "warning: cannot write $started_marker: a restart waits 10 s for a secret line"
+fi
 
 if [ -n "$jit_config" ]; then
   mode=jit
@@ -347,12 +488,19 @@ else
 fi
 
 choose_drop
+grant_docker_socket
 cd "$runner_dir" 2>/dev/null || die "cannot enter the runner directory $runner_dir (set FLEET_RUNNER_DIR)"
-[ -x ./run.sh ] || die "no runner in $runner_dir: run.sh is missing (set FLEET_RUNNER_DIR)"
+[ -x ./bin/Runner.Listener ] || die "no runner in $runner_dir: bin/Runner.Listener is missing (set FLEET_RUNNER_DIR)"
 
 if [ "$mode" = persistent ]; then
   [ -n "$name" ] || die "ACTIONS_RUNNER_INPUT_NAME is not set: a persistent runner needs its name"
   [ -d "$state_dir" ] || die "the state directory $state_dir does not exist: mount the runner's state volume there (FLEET_STATE_DIR)"
+  # A new volume on a path the image does not have is root's: give it to the runner user.
+  if [ "$drop" != none ]; then
+    if ! chown "$runner_uid:$runner_gid" "$state_dir" || ! chmod 0700 "$state_dir"; then
+      die "cannot give the state directory $state_dir to $runner_user"
+    fi
+  fi
   # The token goes to this one step, as the runner user, and ends with it.
   (
     if [ -n "$token" ]; then
@@ -360,7 +508,7 @@ if [ "$mode" = persistent ]; then
       export ACTIONS_RUNNER_INPUT_TOKEN
     fi
     exec_as_runner /bin/sh "$self" fleet-entrypoint:configure
-  ) || exit 1
+  ) || exit $?
   token=
   # Not needed to run, and not for jobs to see.
   unset ACTIONS_RUNNER_INPUT_URL ACTIONS_RUNNER_INPUT_NAME ACTIONS_RUNNER_INPUT_LABELS ACTIONS_RUNNER_INPUT_RUNNERGROUP
@@ -369,6 +517,8 @@ else
 fi
 
 export RUNNER_MANUALLY_TRAP_SIG="${RUNNER_MANUALLY_TRAP_SIG:-1}"
+# For images that start run.sh themselves: keep 7 (version deprecated) a failure.
+export ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1
 
 runner_pid=
 stopping=
@@ -388,37 +538,71 @@ trap 'forward HUP' HUP
   exit 0
 }
 
-# The runner, as the runner user; the JIT configuration in its environment only.
+# The listener, as the runner user; the JIT configuration in its environment only.
 start_runner() {
   if [ -n "$jit_config" ]; then
     ACTIONS_RUNNER_INPUT_JITCONFIG=$jit_config
     export ACTIONS_RUNNER_INPUT_JITCONFIG
   fi
   # A command started with `&` by a shell without job control has SIGINT and SIGQUIT ignored,
-  # and the runner (.NET) keeps ignored signals ignored; run.sh stops its listener with SIGINT.
+  # and the runner (.NET) keeps ignored signals ignored (Ctrl-C in `docker attach`, say).
   # GNU env (coreutils 8.31 and later) restores them; busybox's env cannot, and does not need to
   # for anything but the real runner.
   if env --default-signal=INT,QUIT true >/dev/null 2>&1; then
-    exec_as_runner env --default-signal=INT,QUIT ./run.sh
+    exec_as_runner env --default-signal=INT,QUIT ./bin/Runner.Listener run
   else
-    exec_as_runner ./run.sh
+    exec_as_runner ./bin/Runner.Listener run
   fi
 }
-start_runner &
-runner_pid=$!
-jit_config=
-if [ -n "$stopping" ]; then
-  kill -TERM "$runner_pid" 2>/dev/null || true
-fi
 
-# A trapped signal interrupts `wait` with a status above 128 while the runner still runs.
+# Waits for process $1, through the traps' interruptions; sets $status.
+wait_for() {
+  while :; do
+    if wait "$1"; then status=0; else status=$?; fi
+    if [ "$status" -gt 128 ] && kill -0 "$1" 2>/dev/null; then
+      continue
+    fi
+    return 0
+  done
+}
+
+# Sleeps $1 seconds unless a signal comes first.
+pause() {
+  sleep "$1" &
+  runner_pid=$!
+  wait_for "$runner_pid"
+  runner_pid=
+}
+
+# The listener, started again as run.sh would: after a retryable error, and after an update.
 while :; do
-  if wait "$runner_pid"; then status=0; else status=$?; fi
-  if [ "$status" -gt 128 ] && kill -0 "$runner_pid" 2>/dev/null; then
-    continue
+  start_runner &
+  runner_pid=$!
+  if [ -n "$stopping" ]; then
+    kill -TERM "$runner_pid" 2>/dev/null || true
   fi
-  break
+  wait_for "$runner_pid"
+  runner_pid=
+  [ -z "$stopping" ] || break
+  case $status in
+  2 | 6)
+    log "runner ${name:-?}: the listener exited with status $status (retryable): starting it again in 5 s"
+    pause 5
+    ;;
+  3 | 4)
+    log "runner ${name:-?}: the runner updated itself: starting it again once the update is finished"
+    i=0
+    while [ "$i" -lt 30 ] && [ ! -f ./update.finished ] && [ -z "$stopping" ]; do
+      pause 1
+      i=$((i + 1))
+    done
+    rm -f ./update.finished 2>/dev/null || true
+    ;;
+  *) break ;;
+  esac
+  [ -z "$stopping" ] || break
 done
+jit_config=
 
 if [ "$mode" = persistent ]; then
   (exec_as_runner /bin/sh "$self" fleet-entrypoint:save) ||
@@ -429,5 +613,11 @@ if [ -n "$stopping" ]; then
   log "runner ${name:-?}: stopped (SIG$stopping)"
   exit 0
 fi
-log "runner ${name:-?}: the runner exited with status $status"
+case $status in
+0) log "runner ${name:-?}: the runner exited with status 0 (it ended normally)" ;;
+1) log "runner ${name:-?}: the runner exited with status 1: GitHub refused its credentials, or its registration was deleted, or it could not start (its log above says which)" ;;
+5) log "runner ${name:-?}: the runner exited with status 5: another listener holds this runner's session with GitHub" ;;
+7) log "runner ${name:-?}: the runner exited with status 7: its version is deprecated and GitHub no longer accepts it; rebuild the image with a newer runner" ;;
+*) log "runner ${name:-?}: the runner exited with status $status" ;;
+esac
 exit "$status"

@@ -4,15 +4,19 @@
 //! the fleet's labels; names are never trusted (docs/security.md).
 
 use super::{Executor, Outcome, StepError, StepResult};
-use crate::contract::container::{Registration, RunnerContainer, SecretHandover};
+use crate::contract::container::{
+    EXIT_REGISTER_AGAIN, Registration, RunnerContainer, SecretHandover,
+};
 use crate::contract::{self, RunnerConfig, naming};
-use crate::docker::{DockerError, DockerHost};
+use crate::docker::{DockerError, DockerHost, Stop};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
 use crate::observe::state::GithubRunner;
-use crate::plan::{RunnerChange, RunnerOp};
-use crate::spec::ResolvedPool;
+use crate::plan::{Reason, RunnerChange, RunnerOp};
+use crate::spec::{DEFAULT_STOP_TIMEOUT_SECS, ResolvedPool};
 
 const BUSY: &str = "GitHub says the runner is busy: kept, and handled after its job";
+const BUSY_WHILE_STOPPING: &str =
+    "the runner took a job while it was being stopped: kept, and handled after its job";
 
 impl Executor<'_> {
     pub(super) async fn runner(&self, change: &RunnerChange) -> Result<StepResult, StepError> {
@@ -45,12 +49,52 @@ impl Executor<'_> {
                 "GitHub says the runner is busy: replaced after its job",
             ));
         }
-        let host = self.host(&change.host)?;
         let id = observed_id(change)?;
-        host.write()
-            .remove_owned_container(id, &self.spec.name)
-            .await?;
+        if let Some(kept) = self.stop_and_remove(change, id, true).await? {
+            return Ok(kept);
+        }
         self.create(change, &change.name).await
+    }
+
+    /// Stops the observed container gracefully (SIGTERM, then the pool's `stop_timeout`: the
+    /// runner ends its session and saves its state), then removes it. When it still runs after
+    /// that and its registration stays (`registration_kept`: a replace or a move), GitHub is asked
+    /// again whether it runs a job: one that took a job in between is kept, not killed, and the
+    /// step is deferred (`Some`). Otherwise the removal kills what is left.
+    async fn stop_and_remove(
+        &self,
+        change: &RunnerChange,
+        id: &str,
+        registration_kept: bool,
+    ) -> Result<Option<StepResult>, StepError> {
+        let host = self.host(&change.host)?;
+        let fleet = &self.spec.name;
+        // A pool gone from the spec stops its runners with the default.
+        let secs = self
+            .pools
+            .get(&change.pool)
+            .map_or(DEFAULT_STOP_TIMEOUT_SECS, |p| p.stop_timeout_secs);
+        let timeout = std::time::Duration::from_secs(secs.into());
+        let stop = host
+            .write()
+            .stop_owned_container(id, fleet, timeout)
+            .await?;
+        if stop == Stop::StillRunning {
+            tracing::warn!(
+                "runner {}: still running {secs} s after SIGTERM (the pool's stop_timeout)",
+                change.name
+            );
+            if registration_kept
+                && self
+                    .owned_registration(&change.name)
+                    .await?
+                    .is_some_and(|r| r.busy)
+            {
+                return Ok(Some(StepResult::deferred(BUSY_WHILE_STOPPING)));
+            }
+        }
+        host.write().remove_owned_container(id, fleet).await?;
+        Ok(None)
     }
 
     /// Removes a runner: its registration first (GitHub refuses while it runs a job, and then
@@ -74,9 +118,12 @@ impl Executor<'_> {
         {
             return Ok(StepResult::deferred(BUSY));
         }
-        host.write()
-            .remove_owned_container(container, fleet)
-            .await?;
+        if let Some(kept) = self
+            .stop_and_remove(change, container, change.registration_kept)
+            .await?
+        {
+            return Ok(kept);
+        }
         if let Some(volume) = &change.state_volume {
             host.write().remove_owned_volume(volume, fleet).await?;
         }
@@ -324,7 +371,7 @@ impl Executor<'_> {
                 fleet,
             )
             .await?;
-        let token = match known && !new_volume {
+        let token = match known && !new_volume && !asks_to_register(change) {
             true => None,
             false => Some(
                 self.observers
@@ -407,6 +454,14 @@ impl Executor<'_> {
 
 /// How many names an ephemeral runner tries when containers hold them.
 const NAME_ATTEMPTS: usize = 3;
+
+/// Whether the runner's last container exited saying it has nothing to restore and no token
+/// (the entrypoint's [`EXIT_REGISTER_AGAIN`]): it gets a token whatever GitHub knows.
+fn asks_to_register(change: &RunnerChange) -> bool {
+    change.reasons.contains(&Reason::Exited {
+        code: Some(EXIT_REGISTER_AGAIN),
+    })
+}
 
 /// The id the plan observed for the container of a replace or destroy: fleet removes a
 /// container by that id, never by name.

@@ -6,7 +6,7 @@ use crate::contract;
 use crate::github::JitConfig;
 use crate::plan::{ScaleSetChange, ScaleSetOp};
 use crate::scaleset::{ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetSpec};
-use crate::spec::ResolvedPool;
+use crate::spec::{ResolvedPool, RunnerUpdate};
 
 impl Executor<'_> {
     fn scale_set_client(&self) -> Result<&ScaleSetClient, StepError> {
@@ -21,11 +21,18 @@ impl Executor<'_> {
             let what = format!("cannot {what} scale set {}", change.name);
             move |source: ScaleSetError| StepError::ScaleSet { what, source }
         };
+        // As actions-runner-controller: runners keep the runner of their image unless the pool
+        // says `runner_update: enabled`.
+        let update = change
+            .pool
+            .as_deref()
+            .and_then(|p| self.pools.get(p))
+            .map_or(RunnerUpdate::default(), |p| p.runner_update);
         let spec = ScaleSetSpec {
             name: change.name.clone(),
             runner_group: change.runner_group.clone(),
             labels: change.labels.clone(),
-            disable_update: false,
+            disable_update: update == RunnerUpdate::Disabled,
         };
         match (&change.op, change.id) {
             (ScaleSetOp::Create, _) => {

@@ -144,6 +144,17 @@ impl RunnerContainer<'_> {
                     env.push(("ACTIONS_RUNNER_INPUT_RUNNERGROUP".into(), group.clone()));
                 }
                 env.push(("FLEET_STATE_DIR".into(), STATE_DIR.into()));
+                // The entrypoint passes --no-default-labels from this, not from the label list.
+                let no_defaults = if self.pool.no_default_labels {
+                    "1"
+                } else {
+                    "0"
+                };
+                env.push(("FLEET_NO_DEFAULT_LABELS".into(), no_defaults.into()));
+                env.push((
+                    "FLEET_RUNNER_UPDATE".into(),
+                    self.pool.runner_update.as_str().into(),
+                ));
                 if let Some(mode) = self.registration.mode() {
                     env.push(("FLEET_REGISTRATION".into(), mode.to_string()));
                 }
@@ -292,6 +303,8 @@ impl RunnerContainer<'_> {
             mounts: Some(self.mounts()),
             device_requests: self.device_requests(),
             runtime: self.runtime(),
+            // An init process as PID 1 reaps the orphans a job leaves and passes signals on.
+            init: Some(true),
             ..Default::default()
         };
         self.harden(&mut host);
@@ -306,8 +319,32 @@ impl RunnerContainer<'_> {
             open_stdin: stdin,
             stdin_once: stdin,
             attach_stdin: stdin,
+            // `docker stop` by hand and the engine's own shutdown give the runner as long as
+            // fleet does.
+            stop_timeout: Some(i64::from(self.pool.stop_timeout_secs)),
             ..Default::default()
         }
+    }
+}
+
+/// The exit code of a persistent runner's container that has no registration saved and no token
+/// to register with (ci/runner/entrypoint.sh): fleet makes it again with a registration token.
+pub const EXIT_REGISTER_AGAIN: i64 = 75;
+
+/// What the reference entrypoint means by a failure exit code (docs/apply.md, "Exit codes");
+/// `None` for 0 and codes it does not give.
+pub fn exit_meaning(code: i64) -> Option<&'static str> {
+    match code {
+        1 => Some(
+            "the runner stopped with an error: GitHub refused its credentials, its registration was deleted, or it could not start",
+        ),
+        5 => Some("session conflict: another listener holds this runner's session"),
+        7 => Some("the runner's version is deprecated: rebuild the image with a newer runner"),
+        EXIT_REGISTER_AGAIN => Some("nothing to restore and no token: it registers again"),
+        78 => Some(
+            "the container is not set up as fleet's container contract says, or config.sh failed",
+        ),
+        _ => None,
     }
 }
 
@@ -388,6 +425,8 @@ mod tests {
             autoscale: None,
             secrets: crate::spec::SecretDelivery::File,
             security: crate::spec::ResolvedSecurity::default(),
+            runner_update: crate::spec::RunnerUpdate::Disabled,
+            stop_timeout_secs: 30,
         }
     }
 
@@ -437,6 +476,12 @@ mod tests {
             host.restart_policy.and_then(|r| r.name),
             Some(RestartPolicyNameEnum::NO)
         );
+        assert_eq!(
+            host.init,
+            Some(true),
+            "an init process reaps a job's orphans"
+        );
+        assert_eq!(body.stop_timeout, Some(30), "the pool's stop timeout");
         let mounts = host.mounts.expect("mounts");
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[1].typ, Some(MountType::BIND));
@@ -525,6 +570,8 @@ mod tests {
             "ACTIONS_RUNNER_INPUT_RUNNERGROUP=gpu-builders",
             "NVIDIA_VISIBLE_DEVICES=void",
             "FLEET_REGISTRATION=register",
+            "FLEET_NO_DEFAULT_LABELS=0",
+            "FLEET_RUNNER_UPDATE=disabled",
         ] {
             assert!(
                 env.contains(&expected.to_string()),

@@ -114,8 +114,11 @@ impl DockerRead<'_> {
                     Some(ContainerSummaryStateEnum::STOPPING) => ContainerStatus::Running,
                     _ => ContainerStatus::Created,
                 };
+                // A restarting container shows the code of its last exit.
                 let exit_code = match status {
-                    ContainerStatus::Exited => s.status.as_deref().and_then(exit_code_of),
+                    ContainerStatus::Exited | ContainerStatus::Restarting => {
+                        s.status.as_deref().and_then(exit_code_of)
+                    }
                     _ => None,
                 };
                 Some(ContainerState {
@@ -269,9 +272,12 @@ fn container_event(event: bollard::models::EventMessage) -> ContainerEvent {
     }
 }
 
-/// The code in Docker's status text: `Exited (137) 5 minutes ago` -> 137.
+/// The code in Docker's status text: `Exited (137) 5 minutes ago` -> 137, `Restarting (75) 2
+/// seconds ago` -> 75.
 fn exit_code_of(status: &str) -> Option<i64> {
-    let rest = status.strip_prefix("Exited (")?;
+    let rest = status
+        .strip_prefix("Exited (")
+        .or_else(|| status.strip_prefix("Restarting ("))?;
     rest[..rest.find(')')?].parse().ok()
 }
 
@@ -285,5 +291,9 @@ mod tests {
             Some(137)
         );
         assert_eq!(super::exit_code_of("Up 5 minutes"), None);
+        assert_eq!(
+            super::exit_code_of("Restarting (75) 2 seconds ago"),
+            Some(75)
+        );
     }
 }

@@ -9,8 +9,8 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, VolumeCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StartContainerOptions,
-    UploadToContainerOptionsBuilder,
+    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StartContainerOptions, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -352,6 +352,56 @@ impl DockerWrite<'_> {
         }
     }
 
+    /// Asks the container whose id is `id` to stop, if [`DockerWrite::owned_container`] says it
+    /// is the fleet's: SIGTERM (through its init process, to the runner, which ends its session
+    /// and saves its state), then up to `timeout` for it to exit. Docker counts it as stopped by
+    /// hand, so a restart policy does not start it again. One already stopped or gone is
+    /// [`Stop::Stopped`]; the caller decides what to do with one still running.
+    pub async fn stop_owned_container(
+        &self,
+        id: &str,
+        fleet: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Stop, DockerError> {
+        let Some(full_id) = self.owned_container(id, fleet).await? else {
+            return Ok(Stop::Stopped);
+        };
+        let what = || format!("stop container {}", short(id));
+        let options = KillContainerOptionsBuilder::new().signal("SIGTERM").build();
+        match self
+            .host
+            .docker
+            .kill_container(&full_id, Some(options))
+            .await
+        {
+            Ok(()) => {}
+            // 409: not running.
+            Err(e) if matches!(status_of(&e), Some(404 | 409)) => return Ok(Stop::Stopped),
+            Err(e) => return Err(self.failed(what(), &e)),
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Stop::StillRunning);
+            }
+            let options = WaitContainerOptionsBuilder::new()
+                .condition("not-running")
+                .build();
+            let mut exits = self.host.docker.wait_container(&full_id, Some(options));
+            // In slices shorter than the client's per-request timeout.
+            match tokio::time::timeout(left.min(WAIT_SLICE), exits.next()).await {
+                Err(_) | Ok(Some(Err(BollardError::RequestTimeoutError))) => continue,
+                // A non-zero exit code comes as an error of its own.
+                Ok(
+                    None | Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })),
+                ) => return Ok(Stop::Stopped),
+                Ok(Some(Err(e))) if status_of(&e) == Some(404) => return Ok(Stop::Stopped),
+                Ok(Some(Err(e))) => return Err(self.failed(what(), &e)),
+            }
+        }
+    }
+
     /// A write fleet refuses to make itself.
     fn refused(&self, what: String, message: String) -> DockerError {
         DockerError::Write {
@@ -361,6 +411,19 @@ impl DockerWrite<'_> {
             message,
         }
     }
+}
+
+/// The longest single wait for a container to stop: below the client's per-request timeout
+/// (src/endpoint.rs).
+const WAIT_SLICE: std::time::Duration = std::time::Duration::from_secs(50);
+
+/// How a graceful stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The container is not running (any more).
+    Stopped,
+    /// It still runs after its stop timeout.
+    StillRunning,
 }
 
 /// `id` if it is a container id (12 to 64 hex digits), for the writes that go by id only.

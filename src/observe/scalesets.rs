@@ -63,5 +63,6 @@ fn state_of(set: RunnerScaleSet) -> ScaleSetState {
         name: set.name,
         runner_group_id: set.runner_group_id,
         runner_group: set.runner_group_name,
+        disable_update: set.runner_setting.disable_update,
     }
 }

@@ -210,6 +210,8 @@ pub struct ScaleSetState {
     pub runner_group: String,
     /// Its labels, its name first.
     pub labels: Vec<String>,
+    /// Its runners are told not to update themselves (`RunnerSetting.disableUpdate`).
+    pub disable_update: bool,
 }
 
 /// One runner registration.

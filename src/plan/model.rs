@@ -129,7 +129,13 @@ impl fmt::Display for Reason {
                 write!(f, "configuration changed: {}", attributes.join(", "))
             }
             Reason::NeverStarted => f.write_str("container was created but never started"),
-            Reason::Exited { code: Some(code) } => write!(f, "container exited with code {code}"),
+            Reason::Exited { code: Some(code) } => {
+                write!(f, "container exited with code {code}")?;
+                match crate::contract::container::exit_meaning(*code) {
+                    Some(meaning) => write!(f, " ({meaning})"),
+                    None => Ok(()),
+                }
+            }
             Reason::Exited { code: None } => f.write_str("container is dead"),
             Reason::Unregistered => f.write_str(
                 "its registration is gone (the runner finished its job, or was removed on GitHub)",

@@ -12,7 +12,7 @@ use super::model::{
     Action, AttributeChange, Change, Reason, RegistrationChange, RegistrationOp, VolumeChange,
     VolumeOp,
 };
-use crate::contract::{self, RunnerConfig, labels, naming};
+use crate::contract::{self, RunnerConfig, container, labels, naming};
 use crate::observe::state::{
     ContainerState, ContainerStatus, GithubRunner, HostState, VolumeState,
 };
@@ -262,7 +262,10 @@ fn busy_elsewhere(name: &str, inputs: &Inputs) -> bool {
 
 /// The fate of a kept runner's container.
 fn kept_fate(c: &ContainerState, id: &Identity, fit: &Fit, runners: &Registrations) -> Fate {
-    if c.status.is_finished() {
+    // Nothing to restore and no token (the entrypoint's 75): a restart cannot help.
+    let asks_to_register = c.status == ContainerStatus::Restarting
+        && c.exit_code == Some(container::EXIT_REGISTER_AGAIN);
+    if c.status.is_finished() || asks_to_register {
         let mut reasons = vec![Reason::Exited { code: c.exit_code }];
         if id.registration.is_none() {
             reasons.push(Reason::RegistrationGone);

@@ -326,3 +326,39 @@ fn a_foreign_volume_with_a_state_name_is_never_touched() {
     });
     assert!(plan(&spec, &world).expect("plan").is_empty());
 }
+
+#[test]
+fn a_runner_that_asks_to_be_registered_again_is_made_again_even_while_restarting() {
+    // The entrypoint's 75: no registration saved and no token, while GitHub still lists it.
+    let spec = with_pools(PERSISTENT_2);
+    for status in [ContainerStatus::Exited, ContainerStatus::Restarting] {
+        let mut world = converged(&spec);
+        for c in &mut world.hosts.get_mut("local").expect("host").containers {
+            if c.name == "zq-per-0" {
+                c.status = status;
+                c.exit_code = Some(crate::contract::container::EXIT_REGISTER_AGAIN);
+            }
+        }
+        let plan = plan(&spec, &world).expect("plan");
+        assert_eq!(plan.changes.len(), 1, "{:#?}", plan.changes);
+        assert_eq!(
+            (plan.changes[0].action, plan.changes[0].name.as_str()),
+            (Action::Replace, "zq-per-0")
+        );
+        assert!(
+            plan.changes[0]
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("container exited with code 75 (nothing to restore")),
+            "{:?}",
+            plan.changes[0].reasons
+        );
+    }
+    // Any other restarting container is left to Docker.
+    let mut world = converged(&spec);
+    for c in &mut world.hosts.get_mut("local").expect("host").containers {
+        c.status = ContainerStatus::Restarting;
+        c.exit_code = Some(1);
+    }
+    assert!(plan(&spec, &world).expect("plan").changes.is_empty());
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use super::model::{AttributeChange, Change, Reason, ScaleSetChange, ScaleSetOp};
 use crate::contract::{self, RunnerConfig, naming};
 use crate::observe::state::{Observed, ScaleSetState};
-use crate::spec::{ResolvedPool, Spec};
+use crate::spec::{ResolvedPool, RunnerUpdate, Spec};
 
 /// The labels a pool's scale set carries: its name first (what `runs-on:` names on
 /// github.com), then the pool's runner labels and the ownership label.
@@ -88,7 +88,15 @@ pub(super) fn plan_scale_sets(
                 pool.name, set.name, set.id
             )),
             Some(set) => {
-                let diff = drift(set, &labels, group_of(pool).as_deref());
+                let mut diff = drift(set, &labels, group_of(pool).as_deref());
+                let disable_update = pool.runner_update == RunnerUpdate::Disabled;
+                if set.disable_update != disable_update {
+                    diff.push(AttributeChange {
+                        attribute: "runner_update".into(),
+                        before: Some(update_text(set.disable_update).into()),
+                        after: update_text(disable_update).into(),
+                    });
+                }
                 if !diff.is_empty() {
                     let op = ScaleSetOp::Update { diff };
                     changes.push(change(op, pool, name, Some(set.id), labels));
@@ -236,6 +244,14 @@ fn record_of(observed: &Observed, name: &str) -> Option<(String, String)> {
 }
 
 /// What differs between a scale set and the pool's wishes.
+/// A scale set's `disableUpdate` as the spec's `runner_update` says it.
+fn update_text(disable_update: bool) -> &'static str {
+    match disable_update {
+        true => RunnerUpdate::Disabled.as_str(),
+        false => RunnerUpdate::Enabled.as_str(),
+    }
+}
+
 fn drift(set: &ScaleSetState, labels: &[String], group: Option<&str>) -> Vec<AttributeChange> {
     let mut diff = Vec::new();
     let lower =

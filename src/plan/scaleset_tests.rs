@@ -21,6 +21,7 @@ fn ours(id: u64, name: &str, labels: &[&str]) -> ScaleSetState {
         runner_group_id: 1,
         runner_group: "Default".into(),
         labels: labels.iter().map(|l| l.to_string()).collect(),
+        disable_update: true,
     }
 }
 
@@ -325,4 +326,41 @@ fn jobs_wait_for_the_reason_that_holds_them() {
             "assigned {assigned}, queued {queued}, runners {runners}, max {max}, GPU-bound {gpu_bound}"
         );
     }
+}
+
+#[test]
+fn a_scale_set_whose_runners_may_update_themselves_is_updated_unless_the_pool_enables_it() {
+    let own = ownership_label("zq");
+    let labels = [
+        "zq-auto",
+        "self-hosted",
+        "Linux",
+        "X64",
+        "gpu",
+        own.as_str(),
+    ];
+    let mut set = ours(7, "zq-auto", &labels);
+    set.disable_update = false;
+    let world = with_scale_sets(empty_world(), vec![set]);
+    let typed = plan(&with_pools(AUTO), &world).expect("plan");
+    let update = typed
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            super::Change::ScaleSet(s) => Some(s),
+            _ => None,
+        })
+        .expect("a scale set change");
+    assert!(
+        matches!(&update.op, super::ScaleSetOp::Update { diff }
+            if diff.len() == 1 && diff[0].attribute == "runner_update" && diff[0].after == "disabled"),
+        "{:?}",
+        update.op
+    );
+    let enabled = AUTO.replace("autoscale:", "runner_update: enabled\n    autoscale:");
+    let changes = actions(&world, &enabled);
+    assert!(
+        !changes.contains(&(Action::UpdateScaleSet, "zq-auto".into())),
+        "enabled: no drift: {changes:?}"
+    );
 }

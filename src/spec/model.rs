@@ -262,6 +262,52 @@ pub struct Pool {
     /// Container hardening: no-new-privileges, a pids limit, no NET_RAW capability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<Security>,
+    /// Whether runners update themselves when GitHub offers a newer runner: `disabled`
+    /// (default: `--disableupdate`; rebuild the image to update) or `enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "disabled"))]
+    pub runner_update: Option<RunnerUpdate>,
+    /// How long a runner has to stop after SIGTERM before it is killed, when fleet removes or
+    /// replaces its container: seconds or minutes, such as 30s or 2m (at most 1h). Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[sm]$"))]
+    #[schemars(extend("default" = "30s"))]
+    pub stop_timeout: Option<String>,
+}
+
+/// Whether a pool's runners update themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerUpdate {
+    #[default]
+    Disabled,
+    Enabled,
+}
+
+impl RunnerUpdate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerUpdate::Disabled => "disabled",
+            RunnerUpdate::Enabled => "enabled",
+        }
+    }
+}
+
+/// The stop timeout a pool gets when it says nothing, in seconds.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
+/// The longest stop timeout a pool may ask for, in seconds.
+pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
+
+/// A `stop_timeout` in seconds (`30s`, `2m`), if it is one of at most an hour.
+pub fn parse_stop_timeout(text: &str) -> Option<u32> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u32 = digits.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        _ => return None,
+    };
+    (secs <= MAX_STOP_TIMEOUT_SECS).then_some(secs)
 }
 
 /// Pool field names, in the order of the schema; used in messages.
@@ -284,6 +330,8 @@ pub const POOL_FIELDS: &[&str] = &[
     "secrets",
     "security",
     "autoscale",
+    "runner_update",
+    "stop_timeout",
 ];
 
 /// A pool's autoscaling: a GitHub runner scale set that fleet keeps between `min_idle` idle

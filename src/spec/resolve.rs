@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::model::{
-    DEFAULT_HOST, DEFAULT_PIDS_LIMIT, GpuMode, GpuRequest, Host, HostGpus, Pool, PullPolicy,
-    SecretDelivery, Security, Spec, Volume,
+    DEFAULT_HOST, DEFAULT_PIDS_LIMIT, DEFAULT_STOP_TIMEOUT_SECS, GpuMode, GpuRequest, Host,
+    HostGpus, Pool, PullPolicy, RunnerUpdate, SecretDelivery, Security, Spec, Volume,
+    parse_stop_timeout,
 };
 
 /// Labels GitHub gives a self-hosted Linux x64 runner unless `no_default_labels` is set.
@@ -42,6 +43,10 @@ pub struct ResolvedPool {
     pub secrets: SecretDelivery,
     /// Container hardening.
     pub security: ResolvedSecurity,
+    /// Whether the runners update themselves.
+    pub runner_update: RunnerUpdate,
+    /// Seconds between SIGTERM and SIGKILL when fleet stops a runner's container.
+    pub stop_timeout_secs: u32,
 }
 
 /// A pool's autoscaling with its scale set's name decided.
@@ -257,6 +262,14 @@ impl Spec {
                 .pool_field(pool, |p| p.docker_socket.as_ref())
                 .copied()
                 .unwrap_or(false),
+            runner_update: self
+                .pool_field(pool, |p| p.runner_update.as_ref())
+                .copied()
+                .unwrap_or_default(),
+            stop_timeout_secs: self
+                .pool_field(pool, |p| p.stop_timeout.as_ref())
+                .and_then(|t| parse_stop_timeout(t))
+                .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
         })
     }
 }

@@ -1,33 +1,33 @@
 #!/bin/sh
-# Test stub of the runner's run.sh, used by tests/entrypoint.rs (never shipped in the image): it
-# records how it was started (user id, arguments, inputs) in $FLEET_TEST_RECORDS, says it is
-# listening, and waits like a runner until SIGTERM, or exits with $FLEET_TEST_RUNNER_EXIT when
-# that is set (a job done).
-set -eu
-rec=${FLEET_TEST_RECORDS:-/records}
-count=$(cat "$rec/run.count" 2>/dev/null || echo 0)
-echo $((count + 1)) >"$rec/run.count"
-id -u >"$rec/run.uid"
-for arg in "$@"; do printf '%s\n' "$arg"; done >"$rec/run.args"
-env | sed -n 's/^\(ACTIONS_RUNNER_INPUT_[A-Z_]*\)=.*/\1/p' | sort >"$rec/run.env-names"
-printf '%s' "${ACTIONS_RUNNER_INPUT_JITCONFIG:-}" >"$rec/run.jitconfig"
-printf '%s' "${RUNNER_MANUALLY_TRAP_SIG:-}" >"$rec/run.trap-sig"
-for f in .runner .credentials .credentials_rsaparams; do
-  if [ -s "$f" ]; then echo "$f"; fi
-done >"$rec/run.config-files"
-if [ -n "${FLEET_TEST_RUNNER_EXIT:-}" ]; then
-  echo "runner stub: job done"
-  exit "$FLEET_TEST_RUNNER_EXIT"
-fi
-stop() {
-  echo "runner stub: got $1"
-  echo "$1" >"$rec/run.signal"
-  exit 0
-}
-trap 'stop TERM' TERM
-trap 'stop INT' INT
-echo "runner stub: listening"
+# Test stub of the runner's run.sh (never shipped in the image), written anew after
+# actions/runner's src/Misc/layoutroot/run.sh so that tests can show what it does with the
+# listener's exit codes: it starts run-helper.sh (a fresh copy of run-helper.sh.template) again
+# while that exits 2, and otherwise exits 0, except 7 when
+# ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1. With RUNNER_MANUALLY_TRAP_SIG set it
+# turns SIGINT and SIGTERM into a SIGINT for the helper and exits with the helper's code.
+# fleet's entrypoint does not go through it: it starts bin/Runner.Listener itself and keeps
+# its exit code (ci/runner/entrypoint.sh, "Exit codes").
+dir=$(cd "$(dirname "$0")" && pwd)
 while :; do
-  sleep 1 &
-  wait $! || true
+  cp -f "$dir/run-helper.sh.template" "$dir/run-helper.sh"
+  if [ -n "${RUNNER_MANUALLY_TRAP_SIG:-}" ]; then
+    "$dir/run-helper.sh" "$@" &
+    pid=$!
+    trap 'kill -INT $pid' INT TERM
+    wait $pid
+    code=$?
+  else
+    "$dir/run-helper.sh" "$@"
+    code=$?
+  fi
+  if [ "$code" -eq 2 ]; then
+    echo "Restarting runner..."
+  elif [ "${ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE:-}" = 1 ] && [ "$code" -eq 7 ]; then
+    echo "Exiting runner..."
+    exit "$code"
+  else
+    echo "Exiting runner..."
+    if [ -n "${RUNNER_MANUALLY_TRAP_SIG:-}" ]; then exit "$code"; fi
+    exit 0
+  fi
 done

@@ -10,7 +10,10 @@ use super::{
 use crate::spec::diag::quote;
 use crate::spec::memory::memory_problem;
 use crate::spec::reference::check_reference;
-use crate::spec::model::{GpuRequest, Host, HostGpus, MAX_SCALE_SET_NAME, Pool, PoolHosts};
+use crate::spec::model::{
+    GpuRequest, Host, HostGpus, MAX_SCALE_SET_NAME, MAX_STOP_TIMEOUT_SECS, Pool, PoolHosts,
+    parse_stop_timeout,
+};
 use crate::spec::resolve::DEFAULT_RUNNER_LABELS;
 
 /// Docker labels and runner labels with this prefix mark what fleet owns.
@@ -347,6 +350,17 @@ pub(super) fn check_pool_values(c: &mut Checker, base: &str, pool: &Pool) {
     {
         c.at_value(&format!("{base}/memory"), problem)
             .help("leave `memory` out for no limit");
+    }
+    if let Some(timeout) = &pool.stop_timeout
+        && parse_stop_timeout(timeout).is_none()
+    {
+        c.at_value(
+            &format!("{base}/stop_timeout"),
+            format!(
+                "expected seconds or minutes such as 30s or 2m, of at most {MAX_STOP_TIMEOUT_SECS}s, found {}",
+                quote(timeout)
+            ),
+        );
     }
 }
 

@@ -136,6 +136,8 @@ pub struct ScaleSetInfo {
     pub name: String,
     pub runner_group_id: u64,
     pub labels: Vec<String>,
+    /// `RunnerSetting.disableUpdate`: its runners keep the runner they have.
+    pub disable_update: bool,
     /// The open session's id and owner.
     pub session: Option<(String, String)>,
     /// Polls of the session held right now.

@@ -221,6 +221,7 @@ impl ScaleSets {
             name: set.name.clone(),
             runner_group_id: set.group_id,
             labels: set.labels.clone(),
+            disable_update: set.disable_update,
             session: set
                 .session
                 .as_ref()
