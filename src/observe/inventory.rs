@@ -36,7 +36,7 @@ pub struct GpuProbe {
     image: Option<String>,
     /// How long an answer is kept; zero keeps none.
     keep: Duration,
-    answers: Mutex<BTreeMap<String, (Instant, String, GpuInventory)>>,
+    answers: Mutex<BTreeMap<String, (Instant, String, GpuRead)>>,
 }
 
 impl GpuProbe {
@@ -69,7 +69,6 @@ impl GpuProbe {
         }
         self.remote_inventory(fleet, host, connection, pools, when)
             .await
-            .into()
     }
 
     async fn remote_inventory(
@@ -79,7 +78,7 @@ impl GpuProbe {
         connection: &DockerHost,
         pools: &[ResolvedPool],
         when: ProbeWhen,
-    ) -> GpuInventory {
+    ) -> GpuRead {
         let on_host: Vec<&ResolvedPool> = pools
             .iter()
             .filter(|p| p.hosts.iter().any(|h| h == host))
@@ -90,29 +89,36 @@ impl GpuProbe {
         if when == ProbeWhen::Needed && !wants_gpus {
             return unavailable(format!(
                 "`gpus: auto` on host `{host}`, a remote engine, is read only while a pool that asks for GPUs runs there (`fleet gpus --host {host}` reads it)"
-            ));
+            ))
+            .into();
         }
         let Some(image) = self.image_for(&on_host) else {
             return unavailable(format!(
                 "`gpus: auto` on host `{host}` is read by running the host's nvidia-smi in a container, and no image is known to run it: set {PROBE_IMAGE_ENV} or give the host a pool, or declare the GPU UUIDs in hosts.{host}.gpus"
-            ));
+            ))
+            .into();
         };
         let key = format!("{}|{image}", connection.endpoint);
         if let Some(kept) = self.kept(host, &key) {
             return kept;
         }
-        let inventory = match connection.run_gpu_probe(fleet, &image).await {
-            Ok(devices) => GpuInventory {
-                uuids: devices.iter().map(|d| d.uuid.clone()).collect(),
-                source: GpuSource::Probe,
-                devices,
-                lost: 0,
-                health: Default::default(),
+        let read = match connection.run_gpu_probe(fleet, &image).await {
+            Ok(gpus) => GpuRead {
+                inventory: GpuInventory {
+                    uuids: gpus.iter().map(|g| g.info.uuid.clone()).collect(),
+                    source: GpuSource::Probe,
+                    devices: gpus.iter().map(|g| g.info.clone()).collect(),
+                    ..GpuInventory::default()
+                },
+                signals: gpus
+                    .into_iter()
+                    .map(|g| (g.info.uuid.clone(), g.signals))
+                    .collect(),
             },
-            Err(e) => return unavailable(e.to_string()),
+            Err(e) => return unavailable(e.to_string()).into(),
         };
-        self.keep(host, key, &inventory);
-        inventory
+        self.keep(host, key, &read);
+        read
     }
 
     /// The operator's probe image, else the image of the first pool on the host that asks for
@@ -127,13 +133,13 @@ impl GpuProbe {
         })
     }
 
-    fn kept(&self, host: &str, key: &str) -> Option<GpuInventory> {
+    fn kept(&self, host: &str, key: &str) -> Option<GpuRead> {
         let answers = self.answers.lock().ok()?;
         let (at, kept_key, inventory) = answers.get(host)?;
         (kept_key == key && at.elapsed() < self.keep).then(|| inventory.clone())
     }
 
-    fn keep(&self, host: &str, key: String, inventory: &GpuInventory) {
+    fn keep(&self, host: &str, key: String, inventory: &GpuRead) {
         if self.keep.is_zero() {
             return;
         }
