@@ -337,8 +337,9 @@ fn optional<T>(what: &str, read: Result<T, NvmlError>, problems: &mut Vec<String
     }
 }
 
-/// The text view of `fleet gpus`: a table of the readable GPUs.
-pub fn devices_table(devices: &[GpuDevice]) -> String {
+/// The text view of `fleet gpus`: a table of the readable GPUs, each with its health (`health`
+/// in the same order; `None`: not read).
+pub fn devices_table(devices: &[GpuDevice], health: &[Option<super::state::GpuHealth>]) -> String {
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
     table.set_header([
@@ -349,10 +350,16 @@ pub fn devices_table(devices: &[GpuDevice]) -> String {
         "UTIL",
         "TEMP",
         "PROCS",
+        "HEALTH",
     ]);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let opt = |v: Option<u32>, unit: &str| v.map_or("-".to_string(), |v| format!("{v}{unit}"));
-    for d in devices {
+    for (i, d) in devices.iter().enumerate() {
+        let health = match health.get(i).and_then(Option::as_ref) {
+            None => "-".to_string(),
+            Some(h) if h.reasons.is_empty() => h.state.as_str().to_string(),
+            Some(h) => format!("{}: {}", h.state.as_str(), h.reasons.join("; ")),
+        };
         table.add_row([
             d.index.to_string(),
             d.uuid.clone(),
@@ -365,6 +372,7 @@ pub fn devices_table(devices: &[GpuDevice]) -> String {
             opt(d.utilization_percent, "%"),
             opt(d.temperature_celsius, "°C"),
             opt(d.processes, ""),
+            health,
         ]);
     }
     format!("{table}\n")

@@ -177,6 +177,14 @@ pub fn read(
     Ok(Reading { report, signals })
 }
 
+/// One reading with a set of its own (`fleet gpus`, outside any runtime): the events it sees
+/// are those the driver delivers to a new set.
+pub fn read_once() -> Result<Reading, NvmlProblem> {
+    let nvml = gpu::open()?;
+    let events = register(&nvml);
+    read(&nvml, events.as_ref(), &mut Memory::default())
+}
+
 /// An event set for critical Xids and ECC errors on every GPU that supports them; `None` when
 /// NVML cannot make one.
 fn register(nvml: &Nvml) -> Option<EventSet<'_>> {
