@@ -250,20 +250,48 @@ pub enum StatusFormat {
 }
 
 fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
-    use crate::observe::gpu::{NvmlProblem, devices_table, nvml_report};
-    let (report, reason) = match nvml_report() {
-        Ok(report) => (report, None),
-        Err(NvmlProblem::Absent(reason)) => (Default::default(), Some(reason)),
+    use crate::observe::gpu::{NvmlProblem, devices_table};
+    use crate::observe::nvml_reader::{Reading, read_once};
+    let (reading, reason) = match read_once() {
+        Ok(reading) => (reading, None),
+        Err(NvmlProblem::Absent(reason)) => (Reading::default(), Some(reason)),
         Err(NvmlProblem::Failed(message)) => {
             return Err(Failure::Other(format!(
                 "{message}; `nvidia-smi` on this machine shows whether the driver works"
             )));
         }
     };
+    let report = &reading.report;
+    // Without a spec, fleet cannot tell a runner's processes from a leak: no GPU is called
+    // dirty here (`fleet gpus --host NAME` tells).
+    let settings = crate::spec::GpuHealthSettings::default();
+    let health: Vec<_> = report
+        .devices
+        .iter()
+        .map(|d| {
+            reading
+                .signals
+                .get(&d.uuid)
+                .map(|s| crate::observe::health::classify(s, &settings, true))
+        })
+        .collect();
     let text = match format {
         GpusFormat::Json => {
+            let gpus: Vec<serde_json::Value> = report
+                .devices
+                .iter()
+                .zip(&health)
+                .map(|(device, health)| {
+                    let mut value = serde_json::to_value(device).unwrap_or_default();
+                    if let (Some(h), Some(map)) = (health, value.as_object_mut()) {
+                        map.insert("health".into(), h.state.as_str().into());
+                        map.insert("health_reasons".into(), h.reasons.clone().into());
+                    }
+                    value
+                })
+                .collect();
             let value = serde_json::json!({
-                "gpus": report.devices, "unreadable": report.unreadable, "reason": reason
+                "gpus": gpus, "unreadable": report.unreadable, "reason": reason
             });
             format!(
                 "{}\n",
@@ -274,7 +302,7 @@ fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
             "no NVIDIA GPUs found{}\n",
             reason.map(|r| format!(": {r}")).unwrap_or_default()
         ),
-        GpusFormat::Text => devices_table(&report.devices),
+        GpusFormat::Text => devices_table(&report.devices, &health),
     };
     let code = print_stdout(&text);
     // A GPU NVML counts but cannot read (lost, most often) needs the operator: exit 1.

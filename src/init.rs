@@ -329,6 +329,7 @@ fn starter_spec(s: &Starter) -> (Spec, Comments) {
         hosts: None,
         defaults: Some(defaults),
         pools,
+        gpu_health: None,
     };
     (spec, c)
 }

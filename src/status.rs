@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::contract::{self, labels};
 use crate::observe::gpu::GpuDevice;
-use crate::observe::state::{ContainerStatus, GpuSource, Observed};
+use crate::observe::state::{ContainerStatus, GpuSource, HealthState, Observed};
 use crate::spec::{GpuRequest, Spec};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,6 +81,11 @@ pub struct HostGpu {
     /// The runner whose container holds it exclusively.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
+    /// Its health where it was read (docs/gpu-health.md); absent for declared GPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthState>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health_reasons: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -415,11 +420,14 @@ fn host_statuses(spec: &Spec, observed: &Observed, devices: &[GpuDevice]) -> Vec
                     .iter()
                     .map(|uuid| {
                         let (gpu_name, memory) = describe(uuid);
+                        let health = state.gpus.health.get(uuid);
                         HostGpu {
                             uuid: uuid.clone(),
                             name: gpu_name,
                             memory_total_bytes: memory,
                             held_by: holders.get(uuid).cloned(),
+                            health: health.map(|h| h.state),
+                            health_reasons: health.map(|h| h.reasons.clone()).unwrap_or_default(),
                         }
                     })
                     .collect(),
@@ -459,8 +467,13 @@ pub fn host_text(host: &HostStatus) -> String {
     };
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
-    table.set_header(["UUID", "NAME", "MEMORY", "HELD BY"]);
+    table.set_header(["UUID", "NAME", "MEMORY", "HELD BY", "HEALTH"]);
     for g in &host.gpus {
+        let health = match (&g.health, g.health_reasons.as_slice()) {
+            (None, _) => "-".to_string(),
+            (Some(h), []) => h.as_str().to_string(),
+            (Some(h), reasons) => format!("{}: {}", h.as_str(), reasons.join("; ")),
+        };
         table.add_row([
             g.uuid.clone(),
             g.name.clone().unwrap_or_else(|| "-".into()),
@@ -468,6 +481,7 @@ pub fn host_text(host: &HostStatus) -> String {
                 format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64)
             }),
             g.held_by.clone().unwrap_or_else(|| "-".into()),
+            health,
         ]);
     }
     format!("\nhost {}: {gpus}\n{table}\n", host.name)

@@ -232,6 +232,7 @@ fn stand_in_json(gpus: &[StubGpu]) -> serde_json::Value {
                 "memory_total_bytes": g.memory_total_bytes, "memory_used_bytes": g.memory_used_bytes,
                 "utilization_percent": g.utilization_percent,
                 "temperature_celsius": g.temperature_celsius, "processes": g.processes,
+                "health": "healthy", "health_reasons": [],
             })
         })
         .collect()
@@ -254,7 +255,8 @@ fn fleet_gpus_shows_every_field_nvml_reports() {
         rows,
         [
             vec![
-                "INDEX", "UUID", "NAME", "MEMORY", "USED", "/", "TOTAL", "UTIL", "TEMP", "PROCS"
+                "INDEX", "UUID", "NAME", "MEMORY", "USED", "/", "TOTAL", "UTIL", "TEMP", "PROCS",
+                "HEALTH"
             ],
             vec![
                 "0",
@@ -267,7 +269,8 @@ fn fleet_gpus_shows_every_field_nvml_reports() {
                 "GiB",
                 "10%",
                 "40°C",
-                "0"
+                "0",
+                "healthy"
             ],
             vec![
                 "1",
@@ -280,7 +283,8 @@ fn fleet_gpus_shows_every_field_nvml_reports() {
                 "GiB",
                 "30%",
                 "41°C",
-                "1"
+                "1",
+                "healthy"
             ],
         ],
         "{text}"

@@ -137,6 +137,7 @@ impl DockerHost {
             insecure: None,
             gpus: crate::spec::HostGpus::None,
             gpu_mode: None,
+            gpus_disabled: Vec::new(),
         };
         let endpoint = host_endpoint(&host, Path::new("."), env);
         DockerHost::connect_to(name, &endpoint, &connect_options(env)).await

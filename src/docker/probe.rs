@@ -16,6 +16,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{DockerHost, api_path};
+use crate::observe::health::{GpuSignals, throttle_names};
 use crate::observe::state::GpuInfo;
 
 /// The label of a probe container: its value is the fleet. Not `fleet.name`, so that no
@@ -35,11 +36,31 @@ pub const NVIDIA_SMI_PATH: &str = "/usr/bin/nvidia-smi";
 /// The probe's user: `nobody`, not the image's (often root).
 const PROBE_USER: &str = "65534:65534";
 
-/// The query: one CSV line per GPU, memory in MiB.
+/// The query: one CSV line per GPU, memory in MiB, then the health fields in
+/// [`HEALTH_FIELDS`]' order.
 const NVIDIA_SMI_ARGS: [&str; 2] = [
-    "--query-gpu=index,uuid,name,memory.total",
+    "--query-gpu=index,uuid,name,memory.total,memory.used,temperature.gpu,ecc.errors.uncorrected.volatile.total,ecc.errors.corrected.volatile.total,retired_pages.pending,remapped_rows.pending,remapped_rows.failure,clocks_throttle_reasons.active",
     "--format=csv,noheader,nounits",
 ];
+
+/// The health fields after `memory.total`, as the query names them.
+const HEALTH_FIELDS: [&str; 8] = [
+    "memory.used",
+    "temperature.gpu",
+    "ecc.errors.uncorrected.volatile.total",
+    "ecc.errors.corrected.volatile.total",
+    "retired_pages.pending",
+    "remapped_rows.pending",
+    "remapped_rows.failure",
+    "clocks_throttle_reasons.active",
+];
+
+/// One GPU as the probe read it: what it is, and its health signals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedGpu {
+    pub info: GpuInfo,
+    pub signals: GpuSignals,
+}
 
 /// Why the probe gave no inventory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,7 +98,7 @@ impl DockerHost {
         &self,
         fleet: &str,
         image: &str,
-    ) -> Result<Vec<GpuInfo>, ProbeError> {
+    ) -> Result<Vec<ProbedGpu>, ProbeError> {
         let failed = |step: &'static str| {
             let host = self.name.clone();
             move |e: bollard::errors::Error| ProbeError::Failed {
@@ -313,23 +334,31 @@ fn probe_body(fleet: &str, image: &str, image_env: &[String]) -> ContainerCreate
     }
 }
 
-/// Reads `index, uuid, name, memory.total [MiB]` lines; anything else is an error that quotes
-/// the line (nvidia-smi prints no secrets).
-pub fn parse_nvidia_smi(output: &str) -> Result<Vec<GpuInfo>, String> {
+/// Reads `index, uuid, name, memory.total [MiB]` lines followed by the health fields; a line
+/// without its identity is an error that quotes it (nvidia-smi prints no secrets). A health
+/// field that does not read as expected makes that GPU's health unknown, never healthy.
+pub fn parse_nvidia_smi(output: &str) -> Result<Vec<ProbedGpu>, String> {
     let mut gpus = Vec::new();
     for line in output.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let parsed = match fields.as_slice() {
-            [index, uuid, name @ .., memory] if uuid.starts_with("GPU-") && !name.is_empty() => {
+            [index, uuid, rest @ ..]
+                if uuid.starts_with("GPU-") && rest.len() >= 2 + HEALTH_FIELDS.len() =>
+            {
+                let (name, tail) = rest.split_at(rest.len() - HEALTH_FIELDS.len() - 1);
+                let (memory, health) = (tail[0], &tail[1..]);
                 index
                     .parse::<u32>()
                     .ok()
                     .zip(memory.parse::<u64>().ok())
-                    .map(|(index, mib)| GpuInfo {
-                        index,
-                        uuid: uuid.to_string(),
-                        name: name.join(","),
-                        memory_total_bytes: mib << 20,
+                    .map(|(index, mib)| ProbedGpu {
+                        info: GpuInfo {
+                            index,
+                            uuid: uuid.to_string(),
+                            name: name.join(","),
+                            memory_total_bytes: mib << 20,
+                        },
+                        signals: health_signals(uuid, health),
                     })
             }
             _ => None,
@@ -339,40 +368,132 @@ pub fn parse_nvidia_smi(output: &str) -> Result<Vec<GpuInfo>, String> {
             None => {
                 let shown: String = line.chars().take(200).collect();
                 return Err(format!(
-                    "expected `index, GPU-uuid, name, memory MiB`, found `{shown}`"
+                    "expected `index, GPU-uuid, name, memory MiB` and {} health fields, found `{shown}`",
+                    HEALTH_FIELDS.len()
                 ));
             }
         }
     }
-    gpus.sort_by_key(|g| g.index);
+    gpus.sort_by_key(|g| g.info.index);
     Ok(gpus)
+}
+
+/// nvidia-smi's words for a value it does not have: the GPU lacks the counter.
+fn absent(text: &str) -> bool {
+    let t = text.trim_matches(|c| c == '[' || c == ']');
+    t.eq_ignore_ascii_case("N/A") || t.eq_ignore_ascii_case("Not Supported")
+}
+
+/// The health signals of one GPU from the query's health fields (in [`HEALTH_FIELDS`] order).
+fn health_signals(uuid: &str, fields: &[&str]) -> GpuSignals {
+    let mut s = GpuSignals {
+        uuid: uuid.to_string(),
+        ..GpuSignals::default()
+    };
+    let mut unreadable = Vec::new();
+    let mut read = |i: usize, parse: &dyn Fn(&str) -> Option<u64>| -> Option<u64> {
+        let text = fields.get(i).copied().unwrap_or("");
+        if absent(text) {
+            return None;
+        }
+        let value = parse(text);
+        if value.is_none() {
+            let shown: String = text.chars().take(40).collect();
+            unreadable.push(format!("nvidia-smi's {} is `{shown}`", HEALTH_FIELDS[i]));
+        }
+        value
+    };
+    let number = |t: &str| t.parse::<u64>().ok();
+    let yes_no = |t: &str| match t {
+        "Yes" => Some(1),
+        "No" => Some(0),
+        _ => None,
+    };
+    let hex = |t: &str| {
+        t.strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    };
+    s.memory_used_bytes = read(0, &number).map(|mib| mib << 20);
+    s.temperature_celsius = read(1, &number).and_then(|t| u32::try_from(t).ok());
+    s.ecc_uncorrected_volatile = read(2, &number);
+    s.ecc_corrected_volatile = read(3, &number);
+    s.retired_pages_pending = read(4, &yes_no).map(|v| v == 1);
+    s.remapped_rows_pending = read(5, &yes_no).map(|v| v == 1);
+    s.remapped_rows_failure = read(6, &yes_no).map(|v| v == 1);
+    s.throttle = read(7, &hex).map(throttle_names).unwrap_or_default();
+    s.unreadable = unreadable;
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What `nvidia-smi` prints for the probe's query (recorded from the query's documented
+    /// output format: `--format=csv,noheader,nounits`).
+    const RECORDED: &str = "\
+1, GPU-8c2f1b7e-0000-0000-0000-000000000002, NVIDIA H200, 143771, 2048, 88, 0, 12, No, Yes, No, 0x0000000000000040
+0, GPU-8c2f1b7e-0000-0000-0000-000000000001, NVIDIA H200, 143771, 0, 34, 0, 0, No, No, No, 0x0000000000000001
+
+";
+
     #[test]
     fn nvidia_smi_lines_become_gpus_in_index_order() {
-        let output = "1, GPU-8c2f1b7e-0000-0000-0000-000000000002, NVIDIA H200, 143771\n\
-                      0, GPU-8c2f1b7e-0000-0000-0000-000000000001, NVIDIA H200, 143771\n\n";
-        let gpus = parse_nvidia_smi(output).expect("parsed");
+        let gpus = parse_nvidia_smi(RECORDED).expect("parsed");
         assert_eq!(gpus.len(), 2);
-        assert_eq!(gpus[0].index, 0);
-        assert_eq!(gpus[0].uuid, "GPU-8c2f1b7e-0000-0000-0000-000000000001");
-        assert_eq!(gpus[0].name, "NVIDIA H200");
-        assert_eq!(gpus[0].memory_total_bytes, 143771 << 20);
+        let first = &gpus[0].info;
+        assert_eq!(first.index, 0);
+        assert_eq!(first.uuid, "GPU-8c2f1b7e-0000-0000-0000-000000000001");
+        assert_eq!(first.name, "NVIDIA H200");
+        assert_eq!(first.memory_total_bytes, 143771 << 20);
         assert_eq!(parse_nvidia_smi(""), Ok(vec![]));
     }
 
     #[test]
+    fn the_health_fields_become_signals() {
+        let gpus = parse_nvidia_smi(RECORDED).expect("parsed");
+        let idle = &gpus[0].signals;
+        assert_eq!(idle.memory_used_bytes, Some(0));
+        assert_eq!(idle.retired_pages_pending, Some(false));
+        assert!(idle.throttle.is_empty(), "GPU idle is no slowdown");
+        assert!(idle.unreadable.is_empty());
+        let sick = &gpus[1].signals;
+        assert_eq!(sick.uuid, "GPU-8c2f1b7e-0000-0000-0000-000000000002");
+        assert_eq!(sick.memory_used_bytes, Some(2048 << 20));
+        assert_eq!(sick.temperature_celsius, Some(88));
+        assert_eq!(sick.ecc_corrected_volatile, Some(12));
+        assert_eq!(sick.remapped_rows_pending, Some(true));
+        assert_eq!(sick.throttle, ["hw_thermal_slowdown"]);
+        // The probe lists no processes: a remote GPU is dirty by its memory alone.
+        assert_eq!(sick.processes, None);
+    }
+
+    #[test]
+    fn counters_a_gpu_lacks_are_absent_and_garbage_is_unknown() {
+        let line = "0, GPU-a, Tesla T4, 15360, 0, 30, [N/A], [N/A], [N/A], [Not Supported], [N/A], 0x0";
+        let gpu = &parse_nvidia_smi(line).expect("parsed")[0];
+        assert_eq!(gpu.signals.ecc_uncorrected_volatile, None);
+        assert_eq!(gpu.signals.remapped_rows_pending, None);
+        assert!(gpu.signals.unreadable.is_empty(), "{:?}", gpu.signals);
+        let line = "0, GPU-a, Tesla T4, 15360, 0, 30, 0, 0, Maybe, No, No, 0x0";
+        let gpu = &parse_nvidia_smi(line).expect("parsed")[0];
+        assert_eq!(
+            gpu.signals.unreadable,
+            ["nvidia-smi's retired_pages.pending is `Maybe`"]
+        );
+    }
+
+    #[test]
     fn a_name_with_a_comma_is_kept_and_other_text_is_refused() {
-        let gpus = parse_nvidia_smi("0, GPU-a, Tesla T4, rev. 2, 15360").expect("parsed");
-        assert_eq!(gpus[0].name, "Tesla T4,rev. 2");
+        let gpus = parse_nvidia_smi("0, GPU-a, Tesla T4, rev. 2, 15360, 0, 30, 0, 0, No, No, No, 0x0")
+            .expect("parsed");
+        assert_eq!(gpus[0].info.name, "Tesla T4,rev. 2");
         let e = parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate")
             .expect_err("refused");
         assert!(e.contains("found `NVIDIA-SMI has failed"), "{e}");
-        assert!(parse_nvidia_smi("x, GPU-a, T4, 1").is_err());
+        assert!(parse_nvidia_smi("x, GPU-a, T4, 1, 0, 30, 0, 0, No, No, No, 0x0").is_err());
+        // The query without its health fields (an older fleet's) is refused, not half-read.
+        assert!(parse_nvidia_smi("0, GPU-a, T4, 15360").is_err());
     }
 
     #[test]

@@ -590,6 +590,7 @@ fn finish(
         hosts: None,
         defaults: None,
         pools: spec_pools,
+        gpu_health: None,
     };
     let text = emit::render(&spec, &comments).map_err(|e| ImportError::Invalid(e.to_string()))?;
     report.fleet.sort_by_key(|f| f.tag != Tag::Decided);

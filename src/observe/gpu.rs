@@ -9,6 +9,7 @@
 use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
 
+use super::health::{GpuProcess, GpuSignals, throttle_names};
 use super::state::{GpuInventory, GpuSource};
 use crate::spec::HostGpus;
 
@@ -51,13 +52,18 @@ pub fn inventory(host_name: &str, gpus: &HostGpus, local: bool) -> GpuInventory 
 }
 
 /// UUIDs of this machine's usable GPUs, in NVML's index order, and how many GPUs are lost.
+pub fn nvml_uuids() -> Result<(Vec<String>, u32), String> {
+    uuids_of(nvml_report())
+}
+
+/// The inventory a reading makes: its usable GPUs, in NVML's index order, and how many are lost.
 ///
 /// A GPU that NVML reports lost (fallen off the bus) is left out, with a warning in the log:
 /// it can run nothing, so the runner that holds it is replaced (its GPU is no longer in the
 /// inventory). Any other failure to read a GPU fails the whole inventory: fleet does not plan on
 /// a partial view.
-pub fn nvml_uuids() -> Result<(Vec<String>, u32), String> {
-    let report = nvml_report().map_err(|problem| match problem {
+pub fn uuids_of(report: Result<NvmlReport, NvmlProblem>) -> Result<(Vec<String>, u32), String> {
+    let report = report.map_err(|problem| match problem {
         NvmlProblem::Absent(reason) => format!("NVML is not available: {reason}"),
         NvmlProblem::Failed(reason) => reason,
     })?;
@@ -124,13 +130,17 @@ pub fn nvml_devices() -> Result<Vec<GpuDevice>, NvmlProblem> {
 /// Every GPU NVML counts on this machine: the readable ones with their use, and the others with
 /// NVML's reason.
 pub fn nvml_report() -> Result<NvmlReport, NvmlProblem> {
-    let nvml = open()?;
+    report_of(&open()?)
+}
+
+/// Every GPU an open NVML counts (see [`nvml_report`]).
+pub fn report_of(nvml: &Nvml) -> Result<NvmlReport, NvmlProblem> {
     let count = nvml
         .device_count()
         .map_err(|e| NvmlProblem::Failed(format!("NVML cannot count the GPUs: {e}")))?;
     let mut report = NvmlReport::default();
     for index in 0..count {
-        match read_device(&nvml, index) {
+        match read_device(nvml, index) {
             Ok(device) => report.devices.push(device),
             Err(NvmlError::GpuLost) => report.unreadable.push(UnreadableGpu {
                 index,
@@ -150,7 +160,7 @@ pub fn nvml_report() -> Result<NvmlReport, NvmlProblem> {
 }
 
 /// Loads and initializes NVML: the library `FLEET_NVML_LIBRARY` names, else the default one.
-fn open() -> Result<Nvml, NvmlProblem> {
+pub fn open() -> Result<Nvml, NvmlProblem> {
     match std::env::var_os(LIBRARY_ENV).filter(|path| !path.is_empty()) {
         None => Nvml::init().map_err(|e| init_problem(e, None)),
         Some(path) => Nvml::builder()
@@ -217,8 +227,119 @@ fn read_device(nvml: &Nvml, index: u32) -> Result<GpuDevice, NvmlError> {
     })
 }
 
-/// The text view of `fleet gpus`: a table of the readable GPUs.
-pub fn devices_table(devices: &[GpuDevice]) -> String {
+/// The health signals NVML gives for one GPU (events aside: `nvml_reader.rs` adds those). A
+/// counter the GPU does not have (`NotSupported`) is `None`; any other failure is recorded in
+/// `unreadable`, so that the GPU is unknown, never healthy.
+pub fn health_signals(device: &nvml_wrapper::Device<'_>, uuid: &str) -> GpuSignals {
+    use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor};
+
+    let mut s = GpuSignals {
+        uuid: uuid.to_string(),
+        ..GpuSignals::default()
+    };
+    let mut problems = Vec::new();
+    s.memory_used_bytes = optional("memory", device.memory_info(), &mut problems).map(|m| m.used);
+    s.temperature_celsius = optional(
+        "temperature",
+        device.temperature(TemperatureSensor::Gpu),
+        &mut problems,
+    );
+    s.ecc_uncorrected_volatile = optional(
+        "uncorrected ECC errors",
+        device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
+        &mut problems,
+    );
+    s.ecc_corrected_volatile = optional(
+        "corrected ECC errors",
+        device.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile),
+        &mut problems,
+    );
+    s.retired_pages_pending = optional(
+        "pages pending retirement",
+        device.are_pages_pending_retired(),
+        &mut problems,
+    );
+    s.throttle = optional(
+        "throttle reasons",
+        device.current_throttle_reasons().map(|r| r.bits()),
+        &mut problems,
+    )
+    .map(throttle_names)
+    .unwrap_or_default();
+    s.processes = optional(
+        "compute processes",
+        device.running_compute_processes(),
+        &mut problems,
+    )
+    .map(|list| {
+        list.into_iter()
+            .map(|p| GpuProcess {
+                pid: p.pid,
+                used_memory_bytes: match p.used_gpu_memory {
+                    nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => Some(b),
+                    nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+                },
+            })
+            .collect()
+    });
+    let (pending, failure) = remapped_rows(device, &mut problems);
+    s.remapped_rows_pending = pending;
+    s.remapped_rows_failure = failure;
+    s.unreadable = problems;
+    s
+}
+
+/// NVML's remapped-row fields (nvml-wrapper has no call of its own for them).
+fn remapped_rows(
+    device: &nvml_wrapper::Device<'_>,
+    problems: &mut Vec<String>,
+) -> (Option<bool>, Option<bool>) {
+    use nvml_wrapper::enums::device::SampleValue;
+    use nvml_wrapper::structs::device::FieldId;
+    use nvml_wrapper::sys_exports::field_id::{
+        NVML_FI_DEV_REMAPPED_FAILURE, NVML_FI_DEV_REMAPPED_PENDING,
+    };
+
+    let ids = [
+        FieldId(NVML_FI_DEV_REMAPPED_PENDING),
+        FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
+    ];
+    let Some(samples) = optional("remapped rows", device.field_values_for(&ids), problems)
+    else {
+        return (None, None);
+    };
+    let mut values = [None, None];
+    for (slot, sample) in values.iter_mut().zip(samples) {
+        let value = sample.and_then(|s| s.value);
+        *slot = optional("remapped rows", value, problems).and_then(|v| match v {
+            SampleValue::U32(n) => Some(n != 0),
+            SampleValue::U64(n) => Some(n != 0),
+            SampleValue::I64(n) => Some(n != 0),
+            SampleValue::F64(_) => {
+                problems.push("remapped rows: NVML answered a fractional value".into());
+                None
+            }
+        });
+    }
+    (values[0], values[1])
+}
+
+/// A reading that may be missing: `NotSupported` (and an old driver without the call) is no
+/// fault; anything else is recorded.
+fn optional<T>(what: &str, read: Result<T, NvmlError>, problems: &mut Vec<String>) -> Option<T> {
+    match read {
+        Ok(value) => Some(value),
+        Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => None,
+        Err(e) => {
+            problems.push(format!("NVML cannot read its {what}: {e}"));
+            None
+        }
+    }
+}
+
+/// The text view of `fleet gpus`: a table of the readable GPUs, each with its health (`health`
+/// in the same order; `None`: not read).
+pub fn devices_table(devices: &[GpuDevice], health: &[Option<super::state::GpuHealth>]) -> String {
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
     table.set_header([
@@ -229,10 +350,16 @@ pub fn devices_table(devices: &[GpuDevice]) -> String {
         "UTIL",
         "TEMP",
         "PROCS",
+        "HEALTH",
     ]);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let opt = |v: Option<u32>, unit: &str| v.map_or("-".to_string(), |v| format!("{v}{unit}"));
-    for d in devices {
+    for (i, d) in devices.iter().enumerate() {
+        let health = match health.get(i).and_then(Option::as_ref) {
+            None => "-".to_string(),
+            Some(h) if h.reasons.is_empty() => h.state.as_str().to_string(),
+            Some(h) => format!("{}: {}", h.state.as_str(), h.reasons.join("; ")),
+        };
         table.add_row([
             d.index.to_string(),
             d.uuid.clone(),
@@ -245,6 +372,7 @@ pub fn devices_table(devices: &[GpuDevice]) -> String {
             opt(d.utilization_percent, "%"),
             opt(d.temperature_celsius, "°C"),
             opt(d.processes, ""),
+            health,
         ]);
     }
     format!("{table}\n")

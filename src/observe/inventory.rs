@@ -11,9 +11,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::gpu;
-use super::state::{GpuInventory, GpuSource};
+use super::health::{GpuSignals, classify};
+use super::nvml_reader::reader;
+use super::state::{ContainerState, ContainerStatus, GpuInventory, GpuSource};
 use crate::docker::DockerHost;
-use crate::spec::{GpuRequest, HostGpus, ResolvedPool};
+use crate::spec::{GpuHealthSettings, GpuRequest, HostGpus, ResolvedPool};
 
 /// The environment variable that names the image the GPU probe runs (it must be on each host
 /// that is probed). The operator's choice only: a pool's image is the pull request's, and the
@@ -36,7 +38,7 @@ pub struct GpuProbe {
     image: Option<String>,
     /// How long an answer is kept; zero keeps none.
     keep: Duration,
-    answers: Mutex<BTreeMap<String, (Instant, String, GpuInventory)>>,
+    answers: Mutex<BTreeMap<String, (Instant, String, GpuRead)>>,
 }
 
 impl GpuProbe {
@@ -50,7 +52,8 @@ impl GpuProbe {
         }
     }
 
-    /// The inventory of `host` (connected as `connection`), as its spec entry says.
+    /// The inventory of `host` (connected as `connection`), as its spec entry says, with the
+    /// health signals of each GPU where they were read.
     pub async fn inventory(
         &self,
         fleet: &str,
@@ -59,10 +62,25 @@ impl GpuProbe {
         connection: &DockerHost,
         pools: &[ResolvedPool],
         when: ProbeWhen,
-    ) -> GpuInventory {
-        if *gpus != HostGpus::Auto || connection.is_local() {
-            return gpu::inventory(host, gpus, connection.is_local());
+    ) -> GpuRead {
+        if *gpus == HostGpus::Auto && connection.is_local() {
+            return local_inventory().await;
         }
+        if *gpus != HostGpus::Auto {
+            return gpu::inventory(host, gpus, connection.is_local()).into();
+        }
+        self.remote_inventory(fleet, host, connection, pools, when)
+            .await
+    }
+
+    async fn remote_inventory(
+        &self,
+        fleet: &str,
+        host: &str,
+        connection: &DockerHost,
+        pools: &[ResolvedPool],
+        when: ProbeWhen,
+    ) -> GpuRead {
         let on_host: Vec<&ResolvedPool> = pools
             .iter()
             .filter(|p| p.hosts.iter().any(|h| h == host))
@@ -73,35 +91,42 @@ impl GpuProbe {
         if when == ProbeWhen::Needed && !wants_gpus {
             return unavailable(format!(
                 "`gpus: auto` on host `{host}`, a remote engine, is read only while a pool that asks for GPUs runs there (`fleet gpus --host {host}` reads it)"
-            ));
+            ))
+            .into();
         }
         let Some(image) = self.image.clone() else {
-            return unavailable(no_probe_image(host));
+            return unavailable(no_probe_image(host)).into();
         };
         let key = format!("{}|{image}", connection.endpoint);
         if let Some(kept) = self.kept(host, &key) {
             return kept;
         }
-        let inventory = match connection.run_gpu_probe(fleet, &image).await {
-            Ok(devices) => GpuInventory {
-                uuids: devices.iter().map(|d| d.uuid.clone()).collect(),
-                source: GpuSource::Probe,
-                devices,
-                lost: 0,
+        let read = match connection.run_gpu_probe(fleet, &image).await {
+            Ok(gpus) => GpuRead {
+                inventory: GpuInventory {
+                    uuids: gpus.iter().map(|g| g.info.uuid.clone()).collect(),
+                    source: GpuSource::Probe,
+                    devices: gpus.iter().map(|g| g.info.clone()).collect(),
+                    ..GpuInventory::default()
+                },
+                signals: gpus
+                    .into_iter()
+                    .map(|g| (g.info.uuid.clone(), g.signals))
+                    .collect(),
             },
-            Err(e) => return unavailable(e.to_string()),
+            Err(e) => return unavailable(e.to_string()).into(),
         };
-        self.keep(host, key, &inventory);
-        inventory
+        self.keep(host, key, &read);
+        read
     }
 
-    fn kept(&self, host: &str, key: &str) -> Option<GpuInventory> {
+    fn kept(&self, host: &str, key: &str) -> Option<GpuRead> {
         let answers = self.answers.lock().ok()?;
         let (at, kept_key, inventory) = answers.get(host)?;
         (kept_key == key && at.elapsed() < self.keep).then(|| inventory.clone())
     }
 
-    fn keep(&self, host: &str, key: String, inventory: &GpuInventory) {
+    fn keep(&self, host: &str, key: String, inventory: &GpuRead) {
         if self.keep.is_zero() {
             return;
         }
@@ -119,11 +144,83 @@ fn no_probe_image(host: &str) -> String {
     )
 }
 
+/// A host's GPU inventory and, where they were read, its GPUs' health signals by UUID.
+#[derive(Debug, Clone, Default)]
+pub struct GpuRead {
+    pub inventory: GpuInventory,
+    pub signals: BTreeMap<String, GpuSignals>,
+}
+
+impl From<GpuInventory> for GpuRead {
+    fn from(inventory: GpuInventory) -> GpuRead {
+        GpuRead {
+            inventory,
+            signals: BTreeMap::new(),
+        }
+    }
+}
+
+impl GpuRead {
+    /// The inventory with each GPU's health decided: `fleet` owns the runner containers in
+    /// `containers`, and a GPU one of them holds while running is that runner's.
+    pub fn classified(
+        self,
+        settings: &GpuHealthSettings,
+        containers: &[ContainerState],
+    ) -> GpuInventory {
+        let mut inventory = self.inventory;
+        for uuid in &inventory.uuids {
+            let Some(signals) = self.signals.get(uuid) else {
+                continue;
+            };
+            let held = containers.iter().any(|c| {
+                matches!(
+                    c.status,
+                    ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
+                ) && c.gpus().contains(uuid)
+            });
+            let health = classify(signals, settings, held);
+            if !health.state.placeable() {
+                tracing::warn!(
+                    "GPU {uuid} is {}: {}",
+                    health.state.as_str(),
+                    health.reasons.join("; ")
+                );
+            }
+            inventory.health.insert(uuid.clone(), health);
+        }
+        inventory
+    }
+}
+
+/// This machine's GPUs through the NVML reader (off the async runtime).
+async fn local_inventory() -> GpuRead {
+    let answer = reader().read().await;
+    let signals = answer
+        .as_ref()
+        .map(|r| r.signals.clone())
+        .unwrap_or_default();
+    let report = answer.map(|r| r.report.clone());
+    match gpu::uuids_of(report) {
+        Ok((uuids, lost)) => GpuRead {
+            inventory: GpuInventory {
+                uuids,
+                source: GpuSource::Nvml,
+                lost,
+                ..GpuInventory::default()
+            },
+            signals,
+        },
+        Err(reason) => unavailable(reason).into(),
+    }
+}
+
 fn unavailable(reason: String) -> GpuInventory {
     GpuInventory {
         uuids: vec![],
         source: GpuSource::Unavailable(reason),
         devices: vec![],
         lost: 0,
+        health: Default::default(),
     }
 }

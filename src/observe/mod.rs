@@ -6,7 +6,9 @@
 //! `Observed::unobserved`, and the planner leaves alone whatever may live there.
 
 pub mod gpu;
+pub mod health;
 pub mod inventory;
+pub mod nvml_reader;
 pub mod scalesets;
 pub mod state;
 
@@ -317,9 +319,18 @@ impl Observers {
                         .inventory(&spec.name, name, &h.gpus, host, pools, options.probe)
                         .await
                 }
-                None => state::GpuInventory::default(),
+                None => inventory::GpuRead::default(),
             };
-            let mut state = host.read().observe(&spec.name, &named, gpus).await?;
+            let signals = gpus.signals.clone();
+            let mut state = host
+                .read()
+                .observe(&spec.name, &named, gpus.inventory.clone())
+                .await?;
+            state.gpus = inventory::GpuRead {
+                inventory: state.gpus,
+                signals,
+            }
+            .classified(&spec.gpu_health_settings(), &state.containers);
             if host.is_local() {
                 state.bind_sources = bind_sources(pools, name);
             }
@@ -370,6 +381,7 @@ pub async fn observe_one_host(
         )
         .await;
     let containers = connection.read().owned_containers(&spec.name).await?;
+    let gpus = gpus.classified(&spec.gpu_health_settings(), &containers);
     let state = HostState {
         containers,
         gpus,

@@ -141,6 +141,71 @@ pub struct GpuInventory {
     /// GPU cannot even tell its UUID.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost: u32,
+    /// Each GPU's health, by UUID, where it was read (NVML here, the GPU probe on a remote
+    /// engine; docs/gpu-health.md). A GPU of the inventory that is not here was not read
+    /// (declared UUIDs): placed as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, GpuHealth>,
+}
+
+/// A GPU's health and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuHealth {
+    pub state: HealthState,
+    /// Why, in words, one per signal (empty when healthy). Left out of the observation's
+    /// fingerprint, like container labels: the driver's numbers (memory in use, degrees)
+    /// change at every look, while a saved plan should be refused only when a state changes.
+    #[serde(default, skip_serializing)]
+    pub reasons: Vec<String>,
+    /// Application Xids seen on the GPU (faults of the job that held it, not of the GPU).
+    #[serde(default, skip_serializing)]
+    pub application_xids: Vec<u64>,
+}
+
+/// How fit a GPU is for the next runner (docs/gpu-health.md).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    #[default]
+    Healthy,
+    /// Placement allowed, with a warning: throttling, heat, correctable ECC errors rising.
+    Degraded,
+    /// Transient: processes or memory left on a GPU that no runner holds.
+    Dirty,
+    /// Its health could not be read: never taken for healthy, so no new runner gets it.
+    Unknown,
+    /// A hardware fault: no runner gets it until it is reset or released.
+    Unhealthy,
+    /// Taken out of service in the spec (`hosts.NAME.gpus_disabled`); set by the planner,
+    /// never observed.
+    Disabled,
+}
+
+impl HealthState {
+    /// Whether a new runner may get a GPU in this state.
+    pub fn placeable(self) -> bool {
+        matches!(self, HealthState::Healthy | HealthState::Degraded)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Degraded => "degraded",
+            HealthState::Dirty => "dirty",
+            HealthState::Unknown => "unknown",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::Disabled => "disabled",
+        }
+    }
+
+    /// Whether a runner that holds a GPU in this state must leave it (idle: replaced onto
+    /// another GPU; busy: after its job). Unknown and dirty are not: nothing is removed on a
+    /// GPU whose health cannot be read, and a GPU a runner holds is never dirty.
+    pub fn evicts(self) -> bool {
+        matches!(self, HealthState::Unhealthy | HealthState::Disabled)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

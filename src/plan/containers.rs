@@ -65,6 +65,8 @@ pub(super) struct Fit<'a> {
     inventory: &'a [String],
     /// GPUs NVML reports lost on this host (they are not in the inventory).
     gpus_lost: u32,
+    /// GPUs of this host that runners must leave (unhealthy, disabled), with why.
+    unfit: BTreeMap<String, String>,
 }
 
 impl<'a> Fit<'a> {
@@ -82,15 +84,17 @@ impl<'a> Fit<'a> {
             host,
             inventory,
             gpus_lost: 0,
+            unfit: BTreeMap::new(),
         }
     }
 
     /// The same fit for another host of the pool.
-    pub fn on(&self, host: &'a str, inventory: &'a [String], gpus_lost: u32) -> Fit<'a> {
+    pub fn on(&self, host: &'a str, state: Option<&'a HostState>) -> Fit<'a> {
         Fit {
             host,
-            inventory,
-            gpus_lost,
+            inventory: state.map_or(&[][..], |s| s.gpus.uuids.as_slice()),
+            gpus_lost: state.map_or(0, |s| s.gpus.lost),
+            unfit: state.map(super::gpu::unfit_gpus).unwrap_or_default(),
             ..self.clone()
         }
     }
@@ -117,6 +121,13 @@ impl<'a> Fit<'a> {
                     lost: self.gpus_lost > 0,
                 });
             }
+            for (uuid, why) in held.iter().filter_map(|u| self.unfit.get_key_value(u)) {
+                reasons.push(Reason::GpuUnfit {
+                    uuid: uuid.clone(),
+                    host: self.host.to_string(),
+                    why: why.clone(),
+                });
+            }
             let wanted = pool_gpu_count(self.pool);
             if held.len() != wanted && reasons.is_empty() {
                 reasons.push(Reason::GpuCount {
@@ -137,12 +148,11 @@ pub(super) fn fits<'a>(
     hosts: &'a BTreeMap<String, HostState>,
 ) -> BTreeMap<&'a str, Fit<'a>> {
     let inventory = |h: &str| hosts.get(h).map_or(&[][..], |s| s.gpus.uuids.as_slice());
-    let lost = |h: &str| hosts.get(h).map_or(0, |s| s.gpus.lost);
     let first = Fit::new(fleet, pool, &pool.host, inventory(&pool.host));
     let mut fits = BTreeMap::new();
     for (host, _) in containers {
         fits.entry(*host)
-            .or_insert_with(|| first.on(host, inventory(host), lost(host)));
+            .or_insert_with(|| first.on(host, hosts.get(*host)));
     }
     fits
 }

@@ -1,10 +1,87 @@
 //! GPU placement: each new runner of a `gpus: N` pool gets N distinct UUIDs that no other
 //! exclusive runner holds; `gpus: all` shares everything and holds nothing.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::observe::state::{GpuSource, Observed};
-use crate::spec::{GpuRequest, ResolvedPool};
+use crate::observe::state::{GpuHealth, GpuSource, HealthState, HostState, Observed};
+use crate::spec::{GpuRequest, ResolvedPool, Spec};
+
+/// The observation with the GPUs the spec takes out of service (`hosts.NAME.gpus_disabled`)
+/// marked `disabled`; borrowed as it is when the spec disables none.
+pub(super) fn with_disabled<'o>(spec: &Spec, observed: &'o Observed) -> Cow<'o, Observed> {
+    let hosts = spec.effective_hosts();
+    let disabled: Vec<(&String, &Vec<String>)> = hosts
+        .iter()
+        .filter(|(name, h)| !h.gpus_disabled.is_empty() && observed.hosts.contains_key(*name))
+        .map(|(name, h)| (name, &h.gpus_disabled))
+        .collect();
+    if disabled.is_empty() {
+        return Cow::Borrowed(observed);
+    }
+    let mut adjusted = observed.clone();
+    for (name, uuids) in disabled {
+        let Some(state) = adjusted.hosts.get_mut(name) else {
+            continue;
+        };
+        for uuid in uuids.iter().filter(|u| state.gpus.uuids.contains(u)) {
+            state.gpus.health.insert(
+                uuid.clone(),
+                GpuHealth {
+                    state: HealthState::Disabled,
+                    reasons: vec![format!(
+                        "taken out of service in hosts.{name}.gpus_disabled"
+                    )],
+                    application_xids: vec![],
+                },
+            );
+        }
+    }
+    Cow::Owned(adjusted)
+}
+
+/// "unhealthy (critical Xid 79 ...)": a GPU's state with its reasons.
+fn described(health: &GpuHealth) -> String {
+    if health.reasons.is_empty() {
+        health.state.as_str().to_string()
+    } else {
+        format!("{} ({})", health.state.as_str(), health.reasons.join("; "))
+    }
+}
+
+/// The GPUs of a host that runners must leave, with why.
+pub(super) fn unfit_gpus(state: &HostState) -> BTreeMap<String, String> {
+    state
+        .gpus
+        .health
+        .iter()
+        .filter(|(_, h)| h.state.evicts())
+        .map(|(uuid, h)| (uuid.clone(), described(h)))
+        .collect()
+}
+
+/// One warning per GPU that gets no new runner (unhealthy, dirty, unknown, disabled) or that is
+/// degraded, on the observed hosts.
+pub(super) fn health_warnings(observed: &Observed) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (host, state) in &observed.hosts {
+        for uuid in &state.gpus.uuids {
+            let Some(health) = state.gpus.health.get(uuid) else {
+                continue;
+            };
+            let consequence = match health.state {
+                HealthState::Healthy => continue,
+                HealthState::Degraded => "new runners may still get it",
+                _ => "no new runner gets it",
+            };
+            warnings.push(format!(
+                "host `{host}`: GPU {uuid} is {}: {consequence}",
+                described(health)
+            ));
+        }
+    }
+    warnings
+}
 
 #[derive(Default)]
 struct Demand {
@@ -22,6 +99,12 @@ pub(super) struct Ledger {
     demand: BTreeMap<(String, String), Demand>,
     /// Pools on several hosts whose new runners fit on none, by pool.
     unplaced: BTreeMap<String, Unplaced>,
+    /// GPUs no new runner may get (their health, or the spec), per host, with why.
+    held_back: BTreeMap<String, BTreeMap<String, String>>,
+    /// New runners left out because GPUs are held back, per (host, pool).
+    short: BTreeMap<(String, String), usize>,
+    /// GPUs per runner of the pools in `short`.
+    per_runner: BTreeMap<String, usize>,
 }
 
 /// New runners of a pool on several hosts that fit on none of them.
@@ -56,6 +139,22 @@ impl Ledger {
             free_before: BTreeMap::new(),
             demand: BTreeMap::new(),
             unplaced: BTreeMap::new(),
+            held_back: observed
+                .hosts
+                .iter()
+                .map(|(h, s)| {
+                    let back = s
+                        .gpus
+                        .health
+                        .iter()
+                        .filter(|(_, health)| !health.state.placeable())
+                        .map(|(uuid, health)| (uuid.clone(), described(health)))
+                        .collect();
+                    (h.clone(), back)
+                })
+                .collect(),
+            short: BTreeMap::new(),
+            per_runner: BTreeMap::new(),
         };
         ledger.free_before = observed
             .hosts
@@ -82,17 +181,83 @@ impl Ledger {
         }
     }
 
+    /// GPUs of `host` that no runner holds and that a new runner may get.
     fn free(&self, host: &str) -> Vec<String> {
         let held = self.held.get(host);
+        let back = self.held_back.get(host);
         self.inventory
             .get(host)
             .map(|inv| {
                 inv.iter()
                     .filter(|u| !held.is_some_and(|h| h.contains(*u)))
+                    .filter(|u| !back.is_some_and(|b| b.contains_key(*u)))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// GPUs of `host` held back by their health that no runner holds.
+    fn held_back_free(&self, host: &str) -> usize {
+        let held = self.held.get(host);
+        self.held_back.get(host).map_or(0, |back| {
+            back.keys()
+                .filter(|u| !held.is_some_and(|h| h.contains(*u)))
+                .count()
+        })
+    }
+
+    /// Whether one more runner of `pool` on `host` does not fit only because GPUs are held
+    /// back: the pool then runs short, with a warning, instead of failing the plan.
+    pub(super) fn short_for_health(&self, host: &str, pool: &ResolvedPool) -> bool {
+        match pool.gpus {
+            GpuRequest::Count(n) if n > 0 => {
+                let n = n as usize;
+                let free = self.free_count(host);
+                // GPUs held back that runners already left out would have taken.
+                let counted: usize = self
+                    .short
+                    .iter()
+                    .filter(|((h, _), _)| h == host)
+                    .map(|((_, p), runners)| runners * self.per_runner(p))
+                    .sum();
+                free < n && free + self.held_back_free(host).saturating_sub(counted) >= n
+            }
+            _ => false,
+        }
+    }
+
+    fn per_runner(&self, pool: &str) -> usize {
+        self.per_runner.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Records a runner of `pool` on `host` left out because GPUs are held back.
+    pub(super) fn note_short(&mut self, host: &str, pool: &ResolvedPool) {
+        if let GpuRequest::Count(n) = pool.gpus {
+            self.per_runner.insert(pool.name.clone(), n as usize);
+        }
+        *self
+            .short
+            .entry((host.to_string(), pool.name.clone()))
+            .or_default() += 1;
+    }
+
+    /// One warning per pool and host that runs short because GPUs are held back.
+    pub(super) fn health_shortages(&self) -> Vec<String> {
+        self.short
+            .iter()
+            .map(|((host, pool), runners)| {
+                let back: Vec<String> = self
+                    .held_back
+                    .get(host)
+                    .map(|b| b.iter().map(|(u, why)| format!("{u} is {why}")).collect())
+                    .unwrap_or_default();
+                format!(
+                    "pool `{pool}` runs {runners} runner(s) short on host `{host}` because of GPU health: {}",
+                    back.join("; ")
+                )
+            })
+            .collect()
     }
 
     /// How many GPUs of `host` no runner holds.
@@ -196,7 +361,17 @@ impl Ledger {
                 " (GPU inventory unavailable: {reason}; declare the UUIDs in hosts.{host}.gpus)"
             ),
             Some(GpuSource::None) => " (declared `gpus: none`)".into(),
-            _ => String::new(),
+            _ => match self.held_back.get(host).filter(|b| !b.is_empty()) {
+                Some(back) => format!(
+                    " ({} GPU(s) held back: {})",
+                    back.len(),
+                    back.iter()
+                        .map(|(u, why)| format!("{u} is {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                None => String::new(),
+            },
         }
     }
 

@@ -55,7 +55,12 @@ pub fn observed_fingerprint(observed: &Observed) -> String {
 /// Computes the plan that makes `observed` equal to `spec`.
 pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     let pools = spec.resolved_pools();
-    let mut planner = Planner::new(spec, &pools, observed);
+    let fingerprint = observed_fingerprint(observed);
+    // GPUs the spec disables are planned as a GPU health state; the fingerprint stays the
+    // world's.
+    let adjusted = gpu::with_disabled(spec, observed);
+    let observed: &Observed = &adjusted;
+    let mut planner = Planner::new(spec, &pools, observed, fingerprint);
     planner
         .problems
         .extend(place::gpu_mode_problems(spec, &pools));
@@ -66,6 +71,8 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     let mut placement = place::Placement::new(observed, &placed);
     planner.create_missing(&mut ledger, &mut placement);
     planner.problems.extend(ledger.shortages());
+    planner.warnings.extend(gpu::health_warnings(observed));
+    planner.warnings.extend(ledger.health_shortages());
     planner.plan_volumes();
     planner.plan_registrations();
     planner.plan_state_volumes();
@@ -114,7 +121,12 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(spec: &'a Spec, pools: &'a [ResolvedPool], observed: &'a Observed) -> Planner<'a> {
+    fn new(
+        spec: &'a Spec,
+        pools: &'a [ResolvedPool],
+        observed: &'a Observed,
+        fingerprint: String,
+    ) -> Planner<'a> {
         let fleet = spec.name.as_str();
         let registrations = observed
             .github
@@ -144,7 +156,7 @@ impl<'a> Planner<'a> {
             spec,
             pools,
             observed,
-            fingerprint: observed_fingerprint(observed),
+            fingerprint,
             registrations,
             taken,
             name_seq: 0,
@@ -370,6 +382,24 @@ impl<'a> Planner<'a> {
                     change.registration_kept = self.wanted_elsewhere(p);
                     self.deferred.push(Deferral { change });
                 }
+                Fate::Replace(reasons, diff)
+                    if p.pool.is_some_and(|pool| {
+                        pool.ephemeral && ledger.short_for_health(p.host, pool)
+                    }) =>
+                {
+                    // No healthy GPU to move an ephemeral runner to: it leaves, and its pool
+                    // runs short (with a warning) until a GPU comes back. (A persistent
+                    // runner keeps its registration: its replacement waits, as for a lost GPU.)
+                    if let Some(pool) = p.pool {
+                        ledger.note_short(p.host, pool);
+                    }
+                    self.changes.push(Change::Runner(existing(
+                        p,
+                        RunnerOp::Destroy,
+                        reasons,
+                        runner_id,
+                    )));
+                }
                 Fate::Replace(reasons, diff) => {
                     let Some(pool) = p.pool else { continue };
                     let replacement = pool.ephemeral.then(|| self.fresh_name(pool));
@@ -469,6 +499,10 @@ impl<'a> Planner<'a> {
                 let Some(host) = placement.choose(m.pool, ledger) else {
                     break;
                 };
+                if ledger.short_for_health(&host, m.pool) {
+                    ledger.note_short(&host, m.pool);
+                    continue;
+                }
                 placement.count(m.pool, &host);
                 let name = self.fresh_name(m.pool);
                 let reason = Reason::PoolShort {
@@ -791,3 +825,5 @@ mod persistent_tests;
 mod hosts_tests;
 #[cfg(test)]
 mod scaleset_tests;
+#[cfg(test)]
+mod health_tests;

@@ -77,6 +77,9 @@ pub enum Reason {
         host: String,
         lost: bool,
     },
+    /// A GPU the runner holds may run no more jobs: unhealthy, or disabled in the spec
+    /// (`why` says which, with the driver's reasons).
+    GpuUnfit { uuid: String, host: String, why: String },
     /// The runner holds another number of GPUs than its pool gives.
     GpuCount { held: usize, wanted: usize },
     /// Another runner that stays holds the same GPU.
@@ -149,6 +152,9 @@ impl fmt::Display for Reason {
                 f,
                 "GPU {uuid} is lost: no longer in host `{host}`'s inventory, and NVML reports a GPU there fallen off the bus"
             ),
+            Reason::GpuUnfit { uuid, host, why } => {
+                write!(f, "GPU {uuid} on host `{host}` is {why}")
+            }
             Reason::GpuCount { held, wanted } => {
                 write!(f, "holds {held} GPUs, the pool gives {wanted}")
             }

@@ -76,10 +76,21 @@ impl Placement {
                     .filter(|(_, h)| ledger.free_count(h) >= n)
                     .max_by_key(|(i, h)| (ledger.free_count(h), std::cmp::Reverse(*i)))
                     .map(|(_, h)| *h);
-                if best.is_none() {
-                    ledger.unplaced(pool, n, &candidates);
+                // Short only because GPUs are held back by their health: a warning, not an
+                // error (create_missing notes it).
+                let health = || {
+                    candidates
+                        .iter()
+                        .copied()
+                        .find(|h| ledger.short_for_health(h, pool))
+                };
+                match best.or_else(health) {
+                    Some(host) => Some(host),
+                    None => {
+                        ledger.unplaced(pool, n, &candidates);
+                        None
+                    }
                 }
-                best
             }
             (_, GpuRequest::All) => {
                 let with_gpus = candidates.iter().copied().filter(|h| ledger.has_gpus(h));

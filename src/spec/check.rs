@@ -118,6 +118,11 @@ pub fn check(
         check_github(&mut c, base_dir);
     }
     hosts::check_hosts(&mut c, base_dir);
+    if let Some(health) = &spec.gpu_health {
+        for (pointer, message) in super::health::gpu_health_problems(health) {
+            c.at_value(&pointer, message);
+        }
+    }
     for (name, pool) in &spec.pools {
         pools::check_pool(&mut c, name, pool);
     }

@@ -6,6 +6,7 @@
 mod check;
 pub mod diag;
 pub mod endpoint;
+mod health;
 mod memory;
 pub mod model;
 pub mod reference;
@@ -23,6 +24,7 @@ use serde_json::Value;
 pub use check::{MAX_RUNNER_LABELS, MAX_RUNNER_NAME, max_runner_name_len};
 pub use diag::Diagnostic;
 pub use endpoint::DockerEndpoint;
+pub use health::{DEFAULT_APPLICATION_XIDS, GpuHealthSettings};
 pub use memory::{MIN_MEMORY_BYTES, parse_memory};
 pub use model::*;
 pub use resolve::{DEFAULT_RUNNER_LABELS, ResolvedAutoscale, ResolvedPool, ResolvedSecurity};
@@ -337,6 +339,7 @@ fn lenient_spec(value: &Value) -> (Spec, bool) {
         hosts: named(root.get("hosts")),
         defaults: root.get("defaults").and_then(section),
         pools: named(root.get("pools")).unwrap_or_default(),
+        gpu_health: root.get("gpu_health").and_then(section),
     };
     (spec, github_ok)
 }

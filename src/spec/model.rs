@@ -60,6 +60,36 @@ pub struct Spec {
     /// Runner pools by name (lowercase letters, digits and '-', 1 to 24 characters).
     #[schemars(extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     pub pools: BTreeMap<String, Pool>,
+    /// When a GPU counts as dirty, degraded or unhealthy (docs/gpu-health.md). Optional: the
+    /// defaults are shown on each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_health: Option<GpuHealthSpec>,
+}
+
+/// The thresholds of GPU health (docs/gpu-health.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuHealthSpec {
+    /// Device memory in use on a GPU that no runner holds above which the GPU is dirty (no new
+    /// runner gets it), as Docker reads sizes: 512m, 1g.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[bBkKmMgG]?$"))]
+    #[schemars(extend("default" = "1g"))]
+    pub dirty_memory: Option<String>,
+    /// How long a GPU may stay dirty before fleet reports it (warning, metric, alert): 30s, 2m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "2m"))]
+    pub dirty_grace: Option<String>,
+    /// Xid errors that are faults of the job, not of the GPU: recorded against the runner, and
+    /// the GPU stays healthy. Every other Xid NVML reports as critical makes the GPU unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = [13, 31, 43, 45, 68]))]
+    pub application_xids: Option<Vec<u64>>,
+    /// GPU temperature in degrees Celsius from which the GPU is degraded (placement allowed,
+    /// with a warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 85))]
+    pub temperature_warn: Option<u32>,
 }
 
 /// The GitHub side: scope, API endpoint and credentials.
@@ -142,6 +172,10 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "nvidia"))]
     pub gpu_mode: Option<GpuMode>,
+    /// GPU UUIDs taken out of service (maintenance, a GPU waiting for RMA): fleet never gives
+    /// them to a runner, and moves idle runners off them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus_disabled: Vec<String>,
 }
 
 /// The files of a TLS connection to a Docker engine, as `docker --tlsverify` takes them.

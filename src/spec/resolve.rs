@@ -135,6 +135,7 @@ impl Spec {
                     insecure: None,
                     gpus: HostGpus::Auto,
                     gpu_mode: None,
+                    gpus_disabled: Vec::new(),
                 },
             )]),
         }

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::gha_metrics::AutoscaleMetrics;
 use crate::github::RequestStats;
-use crate::status::{FleetStatus, RunnerStatus};
+use crate::status::{FleetStatus, HostStatus, RunnerStatus};
 
 type Labels = Vec<(String, String)>;
 
@@ -44,6 +44,7 @@ pub struct Metrics {
     host_up: Family<Labels, Gauge>,
     host_gpus: Family<Labels, Gauge>,
     scale_sets_up: Gauge,
+    gpu_health: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -73,8 +74,14 @@ impl Metrics {
             host_up: Family::default(),
             host_gpus: Family::default(),
             scale_sets_up: Gauge::default(),
+            gpu_health: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "fleet_gpu_health",
+            "1 for each GPU's health state (healthy, degraded, dirty, unknown, unhealthy), 0 for the others, by host and GPU UUID; GPUs whose health is not read (declared) have none",
+            m.gpu_health.clone(),
+        );
         registry.register(
             "fleet_runners",
             "Runner containers by pool, state (busy, idle, offline, exited) and host",
@@ -234,6 +241,7 @@ impl Metrics {
     fn observe_hosts(&self, status: &FleetStatus) {
         self.host_up.clear();
         self.host_gpus.clear();
+        self.gpu_health.clear();
         for host in &status.hosts {
             self.host_up
                 .get_or_create(&labels([("host", &host.name)]))
@@ -245,6 +253,30 @@ impl Metrics {
                         .get_or_create(&labels([("host", &host.name), ("state", state)]))
                         .set(n as i64);
                 }
+                self.observe_health(host);
+            }
+        }
+    }
+
+    fn observe_health(&self, host: &HostStatus) {
+        use crate::observe::state::HealthState;
+        const STATES: [HealthState; 5] = [
+            HealthState::Healthy,
+            HealthState::Degraded,
+            HealthState::Dirty,
+            HealthState::Unknown,
+            HealthState::Unhealthy,
+        ];
+        for g in &host.gpus {
+            let Some(current) = g.health else { continue };
+            for state in STATES {
+                self.gpu_health
+                    .get_or_create(&labels([
+                        ("host", &host.name),
+                        ("uuid", &g.uuid),
+                        ("state", state.as_str()),
+                    ]))
+                    .set(i64::from(state == current));
             }
         }
     }
@@ -444,6 +476,9 @@ mod tests {
                             name: None,
                             memory_total_bytes: None,
                             held_by: (uuid == "GPU-a").then(|| "zq-gpu-a".into()),
+                            health: (uuid == "GPU-c")
+                                .then_some(crate::observe::state::HealthState::Unhealthy),
+                            health_reasons: vec![],
                         })
                         .to_vec(),
                 },
@@ -471,6 +506,8 @@ mod tests {
             "fleet_host_up{host=\"vm\"} 0",
             "fleet_host_gpus{host=\"bare\",state=\"free\"} 2",
             "fleet_host_gpus{host=\"bare\",state=\"held\"} 1",
+            "fleet_gpu_health{host=\"bare\",uuid=\"GPU-c\",state=\"unhealthy\"} 1",
+            "fleet_gpu_health{host=\"bare\",uuid=\"GPU-c\",state=\"healthy\"} 0",
             "fleet_runner_uptime_seconds{pool=\"gpu\",runner=\"zq-gpu-b\",host=\"old\"} 42",
             "fleet_gpu_utilization_ratio{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 0.87",
             "fleet_gpu_memory_used_bytes{host=\"bare\",uuid=\"GPU-a\",runner=\"zq-gpu-a\"} 2147483648",

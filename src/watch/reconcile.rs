@@ -14,7 +14,7 @@ use super::metrics::Metrics;
 use super::{Env, Trigger, WatchOptions, events, spec_dir};
 use crate::apply::{Outcome, Progress, StepReport, lock};
 use crate::github::{GithubClient, RetryPolicy};
-use crate::observe::gpu::nvml_devices;
+use crate::observe::nvml_reader;
 use crate::observe::inventory::{GpuProbe, ProbeWhen};
 use crate::observe::state::Observed;
 use crate::observe::{ObserveError, ObserveOptions, Observers};
@@ -449,7 +449,12 @@ impl Loop {
     }
 
     fn update_gauges(&self, observers: &Observers, observed: &Observed) {
-        let devices = nvml_devices().unwrap_or_default();
+        // The NVML reading of this reconcile's observation: NVML is not called again here.
+        let devices = nvml_reader::reader()
+            .latest()
+            .and_then(Result::ok)
+            .map(|reading| reading.report.devices.clone())
+            .unwrap_or_default();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)

@@ -94,6 +94,12 @@ impl NvmlStub {
 
     /// Replaces the description; the stand-in reads it at its next initialization.
     pub fn write(&self, init: StubInit, gpus: &[StubGpu]) {
+        self.write_with(init, gpus, "");
+    }
+
+    /// Replaces the description, with `extra` lines after the GPUs (`health`, `process` and
+    /// `event` lines: tests/nvml_stub/nvml_stub.c).
+    pub fn write_with(&self, init: StubInit, gpus: &[StubGpu], extra: &str) {
         let init = match init {
             StubInit::Ok => "ok",
             StubInit::DriverNotLoaded => "driver_not_loaded",
@@ -113,6 +119,7 @@ impl NvmlStub {
                 g.name
             ));
         }
+        text.push_str(extra);
         // Written whole, then renamed: a reader never sees half a file.
         let tmp = self.file.with_extension("tmp");
         std::fs::write(&tmp, text).expect("write the stand-in's description");

@@ -14,6 +14,23 @@
  * STATE is `ok` or `lost`: every call about a lost GPU, its handle included, answers
  * NVML_ERROR_GPU_IS_LOST, as the real library does for a GPU that fell off the bus.
  *
+ * Health, by UUID (a GPU without these lines is healthy: no ECC errors, nothing pending, no
+ * throttling):
+ *
+ *   health UUID KEY=VALUE...      ecc_uncorrected=N ecc_corrected=N retired_pending=0|1
+ *                                 remapped_pending=0|1 remapped_failure=0|1 throttle=BITS (hex)
+ *                                 fail=memory|ecc|retired|fields|throttle|processes|temperature
+ *                                 (that call answers NVML_ERROR_UNKNOWN: a driver answering garbage)
+ *   process UUID PID USED_BYTES   a compute process; a GPU with such lines lists them instead of
+ *                                 the PROCESSES count of its gpu line
+ *   event SERIAL UUID xid|dbe|sbe [XID]
+ *                                 an event for the event set's wait: delivered once per process
+ *                                 (by SERIAL, 1..1023) to a set the GPU registered with
+ *
+ * While initialized, the description is read again at every nvmlDeviceGetCount_v2 and event
+ * wait, so that a process that keeps NVML open (`fleet watch`) sees the test change the machine;
+ * an `init` other than ok then answers that error (the driver went away).
+ *
  * Only what nvml-wrapper 0.13 needs for fleet is exported: the wrapper resolves every symbol at
  * load time but fails only when a missing one is called (nvmlShutdown is called when its handle
  * is dropped). Return codes and structures are NVML's (nvml.h).
@@ -21,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 
@@ -32,6 +50,7 @@ enum {
     NVML_ERROR_NO_PERMISSION = 4,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_TIMEOUT = 10,
     NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
@@ -53,6 +72,16 @@ struct nvmlDevice_st {
     unsigned int temperature;
     unsigned int processes;
     int lost;
+    unsigned long long ecc_uncorrected;
+    unsigned long long ecc_corrected;
+    unsigned int retired_pending;
+    unsigned int remapped_pending;
+    unsigned int remapped_failure;
+    unsigned long long throttle;
+    char fail[32];
+    unsigned int listed;           /* process lines */
+    unsigned int pids[16];
+    unsigned long long used[16];
 };
 typedef struct nvmlDevice_st *nvmlDevice_t;
 
@@ -76,10 +105,61 @@ typedef struct {
     unsigned int computeInstanceId;
 } nvmlProcessInfo_t;
 
+typedef struct {
+    unsigned int fieldId;
+    unsigned int scopeId;
+    long long timestamp;
+    long long latencyUsec;
+    unsigned int valueType;
+    nvmlReturn_t nvmlReturn;
+    unsigned long long value;
+} nvmlFieldValue_t;
+
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+enum {
+    EVENT_SBE = 1,
+    EVENT_DBE = 2,
+    EVENT_XID = 8,
+    FI_REMAPPED_PENDING = 144,
+    FI_REMAPPED_FAILURE = 145,
+    VALUE_UNSIGNED_INT = 1,
+    MAX_EVENTS = 64,
+    MAX_SERIAL = 1024,
+    MAX_SETS = 16,
+};
+
+struct pending_event {
+    unsigned int serial;
+    char uuid[UUID_SIZE];
+    unsigned long long type;
+    unsigned long long data;
+};
+
+/* An event set: the GPUs (by UUID, so that a description read again keeps them) and types. */
+struct nvmlEventSet_st {
+    int used;
+    unsigned int count;
+    char uuids[MAX_GPUS][UUID_SIZE];
+    unsigned long long types[MAX_GPUS];
+};
+typedef struct nvmlEventSet_st *nvmlEventSet_t;
+
 static struct nvmlDevice_st gpus[MAX_GPUS];
 static unsigned int gpu_count;
 static char driver_version[80] = "550.54.15";
 static int initialized;
+static nvmlReturn_t init_result;
+static struct pending_event events[MAX_EVENTS];
+static unsigned int event_count;
+static unsigned char delivered[MAX_SERIAL];
+static struct nvmlEventSet_st sets[MAX_SETS];
 
 static nvmlReturn_t init_code(const char *word) {
     if (strcmp(word, "ok") == 0) return NVML_SUCCESS;
@@ -106,6 +186,70 @@ static int parse_gpu(const char *line, struct nvmlDevice_st *gpu) {
     return 0;
 }
 
+static struct nvmlDevice_st *by_uuid(const char *uuid) {
+    unsigned int i;
+    for (i = 0; i < gpu_count; i++) {
+        if (strcmp(gpus[i].uuid, uuid) == 0) return &gpus[i];
+    }
+    return NULL;
+}
+
+/* `health UUID KEY=VALUE...`; -1 for an unknown GPU or key. */
+static int parse_health(char *line) {
+    char *token = strtok(line + 7, " ");
+    struct nvmlDevice_st *gpu = token ? by_uuid(token) : NULL;
+    if (gpu == NULL) return -1;
+    while ((token = strtok(NULL, " ")) != NULL) {
+        char *value = strchr(token, '=');
+        if (value == NULL) return -1;
+        *value++ = '\0';
+        if (strcmp(token, "ecc_uncorrected") == 0) gpu->ecc_uncorrected = strtoull(value, NULL, 10);
+        else if (strcmp(token, "ecc_corrected") == 0) gpu->ecc_corrected = strtoull(value, NULL, 10);
+        else if (strcmp(token, "retired_pending") == 0) gpu->retired_pending = atoi(value);
+        else if (strcmp(token, "remapped_pending") == 0) gpu->remapped_pending = atoi(value);
+        else if (strcmp(token, "remapped_failure") == 0) gpu->remapped_failure = atoi(value);
+        else if (strcmp(token, "throttle") == 0) gpu->throttle = strtoull(value, NULL, 16);
+        else if (strcmp(token, "fail") == 0) snprintf(gpu->fail, sizeof gpu->fail, "%s", value);
+        else return -1;
+    }
+    return 0;
+}
+
+static int parse_process(const char *line) {
+    char uuid[UUID_SIZE];
+    unsigned int pid;
+    unsigned long long used;
+    struct nvmlDevice_st *gpu;
+    if (sscanf(line, "process %95s %u %llu", uuid, &pid, &used) != 3) return -1;
+    gpu = by_uuid(uuid);
+    if (gpu == NULL || gpu->listed >= 16) return -1;
+    gpu->pids[gpu->listed] = pid;
+    gpu->used[gpu->listed] = used;
+    gpu->listed++;
+    return 0;
+}
+
+static int parse_event(const char *line) {
+    char type[8];
+    struct pending_event *e = &events[event_count];
+    int fields;
+    if (event_count >= MAX_EVENTS) return -1;
+    e->data = 0;
+    fields = sscanf(line, "event %u %95s %7s %llu", &e->serial, e->uuid, type, &e->data);
+    if (fields < 3 || e->serial == 0 || e->serial >= MAX_SERIAL) return -1;
+    if (strcmp(type, "xid") == 0 && fields == 4) e->type = EVENT_XID;
+    else if (strcmp(type, "dbe") == 0) e->type = EVENT_DBE;
+    else if (strcmp(type, "sbe") == 0) e->type = EVENT_SBE;
+    else return -1;
+    event_count++;
+    return 0;
+}
+
+/* Whether a call named `what` is made to fail on this GPU. */
+static int fails(nvmlDevice_t device, const char *what) {
+    return strcmp(device->fail, what) == 0;
+}
+
 /* Reads the description; returns what nvmlInit_v2 answers. */
 static nvmlReturn_t load_description(void) {
     const char *path = getenv("FLEET_NVML_STUB_FILE");
@@ -114,6 +258,7 @@ static nvmlReturn_t load_description(void) {
     nvmlReturn_t result = NVML_SUCCESS;
 
     gpu_count = 0;
+    event_count = 0;
     if (path == NULL || (file = fopen(path, "r")) == NULL) {
         fprintf(stderr, "nvml stand-in: cannot read FLEET_NVML_STUB_FILE (%s)\n",
                 path ? path : "unset");
@@ -135,6 +280,16 @@ static nvmlReturn_t load_description(void) {
             }
             gpus[gpu_count].index = gpu_count;
             gpu_count++;
+        } else {
+            int bad = 0;
+            if (strncmp(line, "health ", 7) == 0) bad = parse_health(line);
+            else if (strncmp(line, "process ", 8) == 0) bad = parse_process(line);
+            else if (strncmp(line, "event ", 6) == 0) bad = parse_event(line);
+            if (bad != 0) {
+                fprintf(stderr, "nvml stand-in: bad line in %s: %s\n", path, line);
+                result = NVML_ERROR_UNKNOWN;
+                break;
+            }
         }
     }
     fclose(file);
@@ -159,8 +314,15 @@ static nvmlReturn_t copy_string(char *out, unsigned int length, const char *valu
 
 nvmlReturn_t nvmlInit_v2(void) {
     nvmlReturn_t result = load_description();
+    init_result = result;
     if (result == NVML_SUCCESS) initialized++;
     return result;
+}
+
+/* While initialized: the description again; what it says of the driver now. */
+static nvmlReturn_t reload(void) {
+    init_result = load_description();
+    return init_result;
 }
 
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
@@ -194,8 +356,10 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
 }
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    nvmlReturn_t result;
     if (!initialized) return NVML_ERROR_UNINITIALIZED;
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if ((result = reload()) != NVML_SUCCESS) return result;
     *count = gpu_count;
     return NVML_SUCCESS;
 }
@@ -230,6 +394,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     nvmlReturn_t result = usable(device);
     if (result != NVML_SUCCESS) return result;
     if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (fails(device, "memory")) return NVML_ERROR_UNKNOWN;
     /* NVML_STRUCT_VERSION(Memory, 2): the struct's size, version 2 in the top byte. */
     if (memory->version != (unsigned int)(sizeof(nvmlMemory_v2_t) | (2u << 24))) {
         return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
@@ -256,14 +421,16 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned 
     nvmlReturn_t result = usable(device);
     if (result != NVML_SUCCESS) return result;
     if (temp == NULL || sensor != NVML_TEMPERATURE_GPU) return NVML_ERROR_INVALID_ARGUMENT;
+    if (fails(device, "temperature")) return NVML_ERROR_UNKNOWN;
     *temp = device->temperature;
     return NVML_SUCCESS;
 }
 
 /* NVML's two-step protocol: a count of 0 (or too small) asks how many there are. */
-static nvmlReturn_t list_processes(unsigned int running, unsigned int *count,
-                                   nvmlProcessInfo_t *infos) {
+static nvmlReturn_t list_processes(nvmlDevice_t device, unsigned int running,
+                                   unsigned int *count, nvmlProcessInfo_t *infos) {
     unsigned int i;
+    if (device != NULL && device->listed > 0) running = device->listed;
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     if (*count < running) {
         *count = running;
@@ -271,8 +438,9 @@ static nvmlReturn_t list_processes(unsigned int running, unsigned int *count,
     }
     if (running > 0 && infos == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     for (i = 0; i < running; i++) {
-        infos[i].pid = 1000 + i;
-        infos[i].usedGpuMemory = 1ull << 20;
+        int own = device != NULL && device->listed > 0;
+        infos[i].pid = own ? device->pids[i] : 1000 + i;
+        infos[i].usedGpuMemory = own ? device->used[i] : 1ull << 20;
         infos[i].gpuInstanceId = 0xFFFFFFFFu;
         infos[i].computeInstanceId = 0xFFFFFFFFu;
     }
@@ -283,11 +451,148 @@ static nvmlReturn_t list_processes(unsigned int running, unsigned int *count,
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
                                                      nvmlProcessInfo_t *infos) {
     nvmlReturn_t result = usable(device);
-    return result != NVML_SUCCESS ? result : list_processes(device->processes, count, infos);
+    if (result == NVML_SUCCESS && fails(device, "processes")) return NVML_ERROR_UNKNOWN;
+    return result != NVML_SUCCESS ? result
+                                  : list_processes(device, device->processes, count, infos);
 }
 
 nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
                                                       nvmlProcessInfo_t *infos) {
     nvmlReturn_t result = usable(device);
-    return result != NVML_SUCCESS ? result : list_processes(0, count, infos);
+    return result != NVML_SUCCESS ? result : list_processes(NULL, 0, count, infos);
+}
+
+/* Health: ECC counters (memory error type 0 corrected, 1 uncorrected; counter 0 volatile). */
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int error_type, int counter,
+                                         unsigned long long *count) {
+    nvmlReturn_t result = usable(device);
+    if (result != NVML_SUCCESS) return result;
+    if (count == NULL || counter < 0 || counter > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    if (fails(device, "ecc")) return NVML_ERROR_UNKNOWN;
+    *count = error_type == 1 ? device->ecc_uncorrected : device->ecc_corrected;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device, int *pending) {
+    nvmlReturn_t result = usable(device);
+    if (result != NVML_SUCCESS) return result;
+    if (pending == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (fails(device, "retired")) return NVML_ERROR_UNKNOWN;
+    *pending = device->retired_pending ? 1 : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device,
+                                                       unsigned long long *reasons) {
+    nvmlReturn_t result = usable(device);
+    if (result != NVML_SUCCESS) return result;
+    if (reasons == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (fails(device, "throttle")) return NVML_ERROR_UNKNOWN;
+    *reasons = device->throttle;
+    return NVML_SUCCESS;
+}
+
+/* Field values: the remapped-row fields; any other field is not supported, per value. */
+nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values) {
+    nvmlReturn_t result = usable(device);
+    int i;
+    if (result != NVML_SUCCESS) return result;
+    if (values == NULL || count <= 0) return NVML_ERROR_INVALID_ARGUMENT;
+    if (fails(device, "fields")) return NVML_ERROR_UNKNOWN;
+    for (i = 0; i < count; i++) {
+        values[i].valueType = VALUE_UNSIGNED_INT;
+        values[i].nvmlReturn = NVML_SUCCESS;
+        values[i].timestamp = (long long)time(NULL) * 1000000;
+        if (values[i].fieldId == FI_REMAPPED_PENDING) values[i].value = device->remapped_pending;
+        else if (values[i].fieldId == FI_REMAPPED_FAILURE) values[i].value = device->remapped_failure;
+        else values[i].nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+    }
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
+    nvmlReturn_t result = usable(device);
+    if (result != NVML_SUCCESS) return result;
+    if (types == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *types = EVENT_SBE | EVENT_DBE | EVENT_XID;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    int i;
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    for (i = 0; i < MAX_SETS; i++) {
+        if (!sets[i].used) {
+            memset(&sets[i], 0, sizeof sets[i]);
+            sets[i].used = 1;
+            *set = &sets[i];
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_UNKNOWN;
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    if (set == NULL || set < sets || set >= sets + MAX_SETS) return NVML_ERROR_INVALID_ARGUMENT;
+    set->used = 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types,
+                                      nvmlEventSet_t set) {
+    nvmlReturn_t result = usable(device);
+    if (result != NVML_SUCCESS) return result;
+    if (set == NULL || set < sets || set >= sets + MAX_SETS || !set->used ||
+        set->count >= MAX_GPUS) {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    snprintf(set->uuids[set->count], UUID_SIZE, "%s", device->uuid);
+    set->types[set->count] = types;
+    set->count++;
+    return NVML_SUCCESS;
+}
+
+/* The first undelivered event for a GPU and type the set registered, if any. */
+static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
+    unsigned int e, g;
+    for (e = 0; e < event_count; e++) {
+        struct pending_event *event = &events[e];
+        if (delivered[event->serial]) continue;
+        for (g = 0; g < set->count; g++) {
+            struct nvmlDevice_st *gpu;
+            if (strcmp(set->uuids[g], event->uuid) != 0 || !(set->types[g] & event->type)) {
+                continue;
+            }
+            gpu = by_uuid(event->uuid);
+            if (gpu == NULL) continue;
+            delivered[event->serial] = 1;
+            data->device = gpu;
+            data->eventType = event->type;
+            data->eventData = event->data;
+            data->gpuInstanceId = 0xFFFFFFFFu;
+            data->computeInstanceId = 0xFFFFFFFFu;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Waits up to `timeout_ms` for an event, reading the description every 20 ms meanwhile. */
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
+                                 unsigned int timeout_ms) {
+    unsigned int waited = 0;
+    struct timespec step = {0, 20 * 1000 * 1000};
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    if (set == NULL || data == NULL || set < sets || set >= sets + MAX_SETS || !set->used) {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    for (;;) {
+        nvmlReturn_t result = reload();
+        if (result != NVML_SUCCESS) return result;
+        if (next_event(set, data)) return NVML_SUCCESS;
+        if (waited >= timeout_ms) return NVML_ERROR_TIMEOUT;
+        nanosleep(&step, NULL);
+        waited += 20;
+    }
 }
