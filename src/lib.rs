@@ -15,6 +15,7 @@ pub mod docker;
 pub mod endpoint;
 pub mod fanout;
 pub mod github;
+pub mod history;
 pub mod import;
 pub mod init;
 pub mod observe;

@@ -53,6 +53,8 @@ pub type Demand = Arc<Mutex<BTreeMap<String, PoolDemand>>>;
 pub struct Listeners {
     demand: Demand,
     running: BTreeMap<String, (String, tokio::task::JoinHandle<()>)>,
+    /// Where the listeners record the jobs they learn of.
+    history: crate::history::Recorder,
 }
 
 impl Drop for Listeners {
@@ -64,6 +66,13 @@ impl Drop for Listeners {
 }
 
 impl Listeners {
+    /// Listeners that record the jobs they learn of in `history`.
+    pub fn recording(history: crate::history::Recorder) -> Listeners {
+        let mut listeners = Listeners::default();
+        listeners.history = history;
+        listeners
+    }
+
     /// Starts a listener for each autoscaled pool that has none (or whose scale set was
     /// renamed), and stops those of pools that no longer autoscale.
     pub fn keep_listening(
@@ -95,6 +104,7 @@ impl Listeners {
             metrics: metrics.clone(),
             tx: tx.clone(),
             owner: format!("fleet-{}", spec.name),
+            history: self.history.clone(),
         };
         for (pool, set) in wanted {
             if self.running.contains_key(&pool) {
@@ -190,6 +200,7 @@ pub struct ListenerContext {
     pub tx: UnboundedSender<Trigger>,
     /// Who holds the session (`fleet-<fleet>@<host>`), shown to whoever finds it taken.
     pub owner: String,
+    pub history: crate::history::Recorder,
 }
 
 /// A listener for `pool` whose scale set is `scale_set`: runs until the channel closes.
@@ -294,6 +305,13 @@ async fn handle(
             tracing::warn!("pool `{pool}`: cannot acquire offered jobs: {e}");
         }
         record_jobs(labels, &ctx.metrics, message);
+        for job in &message.jobs {
+            ctx.history
+                .send(crate::history::record::job_event(pool, job));
+            if let Some(waited) = crate::history::record::queue_seconds(job) {
+                ctx.metrics.job_queued(pool, waited);
+            }
+        }
         publish(pool, labels, ctx, tracker);
     }
     if let Err(e) = ctx.client.delete_message(session, message.id).await {

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub autoscale: AutoscaleMetrics,
     host_up: Family<Labels, Gauge>,
     host_gpus: Family<Labels, Gauge>,
+    /// Events history dropped, batches it could not write, a database it could not open.
+    pub history_errors: Counter,
+    job_queue: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -71,6 +74,10 @@ impl Metrics {
             autoscale: AutoscaleMetrics::register(&mut registry),
             host_up: Family::default(),
             host_gpus: Family::default(),
+            history_errors: Counter::default(),
+            job_queue: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.5, 2.0, 14))
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,7 +155,24 @@ impl Metrics {
             "Each observed host's GPUs by state: held by a runner, or free",
             m.host_gpus.clone(),
         );
+        registry.register(
+            "fleet_history_errors",
+            "History events dropped or not written, and databases that could not be opened",
+            m.history_errors.clone(),
+        );
+        registry.register(
+            "fleet_job_queue_seconds",
+            "How long each job of an autoscaled pool waited for a runner: from its queue time to a runner taking it",
+            m.job_queue.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A job of `pool` waited `seconds` for a runner.
+    pub fn job_queued(&self, pool: &str, seconds: f64) {
+        self.job_queue
+            .get_or_create(&labels([("pool", pool)]))
+            .observe(seconds);
     }
 
     /// The Prometheus text format.
