@@ -243,6 +243,9 @@ pub enum Event {
         seconds: f64,
         /// The runner a create or replace made.
         runner: Option<String>,
+        /// How the runner it removes ends, for the report: `exited`, `job_done`, `gpu_fault`
+        /// or `removed`.
+        cause: String,
     },
     /// A Docker event of a runner container (`die`, `oom`, `destroy`).
     Docker {

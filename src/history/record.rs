@@ -76,10 +76,38 @@ pub fn record_apply(fleet: &str, args: &HistoryArgs, run: Run, plan: &Plan, repo
     }
 }
 
-/// Each change's pool, host and reasons, to describe its step's report.
+/// Each change's pool, host, reasons and cause, to describe its step's report.
 pub struct ActionContext {
     source: Source,
-    changes: BTreeMap<String, (Option<String>, Option<String>, String)>,
+    changes: BTreeMap<String, Described>,
+}
+
+/// What the plan said of one change.
+#[derive(Debug, Clone, Default)]
+struct Described {
+    pool: Option<String>,
+    host: Option<String>,
+    why: String,
+    cause: &'static str,
+}
+
+/// Why a runner that is removed or replaced ends, for the report's exits: `exited` (its exit
+/// is counted from the container), `job_done` (an ephemeral runner whose registration went
+/// after its job), `gpu_fault` (a GPU it held was lost), else `removed` (fleet's decision).
+fn cause(reasons: &[crate::plan::Reason]) -> &'static str {
+    use crate::plan::Reason;
+    if reasons.iter().any(|r| matches!(r, Reason::Exited { .. })) {
+        "exited"
+    } else if reasons
+        .iter()
+        .any(|r| matches!(r, Reason::GpuGone { lost: true, .. }))
+    {
+        "gpu_fault"
+    } else if reasons.iter().any(|r| matches!(r, Reason::Unregistered)) {
+        "job_done"
+    } else {
+        "removed"
+    }
 }
 
 impl ActionContext {
@@ -94,35 +122,45 @@ impl ActionContext {
         let mut changes = BTreeMap::new();
         for change in &plan.changes {
             let pool = Some(change.pool().to_string()).filter(|p| !p.is_empty());
-            let (host, why) = match change {
-                Change::Runner(r) => (Some(r.host.clone()), describe(&r.reasons)),
-                Change::Volume(v) => (Some(v.host.clone()), describe(&v.reasons)),
-                Change::Registration(r) => (None, describe(&r.reasons)),
-                Change::ScaleSet(s) => (None, describe(&s.reasons)),
+            let (host, reasons) = match change {
+                Change::Runner(r) => (Some(r.host.clone()), &r.reasons),
+                Change::Volume(v) => (Some(v.host.clone()), &v.reasons),
+                Change::Registration(r) => (None, &r.reasons),
+                Change::ScaleSet(s) => (None, &s.reasons),
             };
-            changes.insert(change.name().to_string(), (pool, host, why));
+            let described = Described {
+                pool,
+                host,
+                why: describe(reasons),
+                cause: cause(reasons),
+            };
+            changes.insert(change.name().to_string(), described);
         }
         for d in &plan.deferred {
             let r = &d.change;
-            changes.insert(
-                r.name.clone(),
-                (
-                    Some(r.pool.clone()),
-                    Some(r.host.clone()),
-                    describe(&r.reasons),
-                ),
-            );
+            let described = Described {
+                pool: Some(r.pool.clone()),
+                host: Some(r.host.clone()),
+                why: describe(&r.reasons),
+                cause: cause(&r.reasons),
+            };
+            changes.insert(r.name.clone(), described);
         }
         ActionContext { source, changes }
     }
 
     /// The event of one step.
     pub fn event(&self, step: &StepReport) -> Event {
-        let (pool, host, why) = self.changes.get(&step.name).cloned().unwrap_or_default();
+        let Described {
+            pool,
+            host,
+            why,
+            cause,
+        } = self.changes.get(&step.name).cloned().unwrap_or_default();
         let (outcome, why) = match &step.outcome {
             Outcome::Done => ("done", why),
             Outcome::Deferred(w) => ("deferred", w.clone()),
-            Outcome::Failed(cause) => ("failed", cause.clone()),
+            Outcome::Failed(failure) => ("failed", failure.clone()),
         };
         Event::Action {
             at: now(),
@@ -135,12 +173,14 @@ impl ActionContext {
             why,
             seconds: step.elapsed.as_secs_f64(),
             runner: step.runner.clone(),
+            cause: cause.to_string(),
         }
     }
 }
 
 /// The spans of a status: each runner's state, each host up or down, each pool's wanted count.
-pub fn status_events(status: &FleetStatus) -> Vec<Event> {
+/// `autoscaled`: the runners each autoscaled pool's plan wants (its `count` means nothing).
+pub fn status_events(status: &FleetStatus, autoscaled: &BTreeMap<String, u32>) -> Vec<Event> {
     let at = now();
     let runners = status
         .pools
@@ -168,8 +208,8 @@ pub fn status_events(status: &FleetStatus) -> Vec<Event> {
     for pool in &status.pools {
         *wanted.entry(pool.name.as_str()).or_default() += pool.desired;
     }
-    for a in &status.autoscale {
-        wanted.insert(a.pool.as_str(), a.wanted);
+    for (pool, n) in autoscaled {
+        wanted.insert(pool.as_str(), *n);
     }
     let pools = wanted
         .into_iter()
@@ -339,6 +379,8 @@ pub fn gpu_event(
 /// the GPU sampler), and the sampler task.
 pub struct WatchHistory {
     pub recorder: Recorder,
+    /// The runners each autoscaled pool's last plan wanted.
+    autoscaled: std::sync::Mutex<BTreeMap<String, u32>>,
     holders: std::sync::Arc<std::sync::Mutex<GpuHolders>>,
     sampler: Option<tokio::task::JoinHandle<()>>,
 }
@@ -355,6 +397,7 @@ impl WatchHistory {
     pub fn off() -> WatchHistory {
         WatchHistory {
             recorder: Recorder::off(),
+            autoscaled: Default::default(),
             holders: Default::default(),
             sampler: None,
         }
@@ -392,9 +435,23 @@ impl WatchHistory {
         });
         WatchHistory {
             recorder,
+            autoscaled: Default::default(),
             holders,
             sampler,
         }
+    }
+
+    /// Keeps the runners each autoscaled pool's plan wants (its wanted runner-time).
+    pub fn planned(&self, plan: &Plan) {
+        let mut wanted = self
+            .autoscaled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *wanted = plan
+            .autoscale
+            .iter()
+            .map(|a| (a.pool.clone(), a.wanted))
+            .collect();
     }
 
     /// A reconcile's view of runners, hosts and pools; `local` is the host whose GPUs NVML on
@@ -403,7 +460,12 @@ impl WatchHistory {
         if !self.recorder.is_on() {
             return;
         }
-        for event in status_events(status) {
+        let autoscaled = self
+            .autoscaled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for event in status_events(status, &autoscaled) {
             self.recorder.send(event);
         }
         let mut holders = self

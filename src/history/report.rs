@@ -68,7 +68,8 @@ pub struct PoolReport {
 /// Why runner containers ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExitCounts {
-    /// Exit code 0: an ephemeral runner after its job.
+    /// Exit code 0, or an ephemeral runner fleet removed once its registration went after
+    /// its job.
     pub job_done: usize,
     /// Killed by the kernel's OOM killer (Docker's `oom` event).
     pub oom: usize,
@@ -360,10 +361,11 @@ fn exit_counts(pool: &str, exits: &[ExitRow], actions: &[query::EventRow]) -> Ex
         if !removes || field("outcome") != "done" || exited.contains(runner) {
             continue;
         }
-        if field("why").contains(" is lost") {
-            counts.gpu_fault += 1;
-        } else {
-            counts.removed += 1;
+        match field("cause") {
+            "exited" => {}
+            "job_done" => counts.job_done += 1,
+            "gpu_fault" => counts.gpu_fault += 1,
+            _ => counts.removed += 1,
         }
     }
     counts

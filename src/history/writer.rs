@@ -53,6 +53,8 @@ enum Message {
     Event(Box<Event>),
     /// Commit what is pending, then answer.
     Flush(SyncSender<()>),
+    /// Commit what is pending, apply retention and downsampling, then answer.
+    Maintain(SyncSender<()>),
     Stop,
 }
 
@@ -162,6 +164,16 @@ impl Recorder {
         }
     }
 
+    /// Commits what is pending and applies retention and downsampling now (the writer also
+    /// does every hour); waits until done.
+    pub fn maintain_now(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done_tx, done_rx) = sync_channel(1);
+        if tx.send(Message::Maintain(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(600));
+        }
+    }
+
     /// Commits what is pending and stops the writer (every clone stops recording).
     pub fn close(&self) {
         if let Some(tx) = &self.tx {
@@ -223,7 +235,11 @@ impl Writer {
             if !batch.is_empty() {
                 self.write(&batch);
             }
-            for done in flushes {
+            if flushes.iter().any(|(_, maintain)| *maintain) {
+                self.maintain();
+                last_maintenance = Instant::now();
+            }
+            for (done, _) in flushes {
                 let _ = done.send(());
             }
             if stop {
@@ -241,7 +257,7 @@ impl Writer {
         &self,
         first: Message,
         rx: &Receiver<Message>,
-    ) -> (Vec<Event>, Vec<SyncSender<()>>, bool) {
+    ) -> (Vec<Event>, Vec<(SyncSender<()>, bool)>, bool) {
         let deadline = Instant::now() + self.options.batch_window;
         let (mut batch, mut flushes) = (Vec::new(), Vec::new());
         let mut next = Some(first);
@@ -249,7 +265,11 @@ impl Writer {
             match message {
                 Message::Event(event) => batch.push(*event),
                 Message::Flush(done) => {
-                    flushes.push(done);
+                    flushes.push((done, false));
+                    break;
+                }
+                Message::Maintain(done) => {
+                    flushes.push((done, true));
                     break;
                 }
                 Message::Stop => return (batch, flushes, true),
@@ -381,10 +401,11 @@ fn write_event(
             why,
             seconds,
             runner,
+            cause,
         } => {
             let detail = serde_json::json!({
                 "action": action, "outcome": outcome, "why": why, "seconds": seconds,
-                "new_runner": runner,
+                "new_runner": runner, "cause": cause,
             });
             insert_event(
                 tx,

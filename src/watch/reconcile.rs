@@ -408,6 +408,7 @@ impl Loop {
         };
         self.autoscale
             .planned(&self.spec, &observers, &plan, &self.metrics);
+        self.history.planned(&plan);
         let failed = self
             .converge(triggers, timer.trigger, &observers, &observed, &plan)
             .await;
