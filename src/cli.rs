@@ -175,6 +175,13 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
     },
+    /// What the history of `fleet watch` says of a time range: runner availability and
+    /// uptime, job waits and durations, GPU-hours busy and idle, exits by cause.
+    ///
+    /// Read-only; works while watch writes. Per pool and host, per GPU and pool, and the
+    /// repositories and workflows that used the most GPU-hours. docs/history.md says how each
+    /// figure is counted. Markdown for an issue, CSV for a spreadsheet, JSON for programs.
+    Report(crate::history::report::ReportArgs),
     /// Print a plan saved by `fleet plan --out FILE`.
     Show {
         /// The saved plan.
@@ -341,9 +348,10 @@ fn watch_command(
             tracing::info!("signal received: stopping");
             let _ = stop_tx.send(true);
         });
-        crate::watch::run(
+        crate::watch::run_recording(
             file.to_path_buf(),
             options,
+            Some(run.history.clone()),
             std::sync::Arc::new(env_var),
             stop_rx,
         )
@@ -507,6 +515,8 @@ pub struct RunOptions {
     /// How long to wait for another fleet process that holds this fleet's lock (60s, 2m).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub lock_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub history: crate::history::HistoryArgs,
 }
 
 /// Runs fleet with the process's arguments; returns the exit code.
@@ -846,6 +856,7 @@ fn converge(
         &progress,
     ));
     progress.done();
+    crate::history::record::record_apply(&spec.name, &options.history, run, &plan, &report);
     tracing::debug!("GitHub requests made: {}", observers.github.stats().total());
     println!("\n{}", report.summary(run));
     let failed: Vec<&StepReport> = report.failed().collect();
@@ -1039,6 +1050,9 @@ pub fn run(cli: Cli) -> u8 {
             run,
         } => watch_command(&cli.file, resync, metrics_addr, host_timeout, &run),
         Command::Status { format, hosts } => status_command(&cli.file, format, &hosts),
+        Command::Report(args) => crate::history::report::command(&cli.file, &args)
+            .map(|text| print_stdout(&text))
+            .map_err(Failure::Other),
         Command::Validate => Ok(validate(&cli.file)),
         Command::Schema { generate } => {
             let text = if generate {

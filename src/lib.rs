@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod escape;
 pub mod fanout;
 pub mod github;
+pub mod history;
 pub mod import;
 pub mod init;
 pub mod named_file;

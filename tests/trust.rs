@@ -295,3 +295,96 @@ fn the_plan_workflow_reads_only_and_runs_no_pull_request_code() {
         "the write token is a secret of the fleet-apply environment"
     );
 }
+
+/// Kills `fleet watch` when the test ends, also when it fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_history_database_holds_no_jit_config_and_no_token() {
+    use std::time::{Duration, Instant};
+    let w = World::new();
+    w.spec(&pool("eph", 2, true));
+    let token = w.fake.token();
+    let dir = w.dir.path();
+    let watch = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+            .current_dir(dir)
+            .args(["-vv", "watch", "--resync", "1s"])
+            .env("GITHUB_TOKEN", &token)
+            .env("GITHUB_API_URL", w.fake.url())
+            .env("FLEET_LOCK_DIR", dir)
+            .env("STATE_DIRECTORY", dir)
+            .env_remove("DOCKER_HOST")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn fleet watch"),
+    );
+    let until = |what: &str, check: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !check() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("two runners", &|| w.container_names("eph").len() == 2);
+    // A runner finishes its job: watch registers a replacement (a third JIT config).
+    w.finish_job(&w.container_names("eph")[0]);
+    until("a replacement", &|| {
+        w.fake.jit_configs_issued() >= 3 && w.container_names("eph").len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    drop(watch);
+    // apply records into the database watch made: destroy a runner by scaling down.
+    w.spec(&pool("eph", 1, true));
+    let out = w.apply();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    let db = dir.join(format!("{}.db", w.run));
+    let mut everything = String::new();
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{}.db", w.run))
+        {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            everything.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    let conn = fleet::history::open_read_only(&db).expect("history");
+    let events = fleet::history::query::events(&conn, 0.0, f64::MAX).expect("events");
+    assert!(
+        events.iter().any(|e| e.source == "apply"),
+        "apply recorded its steps"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail["action"] == "replace" || e.detail["action"] == "create")
+    );
+    everything.push_str(&serde_json::to_string(&events).expect("json"));
+    for kind in ["runner", "host", "pool"] {
+        let spans = fleet::history::query::spans(&conn, kind, 0.0, f64::MAX).expect("spans");
+        everything.push_str(&serde_json::to_string(&spans).expect("json"));
+    }
+    let exits = fleet::history::query::exits(&conn, 0.0, f64::MAX).expect("exits");
+    everything.push_str(&serde_json::to_string(&exits).expect("json"));
+    assert!(!everything.contains(&token), "the database holds the token");
+    let leaked = jit_configs_in(&everything);
+    assert!(
+        leaked.is_empty(),
+        "the database holds {} JIT config(s)",
+        leaked.len()
+    );
+}

@@ -31,6 +31,7 @@ impl Watch {
             .env("GITHUB_TOKEN", w.fake.token())
             .env("GITHUB_API_URL", w.fake.url())
             .env("FLEET_LOCK_DIR", w.dir.path())
+            .env("STATE_DIRECTORY", w.dir.path())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(file)

@@ -61,6 +61,8 @@ struct Running {
 pub struct Listeners {
     demand: Demand,
     running: BTreeMap<String, Running>,
+    /// Where the listeners record the jobs they learn of.
+    history: crate::history::Recorder,
 }
 
 impl Drop for Listeners {
@@ -72,6 +74,13 @@ impl Drop for Listeners {
 }
 
 impl Listeners {
+    /// Listeners that record the jobs they learn of in `history`.
+    pub fn recording(history: crate::history::Recorder) -> Listeners {
+        let mut listeners = Listeners::default();
+        listeners.history = history;
+        listeners
+    }
+
     /// Starts a listener for each autoscaled pool that has none (or whose scale set was
     /// renamed), and stops those of pools that no longer autoscale.
     pub fn keep_listening(
@@ -106,6 +115,7 @@ impl Listeners {
             metrics: metrics.clone(),
             tx: tx.clone(),
             owner: format!("fleet-{}", spec.name),
+            history: self.history.clone(),
         };
         for (pool, set) in wanted {
             if self.running.contains_key(&pool) {
@@ -227,6 +237,7 @@ pub struct ListenerContext {
     pub tx: UnboundedSender<Trigger>,
     /// Who holds the session (`fleet-<fleet>@<host>`), shown to whoever finds it taken.
     pub owner: String,
+    pub history: crate::history::Recorder,
 }
 
 /// The longest wait between two attempts to open a session (the service down, or a session
@@ -410,6 +421,13 @@ async fn handle(
             return;
         }
         record_jobs(labels, &ctx.metrics, message);
+        for job in &message.jobs {
+            ctx.history
+                .send(crate::history::record::job_event(pool, job));
+            if let Some(waited) = crate::history::record::queue_seconds(job) {
+                ctx.metrics.job_queued(pool, waited);
+            }
+        }
         publish(pool, labels, ctx, tracker);
     }
     if let Err(e) = ctx.client.delete_message(session, message.id).await {

@@ -45,6 +45,9 @@ pub struct Metrics {
     host_gpus: Family<Labels, Gauge>,
     scale_sets_up: Gauge,
     gpu_health: Family<Labels, Gauge>,
+    /// Events history dropped, batches it could not write, a database it could not open.
+    pub history_errors: Counter,
+    job_queue: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,10 @@ impl Metrics {
             host_gpus: Family::default(),
             scale_sets_up: Gauge::default(),
             gpu_health: Family::default(),
+            history_errors: Counter::default(),
+            job_queue: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.5, 2.0, 14))
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +169,16 @@ impl Metrics {
             "Whether the runner scale sets could be read at the last observation that read them (1) or not (0)",
             m.scale_sets_up.clone(),
         );
+        registry.register(
+            "fleet_history_errors",
+            "History events dropped or not written, and databases that could not be opened",
+            m.history_errors.clone(),
+        );
+        registry.register(
+            "fleet_job_queue_seconds",
+            "How long each job of an autoscaled pool waited for a runner: from its queue time to a runner taking it",
+            m.job_queue.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -171,6 +188,13 @@ impl Metrics {
         if let Some(up) = up {
             self.scale_sets_up.set(i64::from(up));
         }
+    }
+
+    /// A job of `pool` waited `seconds` for a runner.
+    pub fn job_queued(&self, pool: &str, seconds: f64) {
+        self.job_queue
+            .get_or_create(&labels([("pool", pool)]))
+            .observe(seconds);
     }
 
     /// The Prometheus text format.

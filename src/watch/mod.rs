@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::history::record::WatchHistory;
 use crate::spec;
 use metrics::Metrics;
 use reconcile::Loop;
@@ -85,10 +86,25 @@ pub async fn run(
     file: PathBuf,
     options: WatchOptions,
     env: Env,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    run_recording(file, options, None, env, stop).await
+}
+
+/// [`run`], recording history as `history` says (`None`: no history).
+pub async fn run_recording(
+    file: PathBuf,
+    options: WatchOptions,
+    history: Option<crate::history::HistoryArgs>,
+    env: Env,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let spec = spec::load(&file).map_err(|e| e.render())?;
     let metrics = Arc::new(Metrics::new());
+    let history = match history {
+        Some(args) => WatchHistory::start(&args, &spec.name, &*env, metrics.history_errors.clone()),
+        None => WatchHistory::off(),
+    };
     if let Some(addr) = options.metrics_addr {
         let listener_metrics = metrics.clone();
         let mut stop_server = stop.clone();
@@ -141,7 +157,8 @@ pub async fn run(
         backoff: Duration::from_secs(1),
         retry_pending: false,
         tx: tx.clone(),
-        autoscale: autoscale::Listeners::default(),
+        autoscale: autoscale::Listeners::recording(history.recorder.clone()),
+        history,
     };
     tracing::info!(
         "watching {} for fleet `{}` (resync every {}s)",
@@ -183,6 +200,8 @@ pub async fn run(
     resync_task.abort();
     // Message sessions are deleted on the way out: a restarted watch opens its own at once.
     state.autoscale.stop(state.options.shutdown_grace).await;
+    let history = std::mem::replace(&mut state.history, WatchHistory::off());
+    let _ = tokio::task::spawn_blocking(move || history.close()).await;
     tracing::info!("stopped; runners were left as they are");
     Ok(())
 }

@@ -108,12 +108,17 @@ pub(super) struct Loop {
     pub tx: UnboundedSender<Trigger>,
     /// The listeners of autoscaled pools and what they know.
     pub autoscale: super::autoscale::Listeners,
+    pub history: crate::history::record::WatchHistory,
 }
 
 /// Logs each step and counts it.
 struct WatchProgress<'a> {
     metrics: &'a Metrics,
     exits: &'a BTreeMap<String, SystemTime>,
+    history: (
+        &'a crate::history::Recorder,
+        crate::history::record::ActionContext,
+    ),
 }
 
 impl Progress for WatchProgress<'_> {
@@ -149,6 +154,7 @@ impl Progress for WatchProgress<'_> {
             }
         };
         self.metrics.action(action, result);
+        self.history.0.send(self.history.1.event(report));
     }
 }
 
@@ -204,6 +210,17 @@ impl Loop {
                 format!(", jobs of pool(s) {}", pools.join(", "))
             }
         );
+        for t in triggers {
+            if let Trigger::Docker {
+                container,
+                action,
+                at,
+                recheck: 0,
+            } = t
+            {
+                self.history.docker_event(container, action, *at);
+            }
+        }
         match self.reconcile(triggers, &timer).await {
             Ok(Reconciled::Unchanged) => {}
             Ok(Reconciled::Converged { failed }) => {
@@ -218,6 +235,10 @@ impl Loop {
                     tracing::error!("{e}");
                 }
             }
+        }
+        if let Some(result) = timer.result {
+            let seconds = timer.started.elapsed().as_secs_f64();
+            self.history.reconciled(timer.trigger, result, seconds);
         }
     }
 
@@ -376,6 +397,7 @@ impl Loop {
             }
         };
         self.backoff = Duration::from_secs(1);
+        self.history.exits(&observed);
         self.recheck_lagging_events(triggers, &observed);
         let plan = match plan::plan(&self.spec, &observed) {
             Ok(plan) => plan,
@@ -386,6 +408,7 @@ impl Loop {
         };
         self.autoscale
             .planned(&self.spec, &observers, &plan, &self.metrics);
+        self.history.planned(&plan);
         let failed = self
             .converge(triggers, timer.trigger, &observers, &observed, &plan)
             .await;
@@ -425,6 +448,10 @@ impl Loop {
             let progress = WatchProgress {
                 metrics: &self.metrics,
                 exits: &exits,
+                history: (
+                    &self.history.recorder,
+                    crate::history::record::ActionContext::new(plan, crate::history::Source::Watch),
+                ),
             };
             let report = crate::fanout::apply_by_host(
                 &self.spec,
@@ -474,6 +501,7 @@ impl Loop {
         let read = (github.scale_sets.is_some() || github.scale_set_error.is_some())
             .then_some(github.scale_set_error.is_none());
         self.metrics.scale_sets_read(read);
+        self.history.observed(&status, &local);
         self.metrics.github(&observers.github.stats());
     }
 }

@@ -123,7 +123,8 @@ impl World {
             .env("GITHUB_API_URL", self.fake.url())
             .env_remove("DOCKER_HOST")
             .env("NO_COLOR", "1")
-            .env("FLEET_LOCK_DIR", self.dir.path());
+            .env("FLEET_LOCK_DIR", self.dir.path())
+            .env("STATE_DIRECTORY", self.dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -55,6 +55,8 @@ impl WatchProcess {
             .env_remove("DOCKER_HOST")
             .env("GITHUB_TOKEN", w.fake.token())
             .env("FLEET_LOCK_DIR", w.dir.path())
+            // History goes to the test's directory (as under systemd's StateDirectory=).
+            .env("STATE_DIRECTORY", w.dir.path())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(file);

@@ -1,0 +1,284 @@
+//! The read API of history: rows between two times, plain data, for `fleet report` and for
+//! whatever else shows history (a web page reading `/api/v1/history`). Times are seconds since
+//! the epoch; a range is `[from, to)`.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::HistoryError;
+
+/// A value that held from `start` to `end`: a runner's state, a host up or down, a pool's
+/// wanted count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    pub kind: String,
+    pub key: String,
+    pub pool: Option<String>,
+    pub host: Option<String>,
+    pub value: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// One recorded event: a reconcile, an apply action, a Docker event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    pub ts: f64,
+    pub kind: String,
+    pub source: String,
+    pub pool: Option<String>,
+    pub host: Option<String>,
+    pub runner: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// A job of an autoscaled pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    pub job_id: String,
+    pub pool: String,
+    pub repository: Option<String>,
+    pub workflow_ref: Option<String>,
+    pub job_name: Option<String>,
+    pub run_id: Option<i64>,
+    pub runner: Option<String>,
+    pub queued: Option<f64>,
+    pub assigned: Option<f64>,
+    pub started: Option<f64>,
+    pub finished: Option<f64>,
+    pub result: Option<String>,
+}
+
+/// A GPU reading (or the average of several, once downsampled).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuRow {
+    pub ts: f64,
+    pub host: String,
+    pub uuid: String,
+    pub runner: Option<String>,
+    pub pool: Option<String>,
+    pub utilization: Option<f64>,
+    pub memory_used: Option<i64>,
+    pub memory_total: Option<i64>,
+    pub temperature: Option<f64>,
+    pub health: String,
+    /// How many seconds the row stands for.
+    pub seconds: f64,
+}
+
+/// A runner container's exit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExitRow {
+    pub ts: f64,
+    pub runner: String,
+    pub pool: Option<String>,
+    pub host: Option<String>,
+    pub exit_code: Option<i64>,
+    pub oom: bool,
+}
+
+fn failed(what: &'static str) -> impl Fn(rusqlite::Error) -> HistoryError {
+    move |source| HistoryError::Sql { what, source }
+}
+
+/// The first and last time history has anything for; `None` for an empty database.
+pub fn extent(conn: &Connection) -> Result<Option<(f64, f64)>, HistoryError> {
+    conn.query_row(
+        "SELECT MIN(a), MAX(b) FROM (
+             SELECT MIN(ts) AS a, MAX(ts) AS b FROM events
+             UNION ALL SELECT MIN(start), MAX(end) FROM spans
+             UNION ALL SELECT MIN(ts), MAX(ts) FROM gpu_samples
+             UNION ALL SELECT MIN(COALESCE(queued, assigned, started)), MAX(COALESCE(finished, started)) FROM jobs)",
+        [],
+        |r| Ok((r.get::<_, Option<f64>>(0)?, r.get::<_, Option<f64>>(1)?)),
+    )
+    .map(|(a, b)| a.zip(b))
+    .map_err(failed("read the span of history"))
+}
+
+/// Spans of `kind` (`runner`, `host`, `pool`) that overlap `[from, to)`.
+pub fn spans(conn: &Connection, kind: &str, from: f64, to: f64) -> Result<Vec<Span>, HistoryError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT kind, key, pool, host, value, start, end FROM spans
+             WHERE kind = ?1 AND end >= ?2 AND start < ?3 ORDER BY start",
+        )
+        .map_err(failed("read spans"))?;
+    let rows = stmt
+        .query_map(params![kind, from, to], |r| {
+            Ok(Span {
+                kind: r.get(0)?,
+                key: r.get(1)?,
+                pool: r.get(2)?,
+                host: r.get(3)?,
+                value: r.get(4)?,
+                start: r.get(5)?,
+                end: r.get(6)?,
+            })
+        })
+        .map_err(failed("read spans"))?;
+    rows.collect::<Result<_, _>>().map_err(failed("read spans"))
+}
+
+/// Events in `[from, to)`, oldest first.
+pub fn events(conn: &Connection, from: f64, to: f64) -> Result<Vec<EventRow>, HistoryError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ts, kind, source, pool, host, runner, detail FROM events
+             WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, id",
+        )
+        .map_err(failed("read events"))?;
+    let rows = stmt
+        .query_map(params![from, to], |r| {
+            let detail: String = r.get(6)?;
+            Ok(EventRow {
+                ts: r.get(0)?,
+                kind: r.get(1)?,
+                source: r.get(2)?,
+                pool: r.get(3)?,
+                host: r.get(4)?,
+                runner: r.get(5)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .map_err(failed("read events"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(failed("read events"))
+}
+
+/// Jobs that ran (or waited) in `[from, to)`: those that started, finished or were queued then.
+pub fn jobs(conn: &Connection, from: f64, to: f64) -> Result<Vec<JobRow>, HistoryError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT job_id, pool, repository, workflow_ref, job_name, run_id, runner, queued,
+                 assigned, started, finished, result FROM jobs
+             WHERE COALESCE(finished, started, assigned, queued) >= ?1
+               AND COALESCE(queued, assigned, started, finished) < ?2
+             ORDER BY COALESCE(queued, assigned, started)",
+        )
+        .map_err(failed("read jobs"))?;
+    let rows = stmt
+        .query_map(params![from, to], |r| {
+            Ok(JobRow {
+                job_id: r.get(0)?,
+                pool: r.get(1)?,
+                repository: r.get(2)?,
+                workflow_ref: r.get(3)?,
+                job_name: r.get(4)?,
+                run_id: r.get(5)?,
+                runner: r.get(6)?,
+                queued: r.get(7)?,
+                assigned: r.get(8)?,
+                started: r.get(9)?,
+                finished: r.get(10)?,
+                result: r.get(11)?,
+            })
+        })
+        .map_err(failed("read jobs"))?;
+    rows.collect::<Result<_, _>>().map_err(failed("read jobs"))
+}
+
+/// GPU samples in `[from, to)`, oldest first.
+pub fn gpu_samples(conn: &Connection, from: f64, to: f64) -> Result<Vec<GpuRow>, HistoryError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ts, host, uuid, runner, pool, utilization, memory_used, memory_total,
+                 temperature, health, seconds FROM gpu_samples
+             WHERE ts >= ?1 AND ts < ?2 ORDER BY ts",
+        )
+        .map_err(failed("read GPU samples"))?;
+    let rows = stmt
+        .query_map(params![from, to], |r| {
+            Ok(GpuRow {
+                ts: r.get(0)?,
+                host: r.get(1)?,
+                uuid: r.get(2)?,
+                runner: r.get(3)?,
+                pool: r.get(4)?,
+                utilization: r.get(5)?,
+                memory_used: r.get(6)?,
+                memory_total: r.get(7)?,
+                temperature: r.get(8)?,
+                health: r.get(9)?,
+                seconds: r.get(10)?,
+            })
+        })
+        .map_err(failed("read GPU samples"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(failed("read GPU samples"))
+}
+
+/// Runner exits in `[from, to)`.
+pub fn exits(conn: &Connection, from: f64, to: f64) -> Result<Vec<ExitRow>, HistoryError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ts, runner, pool, host, exit_code, oom FROM exits
+             WHERE ts >= ?1 AND ts < ?2 ORDER BY ts",
+        )
+        .map_err(failed("read exits"))?;
+    let rows = stmt
+        .query_map(params![from, to], |r| {
+            Ok(ExitRow {
+                ts: r.get(0)?,
+                runner: r.get(1)?,
+                pool: r.get(2)?,
+                host: r.get(3)?,
+                exit_code: r.get(4)?,
+                oom: r.get(5)?,
+            })
+        })
+        .map_err(failed("read exits"))?;
+    rows.collect::<Result<_, _>>().map_err(failed("read exits"))
+}
+
+/// A time series: the runners of each pool in each state, sampled every `step` seconds from
+/// the runner spans (a point per step that some runner covers).
+pub fn runner_series(
+    conn: &Connection,
+    from: f64,
+    to: f64,
+    step: f64,
+) -> Result<Vec<SeriesPoint>, HistoryError> {
+    let step = step.max(1.0);
+    let spans = spans(conn, "runner", from, to)?;
+    let mut points: std::collections::BTreeMap<(i64, String, String), f64> = Default::default();
+    for s in &spans {
+        let first = ((s.start.max(from) - from) / step).ceil() as i64;
+        let last = ((s.end.min(to) - from) / step).floor() as i64;
+        for i in first..=last {
+            let key = (i, s.pool.clone().unwrap_or_default(), s.value.clone());
+            *points.entry(key).or_default() += 1.0;
+        }
+    }
+    Ok(points
+        .into_iter()
+        .map(|((i, pool, state), value)| SeriesPoint {
+            ts: from + i as f64 * step,
+            series: format!("{pool}/{state}"),
+            value,
+        })
+        .collect())
+}
+
+/// One point of a time series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    pub ts: f64,
+    /// What the point is of (`pool/state`).
+    pub series: String,
+    pub value: f64,
+}
+
+/// `PRAGMA integrity_check`: `ok`, or what SQLite found wrong.
+pub fn integrity_check(conn: &Connection) -> Result<String, HistoryError> {
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(failed("check the database"))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(failed("check the database"))?;
+    let lines: Vec<String> = rows
+        .collect::<Result<_, _>>()
+        .map_err(failed("check the database"))?;
+    Ok(lines.join("\n"))
+}
