@@ -25,3 +25,4 @@ pub mod secret;
 pub mod spec;
 pub mod status;
 pub mod watch;
+pub mod web;
