@@ -4,6 +4,7 @@
 
 mod common;
 #[path = "support/watch.rs"]
+#[allow(dead_code)] // `metrics` and `sample` serve the other tests.
 mod watch_process;
 #[path = "support/webdriver.rs"]
 mod webdriver;

@@ -30,23 +30,44 @@ fn request(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
+    // chromedriver keeps the connection open: read the head, then Content-Length bytes (or
+    // chunks until the last one).
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, rest) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let text = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
+    let mut buf = [0u8; 64 * 1024];
+    let (head, body_at) = loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("chromedriver closed the connection"));
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase(), at + 4);
+        }
     };
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    loop {
+        let body = &answer[body_at..];
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None if chunked => body.ends_with(b"0\r\n\r\n"),
+            None => false,
+        };
+        if done {
+            break;
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let rest = String::from_utf8_lossy(&answer[body_at..]).into_owned();
+    let text = if chunked { dechunk(&rest) } else { rest };
     Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
@@ -63,11 +84,19 @@ fn dechunk(mut rest: &str) -> String {
     out
 }
 
+/// A free port on 127.0.0.1 for chromedriver.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 impl Browser {
     /// Starts chromedriver and a headless chromium session that resolves no name but
     /// 127.0.0.1 and does none of its own background requests.
     pub fn start() -> Browser {
-        let port = crate::watch_process::free_port();
+        let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

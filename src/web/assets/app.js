@@ -168,19 +168,21 @@ function renderRunners(status) {
   replace('runners', ...nodes);
 }
 
+// The last 24 hours, or since the first sample when watch has run for less: a young
+// watch's few samples are spread over the chart rather than squeezed against its right edge.
 function chart(samples, now) {
-  const w = 240, h = 60, from = now - DAY;
+  const w = 240, h = 60;
+  const from = samples.length ? Math.max(now - DAY, Math.min(samples[0][0], now - 60)) : now - DAY;
+  const span = Math.max(1, now - from);
   const box = svg('svg', { class: 'chart', viewBox: '0 0 ' + w + ' ' + (h + 12), role: 'img', 'data-points': samples.length,
-    'aria-label': 'utilization, last 24 hours: ' + samples.length + ' samples' });
+    'aria-label': 'utilization since ' + clock(from) + ': ' + samples.length + ' samples' + (samples.length ? ', last ' + samples[samples.length - 1][1] + '%' : '') });
   box.append(svg('rect', { class: 'frame', x: 0, y: 0, width: w, height: h }));
-  const xy = samples.map(([at, pct]) => [((at - from) / DAY) * w, h - (Math.min(100, pct) / 100) * h]);
+  const xy = samples.map(([at, pct]) => [((at - from) / span) * w, h - (Math.min(100, pct) / 100) * h]);
   if (xy.length > 1) box.append(svg('polyline', { class: 'line', points: xy.map(([x, y]) => x.toFixed(1) + ',' + y.toFixed(1)).join(' ') }));
-  if (xy.length) {
-    const [x, y] = xy[xy.length - 1];
-    box.append(svg('circle', { cx: x.toFixed(1), cy: y.toFixed(1), r: 2 }));
-  }
-  for (const [x, anchor, label] of [[0, 'start', '24 h ago'], [w, 'end', 'now']]) {
-    const t = svg('text', { x, y: h + 10, 'text-anchor': anchor });
+  for (const [x, y] of xy.slice(-1)) box.append(svg('circle', { cx: x.toFixed(1), cy: y.toFixed(1), r: 2 }));
+  const start = now - from >= DAY - 60 ? '24 h ago' : 'since ' + clock(from);
+  for (const [x, y, anchor, label] of [[0, h + 10, 'start', start], [w, h + 10, 'end', 'now'], [2, 8, 'start', '100%']]) {
+    const t = svg('text', { x, y, 'text-anchor': anchor });
     t.textContent = label;
     box.append(t);
   }
