@@ -12,7 +12,7 @@ mod webdriver;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::nvml::{NvmlStub, StubGpu};
+use common::nvml::{NvmlStub, StubGpu, StubInit};
 use common::{TEST_IMAGE, World, pool, stderr};
 use fake_github::{Config, ScaleSetConfig};
 use serde_json::Value;
@@ -73,7 +73,7 @@ fn row_check(runner: &str, host: &str, pool: &str, gpu: &str) -> String {
 fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_loads_nothing_else()
 {
     let w = world();
-    let gpus = [StubGpu::numbered(0), StubGpu::numbered(1)];
+    let mut gpus = [StubGpu::numbered(0), StubGpu::numbered(1)];
     let stub = NvmlStub::new(w.dir.path(), &gpus);
     let pools = format!(
         "{}    gpus: 1\n  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 0, max: 1 }}\n",
@@ -123,6 +123,15 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
             ),
         );
     }
+
+    // The GPUs get busier: the charts follow (NVML is read at each reconcile).
+    let mut load = |percents: [u32; 2]| {
+        for (g, p) in gpus.iter_mut().zip(percents) {
+            g.utilization_percent = p;
+        }
+        stub.write(StubInit::Ok, &gpus);
+    };
+    load([85, 55]);
 
     // The hostile name is text: shown whole, its bidi override made visible, nothing run.
     until(
@@ -196,6 +205,8 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         ),
     );
 
+    load([40, 95]);
+
     // A GPU runner replaced under watch: the page follows without a reload.
     let victim = names[0].clone();
     w.finish_job(&victim);
@@ -241,7 +252,26 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         .collect();
     assert!(errors.is_empty(), "the browser logged: {errors:?}");
 
+    // The GPU runners' registrations come online, one takes a job: the page says so.
+    let gpu_runners: Vec<String> = w.container_names("gpu");
+    for (i, name) in gpu_runners.iter().enumerate() {
+        if let Some(id) = w.runner_id(name) {
+            w.fake.set_runner_state(&w.scope, id, true, i == 0);
+        }
+    }
+    until(
+        &browser,
+        &watch,
+        Duration::from_secs(30),
+        "a busy GPU runner",
+        "return Array.from(document.querySelectorAll('tr[data-runner]')).some((r) => r.children[2].textContent === 'gpu' && r.children[3].textContent === 'busy');",
+    );
+
     // A screenshot of the page as the test left it; FLEET_SCREENSHOT=docs keeps it for the README.
+    let height = browser.script(
+        "return Math.ceil(document.querySelector('footer').getBoundingClientRect().bottom);",
+    );
+    browser.set_window(1400, height.as_u64().unwrap_or(2400) as u32 + 100);
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
