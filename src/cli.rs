@@ -136,9 +136,8 @@ pub enum Command {
         /// How often to re-observe GitHub and Docker without a trigger (30s, 1m).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         resync: std::time::Duration,
-        /// Serve Prometheus metrics on /metrics (and /healthz) at this address.
-        #[arg(long, value_name = "ADDR")]
-        metrics_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        listen: crate::web::ListenArgs,
         /// The most one host's observation may take (30s, 1m): a host slower than this, or
         /// one that fails, is left alone (its runners and registrations untouched) while the
         /// others converge, and is reconnected with backoff.
@@ -328,13 +327,13 @@ fn gpus_command(format: GpusFormat) -> Result<u8, Failure> {
 fn watch_command(
     file: &Path,
     resync: std::time::Duration,
-    metrics_addr: Option<std::net::SocketAddr>,
+    listen: crate::web::ListenArgs,
     host_timeout: std::time::Duration,
     run: &RunOptions,
 ) -> Result<u8, Failure> {
     let options = crate::watch::WatchOptions {
         resync,
-        metrics_addr,
+        listen,
         host_timeout,
         lock_timeout: run.lock_timeout,
         parallelism: usize::from(run.parallelism),
@@ -1045,10 +1044,10 @@ pub fn run(cli: Cli) -> u8 {
         } => host_gpus_command(&cli.file, &host, format),
         Command::Watch {
             resync,
-            metrics_addr,
+            listen,
             host_timeout,
             run,
-        } => watch_command(&cli.file, resync, metrics_addr, host_timeout, &run),
+        } => watch_command(&cli.file, resync, listen, host_timeout, &run),
         Command::Status { format, hosts } => status_command(&cli.file, format, &hosts),
         Command::Report(args) => crate::history::report::command(&cli.file, &args)
             .map(|text| print_stdout(&text))

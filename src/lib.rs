@@ -28,3 +28,4 @@ pub mod secret;
 pub mod spec;
 pub mod status;
 pub mod watch;
+pub mod web;

@@ -292,7 +292,7 @@ fn watch(setup: &TwoHosts, host_timeout: Duration) -> tokio::sync::watch::Sender
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let options = fleet::watch::WatchOptions {
         resync: Duration::from_secs(30),
-        metrics_addr: None,
+        listen: Default::default(),
         lock_timeout: Duration::from_secs(60),
         parallelism: 10,
         shutdown_grace: Duration::from_secs(8),

@@ -7,10 +7,13 @@
 //! - `api-budget`: the GitHub requests `fleet watch` makes per resync with N runners, split into
 //!   those that count against the rate limit and conditional ones (304), projected per hour.
 //! - `hosts-converge`, `dead-host`: a fleet on two engines (`hosts.rs`).
+//! - `status-page`: `/api/v1/status` and the page in chromium with N runners (`status_page.rs`).
 
 mod hosts;
 
 mod autoscale;
+
+mod status_page;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,15 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The status page with N runners: `/api/v1/status` times, the page's render in headless
+    /// chromium, and memory while 10 browsers poll it.
+    StatusPage {
+        #[arg(long, default_value_t = 1000)]
+        runners: usize,
+        /// Sequential GETs of `/api/v1/status` to time.
+        #[arg(long, default_value_t = 200)]
+        gets: usize,
+    },
     /// Replacement latency under `fleet watch`: kill runners one by one, time each replacement.
     Replacement {
         /// Runner exits to time.
@@ -136,6 +148,7 @@ fn main() {
     };
     let result = rt.block_on(async {
         match args.command {
+            Bench::StatusPage { runners, gets } => status_page::status_page(runners, gets).await,
             Bench::Replacement { exits, runners } => replacement(exits, runners).await,
             Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
             Bench::Converge { runners, rounds } => converge(&runners, rounds).await,
@@ -219,7 +232,7 @@ impl Setup {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let options = fleet::watch::WatchOptions {
             resync,
-            metrics_addr: None,
+            listen: Default::default(),
             lock_timeout: Duration::from_secs(60),
             parallelism: 10,
             shutdown_grace: Duration::from_secs(8),

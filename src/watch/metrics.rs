@@ -1,4 +1,5 @@
-//! Prometheus metrics of `fleet watch`, served as text on `/metrics` (with `/healthz`).
+//! Prometheus metrics of `fleet watch`, served as text on `/metrics` by the listener of
+//! src/web/.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -375,39 +376,29 @@ fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves. `/metrics` answers
-/// in OpenMetrics when the scraper asks for it (Prometheus does), else in the classic text
-/// format.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// The `/metrics` route (served by the status page's listener, src/web/). It answers in
+/// OpenMetrics when the scraper asks for it (Prometheus does), else in the classic text format.
+pub fn router(metrics: Arc<Metrics>) -> axum::Router {
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move |headers: http::HeaderMap| {
-                let metrics = metrics.clone();
-                async move {
-                    if wants_openmetrics(&headers) {
-                        (
-                            [(http::header::CONTENT_TYPE, OPENMETRICS)],
-                            metrics.encode(),
-                        )
-                    } else {
-                        (
-                            [(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-                            metrics.encode_prometheus_text(),
-                        )
-                    }
+    axum::Router::new().route(
+        "/metrics",
+        get(move |headers: http::HeaderMap| {
+            let metrics = metrics.clone();
+            async move {
+                if wants_openmetrics(&headers) {
+                    (
+                        [(http::header::CONTENT_TYPE, OPENMETRICS)],
+                        metrics.encode(),
+                    )
+                } else {
+                    (
+                        [(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                        metrics.encode_prometheus_text(),
+                    )
                 }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+            }
+        }),
+    )
 }
 
 /// OpenMetrics text to Prometheus's classic text format (0.0.4): a counter's `HELP` and `TYPE`

@@ -10,7 +10,6 @@ mod hosts;
 pub mod metrics;
 mod reconcile;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,7 +28,8 @@ pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     pub resync: Duration,
-    pub metrics_addr: Option<SocketAddr>,
+    /// The status page, metrics and API listener (src/web/).
+    pub listen: crate::web::ListenArgs,
     pub lock_timeout: Duration,
     pub parallelism: usize,
     /// How long a reconcile in flight may finish after SIGTERM or SIGINT.
@@ -99,28 +99,20 @@ pub async fn run_recording(
     env: Env,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
+    // The listener's settings first: an unsafe one is refused before anything starts.
+    let listen = options.listen.prepare().map_err(|e| e.to_string())?;
     let spec = spec::load(&file).map_err(|e| e.render())?;
     let metrics = Arc::new(Metrics::new());
     let history = match history {
         Some(args) => WatchHistory::start(&args, &spec.name, &*env, metrics.history_errors.clone()),
         None => WatchHistory::off(),
     };
-    if let Some(addr) = options.metrics_addr {
-        let listener_metrics = metrics.clone();
-        let mut stop_server = stop.clone();
-        let listener = tokio::net::TcpListener::bind(addr)
+    let board = Arc::new(crate::web::Board::new());
+    if let Some(listen) = &listen {
+        listen
+            .start(board.clone(), metrics.clone(), stop.clone())
             .await
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-        let bound = listener.local_addr().unwrap_or(addr);
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_server.wait_for(|s| *s).await;
-            };
-            if let Err(e) = metrics::serve(listener, listener_metrics, shutdown).await {
-                tracing::error!("metrics server on {bound} stopped: {e}");
-            }
-        });
-        tracing::info!("metrics on http://{bound}/metrics");
+            .map_err(|e| e.to_string())?;
     }
 
     let (tx, mut rx) = unbounded_channel();
@@ -151,6 +143,7 @@ pub async fn run_recording(
         options,
         env,
         metrics,
+        board,
         github: None,
         links,
         gpu_probe: Arc::new(gpu_probe),

@@ -75,6 +75,7 @@ impl ReconcileError {
 /// Records a reconcile's trigger, result and duration when dropped, unless skipped.
 struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
+    board: &'a crate::web::Board,
     trigger: &'static str,
     started: Instant,
     result: Option<&'static str>,
@@ -85,6 +86,12 @@ impl Drop for ReconcileTimer<'_> {
         if let Some(result) = self.result {
             let seconds = self.started.elapsed().as_secs_f64();
             self.metrics.reconciled(self.trigger, result, seconds);
+            self.board.reconciled(crate::web::board::LastReconcile {
+                ended_at: unix_now(),
+                trigger: self.trigger.to_string(),
+                result: result.to_string(),
+                duration_seconds: seconds,
+            });
         }
     }
 }
@@ -96,6 +103,8 @@ pub(super) struct Loop {
     pub options: WatchOptions,
     pub env: Env,
     pub metrics: Arc<Metrics>,
+    /// What the status page shows (src/web/).
+    pub board: Arc<crate::web::Board>,
     /// Made once, again when the spec's `github` changes; with its scale set client, which
     /// keeps the service's admin token between reconciles.
     pub github: Option<(GithubClient, Option<crate::scaleset::ScaleSetClient>)>,
@@ -186,9 +195,10 @@ impl Loop {
                 tracing::info!("host `{host}` {now}: reconciling");
             }
         }
-        let metrics = self.metrics.clone();
+        let (metrics, board) = (self.metrics.clone(), self.board.clone());
         let mut timer = ReconcileTimer {
             metrics: &metrics,
+            board: &board,
             trigger: trigger_name(triggers),
             started: Instant::now(),
             result: None,
@@ -409,6 +419,7 @@ impl Loop {
         self.autoscale
             .planned(&self.spec, &observers, &plan, &self.metrics);
         self.history.planned(&plan);
+        self.board.planned(&plan);
         let failed = self
             .converge(triggers, timer.trigger, &observers, &observed, &plan)
             .await;
@@ -482,10 +493,7 @@ impl Loop {
             .and_then(Result::ok)
             .map(|reading| reading.report.devices.clone())
             .unwrap_or_default();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = unix_now();
         let mut status = crate::status::build(&self.spec, observed, &devices, now);
         for (host, why) in self.links.down() {
             status.note_unobserved(&host, why);
@@ -503,5 +511,13 @@ impl Loop {
         self.metrics.scale_sets_read(read);
         self.history.observed(&status, &local);
         self.metrics.github(&observers.github.stats());
+        self.board.observed(status, now);
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

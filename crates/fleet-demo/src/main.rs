@@ -404,7 +404,7 @@ impl Watch {
         let file = file.to_path_buf();
         let options = fleet::watch::WatchOptions {
             resync: Duration::from_secs(10),
-            metrics_addr: None,
+            listen: Default::default(),
             lock_timeout: Duration::from_secs(60),
             parallelism: 10,
             shutdown_grace: Duration::from_secs(8),

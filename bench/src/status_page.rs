@@ -1,0 +1,194 @@
+//! `status-page`: the status page of `fleet watch --listen` with a fleet of N runners (a
+//! status made in memory: the page serves watch's last observation, so Docker and GitHub play
+//! no part). Times `/api/v1/status` (p50, p95 of sequential GETs), the page's first full render
+//! in headless chromium (through chromedriver), and the memory of this process while 10
+//! browsers poll the page.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet::observe::state::ContainerStatus;
+use fleet::status::{
+    FleetStatus, GithubView, GpuUse, HostGpu, HostStatus, PoolStatus, RunnerState, RunnerStatus,
+    Totals,
+};
+use fleet::web::{Board, ListenArgs};
+
+#[path = "../../tests/support/webdriver.rs"]
+mod webdriver;
+
+/// A fleet of `runners` on 8 hosts of 8 GPUs each; one GPU per runner up to 64.
+fn fleet_status(runners: usize) -> FleetStatus {
+    let hosts: Vec<String> = (0..8).map(|h| format!("gpu-host-{h}")).collect();
+    let mut pools = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        let mine: Vec<RunnerStatus> = (0..runners)
+            .filter(|i| i % hosts.len() == h)
+            .map(|i| RunnerStatus {
+                name: format!("bench-gpu-{i:05x}"),
+                host: host.clone(),
+                state: if i % 3 == 0 { RunnerState::Busy } else { RunnerState::Idle },
+                container: ContainerStatus::Running,
+                uptime_seconds: 600 + i as i64,
+                exit_code: None,
+                github: Some(GithubView { id: i as u64 + 1, online: true, busy: i % 3 == 0 }),
+                gpus: if i / hosts.len() < 8 {
+                    vec![GpuUse {
+                        uuid: format!("GPU-{h:02}-{:02}", i / hosts.len()),
+                        utilization_percent: Some((i * 7 % 100) as u32),
+                        memory_used_bytes: Some(4 << 30),
+                        memory_total_bytes: Some(80 << 30),
+                    }]
+                } else {
+                    vec![]
+                },
+            })
+            .collect();
+        pools.push(PoolStatus {
+            name: "gpu".into(),
+            host: host.clone(),
+            hosts: vec![host.clone()],
+            desired: mine.len() as u32,
+            runners: mine,
+        });
+    }
+    let host_status = hosts
+        .iter()
+        .enumerate()
+        .map(|(h, name)| HostStatus {
+            name: name.clone(),
+            observed: true,
+            reason: None,
+            gpu_source: "declared".into(),
+            gpu_note: None,
+            gpus: (0..8)
+                .map(|g| HostGpu {
+                    uuid: format!("GPU-{h:02}-{g:02}"),
+                    name: Some("NVIDIA H100".into()),
+                    memory_total_bytes: Some(80 << 30),
+                    held_by: (g * hosts.len() + h < runners).then(|| format!("bench-gpu-{:05x}", g * hosts.len() + h)),
+                })
+                .collect(),
+        })
+        .collect();
+    FleetStatus {
+        fleet: "bench".into(),
+        pools,
+        orphan_registrations: vec![],
+        totals: Totals { desired: runners as u32, containers: runners, ..Totals::default() },
+        hosts: host_status,
+        autoscale: vec![],
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Result<usize, String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with(b"HTTP/1.0 200") && !out.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("{path}: {}", String::from_utf8_lossy(&out[..out.len().min(80)])));
+    }
+    Ok(out.len())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Resident memory of this process, in MiB (Linux).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
+    let board = Arc::new(Board::new());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // A day of samples, one every 5 minutes, then the status the page shows.
+    let status = fleet_status(runners);
+    for k in (1..=288).rev() {
+        board.observed(status.clone(), now - k * 300);
+    }
+    board.observed(status, now);
+    let args = ListenArgs {
+        listen: Some("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?),
+        ..ListenArgs::default()
+    };
+    let listen = args.prepare().map_err(|e| e.to_string())?.ok_or("no listener")?;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let addr = listen
+        .start(board, Arc::new(fleet::watch::metrics::Metrics::new()), stopped)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let (times, size) = tokio::task::spawn_blocking(move || {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..gets {
+            let started = Instant::now();
+            size = get(addr, "/api/v1/status")?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok::<_, String>((times, size))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+
+    let render = tokio::task::spawn_blocking(move || -> Result<(f64, f64, f64), String> {
+        let url = format!("http://{addr}/");
+        let browser = webdriver::Browser::start();
+        let mut renders = Vec::new();
+        for _ in 0..5 {
+            browser.goto("about:blank");
+            let started = Instant::now();
+            browser.goto(&url);
+            loop {
+                let n = browser.script("return document.querySelectorAll('tr[data-runner]').length;");
+                if n.as_u64() == Some(runners as u64) {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err("the page did not render every runner in 30 s".into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            renders.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        renders.sort_by(f64::total_cmp);
+        // Ten browsers polling the page (every 3 s) for 30 s: this process's memory.
+        let before = rss_mib();
+        let others: Vec<webdriver::Browser> = (0..9).map(|_| webdriver::Browser::start()).collect();
+        for b in &others {
+            b.goto(&url);
+        }
+        browser.goto(&url);
+        let mut peak = before;
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            peak = peak.max(rss_mib());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok((percentile(&renders, 0.5), *renders.last().unwrap_or(&0.0), peak))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+
+    println!("| measure | value |\n|---|---|");
+    println!("| `/api/v1/status`, {runners} runners: body | {:.0} KiB |", size as f64 / 1024.0);
+    println!("| `/api/v1/status`, {runners} runners: p50 / p95 of {gets} GETs | {:.1} ms / {:.1} ms |", percentile(&times, 0.5), percentile(&times, 0.95));
+    println!("| page with {runners} runners, navigation to every row drawn: median / max of 5 | {:.0} ms / {:.0} ms |", render.0, render.1);
+    println!("| resident memory of the serving process, peak while 10 browsers poll for 30 s | {:.1} MiB |", render.2);
+    Ok(())
+}
