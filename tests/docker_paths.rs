@@ -184,7 +184,7 @@ async fn no_probe_runs_a_pools_image() {
     let inventory = GpuProbe::new(None, std::time::Duration::ZERO)
         .inventory("zq", "far", &fleet::spec::HostGpus::Auto, &host, &pools, ProbeWhen::Needed)
         .await;
-    let reason = format!("{:?}", inventory.source);
+    let reason = format!("{:?}", inventory.inventory.source);
     assert!(reason.contains("FLEET_GPU_PROBE_IMAGE"), "{reason}");
     assert!(reason.contains("a pool's image is never used"), "{reason}");
     assert_eq!(*seen.lock().expect("lock"), Vec::<String>::new());

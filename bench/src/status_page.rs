@@ -68,6 +68,8 @@ fn fleet_status(runners: usize) -> FleetStatus {
                     uuid: format!("GPU-{h:02}-{g:02}"),
                     name: Some("NVIDIA H100".into()),
                     memory_total_bytes: Some(80 << 30),
+                    health: None,
+                    health_reasons: vec![],
                     held_by: (g * hosts.len() + h < runners).then(|| format!("bench-gpu-{:05x}", g * hosts.len() + h)),
                 })
                 .collect(),
@@ -80,6 +82,7 @@ fn fleet_status(runners: usize) -> FleetStatus {
         totals: Totals { desired: runners as u32, containers: runners, ..Totals::default() },
         hosts: host_status,
         autoscale: vec![],
+        scale_set_error: None,
     }
 }
 
