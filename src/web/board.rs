@@ -282,6 +282,15 @@ impl Board {
         }
     }
 
+    /// A board whose `/api/v1/history` reads from `history` (the history database) instead of
+    /// the in-memory record (which is still kept, but no longer served).
+    pub fn with_history(history: Arc<dyn HistorySource>) -> Board {
+        Board {
+            history,
+            ..Board::new()
+        }
+    }
+
     /// A new observation (`now`: seconds since the epoch).
     pub fn observed(&self, status: FleetStatus, now: i64) {
         let body = match serde_json::to_vec(&status) {
@@ -395,6 +404,25 @@ mod tests {
             }],
             autoscale: vec![],
         }
+    }
+
+    #[test]
+    fn a_board_serves_the_history_source_it_is_given() {
+        struct Fixed;
+        impl HistorySource for Fixed {
+            fn history(&self, since: i64) -> HistoryDoc {
+                HistoryDoc {
+                    source: "database",
+                    since,
+                    ..HistoryDoc::default()
+                }
+            }
+        }
+        let board = Board::with_history(Arc::new(Fixed));
+        board.observed(status(&[("zq-gpu-a", RunnerState::Busy, Some(40))], true), 1_000);
+        let doc = board.history(7);
+        assert_eq!((doc.source, doc.since, doc.gpus.len()), ("database", 7, 0));
+        assert_eq!(Board::new().history(0).source, "memory");
     }
 
     #[test]

@@ -153,7 +153,7 @@ fn an_address_other_than_loopback_needs_authentication() {
         listen: Some("0.0.0.0:9105".parse().expect("addr")),
         ..ListenArgs::default()
     };
-    let e = open.prepare().err().expect("refused");
+    let e = open.prepare().expect_err("refused");
     assert!(
         e.to_string()
             .starts_with("refusing to serve on 0.0.0.0:9105 without authentication"),
@@ -324,7 +324,7 @@ async fn tls_from_a_certificate_and_key() {
         listen_tls_key: Some(dir.path().join("key.pem")),
         ..loopback()
     };
-    let e = missing.prepare().err().expect("refused");
+    let e = missing.prepare().expect_err("refused");
     assert!(
         e.to_string()
             .contains("cannot read the listener's certificate"),
