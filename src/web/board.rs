@@ -419,7 +419,10 @@ mod tests {
             }
         }
         let board = Board::with_history(Arc::new(Fixed));
-        board.observed(status(&[("zq-gpu-a", RunnerState::Busy, Some(40))], true), 1_000);
+        board.observed(
+            status(&[("zq-gpu-a", RunnerState::Busy, Some(40))], true),
+            1_000,
+        );
         let doc = board.history(7);
         assert_eq!((doc.source, doc.since, doc.gpus.len()), ("database", 7, 0));
         assert_eq!(Board::new().history(0).source, "memory");
