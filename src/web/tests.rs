@@ -141,6 +141,8 @@ async fn one_listener_serves_the_page_its_assets_metrics_health_and_the_api_with
     assert_eq!(code, 200);
     let history: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(history["source"], "memory");
+    let (code, _, _) = get(addr, "/api/v1/history?since=yesterday", &[]).await;
+    assert_eq!(code, 400);
     let (code, _, _) = get(addr, "/assets/../Cargo.toml", &[]).await;
     assert_eq!(code, 404);
     let (code, _, _) = get(addr, "/assets/nothing.js", &[]).await;
