@@ -17,6 +17,7 @@ use fleet::status::{
 use fleet::web::{Board, ListenArgs};
 
 #[path = "../../tests/support/webdriver.rs"]
+#[allow(dead_code)] // The screenshot and log calls serve the tests.
 mod webdriver;
 
 /// A fleet of `runners` on 8 hosts of 8 GPUs each; one GPU per runner up to 64.
@@ -29,11 +30,19 @@ fn fleet_status(runners: usize) -> FleetStatus {
             .map(|i| RunnerStatus {
                 name: format!("bench-gpu-{i:05x}"),
                 host: host.clone(),
-                state: if i % 3 == 0 { RunnerState::Busy } else { RunnerState::Idle },
+                state: if i % 3 == 0 {
+                    RunnerState::Busy
+                } else {
+                    RunnerState::Idle
+                },
                 container: ContainerStatus::Running,
                 uptime_seconds: 600 + i as i64,
                 exit_code: None,
-                github: Some(GithubView { id: i as u64 + 1, online: true, busy: i % 3 == 0 }),
+                github: Some(GithubView {
+                    id: i as u64 + 1,
+                    online: true,
+                    busy: i % 3 == 0,
+                }),
                 gpus: if i / hosts.len() < 8 {
                     vec![GpuUse {
                         uuid: format!("GPU-{h:02}-{:02}", i / hosts.len()),
@@ -70,7 +79,8 @@ fn fleet_status(runners: usize) -> FleetStatus {
                     memory_total_bytes: Some(80 << 30),
                     health: None,
                     health_reasons: vec![],
-                    held_by: (g * hosts.len() + h < runners).then(|| format!("bench-gpu-{:05x}", g * hosts.len() + h)),
+                    held_by: (g * hosts.len() + h < runners)
+                        .then(|| format!("bench-gpu-{:05x}", g * hosts.len() + h)),
                 })
                 .collect(),
         })
@@ -79,7 +89,11 @@ fn fleet_status(runners: usize) -> FleetStatus {
         fleet: "bench".into(),
         pools,
         orphan_registrations: vec![],
-        totals: Totals { desired: runners as u32, containers: runners, ..Totals::default() },
+        totals: Totals {
+            desired: runners as u32,
+            containers: runners,
+            ..Totals::default()
+        },
         hosts: host_status,
         autoscale: vec![],
         scale_set_error: None,
@@ -92,7 +106,10 @@ fn get(addr: SocketAddr, path: &str) -> Result<usize, String> {
     let mut out = Vec::new();
     s.read_to_end(&mut out).map_err(|e| e.to_string())?;
     if !out.starts_with(b"HTTP/1.0 200") && !out.starts_with(b"HTTP/1.1 200") {
-        return Err(format!("{path}: {}", String::from_utf8_lossy(&out[..out.len().min(80)])));
+        return Err(format!(
+            "{path}: {}",
+            String::from_utf8_lossy(&out[..out.len().min(80)])
+        ));
     }
     Ok(out.len())
 }
@@ -128,10 +145,17 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
         listen: Some("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?),
         ..ListenArgs::default()
     };
-    let listen = args.prepare().map_err(|e| e.to_string())?.ok_or("no listener")?;
+    let listen = args
+        .prepare()
+        .map_err(|e| e.to_string())?
+        .ok_or("no listener")?;
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let addr = listen
-        .start(board, Arc::new(fleet::watch::metrics::Metrics::new()), stopped)
+        .start(
+            board,
+            Arc::new(fleet::watch::metrics::Metrics::new()),
+            stopped,
+        )
         .await
         .map_err(|e| e.to_string())?;
 
@@ -158,7 +182,8 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
             let started = Instant::now();
             browser.goto(&url);
             loop {
-                let n = browser.script("return document.querySelectorAll('tr[data-runner]').length;");
+                let n =
+                    browser.script("return document.querySelectorAll('tr[data-runner]').length;");
                 if n.as_u64() == Some(runners as u64) {
                     break;
                 }
@@ -183,15 +208,32 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
             peak = peak.max(rss_mib());
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ok((percentile(&renders, 0.5), *renders.last().unwrap_or(&0.0), peak))
+        Ok((
+            percentile(&renders, 0.5),
+            *renders.last().unwrap_or(&0.0),
+            peak,
+        ))
     })
     .await
     .map_err(|e| e.to_string())??;
 
     println!("| measure | value |\n|---|---|");
-    println!("| `/api/v1/status`, {runners} runners: body | {:.0} KiB |", size as f64 / 1024.0);
-    println!("| `/api/v1/status`, {runners} runners: p50 / p95 of {gets} GETs | {:.1} ms / {:.1} ms |", percentile(&times, 0.5), percentile(&times, 0.95));
-    println!("| page with {runners} runners, navigation to every row drawn: median / max of 5 | {:.0} ms / {:.0} ms |", render.0, render.1);
-    println!("| resident memory of the serving process, peak while 10 browsers poll for 30 s | {:.1} MiB |", render.2);
+    println!(
+        "| `/api/v1/status`, {runners} runners: body | {:.0} KiB |",
+        size as f64 / 1024.0
+    );
+    println!(
+        "| `/api/v1/status`, {runners} runners: p50 / p95 of {gets} GETs | {:.1} ms / {:.1} ms |",
+        percentile(&times, 0.5),
+        percentile(&times, 0.95)
+    );
+    println!(
+        "| page with {runners} runners, navigation to every row drawn: median / max of 5 | {:.0} ms / {:.0} ms |",
+        render.0, render.1
+    );
+    println!(
+        "| resident memory of the serving process, peak while 10 browsers poll for 30 s | {:.1} MiB |",
+        render.2
+    );
     Ok(())
 }

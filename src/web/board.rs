@@ -207,6 +207,21 @@ impl HistorySource for MemoryHistory {
     }
 }
 
+/// An exit code in words: what the runner's process most likely met.
+fn exit_cause(code: Option<i64>) -> String {
+    let Some(code) = code else {
+        return "exit code unknown".into();
+    };
+    let cause = match code {
+        0 => "finished",
+        137 => "killed: SIGKILL, or out of memory",
+        143 => "stopped: SIGTERM",
+        c if c > 128 => "ended by a signal",
+        _ => "failed",
+    };
+    format!("exit code {code} ({cause})")
+}
+
 /// What changed between two observations, as events: runners that came, exited or went, hosts
 /// that went away or came back.
 pub fn changes(before: &FleetStatus, after: &FleetStatus, at: i64) -> Vec<Event> {
@@ -229,8 +244,7 @@ pub fn changes(before: &FleetStatus, after: &FleetStatus, at: i64) -> Vec<Event>
         match old.get(name) {
             None => events.push(event("runner_started", name, format!("on host {host}"))),
             Some((_, was, _)) if *was != RunnerState::Exited && *state == RunnerState::Exited => {
-                let code = code.map_or("unknown".to_string(), |c| c.to_string());
-                events.push(event("runner_exited", name, format!("exit code {code}")));
+                events.push(event("runner_exited", name, exit_cause(*code)));
             }
             _ => {}
         }
@@ -279,6 +293,15 @@ impl Board {
             watch: RwLock::new(WatchView::default()),
             history: memory.clone(),
             memory,
+        }
+    }
+
+    /// A board whose `/api/v1/history` reads from `history` (the history database) instead of
+    /// the in-memory record (which is still kept, but no longer served).
+    pub fn with_history(history: Arc<dyn HistorySource>) -> Board {
+        Board {
+            history,
+            ..Board::new()
         }
     }
 
@@ -399,6 +422,28 @@ mod tests {
     }
 
     #[test]
+    fn a_board_serves_the_history_source_it_is_given() {
+        struct Fixed;
+        impl HistorySource for Fixed {
+            fn history(&self, since: i64) -> HistoryDoc {
+                HistoryDoc {
+                    source: "database",
+                    since,
+                    ..HistoryDoc::default()
+                }
+            }
+        }
+        let board = Board::with_history(Arc::new(Fixed));
+        board.observed(
+            status(&[("zq-gpu-a", RunnerState::Busy, Some(40))], true),
+            1_000,
+        );
+        let doc = board.history(7);
+        assert_eq!((doc.source, doc.since, doc.gpus.len()), ("database", 7, 0));
+        assert_eq!(Board::new().history(0).source, "memory");
+    }
+
+    #[test]
     fn events_say_which_runners_came_exited_and_went_and_which_hosts_went_away() {
         let a = status(
             &[
@@ -421,7 +466,11 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                ("runner_exited", "zq-gpu-a".into(), "exit code 137".into()),
+                (
+                    "runner_exited",
+                    "zq-gpu-a".into(),
+                    "exit code 137 (killed: SIGKILL, or out of memory)".into()
+                ),
                 ("runner_started", "zq-gpu-c".into(), "on host local".into()),
                 (
                     "runner_removed",

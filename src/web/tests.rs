@@ -142,6 +142,8 @@ async fn one_listener_serves_the_page_its_assets_metrics_health_and_the_api_with
     assert_eq!(code, 200);
     let history: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(history["source"], "memory");
+    let (code, _, _) = get(addr, "/api/v1/history?since=yesterday", &[]).await;
+    assert_eq!(code, 400);
     let (code, _, _) = get(addr, "/assets/../Cargo.toml", &[]).await;
     assert_eq!(code, 404);
     let (code, _, _) = get(addr, "/assets/nothing.js", &[]).await;
@@ -154,7 +156,7 @@ fn an_address_other_than_loopback_needs_authentication() {
         listen: Some("0.0.0.0:9105".parse().expect("addr")),
         ..ListenArgs::default()
     };
-    let e = open.prepare().err().expect("refused");
+    let e = open.prepare().expect_err("refused");
     assert!(
         e.to_string()
             .starts_with("refusing to serve on 0.0.0.0:9105 without authentication"),
@@ -325,7 +327,7 @@ async fn tls_from_a_certificate_and_key() {
         listen_tls_key: Some(dir.path().join("key.pem")),
         ..loopback()
     };
-    let e = missing.prepare().err().expect("refused");
+    let e = missing.prepare().expect_err("refused");
     assert!(
         e.to_string()
             .contains("cannot read the listener's certificate"),

@@ -41,7 +41,10 @@ fn request(
         }
         answer.extend_from_slice(&buf[..n]);
         if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break (String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase(), at + 4);
+            break (
+                String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase(),
+                at + 4,
+            );
         }
     };
     let length = head
@@ -65,7 +68,11 @@ fn request(
         }
         answer.extend_from_slice(&buf[..n]);
     }
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let rest = String::from_utf8_lossy(&answer[body_at..]).into_owned();
     let text = if chunked { dechunk(&rest) } else { rest };
     Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
