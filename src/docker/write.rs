@@ -243,7 +243,12 @@ impl DockerWrite<'_> {
         match self
             .host
             .docker
-            .upload_to_container(&api_path::segment(id).map_err(|m| self.refused(format!("write into container {id}"), m))?, Some(options), body)
+            .upload_to_container(
+                &api_path::segment(id)
+                    .map_err(|m| self.refused(format!("write into container {id}"), m))?,
+                Some(options),
+                body,
+            )
             .await
         {
             Ok(()) => Ok(()),
@@ -265,7 +270,11 @@ impl DockerWrite<'_> {
         let mut attached = self
             .host
             .docker
-            .attach_container(&api_path::segment(id).map_err(|m| self.refused(format!("attach to container {id}"), m))?, Some(options))
+            .attach_container(
+                &api_path::segment(id)
+                    .map_err(|m| self.refused(format!("attach to container {id}"), m))?,
+                Some(options),
+            )
             .await
             .map_err(|e| self.failed(format!("attach to container {}", short(id)), &e))?;
         self.start_container(id).await?;
@@ -343,7 +352,11 @@ impl DockerWrite<'_> {
         match self
             .host
             .docker
-            .remove_container(&api_path::segment(&full_id).map_err(|m| self.refused(format!("remove container {}", short(id)), m))?, Some(options))
+            .remove_container(
+                &api_path::segment(&full_id)
+                    .map_err(|m| self.refused(format!("remove container {}", short(id)), m))?,
+                Some(options),
+            )
             .await
         {
             Ok(()) => Ok(()),
