@@ -581,8 +581,27 @@ pub fn init_logging(verbose: u8) {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .with_target(false)
+        .fmt_fields(log_fields())
         .with_filter(filter);
     let _ = tracing_subscriber::registry().with(stderr).try_init();
+}
+
+/// How a log event's message and fields are written: every value through
+/// [`crate::escape::escaped`], so that what the spec, GitHub or Docker said cannot move the
+/// cursor, forge a log line or reorder text in the log (the formatter escapes ESC by itself,
+/// not newlines or bidirectional controls).
+fn log_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::escape::escaped(&text);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// Whether text on stdout gets colour: a terminal, and NO_COLOR unset or empty.
@@ -1114,5 +1133,49 @@ fn print_stdout(text: &str) -> u8 {
             eprintln!("error: cannot write to stdout: {e}");
             exit::ERROR
         }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use std::sync::{Arc, Mutex};
+
+    /// A writer that keeps what the log layer writes.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Kept {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_messages_and_fields_are_escaped() {
+        let kept = Kept::default();
+        let writer = kept.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(super::log_fields())
+            .finish();
+        let hostile = "gone\r\nWARN forged line \u{1b}[2J\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(name = hostile, "host `{hostile}`: lost");
+        });
+        let logged = String::from_utf8(kept.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(logged.lines().count(), 1, "{logged:?}");
+        assert!(
+            logged.contains("host `gone\\r\\nWARN forged line \\u{1b}[2J\\u{202e}`: lost"),
+            "{logged:?}"
+        );
+        assert!(
+            !logged.contains('\u{1b}') && !logged.contains('\u{202e}'),
+            "{logged:?}"
+        );
     }
 }

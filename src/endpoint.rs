@@ -839,7 +839,12 @@ mod tests {
                 port: 2375
             })
         );
-        for url in ["ssh://-F", "ssh://ci@-G", "ssh://-lroot@h", "tcp://tower.lan:2375"] {
+        for url in [
+            "ssh://-F",
+            "ssh://ci@-G",
+            "ssh://-lroot@h",
+            "tcp://tower.lan:2375",
+        ] {
             assert!(Endpoint::new(url).target().is_err(), "{url}");
         }
         assert!(insecure("tcp://localhost:2375").target().is_err());
@@ -920,7 +925,9 @@ mod tests {
         // The reason goes to the log only: the message says nothing about the file.
         assert_eq!(reason, named_file::NOT_USABLE);
         assert_eq!(
-            read_certificates(&files.ca, "CA certificate").map(|_| ()).map_err(|p| p.reason),
+            read_certificates(&files.ca, "CA certificate")
+                .map(|_| ())
+                .map_err(|p| p.reason),
             Err("it holds no PEM certificate".to_string())
         );
 

@@ -56,6 +56,9 @@ mod tests {
         assert_eq!(escaped("a\u{9b}31m"), "a\\u{9b}31m");
         assert_eq!(escaped("x\ny\r\t\u{7}"), "x\\ny\\r\\t\\u{7}");
         assert_eq!(escaped("abc\u{202e}cba"), "abc\\u{202e}cba");
-        assert_eq!(escaped_lines("a\u{1b}]0;t\u{7}\nb"), "a\\u{1b}]0;t\\u{7}\nb");
+        assert_eq!(
+            escaped_lines("a\u{1b}]0;t\u{7}\nb"),
+            "a\\u{1b}]0;t\\u{7}\nb"
+        );
     }
 }

@@ -54,7 +54,10 @@ pub fn open(path: &Path) -> Result<std::fs::File, Refused> {
     if REFUSED_TREES.iter().any(|tree| real.starts_with(tree)) {
         return Err(Refused::new(
             path,
-            format!("it is under {} (fleet reads no file of /proc, /sys or /dev)", real.display()),
+            format!(
+                "it is under {} (fleet reads no file of /proc, /sys or /dev)",
+                real.display()
+            ),
         ));
     }
     // O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
@@ -81,10 +84,7 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, Refused> {
         .read_to_end(&mut bytes)
         .map_err(|e| Refused::new(path, format!("cannot read it: {e}")))?;
     if bytes.len() as u64 > cap {
-        return Err(Refused::new(
-            path,
-            format!("it is larger than {cap} bytes"),
-        ));
+        return Err(Refused::new(path, format!("it is larger than {cap} bytes")));
     }
     Ok(bytes)
 }
@@ -106,7 +106,9 @@ pub fn read_private_key(path: &Path) -> Result<Vec<u8>, Refused> {
     if mode & 0o077 != 0 {
         return Err(Refused::new(
             path,
-            format!("expected a private key readable by its owner only (mode 0600 or stricter), found mode {mode:04o}"),
+            format!(
+                "expected a private key readable by its owner only (mode 0600 or stricter), found mode {mode:04o}"
+            ),
         ));
     }
     read_capped(path, KEY_CAP)
@@ -139,7 +141,12 @@ mod tests {
             (Path::new("/nonexistent/key.pem"), "cannot resolve"),
         ] {
             let refused = read_capped(path, KEY_CAP).expect_err(&path.display().to_string());
-            assert!(refused.detail.contains(detail), "{}: {}", path.display(), refused.detail);
+            assert!(
+                refused.detail.contains(detail),
+                "{}: {}",
+                path.display(),
+                refused.detail
+            );
             assert_eq!(refused.logged("TLS client key"), NOT_USABLE);
         }
     }
@@ -151,10 +158,18 @@ mod tests {
         std::fs::write(&small, b"pem").expect("write");
         assert_eq!(read_capped(&small, 3).expect("read"), b"pem");
         let refused = read_capped(&small, 2).expect_err("too long");
-        assert!(refused.detail.contains("larger than 2 bytes"), "{}", refused.detail);
+        assert!(
+            refused.detail.contains("larger than 2 bytes"),
+            "{}",
+            refused.detail
+        );
         std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let refused = read_private_key(&small).expect_err("public key file");
-        assert!(refused.detail.contains("found mode 0644"), "{}", refused.detail);
+        assert!(
+            refused.detail.contains("found mode 0644"),
+            "{}",
+            refused.detail
+        );
         std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(read_private_key(&small).expect("private"), b"pem");
     }

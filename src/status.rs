@@ -450,8 +450,13 @@ impl FleetStatus {
     }
 }
 
-/// A host's line, and its GPUs with the runner holding each.
+/// A host's line, and its GPUs with the runner holding each. Names and reasons come from the
+/// spec, GitHub, Docker and the GPUs: escaped (src/escape.rs).
 pub fn host_text(host: &HostStatus) -> String {
+    crate::escape::escaped_lines(&host_text_unescaped(host)).into_owned()
+}
+
+fn host_text_unescaped(host: &HostStatus) -> String {
     if !host.observed {
         let why = host.reason.as_deref().unwrap_or("not observed");
         return format!("\nhost {}: not observed: {why}\n", host.name);
@@ -498,6 +503,10 @@ fn duration(secs: i64) -> String {
 
 /// The text view: a table per pool, then totals.
 pub fn text(status: &FleetStatus) -> String {
+    crate::escape::escaped_lines(&text_unescaped(status)).into_owned()
+}
+
+fn text_unescaped(status: &FleetStatus) -> String {
     let mut out = format!("fleet `{}`\n", status.fleet);
     for pool in &status.pools {
         let actual = pool
@@ -637,6 +646,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("GPU-b 87% 2.0/8.0GiB"), "{text}");
+        // What Docker, GitHub and the GPUs say reaches the terminal escaped.
+        let mut status = status;
+        status.hosts[0].observed = false;
+        status.note_unobserved("local", "engine said \u{1b}]0;owned\u{7}\u{1b}[2J".into());
+        let shown = super::text(&status);
+        assert!(shown.contains("engine said \\u{1b}]0;owned"), "{shown}");
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown:?}"
+        );
         assert!(
             text.contains("Total: 2 of 3 runners (1 busy, 0 idle, 1 offline), 0 exited."),
             "{text}"

@@ -67,7 +67,10 @@ async fn serve(socket: tokio::net::TcpStream, seen: Seen) {
             seen.lock().expect("lock").push(line);
         }
         let (status, answer) = if path.ends_with("/version") {
-            ("200 OK", r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.0"}"#)
+            (
+                "200 OK",
+                r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.0"}"#,
+            )
         } else if path.starts_with("/images/evil%3A1/json") {
             ("200 OK", EVIL_IMAGE)
         } else if path.starts_with("/containers/create") {
@@ -79,7 +82,12 @@ async fn serve(socket: tokio::net::TcpStream, seen: Seen) {
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
-        if reader.get_mut().write_all(response.as_bytes()).await.is_err() {
+        if reader
+            .get_mut()
+            .write_all(response.as_bytes())
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -107,9 +115,17 @@ async fn hostile_names_stay_one_path_segment() {
         "../events?x=",
         "ghcr.io/acme/runner:2.321.0",
     ] {
-        assert!(!read.has_image(image).await.expect("inspect image"), "{image}");
+        assert!(
+            !read.has_image(image).await.expect("inspect image"),
+            "{image}"
+        );
     }
-    assert!(!read.has_network("../volumes?x=").await.expect("inspect network"));
+    assert!(
+        !read
+            .has_network("../volumes?x=")
+            .await
+            .expect("inspect network")
+    );
     host.write()
         .remove_owned_volume("../containers/0123abcd?force=1#", "zq")
         .await
@@ -137,7 +153,10 @@ async fn dot_names_are_refused_before_any_request() {
         let e = host.read().has_image(name).await.expect_err(name);
         assert!(e.to_string().contains("refusing"), "{e}");
         assert!(host.read().has_network(name).await.is_err(), "{name:?}");
-        assert!(host.write().remove_owned_volume(name, "zq").await.is_err(), "{name:?}");
+        assert!(
+            host.write().remove_owned_volume(name, "zq").await.is_err(),
+            "{name:?}"
+        );
     }
     assert_eq!(*seen.lock().expect("lock"), Vec::<String>::new());
 }
@@ -150,20 +169,32 @@ async fn the_gpu_probe_runs_the_hosts_tool_without_the_images_environment() {
     let (url, seen) = recording_engine().await;
     let host = connect(&url).await;
     // The fake engine cannot start it: the probe fails after its create, and removes it.
-    host.run_gpu_probe("zq", "evil:1").await.expect_err("no start");
+    host.run_gpu_probe("zq", "evil:1")
+        .await
+        .expect_err("no start");
     let seen = seen.lock().expect("lock").clone();
     let create = seen
         .iter()
         .find(|l| l.starts_with("POST /containers/create"))
         .unwrap_or_else(|| panic!("no create in {seen:?}"));
-    let body: serde_json::Value =
-        serde_json::from_str(create.split_once(' ').and_then(|(_, r)| r.split_once(' ')).map(|(_, b)| b).expect("a body"))
-            .expect("json body");
-    assert_eq!(body["Entrypoint"], serde_json::json!(["/usr/bin/nvidia-smi"]));
+    let body: serde_json::Value = serde_json::from_str(
+        create
+            .split_once(' ')
+            .and_then(|(_, r)| r.split_once(' '))
+            .map(|(_, b)| b)
+            .expect("a body"),
+    )
+    .expect("json body");
+    assert_eq!(
+        body["Entrypoint"],
+        serde_json::json!(["/usr/bin/nvidia-smi"])
+    );
     assert_eq!(body["User"], "65534:65534");
     assert_eq!(body["Env"], serde_json::json!(["LD_PRELOAD=", "PATH="]));
     assert!(
-        seen.iter().any(|l| l.starts_with("DELETE /containers/fleet-gpu-probe-zq-") && l.contains("v=true")),
+        seen.iter().any(
+            |l| l.starts_with("DELETE /containers/fleet-gpu-probe-zq-") && l.contains("v=true")
+        ),
         "{seen:?}"
     );
 }
@@ -182,7 +213,14 @@ async fn no_probe_runs_a_pools_image() {
     .expect("spec");
     let pools = spec.resolved_pools();
     let inventory = GpuProbe::new(None, std::time::Duration::ZERO)
-        .inventory("zq", "far", &fleet::spec::HostGpus::Auto, &host, &pools, ProbeWhen::Needed)
+        .inventory(
+            "zq",
+            "far",
+            &fleet::spec::HostGpus::Auto,
+            &host,
+            &pools,
+            ProbeWhen::Needed,
+        )
         .await;
     let reason = format!("{:?}", inventory.inventory.source);
     assert!(reason.contains("FLEET_GPU_PROBE_IMAGE"), "{reason}");

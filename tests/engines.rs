@@ -388,3 +388,101 @@ fn an_engine_behind_ssh_answers_and_a_changed_host_key_is_refused() {
         Vec::<u32>::new()
     );
 }
+
+/// The stand-in for the NVIDIA toolkit's prestart hook: it bind-mounts the "host's"
+/// `nvidia-smi` (`host_tool`) over `/usr/bin/nvidia-smi` in the container, in the container's
+/// mount namespace, as the real hook does for the host's binaries.
+fn fake_nvidia_hook(host_tool: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+state=$(cat)
+pid=$(printf '%s' "$state" | tr -d '\n\t ' | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+bundle=$(printf '%s' "$state" | tr -d '\n\t ' | sed -n 's/.*"bundle":"\([^"]*\)".*/\1/p')
+root=$(tr -d '\n\t ' < "$bundle/config.json" | sed -n 's/.*"root":{{"path":"\([^"]*\)".*/\1/p')
+case "$root" in /*) ;; *) root="$bundle/$root" ;; esac
+exec nsenter -t "$pid" -m sh -c "mkdir -p '$root/usr/bin' && touch '$root/usr/bin/nvidia-smi' && mount --bind '{}' '$root/usr/bin/nvidia-smi'"
+"#,
+        host_tool.display()
+    )
+}
+
+/// A probe image that ships its own `nvidia-smi` (in `/usr/bin` and first on its `PATH`) and
+/// an `LD_PRELOAD`, on an extra engine reached over TLS whose toolkit mounts the host's
+/// `nvidia-smi`: the probe runs the host's, as `nobody`, with `LD_PRELOAD` blanked, so the
+/// image cannot forge the inventory (docs/security.md, "The GPU probe runs the host's tool").
+#[test]
+fn a_probe_image_with_its_own_nvidia_smi_runs_the_hosts_over_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = runtime();
+    let run = RunDir::new();
+    let toolkit = run.path().join("toolkit");
+    std::fs::create_dir(&toolkit).expect("toolkit folder");
+    let host_tool = toolkit.join("host-nvidia-smi");
+    std::fs::write(
+        &host_tool,
+        "#!/bin/sh\nuid=?\nwhile read k v rest; do [ \"$k\" = Uid: ] && uid=$v; done < /proc/self/status\necho \"0, GPU-host-0000, host uid=$uid preload=$LD_PRELOAD., 1024\"\n",
+    )
+    .expect("write the host's nvidia-smi");
+    let hook = toolkit.join("nvidia-container-runtime-hook");
+    std::fs::write(&hook, fake_nvidia_hook(&host_tool)).expect("write the hook");
+    for file in [&host_tool, &hook] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let cert_dir = run.path().join("certs");
+    std::fs::create_dir(&cert_dir).expect("certificate directory");
+    let certs = Certificates::make(&cert_dir);
+    let listen = Listen::Tls {
+        port: free_port(),
+        certs: certs.clone(),
+    };
+    let image = common::test_image();
+    let engine = Engine::start_with_path(&run, "gpu-tls", listen, Some(toolkit.clone()));
+    engine.load_image(image);
+
+    // The probe image: its own nvidia-smi in /usr/bin and in /evil/bin, first on its PATH.
+    let builder = format!("{}-evil-build", run.id());
+    let forge = "#!/bin/sh\\necho '0, GPU-forged-0000, forged, 1'\\n";
+    engine.docker_ok(&[
+        "run",
+        "--name",
+        &builder,
+        "--network",
+        "none",
+        image,
+        "/bin/sh",
+        "-c",
+        &format!(
+            "/bin/busybox mkdir -p /usr/bin /evil/bin && printf \"{forge}\" > /usr/bin/nvidia-smi && printf \"{forge}\" > /evil/bin/nvidia-smi && /bin/busybox chmod 755 /usr/bin/nvidia-smi /evil/bin/nvidia-smi"
+        ),
+    ]);
+    let evil = format!("{}-evil-probe:1", run.id());
+    engine.docker_ok(&[
+        "commit",
+        "--change",
+        "ENV PATH=/evil/bin:/usr/bin:/bin",
+        "--change",
+        "ENV LD_PRELOAD=/evil/forge.so",
+        &builder,
+        &evil,
+    ]);
+    engine.docker_ok(&["rm", "-f", &builder]);
+
+    let url = engine.tcp_url().expect("a TCP port");
+    let endpoint = tls_endpoint(&url, certs.client_files());
+    let host = rt
+        .block_on(fleet::docker::DockerHost::connect_to(
+            "tower",
+            &endpoint,
+            &ConnectOptions::default(),
+        ))
+        .expect("connect over TLS");
+    let gpus = rt
+        .block_on(host.run_gpu_probe("zq", &evil))
+        .expect("the probe answers");
+    assert_eq!(gpus.len(), 1, "{gpus:?}");
+    assert_eq!(gpus[0].info.uuid, "GPU-host-0000", "{gpus:?}");
+    assert_eq!(gpus[0].info.name, "host uid=65534 preload=.", "{gpus:?}");
+    // The probe container is gone, with its anonymous volumes.
+    assert_eq!(engine.docker_ok(&["ps", "-a", "-q"]), "");
+    assert_eq!(engine.docker_ok(&["volume", "ls", "-q"]), "");
+}

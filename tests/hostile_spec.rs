@@ -124,7 +124,9 @@ fn nesting_through_aliases_is_refused_for_depth() {
 fn an_alias_bomb_of_one_large_scalar_is_refused_by_size() {
     let big = "x".repeat(900_000);
     let aliases = "*b, ".repeat(10_000);
-    let spec = format!("{HEAD}pools:\n  cpu:\n    count: 1\n    image: x\n    description: &b {big}\n    labels: [{aliases}]\n");
+    let spec = format!(
+        "{HEAD}pools:\n  cpu:\n    count: 1\n    image: x\n    description: &b {big}\n    labels: [{aliases}]\n"
+    );
     assert!(spec.len() < 1 << 20);
     let started = std::time::Instant::now();
     let (out, all) = validate_text(&spec);
@@ -281,10 +283,21 @@ mod tls {
         // One message whatever is wrong: a plan's output says nothing of the mode or of
         // whether a file exists (docs/security.md, "Files the spec names").
         for file in ["key.pem", "cert.pem"] {
-            let shown = format!("{at}: the TLS client {} file {}/{file} is not usable", if file == "key.pem" { "key" } else { "certificate" }, dir.path().display());
+            let shown = format!(
+                "{at}: the TLS client {} file {}/{file} is not usable",
+                if file == "key.pem" {
+                    "key"
+                } else {
+                    "certificate"
+                },
+                dir.path().display()
+            );
             assert!(all.contains(&shown), "{shown} in {all}");
         }
-        assert!(!all.contains("0640") && !all.contains("No such file"), "{all}");
+        assert!(
+            !all.contains("0640") && !all.contains("No such file"),
+            "{all}"
+        );
         assert!(all.contains("fleet.yaml:8:"), "{all}");
         assert!(all.contains("chmod 600"), "{all}");
     }
@@ -318,14 +331,23 @@ fn escape_sequences_in_a_spec_or_a_saved_plan_are_printed_escaped() {
         "{HEAD}pools:\n  cpu:\n    count: 1\n    image: \"x{hostile}\"\n    network: \"n{hostile}\"\n"
     ));
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(!all.contains('\u{1b}') && !all.contains('\u{9b}') && !all.contains('\u{7}'), "{all:?}");
+    assert!(
+        !all.contains('\u{1b}') && !all.contains('\u{9b}') && !all.contains('\u{7}'),
+        "{all:?}"
+    );
     assert!(all.contains("\\u{1b}[2J"), "{all}");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = dir.path().join("plan.json");
     std::fs::write(
         &plan,
-        format!("{{\"format_version\": \"9{}\"}}", hostile.replace('\u{1b}', "\\u001b").replace('\u{7}', "\\u0007").replace('\u{9b}', "\\u009b")),
+        format!(
+            "{{\"format_version\": \"9{}\"}}",
+            hostile
+                .replace('\u{1b}', "\\u001b")
+                .replace('\u{7}', "\\u0007")
+                .replace('\u{9b}', "\\u009b")
+        ),
     )
     .expect("write plan");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
@@ -335,5 +357,8 @@ fn escape_sequences_in_a_spec_or_a_saved_plan_are_printed_escaped() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("format_version 9"), "{all}");
-    assert!(!all.contains('\u{1b}') && !all.contains('\u{9b}') && !all.contains('\u{7}'), "{all:?}");
+    assert!(
+        !all.contains('\u{1b}') && !all.contains('\u{9b}') && !all.contains('\u{7}'),
+        "{all:?}"
+    );
 }

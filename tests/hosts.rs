@@ -392,6 +392,22 @@ fn gpus_auto_on_an_engine_without_nvidia_support_says_so_and_leaves_nothing() {
         ..Hosts::new(&farm)
     };
     write_spec(&w, &hosts, &pool_on("gpu", "pve-vm", 1, "    gpus: 1\n"));
+    // Without the operator's probe image, nothing runs: the pool's image is never used.
+    let out = fleet(&w, &farm, &["plan"], false);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("set FLEET_GPU_PROBE_IMAGE"), "{err}");
+    assert_eq!(farm.vm().docker_ok(&["ps", "-a", "-q"]), "");
+    // With it, the probe runs and the engine says it has no NVIDIA support.
+    let fleet = |w: &World, farm: &Farm, args: &[&str], wrong_host_key: bool| {
+        let mut env: Vec<(&str, String)> = vec![
+            ("GITHUB_TOKEN", w.fake.token()),
+            ("FLEET_GPU_PROBE_IMAGE", TEST_IMAGE.to_string()),
+        ];
+        env.extend(farm.ssh_env(wrong_host_key));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.fleet_with_env(args, &env)
+    };
     let out = fleet(&w, &farm, &["plan"], false);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = stderr(&out);

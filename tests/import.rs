@@ -359,7 +359,10 @@ fn a_build_context_outside_the_compose_folder_is_not_read() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("linked")).expect("symlink");
     for context in [
         outside.path().display().to_string(),
-        format!("../{}", outside.path().file_name().expect("name").to_string_lossy()),
+        format!(
+            "../{}",
+            outside.path().file_name().expect("name").to_string_lossy()
+        ),
         "linked".to_string(),
     ] {
         std::fs::write(
@@ -371,7 +374,10 @@ fn a_build_context_outside_the_compose_folder_is_not_read() {
         let (yaml, report) = (stdout(&out), stderr(&out));
         assert!(out.status.success(), "{context}: {report}");
         for value in ["outside/secretrepo", "outsidelabel"] {
-            assert!(!yaml.contains(value) && !report.contains(value), "{context}:\n{yaml}\n{report}");
+            assert!(
+                !yaml.contains(value) && !report.contains(value),
+                "{context}:\n{yaml}\n{report}"
+            );
         }
         assert!(report.contains("was not read"), "{context}: {report}");
     }
@@ -401,5 +407,9 @@ fn a_fifo_dockerfile_does_not_hang_and_a_huge_compose_file_is_refused() {
     std::fs::write(&huge, format!("{padding}services: {{}}\n")).expect("write huge");
     let out = fleet_in(dir.path(), &["import", "huge.yaml"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("larger than 1048576 bytes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than 1048576 bytes"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -9,9 +9,7 @@
 /// value, `.` and `..` are refused: a URL resolves them (encoded or not) as steps in the path.
 pub fn segment(value: &str) -> Result<String, String> {
     if matches!(value, "" | "." | "..") {
-        return Err(format!(
-            "refusing {value:?} as a name in a Docker API path"
-        ));
+        return Err(format!("refusing {value:?} as a name in a Docker API path"));
     }
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
@@ -32,9 +30,18 @@ mod tests {
     fn values_stay_one_segment() {
         for (value, encoded) in [
             ("runner", "runner"),
-            ("ghcr.io/acme/runner:2.321.0", "ghcr.io%2Facme%2Frunner%3A2.321.0"),
-            ("../containers/json?all=1&x=", "..%2Fcontainers%2Fjson%3Fall%3D1%26x%3D"),
-            ("../distribution/evil.example/x/json#", "..%2Fdistribution%2Fevil.example%2Fx%2Fjson%23"),
+            (
+                "ghcr.io/acme/runner:2.321.0",
+                "ghcr.io%2Facme%2Frunner%3A2.321.0",
+            ),
+            (
+                "../containers/json?all=1&x=",
+                "..%2Fcontainers%2Fjson%3Fall%3D1%26x%3D",
+            ),
+            (
+                "../distribution/evil.example/x/json#",
+                "..%2Fdistribution%2Fevil.example%2Fx%2Fjson%23",
+            ),
             ("%2e%2e", "%252e%252e"),
             ("a b\u{1b}é", "a%20b%1B%C3%A9"),
         ] {

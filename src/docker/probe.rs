@@ -243,7 +243,10 @@ impl DockerHost {
 
     async fn remove_probe(&self, name: &str) -> Result<(), bollard::errors::Error> {
         // `v`: with its anonymous volumes (an image's `VOLUME`s), which would outlive it.
-        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         // A name fleet made, or an id the engine gave: never `..`, so never refused.
         let Ok(name) = api_path::segment(name) else {
             return Ok(());
@@ -502,7 +505,10 @@ mod tests {
         let body = probe_body("zq", "runner:1", &image_env);
         // The host's tool by its path, not the image's by its PATH; not root; the image's
         // variables (LD_PRELOAD) blanked.
-        assert_eq!(body.entrypoint, Some(vec!["/usr/bin/nvidia-smi".to_string()]));
+        assert_eq!(
+            body.entrypoint,
+            Some(vec!["/usr/bin/nvidia-smi".to_string()])
+        );
         assert_eq!(body.user.as_deref(), Some("65534:65534"));
         assert_eq!(
             body.env,

@@ -62,14 +62,11 @@ impl DockerRead<'_> {
     /// Whether the engine has a network of that name (or id).
     pub async fn has_network(&self, network: &str) -> Result<bool, DockerError> {
         let options = bollard::query_parameters::InspectNetworkOptions::default();
-        let path = api_path::segment(network)
-            .map_err(|e| self.host.api_error(&format!("inspect network {network}"), e))?;
-        match self
-            .host
-            .docker
-            .inspect_network(&path, Some(options))
-            .await
-        {
+        let path = api_path::segment(network).map_err(|e| {
+            self.host
+                .api_error(&format!("inspect network {network}"), e)
+        })?;
+        match self.host.docker.inspect_network(&path, Some(options)).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..

@@ -147,8 +147,7 @@ impl DockerWrite<'_> {
         &self,
         name: &str,
     ) -> Result<Option<HashMap<String, String>>, DockerError> {
-        let path = api_path::segment(name)
-            .map_err(|m| self.refused(format!("inspect volume {name}"), m))?;
+        let path = self.segment(|| format!("inspect volume {name}"), name)?;
         match self.host.docker.inspect_volume(&path).await {
             Ok(volume) => Ok(Some(volume.labels)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
@@ -167,7 +166,7 @@ impl DockerWrite<'_> {
             return Err(self.refused(what(), not_owned("volume", name, fleet)));
         }
         let options = RemoveVolumeOptionsBuilder::new().force(false).build();
-        let path = api_path::segment(name).map_err(|m| self.refused(what(), m))?;
+        let path = self.segment(what, name)?;
         match self.host.docker.remove_volume(&path, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
@@ -240,10 +239,11 @@ impl DockerWrite<'_> {
             .no_overwrite_dir_non_dir("true")
             .build();
         let body = bollard::body_full(archive.into());
+        let path = self.segment(|| format!("write into container {id}"), id)?;
         match self
             .host
             .docker
-            .upload_to_container(&api_path::segment(id).map_err(|m| self.refused(format!("write into container {id}"), m))?, Some(options), body)
+            .upload_to_container(&path, Some(options), body)
             .await
         {
             Ok(()) => Ok(()),
@@ -262,10 +262,11 @@ impl DockerWrite<'_> {
             .stdin(true)
             .stream(true)
             .build();
+        let path = self.segment(|| format!("attach to container {id}"), id)?;
         let mut attached = self
             .host
             .docker
-            .attach_container(&api_path::segment(id).map_err(|m| self.refused(format!("attach to container {id}"), m))?, Some(options))
+            .attach_container(&path, Some(options))
             .await
             .map_err(|e| self.failed(format!("attach to container {}", short(id)), &e))?;
         self.start_container(id).await?;
@@ -288,8 +289,7 @@ impl DockerWrite<'_> {
         let id = container_id(id)
             .map_err(|message| self.refused(format!("start container {id}"), message))?;
         let options = None::<StartContainerOptions>;
-        let path =
-            api_path::segment(id).map_err(|m| self.refused(format!("start container {id}"), m))?;
+        let path = self.segment(|| format!("start container {id}"), id)?;
         match self.host.docker.start_container(&path, options).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.failed(format!("start container {}", short(id)), &e)),
@@ -306,7 +306,7 @@ impl DockerWrite<'_> {
     ) -> Result<Option<String>, DockerError> {
         let what = || format!("remove container {}", short(id));
         let id = container_id(id).map_err(|message| self.refused(what(), message))?;
-        let path = api_path::segment(id).map_err(|m| self.refused(what(), m))?;
+        let path = self.segment(what, id)?;
         let found = match self.host.docker.inspect_container(&path, None).await {
             Ok(found) => found,
             Err(e) if status_of(&e) == Some(404) => return Ok(None),
@@ -340,10 +340,11 @@ impl DockerWrite<'_> {
             .force(true)
             .v(true)
             .build();
+        let path = self.segment(|| format!("remove container {}", short(id)), &full_id)?;
         match self
             .host
             .docker
-            .remove_container(&api_path::segment(&full_id).map_err(|m| self.refused(format!("remove container {}", short(id)), m))?, Some(options))
+            .remove_container(&path, Some(options))
             .await
         {
             Ok(()) => Ok(()),
@@ -403,6 +404,11 @@ impl DockerWrite<'_> {
     }
 
     /// A write fleet refuses to make itself.
+    /// `value` as a segment of a Docker API path (src/docker/api_path.rs); refused as `what`.
+    fn segment(&self, what: impl FnOnce() -> String, value: &str) -> Result<String, DockerError> {
+        api_path::segment(value).map_err(|message| self.refused(what(), message))
+    }
+
     fn refused(&self, what: String, message: String) -> DockerError {
         DockerError::Write {
             host: self.host.name.clone(),

@@ -105,13 +105,15 @@ fn credentials_of(
     let auth = spec.github.auth.as_ref();
     if let Some(app) = auth.and_then(|a| a.app.as_ref()) {
         let path = base_dir.join(&app.private_key_file);
-        // Small and checked (a regular file, private, at most 64 KiB): bounded work.
-        let key_pem = crate::named_file::read_private_key(&path).map_err(|refused| {
-            refused.logged("the GitHub App private key");
-            GithubError::AppKey {
-                path: path.display().to_string(),
-            }
-        })?;
+        // Small and checked (a regular file, private, at most 64 KiB), and read off the async
+        // workers when there are several (a file system can still be slow).
+        let key_pem =
+            off_the_runtime(|| crate::named_file::read_private_key(&path)).map_err(|refused| {
+                refused.logged("the GitHub App private key");
+                GithubError::AppKey {
+                    path: path.display().to_string(),
+                }
+            })?;
         return Ok(Credentials::App {
             app_id: app.app_id,
             installation_id: app.installation_id,
@@ -144,9 +146,42 @@ pub fn registration_url(api_url: &str, scope: &GithubScope) -> String {
     }
 }
 
+/// Runs blocking `work` with `tokio::task::block_in_place` on a multi-threaded runtime (the
+/// other tasks go on), else as it is (no runtime, or a current-thread one in tests).
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocking_reads_run_on_either_runtime_and_without_one() {
+        assert_eq!(off_the_runtime(|| 1), 1);
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        assert_eq!(
+            multi.block_on(async {
+                tokio::spawn(async { off_the_runtime(|| 2) })
+                    .await
+                    .expect("task")
+            }),
+            2
+        );
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert_eq!(current.block_on(async { off_the_runtime(|| 3) }), 3);
+    }
 
     #[test]
     fn credentials_never_print_the_token() {

@@ -10,10 +10,16 @@ pub enum GithubError {
     #[error("{var} is not set: fleet reads the GitHub token from it")]
     MissingToken { var: String },
     /// The spec names the key's path: the reason goes to the log only (src/named_file.rs).
-    #[error("the GitHub App private key {path} is {}", crate::named_file::NOT_USABLE)]
+    #[error(
+        "the GitHub App private key {path} is {}",
+        crate::named_file::NOT_USABLE
+    )]
     AppKey { path: String },
     /// Read, but not an RSA PEM key; as for [`GithubError::AppKey`], the reason is logged.
-    #[error("the GitHub App private key {path} is {}", crate::named_file::NOT_USABLE)]
+    #[error(
+        "the GitHub App private key {path} is {}",
+        crate::named_file::NOT_USABLE
+    )]
     AppKeyFormat { path: String },
     #[error("cannot set up the GitHub client for {api_url}: {message}")]
     Client { api_url: String, message: String },

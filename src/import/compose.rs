@@ -72,12 +72,13 @@ pub fn locate(path: &Path) -> Result<(PathBuf, Vec<Finding>), ImportError> {
 /// Reads and checks one compose file.
 pub fn read(path: &Path, findings: Vec<Finding>) -> Result<ComposeFile, ImportError> {
     // Capped like fleet.yaml, and only a regular file (a FIFO would hang `import`).
-    let bytes = crate::named_file::read_capped(path, crate::spec::MAX_SPEC_BYTES).map_err(
-        |refused| ImportError::Read {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(refused.detail),
-        },
-    )?;
+    let bytes =
+        crate::named_file::read_capped(path, crate::spec::MAX_SPEC_BYTES).map_err(|refused| {
+            ImportError::Read {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(refused.detail),
+            }
+        })?;
     let text = String::from_utf8(bytes).map_err(|_| ImportError::Read {
         path: path.to_path_buf(),
         source: std::io::Error::other("it is not UTF-8 text"),

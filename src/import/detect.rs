@@ -130,9 +130,12 @@ pub fn build(file: &ComposeFile, build: &Value) -> Build {
 fn outside_of(dir: &Path, context: &str, dockerfile: &str) -> Option<String> {
     use std::path::Component;
     let escapes = |p: &str| {
-        Path::new(p)
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+        Path::new(p).components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        })
     };
     if escapes(context) || escapes(dockerfile) {
         return Some(format!(

@@ -279,7 +279,10 @@ mod tests {
         );
         // A missing bind-mount source is the operator's log's business, not the plan's: the
         // plan would tell a pull request which paths exist on the control machine.
-        assert!(!text.contains("/srv/gone") && !text.contains("/srv/ccache"), "{text}");
+        assert!(
+            !text.contains("/srv/gone") && !text.contains("/srv/ccache"),
+            "{text}"
+        );
         // A pool of no runners creates nothing that could fail.
         pool.count = 0;
         let text = pool_warnings(std::slice::from_ref(&pool), &observed).join("\n");

@@ -411,18 +411,9 @@ fn for_markdown(plan: &PlanDocument) -> PlanDocument {
 }
 
 /// `text` with control characters (newlines included) and bidirectional controls written as
-/// visible escapes (`\n`, `\u{202e}`).
+/// visible escapes (`\n`, `\u{202e}`): the one escaping function, src/escape.rs.
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if c.is_control() || bidi {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::escape::escaped(text).into_owned()
 }
 
 /// `text` as an inline code span: GitHub renders no HTML, link, mention or issue reference

@@ -361,7 +361,12 @@ mod tests {
     /// `Ok` with the transport, or `Err` with a part of the reason.
     #[test]
     fn one_table_of_edge_cases() {
-        let tcp_tls = |host: &str, port| Ok(Transport::Tls { host: host.into(), port });
+        let tcp_tls = |host: &str, port| {
+            Ok(Transport::Tls {
+                host: host.into(),
+                port,
+            })
+        };
         let plain = |ip: &str, port| {
             Ok(Transport::PlainLoopback {
                 ip: ip.parse().expect("ip"),
@@ -377,60 +382,202 @@ mod tests {
         };
         let table: Vec<(&str, bool, bool, Result<Transport, &str>)> = vec![
             // (endpoint, tls, insecure, expected)
-            ("unix:///var/run/docker.sock", false, false, Ok(Transport::Unix { path: "/var/run/docker.sock".into() })),
+            (
+                "unix:///var/run/docker.sock",
+                false,
+                false,
+                Ok(Transport::Unix {
+                    path: "/var/run/docker.sock".into(),
+                }),
+            ),
             ("unix://run/docker.sock", false, false, Err("relative path")),
-            ("unix:///var/run/docker.sock", true, false, Err("`tls` is only for tcp://")),
-            ("unix:///var/run/docker.sock", false, true, Err("`insecure` applies")),
-            ("ssh://pve-vm.lan", false, false, ssh(None, "pve-vm.lan", None)),
-            ("ssh://ci@10.0.0.7:2222", false, false, ssh(Some("ci"), "10.0.0.7", Some(2222))),
-            ("ssh://ci@[fd00::7]:22", false, false, ssh(Some("ci"), "fd00::7", Some(22))),
-            ("ssh://ci@host", true, false, Err("`tls` is only for tcp://")),
+            (
+                "unix:///var/run/docker.sock",
+                true,
+                false,
+                Err("`tls` is only for tcp://"),
+            ),
+            (
+                "unix:///var/run/docker.sock",
+                false,
+                true,
+                Err("`insecure` applies"),
+            ),
+            (
+                "ssh://pve-vm.lan",
+                false,
+                false,
+                ssh(None, "pve-vm.lan", None),
+            ),
+            (
+                "ssh://ci@10.0.0.7:2222",
+                false,
+                false,
+                ssh(Some("ci"), "10.0.0.7", Some(2222)),
+            ),
+            (
+                "ssh://ci@[fd00::7]:22",
+                false,
+                false,
+                ssh(Some("ci"), "fd00::7", Some(22)),
+            ),
+            (
+                "ssh://ci@host",
+                true,
+                false,
+                Err("`tls` is only for tcp://"),
+            ),
             // ssh options smuggled as a host or a user
             ("ssh://-F", false, false, Err("not starting with '-'")),
-            ("ssh://-oProxyCommand=x", false, false, Err("not starting with '-'")),
+            (
+                "ssh://-oProxyCommand=x",
+                false,
+                false,
+                Err("not starting with '-'"),
+            ),
             ("ssh://ci@-G", false, false, Err("not starting with '-'")),
             ("ssh://-lroot@h", false, false, Err("user \"-lroot\"")),
-            ("ssh://ci@host name", false, false, Err("a host name of letters")),
+            (
+                "ssh://ci@host name",
+                false,
+                false,
+                Err("a host name of letters"),
+            ),
             ("ssh://ci@", false, false, Err("found none")),
             ("ssh://@host", false, false, Err("user")),
-            ("ssh://ci@.host", false, false, Err("not starting with '-' or '.'")),
-            ("ssh://a@b@host", false, false, Err("only a host and a port")),
-            ("ssh://ci@host/path", false, false, Err("only a host and a port")),
-            ("ssh://ci@host/", false, false, Err("only a host and a port")),
+            (
+                "ssh://ci@.host",
+                false,
+                false,
+                Err("not starting with '-' or '.'"),
+            ),
+            (
+                "ssh://a@b@host",
+                false,
+                false,
+                Err("only a host and a port"),
+            ),
+            (
+                "ssh://ci@host/path",
+                false,
+                false,
+                Err("only a host and a port"),
+            ),
+            (
+                "ssh://ci@host/",
+                false,
+                false,
+                Err("only a host and a port"),
+            ),
             ("ssh://[fd00::7", false, false, Err("expected `]`")),
             ("ssh://[zz]:22", false, false, Err("IPv6")),
             // `_` is no part of a DNS name
-            ("ssh://build_box", false, false, Err("a host name of letters")),
-            ("tcp://tower_1.lan:2376", true, false, Err("a host name of letters")),
+            (
+                "ssh://build_box",
+                false,
+                false,
+                Err("a host name of letters"),
+            ),
+            (
+                "tcp://tower_1.lan:2376",
+                true,
+                false,
+                Err("a host name of letters"),
+            ),
             // ports
             ("ssh://host:0", false, false, Err("from 1 to 65535")),
             ("ssh://host:65536", false, false, Err("from 1 to 65535")),
-            ("ssh://host:65535", false, false, ssh(None, "host", Some(65535))),
+            (
+                "ssh://host:65535",
+                false,
+                false,
+                ssh(None, "host", Some(65535)),
+            ),
             ("tcp://tower:+1", true, false, Err("from 1 to 65535")),
             ("tcp://tower:", true, false, Err("from 1 to 65535")),
             ("tcp://tower.lan", true, false, Err("found no port")),
-            ("tcp://tower.lan:2376", true, false, tcp_tls("tower.lan", 2376)),
-            ("tcp://[fd00::9]:2376", true, false, tcp_tls("fd00::9", 2376)),
-            ("tcp://tower.lan:2376/", true, false, Err("only a host and a port")),
-            ("https://tower.lan:2376", true, false, Err("not a Docker endpoint scheme")),
+            (
+                "tcp://tower.lan:2376",
+                true,
+                false,
+                tcp_tls("tower.lan", 2376),
+            ),
+            (
+                "tcp://[fd00::9]:2376",
+                true,
+                false,
+                tcp_tls("fd00::9", 2376),
+            ),
+            (
+                "tcp://tower.lan:2376/",
+                true,
+                false,
+                Err("only a host and a port"),
+            ),
+            (
+                "https://tower.lan:2376",
+                true,
+                false,
+                Err("not a Docker endpoint scheme"),
+            ),
             ("http://tower.lan:2376", true, false, Err("plain HTTP")),
             ("tcp://127.0.0.1:2376", true, true, Err("found both")),
             // plain TCP: insecure, and a loopback IP address written as one
             ("tcp://tower.lan:2375", false, false, Err("expected TLS")),
             ("tcp://127.0.0.1:2375", false, false, Err("expected TLS")),
             ("http://127.0.0.1:2375", false, false, Err("expected TLS")),
-            ("tcp://127.0.0.1:2375", false, true, plain("127.0.0.1", 2375)),
+            (
+                "tcp://127.0.0.1:2375",
+                false,
+                true,
+                plain("127.0.0.1", 2375),
+            ),
             ("tcp://127.3.2.1:9", false, true, plain("127.3.2.1", 9)),
             ("http://[::1]:2375", false, true, plain("::1", 2375)),
-            ("tcp://localhost:2375", false, true, Err("loopback IP address written as one")),
-            ("http://LOCALHOST:2375", false, true, Err("loopback IP address written as one")),
-            ("tcp://10.0.0.7:2375", false, true, Err("loopback IP address")),
-            ("tcp://0.0.0.0:2375", false, true, Err("loopback IP address")),
+            (
+                "tcp://localhost:2375",
+                false,
+                true,
+                Err("loopback IP address written as one"),
+            ),
+            (
+                "http://LOCALHOST:2375",
+                false,
+                true,
+                Err("loopback IP address written as one"),
+            ),
+            (
+                "tcp://10.0.0.7:2375",
+                false,
+                true,
+                Err("loopback IP address"),
+            ),
+            (
+                "tcp://0.0.0.0:2375",
+                false,
+                true,
+                Err("loopback IP address"),
+            ),
             ("tcp://[::2]:2375", false, true, Err("loopback IP address")),
-            ("tcp://localhost.evil.com:2375", false, true, Err("loopback IP address")),
+            (
+                "tcp://localhost.evil.com:2375",
+                false,
+                true,
+                Err("loopback IP address"),
+            ),
             // other schemes and shapes
-            ("npipe:////./pipe/docker", false, false, Err("expected a Docker endpoint")),
-            ("/var/run/docker.sock", false, false, Err("expected a Docker endpoint")),
+            (
+                "npipe:////./pipe/docker",
+                false,
+                false,
+                Err("expected a Docker endpoint"),
+            ),
+            (
+                "/var/run/docker.sock",
+                false,
+                false,
+                Err("expected a Docker endpoint"),
+            ),
             ("tcp://:2375", true, false, Err("found none")),
         ];
         for (text, tls, insecure, expected) in table {
@@ -439,7 +586,9 @@ mod tests {
             match (&got, &expected) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
                 (Err(why), Err(part)) => assert!(why.contains(part), "{text}: {why}"),
-                _ => panic!("{text} (tls {tls}, insecure {insecure}): got {got:?}, expected {expected:?}"),
+                _ => panic!(
+                    "{text} (tls {tls}, insecure {insecure}): got {got:?}, expected {expected:?}"
+                ),
             }
         }
     }

@@ -80,7 +80,10 @@ fn check_name(name: &str) -> Result<(), String> {
     let bad = components
         .iter()
         .enumerate()
-        .find(|(i, c)| !is_path_component(c) && !(*i == 0 && components.len() > 1 && is_domain(c)))
+        .find(|(i, c)| {
+            let registry = *i == 0 && components.len() > 1 && is_domain(c);
+            !is_path_component(c) && !registry
+        })
         .map_or(name, |(_, c)| c);
     Err(format!(
         "expected an image name of lower-case letters and digits, parts joined by '.', '_', '__' or '-' and separated by '/' (the first may be a registry such as registry.lan:5000), found {bad:?}"
@@ -109,8 +112,7 @@ fn is_path_component(text: &str) -> bool {
             i += 1;
         }
         let run = &text[start..i];
-        let separator =
-            matches!(run, "_" | "." | "__") || run.bytes().all(|b| b == b'-');
+        let separator = matches!(run, "_" | "." | "__") || run.bytes().all(|b| b == b'-');
         if !separator {
             return false;
         }
@@ -141,8 +143,8 @@ fn is_domain(text: &str) -> bool {
         }
     };
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let host_ok = host.is_empty() && text.starts_with('[')
-        || host.split('.').all(is_domain_component);
+    let host_ok =
+        host.is_empty() && text.starts_with('[') || host.split('.').all(is_domain_component);
     port_ok && host_ok
 }
 
@@ -152,7 +154,9 @@ fn is_domain_component(text: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         }
         _ => false,
     }

@@ -649,14 +649,20 @@ mod tests {
         let doc = parse(&format!("big: &b {big}\n{aliases}"));
         assert!(doc.value.is_none());
         assert!(
-            doc.problems.iter().any(|p| p.message.contains("more than 4194304 bytes (4 MiB)")),
+            doc.problems
+                .iter()
+                .any(|p| p.message.contains("more than 4194304 bytes (4 MiB)")),
             "{:?}",
             doc.problems.iter().map(|p| &p.message).collect::<Vec<_>>()
         );
         // Four copies stay under 4 MiB.
         let aliases = (0..3).map(|i| format!("a{i}: *b\n")).collect::<String>();
         let doc = parse(&format!("big: &b {big}\n{aliases}"));
-        assert!(doc.value.is_some(), "{:?}", doc.problems.first().map(|p| &p.message));
+        assert!(
+            doc.value.is_some(),
+            "{:?}",
+            doc.problems.first().map(|p| &p.message)
+        );
     }
 
     #[test]

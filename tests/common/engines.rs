@@ -452,6 +452,8 @@ pub struct Engine {
     run: Arc<RunDir>,
     dir: PathBuf,
     listen: Listen,
+    /// A folder put first on dockerd's PATH (a stand-in `nvidia-container-runtime-hook`).
+    path_first: Option<PathBuf>,
     child: Option<Child>,
     /// Start to the first answered ping, for the last start.
     pub startup: Duration,
@@ -460,12 +462,24 @@ pub struct Engine {
 impl Engine {
     /// Starts `dockerd` in `run`'s directory `<name>/` and waits until it answers.
     pub fn start(run: &Arc<RunDir>, name: &str, listen: Listen) -> Engine {
+        Engine::start_with_path(run, name, listen, None)
+    }
+
+    /// [`Engine::start`] with `path_first` first on dockerd's PATH: dockerd registers the
+    /// `nvidia` device driver when it finds `nvidia-container-runtime-hook` there.
+    pub fn start_with_path(
+        run: &Arc<RunDir>,
+        name: &str,
+        listen: Listen,
+        path_first: Option<PathBuf>,
+    ) -> Engine {
         let dir = run.subdir(name);
         std::fs::write(dir.join("daemon.json"), "{}").expect("write the engine's config file");
         let mut engine = Engine {
             run: Arc::clone(run),
             dir,
             listen,
+            path_first,
             child: None,
             startup: Duration::ZERO,
         };
@@ -533,7 +547,12 @@ impl Engine {
             .open(&log_path)
             .expect("open the engine's log");
         let started = Instant::now();
-        let mut child = Command::new("dockerd")
+        let mut command = Command::new("dockerd");
+        if let Some(first) = &self.path_first {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", first.display()));
+        }
+        let mut child = command
             .args(self.arguments())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))

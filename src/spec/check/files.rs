@@ -51,7 +51,10 @@ pub(super) fn check_file(
         let not_usable = refused.logged(what);
         c.at_value(
             pointer,
-            format!("{context}the {what} file {} is {not_usable}", path.display()),
+            format!(
+                "{context}the {what} file {} is {not_usable}",
+                path.display()
+            ),
         )
         .help(if role.private {
             "name a regular file of at most 64 KiB, readable by fleet's user only (chmod 600)"

@@ -314,8 +314,11 @@ pub(super) fn check_pool_values(c: &mut Checker, base: &str, pool: &Pool) {
         && let Err(why) = check_reference(image)
     {
         // The image goes into Docker API paths: only the reference grammar gets there.
-        c.at_value(&format!("{base}/image"), format!("image {}: {why}", quote(image)))
-            .help("write a reference such as ghcr.io/acme/runner:2.321.0 or runner@sha256:...");
+        c.at_value(
+            &format!("{base}/image"),
+            format!("image {}: {why}", quote(image)),
+        )
+        .help("write a reference such as ghcr.io/acme/runner:2.321.0 or runner@sha256:...");
     }
     if let Some(labels) = &pool.labels {
         check_labels(c, base, labels);
