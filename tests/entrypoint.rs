@@ -1514,3 +1514,88 @@ fn with_the_docker_socket_mounted_the_runner_user_joins_its_group() {
     );
     lab.stop(&c);
 }
+
+/// `docker_socket: true`: the runner's work folder is the host's `<work_dir>/<runner>` at the
+/// identical path, so that what a job writes there is what the host's engine mounts into the
+/// job's containers; the runner user is in the socket's group; an ephemeral runner's work
+/// folder is emptied when it ends.
+#[test]
+fn a_docker_socket_pool_shares_its_work_folder_with_the_hosts_engine_at_the_same_path() {
+    let lab = Lab::new("work");
+    let w = World::new();
+    let records = lab.records().join("eph");
+    std::fs::create_dir_all(&records).expect("records dir");
+    open_to_all(&records);
+    let work = lab.dir.path().join("work");
+    w.spec(&format!(
+        "{}    docker_socket: true\n    work_dir: {}\n",
+        lab_pool("eph", true, &lab.image, &records),
+        work.display()
+    ));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let eph = w.container_names("eph").pop().expect("an ephemeral runner");
+    wait_for_record(&records, "run.uid");
+    let folder = work.join(&eph);
+    let folder_text = folder.to_str().expect("UTF-8").to_string();
+    assert_eq!(
+        w.env_value(&eph, "FLEET_WORK_DIR").as_deref(),
+        Some(folder_text.as_str())
+    );
+    let jit = std::fs::read_to_string(records.join("run.jitconfig")).expect("the JIT config");
+    let settings = fake_github::decode_jit_config(&jit).expect("a JIT config of the fake");
+    assert_eq!(
+        settings.work_folder, folder_text,
+        "the runner's work folder"
+    );
+
+    // A job step writes its checkout, then runs `docker run -v "$GITHUB_WORKSPACE":/w ...`
+    // through the host's engine: the engine finds the file at the same path.
+    let repo = format!("{folder_text}/repo/repo");
+    docker_ok(&[
+        "exec",
+        "-u",
+        RUNNER_UID,
+        &eph,
+        "sh",
+        "-c",
+        &format!("mkdir -p {repo} && echo built > {repo}/checked-out"),
+    ]);
+    let mount = format!("{repo}:/w");
+    let label = format!("{RUN_LABEL}={}", lab.run);
+    let seen = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        &label,
+        "-v",
+        &mount,
+        common::test_image(),
+        "/bin/busybox",
+        "ls",
+        "/w",
+    ]);
+    assert_eq!(seen, "checked-out");
+    let socket_gid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/var/run/docker.sock")
+            .expect("the socket")
+            .gid()
+    };
+    let groups = std::fs::read_to_string(records.join("run.groups")).unwrap_or_default();
+    assert!(
+        socket_gid == 0 || groups.lines().any(|g| g == socket_gid.to_string()),
+        "the runner user is in the socket's group {socket_gid}: {groups}"
+    );
+
+    // The runner ends: its work folder is emptied.
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let left: Vec<_> = std::fs::read_dir(&folder)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    drop(w);
+}

@@ -416,7 +416,11 @@ impl Executor<'_> {
         let group = self.runner_group_id(pool)?;
         for attempt in 0..3 {
             let write = self.observers.github.write();
-            match write.generate_jitconfig(&name, group, &config.labels).await {
+            let work_folder = contract::container::registered_work_folder(pool, &name);
+            match write
+                .generate_jitconfig(&name, group, &config.labels, &work_folder)
+                .await
+            {
                 Ok(jit) => return Ok((name, jit)),
                 Err(GithubError::Rejected { status: 409, .. }) => {
                     match self.owned_registration(&name).await? {

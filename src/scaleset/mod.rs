@@ -146,11 +146,13 @@ pub trait ScaleSetApi: Send + Sync {
 
     /// Registers an ephemeral runner of the scale set and returns its id and just-in-time
     /// config. [`ScaleSetError::RunnerExists`] when the name is taken (also after a retry whose
-    /// first attempt registered it: remove that runner, or pick another name).
+    /// first attempt registered it: remove that runner, or pick another name). `work_folder`:
+    /// the runner's work folder, relative to its install directory or absolute.
     fn generate_jit_config(
         &self,
         scale_set_id: u64,
         runner_name: &str,
+        work_folder: &str,
     ) -> impl Future<Output = Result<JitConfig, ScaleSetError>> + Send;
 
     fn get_runner_by_name(
