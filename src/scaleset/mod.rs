@@ -166,3 +166,20 @@ pub trait ScaleSetApi: Send + Sync {
         runner_id: u64,
     ) -> impl Future<Output = Result<(), ScaleSetError>> + Send;
 }
+
+/// The owner a scale set's message session is opened under: `fleet-<fleet>@<host>`, so that a
+/// session conflict names the machine that holds the session.
+pub fn session_owner(fleet: &str) -> String {
+    format!("fleet-{fleet}@{}", crate::apply::lock::hostname())
+}
+
+#[cfg(test)]
+mod owner_tests {
+    #[test]
+    fn the_session_owner_names_the_fleet_and_this_host() {
+        let owner = super::session_owner("zq");
+        let host = crate::apply::lock::hostname();
+        assert_eq!(owner, format!("fleet-zq@{host}"));
+        assert!(!host.is_empty());
+    }
+}

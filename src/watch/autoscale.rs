@@ -94,7 +94,7 @@ impl Listeners {
             demand: self.demand.clone(),
             metrics: metrics.clone(),
             tx: tx.clone(),
-            owner: format!("fleet-{}", spec.name),
+            owner: crate::scaleset::session_owner(&spec.name),
         };
         for (pool, set) in wanted {
             if self.running.contains_key(&pool) {
