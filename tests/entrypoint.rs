@@ -1601,3 +1601,66 @@ fn a_docker_socket_pool_shares_its_work_folder_with_the_hosts_engine_at_the_same
     assert!(left.is_empty(), "{left:?}");
     drop(w);
 }
+
+/// A persistent runner that outlives its stop timeout and took a job meanwhile (GitHub says
+/// busy when fleet asks again) is kept, not killed: the replace is deferred.
+#[test]
+fn a_runner_that_took_a_job_while_being_stopped_is_kept() {
+    let lab = Lab::new("busystop");
+    let w = World::new();
+    let records = lab.records().join("per");
+    std::fs::create_dir_all(&records).expect("records dir");
+    open_to_all(&records);
+    let pool = |generation: &str| {
+        format!(
+            "{}    stop_timeout: 3s\n    env: {{ FLEET_TEST_IGNORE_TERM: '1', GENERATION: '{generation}' }}\n",
+            lab_pool("per", false, &lab.image, &records),
+        )
+    };
+    w.spec(&pool("1"));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let per = format!("{}-per-0", w.run);
+    wait_for_record(&records, "run.uid");
+    let token = std::fs::read_to_string(records.join("config.token")).expect("a token");
+    let labels = w
+        .env_value(&per, "ACTIONS_RUNNER_INPUT_LABELS")
+        .expect("labels");
+    let runner = w
+        .fake
+        .configure_runner(&fake_github::RunnerConfiguration {
+            token,
+            name: per.clone(),
+            labels: labels.split(',').map(str::to_string).collect(),
+            runner_group: None,
+            replace: true,
+        })
+        .expect("configure");
+    w.fake.set_runner_state(&w.scope, runner.id, true, false);
+    let id_before = docker_ok(&["inspect", "-f", "{{.Id}}", &per]);
+
+    // Idle when apply checks; a job arrives while the runner ignores SIGTERM.
+    w.spec(&pool("2"));
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !records.join("run.signal").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            w.fake.set_runner_state(&w.scope, runner.id, true, true);
+        });
+        w.apply()
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("the runner took a job while it was being stopped"),
+        "{text}"
+    );
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.Id}} {{.State.Status}}", &per]),
+        format!("{id_before} running"),
+        "the same container, still running its job"
+    );
+    drop(w);
+}
