@@ -1438,10 +1438,13 @@ fn fleet_stops_runners_gracefully_within_the_pools_stop_timeout() {
         Some("TERM\n")
     );
     let deadline = Instant::now() + Duration::from_secs(30);
+    let session = per_records.join("sessions").join(&per);
+    // The stub counts its start before it opens its session.
     while std::fs::read_to_string(per_records.join("run.count"))
         .ok()
         .as_deref()
         != Some("2\n")
+        || !session.exists()
     {
         assert!(
             Instant::now() < deadline,
@@ -1449,7 +1452,6 @@ fn fleet_stops_runners_gracefully_within_the_pools_stop_timeout() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(per_records.join("sessions").join(&per).exists());
     assert_eq!(
         docker_ok(&["inspect", "-f", "{{.State.Status}}", &per]),
         "running",
@@ -1513,4 +1515,152 @@ fn with_the_docker_socket_mounted_the_runner_user_joins_its_group() {
         "{logs}"
     );
     lab.stop(&c);
+}
+
+/// `docker_socket: true`: the runner's work folder is the host's `<work_dir>/<runner>` at the
+/// identical path, so that what a job writes there is what the host's engine mounts into the
+/// job's containers; the runner user is in the socket's group; an ephemeral runner's work
+/// folder is emptied when it ends.
+#[test]
+fn a_docker_socket_pool_shares_its_work_folder_with_the_hosts_engine_at_the_same_path() {
+    let lab = Lab::new("work");
+    let w = World::new();
+    let records = lab.records().join("eph");
+    std::fs::create_dir_all(&records).expect("records dir");
+    open_to_all(&records);
+    let work = lab.dir.path().join("work");
+    w.spec(&format!(
+        "{}    docker_socket: true\n    work_dir: {}\n",
+        lab_pool("eph", true, &lab.image, &records),
+        work.display()
+    ));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let eph = w.container_names("eph").pop().expect("an ephemeral runner");
+    wait_for_record(&records, "run.uid");
+    let folder = work.join(&eph);
+    let folder_text = folder.to_str().expect("UTF-8").to_string();
+    assert_eq!(
+        w.env_value(&eph, "FLEET_WORK_DIR").as_deref(),
+        Some(folder_text.as_str())
+    );
+    let jit = std::fs::read_to_string(records.join("run.jitconfig")).expect("the JIT config");
+    let settings = fake_github::decode_jit_config(&jit).expect("a JIT config of the fake");
+    assert_eq!(
+        settings.work_folder, folder_text,
+        "the runner's work folder"
+    );
+
+    // A job step writes its checkout, then runs `docker run -v "$GITHUB_WORKSPACE":/w ...`
+    // through the host's engine: the engine finds the file at the same path.
+    let repo = format!("{folder_text}/repo/repo");
+    docker_ok(&[
+        "exec",
+        "-u",
+        RUNNER_UID,
+        &eph,
+        "sh",
+        "-c",
+        &format!("mkdir -p {repo} && echo built > {repo}/checked-out"),
+    ]);
+    let mount = format!("{repo}:/w");
+    let label = format!("{RUN_LABEL}={}", lab.run);
+    let seen = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        &label,
+        "-v",
+        &mount,
+        common::test_image(),
+        "/bin/busybox",
+        "ls",
+        "/w",
+    ]);
+    assert_eq!(seen, "checked-out");
+    let socket_gid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/var/run/docker.sock")
+            .expect("the socket")
+            .gid()
+    };
+    let groups = std::fs::read_to_string(records.join("run.groups")).unwrap_or_default();
+    assert!(
+        socket_gid == 0 || groups.lines().any(|g| g == socket_gid.to_string()),
+        "the runner user is in the socket's group {socket_gid}: {groups}"
+    );
+
+    // The runner ends: its work folder is emptied.
+    let out = w.fleet(&["destroy", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let left: Vec<_> = std::fs::read_dir(&folder)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    drop(w);
+}
+
+/// A persistent runner that outlives its stop timeout and took a job meanwhile (GitHub says
+/// busy when fleet asks again) is kept, not killed: the replace is deferred.
+#[test]
+fn a_runner_that_took_a_job_while_being_stopped_is_kept() {
+    let lab = Lab::new("busystop");
+    let w = World::new();
+    let records = lab.records().join("per");
+    std::fs::create_dir_all(&records).expect("records dir");
+    open_to_all(&records);
+    let pool = |generation: &str| {
+        format!(
+            "{}    stop_timeout: 3s\n    env: {{ FLEET_TEST_IGNORE_TERM: '1', GENERATION: '{generation}' }}\n",
+            lab_pool("per", false, &lab.image, &records),
+        )
+    };
+    w.spec(&pool("1"));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let per = format!("{}-per-0", w.run);
+    wait_for_record(&records, "run.uid");
+    let token = std::fs::read_to_string(records.join("config.token")).expect("a token");
+    let labels = w
+        .env_value(&per, "ACTIONS_RUNNER_INPUT_LABELS")
+        .expect("labels");
+    let runner = w
+        .fake
+        .configure_runner(&fake_github::RunnerConfiguration {
+            token,
+            name: per.clone(),
+            labels: labels.split(',').map(str::to_string).collect(),
+            runner_group: None,
+            replace: true,
+        })
+        .expect("configure");
+    w.fake.set_runner_state(&w.scope, runner.id, true, false);
+    let id_before = docker_ok(&["inspect", "-f", "{{.Id}}", &per]);
+
+    // Idle when apply checks; a job arrives while the runner ignores SIGTERM.
+    w.spec(&pool("2"));
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !records.join("run.signal").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            w.fake.set_runner_state(&w.scope, runner.id, true, true);
+        });
+        w.apply()
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("the runner took a job while it was being stopped"),
+        "{text}"
+    );
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.Id}} {{.State.Status}}", &per]),
+        format!("{id_before} running"),
+        "the same container, still running its job"
+    );
+    drop(w);
 }

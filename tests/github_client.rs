@@ -65,6 +65,10 @@ async fn lists_every_page_with_one_request_per_hundred_runners() {
     assert!(fake.requests().iter().all(
         |r| r.method == "GET" && r.query.contains("per_page=100") || r.query.contains("page=")
     ));
+    // As GitHub asks: its media type on every request.
+    for r in fake.requests() {
+        assert_eq!(r.accept, "application/vnd.github+json", "{r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,7 +134,7 @@ fn the_jit_config_search_finds_one_the_fake_issued() {
         )
         .expect("client");
         gh.write()
-            .generate_jitconfig(&format!("{}-eph-probe", w.run), 1, &["x".into()])
+            .generate_jitconfig(&format!("{}-eph-probe", w.run), 1, &["x".into()], "_work")
             .await
             .expect("a JIT config")
     });

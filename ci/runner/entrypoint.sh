@@ -101,6 +101,14 @@
 # because fleet may reach the engine over SSH or TCP and cannot see the socket. A socket of group
 # 0 is not given: that would make the runner user a member of root's group.
 #
+# The work folder. With the socket, fleet bind-mounts the host directory $FLEET_WORK_DIR
+# (<work_dir>/<runner>) at the identical path and registers the runner with it as its work
+# folder (the JIT config's, or config.sh --work): the runner hands the host's engine the paths it
+# sees (a `container:` job's workspace, a service container's or a Docker action's mounts), and
+# the engine finds them on the host. The script gives the directory to the runner user, and an
+# ephemeral runner's work folder is emptied when the runner ends (the host keeps the empty
+# directory); a persistent runner's is kept.
+#
 # Other variables: FLEET_RUNNER_DIR (where the runner is unpacked, default
 # /home/runner/actions-runner). With arguments, the script runs them instead of the runner, as
 # the user it was started as (`docker run --rm -it IMAGE bash` for a look inside).
@@ -214,6 +222,7 @@ configure() {
   [ -w "$state_dir" ] || die "the state directory $state_dir is not writable by user $(id -u): the registration could not be saved"
   set -- --unattended --replace
   [ "${FLEET_RUNNER_UPDATE:-disabled}" = enabled ] || set -- "$@" --disableupdate
+  [ -z "${FLEET_WORK_DIR:-}" ] || set -- "$@" --work "$FLEET_WORK_DIR"
   if [ -n "${FLEET_NO_DEFAULT_LABELS:-}" ]; then
     [ "$FLEET_NO_DEFAULT_LABELS" != 1 ] || set -- "$@" --no-default-labels
     ACTIONS_RUNNER_INPUT_LABELS=$(custom_labels "${ACTIONS_RUNNER_INPUT_LABELS:-}")
@@ -489,6 +498,13 @@ fi
 
 choose_drop
 grant_docker_socket
+if [ -n "${FLEET_WORK_DIR:-}" ]; then
+  mkdir -p "$FLEET_WORK_DIR" || die "cannot make the work folder $FLEET_WORK_DIR"
+  if [ "$drop" != none ]; then
+    chown "$runner_uid:$runner_gid" "$FLEET_WORK_DIR" ||
+      die "cannot give the work folder $FLEET_WORK_DIR to $runner_user"
+  fi
+fi
 cd "$runner_dir" 2>/dev/null || die "cannot enter the runner directory $runner_dir (set FLEET_RUNNER_DIR)"
 [ -x ./bin/Runner.Listener ] || die "no runner in $runner_dir: bin/Runner.Listener is missing (set FLEET_RUNNER_DIR)"
 
@@ -607,6 +623,10 @@ jit_config=
 if [ "$mode" = persistent ]; then
   (exec_as_runner /bin/sh "$self" fleet-entrypoint:save) ||
     log "warning: saving the registration to $state_dir failed"
+elif [ -n "${FLEET_WORK_DIR:-}" ] && [ -d "$FLEET_WORK_DIR" ]; then
+  # One job's files, some of them root's (written by the job's containers): not for the next.
+  find "$FLEET_WORK_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} + ||
+    log "warning: cannot empty the work folder $FLEET_WORK_DIR"
 fi
 
 if [ -n "$stopping" ]; then

@@ -422,7 +422,11 @@ impl Executor<'_> {
         labels.push(contract::host_label(&self.spec.name, host));
         for attempt in 0..3 {
             let write = self.observers.github.write();
-            match write.generate_jitconfig(&name, group, &labels).await {
+            let work_folder = contract::container::registered_work_folder(pool, &name);
+            match write
+                .generate_jitconfig(&name, group, &labels, &work_folder)
+                .await
+            {
                 Ok(jit) => return Ok((name, jit)),
                 Err(GithubError::Rejected { status: 409, .. }) => {
                     match self.owned_registration(&name).await? {

@@ -147,7 +147,12 @@ impl Executor<'_> {
         name: &str,
     ) -> Result<Option<JitConfig>, StepError> {
         let id = self.scale_set_id(pool).await?;
-        match self.scale_set_client()?.generate_jit_config(id, name).await {
+        let work_folder = contract::container::registered_work_folder(pool, name);
+        match self
+            .scale_set_client()?
+            .generate_jit_config(id, name, &work_folder)
+            .await
+        {
             Ok(jit) => Ok(Some(JitConfig {
                 runner_id: jit.runner.id,
                 encoded: jit.encoded,

@@ -160,6 +160,9 @@ impl RunnerContainer<'_> {
                 }
             }
         }
+        if let Some(work) = runner_work_dir(self.pool, self.name) {
+            env.push((WORK_DIR_ENV.into(), work));
+        }
         // A CUDA image with NVIDIA_VISIBLE_DEVICES=all baked in would otherwise see every GPU
         // when nvidia is the engine's default runtime.
         if self.host_has_gpus && self.pool.gpus == GpuRequest::Count(0) {
@@ -213,6 +216,13 @@ impl RunnerContainer<'_> {
             });
         }
         mounts
+    }
+
+    /// The work folder of a `docker_socket` pool's runner, at the identical path. A bind in
+    /// `Binds`, not a mount: Docker makes a missing host directory for a bind (root's; the
+    /// entrypoint gives it to the runner user), and a mount's `CreateMountpoint` needs API 1.42.
+    fn binds(&self) -> Option<Vec<String>> {
+        runner_work_dir(self.pool, self.name).map(|work| vec![format!("{work}:{work}")])
     }
 
     /// GPUs by UUID, never by count (Docker's `count: N` always means GPUs 0..N-1).
@@ -301,6 +311,7 @@ impl RunnerContainer<'_> {
                 maximum_retry_count: None,
             }),
             mounts: Some(self.mounts()),
+            binds: self.binds(),
             device_requests: self.device_requests(),
             runtime: self.runtime(),
             // An init process as PID 1 reaps the orphans a job leaves and passes signals on.
@@ -330,6 +341,24 @@ impl RunnerContainer<'_> {
 /// The exit code of a persistent runner's container that has no registration saved and no token
 /// to register with (ci/runner/entrypoint.sh): fleet makes it again with a registration token.
 pub const EXIT_REGISTER_AGAIN: i64 = 75;
+
+/// The variable that tells the entrypoint the runner's work folder.
+pub const WORK_DIR_ENV: &str = "FLEET_WORK_DIR";
+
+/// The work folder of runner `name` of `pool`, when the pool shares the host's Docker engine
+/// (`docker_socket`): `<work_dir>/<name>`, bind-mounted at the identical path, because the
+/// runner gives the host's engine the paths it sees (a `container:` job's workspace, a service
+/// container's mounts), and the engine looks for them on the host. `None` otherwise (the
+/// runner's own `_work`).
+pub fn runner_work_dir(pool: &ResolvedPool, name: &str) -> Option<String> {
+    pool.docker_socket
+        .then(|| format!("{}/{name}", pool.work_dir))
+}
+
+/// The work folder a runner registers with: [`runner_work_dir`], else the runner's default.
+pub fn registered_work_folder(pool: &ResolvedPool, name: &str) -> String {
+    runner_work_dir(pool, name).unwrap_or_else(|| "_work".to_string())
+}
 
 /// What the reference entrypoint means by a failure exit code (docs/apply.md, "Exit codes");
 /// `None` for 0 and codes it does not give.
@@ -427,6 +456,7 @@ mod tests {
             security: crate::spec::ResolvedSecurity::default(),
             runner_update: crate::spec::RunnerUpdate::Disabled,
             stop_timeout_secs: 30,
+            work_dir: "/var/lib/fleet-work".into(),
         }
     }
 
@@ -539,6 +569,46 @@ mod tests {
             assert!(host.device_requests.is_none());
             assert_eq!(host.runtime.is_some(), nvidia_runtime);
         }
+    }
+
+    #[test]
+    fn a_docker_socket_runner_gets_its_work_folder_at_the_same_path() {
+        let mut pool = pool(true, GpuRequest::Count(0));
+        fn body_of(pool: &ResolvedPool) -> ContainerCreateBody {
+            let config = RunnerConfig::for_pool("zq", pool);
+            RunnerContainer {
+                fleet: "zq",
+                pool,
+                config: &config,
+                name: "zq-gpu-abc123",
+                gpus: &[],
+                host_has_gpus: false,
+                nvidia_runtime: false,
+                registration: Registration::Jit(Secret::new("x")),
+            }
+            .body()
+        }
+        let body = body_of(&pool);
+        assert_eq!(body.host_config.and_then(|h| h.binds), None);
+        assert_eq!(registered_work_folder(&pool, "zq-gpu-abc123"), "_work");
+        pool.docker_socket = true;
+        pool.work_dir = "/srv/work".into();
+        let body = body_of(&pool);
+        assert!(
+            body.env
+                .expect("env")
+                .contains(&"FLEET_WORK_DIR=/srv/work/zq-gpu-abc123".to_string())
+        );
+        assert_eq!(
+            body.host_config.and_then(|h| h.binds),
+            Some(vec![
+                "/srv/work/zq-gpu-abc123:/srv/work/zq-gpu-abc123".to_string()
+            ])
+        );
+        assert_eq!(
+            registered_work_folder(&pool, "zq-gpu-abc123"),
+            "/srv/work/zq-gpu-abc123"
+        );
     }
 
     #[test]

@@ -98,7 +98,10 @@ impl GithubClient {
             // fleet times each request itself (`RetryPolicy::request_timeout`); octocrab's own
             // timeouts only back that up, so that a timeout always reads the same.
             .set_connect_timeout(Some(policy.request_timeout + Duration::from_secs(5)))
-            .set_read_timeout(Some(policy.request_timeout + Duration::from_secs(5)));
+            .set_read_timeout(Some(policy.request_timeout + Duration::from_secs(5)))
+            // The media type GitHub asks every client to accept. (Not a User-Agent of fleet's:
+            // octocrab sends its own on every request, and an added one would be a second.)
+            .add_header(http::header::ACCEPT, "application/vnd.github+json".into());
         let octo = match credentials {
             Credentials::Token(token) => builder
                 .personal_token(token)

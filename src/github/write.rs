@@ -42,12 +42,14 @@ pub struct JitConfig {
 
 impl GithubWrite {
     /// Registers runner `name` and returns its JIT configuration
-    /// (`POST .../actions/runners/generate-jitconfig`).
+    /// (`POST .../actions/runners/generate-jitconfig`); `work_folder` is the runner's work
+    /// folder, relative to its install directory or absolute.
     pub async fn generate_jitconfig(
         &self,
         name: &str,
         runner_group_id: u64,
         labels: &[String],
+        work_folder: &str,
     ) -> Result<JitConfig, GithubError> {
         #[derive(Deserialize)]
         struct Runner {
@@ -65,7 +67,7 @@ impl GithubWrite {
             "name": name,
             "runner_group_id": runner_group_id,
             "labels": labels,
-            "work_folder": "_work",
+            "work_folder": work_folder,
         });
         self.client.pacer.write("generate-jitconfig").await;
         let answer = self

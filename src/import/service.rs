@@ -105,6 +105,7 @@ pub fn map(
     let vars = environment(&mut d, &env);
     resources::gpus(&mut d, service, vars.nvidia_visible.as_deref());
     let state_folder = resources::volumes(&mut d, file, service, &vars.runner_dirs);
+    work_dir(&mut d, vars.work_dir.as_deref());
     labels(&mut d, &vars, build);
     ephemeral(&mut d, vars.ephemeral, state_folder);
     if let Some(group) = vars.group {
@@ -116,6 +117,21 @@ pub fn map(
     pull(&mut d, service);
     leftovers(&mut d, service);
     d
+}
+
+/// myoung34's RUNNER_WORKDIR, with the Docker socket: the work folders the host's engine
+/// shares at the same path.
+fn work_dir(d: &mut Draft, dir: Option<&str>) {
+    let Some(dir) = dir else { return };
+    if d.pool.docker_socket != Some(true) {
+        return;
+    }
+    let dir = dir.trim_end_matches('/');
+    d.pool.work_dir = Some(dir.to_string());
+    d.note(
+        "work_dir",
+        format!("From RUNNER_WORKDIR={dir}: each runner's work folder is {dir}/<runner>, mounted from the host at the same path, so that the containers a job starts through the host's Docker engine see its workspace."),
+    );
 }
 
 fn image(
@@ -226,6 +242,8 @@ struct RunnerVars {
     group: Option<String>,
     /// The runner's work or configuration folders (RUNNER_WORKDIR...).
     runner_dirs: Vec<String>,
+    /// RUNNER_WORKDIR: the work folder, shared with the host's engine at the same path.
+    work_dir: Option<String>,
     nvidia_visible: Option<String>,
 }
 
@@ -329,6 +347,9 @@ fn environment(d: &mut Draft, vars: &[EnvVar]) -> RunnerVars {
                     out.group = Some(v)
                 }
                 "RUNNER_WORKDIR" | "CONFIGURED_ACTIONS_RUNNER_FILES_DIR" if v.starts_with('/') => {
+                    if name == "RUNNER_WORKDIR" {
+                        out.work_dir = Some(v.clone());
+                    }
                     out.runner_dirs.push(v)
                 }
                 "NVIDIA_VISIBLE_DEVICES" => out.nvidia_visible = Some(v),

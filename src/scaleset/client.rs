@@ -659,6 +659,7 @@ impl ScaleSetApi for ScaleSetClient {
         &self,
         scale_set_id: u64,
         runner_name: &str,
+        work_folder: &str,
     ) -> Result<JitConfig, ScaleSetError> {
         #[derive(Deserialize)]
         struct Wire {
@@ -668,7 +669,7 @@ impl ScaleSetApi for ScaleSetClient {
         }
         let path = format!("{SCALE_SETS}/{scale_set_id}/generatejitconfig");
         let request = ServiceRequest::new(Method::POST, path)
-            .body(json!({"name": runner_name, "workFolder": "_work"}));
+            .body(json!({"name": runner_name, "workFolder": work_folder}));
         let (answer, url) = self.service(&request).await?;
         if answer
             .exception()

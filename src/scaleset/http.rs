@@ -129,10 +129,18 @@ impl Answer {
         }
     }
 
-    /// The Actions exception type (`AgentExistsException`, ...) the body names, if any.
+    /// The Actions exception type (`AgentExistsException`, ...) the body names, if any (after
+    /// a byte order mark too: without it, AgentExists and JobStillRunning went unrecognised).
     pub fn exception(&self) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(self.json()).ok()?;
         exception_name(&value)
+    }
+
+    /// The body without the byte order mark the service may start it with.
+    fn json(&self) -> &[u8] {
+        self.body
+            .strip_prefix("\u{feff}".as_bytes())
+            .unwrap_or(&self.body)
     }
 
     /// The body as JSON of type `T` (the service may start it with a byte order mark).
@@ -141,11 +149,7 @@ impl Answer {
         method: &Method,
         url: &str,
     ) -> Result<T, ScaleSetError> {
-        let body = self
-            .body
-            .strip_prefix("\u{feff}".as_bytes())
-            .unwrap_or(&self.body);
-        serde_json::from_slice(body).map_err(|e| ScaleSetError::Decode {
+        serde_json::from_slice(self.json()).map_err(|e| ScaleSetError::Decode {
             method: method.clone(),
             url: display_url(url),
             message: e.to_string(),
@@ -464,6 +468,13 @@ mod tests {
             r#"{"typeName":"GitHub.DistributedTask.WebApi.AgentExistsException, GitHub.DistributedTask.WebApi","message":"exists"}"#,
         );
         assert_eq!(exists.exception().as_deref(), Some("AgentExistsException"));
+        let with_bom = answer(
+            "\u{feff}{\"typeName\":\"GitHub.DistributedTask.WebApi.JobStillRunningException, GitHub.DistributedTask.WebApi\",\"message\":\"busy\"}",
+        );
+        assert_eq!(
+            with_bom.exception().as_deref(),
+            Some("JobStillRunningException")
+        );
         let github = answer(r#"{"message":"Bad credentials","documentation_url":"x"}"#);
         assert_eq!(github.exception(), None);
         assert_eq!(github.error_text(), "Bad credentials");

@@ -2,7 +2,7 @@
 //! statistics. The queue answers `{messageId, messageType, body, statistics}` where `body` is a
 //! JSON *string* holding an array of job messages, each tagged by `messageType`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::types::Statistics;
 
@@ -14,9 +14,9 @@ pub const JOB_MESSAGES: &str = "RunnerScaleSetJobMessages";
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RawMessage {
     pub message_id: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub body: String,
     #[serde(default)]
     pub statistics: Option<Statistics>,
@@ -131,7 +131,32 @@ pub(crate) fn parse(raw: RawMessage) -> ScaleSetMessage {
     }
 }
 
+/// `null` read as the type's default: the service writes `null` where it has no value.
+fn null_as_default<'de, D, T>(from: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(from)?.unwrap_or_default())
+}
+
+/// `entry` without its `null` members, which then take their defaults (a `null` string or list
+/// would otherwise fail the entry, and its job would be lost).
+fn without_nulls(entry: &serde_json::Value) -> serde_json::Value {
+    match entry {
+        serde_json::Value::Object(members) => serde_json::Value::Object(
+            members
+                .iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 fn parse_entry(entry: &serde_json::Value) -> Result<JobMessage, String> {
+    let entry = &without_nulls(entry);
     let kind = entry
         .get("messageType")
         .and_then(serde_json::Value::as_str)
@@ -159,6 +184,27 @@ fn parse_entry(entry: &serde_json::Value) -> Result<JobMessage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nulls_take_the_defaults_instead_of_losing_the_job() {
+        let body = serde_json::json!([{
+            "messageType": "JobAssigned", "runnerRequestId": 5, "jobId": "j",
+            "repositoryName": null, "requestLabels": null, "ownerName": null,
+            "queueTime": null
+        }])
+        .to_string();
+        let message = parse(raw(&body));
+        assert!(message.skipped.is_empty(), "{:?}", message.skipped);
+        assert_eq!(message.jobs.len(), 1);
+        assert_eq!(message.jobs[0].job().runner_request_id, 5);
+        assert!(message.jobs[0].job().request_labels.is_empty());
+        let null_body: RawMessage = serde_json::from_value(serde_json::json!({
+            "messageId": 3, "messageType": null, "body": null, "statistics": null
+        }))
+        .expect("a message with nulls");
+        assert_eq!(null_body.message_id, 3);
+        assert!(null_body.body.is_empty());
+    }
 
     /// A batch shaped like the service's: the body is a string of JSON, times are RFC 3339 with
     /// Go's zero time where a step has not happened.

@@ -146,11 +146,13 @@ pub trait ScaleSetApi: Send + Sync {
 
     /// Registers an ephemeral runner of the scale set and returns its id and just-in-time
     /// config. [`ScaleSetError::RunnerExists`] when the name is taken (also after a retry whose
-    /// first attempt registered it: remove that runner, or pick another name).
+    /// first attempt registered it: remove that runner, or pick another name). `work_folder`:
+    /// the runner's work folder, relative to its install directory or absolute.
     fn generate_jit_config(
         &self,
         scale_set_id: u64,
         runner_name: &str,
+        work_folder: &str,
     ) -> impl Future<Output = Result<JitConfig, ScaleSetError>> + Send;
 
     fn get_runner_by_name(
@@ -163,4 +165,21 @@ pub trait ScaleSetApi: Send + Sync {
         &self,
         runner_id: u64,
     ) -> impl Future<Output = Result<(), ScaleSetError>> + Send;
+}
+
+/// The owner a scale set's message session is opened under: `fleet-<fleet>@<host>`, so that a
+/// session conflict names the machine that holds the session.
+pub fn session_owner(fleet: &str) -> String {
+    format!("fleet-{fleet}@{}", crate::apply::lock::hostname())
+}
+
+#[cfg(test)]
+mod owner_tests {
+    #[test]
+    fn the_session_owner_names_the_fleet_and_this_host() {
+        let owner = super::session_owner("zq");
+        let host = crate::apply::lock::hostname();
+        assert_eq!(owner, format!("fleet-zq@{host}"));
+        assert!(!host.is_empty());
+    }
 }

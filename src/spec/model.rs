@@ -307,6 +307,13 @@ pub struct Pool {
     #[schemars(regex(pattern = r"^[0-9]+[sm]$"))]
     #[schemars(extend("default" = "30s"))]
     pub stop_timeout: Option<String>,
+    /// With `docker_socket: true`: the host directory under which each runner's work folder
+    /// (`<work_dir>/<runner>`) is bind-mounted at the identical path, so that the host's
+    /// engine finds the paths a job's containers mount. Default: /var/lib/fleet-work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._/-]*$"), length(max = 200))]
+    #[schemars(extend("default" = "/var/lib/fleet-work"))]
+    pub work_dir: Option<String>,
 }
 
 /// Whether a pool's runners update themselves.
@@ -326,6 +333,9 @@ impl RunnerUpdate {
         }
     }
 }
+
+/// Where runners' work folders live on the host when the pool says no `work_dir`.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/fleet-work";
 
 /// The stop timeout a pool gets when it says nothing, in seconds.
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
@@ -366,6 +376,7 @@ pub const POOL_FIELDS: &[&str] = &[
     "autoscale",
     "runner_update",
     "stop_timeout",
+    "work_dir",
 ];
 
 /// A pool's autoscaling: a GitHub runner scale set that fleet keeps between `min_idle` idle

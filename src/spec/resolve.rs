@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::model::{
-    DEFAULT_HOST, DEFAULT_PIDS_LIMIT, DEFAULT_STOP_TIMEOUT_SECS, GpuMode, GpuRequest, Host,
-    HostGpus, Pool, PullPolicy, RunnerUpdate, SecretDelivery, Security, Spec, Volume,
-    parse_stop_timeout,
+    DEFAULT_HOST, DEFAULT_PIDS_LIMIT, DEFAULT_STOP_TIMEOUT_SECS, DEFAULT_WORK_DIR, GpuMode,
+    GpuRequest, Host, HostGpus, Pool, PullPolicy, RunnerUpdate, SecretDelivery, Security, Spec,
+    Volume, parse_stop_timeout,
 };
 
 /// Labels GitHub gives a self-hosted Linux x64 runner unless `no_default_labels` is set.
@@ -47,6 +47,8 @@ pub struct ResolvedPool {
     pub runner_update: RunnerUpdate,
     /// Seconds between SIGTERM and SIGKILL when fleet stops a runner's container.
     pub stop_timeout_secs: u32,
+    /// The host directory of the runners' work folders (used with `docker_socket`).
+    pub work_dir: String,
 }
 
 /// A pool's autoscaling with its scale set's name decided.
@@ -271,6 +273,11 @@ impl Spec {
                 .pool_field(pool, |p| p.stop_timeout.as_ref())
                 .and_then(|t| parse_stop_timeout(t))
                 .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
+            work_dir: self
+                .pool_field(pool, |p| p.work_dir.as_ref())
+                .map_or(DEFAULT_WORK_DIR, String::as_str)
+                .trim_end_matches('/')
+                .to_string(),
         })
     }
 }

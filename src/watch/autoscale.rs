@@ -114,7 +114,7 @@ impl Listeners {
             demand: self.demand.clone(),
             metrics: metrics.clone(),
             tx: tx.clone(),
-            owner: format!("fleet-{}", spec.name),
+            owner: crate::scaleset::session_owner(&spec.name),
             history: self.history.clone(),
         };
         for (pool, set) in wanted {

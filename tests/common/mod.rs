@@ -367,7 +367,8 @@ impl World {
         {
             self.fake.remove_runner(&self.scope, r.id);
         }
-        docker_ok(&["stop", "-t", "0", name]);
+        // SIGKILL: exit code 137 whether or not an init process forwards a SIGTERM first.
+        docker_ok(&["kill", "-s", "KILL", name]);
     }
 
     /// Applies with approval, in this run's lock directory.

@@ -371,6 +371,21 @@ async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response 
         .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // Taken out now: a borrow of the request may not live across an await.
+    let (user_agent, accept) = {
+        let header = |name: http::header::HeaderName| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (
+            header(http::header::USER_AGENT),
+            header(http::header::ACCEPT),
+        )
+    };
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -394,6 +409,8 @@ async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response 
         query: query.clone(),
         status: status.as_u16(),
         authenticated,
+        user_agent: user_agent.clone(),
+        accept: accept.clone(),
     };
 
     let mut response = match (fault, auth) {

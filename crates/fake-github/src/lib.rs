@@ -192,6 +192,9 @@ pub struct RequestRecord {
     pub status: u16,
     /// Whether the request carried credentials the fake accepts.
     pub authenticated: bool,
+    /// Its `User-Agent` and `Accept` headers (empty when missing).
+    pub user_agent: String,
+    pub accept: String,
 }
 
 /// A failure to inflict on API requests.

@@ -354,6 +354,18 @@ pub(super) fn check_pool_values(c: &mut Checker, base: &str, pool: &Pool) {
         c.at_value(&format!("{base}/memory"), problem)
             .help("leave `memory` out for no limit");
     }
+    if let Some(dir) = &pool.work_dir
+        && (dir.trim_end_matches('/').is_empty()
+            || dir.split('/').any(|part| part == ".." || part == "."))
+    {
+        c.at_value(
+            &format!("{base}/work_dir"),
+            format!(
+                "expected an absolute directory below `/` without `.` or `..`, found {}",
+                quote(dir)
+            ),
+        );
+    }
     if let Some(timeout) = &pool.stop_timeout
         && parse_stop_timeout(timeout).is_none()
     {

@@ -98,6 +98,21 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn pipeline(State(shared): Ctx, mut request: Request, next: Next) -> Response {
+    // Taken out now: a borrow of the request may not live across an await.
+    let (user_agent, accept) = {
+        let header = |name: http::header::HeaderName| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (
+            header(http::header::USER_AGENT),
+            header(http::header::ACCEPT),
+        )
+    };
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -133,6 +148,8 @@ async fn pipeline(State(shared): Ctx, mut request: Request, next: Next) -> Respo
         query,
         status: response.status().as_u16(),
         authenticated,
+        user_agent,
+        accept,
     });
     response
 }

@@ -277,7 +277,7 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
         let name = format!("zq-gpu-{n}");
         let jit = rig
             .client
-            .generate_jit_config(set, &name)
+            .generate_jit_config(set, &name, "_work")
             .await
             .expect("jit config");
         assert_eq!(
@@ -347,10 +347,10 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
         .expect("remove idle");
     let taken = rig
         .client
-        .generate_jit_config(set, "zq-gpu-2")
+        .generate_jit_config(set, "zq-gpu-2", "_work")
         .await
         .expect("jit");
-    let again = rig.client.generate_jit_config(set, "zq-gpu-2").await;
+    let again = rig.client.generate_jit_config(set, "zq-gpu-2", "_work").await;
     assert!(
         matches!(again, Err(ScaleSetError::RunnerExists { .. })),
         "{again:?}"
@@ -682,7 +682,7 @@ async fn server_errors_and_slow_answers_are_retried() {
         1,
     );
     rig.client
-        .generate_jit_config(set, "zq-gpu-slow")
+        .generate_jit_config(set, "zq-gpu-slow", "_work")
         .await
         .expect("a slow answer is still an answer");
 
@@ -736,7 +736,7 @@ async fn credentials_never_show() {
         .expect("session");
     let jit = rig
         .client
-        .generate_jit_config(set, "zq-gpu-0")
+        .generate_jit_config(set, "zq-gpu-0", "_work")
         .await
         .expect("jit");
     let printed = format!("{:?} {:?} {:?}", rig.client, session, jit);
@@ -835,7 +835,7 @@ async fn the_control_api_steers_the_service_over_http() {
     let (message, _) = next_message(&rig.client, &session, &mut tracker, 4).await;
     assert_eq!(kinds(&message), ["assigned", "assigned"]);
     rig.client
-        .generate_jit_config(set, "zq-gpu-0")
+        .generate_jit_config(set, "zq-gpu-0", "_work")
         .await
         .expect("jit");
 
