@@ -8,13 +8,7 @@ use common::nvml::{NvmlStub, StubGpu, StubInit};
 use common::{World, pool, stderr, stdout};
 
 fn four_gpus() -> Vec<StubGpu> {
-    (0..4)
-        .map(|n| StubGpu {
-            processes: 0,
-            memory_used_bytes: 0,
-            ..StubGpu::numbered(n)
-        })
-        .collect()
+    (0..4).map(StubGpu::idle).collect()
 }
 
 #[test]

@@ -69,6 +69,20 @@ pub(super) fn health_warnings(observed: &Observed) -> Vec<String> {
             let Some(health) = state.gpus.health.get(uuid) else {
                 continue;
             };
+            if !health.application_xids.is_empty() {
+                // The job's fault, recorded against the runner that held the GPU.
+                let holder = state
+                    .containers
+                    .iter()
+                    .find(|c| c.gpus().contains(uuid))
+                    .map_or("no runner".to_string(), |c| format!("runner `{}`", c.name));
+                let xids: Vec<String> =
+                    health.application_xids.iter().map(u64::to_string).collect();
+                warnings.push(format!(
+                    "host `{host}`: application Xid {} on GPU {uuid}, held by {holder}: a fault of its job, not of the GPU",
+                    xids.join(", ")
+                ));
+            }
             let consequence = match health.state {
                 HealthState::Healthy => continue,
                 HealthState::Degraded => "new runners may still get it",

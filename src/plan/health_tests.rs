@@ -185,3 +185,31 @@ fn an_autoscaled_pool_offers_only_what_placeable_gpus_give() {
     let typed = super::plan(&spec, &world).expect("plan");
     assert_eq!(typed.autoscale[0].capacity(), 2, "GitHub is offered only two");
 }
+
+#[test]
+fn an_application_xid_is_recorded_against_the_runner_not_the_gpu() {
+    let spec = with_pools(TWO_GPU_RUNNERS);
+    let mut world = empty_world();
+    add_runner(&mut world, &spec, "gpu", "zq-gpu-a", &["GPU-a"]);
+    add_runner(&mut world, &spec, "gpu", "zq-gpu-b", &["GPU-b"]);
+    world
+        .hosts
+        .get_mut("local")
+        .expect("host")
+        .gpus
+        .health
+        .insert(
+            "GPU-a".into(),
+            GpuHealth {
+                state: HealthState::Healthy,
+                reasons: vec![],
+                application_xids: vec![13],
+            },
+        );
+    let doc = plan(&spec, &world).expect("plan");
+    assert!(doc.changes.is_empty(), "{:?}", doc.changes);
+    assert_eq!(
+        doc.warnings,
+        ["host `local`: application Xid 13 on GPU GPU-a, held by runner `zq-gpu-a`: a fault of its job, not of the GPU"]
+    );
+}
