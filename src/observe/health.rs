@@ -57,6 +57,7 @@ pub const THROTTLE_REASONS: [(u64, &str); 4] = [
 /// the GPU, so its processes and memory are that runner's own.
 pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) -> GpuHealth {
     let unhealthy = unhealthy_reasons(signals, settings);
+    let until_reset = !unhealthy.is_empty() && only_pending(signals, settings);
     let (state, reasons) = if !unhealthy.is_empty() {
         (HealthState::Unhealthy, unhealthy)
     } else if !signals.unreadable.is_empty() {
@@ -86,7 +87,24 @@ pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) 
             .copied()
             .filter(|x| settings.application_xids.contains(x))
             .collect(),
+        until_reset,
+        quarantined: false,
     }
+}
+
+/// Whether every fault the signals show ends with a GPU reset (pages pending retirement, rows
+/// pending remapping): a quarantine for those ends when NVML reports them done.
+fn only_pending(s: &GpuSignals, settings: &GpuHealthSettings) -> bool {
+    let pending = s.retired_pages_pending == Some(true) || s.remapped_rows_pending == Some(true);
+    let critical_xid = s
+        .xids
+        .iter()
+        .any(|x| !settings.application_xids.contains(x));
+    pending
+        && !critical_xid
+        && !s.ecc_error_event
+        && s.ecc_uncorrected_volatile.unwrap_or(0) == 0
+        && s.remapped_rows_failure != Some(true)
 }
 
 fn unhealthy_reasons(s: &GpuSignals, settings: &GpuHealthSettings) -> Vec<String> {

@@ -7,6 +7,8 @@ use super::tests::{add_runner, empty_world, plan, set_busy, spec, with_pools, BA
 use super::Action;
 use crate::observe::state::{GpuHealth, HealthState, Observed, PoolLoad};
 
+/// Marks a GPU's health; an unhealthy one as quarantined already (the quarantine's own test
+/// says otherwise).
 fn mark(world: &mut Observed, uuid: &str, state: HealthState, reason: &str) {
     world
         .hosts
@@ -20,6 +22,8 @@ fn mark(world: &mut Observed, uuid: &str, state: HealthState, reason: &str) {
                 state,
                 reasons: vec![reason.to_string()],
                 application_xids: vec![],
+                quarantined: state == HealthState::Unhealthy,
+                ..GpuHealth::default()
             },
         );
 }
@@ -204,6 +208,7 @@ fn an_application_xid_is_recorded_against_the_runner_not_the_gpu() {
                 state: HealthState::Healthy,
                 reasons: vec![],
                 application_xids: vec![13],
+                ..GpuHealth::default()
             },
         );
     let doc = plan(&spec, &world).expect("plan");
@@ -211,5 +216,57 @@ fn an_application_xid_is_recorded_against_the_runner_not_the_gpu() {
     assert_eq!(
         doc.warnings,
         ["host `local`: application Xid 13 on GPU GPU-a, held by runner `zq-gpu-a`: a fault of its job, not of the GPU"]
+    );
+}
+
+fn quarantine_record(uuid: &str, until_reset: bool) -> crate::observe::state::VolumeState {
+    crate::observe::state::VolumeState {
+        name: format!("zq-gpu-quarantine.{uuid}"),
+        owned: true,
+        quarantine: Some(crate::observe::state::QuarantineRecord {
+            uuid: uuid.into(),
+            reason: "critical Xid 79".into(),
+            since: Some(1),
+            until_reset,
+            malformed: None,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_unhealthy_gpu_is_quarantined_once_and_a_reset_lifts_only_a_reset_quarantine() {
+    let spec = with_pools("  gpu:\n    count: 0\n    image: r:1\n    gpus: 1\n");
+    let mut world = empty_world();
+    mark(&mut world, "GPU-a", HealthState::Unhealthy, "critical Xid 79");
+    let host = world.hosts.get_mut("local").expect("host");
+    host.gpus.health.get_mut("GPU-a").expect("health").quarantined = false;
+    let doc = plan(&spec, &world).expect("plan");
+    assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
+    let change = &doc.changes[0];
+    assert_eq!(
+        (change.action, change.name.as_str()),
+        (Action::CreateVolume, "zq-gpu-quarantine.GPU-a")
+    );
+    assert_eq!(change.reasons, ["quarantine GPU GPU-a: critical Xid 79"]);
+
+    // Quarantined already: nothing more.
+    let host = world.hosts.get_mut("local").expect("host");
+    host.gpus.health.get_mut("GPU-a").expect("health").quarantined = true;
+    assert!(plan(&spec, &world).expect("plan").changes.is_empty());
+
+    // A record that ends with a reset goes once the GPU reads healthy; one the operator must
+    // release stays.
+    let mut world = empty_world();
+    let host = world.hosts.get_mut("local").expect("host");
+    host.volumes.push(quarantine_record("GPU-b", true));
+    host.volumes.push(quarantine_record("GPU-c", false));
+    mark(&mut world, "GPU-b", HealthState::Healthy, "");
+    mark(&mut world, "GPU-c", HealthState::Healthy, "");
+    let doc = plan(&spec, &world).expect("plan");
+    assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
+    assert_eq!(
+        (doc.changes[0].action, doc.changes[0].name.as_str()),
+        (Action::DestroyVolume, "zq-gpu-quarantine.GPU-b")
     );
 }
