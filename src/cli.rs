@@ -489,7 +489,9 @@ fn release_command(file: &Path, uuid: &str, only: Option<&str>) -> Result<u8, Fa
         Ok::<_, Failure>(released)
     })?;
     if released.is_empty() {
-        let at = only.map_or("any host of the spec".to_string(), |h| format!("host `{h}`"));
+        let at = only.map_or("any host of the spec".to_string(), |h| {
+            format!("host `{h}`")
+        });
         return Err(Failure::Other(format!(
             "GPU {uuid} has no quarantine record of fleet `{}` on {at}; nothing was changed",
             spec.name

@@ -24,10 +24,18 @@ fn fleet_gpus_shows_each_gpus_health_and_why() {
     let out = w.fleet_nvml(&stub, &["gpus", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let health = |i: usize| value["gpus"][i]["health"].as_str().unwrap_or("?").to_string();
+    let health = |i: usize| {
+        value["gpus"][i]["health"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
     let reasons = |i: usize| value["gpus"][i]["health_reasons"].to_string();
     assert_eq!(health(0), "unhealthy", "{value}");
-    assert!(reasons(0).contains("memory rows pending remapping"), "{value}");
+    assert!(
+        reasons(0).contains("memory rows pending remapping"),
+        "{value}"
+    );
     assert_eq!(health(1), "unhealthy", "{value}");
     assert!(reasons(1).contains("critical Xid 79"), "{value}");
     // An application Xid is the job's fault: the GPU stays usable (degraded only by its
@@ -83,10 +91,9 @@ fn plan_places_no_runner_on_an_unhealthy_dirty_or_disabled_gpu() {
     assert_eq!(changes[0]["gpus"], serde_json::json!([gpus[2].uuid]));
     // The unhealthy GPU would be quarantined by an apply.
     assert!(
-        plan["changes"].to_string().contains(&format!(
-            "quarantine GPU {}: critical Xid 79",
-            gpus[0].uuid
-        )),
+        plan["changes"]
+            .to_string()
+            .contains(&format!("quarantine GPU {}: critical Xid 79", gpus[0].uuid)),
         "{plan}"
     );
     let warnings = plan["warnings"].to_string();
@@ -120,7 +127,11 @@ fn plan_places_no_runner_on_an_unhealthy_dirty_or_disabled_gpu() {
         .map(|c| c["gpus"][0].as_str().unwrap_or_default().to_string())
         .collect();
     placed.sort();
-    assert_eq!(placed, [gpus[1].uuid.clone(), gpus[2].uuid.clone()], "{plan}");
+    assert_eq!(
+        placed,
+        [gpus[1].uuid.clone(), gpus[2].uuid.clone()],
+        "{plan}"
+    );
 }
 
 /// The labels of the GPU quarantine records of this run, by GPU.
@@ -151,7 +162,13 @@ fn a_critical_xid_quarantines_the_gpu_until_the_operator_releases_it() {
         &format!("event 1 {} xid 79\n", gpus[0].uuid),
     );
     let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(
         stdout(&out).contains(&format!("quarantine GPU {}: critical Xid 79", gpus[0].uuid)),
         "{}",
@@ -196,9 +213,15 @@ fn a_critical_xid_quarantines_the_gpu_until_the_operator_releases_it() {
     assert!(quarantine_records(&w).is_empty());
     let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert!(!plan["warnings"].to_string().contains(&gpus[0].uuid), "{plan}");
+    assert!(
+        !plan["warnings"].to_string().contains(&gpus[0].uuid),
+        "{plan}"
+    );
     // Nothing left to release: an error, and nothing changed.
-    let out = w.fleet_nvml(&stub, &["gpus", "--release", &gpus[0].uuid, "--host", "local"]);
+    let out = w.fleet_nvml(
+        &stub,
+        &["gpus", "--release", &gpus[0].uuid, "--host", "local"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("has no quarantine record of fleet"),
@@ -219,7 +242,13 @@ fn a_quarantine_for_pending_remapping_ends_when_nvml_reports_the_reset_done() {
         &format!("health {} remapped_pending=1\n", gpus[1].uuid),
     );
     let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let records = quarantine_records(&w);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].1["fleet.gpu-quarantine.until-reset"], "true");
@@ -227,7 +256,13 @@ fn a_quarantine_for_pending_remapping_ends_when_nvml_reports_the_reset_done() {
     // The GPU is reset: the record goes with the next apply.
     stub.write(StubInit::Ok, &gpus);
     let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(
         stdout(&out).contains(&format!(
             "GPU {} was reset: NVML no longer reports memory pending retirement or remapping",

@@ -378,7 +378,9 @@ fn quarantine_labels(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut map: std::collections::HashMap<String, String> =
-        contract::volume_labels(fleet, "", None).into_iter().collect();
+        contract::volume_labels(fleet, "", None)
+            .into_iter()
+            .collect();
     if let Some(record) = record {
         map.insert(labels::GPU_QUARANTINE.into(), record.uuid.clone());
         map.insert(labels::GPU_QUARANTINE_REASON.into(), record.reason.clone());

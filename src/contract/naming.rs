@@ -62,7 +62,13 @@ pub fn state_volume(runner: &str) -> String {
 pub fn gpu_quarantine_record(fleet: &str, uuid: &str) -> String {
     let uuid: String = uuid
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{fleet}-gpu-quarantine.{uuid}")
 }

@@ -229,7 +229,9 @@ fn quarantine_record(uuid: String, labels: &BTreeMap<String, String>) -> Quarant
         .get(labels::GPU_QUARANTINE_SINCE)
         .and_then(|s| s.parse::<i64>().ok());
     let reason = labels.get(labels::GPU_QUARANTINE_REASON).cloned();
-    let until_reset = labels.get(labels::GPU_QUARANTINE_UNTIL_RESET).map(String::as_str);
+    let until_reset = labels
+        .get(labels::GPU_QUARANTINE_UNTIL_RESET)
+        .map(String::as_str);
     let malformed = match (&since, &reason, until_reset) {
         (Some(_), Some(_), Some("true" | "false")) if uuid.starts_with("GPU-") => None,
         _ => Some(format!(

@@ -67,7 +67,10 @@ pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) 
             .map(|r| format!("health unknown: {r}"))
             .collect();
         (HealthState::Unknown, reasons)
-    } else if let Some(dirty) = (!held).then(|| dirty_reasons(signals, settings)).filter(|r| !r.is_empty()) {
+    } else if let Some(dirty) = (!held)
+        .then(|| dirty_reasons(signals, settings))
+        .filter(|r| !r.is_empty())
+    {
         (HealthState::Dirty, dirty)
     } else {
         let degraded = degraded_reasons(signals, settings);
@@ -247,7 +250,10 @@ mod tests {
         }]);
         let health = classify(&s, &GpuHealthSettings::default(), false);
         assert_eq!(health.state, HealthState::Dirty);
-        assert!(health.reasons[0].contains("PID 4242 using 300 MiB"), "{health:?}");
+        assert!(
+            health.reasons[0].contains("PID 4242 using 300 MiB"),
+            "{health:?}"
+        );
         // The runner that holds it owns its processes.
         assert_eq!(state(&s, true), HealthState::Healthy);
 

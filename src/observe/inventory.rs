@@ -187,7 +187,9 @@ impl GpuRead {
             let held = containers.iter().any(|c| {
                 matches!(
                     c.status,
-                    ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
+                    ContainerStatus::Running
+                        | ContainerStatus::Paused
+                        | ContainerStatus::Restarting
                 ) && c.gpus().contains(uuid)
             });
             let read = self.signals.get(uuid).map(|s| classify(s, settings, held));
@@ -224,9 +226,12 @@ fn quarantined(read: Option<GpuHealth>, record: Option<&QuarantineRecord>) -> Op
         });
     }
     let reset_done = record.until_reset
-        && read
-            .as_ref()
-            .is_some_and(|h| matches!(h.state, HealthState::Healthy | HealthState::Degraded | HealthState::Dirty));
+        && read.as_ref().is_some_and(|h| {
+            matches!(
+                h.state,
+                HealthState::Healthy | HealthState::Degraded | HealthState::Dirty
+            )
+        });
     if reset_done {
         return read;
     }
@@ -305,9 +310,12 @@ mod tests {
 
     #[test]
     fn a_record_holds_the_gpu_unhealthy_until_released_or_reset() {
-        let held = quarantined(read(HealthState::Healthy), Some(&record(false, None)))
-            .expect("health");
-        assert_eq!((held.state, held.quarantined), (HealthState::Unhealthy, true));
+        let held =
+            quarantined(read(HealthState::Healthy), Some(&record(false, None))).expect("health");
+        assert_eq!(
+            (held.state, held.quarantined),
+            (HealthState::Unhealthy, true)
+        );
         assert_eq!(
             held.reasons,
             ["quarantined (critical Xid 79), until `fleet gpus --release GPU-a`"]
@@ -316,12 +324,15 @@ mod tests {
         let declared = quarantined(None, Some(&record(false, None))).expect("health");
         assert_eq!(declared.state, HealthState::Unhealthy);
         // A reset clears a pending-only fault: the read health stands (the plan lifts it).
-        let reset = quarantined(read(HealthState::Healthy), Some(&record(true, None)))
-            .expect("health");
-        assert_eq!((reset.state, reset.quarantined), (HealthState::Healthy, false));
+        let reset =
+            quarantined(read(HealthState::Healthy), Some(&record(true, None))).expect("health");
+        assert_eq!(
+            (reset.state, reset.quarantined),
+            (HealthState::Healthy, false)
+        );
         // Unknown health does not lift it.
-        let unknown = quarantined(read(HealthState::Unknown), Some(&record(true, None)))
-            .expect("health");
+        let unknown =
+            quarantined(read(HealthState::Unknown), Some(&record(true, None))).expect("health");
         assert_eq!(unknown.state, HealthState::Unhealthy);
         assert_eq!(quarantined(None, None), None);
     }
@@ -334,7 +345,10 @@ mod tests {
         )
         .expect("health");
         assert_eq!(health.state, HealthState::Unknown);
-        assert!(health.reasons[0].contains("malformed (no time)"), "{health:?}");
+        assert!(
+            health.reasons[0].contains("malformed (no time)"),
+            "{health:?}"
+        );
         assert!(!health.quarantined);
     }
 }

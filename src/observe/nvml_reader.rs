@@ -164,12 +164,12 @@ pub fn read(
             s.ecc_corrected_rising = before.is_some_and(|b| now > b);
         }
         match (&drained, events) {
-            (Some(Err(e)), _) => s
+            (Some(Err(e)), _) => s.unreadable.push(format!(
+                "NVML's event set failed ({e}), so Xid errors cannot be seen"
+            )),
+            (None, _) => s
                 .unreadable
-                .push(format!("NVML's event set failed ({e}), so Xid errors cannot be seen")),
-            (None, _) => s.unreadable.push(
-                "NVML cannot register for Xid and ECC events on this machine".to_string(),
-            ),
+                .push("NVML cannot register for Xid and ECC events on this machine".to_string()),
             _ => {}
         }
         signals.insert(uuid, s);

@@ -3,8 +3,8 @@
 //! because of GPU health is a warning, and an autoscaled pool offers only what healthy GPUs
 //! give (docs/gpu-health.md).
 
-use super::tests::{add_runner, empty_world, plan, set_busy, spec, with_pools, BASE};
 use super::Action;
+use super::tests::{BASE, add_runner, empty_world, plan, set_busy, spec, with_pools};
 use crate::observe::state::{GpuHealth, HealthState, Observed, PoolLoad};
 
 /// Marks a GPU's health; an unhealthy one as quarantined already (the quarantine's own test
@@ -71,8 +71,18 @@ fn an_idle_runner_leaves_an_unhealthy_gpu_and_a_busy_one_after_its_job() {
     add_runner(&mut world, &spec, "gpu", "zq-gpu-idle", &["GPU-a"]);
     add_runner(&mut world, &spec, "gpu", "zq-gpu-busy", &["GPU-b"]);
     set_busy(&mut world, "zq-gpu-busy");
-    mark(&mut world, "GPU-a", HealthState::Unhealthy, "critical Xid 79");
-    mark(&mut world, "GPU-b", HealthState::Unhealthy, "critical Xid 48");
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
+    mark(
+        &mut world,
+        "GPU-b",
+        HealthState::Unhealthy,
+        "critical Xid 48",
+    );
     let doc = plan(&spec, &world).expect("plan");
     assert_eq!(doc.changes.len(), 2, "{:?}", doc.changes);
     let change = doc
@@ -110,7 +120,12 @@ fn an_idle_runner_leaves_an_unhealthy_gpu_and_a_busy_one_after_its_job() {
 fn a_pool_short_because_of_gpu_health_is_a_warning_not_an_error() {
     let spec = with_pools("  gpu:\n    count: 4\n    image: r:1\n    gpus: 1\n");
     let mut world = empty_world();
-    mark(&mut world, "GPU-d", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-d",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     let doc = plan(&spec, &world).expect("a warning, not an error");
     assert_eq!(doc.changes.len(), 3);
     assert!(
@@ -132,17 +147,31 @@ fn a_pool_short_because_of_gpu_health_is_a_warning_not_an_error() {
 fn an_ephemeral_runner_with_no_healthy_gpu_to_move_to_leaves() {
     let spec = with_pools("  gpu:\n    count: 4\n    image: r:1\n    gpus: 1\n");
     let mut world = empty_world();
-    for (name, gpu) in [("a", "GPU-a"), ("b", "GPU-b"), ("c", "GPU-c"), ("d", "GPU-d")] {
+    for (name, gpu) in [
+        ("a", "GPU-a"),
+        ("b", "GPU-b"),
+        ("c", "GPU-c"),
+        ("d", "GPU-d"),
+    ] {
         add_runner(&mut world, &spec, "gpu", &format!("zq-gpu-{name}"), &[gpu]);
     }
-    mark(&mut world, "GPU-d", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-d",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     let doc = plan(&spec, &world).expect("plan");
     assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
     assert_eq!(
         (doc.changes[0].action, doc.changes[0].name.as_str()),
         (Action::Destroy, "zq-gpu-d")
     );
-    assert!(doc.warnings.iter().any(|w| w.contains("runs 1 runner(s) short")));
+    assert!(
+        doc.warnings
+            .iter()
+            .any(|w| w.contains("runs 1 runner(s) short"))
+    );
 }
 
 #[test]
@@ -167,13 +196,17 @@ fn disabled_gpus_are_never_placed_and_idle_runners_leave_them() {
         .expect("the runner on GPU-a moves");
     assert_eq!(
         moved.reasons,
-        ["GPU GPU-a on host `local` is disabled (taken out of service in hosts.local.gpus_disabled)"]
+        [
+            "GPU GPU-a on host `local` is disabled (taken out of service in hosts.local.gpus_disabled)"
+        ]
     );
 }
 
 #[test]
 fn an_autoscaled_pool_offers_only_what_placeable_gpus_give() {
-    let spec = with_pools("  auto:\n    image: r:1\n    gpus: 1\n    autoscale: { min_idle: 0, max: 8 }\n");
+    let spec = with_pools(
+        "  auto:\n    image: r:1\n    gpus: 1\n    autoscale: { min_idle: 0, max: 8 }\n",
+    );
     let mut world = empty_world();
     world.demand.insert(
         "auto".into(),
@@ -184,10 +217,19 @@ fn an_autoscaled_pool_offers_only_what_placeable_gpus_give() {
     );
     let healthy = super::plan(&spec, &world).expect("plan");
     assert_eq!(healthy.autoscale[0].capacity(), 4);
-    mark(&mut world, "GPU-a", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     mark(&mut world, "GPU-b", HealthState::Dirty, "a leaked process");
     let typed = super::plan(&spec, &world).expect("plan");
-    assert_eq!(typed.autoscale[0].capacity(), 2, "GitHub is offered only two");
+    assert_eq!(
+        typed.autoscale[0].capacity(),
+        2,
+        "GitHub is offered only two"
+    );
 }
 
 #[test]
@@ -215,7 +257,9 @@ fn an_application_xid_is_recorded_against_the_runner_not_the_gpu() {
     assert!(doc.changes.is_empty(), "{:?}", doc.changes);
     assert_eq!(
         doc.warnings,
-        ["host `local`: application Xid 13 on GPU GPU-a, held by runner `zq-gpu-a`: a fault of its job, not of the GPU"]
+        [
+            "host `local`: application Xid 13 on GPU GPU-a, held by runner `zq-gpu-a`: a fault of its job, not of the GPU"
+        ]
     );
 }
 
@@ -238,9 +282,18 @@ fn quarantine_record(uuid: &str, until_reset: bool) -> crate::observe::state::Vo
 fn an_unhealthy_gpu_is_quarantined_once_and_a_reset_lifts_only_a_reset_quarantine() {
     let spec = with_pools("  gpu:\n    count: 0\n    image: r:1\n    gpus: 1\n");
     let mut world = empty_world();
-    mark(&mut world, "GPU-a", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     let host = world.hosts.get_mut("local").expect("host");
-    host.gpus.health.get_mut("GPU-a").expect("health").quarantined = false;
+    host.gpus
+        .health
+        .get_mut("GPU-a")
+        .expect("health")
+        .quarantined = false;
     let doc = plan(&spec, &world).expect("plan");
     assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
     let change = &doc.changes[0];
@@ -252,7 +305,11 @@ fn an_unhealthy_gpu_is_quarantined_once_and_a_reset_lifts_only_a_reset_quarantin
 
     // Quarantined already: nothing more.
     let host = world.hosts.get_mut("local").expect("host");
-    host.gpus.health.get_mut("GPU-a").expect("health").quarantined = true;
+    host.gpus
+        .health
+        .get_mut("GPU-a")
+        .expect("health")
+        .quarantined = true;
     assert!(plan(&spec, &world).expect("plan").changes.is_empty());
 
     // A record that ends with a reset goes once the GPU reads healthy; one the operator must

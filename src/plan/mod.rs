@@ -796,8 +796,8 @@ pub(crate) mod tests;
 mod persistent_tests;
 
 #[cfg(test)]
+mod health_tests;
+#[cfg(test)]
 mod hosts_tests;
 #[cfg(test)]
 mod scaleset_tests;
-#[cfg(test)]
-mod health_tests;

@@ -79,7 +79,11 @@ pub enum Reason {
     },
     /// A GPU the runner holds may run no more jobs: unhealthy, or disabled in the spec
     /// (`why` says which, with the driver's reasons).
-    GpuUnfit { uuid: String, host: String, why: String },
+    GpuUnfit {
+        uuid: String,
+        host: String,
+        why: String,
+    },
     /// A GPU turned unhealthy: it is quarantined on its host until released (or reset).
     GpuQuarantine { uuid: String, why: String },
     /// A quarantined GPU whose fault a reset clears reads healthy again.
