@@ -327,3 +327,25 @@ fn an_unhealthy_gpu_is_quarantined_once_and_a_reset_lifts_only_a_reset_quarantin
         (Action::DestroyVolume, "zq-gpu-quarantine.GPU-b")
     );
 }
+
+#[test]
+fn words_from_a_driver_are_escaped_in_text_and_markdown() {
+    let spec = with_pools(TWO_GPU_RUNNERS);
+    let mut world = empty_world();
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unknown,
+        "NVML cannot read its memory: \u{1b}]0;owned\u{7}\n+ runner forged ``` @octocat",
+    );
+    let doc = plan(&spec, &world).expect("plan");
+    let text = crate::render::text(&doc, false);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("\\u{1b}]0;owned"), "{text}");
+    let markdown = crate::render::markdown(&doc);
+    assert!(!markdown.contains('\u{1b}'), "{markdown}");
+    assert!(
+        !markdown.lines().any(|l| l.starts_with("+ runner forged")),
+        "{markdown}"
+    );
+}
