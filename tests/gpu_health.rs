@@ -3,9 +3,14 @@
 //! or disabled, and says which pool runs short (docs/gpu-health.md).
 
 mod common;
+#[path = "support/watch.rs"]
+mod watch_process;
 
-use common::nvml::{NvmlStub, StubGpu, StubInit};
+use std::time::Duration;
+
+use common::nvml::{EngineNvidia, NvmlStub, StubGpu, StubInit};
 use common::{World, pool, stderr, stdout};
+use watch_process::WatchProcess;
 
 fn four_gpus() -> Vec<StubGpu> {
     (0..4).map(StubGpu::idle).collect()
@@ -271,5 +276,73 @@ fn a_quarantine_for_pending_remapping_ends_when_nvml_reports_the_reset_done() {
         "{}",
         stdout(&out)
     );
+    assert!(quarantine_records(&w).is_empty());
+}
+
+#[test]
+fn under_watch_a_critical_xid_moves_the_idle_runner_and_the_quarantine_outlives_a_restart() {
+    let w = World::new();
+    let gpus: Vec<StubGpu> = (0..2).map(StubGpu::idle).collect();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 1, true)));
+    let runner = w.gpu_runners(&stub, &spec, 1).remove(0);
+    let (sick, spare) = if w.ledger(&runner) == gpus[0].uuid {
+        (&gpus[0], &gpus[1])
+    } else {
+        (&gpus[1], &gpus[0])
+    };
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    // The driver reports an Xid 79 on the idle runner's GPU while watch runs.
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 79\n", sick.uuid),
+    );
+    watch.eventually(Duration::from_secs(30), "the quarantine record", || {
+        quarantine_records(&w)
+            .iter()
+            .any(|(uuid, _)| uuid == &sick.uuid)
+    });
+    if EngineNvidia::read().env_mode_starts() {
+        // The idle runner leaves the GPU for the healthy one.
+        watch.eventually(
+            Duration::from_secs(30),
+            "the runner on the spare GPU",
+            || {
+                let names = w.container_names("gpu");
+                names.len() == 1 && !names.contains(&runner) && w.ledger(&names[0]) == spare.uuid
+            },
+        );
+    }
+    drop(watch);
+
+    // A new watch (the event is not reported again) keeps the GPU quarantined: nothing moves.
+    stub.write(StubInit::Ok, &gpus);
+    let before = w.container_names("gpu");
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    watch.eventually(Duration::from_secs(30), "a reconcile", || {
+        watch_process::sample(
+            &watch.metrics(),
+            "fleet_reconcile_total",
+            &[("trigger", "resync"), ("result", "ok")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(w.container_names("gpu"), before);
+    assert_eq!(quarantine_records(&w).len(), 1);
+    assert_eq!(
+        watch_process::sample(
+            &watch.metrics(),
+            "fleet_gpu_health",
+            &[("uuid", &sick.uuid), ("state", "unhealthy")]
+        ),
+        Some(1.0),
+        "{}",
+        watch.metrics()
+    );
+    drop(watch);
+
+    let out = w.fleet_nvml(&stub, &["gpus", "--release", &sick.uuid, "--host", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(quarantine_records(&w).is_empty());
 }

@@ -197,7 +197,8 @@ impl GpuRead {
                 continue;
             };
             if !health.state.placeable() {
-                tracing::warn!(
+                // The plan warns; the log keeps it for debugging (it repeats every resync).
+                tracing::debug!(
                     "GPU {uuid} is {}: {}",
                     health.state.as_str(),
                     health.reasons.join("; ")
