@@ -346,3 +346,33 @@ fn under_watch_a_critical_xid_moves_the_idle_runner_and_the_quarantine_outlives_
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(quarantine_records(&w).is_empty());
 }
+
+#[test]
+fn an_application_xid_quarantines_nothing() {
+    let w = World::new();
+    let gpus = four_gpus();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 0, true)));
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 13\n", gpus[2].uuid),
+    );
+    let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "application Xid 13 on GPU {}, held by no runner: a fault of its job, not of the GPU",
+            gpus[2].uuid
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(quarantine_records(&w).is_empty());
+}
