@@ -413,7 +413,7 @@ fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> R
         Ok::<_, Failure>((observation, failed))
     })?;
     failed.extend(observation.failed);
-    let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
+    let devices = observed_devices();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -500,6 +500,15 @@ fn release_command(file: &Path, uuid: &str, only: Option<&str>) -> Result<u8, Fa
     Ok(print_stdout(&format!("{}\n", released.join("\n"))))
 }
 
+/// This machine's GPUs with their use: the observation's NVML reading when it made one (NVML is
+/// not read twice), else a reading of their own (GPUs declared on a local host).
+fn observed_devices() -> Vec<crate::observe::gpu::GpuDevice> {
+    match crate::observe::nvml_reader::reader().latest() {
+        Some(Ok(reading)) => reading.report.devices.clone(),
+        _ => crate::observe::gpu::nvml_devices().unwrap_or_default(),
+    }
+}
+
 /// `fleet gpus --host NAME`: the GPUs of one host of the spec and the runners holding them.
 fn host_gpus_command(file: &Path, host: &str, format: GpusFormat) -> Result<u8, Failure> {
     use crate::observe::state::GpuSource;
@@ -510,7 +519,7 @@ fn host_gpus_command(file: &Path, host: &str, format: GpusFormat) -> Result<u8, 
             &spec, host, base_dir, &env_var,
         ))
         .map_err(Failure::Observe)?;
-    let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
+    let devices = observed_devices();
     let status = crate::status::build(&spec, &observed, &devices, 0);
     let Some(view) = status.hosts.iter().find(|h| h.name == host) else {
         return Err(Failure::Other(format!("the spec has no host `{host}`")));
