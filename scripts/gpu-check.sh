@@ -2,6 +2,9 @@
 # fleet's check on a real NVIDIA machine (docs/gpus.md), run from a checkout after `cargo build`:
 #
 #   1. `fleet gpus --format json` lists what `nvidia-smi` lists (index, UUID, name, memory).
+#      Then, read-only, the health fleet reads for each GPU (docs/gpu-health.md), printed beside
+#      `nvidia-smi -q`'s ECC, page retirement, row remapper and throttle (performance) sections.
+#      Nothing is reset and no setting is changed.
 #   2. Where Docker and the NVIDIA container toolkit are present: fleet applies a pool of one
 #      runner with `gpus: 1` (against the fake GitHub of crates/fake-github, on 127.0.0.1), and
 #      inside the container `nvidia-smi -L` lists exactly the GPU fleet assigned; then destroy.
@@ -120,6 +123,36 @@ check_inventory() {
     fail "$step" "index, UUID, name or memory (MiB) differ (--- nvidia-smi, +++ fleet):
 $(cat "$work/diff.txt")"
   fi
+}
+
+# uuid<TAB>health<TAB>reasons, one line per GPU, from `fleet gpus --format json`.
+fleet_health_lines() {
+  if command -v jq >/dev/null 2>&1; then
+    jq -r '.gpus[] | [.uuid, (.health // "-"), ((.health_reasons // []) | join("; "))] | @tsv' "$1"
+  else
+    python3 -c '
+import json, sys
+for g in json.load(open(sys.argv[1]))["gpus"]:
+    print("\t".join([g["uuid"], g.get("health", "-"), "; ".join(g.get("health_reasons", []))]))
+' "$1"
+  fi
+}
+
+# Read-only: what fleet reads of each GPU's health, and what nvidia-smi says of the same.
+check_health() {
+  local step="fleet reads each GPU's health"
+  fleet_health_lines "$work/gpus.json" >"$work/health.tsv"
+  if awk -F'\t' '$2 == "-" { missing = 1 } END { exit !missing }' "$work/health.tsv"; then
+    fail "$step" "no health for some GPU:
+$(cat "$work/health.tsv")"
+  else
+    pass "$step" "$(awk -F'\t' '{ printf "%s %s%s; ", $1, $2, ($3 == "" ? "" : " (" $3 ")") }' "$work/health.tsv")"
+  fi
+  printf '\nnvidia-smi -q (ECC, page retirement, row remapper, throttle), for comparison:\n'
+  nvidia-smi -q -d ECC,PAGE_RETIREMENT,ROW_REMAPPER,PERFORMANCE 2>&1 ||
+    nvidia-smi -q -d ECC,PAGE_RETIREMENT,PERFORMANCE 2>&1 ||
+    printf '(nvidia-smi -q failed)\n'
+  printf '\n'
 }
 
 # What the engine offers: "runtime", "cdi" or "" (nothing NVIDIA).
@@ -241,6 +274,7 @@ check_container() {
 }
 
 if check_inventory; then
+  check_health
   if $inventory_only; then
     skip "the runner's container sees exactly its GPU" "--inventory-only"
   else

@@ -173,6 +173,10 @@ pub enum Command {
         /// A host of fleet.yaml (-f) instead of this machine.
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
+        /// Release the quarantine of this GPU (on --host, else on every host of fleet.yaml
+        /// where it has one) and say what was released (docs/gpu-health.md).
+        #[arg(long, value_name = "UUID")]
+        release: Option<String>,
     },
     /// What the history of `fleet watch` says of a time range: runner availability and
     /// uptime, job waits and durations, GPU-hours busy and idle, exits by cause.
@@ -414,7 +418,7 @@ fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> R
         Ok::<_, Failure>((observation, failed))
     })?;
     failed.extend(observation.failed);
-    let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
+    let devices = observed_devices();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -445,6 +449,71 @@ fn status_command(file: &Path, format: StatusFormat, hosts: &HostSelection) -> R
     )))
 }
 
+/// `fleet gpus --release UUID [--host NAME]`: removes the quarantine records of GPU `uuid`
+/// that fleet made, on `host` or on every host of the spec, and says what it released. A record
+/// fleet did not make is never touched.
+fn release_command(file: &Path, uuid: &str, only: Option<&str>) -> Result<u8, Failure> {
+    use crate::docker::DockerHost;
+    let spec = spec::load(file).map_err(Failure::Spec)?;
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let hosts = spec.effective_hosts();
+    if let Some(name) = only.filter(|n| !hosts.contains_key(*n)) {
+        return Err(Failure::Other(format!("the spec has no host `{name}`")));
+    }
+    let released = runtime()?.block_on(async {
+        let mut released = Vec::new();
+        for (name, host) in hosts.iter().filter(|(n, _)| only.is_none_or(|o| o == n.as_str())) {
+            let connection = DockerHost::connect_host(name, host, base_dir, &env_var)
+                .await
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            let volumes = connection
+                .read()
+                .owned_volumes(&spec.name)
+                .await
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            for (volume, record) in volumes
+                .iter()
+                .filter_map(|v| v.quarantine.as_ref().map(|q| (v, q)))
+                .filter(|(_, q)| q.uuid == uuid)
+            {
+                connection
+                    .write()
+                    .remove_owned_volume(&volume.name, &spec.name)
+                    .await
+                    .map_err(|e| Failure::Other(e.to_string()))?;
+                let since = record.since.map_or("at an unknown time".to_string(), |s| {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.max(0) as u64);
+                    format!("since {}", humantime::format_rfc3339_seconds(at))
+                });
+                released.push(format!(
+                    "released the quarantine of GPU {uuid} on host `{name}` (quarantined {since}: {})",
+                    record.reason
+                ));
+            }
+        }
+        Ok::<_, Failure>(released)
+    })?;
+    if released.is_empty() {
+        let at = only.map_or("any host of the spec".to_string(), |h| {
+            format!("host `{h}`")
+        });
+        return Err(Failure::Other(format!(
+            "GPU {uuid} has no quarantine record of fleet `{}` on {at}; nothing was changed",
+            spec.name
+        )));
+    }
+    Ok(print_stdout(&format!("{}\n", released.join("\n"))))
+}
+
+/// This machine's GPUs with their use: the observation's NVML reading when it made one (NVML is
+/// not read twice), else a reading of their own (GPUs declared on a local host).
+fn observed_devices() -> Vec<crate::observe::gpu::GpuDevice> {
+    match crate::observe::nvml_reader::reader().latest() {
+        Some(Ok(reading)) => reading.report.devices.clone(),
+        _ => crate::observe::gpu::nvml_devices().unwrap_or_default(),
+    }
+}
+
 /// `fleet gpus --host NAME`: the GPUs of one host of the spec and the runners holding them.
 fn host_gpus_command(file: &Path, host: &str, format: GpusFormat) -> Result<u8, Failure> {
     use crate::observe::state::GpuSource;
@@ -455,7 +524,7 @@ fn host_gpus_command(file: &Path, host: &str, format: GpusFormat) -> Result<u8, 
             &spec, host, base_dir, &env_var,
         ))
         .map_err(Failure::Observe)?;
-    let devices = crate::observe::gpu::nvml_devices().unwrap_or_default();
+    let devices = observed_devices();
     let status = crate::status::build(&spec, &observed, &devices, 0);
     let Some(view) = status.hosts.iter().find(|h| h.name == host) else {
         return Err(Failure::Other(format!("the spec has no host `{host}`")));
@@ -1056,10 +1125,18 @@ pub fn run(cli: Cli) -> u8 {
             run,
             hosts,
         } => destroy_command(&cli.file, auto_approve, volumes, &run, &hosts),
-        Command::Gpus { format, host: None } => gpus_command(format),
+        Command::Gpus {
+            release: Some(uuid),
+            host,
+            ..
+        } => release_command(&cli.file, &uuid, host.as_deref()),
+        Command::Gpus {
+            format, host: None, ..
+        } => gpus_command(format),
         Command::Gpus {
             format,
             host: Some(host),
+            ..
         } => host_gpus_command(&cli.file, &host, format),
         Command::Watch {
             resync,

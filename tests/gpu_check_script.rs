@@ -25,7 +25,7 @@ fn fake_nvidia_smi(dir: &Path, gpus: &[StubGpu]) {
         ));
     }
     let script = format!(
-        "#!/bin/sh\ncase \"$1\" in\n  -L) printf '%s' '{listing}' ;;\n  --query-gpu=index,uuid,name,memory.total) printf '%s' '{query}' ;;\n  *) echo \"unexpected: $*\" >&2; exit 2 ;;\nesac\n"
+        "#!/bin/sh\ncase \"$1\" in\n  -L) printf '%s' '{listing}' ;;\n  --query-gpu=index,uuid,name,memory.total) printf '%s' '{query}' ;;\n  -q) echo '    ECC Errors (stand-in)' ;;\n  *) echo \"unexpected: $*\" >&2; exit 2 ;;\nesac\n"
     );
     let path = dir.join("nvidia-smi");
     std::fs::write(&path, script).expect("write nvidia-smi");
@@ -75,8 +75,17 @@ fn the_inventory_step_passes_when_fleet_and_nvidia_smi_agree_and_fails_when_they
         text.contains("SKIP  the runner's container sees exactly its GPU: --inventory-only"),
         "{text}"
     );
+    // Read-only, the health fleet reads, beside nvidia-smi's own sections.
     assert!(
-        text.ends_with("gpu-check: 1 passed, 0 failed, 1 skipped\n"),
+        text.contains(&format!(
+            "PASS  fleet reads each GPU's health: {} healthy; {} healthy; ",
+            gpus[0].uuid, gpus[1].uuid
+        )),
+        "{text}"
+    );
+    assert!(text.contains("    ECC Errors (stand-in)"), "{text}");
+    assert!(
+        text.ends_with("gpu-check: 2 passed, 0 failed, 1 skipped\n"),
         "{text}"
     );
 

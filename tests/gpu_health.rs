@@ -3,18 +3,17 @@
 //! or disabled, and says which pool runs short (docs/gpu-health.md).
 
 mod common;
+#[path = "support/watch.rs"]
+mod watch_process;
 
-use common::nvml::{NvmlStub, StubGpu, StubInit};
+use std::time::Duration;
+
+use common::nvml::{EngineNvidia, NvmlStub, StubGpu, StubInit};
 use common::{World, pool, stderr, stdout};
+use watch_process::WatchProcess;
 
 fn four_gpus() -> Vec<StubGpu> {
-    (0..4)
-        .map(|n| StubGpu {
-            processes: 0,
-            memory_used_bytes: 0,
-            ..StubGpu::numbered(n)
-        })
-        .collect()
+    (0..4).map(StubGpu::idle).collect()
 }
 
 #[test]
@@ -30,10 +29,18 @@ fn fleet_gpus_shows_each_gpus_health_and_why() {
     let out = w.fleet_nvml(&stub, &["gpus", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let health = |i: usize| value["gpus"][i]["health"].as_str().unwrap_or("?").to_string();
+    let health = |i: usize| {
+        value["gpus"][i]["health"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
     let reasons = |i: usize| value["gpus"][i]["health_reasons"].to_string();
     assert_eq!(health(0), "unhealthy", "{value}");
-    assert!(reasons(0).contains("memory rows pending remapping"), "{value}");
+    assert!(
+        reasons(0).contains("memory rows pending remapping"),
+        "{value}"
+    );
     assert_eq!(health(1), "unhealthy", "{value}");
     assert!(reasons(1).contains("critical Xid 79"), "{value}");
     // An application Xid is the job's fault: the GPU stays usable (degraded only by its
@@ -79,9 +86,21 @@ fn plan_places_no_runner_on_an_unhealthy_dirty_or_disabled_gpu() {
     let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let changes = plan["changes"].as_array().expect("changes");
+    let changes: Vec<&serde_json::Value> = plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["action"] == "create")
+        .collect();
     assert_eq!(changes.len(), 1, "{plan}");
     assert_eq!(changes[0]["gpus"], serde_json::json!([gpus[2].uuid]));
+    // The unhealthy GPU would be quarantined by an apply.
+    assert!(
+        plan["changes"]
+            .to_string()
+            .contains(&format!("quarantine GPU {}: critical Xid 79", gpus[0].uuid)),
+        "{plan}"
+    );
     let warnings = plan["warnings"].to_string();
     for expected in [
         format!(
@@ -109,8 +128,251 @@ fn plan_places_no_runner_on_an_unhealthy_dirty_or_disabled_gpu() {
         .as_array()
         .expect("changes")
         .iter()
+        .filter(|c| c["action"] == "create")
         .map(|c| c["gpus"][0].as_str().unwrap_or_default().to_string())
         .collect();
     placed.sort();
-    assert_eq!(placed, [gpus[1].uuid.clone(), gpus[2].uuid.clone()], "{plan}");
+    assert_eq!(
+        placed,
+        [gpus[1].uuid.clone(), gpus[2].uuid.clone()],
+        "{plan}"
+    );
+}
+
+/// The labels of the GPU quarantine records of this run, by GPU.
+fn quarantine_records(w: &World) -> Vec<(String, serde_json::Value)> {
+    w.owned_volumes()
+        .into_iter()
+        .filter_map(|name| {
+            let out = common::docker_ok(&["volume", "inspect", &name]);
+            let value: serde_json::Value = serde_json::from_str(&out).expect("volume JSON");
+            let labels = value[0]["Labels"].clone();
+            labels["fleet.gpu-quarantine"]
+                .as_str()
+                .map(|uuid| (uuid.to_string(), labels.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_critical_xid_quarantines_the_gpu_until_the_operator_releases_it() {
+    let w = World::new();
+    let gpus = four_gpus();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    // A pool that asks for GPUs but no runner: only the quarantine is applied.
+    w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 0, true)));
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 79\n", gpus[0].uuid),
+    );
+    let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!("quarantine GPU {}: critical Xid 79", gpus[0].uuid)),
+        "{}",
+        stdout(&out)
+    );
+    let records = quarantine_records(&w);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].0, gpus[0].uuid);
+    assert_eq!(records[0].1["fleet.gpu-quarantine.until-reset"], "false");
+    assert!(
+        records[0].1["fleet.gpu-quarantine.since"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok())
+    );
+
+    // The Xid is not reported again (a new process, a new event set): the record holds the
+    // GPU back, and nothing more is planned.
+    stub.write(StubInit::Ok, &gpus);
+    let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["changes"], serde_json::json!([]), "{plan}");
+    assert!(
+        plan["warnings"].to_string().contains(&format!(
+            "GPU {} is unhealthy (quarantined (critical Xid 79 reported by the driver), until `fleet gpus --release {}`)",
+            gpus[0].uuid, gpus[0].uuid
+        )),
+        "{plan}"
+    );
+
+    // Released by the operator, who is told what was released.
+    let out = w.fleet_nvml(&stub, &["gpus", "--release", &gpus[0].uuid]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!(
+            "released the quarantine of GPU {} on host `local` (quarantined since ",
+            gpus[0].uuid
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(quarantine_records(&w).is_empty());
+    let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        !plan["warnings"].to_string().contains(&gpus[0].uuid),
+        "{plan}"
+    );
+    // Nothing left to release: an error, and nothing changed.
+    let out = w.fleet_nvml(
+        &stub,
+        &["gpus", "--release", &gpus[0].uuid, "--host", "local"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("has no quarantine record of fleet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_quarantine_for_pending_remapping_ends_when_nvml_reports_the_reset_done() {
+    let w = World::new();
+    let gpus = four_gpus();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 0, true)));
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("health {} remapped_pending=1\n", gpus[1].uuid),
+    );
+    let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let records = quarantine_records(&w);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].1["fleet.gpu-quarantine.until-reset"], "true");
+
+    // The GPU is reset: the record goes with the next apply.
+    stub.write(StubInit::Ok, &gpus);
+    let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "GPU {} was reset: NVML no longer reports memory pending retirement or remapping",
+            gpus[1].uuid
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(quarantine_records(&w).is_empty());
+}
+
+#[test]
+fn under_watch_a_critical_xid_moves_the_idle_runner_and_the_quarantine_outlives_a_restart() {
+    let w = World::new();
+    let gpus: Vec<StubGpu> = (0..2).map(StubGpu::idle).collect();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 1, true)));
+    let runner = w.gpu_runners(&stub, &spec, 1).remove(0);
+    let (sick, spare) = if w.ledger(&runner) == gpus[0].uuid {
+        (&gpus[0], &gpus[1])
+    } else {
+        (&gpus[1], &gpus[0])
+    };
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    // The driver reports an Xid 79 on the idle runner's GPU while watch runs.
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 79\n", sick.uuid),
+    );
+    watch.eventually(Duration::from_secs(30), "the quarantine record", || {
+        quarantine_records(&w)
+            .iter()
+            .any(|(uuid, _)| uuid == &sick.uuid)
+    });
+    if EngineNvidia::read().env_mode_starts() {
+        // The idle runner leaves the GPU for the healthy one.
+        watch.eventually(
+            Duration::from_secs(30),
+            "the runner on the spare GPU",
+            || {
+                let names = w.container_names("gpu");
+                names.len() == 1 && !names.contains(&runner) && w.ledger(&names[0]) == spare.uuid
+            },
+        );
+    }
+    drop(watch);
+
+    // A new watch (the event is not reported again) keeps the GPU quarantined: nothing moves.
+    stub.write(StubInit::Ok, &gpus);
+    let before = w.container_names("gpu");
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    watch.eventually(Duration::from_secs(30), "a reconcile", || {
+        watch_process::sample(
+            &watch.metrics(),
+            "fleet_reconcile_total",
+            &[("trigger", "resync"), ("result", "ok")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(w.container_names("gpu"), before);
+    assert_eq!(quarantine_records(&w).len(), 1);
+    assert_eq!(
+        watch_process::sample(
+            &watch.metrics(),
+            "fleet_gpu_health",
+            &[("uuid", &sick.uuid), ("state", "unhealthy")]
+        ),
+        Some(1.0),
+        "{}",
+        watch.metrics()
+    );
+    drop(watch);
+
+    let out = w.fleet_nvml(&stub, &["gpus", "--release", &sick.uuid, "--host", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(quarantine_records(&w).is_empty());
+}
+
+#[test]
+fn an_application_xid_quarantines_nothing() {
+    let w = World::new();
+    let gpus = four_gpus();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 0, true)));
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 13\n", gpus[2].uuid),
+    );
+    let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "application Xid 13 on GPU {}, held by no runner: a fault of its job, not of the GPU",
+            gpus[2].uuid
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(quarantine_records(&w).is_empty());
 }

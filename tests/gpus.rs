@@ -365,11 +365,7 @@ fn nvml_failures_are_clear_errors_with_exit_1() {
 #[test]
 fn gpus_auto_places_runners_on_the_gpus_nvml_reports() {
     let w = World::new();
-    let gpus = [
-        StubGpu::numbered(0),
-        StubGpu::numbered(1),
-        StubGpu::numbered(2),
-    ];
+    let gpus = [StubGpu::idle(0), StubGpu::idle(1), StubGpu::idle(2)];
     let stub = NvmlStub::new(w.dir.path(), &gpus);
     w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 2, true)));
     let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
@@ -409,11 +405,7 @@ fn gpus_auto_places_runners_on_the_gpus_nvml_reports() {
 #[test]
 fn a_gpu_lost_between_two_plans_replaces_its_runner() {
     let w = World::new();
-    let mut gpus = vec![
-        StubGpu::numbered(0),
-        StubGpu::numbered(1),
-        StubGpu::numbered(2),
-    ];
+    let mut gpus = vec![StubGpu::idle(0), StubGpu::idle(1), StubGpu::idle(2)];
     let stub = NvmlStub::new(w.dir.path(), &gpus);
     let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 2, true)));
     let names = w.gpu_runners(&stub, &spec, 2);

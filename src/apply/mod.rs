@@ -303,6 +303,12 @@ impl<'a> Executor<'a> {
     async fn volume(&self, volume: &VolumeChange) -> Result<StepResult, StepError> {
         let host = self.host(&volume.host)?;
         match volume.op {
+            VolumeOp::Create if volume.quarantine.is_some() => {
+                let labels = quarantine_labels(&self.spec.name, volume.quarantine.as_ref());
+                host.write()
+                    .create_owned_volume(&volume.name, labels, &self.spec.name)
+                    .await?;
+            }
             VolumeOp::Create => {
                 let pool = volume.pool.as_deref().unwrap_or_default();
                 let labels = contract::volume_labels(&self.spec.name, pool, None);
@@ -360,4 +366,29 @@ impl<'a> Executor<'a> {
                 source,
             })
     }
+}
+
+/// The labels of a GPU's quarantine record, stamped with the time of the apply that makes it.
+fn quarantine_labels(
+    fleet: &str,
+    record: Option<&crate::observe::state::QuarantineRecord>,
+) -> std::collections::HashMap<String, String> {
+    use contract::labels;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut map: std::collections::HashMap<String, String> =
+        contract::volume_labels(fleet, "", None)
+            .into_iter()
+            .collect();
+    if let Some(record) = record {
+        map.insert(labels::GPU_QUARANTINE.into(), record.uuid.clone());
+        map.insert(labels::GPU_QUARANTINE_REASON.into(), record.reason.clone());
+        map.insert(labels::GPU_QUARANTINE_SINCE.into(), now.to_string());
+        map.insert(
+            labels::GPU_QUARANTINE_UNTIL_RESET.into(),
+            record.until_reset.to_string(),
+        );
+    }
+    map
 }

@@ -35,6 +35,15 @@ pub mod labels {
     /// On the record of a runner scale set fleet made (an empty volume): the scale set's name.
     /// It lets `apply` know, without reading GitHub, that there are scale sets to look after.
     pub const SCALE_SET: &str = "fleet.scale-set";
+    /// On the quarantine record of a GPU (an empty volume on its host): the GPU's UUID.
+    pub const GPU_QUARANTINE: &str = "fleet.gpu-quarantine";
+    /// Why it was quarantined (the health reasons at the time).
+    pub const GPU_QUARANTINE_REASON: &str = "fleet.gpu-quarantine.reason";
+    /// When, seconds since the epoch.
+    pub const GPU_QUARANTINE_SINCE: &str = "fleet.gpu-quarantine.since";
+    /// `true` when the quarantine ends by itself once NVML reports the reset done (pages
+    /// pending retirement, rows pending remapping); `false`: the operator releases it.
+    pub const GPU_QUARANTINE_UNTIL_RESET: &str = "fleet.gpu-quarantine.until-reset";
 }
 
 /// Labels GitHub gives runners itself and that its API cannot change (they are `read-only`):

@@ -58,6 +58,21 @@ pub fn state_volume(runner: &str) -> String {
     format!("{runner}-state")
 }
 
+/// The name of the (empty) volume that records the quarantine of GPU `uuid`.
+pub fn gpu_quarantine_record(fleet: &str, uuid: &str) -> String {
+    let uuid: String = uuid
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{fleet}-gpu-quarantine.{uuid}")
+}
+
 /// The name of the (empty) volume that records pool `pool`'s runner scale set.
 pub fn scale_set_record(fleet: &str, pool: &str) -> String {
     format!("{fleet}-{pool}.scale-set")

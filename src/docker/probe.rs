@@ -473,7 +473,8 @@ mod tests {
 
     #[test]
     fn counters_a_gpu_lacks_are_absent_and_garbage_is_unknown() {
-        let line = "0, GPU-a, Tesla T4, 15360, 0, 30, [N/A], [N/A], [N/A], [Not Supported], [N/A], 0x0";
+        let line =
+            "0, GPU-a, Tesla T4, 15360, 0, 30, [N/A], [N/A], [N/A], [Not Supported], [N/A], 0x0";
         let gpu = &parse_nvidia_smi(line).expect("parsed")[0];
         assert_eq!(gpu.signals.ecc_uncorrected_volatile, None);
         assert_eq!(gpu.signals.remapped_rows_pending, None);
@@ -488,8 +489,9 @@ mod tests {
 
     #[test]
     fn a_name_with_a_comma_is_kept_and_other_text_is_refused() {
-        let gpus = parse_nvidia_smi("0, GPU-a, Tesla T4, rev. 2, 15360, 0, 30, 0, 0, No, No, No, 0x0")
-            .expect("parsed");
+        let gpus =
+            parse_nvidia_smi("0, GPU-a, Tesla T4, rev. 2, 15360, 0, 30, 0, 0, No, No, No, 0x0")
+                .expect("parsed");
         assert_eq!(gpus[0].info.name, "Tesla T4,rev. 2");
         let e = parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate")
             .expect_err("refused");

@@ -10,7 +10,8 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptions
 use super::{DockerError, DockerHost, api_path};
 use crate::contract::{self, labels};
 use crate::observe::state::{
-    ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, VolumeState,
+    ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, QuarantineRecord,
+    VolumeState,
 };
 
 /// What the spec names on one host, whose presence the planner checks.
@@ -132,6 +133,16 @@ impl DockerRead<'_> {
         Ok(containers)
     }
 
+    /// The volumes the fleet owns, sorted by name.
+    pub async fn owned_volumes(&self, fleet: &str) -> Result<Vec<VolumeState>, DockerError> {
+        Ok(self
+            .volumes(fleet, &[])
+            .await?
+            .into_iter()
+            .filter(|v| v.owned)
+            .collect())
+    }
+
     /// The volumes the fleet owns and those of `names` (owned or not: a volume the spec mounts,
     /// or one holding a persistent runner's state volume name), sorted by name.
     async fn volumes(
@@ -211,7 +222,36 @@ fn volume_state(name: String, labels: BTreeMap<String, String>, fleet: &str) -> 
         pool: label(labels::POOL),
         runner: label(labels::RUNNER),
         scale_set: label(labels::SCALE_SET),
+        quarantine: label(labels::GPU_QUARANTINE).map(|uuid| quarantine_record(uuid, &labels)),
         name,
+    }
+}
+
+/// A GPU quarantine record from its labels; one that does not say when or why is malformed.
+fn quarantine_record(uuid: String, labels: &BTreeMap<String, String>) -> QuarantineRecord {
+    let since = labels
+        .get(labels::GPU_QUARANTINE_SINCE)
+        .and_then(|s| s.parse::<i64>().ok());
+    let reason = labels.get(labels::GPU_QUARANTINE_REASON).cloned();
+    let until_reset = labels
+        .get(labels::GPU_QUARANTINE_UNTIL_RESET)
+        .map(String::as_str);
+    let malformed = match (&since, &reason, until_reset) {
+        (Some(_), Some(_), Some("true" | "false")) if uuid.starts_with("GPU-") => None,
+        _ => Some(format!(
+            "its labels {}, {} and {} do not read as a time, a reason and true or false, or its GPU `{}` is no GPU UUID",
+            labels::GPU_QUARANTINE_SINCE,
+            labels::GPU_QUARANTINE_REASON,
+            labels::GPU_QUARANTINE_UNTIL_RESET,
+            uuid.chars().take(80).collect::<String>()
+        )),
+    };
+    QuarantineRecord {
+        uuid,
+        reason: reason.unwrap_or_default(),
+        since,
+        until_reset: until_reset == Some("true"),
+        malformed,
     }
 }
 

@@ -304,8 +304,7 @@ fn remapped_rows(
         FieldId(NVML_FI_DEV_REMAPPED_PENDING),
         FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
     ];
-    let Some(samples) = optional("remapped rows", device.field_values_for(&ids), problems)
-    else {
+    let Some(samples) = optional("remapped rows", device.field_values_for(&ids), problems) else {
         return (None, None);
     };
     let mut values = [None, None];

@@ -57,6 +57,7 @@ pub const THROTTLE_REASONS: [(u64, &str); 4] = [
 /// the GPU, so its processes and memory are that runner's own.
 pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) -> GpuHealth {
     let unhealthy = unhealthy_reasons(signals, settings);
+    let until_reset = !unhealthy.is_empty() && only_pending(signals, settings);
     let (state, reasons) = if !unhealthy.is_empty() {
         (HealthState::Unhealthy, unhealthy)
     } else if !signals.unreadable.is_empty() {
@@ -66,7 +67,10 @@ pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) 
             .map(|r| format!("health unknown: {r}"))
             .collect();
         (HealthState::Unknown, reasons)
-    } else if let Some(dirty) = (!held).then(|| dirty_reasons(signals, settings)).filter(|r| !r.is_empty()) {
+    } else if let Some(dirty) = (!held)
+        .then(|| dirty_reasons(signals, settings))
+        .filter(|r| !r.is_empty())
+    {
         (HealthState::Dirty, dirty)
     } else {
         let degraded = degraded_reasons(signals, settings);
@@ -86,7 +90,24 @@ pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) 
             .copied()
             .filter(|x| settings.application_xids.contains(x))
             .collect(),
+        until_reset,
+        quarantined: false,
     }
+}
+
+/// Whether every fault the signals show ends with a GPU reset (pages pending retirement, rows
+/// pending remapping): a quarantine for those ends when NVML reports them done.
+fn only_pending(s: &GpuSignals, settings: &GpuHealthSettings) -> bool {
+    let pending = s.retired_pages_pending == Some(true) || s.remapped_rows_pending == Some(true);
+    let critical_xid = s
+        .xids
+        .iter()
+        .any(|x| !settings.application_xids.contains(x));
+    pending
+        && !critical_xid
+        && !s.ecc_error_event
+        && s.ecc_uncorrected_volatile.unwrap_or(0) == 0
+        && s.remapped_rows_failure != Some(true)
 }
 
 fn unhealthy_reasons(s: &GpuSignals, settings: &GpuHealthSettings) -> Vec<String> {
@@ -229,7 +250,10 @@ mod tests {
         }]);
         let health = classify(&s, &GpuHealthSettings::default(), false);
         assert_eq!(health.state, HealthState::Dirty);
-        assert!(health.reasons[0].contains("PID 4242 using 300 MiB"), "{health:?}");
+        assert!(
+            health.reasons[0].contains("PID 4242 using 300 MiB"),
+            "{health:?}"
+        );
         // The runner that holds it owns its processes.
         assert_eq!(state(&s, true), HealthState::Healthy);
 

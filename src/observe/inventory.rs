@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use super::gpu;
 use super::health::{GpuSignals, classify};
 use super::nvml_reader::reader;
-use super::state::{ContainerState, ContainerStatus, GpuInventory, GpuSource};
+use super::state::{
+    ContainerState, ContainerStatus, GpuHealth, GpuInventory, GpuSource, HealthState,
+    QuarantineRecord, VolumeState,
+};
 use crate::docker::DockerHost;
 use crate::spec::{GpuHealthSettings, GpuRequest, HostGpus, ResolvedPool};
 
@@ -167,21 +170,30 @@ impl GpuRead {
         self,
         settings: &GpuHealthSettings,
         containers: &[ContainerState],
+        volumes: &[VolumeState],
     ) -> GpuInventory {
         let mut inventory = self.inventory;
         for uuid in &inventory.uuids {
-            let Some(signals) = self.signals.get(uuid) else {
-                continue;
-            };
+            let record = volumes
+                .iter()
+                .filter(|v| v.owned)
+                .filter_map(|v| v.quarantine.as_ref())
+                .find(|q| q.uuid == *uuid);
             let held = containers.iter().any(|c| {
                 matches!(
                     c.status,
-                    ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
+                    ContainerStatus::Running
+                        | ContainerStatus::Paused
+                        | ContainerStatus::Restarting
                 ) && c.gpus().contains(uuid)
             });
-            let health = classify(signals, settings, held);
+            let read = self.signals.get(uuid).map(|s| classify(s, settings, held));
+            let Some(health) = quarantined(read, record) else {
+                continue;
+            };
             if !health.state.placeable() {
-                tracing::warn!(
+                // The plan warns; the log keeps it for debugging (it repeats every resync).
+                tracing::debug!(
                     "GPU {uuid} is {}: {}",
                     health.state.as_str(),
                     health.reasons.join("; ")
@@ -191,6 +203,52 @@ impl GpuRead {
         }
         inventory
     }
+}
+
+/// A GPU's health with its quarantine record, if it has one: the record holds the GPU
+/// unhealthy until it is released, or, for a fault that a reset clears, until NVML reports the
+/// reset done (the health read then says so, and the planner lifts the record). A malformed
+/// record makes the GPU unknown.
+fn quarantined(read: Option<GpuHealth>, record: Option<&QuarantineRecord>) -> Option<GpuHealth> {
+    let Some(record) = record else { return read };
+    if let Some(why) = &record.malformed {
+        return Some(GpuHealth {
+            state: HealthState::Unknown,
+            reasons: vec![format!(
+                "its quarantine record is malformed ({why}); fleet leaves it alone: remove it with `fleet gpus --release {}`",
+                record.uuid
+            )],
+            ..read.unwrap_or_default()
+        });
+    }
+    let reset_done = record.until_reset
+        && read.as_ref().is_some_and(|h| {
+            matches!(
+                h.state,
+                HealthState::Healthy | HealthState::Degraded | HealthState::Dirty
+            )
+        });
+    if reset_done {
+        return read;
+    }
+    let mut health = read.unwrap_or_default();
+    let mut reasons = Vec::new();
+    if health.state == HealthState::Unhealthy {
+        reasons.append(&mut health.reasons);
+    }
+    let ends = if record.until_reset {
+        "until NVML reports the reset done".to_string()
+    } else {
+        format!("until `fleet gpus --release {}`", record.uuid)
+    };
+    reasons.push(format!("quarantined ({}), {ends}", record.reason));
+    Some(GpuHealth {
+        state: HealthState::Unhealthy,
+        reasons,
+        quarantined: true,
+        until_reset: record.until_reset,
+        ..health
+    })
 }
 
 /// This machine's GPUs through the NVML reader (off the async runtime).
@@ -222,5 +280,71 @@ fn unavailable(reason: String) -> GpuInventory {
         devices: vec![],
         lost: 0,
         health: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(until_reset: bool, malformed: Option<&str>) -> QuarantineRecord {
+        QuarantineRecord {
+            uuid: "GPU-a".into(),
+            reason: "critical Xid 79".into(),
+            since: Some(1),
+            until_reset,
+            malformed: malformed.map(str::to_string),
+        }
+    }
+
+    fn read(state: HealthState) -> Option<GpuHealth> {
+        Some(GpuHealth {
+            state,
+            ..GpuHealth::default()
+        })
+    }
+
+    #[test]
+    fn a_record_holds_the_gpu_unhealthy_until_released_or_reset() {
+        let held =
+            quarantined(read(HealthState::Healthy), Some(&record(false, None))).expect("health");
+        assert_eq!(
+            (held.state, held.quarantined),
+            (HealthState::Unhealthy, true)
+        );
+        assert_eq!(
+            held.reasons,
+            ["quarantined (critical Xid 79), until `fleet gpus --release GPU-a`"]
+        );
+        // Declared GPUs have no health read, but a record still holds them.
+        let declared = quarantined(None, Some(&record(false, None))).expect("health");
+        assert_eq!(declared.state, HealthState::Unhealthy);
+        // A reset clears a pending-only fault: the read health stands (the plan lifts it).
+        let reset =
+            quarantined(read(HealthState::Healthy), Some(&record(true, None))).expect("health");
+        assert_eq!(
+            (reset.state, reset.quarantined),
+            (HealthState::Healthy, false)
+        );
+        // Unknown health does not lift it.
+        let unknown =
+            quarantined(read(HealthState::Unknown), Some(&record(true, None))).expect("health");
+        assert_eq!(unknown.state, HealthState::Unhealthy);
+        assert_eq!(quarantined(None, None), None);
+    }
+
+    #[test]
+    fn a_malformed_record_makes_the_gpu_unknown_and_is_left_alone() {
+        let health = quarantined(
+            read(HealthState::Healthy),
+            Some(&record(false, Some("no time"))),
+        )
+        .expect("health");
+        assert_eq!(health.state, HealthState::Unknown);
+        assert!(
+            health.reasons[0].contains("malformed (no time)"),
+            "{health:?}"
+        );
+        assert!(!health.quarantined);
     }
 }

@@ -330,7 +330,11 @@ impl Observers {
                 inventory: state.gpus,
                 signals,
             }
-            .classified(&spec.gpu_health_settings(), &state.containers);
+            .classified(
+                &spec.gpu_health_settings(),
+                &state.containers,
+                &state.volumes,
+            );
             if host.is_local() {
                 state.bind_sources = bind_sources(pools, name);
             }
@@ -381,7 +385,8 @@ pub async fn observe_one_host(
         )
         .await;
     let containers = connection.read().owned_containers(&spec.name).await?;
-    let gpus = gpus.classified(&spec.gpu_health_settings(), &containers);
+    let volumes = connection.read().owned_volumes(&spec.name).await?;
+    let gpus = gpus.classified(&spec.gpu_health_settings(), &containers, &volumes);
     let state = HostState {
         containers,
         gpus,

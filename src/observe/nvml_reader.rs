@@ -92,11 +92,9 @@ fn failed(what: &str) -> NvmlProblem {
 /// What the reader remembers between readings.
 #[derive(Default)]
 pub struct Memory {
-    /// Xids each GPU reported, in order, since this process started.
-    xids: BTreeMap<String, Vec<u64>>,
     /// Xids delivered at the latest drain.
     fresh: BTreeMap<String, Vec<u64>>,
-    /// GPUs an uncorrectable ECC event was delivered for.
+    /// GPUs an uncorrectable ECC event was delivered for at the latest drain.
     ecc_events: BTreeSet<String>,
     /// Correctable ECC count at the previous reading.
     corrected: BTreeMap<String, u64>,
@@ -156,20 +154,22 @@ pub fn read(
         };
         let Ok(uuid) = device.uuid() else { continue };
         let mut s = gpu::health_signals(&device, &uuid);
-        s.xids = memory.xids.get(&uuid).cloned().unwrap_or_default();
-        s.fresh_xids = memory.fresh.get(&uuid).cloned().unwrap_or_default();
+        // What the set delivered since the previous reading: the quarantine record keeps a
+        // critical one beyond it (docs/gpu-health.md).
+        s.xids = memory.fresh.get(&uuid).cloned().unwrap_or_default();
+        s.fresh_xids = s.xids.clone();
         s.ecc_error_event = memory.ecc_events.contains(&uuid);
         if let Some(now) = s.ecc_corrected_volatile {
             let before = memory.corrected.insert(uuid.clone(), now);
             s.ecc_corrected_rising = before.is_some_and(|b| now > b);
         }
         match (&drained, events) {
-            (Some(Err(e)), _) => s
+            (Some(Err(e)), _) => s.unreadable.push(format!(
+                "NVML's event set failed ({e}), so Xid errors cannot be seen"
+            )),
+            (None, _) => s
                 .unreadable
-                .push(format!("NVML's event set failed ({e}), so Xid errors cannot be seen")),
-            (None, _) => s.unreadable.push(
-                "NVML cannot register for Xid and ECC events on this machine".to_string(),
-            ),
+                .push("NVML cannot register for Xid and ECC events on this machine".to_string()),
             _ => {}
         }
         signals.insert(uuid, s);
@@ -224,6 +224,7 @@ fn register(nvml: &Nvml) -> Option<EventSet<'_>> {
 /// Takes every event waiting in the set (a wait of 0 ms returns at once).
 fn drain(set: &EventSet<'_>, memory: &mut Memory) -> Result<(), NvmlError> {
     memory.fresh.clear();
+    memory.ecc_events.clear();
     loop {
         match set.wait(0) {
             Ok(event) => remember(&event, memory),
@@ -246,7 +247,6 @@ fn remember(event: &EventData<'_>, memory: &mut Memory) {
             nvml_wrapper::enums::event::XidError::Value(v) => *v,
             nvml_wrapper::enums::event::XidError::Unknown => 999,
         };
-        memory.xids.entry(uuid.clone()).or_default().push(value);
         memory.fresh.entry(uuid).or_default().push(value);
     }
 }

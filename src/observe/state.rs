@@ -126,6 +126,24 @@ pub struct VolumeState {
     /// For the record of a runner scale set fleet made: its name (`fleet.scale-set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_set: Option<String>,
+    /// For the quarantine record of a GPU (`fleet.gpu-quarantine`): what it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<QuarantineRecord>,
+}
+
+/// A GPU's quarantine, as its record on the host says (docs/gpu-health.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    pub uuid: String,
+    pub reason: String,
+    /// Seconds since the epoch; `None` when the record does not say (a malformed record).
+    pub since: Option<i64>,
+    /// It ends once NVML reports the reset done (pending retirement or remapping).
+    pub until_reset: bool,
+    /// What is wrong with the record, if anything: the GPU is then unknown, and the record is
+    /// left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub malformed: Option<String>,
 }
 
 /// Where a host's GPU list came from.
@@ -160,6 +178,12 @@ pub struct GpuHealth {
     /// Application Xids seen on the GPU (faults of the job that held it, not of the GPU).
     #[serde(default, skip_serializing)]
     pub application_xids: Vec<u64>,
+    /// Unhealthy only until a reset: every fault is memory pending retirement or remapping.
+    #[serde(default, skip_serializing)]
+    pub until_reset: bool,
+    /// A quarantine record on the host holds the GPU.
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 /// How fit a GPU is for the next runner (docs/gpu-health.md).

@@ -4,7 +4,11 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::observe::state::{GpuHealth, GpuSource, HealthState, HostState, Observed};
+use super::model::{Change, Reason, VolumeChange, VolumeOp};
+use crate::contract::naming;
+use crate::observe::state::{
+    GpuHealth, GpuSource, HealthState, HostState, Observed, QuarantineRecord,
+};
 use crate::spec::{GpuRequest, ResolvedPool, Spec};
 
 /// The observation with the GPUs the spec takes out of service (`hosts.NAME.gpus_disabled`)
@@ -25,6 +29,15 @@ pub(super) fn with_disabled<'o>(spec: &Spec, observed: &'o Observed) -> Cow<'o, 
             continue;
         };
         for uuid in uuids.iter().filter(|u| state.gpus.uuids.contains(u)) {
+            // An unhealthy GPU stays so (its quarantine must not be lifted for it).
+            if state
+                .gpus
+                .health
+                .get(uuid)
+                .is_some_and(|h| h.state == HealthState::Unhealthy)
+            {
+                continue;
+            }
             state.gpus.health.insert(
                 uuid.clone(),
                 GpuHealth {
@@ -33,11 +46,81 @@ pub(super) fn with_disabled<'o>(spec: &Spec, observed: &'o Observed) -> Cow<'o, 
                         "taken out of service in hosts.{name}.gpus_disabled"
                     )],
                     application_xids: vec![],
+                    ..GpuHealth::default()
                 },
             );
         }
     }
     Cow::Owned(adjusted)
+}
+
+/// The longest reason a quarantine record keeps (a label of the host's volume).
+const MAX_QUARANTINE_REASON: usize = 400;
+
+/// Quarantine records to make (a GPU unhealthy without one) and to remove (a GPU whose fault a
+/// reset clears reads fit again), on every observed host.
+pub(super) fn quarantine_changes(fleet: &str, observed: &Observed) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (host, state) in &observed.hosts {
+        for uuid in &state.gpus.uuids {
+            let Some(health) = state.gpus.health.get(uuid) else {
+                continue;
+            };
+            if health.state != HealthState::Unhealthy || health.quarantined {
+                continue;
+            }
+            let why: String = health
+                .reasons
+                .join("; ")
+                .chars()
+                .take(MAX_QUARANTINE_REASON)
+                .collect();
+            changes.push(Change::Volume(VolumeChange {
+                op: VolumeOp::Create,
+                host: host.clone(),
+                name: naming::gpu_quarantine_record(fleet, uuid),
+                pool: None,
+                reasons: vec![Reason::GpuQuarantine {
+                    uuid: uuid.clone(),
+                    why: why.clone(),
+                }],
+                quarantine: Some(QuarantineRecord {
+                    uuid: uuid.clone(),
+                    reason: why,
+                    since: None,
+                    until_reset: health.until_reset,
+                    malformed: None,
+                }),
+            }));
+        }
+        for (volume, record) in state
+            .volumes
+            .iter()
+            .filter(|v| v.owned)
+            .filter_map(|v| v.quarantine.as_ref().map(|q| (v, q)))
+            .filter(|(_, q)| q.until_reset && q.malformed.is_none())
+        {
+            let fit = state.gpus.health.get(&record.uuid).is_some_and(|h| {
+                matches!(
+                    h.state,
+                    HealthState::Healthy | HealthState::Degraded | HealthState::Dirty
+                )
+            });
+            if fit {
+                changes.push(Change::Volume(VolumeChange {
+                    op: VolumeOp::Destroy,
+                    host: host.clone(),
+                    name: volume.name.clone(),
+                    pool: None,
+                    reasons: vec![Reason::GpuResetDone {
+                        uuid: record.uuid.clone(),
+                    }],
+                    quarantine: None,
+                }));
+            }
+        }
+    }
+    changes
 }
 
 /// "unhealthy (critical Xid 79 ...)": a GPU's state with its reasons.
@@ -69,6 +152,20 @@ pub(super) fn health_warnings(observed: &Observed) -> Vec<String> {
             let Some(health) = state.gpus.health.get(uuid) else {
                 continue;
             };
+            if !health.application_xids.is_empty() {
+                // The job's fault, recorded against the runner that held the GPU.
+                let holder = state
+                    .containers
+                    .iter()
+                    .find(|c| c.gpus().contains(uuid))
+                    .map_or("no runner".to_string(), |c| format!("runner `{}`", c.name));
+                let xids: Vec<String> =
+                    health.application_xids.iter().map(u64::to_string).collect();
+                warnings.push(format!(
+                    "host `{host}`: application Xid {} on GPU {uuid}, held by {holder}: a fault of its job, not of the GPU",
+                    xids.join(", ")
+                ));
+            }
             let consequence = match health.state {
                 HealthState::Healthy => continue,
                 HealthState::Degraded => "new runners may still get it",

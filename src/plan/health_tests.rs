@@ -3,10 +3,12 @@
 //! because of GPU health is a warning, and an autoscaled pool offers only what healthy GPUs
 //! give (docs/gpu-health.md).
 
-use super::tests::{add_runner, empty_world, plan, set_busy, spec, with_pools, BASE};
 use super::Action;
+use super::tests::{BASE, add_runner, empty_world, plan, set_busy, spec, with_pools};
 use crate::observe::state::{GpuHealth, HealthState, Observed, PoolLoad};
 
+/// Marks a GPU's health; an unhealthy one as quarantined already (the quarantine's own test
+/// says otherwise).
 fn mark(world: &mut Observed, uuid: &str, state: HealthState, reason: &str) {
     world
         .hosts
@@ -20,6 +22,8 @@ fn mark(world: &mut Observed, uuid: &str, state: HealthState, reason: &str) {
                 state,
                 reasons: vec![reason.to_string()],
                 application_xids: vec![],
+                quarantined: state == HealthState::Unhealthy,
+                ..GpuHealth::default()
             },
         );
 }
@@ -67,8 +71,18 @@ fn an_idle_runner_leaves_an_unhealthy_gpu_and_a_busy_one_after_its_job() {
     add_runner(&mut world, &spec, "gpu", "zq-gpu-idle", &["GPU-a"]);
     add_runner(&mut world, &spec, "gpu", "zq-gpu-busy", &["GPU-b"]);
     set_busy(&mut world, "zq-gpu-busy");
-    mark(&mut world, "GPU-a", HealthState::Unhealthy, "critical Xid 79");
-    mark(&mut world, "GPU-b", HealthState::Unhealthy, "critical Xid 48");
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
+    mark(
+        &mut world,
+        "GPU-b",
+        HealthState::Unhealthy,
+        "critical Xid 48",
+    );
     let doc = plan(&spec, &world).expect("plan");
     assert_eq!(doc.changes.len(), 2, "{:?}", doc.changes);
     let change = doc
@@ -106,7 +120,12 @@ fn an_idle_runner_leaves_an_unhealthy_gpu_and_a_busy_one_after_its_job() {
 fn a_pool_short_because_of_gpu_health_is_a_warning_not_an_error() {
     let spec = with_pools("  gpu:\n    count: 4\n    image: r:1\n    gpus: 1\n");
     let mut world = empty_world();
-    mark(&mut world, "GPU-d", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-d",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     let doc = plan(&spec, &world).expect("a warning, not an error");
     assert_eq!(doc.changes.len(), 3);
     assert!(
@@ -128,17 +147,31 @@ fn a_pool_short_because_of_gpu_health_is_a_warning_not_an_error() {
 fn an_ephemeral_runner_with_no_healthy_gpu_to_move_to_leaves() {
     let spec = with_pools("  gpu:\n    count: 4\n    image: r:1\n    gpus: 1\n");
     let mut world = empty_world();
-    for (name, gpu) in [("a", "GPU-a"), ("b", "GPU-b"), ("c", "GPU-c"), ("d", "GPU-d")] {
+    for (name, gpu) in [
+        ("a", "GPU-a"),
+        ("b", "GPU-b"),
+        ("c", "GPU-c"),
+        ("d", "GPU-d"),
+    ] {
         add_runner(&mut world, &spec, "gpu", &format!("zq-gpu-{name}"), &[gpu]);
     }
-    mark(&mut world, "GPU-d", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-d",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     let doc = plan(&spec, &world).expect("plan");
     assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
     assert_eq!(
         (doc.changes[0].action, doc.changes[0].name.as_str()),
         (Action::Destroy, "zq-gpu-d")
     );
-    assert!(doc.warnings.iter().any(|w| w.contains("runs 1 runner(s) short")));
+    assert!(
+        doc.warnings
+            .iter()
+            .any(|w| w.contains("runs 1 runner(s) short"))
+    );
 }
 
 #[test]
@@ -163,13 +196,17 @@ fn disabled_gpus_are_never_placed_and_idle_runners_leave_them() {
         .expect("the runner on GPU-a moves");
     assert_eq!(
         moved.reasons,
-        ["GPU GPU-a on host `local` is disabled (taken out of service in hosts.local.gpus_disabled)"]
+        [
+            "GPU GPU-a on host `local` is disabled (taken out of service in hosts.local.gpus_disabled)"
+        ]
     );
 }
 
 #[test]
 fn an_autoscaled_pool_offers_only_what_placeable_gpus_give() {
-    let spec = with_pools("  auto:\n    image: r:1\n    gpus: 1\n    autoscale: { min_idle: 0, max: 8 }\n");
+    let spec = with_pools(
+        "  auto:\n    image: r:1\n    gpus: 1\n    autoscale: { min_idle: 0, max: 8 }\n",
+    );
     let mut world = empty_world();
     world.demand.insert(
         "auto".into(),
@@ -180,8 +217,135 @@ fn an_autoscaled_pool_offers_only_what_placeable_gpus_give() {
     );
     let healthy = super::plan(&spec, &world).expect("plan");
     assert_eq!(healthy.autoscale[0].capacity(), 4);
-    mark(&mut world, "GPU-a", HealthState::Unhealthy, "critical Xid 79");
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
     mark(&mut world, "GPU-b", HealthState::Dirty, "a leaked process");
     let typed = super::plan(&spec, &world).expect("plan");
-    assert_eq!(typed.autoscale[0].capacity(), 2, "GitHub is offered only two");
+    assert_eq!(
+        typed.autoscale[0].capacity(),
+        2,
+        "GitHub is offered only two"
+    );
+}
+
+#[test]
+fn an_application_xid_is_recorded_against_the_runner_not_the_gpu() {
+    let spec = with_pools(TWO_GPU_RUNNERS);
+    let mut world = empty_world();
+    add_runner(&mut world, &spec, "gpu", "zq-gpu-a", &["GPU-a"]);
+    add_runner(&mut world, &spec, "gpu", "zq-gpu-b", &["GPU-b"]);
+    world
+        .hosts
+        .get_mut("local")
+        .expect("host")
+        .gpus
+        .health
+        .insert(
+            "GPU-a".into(),
+            GpuHealth {
+                state: HealthState::Healthy,
+                reasons: vec![],
+                application_xids: vec![13],
+                ..GpuHealth::default()
+            },
+        );
+    let doc = plan(&spec, &world).expect("plan");
+    assert!(doc.changes.is_empty(), "{:?}", doc.changes);
+    assert_eq!(
+        doc.warnings,
+        [
+            "host `local`: application Xid 13 on GPU GPU-a, held by runner `zq-gpu-a`: a fault of its job, not of the GPU"
+        ]
+    );
+}
+
+fn quarantine_record(uuid: &str, until_reset: bool) -> crate::observe::state::VolumeState {
+    crate::observe::state::VolumeState {
+        name: format!("zq-gpu-quarantine.{uuid}"),
+        owned: true,
+        quarantine: Some(crate::observe::state::QuarantineRecord {
+            uuid: uuid.into(),
+            reason: "critical Xid 79".into(),
+            since: Some(1),
+            until_reset,
+            malformed: None,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_unhealthy_gpu_is_quarantined_once_and_a_reset_lifts_only_a_reset_quarantine() {
+    let spec = with_pools("  gpu:\n    count: 0\n    image: r:1\n    gpus: 1\n");
+    let mut world = empty_world();
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unhealthy,
+        "critical Xid 79",
+    );
+    let host = world.hosts.get_mut("local").expect("host");
+    host.gpus
+        .health
+        .get_mut("GPU-a")
+        .expect("health")
+        .quarantined = false;
+    let doc = plan(&spec, &world).expect("plan");
+    assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
+    let change = &doc.changes[0];
+    assert_eq!(
+        (change.action, change.name.as_str()),
+        (Action::CreateVolume, "zq-gpu-quarantine.GPU-a")
+    );
+    assert_eq!(change.reasons, ["quarantine GPU GPU-a: critical Xid 79"]);
+
+    // Quarantined already: nothing more.
+    let host = world.hosts.get_mut("local").expect("host");
+    host.gpus
+        .health
+        .get_mut("GPU-a")
+        .expect("health")
+        .quarantined = true;
+    assert!(plan(&spec, &world).expect("plan").changes.is_empty());
+
+    // A record that ends with a reset goes once the GPU reads healthy; one the operator must
+    // release stays.
+    let mut world = empty_world();
+    let host = world.hosts.get_mut("local").expect("host");
+    host.volumes.push(quarantine_record("GPU-b", true));
+    host.volumes.push(quarantine_record("GPU-c", false));
+    mark(&mut world, "GPU-b", HealthState::Healthy, "");
+    mark(&mut world, "GPU-c", HealthState::Healthy, "");
+    let doc = plan(&spec, &world).expect("plan");
+    assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
+    assert_eq!(
+        (doc.changes[0].action, doc.changes[0].name.as_str()),
+        (Action::DestroyVolume, "zq-gpu-quarantine.GPU-b")
+    );
+}
+
+#[test]
+fn words_from_a_driver_are_escaped_in_text_and_markdown() {
+    let spec = with_pools(TWO_GPU_RUNNERS);
+    let mut world = empty_world();
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Unknown,
+        "NVML cannot read its memory: \u{1b}]0;owned\u{7}\n+ runner forged ``` @octocat",
+    );
+    let doc = plan(&spec, &world).expect("plan");
+    let text = crate::render::text(&doc, false);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("\\u{1b}]0;owned"), "{text}");
+    let markdown = crate::render::markdown(&doc);
+    assert!(!markdown.contains('\u{1b}'), "{markdown}");
+    assert!(
+        !markdown.lines().any(|l| l.starts_with("+ runner forged")),
+        "{markdown}"
+    );
 }

@@ -111,6 +111,7 @@ fn add_state_volume(world: &mut Observed, host: &str, pool: &str, runner: &str) 
         pool: Some(pool.into()),
         runner: Some(runner.into()),
         scale_set: None,
+        quarantine: None,
     });
     state.volumes.sort_by(|a, b| a.name.cmp(&b.name));
 }
@@ -435,6 +436,7 @@ fn a_state_volume_fleet_did_not_make_is_never_used() {
             pool: None,
             runner: None,
             scale_set: None,
+            quarantine: None,
         });
     let err = plan(&spec, &world).expect_err("an error");
     assert!(

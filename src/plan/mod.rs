@@ -72,6 +72,9 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     planner.create_missing(&mut ledger, &mut placement);
     planner.problems.extend(ledger.shortages());
     planner.warnings.extend(gpu::health_warnings(observed));
+    planner
+        .changes
+        .extend(gpu::quarantine_changes(&spec.name, observed));
     planner.warnings.extend(ledger.health_shortages());
     planner.plan_volumes();
     planner.plan_registrations();
@@ -570,6 +573,7 @@ impl<'a> Planner<'a> {
                                     pool: pool.name.clone(),
                                     target: volume.target.clone(),
                                 }],
+                                quarantine: None,
                             }))
                         }
                         None => {}
@@ -659,6 +663,7 @@ impl<'a> Planner<'a> {
                     reasons: vec![Reason::StateUnused {
                         runner: runner.to_string(),
                     }],
+                    quarantine: None,
                 }));
             }
         }
@@ -807,6 +812,7 @@ pub fn plan_destroy(spec: &Spec, observed: &Observed, volumes: bool) -> Result<P
                     name: volume.name.clone(),
                     pool: None,
                     reasons: vec![Reason::FleetDestroyVolumes],
+                    quarantine: None,
                 }));
             }
         }
@@ -822,8 +828,8 @@ pub(crate) mod tests;
 mod persistent_tests;
 
 #[cfg(test)]
+mod health_tests;
+#[cfg(test)]
 mod hosts_tests;
 #[cfg(test)]
 mod scaleset_tests;
-#[cfg(test)]
-mod health_tests;

@@ -79,7 +79,15 @@ pub enum Reason {
     },
     /// A GPU the runner holds may run no more jobs: unhealthy, or disabled in the spec
     /// (`why` says which, with the driver's reasons).
-    GpuUnfit { uuid: String, host: String, why: String },
+    GpuUnfit {
+        uuid: String,
+        host: String,
+        why: String,
+    },
+    /// A GPU turned unhealthy: it is quarantined on its host until released (or reset).
+    GpuQuarantine { uuid: String, why: String },
+    /// A quarantined GPU whose fault a reset clears reads healthy again.
+    GpuResetDone { uuid: String },
     /// The runner holds another number of GPUs than its pool gives.
     GpuCount { held: usize, wanted: usize },
     /// Another runner that stays holds the same GPU.
@@ -155,6 +163,13 @@ impl fmt::Display for Reason {
             Reason::GpuUnfit { uuid, host, why } => {
                 write!(f, "GPU {uuid} on host `{host}` is {why}")
             }
+            Reason::GpuQuarantine { uuid, why } => {
+                write!(f, "quarantine GPU {uuid}: {why}")
+            }
+            Reason::GpuResetDone { uuid } => write!(
+                f,
+                "GPU {uuid} was reset: NVML no longer reports memory pending retirement or remapping"
+            ),
             Reason::GpuCount { held, wanted } => {
                 write!(f, "holds {held} GPUs, the pool gives {wanted}")
             }
@@ -278,6 +293,8 @@ pub struct VolumeChange {
     /// The pool it is made for; `None` for volumes `fleet destroy --volumes` removes.
     pub pool: Option<String>,
     pub reasons: Vec<Reason>,
+    /// For the quarantine record of a GPU: what it records (its time is the apply's).
+    pub quarantine: Option<crate::observe::state::QuarantineRecord>,
 }
 
 /// What happens to a registration.

@@ -331,6 +331,7 @@ fn retire<'a>(out: &mut PersistentOutcome<'a>, id: &Identity<'a>, over: &Reason,
             reasons: vec![Reason::StateUnused {
                 runner: id.name.clone(),
             }],
+            quarantine: None,
         }));
     }
 }

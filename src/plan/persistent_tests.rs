@@ -27,6 +27,7 @@ fn add_state_volume(world: &mut Observed, runner: &str) {
         pool: Some("per".into()),
         runner: Some(runner.into()),
         scale_set: None,
+        quarantine: None,
     });
     host.volumes.sort_by(|a, b| a.name.cmp(&b.name));
 }
@@ -268,6 +269,7 @@ fn state_volumes_nobody_wants_are_removed_and_shown() {
         pool: Some("gone".into()),
         runner: Some("zq-gone-0".into()),
         scale_set: None,
+        quarantine: None,
     });
     let plan = plan(&spec, &world).expect("plan");
     let removed: Vec<(Action, &str, &str)> = plan

@@ -265,6 +265,7 @@ fn a_retired_scale_set_with_a_busy_runner_is_deleted_after_the_last_job() {
         pool: Some("old".into()),
         runner: None,
         scale_set: Some("zq-old".into()),
+        quarantine: None,
     });
     let after = with_pools("  other:\n    count: 0\n    image: r:1\n");
     let typed = plan(&after, &world).expect("plan");

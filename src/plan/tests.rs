@@ -194,6 +194,7 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                     pool: Some(pool.name.clone()),
                     runner: Some(name.to_string()),
                     scale_set: None,
+                    quarantine: None,
                 });
                 h.volumes.sort_by(|a, b| a.name.cmp(&b.name));
             }

@@ -75,6 +75,15 @@ impl StubGpu {
             lost: false,
         }
     }
+
+    /// GPU `n` with nothing on it: no process, no memory in use (a GPU fleet may place on).
+    pub fn idle(n: u32) -> StubGpu {
+        StubGpu {
+            memory_used_bytes: 0,
+            processes: 0,
+            ..StubGpu::numbered(n)
+        }
+    }
 }
 
 /// A description file for the stand-in, in a test's directory.
@@ -162,9 +171,27 @@ impl World {
     /// Where `gpu_mode: env` containers start on this engine (no `nvidia` runtime) fleet applies
     /// them; an engine with an `nvidia` runtime refuses the stand-in's UUIDs, so there the
     /// containers are made as fleet makes them (same labels, same ledger) and registered online.
+    /// While fleet applies, the stand-in's GPUs are idle (no process, no memory in use: a GPU
+    /// with those and no runner is dirty, and fleet would not place on it); the description is
+    /// restored afterwards, as the runners' jobs would use the GPUs.
     pub fn gpu_runners(&self, stub: &NvmlStub, spec: &Path, count: usize) -> Vec<String> {
         if EngineNvidia::read().env_mode_starts() {
+            let described = std::fs::read_to_string(&stub.file).expect("stand-in description");
+            let idle: String = described
+                .lines()
+                .map(|line| match line.strip_prefix("gpu ") {
+                    Some(rest) => {
+                        let mut fields: Vec<&str> = rest.split(' ').collect();
+                        fields[2] = "0"; // memory used
+                        fields[5] = "0"; // processes
+                        format!("gpu {}\n", fields.join(" "))
+                    }
+                    None => format!("{line}\n"),
+                })
+                .collect();
+            std::fs::write(&stub.file, idle).expect("stand-in description");
             let out = self.fleet_nvml(stub, &["apply", "--auto-approve"]);
+            std::fs::write(&stub.file, described).expect("stand-in description");
             assert_eq!(
                 out.status.code(),
                 Some(0),
