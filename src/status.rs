@@ -255,10 +255,9 @@ pub fn autoscale_statuses(spec: &Spec, observed: &Observed) -> Vec<AutoscaleStat
     plan.autoscale
         .into_iter()
         .map(|a| AutoscaleStatus {
-            // GitHub compares scale set names ignoring case, as the planner does.
             scale_set_id: sets
                 .iter()
-                .find(|s| s.name.eq_ignore_ascii_case(&a.scale_set))
+                .find(|s| contract::same_scale_set_name(&s.name, &a.scale_set))
                 .map(|s| s.id),
             pool: a.pool,
             scale_set: a.scale_set,

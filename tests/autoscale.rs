@@ -577,3 +577,39 @@ fn a_new_session_after_a_lost_one_numbers_its_messages_anew() {
         || running(&w, "auto").len() == 2,
     );
 }
+
+#[test]
+fn a_scale_set_name_that_differs_only_in_case_is_the_same_scale_set() {
+    let w = world();
+    let pool = |name: &str| {
+        format!(
+            "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 1, max: 2, scale_set: {name} }}\n"
+        )
+    };
+    let lower = format!("{}-auto", w.run);
+    spec(&w, &pool(&lower), "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let before = running(&w, "auto");
+    assert_eq!(before.len(), 1);
+    // The spec names the scale set in capitals, and the runner is gone: apply registers its
+    // replacement in the scale set GitHub has, by the service's rule (case ignored).
+    spec(&w, &pool(&lower.to_uppercase()), "none");
+    w.finish_job(&before[0]);
+    let out = w.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert_eq!(w.fake.scale_sets(Some(&w.scope)).len(), 1);
+    let now = running(&w, "auto");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, before);
+    let status = w.fleet(&["status", "--format", "json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&common::stdout(&status)).expect("status JSON");
+    assert!(status["autoscale"][0]["scale_set_id"].is_u64(), "{status}");
+}

@@ -122,7 +122,7 @@ impl Executor<'_> {
             .scale_sets
             .iter()
             .flatten()
-            .find(|s| Some(s.name.as_str()) == name)
+            .find(|s| name.is_some_and(|n| contract::same_scale_set_name(&s.name, n)))
             .map(|s| s.id)
             .ok_or_else(|| {
                 StepError::Plan(format!(

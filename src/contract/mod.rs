@@ -122,6 +122,14 @@ pub fn scale_set_owned(labels: &[String], fleet: &str) -> bool {
     })
 }
 
+/// Whether two runner scale set names name the same scale set. The Actions service compares
+/// them ignoring case (it finds a scale set by `?name=` and keeps names unique within a
+/// runner group without regard to case; actions-runner-controller treats a change of case
+/// as no rename); plan, apply, watch and status all use this one rule (docs/autoscale.md).
+pub fn same_scale_set_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
 /// The labels of a volume fleet creates for `pool` (and, for a state volume, its runner).
 pub fn volume_labels(fleet: &str, pool: &str, runner: Option<&str>) -> BTreeMap<String, String> {
     let mut map = BTreeMap::from([

@@ -73,9 +73,12 @@ pub(super) fn plan_scale_sets(
             continue;
         };
         let name = autoscale.scale_set.as_str();
-        wanted.insert(name.to_lowercase());
+        wanted.insert(name.to_string());
         let labels = scale_set_labels(fleet, pool, name);
-        match existing.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+        match existing
+            .iter()
+            .find(|s| contract::same_scale_set_name(&s.name, name))
+        {
             None => {
                 let mut create = change(ScaleSetOp::Create, pool, name, None, labels);
                 if let Change::ScaleSet(set) = &mut create {
@@ -99,7 +102,10 @@ pub(super) fn plan_scale_sets(
     let mut warnings = Vec::new();
     for set in existing {
         let ours = contract::scale_set_owned(&set.labels, fleet);
-        if ours && !wanted.contains(&set.name.to_lowercase()) {
+        let used = wanted
+            .iter()
+            .any(|w: &String| contract::same_scale_set_name(w, &set.name));
+        if ours && !used {
             let record = record_of(observed, &set.name);
             let busy = busy_runners(fleet, observed, set, record.as_ref());
             if !busy.is_empty() {

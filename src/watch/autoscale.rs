@@ -175,7 +175,7 @@ impl Listeners {
                 .scale_sets
                 .iter()
                 .flatten()
-                .find(|s| s.name.eq_ignore_ascii_case(set))
+                .find(|s| crate::contract::same_scale_set_name(&s.name, set))
                 .map(|s| s.id);
             if let Some(id) = id {
                 all.entry(pool.clone()).or_default().scale_set_id = Some(id);

@@ -374,7 +374,7 @@ impl State {
             .values()
             .filter(|s| s.scope == *scope)
             .filter(|s| group_id.is_none_or(|g| s.group_id == g))
-            .filter(|s| name.is_none_or(|n| s.name == n))
+            .filter(|s| name.is_none_or(|n| s.name.eq_ignore_ascii_case(n)))
             .map(|s| self.scale_set_json(s))
             .collect()
     }
@@ -408,9 +408,13 @@ impl State {
                 format!("No runner group found with identifier {group_id}."),
             ));
         }
-        // Names are unique within a runner group.
+        // Names are unique within a runner group, without regard to case (as the service
+        // finds them).
         let taken = self.scalesets.sets.values().any(|s| {
-            s.scope == *scope && s.group_id == group_id && s.name == name && Some(s.id) != except
+            s.scope == *scope
+                && s.group_id == group_id
+                && s.name.eq_ignore_ascii_case(name)
+                && Some(s.id) != except
         });
         if taken {
             return Err(ServiceError::new(

@@ -984,3 +984,20 @@ async fn messages_can_be_numbered_per_session() {
     }
     assert_eq!(ids, [1, 1], "each session starts its own numbering");
 }
+
+#[tokio::test]
+async fn scale_set_names_are_compared_without_regard_to_case() {
+    let rig = rig(fast()).await;
+    let id = scale_set(&rig).await;
+    let again = rig
+        .client
+        .get_or_create_scale_set(&ScaleSetSpec::new("ZQ-GPU"))
+        .await
+        .expect("found");
+    assert_eq!(
+        again.scale_set().id,
+        id,
+        "the same scale set, found by name"
+    );
+    assert_eq!(rig.fake.scale_sets(None).len(), 1);
+}
