@@ -297,8 +297,13 @@ impl Loop {
     async fn connected(&mut self) -> Result<Observers, ReconcileError> {
         let base = spec_dir(&self.file);
         if !self.links.serve(&self.spec) {
-            self.links =
-                HostLinks::start(&self.spec, &base, self.env.clone(), self.tx.clone()).await;
+            // Only the hosts whose entries changed are connected again.
+            let env = self.env.clone();
+            let connected = self
+                .links
+                .update(&self.spec, &base, env, self.tx.clone())
+                .await;
+            tracing::debug!("hosts connected for the new spec: {}", connected.join(", "));
         }
         let (github, scale_sets) = match &self.github {
             Some(clients) => clients.clone(),
