@@ -613,3 +613,37 @@ fn a_scale_set_name_that_differs_only_in_case_is_the_same_scale_set() {
         serde_json::from_str(&common::stdout(&status)).expect("status JSON");
     assert!(status["autoscale"][0]["scale_set_id"].is_u64(), "{status}");
 }
+
+#[test]
+fn a_github_change_restarts_the_listeners_with_the_new_client() {
+    let w = world();
+    let path = spec(&w, &autoscaled("auto", 0, 2), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "3s"], &[]);
+    let old = listening_scale_set(&w, &watch, "auto");
+    // The fleet moves to another repository.
+    let other = format!("{}-two", w.run);
+    let text = std::fs::read_to_string(&path).expect("spec");
+    let moved = text.replace(
+        &format!("repo: acme/{}\n", w.run),
+        &format!("repo: acme/{other}\n"),
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&path, moved).expect("write spec");
+    let scope = fake_github::Scope::repo("acme", other);
+    watch.eventually(
+        Duration::from_secs(60),
+        "a session on the new repository's scale set",
+        || {
+            w.fake
+                .scale_sets(Some(&scope))
+                .iter()
+                .any(|s| s.session.is_some())
+        },
+    );
+    watch.eventually(Duration::from_secs(30), "the old session closed", || {
+        w.fake
+            .scale_sets(Some(&w.scope))
+            .iter()
+            .all(|s| s.id != old || s.session.is_none())
+    });
+}

@@ -269,7 +269,9 @@ impl Loop {
             Ok(new) if new != self.spec => {
                 tracing::info!("{} changed; converging to it", self.file.display());
                 if new.github != self.spec.github {
+                    // New clients, and listeners that use them.
                     self.github = None;
+                    self.autoscale.restart();
                 }
                 self.spec = new;
                 Ok(true)
