@@ -164,11 +164,12 @@ pub struct GpuUse {
 /// The status of `spec`'s fleet in `observed`; `devices` are this machine's GPUs (empty when
 /// NVML is not there); `now` is seconds since the epoch.
 pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) -> FleetStatus {
+    let recorded = observed.recorded_scale_sets();
     let registrations: BTreeMap<&str, GithubView> = observed
         .github
         .runners
         .iter()
-        .filter(|r| contract::registration_owned(r, &spec.name))
+        .filter(|r| contract::registration_owned_with(r, &spec.name, &recorded))
         .map(|r| {
             (
                 r.name.as_str(),

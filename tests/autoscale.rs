@@ -647,3 +647,35 @@ fn a_github_change_restarts_the_listeners_with_the_new_client() {
             .all(|s| s.id != old || s.session.is_none())
     });
 }
+
+#[test]
+fn a_service_that_drops_extra_labels_keeps_fleets_scale_set_by_its_record() {
+    let w = world_with(|c| c.drop_extra_labels = true);
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 1, max: 2 }}\n"
+    );
+    spec(&w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let sets = w.fake.scale_sets(Some(&w.scope));
+    assert_eq!(sets.len(), 1);
+    assert_eq!(
+        sets[0].labels,
+        [format!("{}-auto", w.run)],
+        "labels dropped"
+    );
+    assert_eq!(running(&w, "auto").len(), 1);
+    // The next apply knows the scale set by fleet's record of it: no error, nothing to do.
+    let again = w.apply();
+    assert_eq!(again.status.code(), Some(0), "{}", common::stderr(&again));
+    assert!(
+        common::stdout(&again).contains("No changes"),
+        "{}",
+        common::stdout(&again)
+    );
+    // Retired: fleet deletes what it proved its own.
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+}

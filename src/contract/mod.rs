@@ -109,6 +109,26 @@ pub fn registration_owned(runner: &GithubRunner, fleet: &str) -> bool {
     prefixed && runner.labels.iter().any(|l| is_ownership_label(l, fleet))
 }
 
+/// Whether a registration is fleet `fleet`'s, counting the runners of fleet's own scale sets
+/// (`recorded`: the scale sets fleet's Docker records name). A scale set runner takes its
+/// scale set's labels, which a service that drops extra labels (some GitHub Enterprise Server
+/// versions) leaves without the ownership label: its name prefix and its scale set's name
+/// among its labels prove it then.
+pub fn registration_owned_with(runner: &GithubRunner, fleet: &str, recorded: &[&str]) -> bool {
+    if registration_owned(runner, fleet) {
+        return true;
+    }
+    let prefixed = runner
+        .name
+        .strip_prefix(fleet)
+        .is_some_and(|rest| rest.starts_with('-'));
+    prefixed
+        && runner
+            .labels
+            .iter()
+            .any(|l| recorded.iter().any(|set| same_scale_set_name(l, set)))
+}
+
 /// Whether `label` is fleet `fleet`'s ownership label (`fleet.<fleet>`).
 fn is_ownership_label(label: &str, fleet: &str) -> bool {
     label.strip_prefix("fleet.") == Some(fleet)

@@ -116,11 +116,12 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     fn new(spec: &'a Spec, pools: &'a [ResolvedPool], observed: &'a Observed) -> Planner<'a> {
         let fleet = spec.name.as_str();
+        let recorded = observed.recorded_scale_sets();
         let registrations = observed
             .github
             .runners
             .iter()
-            .filter(|r| contract::registration_owned(r, fleet))
+            .filter(|r| contract::registration_owned_with(r, fleet, &recorded))
             .map(|r| (r.name.as_str(), r))
             .collect();
         let mut taken: BTreeSet<String> = observed

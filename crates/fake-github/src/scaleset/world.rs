@@ -438,6 +438,7 @@ impl State {
             .unwrap_or(DEFAULT_GROUP_ID);
         self.check_name_and_group(scope, &name, group_id, None)?;
         let labels = match body.labels {
+            Some(_) if self.scalesets.config.drop_extra_labels => vec![name.clone()],
             Some(labels) if !labels.is_empty() => labels,
             _ => vec![name.clone()],
         };
@@ -479,10 +480,15 @@ impl State {
             .sets
             .get_mut(&id)
             .ok_or_else(|| ServiceError::no_scale_set(id))?;
+        let drop_extra = self.scalesets.config.drop_extra_labels;
         set.name = name;
         set.group_id = group_id;
         if let Some(labels) = body.labels.filter(|l| !l.is_empty()) {
-            set.labels = labels;
+            set.labels = if drop_extra {
+                vec![set.name.clone()]
+            } else {
+                labels
+            };
         }
         if let Some(disable) = body.disable_update {
             set.disable_update = disable;

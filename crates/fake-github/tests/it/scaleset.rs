@@ -1001,3 +1001,14 @@ async fn scale_set_names_are_compared_without_regard_to_case() {
     );
     assert_eq!(rig.fake.scale_sets(None).len(), 1);
 }
+
+#[tokio::test]
+async fn a_service_that_drops_extra_labels_keeps_only_the_name() {
+    let rig = rig(ScaleSetConfig {
+        drop_extra_labels: true,
+        ..fast()
+    })
+    .await;
+    scale_set(&rig).await;
+    assert_eq!(rig.fake.scale_sets(None)[0].labels, ["zq-gpu"]);
+}
