@@ -3,10 +3,11 @@
 //! rolled back where it can be when it fails half-way. `runner.rs` holds the steps of a runner.
 
 pub mod lock;
+mod once;
 mod runner;
 mod scaleset;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -171,8 +172,9 @@ pub struct Executor<'a> {
     observed: &'a Observed,
     pools: BTreeMap<String, ResolvedPool>,
     parallelism: usize,
-    /// (host, image) pairs already made ready in this apply: each is inspected or pulled once.
-    images_ready: tokio::sync::Mutex<BTreeSet<(String, String)>>,
+    /// (host, image) pairs made ready in this apply: each is inspected or pulled once, and
+    /// different images at once.
+    images_ready: once::OncePerKey<(String, String)>,
     /// Scale set ids by pool, of the scale sets this apply created or updated.
     scale_set_ids: tokio::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -201,7 +203,7 @@ impl<'a> Executor<'a> {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             parallelism: parallelism.max(1),
-            images_ready: tokio::sync::Mutex::new(BTreeSet::new()),
+            images_ready: once::OncePerKey::new(),
             scale_set_ids: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }

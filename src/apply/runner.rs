@@ -135,21 +135,21 @@ impl Executor<'_> {
         }
     }
 
-    /// Makes the pool's image ready on the change's host, once per apply. Held while pulling,
-    /// so that parallel creates of one pool wait for one pull.
+    /// Makes the pool's image ready on the change's host, once per apply: parallel creates of
+    /// one image wait for one pull, and other images are pulled at the same time.
     async fn ensure_image(
         &self,
         change: &RunnerChange,
         pool: &ResolvedPool,
     ) -> Result<(), StepError> {
-        let mut ready = self.images_ready.lock().await;
         let key = (change.host.clone(), pool.image.clone());
-        if !ready.contains(&key) {
-            let host = self.host(&change.host)?;
-            host.write().ensure_image(&pool.image, pool.pull).await?;
-            ready.insert(key);
-        }
-        Ok(())
+        self.images_ready
+            .run(key, || async {
+                let host = self.host(&change.host)?;
+                host.write().ensure_image(&pool.image, pool.pull).await?;
+                Ok::<(), StepError>(())
+            })
+            .await
     }
 
     /// Creates runner `name` of the change's pool: image, registration, volumes, container.
