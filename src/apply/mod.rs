@@ -71,6 +71,20 @@ impl ApplyReport {
             .count()
     }
 
+    /// `, 1 scale set(s) deleted` and the like, for the scale set steps done.
+    fn scale_set_counts(&self) -> String {
+        [
+            (Action::CreateScaleSet, "created"),
+            (Action::UpdateScaleSet, "updated"),
+            (Action::DeleteScaleSet, "deleted"),
+        ]
+        .into_iter()
+        .map(|(action, done)| (self.count(action), done))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, done)| format!(", {n} scale set(s) {done}"))
+        .collect()
+    }
+
     /// `Apply complete: 2 created, ...`, or the failures.
     pub fn summary(&self, run: Run) -> String {
         let what = match run {
@@ -93,7 +107,7 @@ impl ApplyReport {
             match self.count(Action::DestroyVolume) {
                 0 => String::new(),
                 n => format!(", {n} volume(s) destroyed"),
-            },
+            } + &self.scale_set_counts(),
             deferred,
             failed
         );
@@ -361,5 +375,32 @@ impl<'a> Executor<'a> {
                 what: format!("cannot remove the registration of {name} (runner id {id})"),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::{Action, ApplyReport, Outcome, Run, StepReport};
+    use std::time::Duration;
+
+    #[test]
+    fn a_deleted_scale_set_counts_as_deleted() {
+        let step = |action, name: &str| StepReport {
+            action,
+            name: name.into(),
+            outcome: Outcome::Done,
+            elapsed: Duration::ZERO,
+            runner: None,
+        };
+        let report = ApplyReport {
+            steps: vec![
+                step(Action::Destroy, "zq-auto-abc123"),
+                step(Action::DeleteScaleSet, "zq-auto"),
+            ],
+        };
+        assert_eq!(
+            report.summary(Run::Destroy),
+            "Destroy complete: 0 created, 0 replaced, 1 destroyed, 0 registration(s) removed, 0 volume(s) created, 1 scale set(s) deleted, 0 deferred, 0 failed."
+        );
     }
 }
