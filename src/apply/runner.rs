@@ -10,7 +10,7 @@ use crate::docker::{DockerError, DockerHost};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
 use crate::observe::state::GithubRunner;
 use crate::plan::{RunnerChange, RunnerOp};
-use crate::spec::ResolvedPool;
+use crate::spec::{PullPolicy, ResolvedPool};
 
 const BUSY: &str = "GitHub says the runner is busy: kept, and handled after its job";
 
@@ -61,7 +61,7 @@ impl Executor<'_> {
         // Checked before the registration goes: a container that is not the fleet's stops the
         // step with nothing done.
         let container = observed_id(change)?;
-        host.write().owned_container(container, fleet).await?;
+        let checked = host.write().owned_container(container, fleet).await?;
         if change.registration_kept {
             // The runner lives on elsewhere under its registration: only its container goes,
             // and not while GitHub says it runs a job.
@@ -74,9 +74,10 @@ impl Executor<'_> {
         {
             return Ok(StepResult::deferred(BUSY));
         }
-        host.write()
-            .remove_owned_container(container, fleet)
-            .await?;
+        // Ownership was checked above, once (`None`: already gone).
+        if let Some(full_id) = checked {
+            host.write().remove_checked_container(&full_id).await?;
+        }
         if let Some(volume) = &change.state_volume {
             host.write().remove_owned_volume(volume, fleet).await?;
         }
@@ -142,6 +143,17 @@ impl Executor<'_> {
         change: &RunnerChange,
         pool: &ResolvedPool,
     ) -> Result<(), StepError> {
+        // The observation inspected the pool's images: one it saw needs no second look
+        // (unless the pool pulls every time).
+        let seen = self
+            .observed
+            .hosts
+            .get(&change.host)
+            .and_then(|h| h.images.get(&pool.image))
+            .is_some_and(|present| *present);
+        if seen && pool.pull != PullPolicy::Always {
+            return Ok(());
+        }
         let key = (change.host.clone(), pool.image.clone());
         self.images_ready
             .run(key, || async {

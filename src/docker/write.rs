@@ -327,6 +327,13 @@ impl DockerWrite<'_> {
         let Some(full_id) = self.owned_container(id, fleet).await? else {
             return Ok(());
         };
+        self.remove_checked_container(&full_id).await
+    }
+
+    /// Removes the container of `full_id`, which [`DockerWrite::owned_container`] has just
+    /// proved fleet's (a container's id and labels never change: one inspection is enough).
+    pub async fn remove_checked_container(&self, full_id: &str) -> Result<(), DockerError> {
+        let id = full_id;
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -334,7 +341,7 @@ impl DockerWrite<'_> {
         match self
             .host
             .docker
-            .remove_container(&full_id, Some(options))
+            .remove_container(full_id, Some(options))
             .await
         {
             Ok(()) => Ok(()),
