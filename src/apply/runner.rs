@@ -38,7 +38,11 @@ impl Executor<'_> {
     /// A persistent runner keeps its registration and its state volume: only the container is
     /// made anew, and the runner comes back as itself.
     async fn replace_persistent(&self, change: &RunnerChange) -> Result<StepResult, StepError> {
-        if let Some(runner) = self.owned_registration(&change.name).await?
+        // Looked up once: the busy check and the registration of the new container use it.
+        let found = self.registration_named(&change.name).await?;
+        let fleet = &self.spec.name;
+        if let Some(runner) = &found
+            && contract::registration_owned(runner, fleet)
             && runner.busy
         {
             return Ok(StepResult::deferred(
@@ -50,7 +54,7 @@ impl Executor<'_> {
         host.write()
             .remove_owned_container(id, &self.spec.name)
             .await?;
-        self.create(change, &change.name).await
+        self.create_known(change, &change.name, Some(found)).await
     }
 
     /// Removes a runner: its registration first (GitHub refuses while it runs a job, and then
@@ -166,12 +170,24 @@ impl Executor<'_> {
 
     /// Creates runner `name` of the change's pool: image, registration, volumes, container.
     async fn create(&self, change: &RunnerChange, name: &str) -> Result<StepResult, StepError> {
+        self.create_known(change, name, None).await
+    }
+
+    /// [`Executor::create`], with GitHub's registration of `name` when the step looked it up
+    /// already (`Some(None)`: GitHub has none).
+    async fn create_known(
+        &self,
+        change: &RunnerChange,
+        name: &str,
+        registration: Option<Option<GithubRunner>>,
+    ) -> Result<StepResult, StepError> {
         let pool = self.pool(&change.pool)?;
         self.ensure_image(change, pool).await?;
         let made = if pool.ephemeral {
             self.create_ephemeral(change, pool, name).await?
         } else {
-            self.create_persistent(change, pool, name).await?;
+            self.create_persistent(change, pool, name, registration)
+                .await?;
             name.to_string()
         };
         Ok(StepResult {
@@ -226,8 +242,10 @@ impl Executor<'_> {
         change: &RunnerChange,
         pool: &ResolvedPool,
         name: &str,
+        known: Option<Option<GithubRunner>>,
     ) -> Result<(), StepError> {
-        let (registration, new_volume) = self.register_persistent(change, pool, name).await?;
+        let (registration, new_volume) =
+            self.register_persistent(change, pool, name, known).await?;
         let made = self.make_container(change, pool, name, registration).await;
         if made.is_err() && new_volume {
             let host = self.host(&change.host)?;
@@ -313,10 +331,15 @@ impl Executor<'_> {
         change: &RunnerChange,
         pool: &ResolvedPool,
         name: &str,
+        looked_up: Option<Option<GithubRunner>>,
     ) -> Result<(Registration, bool), StepError> {
         let host = self.host(&change.host)?;
         let fleet = &self.spec.name;
-        let known = match self.registration_named(name).await? {
+        let found = match looked_up {
+            Some(found) => found,
+            None => self.registration_named(name).await?,
+        };
+        let known = match found {
             Some(r) if contract::registration_owned(&r, fleet) => true,
             Some(r) => {
                 return Err(StepError::Plan(format!(
