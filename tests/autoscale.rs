@@ -468,7 +468,7 @@ fn retiring_an_autoscaled_pool_with_a_busy_runner_waits_for_its_job() {
     assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
     assert_eq!(
         running(&w, "auto"),
-        [busy.clone()],
+        std::slice::from_ref(&busy),
         "the idle runner went at once ({idle})"
     );
     // The job ends: the next apply deletes the scale set and its record.
@@ -496,7 +496,7 @@ fn destroy_waits_for_a_busy_scale_set_runner_before_deleting_its_scale_set() {
         common::stderr(&out)
     );
     assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
-    assert_eq!(running(&w, "auto"), [busy.clone()]);
+    assert_eq!(running(&w, "auto"), std::slice::from_ref(&busy));
     w.finish_job(&busy);
     let out = w.fleet(&["destroy", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
