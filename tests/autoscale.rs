@@ -679,3 +679,19 @@ fn a_service_that_drops_extra_labels_keeps_fleets_scale_set_by_its_record() {
     assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
     assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
 }
+
+#[test]
+fn watch_deletes_a_retired_scale_set_after_its_busy_runners_job() {
+    let w = world();
+    let (id, busy, _) = one_busy_runner(&w);
+    let watch = WatchProcess::start(&w, &["--resync", "2s"], &[]);
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    watch.eventually(Duration::from_secs(60), "the idle runner gone", || {
+        running(&w, "auto") == std::slice::from_ref(&busy)
+    });
+    assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
+    w.finish_job(&busy);
+    watch.eventually(Duration::from_secs(60), "the scale set deleted", || {
+        w.fake.scale_sets(Some(&w.scope)).is_empty() && w.owned_containers().is_empty()
+    });
+}
