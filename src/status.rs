@@ -169,11 +169,12 @@ pub struct GpuUse {
 /// The status of `spec`'s fleet in `observed`; `devices` are this machine's GPUs (empty when
 /// NVML is not there); `now` is seconds since the epoch.
 pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) -> FleetStatus {
+    let recorded = observed.recorded_scale_sets();
     let registrations: BTreeMap<&str, GithubView> = observed
         .github
         .runners
         .iter()
-        .filter(|r| contract::registration_owned(r, &spec.name))
+        .filter(|r| contract::registration_owned_with(r, &spec.name, &recorded))
         .map(|r| {
             (
                 r.name.as_str(),
@@ -260,10 +261,9 @@ pub fn autoscale_statuses(spec: &Spec, observed: &Observed) -> Vec<AutoscaleStat
     plan.autoscale
         .into_iter()
         .map(|a| AutoscaleStatus {
-            // GitHub compares scale set names ignoring case, as the planner does.
             scale_set_id: sets
                 .iter()
-                .find(|s| s.name.eq_ignore_ascii_case(&a.scale_set))
+                .find(|s| contract::same_scale_set_name(&s.name, &a.scale_set))
                 .map(|s| s.id),
             pool: a.pool,
             scale_set: a.scale_set,

@@ -472,7 +472,7 @@ fn retiring_an_autoscaled_pool_with_a_busy_runner_waits_for_its_job() {
     assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
     assert_eq!(
         running(&w, "auto"),
-        [busy.clone()],
+        std::slice::from_ref(&busy),
         "the idle runner went at once ({idle})"
     );
     // The job ends: the next apply deletes the scale set and its record.
@@ -500,7 +500,7 @@ fn destroy_waits_for_a_busy_scale_set_runner_before_deleting_its_scale_set() {
         common::stderr(&out)
     );
     assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
-    assert_eq!(running(&w, "auto"), [busy.clone()]);
+    assert_eq!(running(&w, "auto"), std::slice::from_ref(&busy));
     w.finish_job(&busy);
     let out = w.fleet(&["destroy", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
@@ -580,4 +580,122 @@ fn a_new_session_after_a_lost_one_numbers_its_messages_anew() {
         "a runner for the second job",
         || running(&w, "auto").len() == 2,
     );
+}
+
+#[test]
+fn a_scale_set_name_that_differs_only_in_case_is_the_same_scale_set() {
+    let w = world();
+    let pool = |name: &str| {
+        format!(
+            "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 1, max: 2, scale_set: {name} }}\n"
+        )
+    };
+    let lower = format!("{}-auto", w.run);
+    spec(&w, &pool(&lower), "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let before = running(&w, "auto");
+    assert_eq!(before.len(), 1);
+    // The spec names the scale set in capitals, and the runner is gone: apply registers its
+    // replacement in the scale set GitHub has, by the service's rule (case ignored).
+    spec(&w, &pool(&lower.to_uppercase()), "none");
+    w.finish_job(&before[0]);
+    let out = w.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert_eq!(w.fake.scale_sets(Some(&w.scope)).len(), 1);
+    let now = running(&w, "auto");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, before);
+    let status = w.fleet(&["status", "--format", "json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&common::stdout(&status)).expect("status JSON");
+    assert!(status["autoscale"][0]["scale_set_id"].is_u64(), "{status}");
+}
+
+#[test]
+fn a_github_change_restarts_the_listeners_with_the_new_client() {
+    let w = world();
+    let path = spec(&w, &autoscaled("auto", 0, 2), "none");
+    let watch = WatchProcess::start(&w, &["--resync", "3s"], &[]);
+    let old = listening_scale_set(&w, &watch, "auto");
+    // The fleet moves to another repository.
+    let other = format!("{}-two", w.run);
+    let text = std::fs::read_to_string(&path).expect("spec");
+    let moved = text.replace(
+        &format!("repo: acme/{}\n", w.run),
+        &format!("repo: acme/{other}\n"),
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&path, moved).expect("write spec");
+    let scope = fake_github::Scope::repo("acme", other);
+    watch.eventually(
+        Duration::from_secs(60),
+        "a session on the new repository's scale set",
+        || {
+            w.fake
+                .scale_sets(Some(&scope))
+                .iter()
+                .any(|s| s.session.is_some())
+        },
+    );
+    watch.eventually(Duration::from_secs(30), "the old session closed", || {
+        w.fake
+            .scale_sets(Some(&w.scope))
+            .iter()
+            .all(|s| s.id != old || s.session.is_none())
+    });
+}
+
+#[test]
+fn a_service_that_drops_extra_labels_keeps_fleets_scale_set_by_its_record() {
+    let w = world_with(|c| c.drop_extra_labels = true);
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 1, max: 2 }}\n"
+    );
+    spec(&w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let sets = w.fake.scale_sets(Some(&w.scope));
+    assert_eq!(sets.len(), 1);
+    assert_eq!(
+        sets[0].labels,
+        [format!("{}-auto", w.run)],
+        "labels dropped"
+    );
+    assert_eq!(running(&w, "auto").len(), 1);
+    // The next apply knows the scale set by fleet's record of it: no error, nothing to do.
+    let again = w.apply();
+    assert_eq!(again.status.code(), Some(0), "{}", common::stderr(&again));
+    assert!(
+        common::stdout(&again).contains("No changes"),
+        "{}",
+        common::stdout(&again)
+    );
+    // Retired: fleet deletes what it proved its own.
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+}
+
+#[test]
+fn watch_deletes_a_retired_scale_set_after_its_busy_runners_job() {
+    let w = world();
+    let (id, busy, _) = one_busy_runner(&w);
+    let watch = WatchProcess::start(&w, &["--resync", "2s"], &[]);
+    spec(&w, "  other:\n    count: 0\n    image: x:1\n", "none");
+    watch.eventually(Duration::from_secs(60), "the idle runner gone", || {
+        running(&w, "auto") == std::slice::from_ref(&busy)
+    });
+    assert!(w.fake.scale_sets(Some(&w.scope)).iter().any(|s| s.id == id));
+    w.finish_job(&busy);
+    watch.eventually(Duration::from_secs(60), "the scale set deleted", || {
+        w.fake.scale_sets(Some(&w.scope)).is_empty() && w.owned_containers().is_empty()
+    });
 }

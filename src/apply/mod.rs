@@ -3,10 +3,11 @@
 //! rolled back where it can be when it fails half-way. `runner.rs` holds the steps of a runner.
 
 pub mod lock;
+mod once;
 mod runner;
 mod scaleset;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -70,6 +71,20 @@ impl ApplyReport {
             .count()
     }
 
+    /// `, 1 scale set(s) deleted` and the like, for the scale set steps done.
+    fn scale_set_counts(&self) -> String {
+        [
+            (Action::CreateScaleSet, "created"),
+            (Action::UpdateScaleSet, "updated"),
+            (Action::DeleteScaleSet, "deleted"),
+        ]
+        .into_iter()
+        .map(|(action, done)| (self.count(action), done))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, done)| format!(", {n} scale set(s) {done}"))
+        .collect()
+    }
+
     /// `Apply complete: 2 created, ...`, or the failures.
     pub fn summary(&self, run: Run) -> String {
         let what = match run {
@@ -92,7 +107,7 @@ impl ApplyReport {
             match self.count(Action::DestroyVolume) {
                 0 => String::new(),
                 n => format!(", {n} volume(s) destroyed"),
-            },
+            } + &self.scale_set_counts(),
             deferred,
             failed
         );
@@ -171,8 +186,9 @@ pub struct Executor<'a> {
     observed: &'a Observed,
     pools: BTreeMap<String, ResolvedPool>,
     parallelism: usize,
-    /// (host, image) pairs already made ready in this apply: each is inspected or pulled once.
-    images_ready: tokio::sync::Mutex<BTreeSet<(String, String)>>,
+    /// (host, image) pairs made ready in this apply: each is inspected or pulled once, and
+    /// different images at once.
+    images_ready: once::OncePerKey<(String, String)>,
     /// Scale set ids by pool, of the scale sets this apply created or updated.
     scale_set_ids: tokio::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -201,7 +217,7 @@ impl<'a> Executor<'a> {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             parallelism: parallelism.max(1),
-            images_ready: tokio::sync::Mutex::new(BTreeSet::new()),
+            images_ready: once::OncePerKey::new(),
             scale_set_ids: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -391,4 +407,31 @@ fn quarantine_labels(
         );
     }
     map
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::{Action, ApplyReport, Outcome, Run, StepReport};
+    use std::time::Duration;
+
+    #[test]
+    fn a_deleted_scale_set_counts_as_deleted() {
+        let step = |action, name: &str| StepReport {
+            action,
+            name: name.into(),
+            outcome: Outcome::Done,
+            elapsed: Duration::ZERO,
+            runner: None,
+        };
+        let report = ApplyReport {
+            steps: vec![
+                step(Action::Destroy, "zq-auto-abc123"),
+                step(Action::DeleteScaleSet, "zq-auto"),
+            ],
+        };
+        assert_eq!(
+            report.summary(Run::Destroy),
+            "Destroy complete: 0 created, 0 replaced, 1 destroyed, 0 registration(s) removed, 0 volume(s) created, 1 scale set(s) deleted, 0 deferred, 0 failed."
+        );
+    }
 }

@@ -12,7 +12,7 @@ use crate::docker::{DockerError, DockerHost, Stop};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
 use crate::observe::state::GithubRunner;
 use crate::plan::{Reason, RunnerChange, RunnerOp};
-use crate::spec::{DEFAULT_STOP_TIMEOUT_SECS, ResolvedPool};
+use crate::spec::{DEFAULT_STOP_TIMEOUT_SECS, PullPolicy, ResolvedPool};
 
 const BUSY: &str = "GitHub says the runner is busy: kept, and handled after its job";
 const BUSY_WHILE_STOPPING: &str =
@@ -42,7 +42,11 @@ impl Executor<'_> {
     /// A persistent runner keeps its registration and its state volume: only the container is
     /// made anew, and the runner comes back as itself.
     async fn replace_persistent(&self, change: &RunnerChange) -> Result<StepResult, StepError> {
-        if let Some(runner) = self.owned_registration(&change.name).await?
+        // Looked up once: the busy check and the registration of the new container use it.
+        let found = self.registration_named(&change.name).await?;
+        let fleet = &self.spec.name;
+        if let Some(runner) = &found
+            && contract::registration_owned(runner, fleet)
             && runner.busy
         {
             return Ok(StepResult::deferred(
@@ -50,13 +54,17 @@ impl Executor<'_> {
             ));
         }
         let id = observed_id(change)?;
-        if let Some(kept) = self.stop_and_remove(change, id, true).await? {
+        let host = self.host(&change.host)?;
+        // Ownership is checked once; the container may be gone already.
+        if let Some(full_id) = host.write().owned_container(id, fleet).await?
+            && let Some(kept) = self.stop_and_remove(change, &full_id, true).await?
+        {
             return Ok(kept);
         }
-        self.create(change, &change.name).await
+        self.create_known(change, &change.name, Some(found)).await
     }
 
-    /// Stops the observed container gracefully (SIGTERM, then the pool's `stop_timeout`: the
+    /// Stops the observed container (`full_id`, proved fleet's) gracefully (SIGTERM, then the pool's `stop_timeout`: the
     /// runner ends its session and saves its state), then removes it. When it still runs after
     /// that and its registration stays (`registration_kept`: a replace or a move), GitHub is asked
     /// again whether it runs a job: one that took a job in between is kept, not killed, and the
@@ -64,11 +72,10 @@ impl Executor<'_> {
     async fn stop_and_remove(
         &self,
         change: &RunnerChange,
-        id: &str,
+        full_id: &str,
         registration_kept: bool,
     ) -> Result<Option<StepResult>, StepError> {
         let host = self.host(&change.host)?;
-        let fleet = &self.spec.name;
         // A pool gone from the spec stops its runners with the default.
         let secs = self
             .pools
@@ -77,7 +84,7 @@ impl Executor<'_> {
         let timeout = std::time::Duration::from_secs(secs.into());
         let stop = host
             .write()
-            .stop_owned_container(id, fleet, timeout)
+            .stop_checked_container(full_id, timeout)
             .await?;
         if stop == Stop::StillRunning {
             tracing::warn!(
@@ -93,7 +100,7 @@ impl Executor<'_> {
                 return Ok(Some(StepResult::deferred(BUSY_WHILE_STOPPING)));
             }
         }
-        host.write().remove_owned_container(id, fleet).await?;
+        host.write().remove_checked_container(full_id).await?;
         Ok(None)
     }
 
@@ -105,7 +112,7 @@ impl Executor<'_> {
         // Checked before the registration goes: a container that is not the fleet's stops the
         // step with nothing done.
         let container = observed_id(change)?;
-        host.write().owned_container(container, fleet).await?;
+        let checked = host.write().owned_container(container, fleet).await?;
         if change.registration_kept {
             // The runner lives on elsewhere under its registration: only its container goes,
             // and not while GitHub says it runs a job.
@@ -118,9 +125,11 @@ impl Executor<'_> {
         {
             return Ok(StepResult::deferred(BUSY));
         }
-        if let Some(kept) = self
-            .stop_and_remove(change, container, change.registration_kept)
-            .await?
+        // Ownership was checked above, once (`None`: already gone).
+        if let Some(full_id) = checked
+            && let Some(kept) = self
+                .stop_and_remove(change, &full_id, change.registration_kept)
+                .await?
         {
             return Ok(kept);
         }
@@ -182,31 +191,54 @@ impl Executor<'_> {
         }
     }
 
-    /// Makes the pool's image ready on the change's host, once per apply. Held while pulling,
-    /// so that parallel creates of one pool wait for one pull.
+    /// Makes the pool's image ready on the change's host, once per apply: parallel creates of
+    /// one image wait for one pull, and other images are pulled at the same time.
     async fn ensure_image(
         &self,
         change: &RunnerChange,
         pool: &ResolvedPool,
     ) -> Result<(), StepError> {
-        let mut ready = self.images_ready.lock().await;
-        let key = (change.host.clone(), pool.image.clone());
-        if !ready.contains(&key) {
-            let host = self.host(&change.host)?;
-            host.write().ensure_image(&pool.image, pool.pull).await?;
-            ready.insert(key);
+        // The observation inspected the pool's images: one it saw needs no second look
+        // (unless the pool pulls every time).
+        let seen = self
+            .observed
+            .hosts
+            .get(&change.host)
+            .and_then(|h| h.images.get(&pool.image))
+            .is_some_and(|present| *present);
+        if seen && pool.pull != PullPolicy::Always {
+            return Ok(());
         }
-        Ok(())
+        let key = (change.host.clone(), pool.image.clone());
+        self.images_ready
+            .run(key, || async {
+                let host = self.host(&change.host)?;
+                host.write().ensure_image(&pool.image, pool.pull).await?;
+                Ok::<(), StepError>(())
+            })
+            .await
     }
 
     /// Creates runner `name` of the change's pool: image, registration, volumes, container.
     async fn create(&self, change: &RunnerChange, name: &str) -> Result<StepResult, StepError> {
+        self.create_known(change, name, None).await
+    }
+
+    /// [`Executor::create`], with GitHub's registration of `name` when the step looked it up
+    /// already (`Some(None)`: GitHub has none).
+    async fn create_known(
+        &self,
+        change: &RunnerChange,
+        name: &str,
+        registration: Option<Option<GithubRunner>>,
+    ) -> Result<StepResult, StepError> {
         let pool = self.pool(&change.pool)?;
         self.ensure_image(change, pool).await?;
         let made = if pool.ephemeral {
             self.create_ephemeral(change, pool, name).await?
         } else {
-            self.create_persistent(change, pool, name).await?;
+            self.create_persistent(change, pool, name, registration)
+                .await?;
             name.to_string()
         };
         Ok(StepResult {
@@ -261,8 +293,10 @@ impl Executor<'_> {
         change: &RunnerChange,
         pool: &ResolvedPool,
         name: &str,
+        known: Option<Option<GithubRunner>>,
     ) -> Result<(), StepError> {
-        let (registration, new_volume) = self.register_persistent(change, pool, name).await?;
+        let (registration, new_volume) =
+            self.register_persistent(change, pool, name, known).await?;
         let made = self.make_container(change, pool, name, registration).await;
         if made.is_err() && new_volume {
             let host = self.host(&change.host)?;
@@ -348,10 +382,15 @@ impl Executor<'_> {
         change: &RunnerChange,
         pool: &ResolvedPool,
         name: &str,
+        looked_up: Option<Option<GithubRunner>>,
     ) -> Result<(Registration, bool), StepError> {
         let host = self.host(&change.host)?;
         let fleet = &self.spec.name;
-        let known = match self.registration_named(name).await? {
+        let found = match looked_up {
+            Some(found) => found,
+            None => self.registration_named(name).await?,
+        };
+        let known = match found {
             Some(r) if contract::registration_owned(&r, fleet) => true,
             Some(r) => {
                 return Err(StepError::Plan(format!(

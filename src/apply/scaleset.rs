@@ -40,8 +40,11 @@ impl Executor<'_> {
                     .get_or_create_scale_set(&spec)
                     .await
                     .map_err(failed("create"))?;
+                let created = matches!(ensured, crate::scaleset::Ensured::Created(_));
                 let set = ensured.scale_set();
-                if !contract::scale_set_owned(&set.label_names(), &self.spec.name) {
+                // Made by this call: fleet's, even when the service dropped its labels (some
+                // GitHub Enterprise Server versions do); the record made below proves it later.
+                if !created && !contract::scale_set_owned(&set.label_names(), &self.spec.name) {
                     return Err(StepError::Plan(format!(
                         "a runner scale set `{}` (id {}) appeared on GitHub that fleet did not create; fleet never adopts it",
                         set.name, set.id
@@ -129,7 +132,7 @@ impl Executor<'_> {
             .scale_sets
             .iter()
             .flatten()
-            .find(|s| Some(s.name.as_str()) == name)
+            .find(|s| name.is_some_and(|n| contract::same_scale_set_name(&s.name, n)))
             .map(|s| s.id)
             .ok_or_else(|| {
                 StepError::Plan(format!(

@@ -118,6 +118,26 @@ pub fn registration_owned(runner: &GithubRunner, fleet: &str) -> bool {
     prefixed && runner.labels.iter().any(|l| is_ownership_label(l, fleet))
 }
 
+/// Whether a registration is fleet `fleet`'s, counting the runners of fleet's own scale sets
+/// (`recorded`: the scale sets fleet's Docker records name). A scale set runner takes its
+/// scale set's labels, which a service that drops extra labels (some GitHub Enterprise Server
+/// versions) leaves without the ownership label: its name prefix and its scale set's name
+/// among its labels prove it then.
+pub fn registration_owned_with(runner: &GithubRunner, fleet: &str, recorded: &[&str]) -> bool {
+    if registration_owned(runner, fleet) {
+        return true;
+    }
+    let prefixed = runner
+        .name
+        .strip_prefix(fleet)
+        .is_some_and(|rest| rest.starts_with('-'));
+    prefixed
+        && runner
+            .labels
+            .iter()
+            .any(|l| recorded.iter().any(|set| same_scale_set_name(l, set)))
+}
+
 /// Whether `label` is fleet `fleet`'s ownership label (`fleet.<fleet>`).
 fn is_ownership_label(label: &str, fleet: &str) -> bool {
     label.strip_prefix("fleet.") == Some(fleet)
@@ -129,6 +149,14 @@ pub fn scale_set_owned(labels: &[String], fleet: &str) -> bool {
         l.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("fleet."))
             && l[6..].eq_ignore_ascii_case(fleet)
     })
+}
+
+/// Whether two runner scale set names name the same scale set. The Actions service compares
+/// them ignoring case (it finds a scale set by `?name=` and keeps names unique within a
+/// runner group without regard to case; actions-runner-controller treats a change of case
+/// as no rename); plan, apply, watch and status all use this one rule (docs/autoscale.md).
+pub fn same_scale_set_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
 }
 
 /// The labels of a volume fleet creates for `pool` (and, for a state volume, its runner).

@@ -336,6 +336,13 @@ impl DockerWrite<'_> {
         let Some(full_id) = self.owned_container(id, fleet).await? else {
             return Ok(());
         };
+        self.remove_checked_container(&full_id).await
+    }
+
+    /// Removes the container of `full_id`, which [`DockerWrite::owned_container`] has just
+    /// proved fleet's (a container's id and labels never change: one inspection is enough).
+    pub async fn remove_checked_container(&self, full_id: &str) -> Result<(), DockerError> {
+        let id = full_id;
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -367,6 +374,17 @@ impl DockerWrite<'_> {
         let Some(full_id) = self.owned_container(id, fleet).await? else {
             return Ok(Stop::Stopped);
         };
+        self.stop_checked_container(&full_id, timeout).await
+    }
+
+    /// [`DockerWrite::stop_owned_container`] of a container that
+    /// [`DockerWrite::owned_container`] has just proved fleet's.
+    pub async fn stop_checked_container(
+        &self,
+        full_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Stop, DockerError> {
+        let id = full_id;
         let what = || format!("stop container {}", short(id));
         let options = KillContainerOptionsBuilder::new().signal("SIGTERM").build();
         match self

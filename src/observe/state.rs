@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::labels;
 
+impl Observed {
+    /// The scale sets fleet's Docker records (on the observed hosts) say fleet made.
+    pub fn recorded_scale_sets(&self) -> Vec<&str> {
+        self.hosts
+            .values()
+            .flat_map(|h| &h.volumes)
+            .filter(|v| v.owned)
+            .filter_map(|v| v.scale_set.as_deref())
+            .collect()
+    }
+}
+
 /// Everything observed, per host and on GitHub.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observed {

@@ -131,11 +131,12 @@ impl<'a> Planner<'a> {
         fingerprint: String,
     ) -> Planner<'a> {
         let fleet = spec.name.as_str();
+        let recorded = observed.recorded_scale_sets();
         let registrations = observed
             .github
             .runners
             .iter()
-            .filter(|r| contract::registration_owned(r, fleet))
+            .filter(|r| contract::registration_owned_with(r, fleet, &recorded))
             .map(|r| (r.name.as_str(), r))
             .collect();
         let mut taken: BTreeSet<String> = observed

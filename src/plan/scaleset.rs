@@ -73,9 +73,12 @@ pub(super) fn plan_scale_sets(
             continue;
         };
         let name = autoscale.scale_set.as_str();
-        wanted.insert(name.to_lowercase());
+        wanted.insert(name.to_string());
         let labels = scale_set_labels(fleet, pool, name);
-        match existing.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+        match existing
+            .iter()
+            .find(|s| contract::same_scale_set_name(&s.name, name))
+        {
             None => {
                 let mut create = change(ScaleSetOp::Create, pool, name, None, labels);
                 if let Change::ScaleSet(set) = &mut create {
@@ -83,12 +86,15 @@ pub(super) fn plan_scale_sets(
                 }
                 changes.push(create);
             }
-            Some(set) if !contract::scale_set_owned(&set.labels, fleet) => problems.push(format!(
+            Some(set) if !owned(fleet, observed, set) => problems.push(format!(
                 "pool `{}`: GitHub has a runner scale set `{}` (id {}) that fleet `{fleet}` did not create; fleet never adopts it: rename the pool's scale set (autoscale.scale_set) or remove that one",
                 pool.name, set.name, set.id
             )),
             Some(set) => {
-                let mut diff = drift(set, &labels, group_of(pool).as_deref());
+                // A service that dropped the labels (some GitHub Enterprise Server versions)
+                // would drop them again: only the runner group is compared then.
+                let compare_labels = contract::scale_set_owned(&set.labels, fleet);
+                let mut diff = drift(set, &labels, group_of(pool).as_deref(), compare_labels);
                 let disable_update = pool.runner_update == RunnerUpdate::Disabled;
                 if set.disable_update != disable_update {
                     diff.push(AttributeChange {
@@ -106,8 +112,11 @@ pub(super) fn plan_scale_sets(
     }
     let mut warnings = Vec::new();
     for set in existing {
-        let ours = contract::scale_set_owned(&set.labels, fleet);
-        if ours && !wanted.contains(&set.name.to_lowercase()) {
+        let ours = owned(fleet, observed, set);
+        let used = wanted
+            .iter()
+            .any(|w: &String| contract::same_scale_set_name(w, &set.name));
+        if ours && !used {
             let record = record_of(observed, &set.name);
             let busy = busy_runners(fleet, observed, set, record.as_ref());
             if !busy.is_empty() {
@@ -167,11 +176,12 @@ fn busy_runners(
     let Some(pool) = from_record.or_else(from_name) else {
         return vec![];
     };
+    let recorded = observed.recorded_scale_sets();
     let busy: BTreeSet<&str> = observed
         .github
         .runners
         .iter()
-        .filter(|r| r.busy && contract::registration_owned(r, fleet))
+        .filter(|r| r.busy && contract::registration_owned_with(r, fleet, &recorded))
         .map(|r| r.name.as_str())
         .collect();
     observed
@@ -232,13 +242,26 @@ fn change(
     })
 }
 
+/// Whether scale set `set` is fleet's: its labels carry the ownership label, or, when the
+/// service returned it without fleet's labels (GitHub Enterprise Server versions that drop
+/// extra labels), fleet's Docker record of it says fleet made it. One with neither is never
+/// adopted.
+fn owned(fleet: &str, observed: &Observed, set: &ScaleSetState) -> bool {
+    contract::scale_set_owned(&set.labels, fleet) || record_of(observed, &set.name).is_some()
+}
+
 /// The volume that records scale set `name`, if fleet made one.
 fn record_of(observed: &Observed, name: &str) -> Option<(String, String)> {
     observed.hosts.iter().find_map(|(host, state)| {
         state
             .volumes
             .iter()
-            .find(|v| v.owned && v.scale_set.as_deref() == Some(name))
+            .find(|v| {
+                v.owned
+                    && v.scale_set
+                        .as_deref()
+                        .is_some_and(|s| contract::same_scale_set_name(s, name))
+            })
             .map(|v| (host.clone(), v.name.clone()))
     })
 }
@@ -252,11 +275,16 @@ fn update_text(disable_update: bool) -> &'static str {
     }
 }
 
-fn drift(set: &ScaleSetState, labels: &[String], group: Option<&str>) -> Vec<AttributeChange> {
+fn drift(
+    set: &ScaleSetState,
+    labels: &[String],
+    group: Option<&str>,
+    compare_labels: bool,
+) -> Vec<AttributeChange> {
     let mut diff = Vec::new();
     let lower =
         |list: &[String]| -> BTreeSet<String> { list.iter().map(|l| l.to_lowercase()).collect() };
-    if lower(&set.labels) != lower(labels) {
+    if compare_labels && lower(&set.labels) != lower(labels) {
         diff.push(AttributeChange {
             attribute: "labels".into(),
             before: Some(set.labels.join("\n")),

@@ -365,3 +365,35 @@ fn a_scale_set_whose_runners_may_update_themselves_is_updated_unless_the_pool_en
         "enabled: no drift: {changes:?}"
     );
 }
+
+#[test]
+fn a_scale_set_without_fleets_labels_is_fleets_only_by_its_record() {
+    // The service dropped every label but the name (some GitHub Enterprise Server versions).
+    let bare = with_scale_sets(empty_world(), vec![ours(7, "zq-auto", &["zq-auto"])]);
+    let err = plan(&with_pools(AUTO), &bare).expect_err("no record: never adopted");
+    assert!(err.problems[0].contains("did not create"), "{err:?}");
+    let mut recorded = bare.clone();
+    recorded.hosts.get_mut("local").expect("host").volumes.push(
+        crate::observe::state::VolumeState {
+            name: "zq-auto.scale-set".into(),
+            owned: true,
+            pool: Some("auto".into()),
+            runner: None,
+            scale_set: Some("zq-auto".into()),
+            quarantine: None,
+        },
+    );
+    let changes = actions(&recorded, AUTO);
+    assert!(
+        !changes
+            .iter()
+            .any(|(a, _)| matches!(a, Action::UpdateScaleSet | Action::CreateScaleSet)),
+        "proven by its record; labels the service drops are not updated again: {changes:?}"
+    );
+    // Left the spec: deleted, as fleet's.
+    let changes = actions(&recorded, "  other:\n    count: 0\n    image: r:1\n");
+    assert!(
+        changes.contains(&(Action::DeleteScaleSet, "zq-auto".into())),
+        "{changes:?}"
+    );
+}

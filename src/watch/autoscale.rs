@@ -133,6 +133,16 @@ impl Listeners {
         }
     }
 
+    /// Stops every listener (each deletes its session with the client it has) and forgets
+    /// what they knew: the next reconcile starts new ones with the clients it has then (the
+    /// spec's `github` changed).
+    pub fn restart(&mut self) {
+        for listener in std::mem::take(&mut self.running).into_values() {
+            listener.stop.send_replace(true);
+        }
+        lock(&self.demand).clear();
+    }
+
     /// Stops every listener: each ends its poll and deletes its message session, within
     /// `grace` (SIGTERM, SIGINT). A restarted watch then opens its sessions at once.
     pub async fn stop(&mut self, grace: Duration) {
@@ -185,7 +195,7 @@ impl Listeners {
                 .scale_sets
                 .iter()
                 .flatten()
-                .find(|s| s.name.eq_ignore_ascii_case(set))
+                .find(|s| crate::contract::same_scale_set_name(&s.name, set))
                 .map(|s| s.id);
             if let Some(id) = id {
                 all.entry(pool.clone()).or_default().scale_set_id = Some(id);

@@ -300,7 +300,9 @@ impl Loop {
             Ok(new) if new != self.spec => {
                 tracing::info!("{} changed; converging to it", self.file.display());
                 if new.github != self.spec.github {
+                    // New clients, and listeners that use them.
                     self.github = None;
+                    self.autoscale.restart();
                 }
                 self.spec = new;
                 Ok(true)
@@ -328,8 +330,13 @@ impl Loop {
     async fn connected(&mut self) -> Result<Observers, ReconcileError> {
         let base = spec_dir(&self.file);
         if !self.links.serve(&self.spec) {
-            self.links =
-                HostLinks::start(&self.spec, &base, self.env.clone(), self.tx.clone()).await;
+            // Only the hosts whose entries changed are connected again.
+            let env = self.env.clone();
+            let connected = self
+                .links
+                .update(&self.spec, &base, env, self.tx.clone())
+                .await;
+            tracing::debug!("hosts connected for the new spec: {}", connected.join(", "));
         }
         let (github, scale_sets) = match &self.github {
             Some(clients) => clients.clone(),

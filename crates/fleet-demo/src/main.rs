@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fake_github::{Config, FakeGithub, NewRunner, ScaleSetConfig, Scope};
 use fleet::cli::Cli;
-use fleet::contract::ownership_label;
+use fleet::contract::RunnerConfig;
 use fleet::spec::{GpuRequest, HostGpus, Spec};
 
 /// The demo fleet's name: every container, volume and runner it makes starts with it.
@@ -187,27 +187,30 @@ fn runners_come_online(fake: &FakeGithub, scope: &Scope, spec: &Spec) -> Result<
         "--format",
         "{{.Names}}",
     ])?;
-    let persistent: Vec<String> = spec
+    // Each persistent pool's name prefix and the labels its runners register with.
+    let persistent: Vec<(String, Vec<String>)> = spec
         .resolved_pools()
         .into_iter()
         .filter(|p| !p.ephemeral)
-        .map(|p| format!("{FLEET}-{}-", p.name))
+        .map(|p| {
+            let labels = RunnerConfig::for_pool(FLEET, &p).labels;
+            (format!("{FLEET}-{}-", p.name), labels)
+        })
         .collect();
     for name in containers.lines() {
+        let pool = persistent
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix));
         if !fake.set_runner_state_by_name(scope, name, true, false)
-            && persistent.iter().any(|p| name.starts_with(p))
+            && let Some((_, labels)) = pool
         {
-            // A persistent runner registers itself with config.sh and the token fleet gave it.
+            // A persistent runner registers itself with config.sh, the token fleet gave it and
+            // its pool's labels (so that the next plan finds nothing to change).
             fake.add_runner(
                 scope,
                 NewRunner {
                     name: name.to_string(),
-                    labels: vec![
-                        "self-hosted".into(),
-                        "Linux".into(),
-                        "X64".into(),
-                        ownership_label(FLEET),
-                    ],
+                    labels: labels.clone(),
                     status_online: true,
                     busy: false,
                     ..NewRunner::default()
@@ -320,6 +323,11 @@ fn run(args: &Args, token: &str, fake_addr: std::net::SocketAddr) -> Result<(), 
 
     banner("The runners");
     show_runners(&fake, &scope)?;
+
+    banner("fleet plan right after apply: no changes");
+    if fleet(&["-f", &file, "plan", "--detailed-exitcode"]) != 0 {
+        return Err("the plan right after apply is not empty".into());
+    }
 
     banner("A job runs on an ephemeral runner, and ends");
     let gpu_prefix = format!("{FLEET}-gpu-");

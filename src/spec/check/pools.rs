@@ -9,11 +9,11 @@ use super::{
 };
 use crate::spec::diag::quote;
 use crate::spec::memory::memory_problem;
-use crate::spec::reference::check_reference;
 use crate::spec::model::{
     GpuRequest, Host, HostGpus, MAX_SCALE_SET_NAME, MAX_STOP_TIMEOUT_SECS, Pool, PoolHosts,
     parse_stop_timeout,
 };
+use crate::spec::reference::check_reference;
 use crate::spec::resolve::DEFAULT_RUNNER_LABELS;
 
 /// Docker labels and runner labels with this prefix mark what fleet owns.

@@ -39,6 +39,9 @@ pub struct ScaleSetConfig {
     /// of across sessions: a listener must not take a new session's message for one it
     /// handled in an earlier session.
     pub message_ids_per_session: bool,
+    /// Keep only a scale set's name as its label (created or updated), as GitHub Enterprise
+    /// Server versions that drop extra labels do.
+    pub drop_extra_labels: bool,
 }
 
 impl Default for ScaleSetConfig {
@@ -51,6 +54,7 @@ impl Default for ScaleSetConfig {
             queue_token_ttl: Duration::from_secs(3600),
             delivery: JobDelivery::AutoAssign,
             message_ids_per_session: false,
+            drop_extra_labels: false,
         }
     }
 }

@@ -375,7 +375,7 @@ impl State {
             .values()
             .filter(|s| s.scope == *scope)
             .filter(|s| group_id.is_none_or(|g| s.group_id == g))
-            .filter(|s| name.is_none_or(|n| s.name == n))
+            .filter(|s| name.is_none_or(|n| s.name.eq_ignore_ascii_case(n)))
             .map(|s| self.scale_set_json(s))
             .collect()
     }
@@ -409,9 +409,13 @@ impl State {
                 format!("No runner group found with identifier {group_id}."),
             ));
         }
-        // Names are unique within a runner group.
+        // Names are unique within a runner group, without regard to case (as the service
+        // finds them).
         let taken = self.scalesets.sets.values().any(|s| {
-            s.scope == *scope && s.group_id == group_id && s.name == name && Some(s.id) != except
+            s.scope == *scope
+                && s.group_id == group_id
+                && s.name.eq_ignore_ascii_case(name)
+                && Some(s.id) != except
         });
         if taken {
             return Err(ServiceError::new(
@@ -435,6 +439,7 @@ impl State {
             .unwrap_or(DEFAULT_GROUP_ID);
         self.check_name_and_group(scope, &name, group_id, None)?;
         let labels = match body.labels {
+            Some(_) if self.scalesets.config.drop_extra_labels => vec![name.clone()],
             Some(labels) if !labels.is_empty() => labels,
             _ => vec![name.clone()],
         };
@@ -476,10 +481,15 @@ impl State {
             .sets
             .get_mut(&id)
             .ok_or_else(|| ServiceError::no_scale_set(id))?;
+        let drop_extra = self.scalesets.config.drop_extra_labels;
         set.name = name;
         set.group_id = group_id;
         if let Some(labels) = body.labels.filter(|l| !l.is_empty()) {
-            set.labels = labels;
+            set.labels = if drop_extra {
+                vec![set.name.clone()]
+            } else {
+                labels
+            };
         }
         if let Some(disable) = body.disable_update {
             set.disable_update = disable;

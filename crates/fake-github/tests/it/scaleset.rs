@@ -350,7 +350,10 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
         .generate_jit_config(set, "zq-gpu-2", "_work")
         .await
         .expect("jit");
-    let again = rig.client.generate_jit_config(set, "zq-gpu-2", "_work").await;
+    let again = rig
+        .client
+        .generate_jit_config(set, "zq-gpu-2", "_work")
+        .await;
     assert!(
         matches!(again, Err(ScaleSetError::RunnerExists { .. })),
         "{again:?}"
@@ -983,4 +986,32 @@ async fn messages_can_be_numbered_per_session() {
         rig.client.delete_session(&session).await.expect("close");
     }
     assert_eq!(ids, [1, 1], "each session starts its own numbering");
+}
+
+#[tokio::test]
+async fn scale_set_names_are_compared_without_regard_to_case() {
+    let rig = rig(fast()).await;
+    let id = scale_set(&rig).await;
+    let again = rig
+        .client
+        .get_or_create_scale_set(&ScaleSetSpec::new("ZQ-GPU"))
+        .await
+        .expect("found");
+    assert_eq!(
+        again.scale_set().id,
+        id,
+        "the same scale set, found by name"
+    );
+    assert_eq!(rig.fake.scale_sets(None).len(), 1);
+}
+
+#[tokio::test]
+async fn a_service_that_drops_extra_labels_keeps_only_the_name() {
+    let rig = rig(ScaleSetConfig {
+        drop_extra_labels: true,
+        ..fast()
+    })
+    .await;
+    scale_set(&rig).await;
+    assert_eq!(rig.fake.scale_sets(None)[0].labels, ["zq-gpu"]);
 }
