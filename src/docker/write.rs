@@ -347,7 +347,7 @@ impl DockerWrite<'_> {
             .force(true)
             .v(true)
             .build();
-        let path = self.segment(|| format!("remove container {}", short(id)), &full_id)?;
+        let path = self.segment(|| format!("remove container {}", short(id)), full_id)?;
         match self
             .host
             .docker
@@ -390,7 +390,7 @@ impl DockerWrite<'_> {
         match self
             .host
             .docker
-            .kill_container(&full_id, Some(options))
+            .kill_container(full_id, Some(options))
             .await
         {
             Ok(()) => {}
@@ -407,7 +407,7 @@ impl DockerWrite<'_> {
             let options = WaitContainerOptionsBuilder::new()
                 .condition("not-running")
                 .build();
-            let mut exits = self.host.docker.wait_container(&full_id, Some(options));
+            let mut exits = self.host.docker.wait_container(full_id, Some(options));
             // In slices shorter than the client's per-request timeout.
             match tokio::time::timeout(left.min(WAIT_SLICE), exits.next()).await {
                 Err(_) | Ok(Some(Err(BollardError::RequestTimeoutError))) => continue,
