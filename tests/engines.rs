@@ -420,7 +420,7 @@ fn a_probe_image_with_its_own_nvidia_smi_runs_the_hosts_over_tls() {
     let host_tool = toolkit.join("host-nvidia-smi");
     std::fs::write(
         &host_tool,
-        "#!/bin/sh\nuid=?\nwhile read k v rest; do [ \"$k\" = Uid: ] && uid=$v; done < /proc/self/status\necho \"0, GPU-host-0000, host uid=$uid preload=$LD_PRELOAD., 1024\"\n",
+        "#!/bin/sh\nuid=?\nwhile read k v rest; do [ \"$k\" = Uid: ] && uid=$v; done < /proc/self/status\necho \"0, GPU-host-0000, host uid=$uid preload=$LD_PRELOAD., 1024, 0, 34, 0, 0, No, No, No, 0x0000000000000000\"\n",
     )
     .expect("write the host's nvidia-smi");
     let hook = toolkit.join("nvidia-container-runtime-hook");
