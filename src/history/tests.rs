@@ -491,3 +491,46 @@ fn percentiles_are_nearest_rank() {
     assert_eq!(report::percentile(&[], 0.5), None);
     assert_eq!(report::percentile(&[3.0], 0.95), Some(3.0));
 }
+
+#[test]
+fn hourly_sums_and_the_samples_give_the_same_gpu_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zq.db");
+    let mut conn = open(&path, true).unwrap();
+    known_history(&mut conn);
+    // A range that cuts an hour: 1500 s from the samples, the rest from the sums.
+    for (from, to) in [(0.0, 10_000.0), (1500.0, 10_000.0), (0.0, 1500.0)] {
+        let by_sums = report::build(
+            &conn,
+            &ReportOptions {
+                from,
+                to,
+                ..options()
+            },
+        )
+        .unwrap();
+        let by_samples = report::build(
+            &conn,
+            &ReportOptions {
+                from,
+                to,
+                busy_threshold: 10.000_001,
+                ..options()
+            },
+        )
+        .unwrap();
+        assert_eq!(by_sums.gpus, by_samples.gpus, "{from}..{to}");
+        assert_eq!(by_sums.gpu_pools, by_samples.gpu_pools, "{from}..{to}");
+    }
+    let late = report::build(
+        &conn,
+        &ReportOptions {
+            from: 1500.0,
+            ..options()
+        },
+    )
+    .unwrap();
+    // From 1500: samples 1500..1990, 50 of 10 s, none busy.
+    assert!((late.gpus[0].held_hours * 3600.0 - 500.0).abs() < 1e-6);
+    assert_eq!(late.gpus[0].busy_hours, 0.0);
+}
