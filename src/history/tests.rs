@@ -534,3 +534,71 @@ fn hourly_sums_and_the_samples_give_the_same_gpu_figures() {
     assert!((late.gpus[0].held_hours * 3600.0 - 500.0).abs() < 1e-6);
     assert_eq!(late.gpus[0].busy_hours, 0.0);
 }
+
+#[test]
+fn each_removed_runner_carries_the_cause_the_plan_gave() {
+    use crate::apply::{Outcome, StepReport};
+    use crate::plan::{Action, Change, Plan, Reason, RunnerChange, RunnerOp};
+    let change = |name: &str, reasons: Vec<Reason>| {
+        Change::Runner(RunnerChange::new(
+            RunnerOp::Destroy,
+            "gpu",
+            "local",
+            name,
+            reasons,
+        ))
+    };
+    let plan = Plan {
+        fleet: "zq".into(),
+        changes: vec![
+            change("zq-gpu-a", vec![Reason::Exited { code: Some(1) }]),
+            change("zq-gpu-b", vec![Reason::Unregistered]),
+            change(
+                "zq-gpu-c",
+                vec![Reason::GpuGone {
+                    uuid: "GPU-1".into(),
+                    host: "local".into(),
+                    lost: true,
+                }],
+            ),
+            change(
+                "zq-gpu-d",
+                vec![Reason::PoolOver {
+                    total: 3,
+                    wanted: 2,
+                }],
+            ),
+        ],
+        deferred: vec![],
+        warnings: vec![],
+        autoscale: vec![],
+        spec_hash: String::new(),
+        observed_fingerprint: String::new(),
+    };
+    let context = record::ActionContext::new(&plan, Source::Watch);
+    let step = |name: &str, action: Action| StepReport {
+        action,
+        name: name.into(),
+        outcome: Outcome::Done,
+        elapsed: Duration::from_millis(10),
+        runner: None,
+    };
+    let causes: Vec<String> = ["zq-gpu-a", "zq-gpu-b", "zq-gpu-c", "zq-gpu-d"]
+        .iter()
+        .map(|n| match context.event(&step(n, Action::Destroy)) {
+            Some(Event::Action {
+                cause, pool, host, ..
+            }) => {
+                assert_eq!(
+                    (pool.as_deref(), host.as_deref()),
+                    (Some("gpu"), Some("local"))
+                );
+                cause
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(causes, ["exited", "job_done", "gpu_fault", "removed"]);
+    // A change that waits for a busy runner is planned again each reconcile: not recorded.
+    assert!(context.event(&step("zq-gpu-a", Action::Defer)).is_none());
+}
