@@ -572,7 +572,10 @@ fn seconds(s: Option<f64>) -> String {
 }
 
 /// Title and rows of each table of the report.
-fn sections(report: &Report) -> Vec<(&'static str, Vec<&'static str>, Vec<Vec<String>>)> {
+/// A table of the report: its title, header and rows.
+type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
+
+fn sections(report: &Report) -> Vec<Section> {
     let pools = report
         .pools
         .iter()

@@ -190,6 +190,9 @@ impl Recorder {
     }
 }
 
+/// Who waits for a batch to be committed, and whether maintenance runs after it.
+type Waiter = (SyncSender<()>, bool);
+
 /// A span being extended: its row, value and last end.
 struct OpenSpan {
     row: i64,
@@ -253,11 +256,7 @@ impl Writer {
     }
 
     /// Takes what arrives within the batch window after `first`.
-    fn gather(
-        &self,
-        first: Message,
-        rx: &Receiver<Message>,
-    ) -> (Vec<Event>, Vec<(SyncSender<()>, bool)>, bool) {
+    fn gather(&self, first: Message, rx: &Receiver<Message>) -> (Vec<Event>, Vec<Waiter>, bool) {
         let deadline = Instant::now() + self.options.batch_window;
         let (mut batch, mut flushes) = (Vec::new(), Vec::new());
         let mut next = Some(first);
