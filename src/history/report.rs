@@ -190,7 +190,8 @@ pub fn build(conn: &Connection, options: &ReportOptions) -> Result<Report, Histo
     })
 }
 
-/// The part of `[start, end]` inside `[from, to]`, in seconds.
+/// The part of `[start, end]` inside `[from, to]`, in seconds. (Sums of these start from
+/// `0.0` with a fold: an empty `f64` sum is `-0.0`, which would print as `-0.0`.)
 fn overlap(start: f64, end: f64, (from, to): (f64, f64)) -> f64 {
     (end.min(to) - start.max(from)).max(0.0)
 }
@@ -214,7 +215,7 @@ fn pool_report(
         mine.iter()
             .filter(|s| states.contains(&s.value.as_str()))
             .map(|s| overlap(s.start, s.end, range))
-            .sum()
+            .fold(0.0, |a, b| a + b)
     };
     let (busy, idle, offline) = (
         time_in(&["busy"]),
@@ -374,7 +375,7 @@ fn host_reports(range: (f64, f64), hosts: &[Span], runners: &[Span]) -> Vec<Host
                     .iter()
                     .filter(|s| s.key == host && s.value == value)
                     .map(|s| overlap(s.start, s.end, range))
-                    .sum()
+                    .fold(0.0, |a, b| a + b)
             };
             let (up, down) = (time("up"), time("down"));
             let online: f64 = runners
@@ -382,7 +383,7 @@ fn host_reports(range: (f64, f64), hosts: &[Span], runners: &[Span]) -> Vec<Host
                 .filter(|s| s.host.as_deref() == Some(host))
                 .filter(|s| s.value == "busy" || s.value == "idle")
                 .map(|s| overlap(s.start, s.end, range))
-                .sum();
+                .fold(0.0, |a, b| a + b);
             HostReport {
                 host: host.to_string(),
                 up_fraction: ratio(up, up + down),
@@ -554,6 +555,8 @@ fn time(t: f64) -> String {
 }
 
 fn hours(h: f64) -> String {
+    // No `-0.0` for a sum of nothing.
+    let h = if h == 0.0 { 0.0 } else { h };
     format!("{h:.1}")
 }
 

@@ -457,6 +457,10 @@ fn the_report_renders_in_every_format() {
     assert!(csv.starts_with("section,subject,figure,value\n"));
     assert!(csv.contains("\npool,gpu,availability,0.7500\n"), "{csv}");
     let text = report::render(&report, ReportFormat::Text);
+    // No `-0.0` for a host that was never down.
+    assert!(!text.contains("-0.0"), "{text}");
+    assert_eq!(json["hosts"][0]["down_hours"].as_f64(), Some(0.0));
+    assert!(!json["hosts"][0]["down_hours"].to_string().starts_with('-'));
     assert!(
         text.contains("history exists from 1970-01-01T00:16:40Z"),
         "{text}"
