@@ -19,6 +19,7 @@ const COMMANDS: &[&str] = &[
     "destroy",
     "watch",
     "status",
+    "report",
     "gpus",
     "show",
     "schema",

@@ -13,6 +13,7 @@ mod hosts;
 
 mod autoscale;
 
+mod history;
 mod status_page;
 
 use std::collections::HashMap;
@@ -120,6 +121,23 @@ enum Bench {
         #[arg(long, default_value_t = 30)]
         host_timeout: u64,
     },
+    /// The history database under a synthetic load: its size after DAYS, and `fleet report`'s
+    /// time on it (no Docker, no GitHub: events as `fleet watch` sends them).
+    History {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, default_value_t = 100)]
+        runners: u32,
+        #[arg(long, default_value_t = 4)]
+        hosts: u32,
+        #[arg(long, default_value_t = 8)]
+        gpus_per_host: u32,
+        #[arg(long, default_value_t = 2000)]
+        jobs_per_day: u32,
+        /// Keep the database in this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// GitHub requests of `fleet watch` in steady state, per resync and projected per hour.
     ApiBudget {
         #[arg(long, default_value_t = 100)]
@@ -161,6 +179,21 @@ fn main() {
                 secrets,
             } => autoscale::autoscale(jobs, burst, &secrets).await,
             Bench::HostsConverge { runners, rounds } => hosts::converge(runners, rounds).await,
+            Bench::History {
+                days,
+                runners,
+                hosts,
+                gpus_per_host,
+                jobs_per_day,
+                out,
+            } => history::run(&history::Load {
+                out,
+                days,
+                runners,
+                hosts,
+                gpus_per_host,
+                jobs_per_day,
+            }),
             Bench::DeadHost {
                 runners,
                 exits,

@@ -122,14 +122,24 @@ pub fn spans(conn: &Connection, kind: &str, from: f64, to: f64) -> Result<Vec<Sp
 
 /// Events in `[from, to)`, oldest first.
 pub fn events(conn: &Connection, from: f64, to: f64) -> Result<Vec<EventRow>, HistoryError> {
+    events_of_kind(conn, None, from, to)
+}
+
+/// Events of `kind` (`reconcile`, `action`, `docker`; `None`: all) in `[from, to)`.
+pub fn events_of_kind(
+    conn: &Connection,
+    kind: Option<&str>,
+    from: f64,
+    to: f64,
+) -> Result<Vec<EventRow>, HistoryError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT ts, kind, source, pool, host, runner, detail FROM events
-             WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, id",
+             WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY ts, id",
         )
         .map_err(failed("read events"))?;
     let rows = stmt
-        .query_map(params![from, to], |r| {
+        .query_map(params![from, to, kind], |r| {
             let detail: String = r.get(6)?;
             Ok(EventRow {
                 ts: r.get(0)?,

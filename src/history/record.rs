@@ -68,7 +68,11 @@ pub fn record_apply(fleet: &str, args: &HistoryArgs, run: Run, plan: &Plan, repo
         Run::Destroy => Source::Destroy,
     };
     let context = ActionContext::new(plan, source);
-    let events: Vec<Event> = report.steps.iter().map(|s| context.event(s)).collect();
+    let events: Vec<Event> = report
+        .steps
+        .iter()
+        .filter_map(|s| context.event(s))
+        .collect();
     let result =
         super::open(&path, false).and_then(|mut conn| super::writer::write_now(&mut conn, &events));
     if let Err(e) = result {
@@ -149,8 +153,12 @@ impl ActionContext {
         ActionContext { source, changes }
     }
 
-    /// The event of one step.
-    pub fn event(&self, step: &StepReport) -> Event {
+    /// The event of one step; none for a change that waits for a busy runner (it is planned
+    /// again at every reconcile until the job ends: the step that follows is recorded).
+    pub fn event(&self, step: &StepReport) -> Option<Event> {
+        if step.action == crate::plan::Action::Defer {
+            return None;
+        }
         let Described {
             pool,
             host,
@@ -162,7 +170,7 @@ impl ActionContext {
             Outcome::Deferred(w) => ("deferred", w.clone()),
             Outcome::Failed(failure) => ("failed", failure.clone()),
         };
-        Event::Action {
+        Some(Event::Action {
             at: now(),
             source: self.source,
             action: step.action.as_str().to_string(),
@@ -174,7 +182,7 @@ impl ActionContext {
             seconds: step.elapsed.as_secs_f64(),
             runner: step.runner.clone(),
             cause: cause.to_string(),
-        }
+        })
     }
 }
 

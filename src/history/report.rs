@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::HistoryError;
-use super::query::{self, ExitRow, GpuRow, JobRow, Span};
+use super::query::{self, ExitRow, JobRow, Span};
 
 /// What to report on.
 #[derive(Debug, Clone)]
@@ -150,19 +150,9 @@ pub fn build(conn: &Connection, options: &ReportOptions) -> Result<Report, Histo
         .into_iter()
         .filter(|e| keep(e.pool.as_deref(), e.host.as_deref()))
         .collect();
-    let actions: Vec<query::EventRow> = query::events(conn, from, to)?
+    let actions: Vec<query::EventRow> = query::events_of_kind(conn, Some("action"), from, to)?
         .into_iter()
-        .filter(|e| e.kind == "action" && keep(e.pool.as_deref(), e.host.as_deref()))
-        .collect();
-    let gpus: Vec<GpuRow> = query::gpu_samples(conn, from, to)?
-        .into_iter()
-        .filter(|g| {
-            options.host.as_deref().is_none_or(|h| g.host == h)
-                && options
-                    .pool
-                    .as_deref()
-                    .is_none_or(|p| g.pool.as_deref() == Some(p))
-        })
+        .filter(|e| keep(e.pool.as_deref(), e.host.as_deref()))
         .collect();
     let mut pools: BTreeSet<String> = wanted.iter().filter_map(|s| s.pool.clone()).collect();
     pools.extend(runners.iter().filter_map(|s| s.pool.clone()));
@@ -182,10 +172,9 @@ pub fn build(conn: &Connection, options: &ReportOptions) -> Result<Report, Histo
         })
         .collect();
     let hosts = host_reports((from, to), &host_spans, &runners);
-    let threshold = options.busy_threshold;
-    let gpu_reports = group_gpus(&gpus, threshold, |g| Some(format!("{}/{}", g.host, g.uuid)));
-    let gpu_pools = group_gpus(&gpus, threshold, |g| g.pool.clone());
-    let (top_repositories, top_workflows) = usage(conn, &jobs, (from, to), options.top)?;
+    let gpu_reports = gpu_figures(conn, options, "host || '/' || uuid")?;
+    let gpu_pools = gpu_figures(conn, options, "pool")?;
+    let (top_repositories, top_workflows) = usage(conn, options)?;
     Ok(Report {
         format_version: "1",
         from,
@@ -201,7 +190,8 @@ pub fn build(conn: &Connection, options: &ReportOptions) -> Result<Report, Histo
     })
 }
 
-/// The part of `[start, end]` inside `[from, to]`, in seconds.
+/// The part of `[start, end]` inside `[from, to]`, in seconds. (Sums of these start from
+/// `0.0` with a fold: an empty `f64` sum is `-0.0`, which would print as `-0.0`.)
 fn overlap(start: f64, end: f64, (from, to): (f64, f64)) -> f64 {
     (end.min(to) - start.max(from)).max(0.0)
 }
@@ -225,7 +215,7 @@ fn pool_report(
         mine.iter()
             .filter(|s| states.contains(&s.value.as_str()))
             .map(|s| overlap(s.start, s.end, range))
-            .sum()
+            .fold(0.0, |a, b| a + b)
     };
     let (busy, idle, offline) = (
         time_in(&["busy"]),
@@ -385,7 +375,7 @@ fn host_reports(range: (f64, f64), hosts: &[Span], runners: &[Span]) -> Vec<Host
                     .iter()
                     .filter(|s| s.key == host && s.value == value)
                     .map(|s| overlap(s.start, s.end, range))
-                    .sum()
+                    .fold(0.0, |a, b| a + b)
             };
             let (up, down) = (time("up"), time("down"));
             let online: f64 = runners
@@ -393,7 +383,7 @@ fn host_reports(range: (f64, f64), hosts: &[Span], runners: &[Span]) -> Vec<Host
                 .filter(|s| s.host.as_deref() == Some(host))
                 .filter(|s| s.value == "busy" || s.value == "idle")
                 .map(|s| overlap(s.start, s.end, range))
-                .sum();
+                .fold(0.0, |a, b| a + b);
             HostReport {
                 host: host.to_string(),
                 up_fraction: ratio(up, up + down),
@@ -404,81 +394,114 @@ fn host_reports(range: (f64, f64), hosts: &[Span], runners: &[Span]) -> Vec<Host
         .collect()
 }
 
-fn group_gpus(
-    samples: &[GpuRow],
-    threshold: f64,
-    subject: impl Fn(&GpuRow) -> Option<String>,
-) -> Vec<GpuReport> {
-    let mut groups: BTreeMap<String, Vec<&GpuRow>> = BTreeMap::new();
-    for s in samples {
-        if let Some(key) = subject(s) {
-            groups.entry(key).or_default().push(s);
-        }
+/// The GPU figures of the range, grouped by `subject` (an SQL expression of `host`, `uuid`
+/// and `pool`: the GPU, or its pool). Whole hours come from the hourly sums, the hours cut by
+/// the range's ends (and every hour, with a busy threshold other than the sums') from the
+/// samples: a month's report reads hundreds of rows, not a million.
+fn gpu_figures(
+    conn: &Connection,
+    options: &ReportOptions,
+    subject: &str,
+) -> Result<Vec<GpuReport>, HistoryError> {
+    let (from, to) = (options.from, options.to);
+    let (mut h0, mut h1) = ((from / HOUR).ceil() * HOUR, (to / HOUR).floor() * HOUR);
+    if h1 <= h0 || options.busy_threshold != super::writer::ROLLUP_BUSY_THRESHOLD {
+        (h0, h1) = (to, to);
     }
-    groups
-        .into_iter()
-        .map(|(subject, rows)| {
-            let sum = |f: &dyn Fn(&&GpuRow) -> bool| -> f64 {
-                rows.iter().filter(|r| f(r)).map(|r| r.seconds).sum()
-            };
-            let busy =
-                |r: &&GpuRow| r.runner.is_some() && r.utilization.is_some_and(|u| u > threshold);
-            let held = sum(&|r| r.runner.is_some());
-            let busy_secs = sum(&busy);
-            let busy_util: f64 = rows
-                .iter()
-                .filter(|r| busy(r))
-                .map(|r| r.utilization.unwrap_or(0.0) * r.seconds)
-                .sum();
-            GpuReport {
-                subject,
-                sampled_hours: sum(&|_| true) / HOUR,
+    let sql = format!(
+        "SELECT {subject} AS subject, SUM(sampled), SUM(held), SUM(busy), SUM(busy_utilization),
+             SUM(incidents)
+         FROM (
+             SELECT host, uuid, NULLIF(pool, '') AS pool, sampled, held, busy, busy_utilization,
+                 incidents
+             FROM gpu_hourly WHERE hour >= ?3 AND hour < ?4
+             UNION ALL
+             SELECT host, uuid, pool, seconds,
+                 CASE WHEN runner IS NOT NULL THEN seconds ELSE 0 END,
+                 CASE WHEN runner IS NOT NULL AND utilization > ?5 THEN seconds ELSE 0 END,
+                 CASE WHEN runner IS NOT NULL AND utilization > ?5 THEN utilization * seconds
+                     ELSE 0 END,
+                 health <> 'ok'
+             FROM gpu_samples
+             WHERE (ts >= ?1 AND ts < ?3) OR (ts >= ?4 AND ts < ?2)
+         )
+         WHERE (?6 IS NULL OR host = ?6) AND (?7 IS NULL OR pool = ?7)
+         GROUP BY subject HAVING subject IS NOT NULL ORDER BY subject"
+    );
+    let failed = |source| HistoryError::Sql {
+        what: "read GPU samples",
+        source,
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(failed)?;
+    let params = rusqlite::params![
+        from,
+        to,
+        h0,
+        h1,
+        options.busy_threshold,
+        options.host,
+        options.pool
+    ];
+    let rows = stmt
+        .query_map(params, |r| {
+            let (sampled, held, busy, busy_util): (f64, f64, f64, f64) =
+                (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            Ok(GpuReport {
+                subject: r.get(0)?,
+                sampled_hours: sampled / HOUR,
                 held_hours: held / HOUR,
-                busy_hours: busy_secs / HOUR,
-                idle_held_hours: (held - busy_secs) / HOUR,
-                mean_utilization_busy: (busy_secs > 0.0).then(|| busy_util / busy_secs),
-                health_incidents: rows.iter().filter(|r| r.health != "ok").count(),
-            }
+                busy_hours: busy / HOUR,
+                idle_held_hours: (held - busy) / HOUR,
+                mean_utilization_busy: (busy > 0.0).then(|| busy_util / busy),
+                health_incidents: r.get::<_, i64>(5)? as usize,
+            })
         })
-        .collect()
+        .map_err(failed)?;
+    rows.collect::<Result<_, _>>().map_err(failed)
 }
 
-/// GPU-hours of the jobs known (their runner and times), by repository and by workflow.
+/// GPU-hours of the jobs known (their runner and times), by repository and by workflow: the
+/// samples of each job's runner between its start and finish (within the range).
 fn usage(
     conn: &Connection,
-    jobs: &[JobRow],
-    range: (f64, f64),
-    top: usize,
+    options: &ReportOptions,
 ) -> Result<(Vec<Usage>, Vec<Usage>), HistoryError> {
+    let failed = |source| HistoryError::Sql {
+        what: "read GPU use",
+        source,
+    };
     let mut stmt = conn
         .prepare_cached(
-            "SELECT COALESCE(SUM(seconds), 0) FROM gpu_samples
-             WHERE runner = ?1 AND ts >= ?2 AND ts <= ?3",
+            "SELECT j.repository, j.workflow_ref, COALESCE(j.gpu_seconds,
+                 (SELECT COALESCE(SUM(g.seconds), 0) FROM gpu_samples g
+                  WHERE g.runner = j.runner AND g.ts >= MAX(j.started, ?1)
+                    AND g.ts <= MIN(COALESCE(j.finished, ?2), ?2)
+                    AND (?4 IS NULL OR g.host = ?4)))
+             FROM jobs j
+             WHERE j.runner IS NOT NULL AND j.started IS NOT NULL
+               AND COALESCE(j.finished, j.started) >= ?1 AND j.started < ?2
+               AND (?3 IS NULL OR j.pool = ?3)",
         )
-        .map_err(|source| HistoryError::Sql {
-            what: "read GPU use",
-            source,
-        })?;
+        .map_err(failed)?;
+    let params = rusqlite::params![options.from, options.to, options.pool, options.host];
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })
+        .map_err(failed)?;
     let mut by_repo: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     let mut by_workflow: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-    for job in jobs {
-        let (Some(runner), Some(started)) = (&job.runner, job.started) else {
-            continue;
-        };
-        let start = started.max(range.0);
-        let end = job.finished.unwrap_or(range.1).min(range.1);
-        let seconds: f64 = stmt
-            .query_row(rusqlite::params![runner, start, end], |r| r.get(0))
-            .map_err(|source| HistoryError::Sql {
-                what: "read GPU use",
-                source,
-            })?;
-        let repo = job.repository.clone().unwrap_or_else(|| "(unknown)".into());
-        let workflow = job
-            .workflow_ref
-            .clone()
-            .unwrap_or_else(|| "(unknown)".into());
-        for (map, key) in [(&mut by_repo, repo), (&mut by_workflow, workflow)] {
+    for row in rows {
+        let (repo, workflow, seconds) = row.map_err(failed)?;
+        let unknown = || "(unknown)".to_string();
+        for (map, key) in [
+            (&mut by_repo, repo.unwrap_or_else(unknown)),
+            (&mut by_workflow, workflow.unwrap_or_else(unknown)),
+        ] {
             let entry = map.entry(key).or_default();
             entry.0 += 1;
             entry.1 += seconds / HOUR;
@@ -498,7 +521,7 @@ fn usage(
                 .total_cmp(&a.gpu_hours)
                 .then(b.jobs.cmp(&a.jobs))
         });
-        rows.truncate(top);
+        rows.truncate(options.top);
         rows
     };
     Ok((rank(by_repo), rank(by_workflow)))
@@ -532,6 +555,8 @@ fn time(t: f64) -> String {
 }
 
 fn hours(h: f64) -> String {
+    // No `-0.0` for a sum of nothing.
+    let h = if h == 0.0 { 0.0 } else { h };
     format!("{h:.1}")
 }
 
@@ -550,7 +575,10 @@ fn seconds(s: Option<f64>) -> String {
 }
 
 /// Title and rows of each table of the report.
-fn sections(report: &Report) -> Vec<(&'static str, Vec<&'static str>, Vec<Vec<String>>)> {
+/// A table of the report: its title, header and rows.
+type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
+
+fn sections(report: &Report) -> Vec<Section> {
     let pools = report
         .pools
         .iter()

@@ -77,11 +77,26 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: where a job's record came from (`scaleset` messages, or a fixed pool's busy runner
     // matched to a workflow run's job), and how long each GPU sample stands for (a
-    // downsampled row stands for many seconds); GPU samples by runner, to sum a job's GPU-hours.
+    // downsampled row stands for many seconds); GPU samples by runner, to sum a job's GPU-hours
+    // once when it finishes (`jobs.gpu_seconds`); hourly sums of the GPU samples, so that a
+    // month's report reads hundreds of rows, not a million.
     r#"
     ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'scaleset';
     ALTER TABLE gpu_samples ADD COLUMN seconds REAL NOT NULL DEFAULT 10;
     CREATE INDEX gpu_samples_runner ON gpu_samples (runner, ts);
+    ALTER TABLE jobs ADD COLUMN gpu_seconds REAL;
+    CREATE TABLE gpu_hourly (
+        hour REAL NOT NULL,
+        host TEXT NOT NULL,
+        uuid TEXT NOT NULL,
+        pool TEXT NOT NULL DEFAULT '',
+        sampled REAL NOT NULL DEFAULT 0,
+        held REAL NOT NULL DEFAULT 0,
+        busy REAL NOT NULL DEFAULT 0,
+        busy_utilization REAL NOT NULL DEFAULT 0,
+        incidents INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (hour, host, uuid, pool)
+    );
     "#,
 ];
 

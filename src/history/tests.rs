@@ -457,6 +457,10 @@ fn the_report_renders_in_every_format() {
     assert!(csv.starts_with("section,subject,figure,value\n"));
     assert!(csv.contains("\npool,gpu,availability,0.7500\n"), "{csv}");
     let text = report::render(&report, ReportFormat::Text);
+    // No `-0.0` for a host that was never down.
+    assert!(!text.contains("-0.0"), "{text}");
+    assert_eq!(json["hosts"][0]["down_hours"].as_f64(), Some(0.0));
+    assert!(!json["hosts"][0]["down_hours"].to_string().starts_with('-'));
     assert!(
         text.contains("history exists from 1970-01-01T00:16:40Z"),
         "{text}"
@@ -490,4 +494,115 @@ fn percentiles_are_nearest_rank() {
     assert_eq!(report::percentile(&v, 0.95), Some(95.0));
     assert_eq!(report::percentile(&[], 0.5), None);
     assert_eq!(report::percentile(&[3.0], 0.95), Some(3.0));
+}
+
+#[test]
+fn hourly_sums_and_the_samples_give_the_same_gpu_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zq.db");
+    let mut conn = open(&path, true).unwrap();
+    known_history(&mut conn);
+    // A range that cuts an hour: 1500 s from the samples, the rest from the sums.
+    for (from, to) in [(0.0, 10_000.0), (1500.0, 10_000.0), (0.0, 1500.0)] {
+        let by_sums = report::build(
+            &conn,
+            &ReportOptions {
+                from,
+                to,
+                ..options()
+            },
+        )
+        .unwrap();
+        let by_samples = report::build(
+            &conn,
+            &ReportOptions {
+                from,
+                to,
+                busy_threshold: 10.000_001,
+                ..options()
+            },
+        )
+        .unwrap();
+        assert_eq!(by_sums.gpus, by_samples.gpus, "{from}..{to}");
+        assert_eq!(by_sums.gpu_pools, by_samples.gpu_pools, "{from}..{to}");
+    }
+    let late = report::build(
+        &conn,
+        &ReportOptions {
+            from: 1500.0,
+            ..options()
+        },
+    )
+    .unwrap();
+    // From 1500: samples 1500..1990, 50 of 10 s, none busy.
+    assert!((late.gpus[0].held_hours * 3600.0 - 500.0).abs() < 1e-6);
+    assert_eq!(late.gpus[0].busy_hours, 0.0);
+}
+
+#[test]
+fn each_removed_runner_carries_the_cause_the_plan_gave() {
+    use crate::apply::{Outcome, StepReport};
+    use crate::plan::{Action, Change, Plan, Reason, RunnerChange, RunnerOp};
+    let change = |name: &str, reasons: Vec<Reason>| {
+        Change::Runner(RunnerChange::new(
+            RunnerOp::Destroy,
+            "gpu",
+            "local",
+            name,
+            reasons,
+        ))
+    };
+    let plan = Plan {
+        fleet: "zq".into(),
+        changes: vec![
+            change("zq-gpu-a", vec![Reason::Exited { code: Some(1) }]),
+            change("zq-gpu-b", vec![Reason::Unregistered]),
+            change(
+                "zq-gpu-c",
+                vec![Reason::GpuGone {
+                    uuid: "GPU-1".into(),
+                    host: "local".into(),
+                    lost: true,
+                }],
+            ),
+            change(
+                "zq-gpu-d",
+                vec![Reason::PoolOver {
+                    total: 3,
+                    wanted: 2,
+                }],
+            ),
+        ],
+        deferred: vec![],
+        warnings: vec![],
+        autoscale: vec![],
+        spec_hash: String::new(),
+        observed_fingerprint: String::new(),
+    };
+    let context = record::ActionContext::new(&plan, Source::Watch);
+    let step = |name: &str, action: Action| StepReport {
+        action,
+        name: name.into(),
+        outcome: Outcome::Done,
+        elapsed: Duration::from_millis(10),
+        runner: None,
+    };
+    let causes: Vec<String> = ["zq-gpu-a", "zq-gpu-b", "zq-gpu-c", "zq-gpu-d"]
+        .iter()
+        .map(|n| match context.event(&step(n, Action::Destroy)) {
+            Some(Event::Action {
+                cause, pool, host, ..
+            }) => {
+                assert_eq!(
+                    (pool.as_deref(), host.as_deref()),
+                    (Some("gpu"), Some("local"))
+                );
+                cause
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(causes, ["exited", "job_done", "gpu_fault", "removed"]);
+    // A change that waits for a busy runner is planned again each reconcile: not recorded.
+    assert!(context.event(&step("zq-gpu-a", Action::Defer)).is_none());
 }

@@ -190,6 +190,9 @@ impl Recorder {
     }
 }
 
+/// Who waits for a batch to be committed, and whether maintenance runs after it.
+type Waiter = (SyncSender<()>, bool);
+
 /// A span being extended: its row, value and last end.
 struct OpenSpan {
     row: i64,
@@ -253,11 +256,7 @@ impl Writer {
     }
 
     /// Takes what arrives within the batch window after `first`.
-    fn gather(
-        &self,
-        first: Message,
-        rx: &Receiver<Message>,
-    ) -> (Vec<Event>, Vec<(SyncSender<()>, bool)>, bool) {
+    fn gather(&self, first: Message, rx: &Receiver<Message>) -> (Vec<Event>, Vec<Waiter>, bool) {
         let deadline = Instant::now() + self.options.batch_window;
         let (mut batch, mut flushes) = (Vec::new(), Vec::new());
         let mut next = Some(first);
@@ -352,6 +351,7 @@ pub(super) fn maintain(
     )?;
     tx.execute("DELETE FROM gpu_samples WHERE ts < ?1", [cutoff])?;
     tx.execute("DELETE FROM exits WHERE ts < ?1", [cutoff])?;
+    tx.execute("DELETE FROM gpu_hourly WHERE hour < ?1 - 3600", [cutoff])?;
     let last: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM gpu_samples", [], |r| {
         r.get(0)
     })?;
@@ -583,10 +583,51 @@ fn upsert_job(tx: &Transaction, job: &JobRecord) -> rusqlite::Result<()> {
         job.finished,
         job.result,
     ])?;
+    if job.finished.is_some() {
+        // Its GPU time, once: the samples of its runner between its start and finish.
+        tx.prepare_cached(
+            "UPDATE jobs SET gpu_seconds = (SELECT COALESCE(SUM(g.seconds), 0) FROM gpu_samples g
+                 WHERE g.runner = jobs.runner AND g.ts >= jobs.started AND g.ts <= jobs.finished)
+             WHERE job_id = ?1 AND runner IS NOT NULL AND started IS NOT NULL
+               AND finished IS NOT NULL",
+        )?
+        .execute(params![job.job_id])?;
+    }
     Ok(())
 }
 
+/// GPU samples above this utilization (percent) count as busy in the hourly sums; a report
+/// with another threshold reads the samples themselves.
+pub const ROLLUP_BUSY_THRESHOLD: f64 = 10.0;
+
 fn insert_gpu(tx: &Transaction, at: f64, every: f64, s: &GpuSample) -> rusqlite::Result<()> {
+    let held = if s.runner.is_some() { every } else { 0.0 };
+    let busy = if s.runner.is_some() && s.utilization.is_some_and(|u| u > ROLLUP_BUSY_THRESHOLD) {
+        every
+    } else {
+        0.0
+    };
+    tx.prepare_cached(
+        "INSERT INTO gpu_hourly (hour, host, uuid, pool, sampled, held, busy, busy_utilization,
+             incidents)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (hour, host, uuid, pool) DO UPDATE SET
+             sampled = sampled + excluded.sampled, held = held + excluded.held,
+             busy = busy + excluded.busy,
+             busy_utilization = busy_utilization + excluded.busy_utilization,
+             incidents = incidents + excluded.incidents",
+    )?
+    .execute(params![
+        (at / 3600.0).floor() * 3600.0,
+        s.host,
+        s.uuid,
+        s.pool.as_deref().unwrap_or_default(),
+        every,
+        held,
+        busy,
+        busy * s.utilization.unwrap_or(0.0),
+        i64::from(s.health != "ok"),
+    ])?;
     tx.prepare_cached(
         "INSERT INTO gpu_samples (ts, host, uuid, runner, pool, utilization, memory_used,
              memory_total, temperature, health, seconds)

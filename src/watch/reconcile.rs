@@ -163,7 +163,9 @@ impl Progress for WatchProgress<'_> {
             }
         };
         self.metrics.action(action, result);
-        self.history.0.send(self.history.1.event(report));
+        if let Some(event) = self.history.1.event(report) {
+            self.history.0.send(event);
+        }
     }
 }
 
