@@ -149,9 +149,11 @@ fn runner_time_gpu_hours_and_a_killed_runner_are_what_happened() {
         utilization_percent: 80,
         ..StubGpu::numbered(0)
     };
+    // Nothing left on it when its runner is killed: a GPU with a process or memory held and no
+    // runner is dirty (docs/gpu-health.md), and the replacement would not be placed there.
     let idle = StubGpu {
         utilization_percent: 0,
-        ..StubGpu::numbered(1)
+        ..StubGpu::idle(1)
     };
     let stub = NvmlStub::new(w.dir.path(), &[busy.clone(), idle.clone()]);
     let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 2, true)));
