@@ -341,7 +341,9 @@ fn run(args: &Args, token: &str, fake_addr: std::net::SocketAddr) -> Result<(), 
     fleet_ok(&["-f", &file, "plan"])?;
     println!("\nThe job ends: the runner exits and GitHub forgets its one-job registration.");
     fake.remove_runner(&scope, runner.id);
-    docker(&["stop", "-t", "0", &runner.name])?;
+    // SIGKILL: the stub runner cannot finish a job by itself, and through the container's init
+    // process a stop's SIGTERM ends it with 143 or 137 at random; a kill is always 137.
+    docker(&["kill", &runner.name])?;
 
     banner("fleet plan: the exited runner is replaced under a new name");
     fleet_ok(&["-f", &file, "plan"])?;
@@ -463,7 +465,7 @@ fn watch_phase(
     if let Some(r) = fake.runners(scope).into_iter().find(|r| r.name == gone) {
         fake.remove_runner(scope, r.id);
     }
-    docker(&["stop", "-t", "0", &gone])?;
+    docker(&["kill", &gone])?;
     let took = wait_for("watch to replace the runner", || {
         let now = running("gpu")?;
         Ok(now.len() == before.len() && !now.contains(&gone))
@@ -510,7 +512,7 @@ fn watch_phase(
         if fake.start_job(set_id, &runner).is_ok() {
             let _ = fake.complete_job(set_id, &runner, "succeeded");
         }
-        docker(&["stop", "-t", "0", &runner])?;
+        docker(&["kill", &runner])?;
     }
     println!("The three jobs run and end; their runners exit.");
     wait_for("the pool to shrink", || Ok(running("burst")?.is_empty()))?;
