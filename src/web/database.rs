@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use super::board::{Event, HistoryDoc, HistorySource, MAX_EVENTS, SAMPLE_EVERY, Sample, exit_cause};
+use super::board::{
+    Event, HistoryDoc, HistorySource, MAX_EVENTS, SAMPLE_EVERY, Sample, exit_cause,
+};
 use crate::history::{self, HistoryError, query};
 
 /// The history database as a [`HistorySource`]; the connection is opened at the first request
@@ -68,10 +70,17 @@ fn read_doc(conn: &Connection, since: i64) -> Result<HistoryDoc, HistoryError> {
         let Some(percent) = row.utilization else {
             continue;
         };
-        let series = gpus.entry(row.host).or_default().entry(row.uuid).or_default();
+        let series = gpus
+            .entry(row.host)
+            .or_default()
+            .entry(row.uuid)
+            .or_default();
         let at = row.ts as i64;
         // The sampler may read every second; the chart needs no more than the memory keeps.
-        if series.last().is_none_or(|(last, _)| at - last >= SAMPLE_EVERY) {
+        if series
+            .last()
+            .is_none_or(|(last, _)| at - last >= SAMPLE_EVERY)
+        {
             series.push((at, percent.round().clamp(0.0, 100.0) as u32));
         }
     }
@@ -147,7 +156,11 @@ fn events_of(row: query::EventRow) -> Vec<Event> {
     };
     let subject = row.runner.clone().unwrap_or_default();
     let host = row.host.clone().unwrap_or_default();
-    match (row.kind.as_str(), text("outcome").as_str(), text("action").as_str()) {
+    match (
+        row.kind.as_str(),
+        text("outcome").as_str(),
+        text("action").as_str(),
+    ) {
         ("reconcile", _, _) if text("result") != "ok" => {
             vec![event("reconcile_failed", text("trigger"), text("result"))]
         }
