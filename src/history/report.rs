@@ -549,8 +549,11 @@ fn seconds(s: Option<f64>) -> String {
     })
 }
 
+/// A table of the report: its title, its header and its rows.
+type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
+
 /// Title and rows of each table of the report.
-fn sections(report: &Report) -> Vec<(&'static str, Vec<&'static str>, Vec<Vec<String>>)> {
+fn sections(report: &Report) -> Vec<Section> {
     let pools = report
         .pools
         .iter()

@@ -197,6 +197,9 @@ struct OpenSpan {
     end: f64,
 }
 
+/// Who waits for a flush, and whether it asked for maintenance too.
+type Waiter = (SyncSender<()>, bool);
+
 struct Writer {
     conn: Connection,
     options: WriterOptions,
@@ -253,11 +256,7 @@ impl Writer {
     }
 
     /// Takes what arrives within the batch window after `first`.
-    fn gather(
-        &self,
-        first: Message,
-        rx: &Receiver<Message>,
-    ) -> (Vec<Event>, Vec<(SyncSender<()>, bool)>, bool) {
+    fn gather(&self, first: Message, rx: &Receiver<Message>) -> (Vec<Event>, Vec<Waiter>, bool) {
         let deadline = Instant::now() + self.options.batch_window;
         let (mut batch, mut flushes) = (Vec::new(), Vec::new());
         let mut next = Some(first);
