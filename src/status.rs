@@ -86,6 +86,9 @@ pub struct HostGpu {
     pub health: Option<HealthState>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub health_reasons: Vec<String>,
+    /// A quarantine record on the host holds it (docs/gpu-health.md); absent when not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -428,6 +431,7 @@ fn host_statuses(spec: &Spec, observed: &Observed, devices: &[GpuDevice]) -> Vec
                             held_by: holders.get(uuid).cloned(),
                             health: health.map(|h| h.state),
                             health_reasons: health.map(|h| h.reasons.clone()).unwrap_or_default(),
+                            quarantined: health.is_some_and(|h| h.quarantined),
                         }
                     })
                     .collect(),

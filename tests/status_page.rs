@@ -124,6 +124,11 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         );
     }
 
+    // Watch records history here (STATE_DIRECTORY): the charts and events come from its database.
+    let history: Value =
+        serde_json::from_str(&http_get(port, "/api/v1/history").expect("history")).expect("json");
+    assert_eq!(history["source"], "database", "{history}");
+
     // The GPUs get busier: the charts follow (NVML is read at each reconcile).
     let mut load = |percents: [u32; 2]| {
         for (g, p) in gpus.iter_mut().zip(percents) {
@@ -281,6 +286,32 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.png");
         std::fs::write(docs, &png).expect("save the screenshot in docs/");
     }
+
+    // A critical Xid on a GPU: its card says unhealthy and why, then quarantined once watch
+    // has recorded the quarantine; its host counts it.
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 79\n", gpus[0].uuid),
+    );
+    until(
+        &browser,
+        &watch,
+        Duration::from_secs(60),
+        "an unhealthy, quarantined GPU",
+        &format!(
+            "const h = document.querySelector('[data-gpu=' + CSS.escape({u}) + '] p.health');
+             return !!h && h.querySelector('.state').textContent === 'unhealthy'
+               && !!h.querySelector('.quarantined') && h.textContent.includes('Xid 79')
+               && document.querySelector('tr[data-host=\"local\"] td.unwell').textContent === '1 unhealthy, 1 quarantined';",
+            u = js(&gpus[0].uuid)
+        ),
+    );
+    let other = browser.script(&format!(
+        "return document.querySelector('[data-gpu=' + CSS.escape({u}) + '] p.health').textContent;",
+        u = js(&gpus[1].uuid)
+    ));
+    assert_eq!(other.as_str(), Some("health healthy"));
 
     // A narrow screen: the tables scroll inside their section, the page itself does not.
     browser.set_window(400, 900);

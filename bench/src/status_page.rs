@@ -79,6 +79,7 @@ fn fleet_status(runners: usize) -> FleetStatus {
                     memory_total_bytes: Some(80 << 30),
                     health: None,
                     health_reasons: vec![],
+                    quarantined: false,
                     held_by: (g * hosts.len() + h < runners)
                         .then(|| format!("bench-gpu-{:05x}", g * hosts.len() + h)),
                 })

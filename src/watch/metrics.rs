@@ -494,6 +494,7 @@ mod tests {
                             health: (uuid == "GPU-c")
                                 .then_some(crate::observe::state::HealthState::Unhealthy),
                             health_reasons: vec![],
+                            quarantined: false,
                         })
                         .to_vec(),
                 },

@@ -107,7 +107,13 @@ pub async fn run_recording(
         Some(args) => WatchHistory::start(&args, &spec.name, &*env, metrics.history_errors.clone()),
         None => WatchHistory::off(),
     };
-    let board = Arc::new(crate::web::Board::new());
+    // `/api/v1/history` reads the history database when there is one, else what watch saw.
+    let board = Arc::new(match history.recorder.path() {
+        Some(path) => crate::web::Board::with_history(Arc::new(
+            crate::web::database::DatabaseHistory::new(path),
+        )),
+        None => crate::web::Board::new(),
+    });
     if let Some(listen) = &listen {
         listen
             .start(board.clone(), metrics.clone(), stop.clone())

@@ -14,9 +14,9 @@ use crate::status::{FleetStatus, RunnerState};
 pub const HISTORY_SECONDS: i64 = 24 * 3600;
 /// The shortest time between two kept utilization samples of one GPU (a 1 s resync would
 /// otherwise keep 86,400 a day).
-const SAMPLE_EVERY: i64 = 5;
+pub(crate) const SAMPLE_EVERY: i64 = 5;
 /// The most events kept.
-const MAX_EVENTS: usize = 500;
+pub(crate) const MAX_EVENTS: usize = 500;
 
 /// The last reconcile, as the page shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -92,13 +92,17 @@ pub type Sample = (i64, u32);
 /// `/api/v1/history`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HistoryDoc {
-    /// Where it comes from: `memory` (what this watch saw since it started, at most 24 h).
+    /// Where it comes from: `database` (the history database watch records) or `memory`
+    /// (what this watch saw since it started, at most 24 h: with `--no-history`).
     pub source: &'static str,
     pub since: i64,
     /// GPU utilization by host, then GPU UUID.
     pub gpus: BTreeMap<String, BTreeMap<String, Vec<Sample>>>,
     /// Newest last.
     pub events: Vec<Event>,
+    /// Why the history could not be read (the answer is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Something that happened to the fleet.
@@ -113,8 +117,8 @@ pub struct Event {
     pub detail: String,
 }
 
-/// Where `/api/v1/history` reads from. The in-memory record below until the history database
-/// is there; the database implements this too.
+/// Where `/api/v1/history` reads from: the history database (`database.rs`) when watch
+/// records one, else the in-memory record below. Called off the async threads: it may block.
 pub trait HistorySource: Send + Sync {
     fn history(&self, since: i64) -> HistoryDoc;
 }
@@ -203,12 +207,13 @@ impl HistorySource for MemoryHistory {
                 .filter(|e| e.at >= since)
                 .cloned()
                 .collect(),
+            error: None,
         }
     }
 }
 
 /// An exit code in words: what the runner's process most likely met.
-fn exit_cause(code: Option<i64>) -> String {
+pub(crate) fn exit_cause(code: Option<i64>) -> String {
     let Some(code) = code else {
         return "exit code unknown".into();
     };

@@ -6,6 +6,7 @@
 mod assets;
 pub mod auth;
 pub mod board;
+pub mod database;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -179,7 +180,7 @@ pub fn router(board: Arc<Board>, metrics: Arc<Metrics>, auth: Option<Arc<auth::A
             "/api/v1/history",
             get({
                 let board = board.clone();
-                move |RawQuery(q): RawQuery| async move { history(&board, q.as_deref()) }
+                move |RawQuery(q): RawQuery| history(board.clone(), q)
             }),
         )
         .merge(crate::watch::metrics::router(metrics));
@@ -228,13 +229,17 @@ fn status(board: &Board) -> Response {
     }
 }
 
-fn history(board: &Board, query: Option<&str>) -> Response {
-    let q: HistoryQuery = match serde_urlencoded::from_str(query.unwrap_or_default()) {
+async fn history(board: Arc<Board>, query: Option<String>) -> Response {
+    let q: HistoryQuery = match serde_urlencoded::from_str(query.as_deref().unwrap_or_default()) {
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     let since = q.since.unwrap_or_else(|| now() - board::HISTORY_SECONDS);
-    json(&board.history(since))
+    // The history database is SQLite, which blocks: never on the async threads.
+    match tokio::task::spawn_blocking(move || board.history(since)).await {
+        Ok(doc) => json(&doc),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn authenticate(auth: &auth::Auth, req: Request, next: Next) -> Response {

@@ -112,6 +112,23 @@ function gpuLine(gpus) {
   return gpus.map((g) => g.uuid + (g.utilization_percent !== null ? ' ' + g.utilization_percent + '%' : '')).join(', ');
 }
 
+// A GPU's health as NVML read it (absent for declared GPUs), its quarantine, and why.
+function health(g) {
+  return el('p', { class: 'health' }, 'health ', state(g.health || 'not read'),
+    g.quarantined ? el('span', { class: 'quarantined' }, 'quarantined') : null,
+    ...(g.health_reasons || []).map((r) => el('span', { class: 'reason' }, r)));
+}
+
+// The GPUs of a host that are not healthy, by state, and how many are quarantined.
+function unwell(gpus) {
+  const counts = new Map();
+  for (const g of gpus) if (g.health && g.health !== 'healthy') counts.set(g.health, (counts.get(g.health) || 0) + 1);
+  const parts = Array.from(counts, ([s, n]) => n + ' ' + s);
+  const q = gpus.filter((g) => g.quarantined).length;
+  if (q) parts.push(q + ' quarantined');
+  return parts.length ? parts.join(', ') : '-';
+}
+
 function renderHosts(status) {
   const rows = status.hosts.map((h) => {
     const held = h.gpus.filter((g) => g.held_by).length;
@@ -120,9 +137,10 @@ function renderHosts(status) {
       el('td', {}, h.observed ? state('up') : state('down', h.reason ? '- ' + h.reason : '')),
       el('td', {}, h.gpu_source + (h.gpu_note ? ' (' + h.gpu_note + ')' : '')),
       el('td', {}, h.observed ? String(h.gpus.length - held) : '-'),
-      el('td', {}, h.observed ? String(held) : '-'));
+      el('td', {}, h.observed ? String(held) : '-'),
+      el('td', { class: 'unwell' }, h.observed ? unwell(h.gpus) : '-'));
   });
-  replace('hosts', table(['host', 'state', 'GPU list', 'GPUs free', 'GPUs held'], rows));
+  replace('hosts', table(['host', 'state', 'GPU list', 'GPUs free', 'GPUs held', 'GPUs not healthy'], rows));
 }
 
 function renderPools(status, watch) {
@@ -203,6 +221,7 @@ function renderGpus(status, history, now) {
         el('p', { class: 'name' }, g.uuid),
         el('p', { class: 'muted' }, (g.name || 'GPU') + (g.memory_total_bytes ? ', ' + gib(g.memory_total_bytes) : '')),
         el('p', {}, 'held by ', g.held_by ? el('span', { class: 'name' }, g.held_by) : state('free')),
+        health(g),
         el('p', {}, 'utilization ', u && u.utilization_percent !== null ? u.utilization_percent + '%' : '-',
           ', memory ', u ? gib(u.memory_used_bytes) + ' of ' + gib(u.memory_total_bytes) : '-'),
         chart(samples, now));
