@@ -56,6 +56,7 @@ fn world(runners: usize) -> (Spec, Observed) {
                 },
                 exit_code: exited.then_some(0),
                 created: i as i64,
+                finished: None,
             });
             if !exited {
                 registrations.push(GithubRunner {

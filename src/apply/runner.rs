@@ -7,7 +7,7 @@ use super::{Executor, Outcome, StepError, StepResult};
 use crate::contract::container::{
     EXIT_REGISTER_AGAIN, Registration, RunnerContainer, SecretHandover,
 };
-use crate::contract::{self, RunnerConfig, naming};
+use crate::contract::{self, RunnerConfig, labels, naming};
 use crate::docker::{DockerError, DockerHost, Stop};
 use crate::github::{GithubError, GithubScope, JitConfig, Removal};
 use crate::observe::state::GithubRunner;
@@ -339,7 +339,15 @@ impl Executor<'_> {
             .secret_handover()
             .map_err(|e| StepError::Plan(format!("runner {name}: {e}")))?;
         let wants_gpus = !change.gpus.is_empty();
-        let id = match host.write().create_container(name, container.body()).await {
+        let mut body = container.body();
+        if change.start_failures > 0 {
+            // The pool's run of runners that could not start (src/plan/crashloop.rs).
+            body.labels.get_or_insert_with(Default::default).insert(
+                labels::START_FAILURES.to_string(),
+                change.start_failures.to_string(),
+            );
+        }
+        let id = match host.write().create_container(name, body).await {
             Ok(id) => id,
             Err(
                 cause @ DockerError::Write {

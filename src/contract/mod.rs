@@ -44,6 +44,10 @@ pub mod labels {
     /// `true` when the quarantine ends by itself once NVML reports the reset done (pages
     /// pending retirement, rows pending remapping); `false`: the operator releases it.
     pub const GPU_QUARANTINE_UNTIL_RESET: &str = "fleet.gpu-quarantine.until-reset";
+    /// On a runner container: how many of its pool's runners in a row had exited without
+    /// taking a job when it was made (absent: none). Not part of the configuration hash
+    /// (src/plan/crashloop.rs).
+    pub const START_FAILURES: &str = "fleet.start-failures";
 }
 
 /// Labels GitHub gives runners itself and that its API cannot change (they are `read-only`):

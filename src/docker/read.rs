@@ -126,11 +126,42 @@ impl DockerRead<'_> {
                     status,
                     exit_code,
                     created: s.created.unwrap_or_default(),
+                    finished: None,
                 })
             })
             .collect();
+        for c in containers
+            .iter_mut()
+            .filter(|c| c.status == ContainerStatus::Exited)
+        {
+            c.finished = self.finished_at(&c.id).await?;
+        }
         containers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(containers)
+    }
+
+    /// When an exited container exited (seconds since the epoch), for the planner's rule on
+    /// runners that cannot start (src/plan/crashloop.rs). A container removed since it was
+    /// listed has none.
+    async fn finished_at(&self, id: &str) -> Result<Option<i64>, DockerError> {
+        let what = || format!("inspect container {id}");
+        let path = api_path::segment(id).map_err(|e| self.host.api_error(&what(), e))?;
+        let options = bollard::query_parameters::InspectContainerOptions::default();
+        match self
+            .host
+            .docker
+            .inspect_container(&path, Some(options))
+            .await
+        {
+            Ok(inspect) => Ok(inspect
+                .state
+                .and_then(|s| s.finished_at)
+                .and_then(|t| parse_rfc3339_secs(&t))),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.host.api_error(&what(), e)),
+        }
     }
 
     /// The volumes the fleet owns, sorted by name.
@@ -311,6 +342,14 @@ fn container_event(event: bollard::models::EventMessage) -> ContainerEvent {
 
 /// The code in Docker's status text: `Exited (137) 5 minutes ago` -> 137, `Restarting (75) 2
 /// seconds ago` -> 75.
+/// Seconds since the epoch of an RFC 3339 time as Docker writes it (`None` before 1970, which
+/// is how Docker says "never").
+fn parse_rfc3339_secs(time: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339(time).ok()?;
+    let secs = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
+}
+
 fn exit_code_of(status: &str) -> Option<i64> {
     let rest = status
         .strip_prefix("Exited (")
@@ -320,6 +359,15 @@ fn exit_code_of(status: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn docker_times() {
+        assert_eq!(
+            super::parse_rfc3339_secs("2026-12-08T00:30:00.123456789Z"),
+            Some(1_796_689_800)
+        );
+        assert_eq!(super::parse_rfc3339_secs("0001-01-01T00:00:00Z"), None);
+    }
+
     #[test]
     fn exit_codes_from_status_text() {
         assert_eq!(super::exit_code_of("Exited (0) 2 seconds ago"), Some(0));

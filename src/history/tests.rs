@@ -576,6 +576,7 @@ fn each_removed_runner_carries_the_cause_the_plan_gave() {
         deferred: vec![],
         warnings: vec![],
         autoscale: vec![],
+        backoff: vec![],
         spec_hash: String::new(),
         observed_fingerprint: String::new(),
     };

@@ -270,6 +270,7 @@ impl Observers {
         let mut observed = Observed {
             github,
             unobserved: self.unobserved.clone(),
+            now: unix_now(),
             ..Observed::default()
         };
         let mut failed = BTreeMap::new();
@@ -472,4 +473,13 @@ pub fn scale_set_client(github: &GithubClient) -> Option<crate::scaleset::ScaleS
     scalesets::client_for(github)
         .inspect_err(|e| tracing::warn!("no runner scale set client: {e}"))
         .ok()
+}
+
+/// Seconds since the epoch, for the planner's timed rules (`Observed::now`).
+fn unix_now() -> Option<i64> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    i64::try_from(secs).ok()
 }

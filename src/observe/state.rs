@@ -37,6 +37,11 @@ pub struct Observed {
     /// the fingerprint a saved plan is checked against.
     #[serde(skip)]
     pub demand: BTreeMap<String, PoolLoad>,
+    /// When the observation was made, seconds since the epoch (`None`: not known). The
+    /// planner has no clock: a pool's backoff after runners that could not start is timed
+    /// with this (src/plan/crashloop.rs). Not part of the fingerprint.
+    #[serde(skip)]
+    pub now: Option<i64>,
 }
 
 /// The jobs of an autoscaled pool's scale set, as its listener knows them.
@@ -83,6 +88,10 @@ pub struct ContainerState {
     pub exit_code: Option<i64>,
     /// Creation time, seconds since the epoch.
     pub created: i64,
+    /// When an exited container exited, seconds since the epoch (read for exited containers
+    /// only). Left out of the fingerprint, as the labels.
+    #[serde(default, skip_serializing)]
+    pub finished: Option<i64>,
 }
 
 impl ContainerState {

@@ -15,6 +15,9 @@ pub(super) type Registrations<'a> = BTreeMap<&'a str, &'a GithubRunner>;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fate {
     Keep,
+    /// An exited runner left as it is while its pool backs off (src/plan/crashloop.rs): not a
+    /// runner, and it holds no GPU.
+    Hold,
     Replace(Vec<Reason>, Vec<AttributeChange>),
     Destroy(Vec<Reason>),
     /// Busy: `Replace` or `Destroy` after its job.

@@ -30,6 +30,9 @@ pub struct PlanDocument {
     /// Autoscaled pools: what each wants, has and waits for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub autoscale: Vec<AutoscalePool>,
+    /// Pools that make no runner now because their runners exit without taking a job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backoff: Vec<super::crashloop::PoolBackoff>,
     pub spec_hash: String,
     pub observed_fingerprint: String,
 }
@@ -190,6 +193,7 @@ impl From<&Plan> for PlanDocument {
             changes,
             warnings: plan.warnings.clone(),
             autoscale: plan.autoscale.clone(),
+            backoff: plan.backoff.clone(),
             spec_hash: plan.spec_hash.clone(),
             observed_fingerprint: plan.observed_fingerprint.clone(),
         }

@@ -88,6 +88,7 @@ fn add_runner_on(world: &mut Observed, spec: &Spec, pool: &str, host: &str, name
         status: ContainerStatus::Running,
         exit_code: None,
         created: 1000 + created,
+        finished: None,
     });
     state.containers.sort_by(|a, b| a.name.cmp(&b.name));
     register(world, name, &cfg.labels);
@@ -773,6 +774,7 @@ fn build_world(
                 },
                 exit_code: (c.status == 1).then_some(0),
                 created: i as i64,
+                finished: None,
             });
         if !pool.ephemeral && c.indexed.is_some() {
             add_state_volume(&mut world, host, &pool.name, &name);

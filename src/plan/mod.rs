@@ -8,6 +8,7 @@
 //! were not observed (`Observed::unobserved`) are left alone, with what may live on them.
 
 mod containers;
+mod crashloop;
 mod document;
 mod gpu;
 mod model;
@@ -19,6 +20,7 @@ mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use crashloop::{PoolBackoff, START_FAILURES_BEFORE_BACKOFF};
 pub use document::{
     ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, read_saved,
 };
@@ -121,6 +123,11 @@ struct Planner<'a> {
     deferred: Vec<Deferral>,
     warnings: Vec<String>,
     problems: Vec<String>,
+    /// Per ephemeral pool: its runners in a row that exited without taking a job, written on
+    /// the runners it makes (src/plan/crashloop.rs).
+    start_failures: BTreeMap<String, u32>,
+    /// Pools that make no runner now, after runners that could not start.
+    backoff: Vec<PoolBackoff>,
 }
 
 impl<'a> Planner<'a> {
@@ -173,6 +180,8 @@ impl<'a> Planner<'a> {
             deferred: Vec::new(),
             warnings: Vec::new(),
             problems: Vec::new(),
+            start_failures: BTreeMap::new(),
+            backoff: Vec::new(),
         }
     }
 
@@ -252,8 +261,19 @@ impl<'a> Planner<'a> {
         let fits = containers::fits(self.fleet(), pool, containers, &self.observed.hosts);
         let unseen = self.unseen_runners(pool);
         let demand = self.observed.demand.get(&pool.name).map(|d| d.assigned);
-        let outcome =
+        let mut outcome =
             containers::decide_pool(pool, &fits, containers, &self.registrations, unseen, demand);
+        if let Some(backoff) = self.start_failure_backoff(pool, containers) {
+            // No new runner, and so no registration, until the delay has passed: the exited
+            // runners stay as they are (the record of the run, and their logs).
+            for (_, c, fate) in &mut outcome.fates {
+                if c.status.is_finished() && matches!(fate, Fate::Replace(..)) {
+                    *fate = Fate::Hold;
+                }
+            }
+            outcome.missing = 0;
+            self.backoff.push(backoff);
+        }
         self.missing.push(Missing {
             pool,
             kept: outcome.kept,
@@ -261,6 +281,29 @@ impl<'a> Planner<'a> {
             wanted: outcome.wanted,
         });
         outcome.fates
+    }
+
+    /// The run of start failures the runners `pool` makes carry.
+    fn start_failures_of(&self, pool: &ResolvedPool) -> u32 {
+        self.start_failures.get(&pool.name).copied().unwrap_or(0)
+    }
+
+    /// Records the run of start failures of an ephemeral pool's runners of its current
+    /// configuration, and says whether the pool backs off now (src/plan/crashloop.rs).
+    fn start_failure_backoff(
+        &mut self,
+        pool: &ResolvedPool,
+        containers: &[OnHost<'a>],
+    ) -> Option<PoolBackoff> {
+        let hash = contract::RunnerConfig::for_pool(self.fleet(), pool).hash();
+        let current: Vec<(&ContainerState, bool)> = containers
+            .iter()
+            .filter(|(_, c)| c.label(labels::CONFIG_HASH) == Some(hash.as_str()))
+            .map(|(_, c)| (*c, containers::is_busy(c, &self.registrations)))
+            .collect();
+        let run = crashloop::run_of(&current);
+        self.start_failures.insert(pool.name.clone(), run.failures);
+        crashloop::backoff(&pool.name, &run, self.observed.now)
     }
 
     /// Registrations of an ephemeral pool that no container on an observed host runs, while
@@ -366,7 +409,7 @@ impl<'a> Planner<'a> {
                 .get(p.container.name.as_str())
                 .map(|r| r.id);
             match &p.fate {
-                Fate::Keep => {}
+                Fate::Keep | Fate::Hold => {}
                 Fate::Destroy(reasons) => {
                     let mut change = existing(p, RunnerOp::Destroy, reasons, runner_id);
                     change.state_volume = self.state_volume_of(p.host, &p.container.name);
@@ -416,6 +459,7 @@ impl<'a> Planner<'a> {
                     change.gpus = self.assign_gpus(ledger, p.host, pool, &p.container.gpus());
                     change.state_volume =
                         (!pool.ephemeral).then(|| naming::state_volume(&p.container.name));
+                    change.start_failures = self.start_failures_of(pool);
                     self.changes.push(Change::Runner(change));
                 }
             }
@@ -546,6 +590,7 @@ impl<'a> Planner<'a> {
         let mut change = RunnerChange::new(RunnerOp::Create, &pool.name, host, &name, reasons);
         change.gpus = self.assign_gpus(ledger, host, pool, &[]);
         change.state_volume = (!pool.ephemeral).then(|| naming::state_volume(&name));
+        change.start_failures = self.start_failures_of(pool);
         self.changes.push(Change::Runner(change));
     }
 
@@ -684,6 +729,7 @@ impl<'a> Planner<'a> {
             deferred: self.deferred,
             warnings: self.warnings,
             autoscale: self.autoscale,
+            backoff: self.backoff,
             spec_hash: spec_hash(self.spec),
             observed_fingerprint: self.fingerprint,
         })

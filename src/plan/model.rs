@@ -249,6 +249,9 @@ pub struct RunnerChange {
     /// A destroy that leaves the registration: the pool still wants this persistent runner,
     /// on another host, where it registers again under the same name.
     pub registration_kept: bool,
+    /// For the runner it makes (create, replace of an ephemeral runner): its pool's runners
+    /// in a row that exited without taking a job, written in its `fleet.start-failures` label.
+    pub start_failures: u32,
 }
 
 impl RunnerChange {
@@ -265,6 +268,7 @@ impl RunnerChange {
             runner_id: None,
             state_volume: None,
             registration_kept: false,
+            start_failures: 0,
         }
     }
 
@@ -513,6 +517,8 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// What each autoscaled pool wants now, and what holds it back.
     pub autoscale: Vec<AutoscalePool>,
+    /// Pools that make no runner now because their runners exit without taking a job.
+    pub backoff: Vec<super::crashloop::PoolBackoff>,
     /// SHA-256 of the spec the plan was made from.
     pub spec_hash: String,
     /// SHA-256 of everything observed; a saved plan is stale once this changes.

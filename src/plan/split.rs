@@ -77,6 +77,7 @@ impl Plan {
             deferred: vec![],
             warnings: vec![],
             autoscale: vec![],
+            backoff: vec![],
             spec_hash: self.spec_hash.clone(),
             observed_fingerprint: self.observed_fingerprint.clone(),
         }

@@ -94,6 +94,7 @@ pub(crate) fn add_runner(
         status: ContainerStatus::Running,
         exit_code: None,
         created: 1000 + n,
+        finished: None,
     });
     let id = world.github.runners.len() as u64 + 1;
     world.github.runners.push(GithubRunner {
@@ -168,6 +169,7 @@ pub(crate) fn apply_to(spec: &Spec, world: &Observed, plan: &Plan) -> Observed {
                     status: ContainerStatus::Running,
                     exit_code: None,
                     created: clock,
+                    finished: None,
                 });
                 h.containers.sort_by(|a, b| a.name.cmp(&b.name));
             }
@@ -468,6 +470,7 @@ fn foreign_resources_are_invisible() {
         status: ContainerStatus::Exited,
         exit_code: Some(1),
         created: 1,
+        finished: None,
     });
     host.containers.push(ContainerState {
         id: "x2".into(),
@@ -476,6 +479,7 @@ fn foreign_resources_are_invisible() {
         status: ContainerStatus::Running,
         exit_code: None,
         created: 1,
+        finished: None,
     });
     world.github.runners.push(GithubRunner {
         id: 1,
@@ -812,6 +816,7 @@ fn build_world(
                 },
                 exit_code: (c.status == 1).then_some(0),
                 created: i as i64,
+                finished: None,
             });
         if c.registered {
             let mut labels = cfg.labels.clone();

@@ -187,6 +187,25 @@ pub fn text(plan: &PlanDocument, color: bool) -> String {
             let _ = writeln!(out, "  {}", autoscale_line(pool));
         }
     }
+    if !plan.backoff.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            p.paint(
+                AnsiColor::Yellow,
+                true,
+                "Backing off (runners that cannot start):"
+            )
+        );
+        for pool in &plan.backoff {
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                p.paint(AnsiColor::Yellow, false, "~"),
+                pool.line()
+            );
+        }
+    }
     if !plan.changes.is_empty() {
         let _ = writeln!(out, "\n{}", p.bold(&summary_line(&plan.summary)));
     }
@@ -345,6 +364,12 @@ pub fn markdown(plan: &PlanDocument) -> String {
             let _ = writeln!(out, "- {}", code(&autoscale_line(pool)));
         }
     }
+    if !plan.backoff.is_empty() {
+        out.push_str("\n**Backing off (runners that cannot start)**\n\n");
+        for pool in &plan.backoff {
+            let _ = writeln!(out, "- {}", code(&pool.line()));
+        }
+    }
     let short = |hash: &str| code(&hash.chars().take(12).collect::<String>());
     let _ = writeln!(
         out,
@@ -483,6 +508,9 @@ fn without_controls(plan: &PlanDocument) -> PlanDocument {
     for pool in &mut plan.autoscale {
         clean(&mut pool.pool);
         clean(&mut pool.scale_set);
+    }
+    for pool in &mut plan.backoff {
+        clean(&mut pool.pool);
     }
     plan
 }

@@ -103,6 +103,7 @@ mod tests {
                     status: *status,
                     exit_code: None,
                     created: 0,
+                    finished: None,
                 })
                 .collect(),
             ..HostState::default()
