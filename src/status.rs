@@ -27,6 +27,10 @@ pub struct FleetStatus {
     /// autoscaled pools are left as they are meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_set_error: Option<String>,
+    /// Ephemeral pools' runs of runners that exited without taking a job, and their backoff
+    /// (src/plan/crashloop.rs); pools without such a run are left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub start_failures: Vec<crate::plan::PoolStartFailures>,
 }
 
 /// An autoscaled pool as the planner sees it now.
@@ -251,6 +255,10 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
         // Filled by `fleet status` only: the watch daemon has the plan's own figures.
         autoscale: vec![],
         scale_set_error: observed.github.scale_set_error.clone(),
+        start_failures: crate::plan::start_failures(spec, observed)
+            .into_iter()
+            .filter(|p| p.failures > 0)
+            .collect(),
     }
 }
 
@@ -505,6 +513,18 @@ fn duration(secs: i64) -> String {
     }
 }
 
+/// A pool's run of runners that exited without taking a job, and its backoff.
+fn start_failures_line(run: &crate::plan::PoolStartFailures) -> String {
+    match &run.backoff {
+        Some(backoff) => format!("  backing off: {}\n", backoff.line()),
+        None => format!(
+            "  {} runner(s) in a row exited without taking a job (backoff from {})\n",
+            run.failures,
+            crate::plan::START_FAILURES_BEFORE_BACKOFF
+        ),
+    }
+}
+
 /// The text view: a table per pool, then totals.
 pub fn text(status: &FleetStatus) -> String {
     crate::escape::escaped_lines(&text_unescaped(status)).into_owned()
@@ -526,6 +546,9 @@ fn text_unescaped(status: &FleetStatus) -> String {
             "\npool {} on {on}: {actual} of {} runners\n",
             pool.name, pool.desired
         ));
+        if let Some(run) = status.start_failures.iter().find(|p| p.pool == pool.name) {
+            out.push_str(&start_failures_line(run));
+        }
         if pool.runners.is_empty() {
             continue;
         }

@@ -1664,3 +1664,85 @@ fn a_runner_that_took_a_job_while_being_stopped_is_kept() {
     );
     drop(w);
 }
+
+/// A pool whose runners exit without taking a job (the listener's exit 1, as when GitHub
+/// refuses the runner's credentials) backs off after three in a row: `plan` and `status` say
+/// why, `apply` spends no registration until the delay has passed, the delay grows with each
+/// further failure, and a new configuration of the pool ends it (src/plan/crashloop.rs).
+#[test]
+fn a_pool_whose_runners_cannot_start_backs_off_and_a_new_configuration_ends_it() {
+    let lab = Lab::new("crashloop");
+    let w = World::new();
+    let records = lab.records().join("eph");
+    std::fs::create_dir_all(&records).expect("records dir");
+    open_to_all(&records);
+    let broken = format!(
+        "{}    env: {{ FLEET_TEST_RUNNER_EXIT: '1' }}\n",
+        lab_pool("eph", true, &lab.image, &records)
+    );
+    w.spec(&broken);
+    let failures_label = |name: &str| {
+        w.inspect(name)["Config"]["Labels"]["fleet.start-failures"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let apply_and_fail = |expected_label: Option<&str>| {
+        let out = w.apply();
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        let name = w.container_names("eph").pop().expect("a runner");
+        assert_eq!(lab.wait_exit(&name), 1, "{}", lab.logs(&name));
+        assert_eq!(failures_label(&name).as_deref(), expected_label);
+        name
+    };
+    apply_and_fail(None);
+    apply_and_fail(Some("1"));
+    let third = apply_and_fail(Some("2"));
+    assert_eq!(w.fake.jit_configs_issued(), 3);
+
+    // Three in a row: the pool backs off, says why, and spends no registration.
+    let out = w.fleet(&["plan"]);
+    let text = common::stdout(&out);
+    assert!(text.contains("Backing off"), "{text}");
+    assert!(
+        text.contains("3 runners in a row exited without taking a job, the last with code 1"),
+        "{text}"
+    );
+    let json = w.fleet(&["plan", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("plan JSON");
+    assert_eq!(doc["backoff"][0]["pool"], "eph", "{doc}");
+    assert_eq!(doc["backoff"][0]["failures"], 3, "{doc}");
+    assert_eq!(doc["backoff"][0]["delay_secs"], 30, "{doc}");
+    let markdown = common::stdout(&w.fleet(&["plan", "--format", "markdown"]));
+    assert!(markdown.contains("**Backing off"), "{markdown}");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(w.fake.jit_configs_issued(), 3);
+    assert_eq!(w.container_names("eph"), [third.clone()]);
+    let status = common::stdout(&w.fleet(&["status"]));
+    assert!(status.contains("backing off"), "{status}");
+
+    // Once the delay has passed, one more runner; it fails too, and the delay doubles.
+    let retry = doc["backoff"][0]["retry_in_secs"]
+        .as_u64()
+        .expect("retry_in_secs");
+    std::thread::sleep(Duration::from_secs(retry + 1));
+    let fourth = apply_and_fail(Some("3"));
+    assert_ne!(fourth, third);
+    assert_eq!(w.fake.jit_configs_issued(), 4);
+    let json = w.fleet(&["plan", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("plan JSON");
+    assert_eq!(doc["backoff"][0]["failures"], 4, "{doc}");
+    assert_eq!(doc["backoff"][0]["delay_secs"], 60, "{doc}");
+
+    // The image is fixed (here: the pool's configuration changes): the run ends at once.
+    w.spec(&lab_pool("eph", true, &lab.image, &records));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(w.fake.jit_configs_issued(), 5);
+    let fixed = w.container_names("eph");
+    assert_eq!(fixed.len(), 1, "the failed runner is gone: {fixed:?}");
+    assert_eq!(failures_label(&fixed[0]), None);
+    let out = w.fleet(&["plan", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert!(doc.get("backoff").is_none(), "{doc}");
+}

@@ -155,6 +155,53 @@ pub fn backoff(pool: &str, run: &Run, now: Option<i64>) -> Option<PoolBackoff> {
     })
 }
 
+/// A pool's run of start failures and its backoff, as `status` and the metrics show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolStartFailures {
+    pub pool: String,
+    pub failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<PoolBackoff>,
+}
+
+/// The run of start failures of every ephemeral pool of `spec` on its observed hosts, by the
+/// same rule as the plan's.
+pub fn start_failures(
+    spec: &crate::spec::Spec,
+    observed: &crate::observe::state::Observed,
+) -> Vec<PoolStartFailures> {
+    let fleet = spec.name.as_str();
+    let recorded = observed.recorded_scale_sets();
+    let busy = |name: &str| {
+        observed.github.runners.iter().any(|r| {
+            r.name == name
+                && r.busy
+                && crate::contract::registration_owned_with(r, fleet, &recorded)
+        })
+    };
+    let mut out = Vec::new();
+    for pool in spec.resolved_pools().iter().filter(|p| p.ephemeral) {
+        let hash = crate::contract::RunnerConfig::for_pool(fleet, pool).hash();
+        let current: Vec<(&ContainerState, bool)> = pool
+            .hosts
+            .iter()
+            .filter_map(|h| observed.hosts.get(h))
+            .flat_map(|h| &h.containers)
+            .filter(|c| crate::contract::container_owned(c, fleet))
+            .filter(|c| c.label(labels::POOL) == Some(pool.name.as_str()))
+            .filter(|c| c.label(labels::CONFIG_HASH) == Some(hash.as_str()))
+            .map(|c| (c, !c.status.is_finished() && busy(&c.name)))
+            .collect();
+        let run = run_of(&current);
+        out.push(PoolStartFailures {
+            pool: pool.name.clone(),
+            failures: run.failures,
+            backoff: backoff(&pool.name, &run, observed.now),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

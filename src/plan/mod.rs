@@ -20,7 +20,9 @@ mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use crashloop::{PoolBackoff, START_FAILURES_BEFORE_BACKOFF};
+pub use crashloop::{
+    PoolBackoff, PoolStartFailures, START_FAILURES_BEFORE_BACKOFF, start_failures,
+};
 pub use document::{
     ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, read_saved,
 };

@@ -46,6 +46,8 @@ pub struct Metrics {
     host_gpus: Family<Labels, Gauge>,
     scale_sets_up: Gauge,
     gpu_health: Family<Labels, Gauge>,
+    start_failures: Family<Labels, Gauge>,
+    backoff: Family<Labels, Gauge>,
     /// Events history dropped, batches it could not write, a database it could not open.
     pub history_errors: Counter,
     job_queue: Family<Labels, Histogram, fn() -> Histogram>,
@@ -79,6 +81,8 @@ impl Metrics {
             host_gpus: Family::default(),
             scale_sets_up: Gauge::default(),
             gpu_health: Family::default(),
+            start_failures: Family::default(),
+            backoff: Family::default(),
             history_errors: Counter::default(),
             job_queue: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.5, 2.0, 14))
@@ -89,6 +93,16 @@ impl Metrics {
             "fleet_gpu_health",
             "1 for each GPU's health state (healthy, degraded, dirty, unknown, unhealthy), 0 for the others, by host and GPU UUID; GPUs whose health is not read (declared) have none",
             m.gpu_health.clone(),
+        );
+        registry.register(
+            "fleet_pool_start_failures",
+            "Runners of an ephemeral pool that exited in a row without taking a job (its current configuration), by pool",
+            m.start_failures.clone(),
+        );
+        registry.register(
+            "fleet_pool_backoff_seconds",
+            "Seconds before an ephemeral pool whose runners cannot start makes a runner again (0: not backing off), by pool",
+            m.backoff.clone(),
         );
         registry.register(
             "fleet_runners",
@@ -258,7 +272,26 @@ impl Metrics {
         for (pool, n) in desired {
             self.desired.get_or_create(&labels([("pool", pool)])).set(n);
         }
+        self.observe_start_failures(status);
         self.observe_hosts(status);
+    }
+
+    /// `fleet_pool_start_failures` and `fleet_pool_backoff_seconds`: 0 for every pool of the
+    /// status without a run of start failures.
+    fn observe_start_failures(&self, status: &FleetStatus) {
+        self.start_failures.clear();
+        self.backoff.clear();
+        for pool in &status.pools {
+            let run = status.start_failures.iter().find(|p| p.pool == pool.name);
+            let pool_labels = labels([("pool", pool.name.as_str())]);
+            self.start_failures
+                .get_or_create(&pool_labels)
+                .set(run.map_or(0, |r| i64::from(r.failures)));
+            let left = run
+                .and_then(|r| r.backoff.as_ref())
+                .map_or(0, |b| b.retry_in_secs);
+            self.backoff.get_or_create(&pool_labels).set(left);
+        }
     }
 
     /// `fleet_host_up` for every host of the spec; `fleet_host_gpus` for the observed ones (an
@@ -478,6 +511,7 @@ mod tests {
             totals: Totals::default(),
             autoscale: vec![],
             scale_set_error: None,
+            start_failures: vec![],
             hosts: vec![
                 HostStatus {
                     name: "bare".into(),

@@ -423,6 +423,7 @@ mod tests {
             }],
             autoscale: vec![],
             scale_set_error: None,
+            start_failures: vec![],
         }
     }
 

@@ -46,6 +46,7 @@ fn status() -> FleetStatus {
         hosts: vec![],
         autoscale: vec![],
         scale_set_error: None,
+        start_failures: vec![],
     }
 }
 
