@@ -1746,3 +1746,90 @@ fn a_pool_whose_runners_cannot_start_backs_off_and_a_new_configuration_ends_it()
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert!(doc.get("backoff").is_none(), "{doc}");
 }
+
+/// A persistent runner whose registration GitHub deleted: the runner deletes its configuration,
+/// the save on the way out mirrors that, and, started again by Docker, it has nothing to
+/// restore and no token, so it exits 75 (Docker keeps restarting it). `fleet apply` makes it
+/// again with a fresh registration token, on the same state volume, and it configures itself.
+#[test]
+fn fleet_apply_registers_again_a_persistent_runner_that_exits_75() {
+    let lab = Lab::new("exit75");
+    let w = World::new();
+    let records = lab.records().join("per");
+    std::fs::create_dir_all(&records).expect("records dir");
+    open_to_all(&records);
+    w.spec(&lab_pool("per", false, &lab.image, &records));
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let per = format!("{}-per-0", w.run);
+    wait_for_record(&records, "run.uid");
+    let count = |name: &str| {
+        std::fs::read_to_string(records.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("config.count"), 1);
+    assert_eq!(w.fake.registration_tokens_issued(), 1);
+
+    // GitHub deletes the registration; the runner deletes its configuration and stops.
+    for r in w.fake.runners(&w.scope) {
+        if r.name == per {
+            w.fake.remove_runner(&w.scope, r.id);
+        }
+    }
+    docker_ok(&[
+        "exec",
+        &per,
+        "rm",
+        "-f",
+        "/runner/.runner",
+        "/runner/.credentials",
+        "/runner/.credentials_rsaparams",
+    ]);
+    docker_ok(&["restart", "-t", "10", &per]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &per]);
+        if code == "75" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never exited 75 (last {code}): {}",
+            lab.logs(&per)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lab.logs(&per).contains("no saved registration"));
+
+    let plan = common::stdout(&w.fleet(&["plan"]));
+    assert!(plan.contains("container exited with code 75"), "{plan}");
+    let out = w.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert_eq!(w.fake.registration_tokens_issued(), 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("config.count") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never configured again: {}",
+            lab.logs(&per)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(w.container_names("per"), [per.clone()]);
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Status}}", &per]),
+        "running"
+    );
+    let token = std::fs::read_to_string(records.join("config.token")).unwrap_or_default();
+    let _ = std::fs::remove_file(records.join("config.token"));
+    assert_eq!(token.len(), 29, "a registration token of the fake");
+    drop(w);
+}
