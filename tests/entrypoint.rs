@@ -1520,18 +1520,23 @@ fn with_the_docker_socket_mounted_the_runner_user_joins_its_group() {
 /// `docker_socket: true`: the runner's work folder is the host's `<work_dir>/<runner>` at the
 /// identical path, so that what a job writes there is what the host's engine mounts into the
 /// job's containers; the runner user is in the socket's group; an ephemeral runner's work
-/// folder is emptied when it ends.
+/// folder is emptied when it ends and removed with the runner, a persistent runner's is kept.
 #[test]
 fn a_docker_socket_pool_shares_its_work_folder_with_the_hosts_engine_at_the_same_path() {
     let lab = Lab::new("work");
     let w = World::new();
     let records = lab.records().join("eph");
-    std::fs::create_dir_all(&records).expect("records dir");
-    open_to_all(&records);
+    let per_records = lab.records().join("per");
+    for dir in [&records, &per_records] {
+        std::fs::create_dir_all(dir).expect("records dir");
+        open_to_all(dir);
+    }
     let work = lab.dir.path().join("work");
     w.spec(&format!(
-        "{}    docker_socket: true\n    work_dir: {}\n",
+        "{}    docker_socket: true\n    work_dir: {}\n{}    docker_socket: true\n    work_dir: {}\n",
         lab_pool("eph", true, &lab.image, &records),
+        work.display(),
+        lab_pool("per", false, &lab.image, &per_records),
         work.display()
     ));
     let out = w.apply();
@@ -1592,13 +1597,25 @@ fn a_docker_socket_pool_shares_its_work_folder_with_the_hosts_engine_at_the_same
         "the runner user is in the socket's group {socket_gid}: {groups}"
     );
 
-    // The runner ends: its work folder is emptied.
+    // The runners end: the ephemeral runner's work folder is emptied and removed with it; the
+    // persistent runner's stays.
+    let per_folder = work.join(format!("{}-per-0", w.run));
+    wait_for_record(&per_records, "run.uid");
+    assert!(per_folder.is_dir(), "{}", per_folder.display());
     let out = w.fleet(&["destroy", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     let left: Vec<_> = std::fs::read_dir(&folder)
-        .map(|d| d.collect())
+        .map(|d| d.map(|e| e.map(|e| e.file_name())).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(!folder.exists(), "the work folder stays, holding {left:?}");
+    assert!(per_folder.is_dir(), "{}", per_folder.display());
+    let helpers = docker_ok(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=fleet.work-dir-helper={}", w.run),
+    ]);
+    assert!(helpers.is_empty(), "helper containers left: {helpers}");
     drop(w);
 }
 

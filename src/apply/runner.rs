@@ -126,12 +126,24 @@ impl Executor<'_> {
             return Ok(StepResult::deferred(BUSY));
         }
         // Ownership was checked above, once (`None`: already gone).
-        if let Some(full_id) = checked
-            && let Some(kept) = self
+        let mut work_dir = None;
+        if let Some(full_id) = checked {
+            work_dir = match host.write().ephemeral_work_dir(&full_id).await {
+                Ok(dir) => dir,
+                Err(e) => {
+                    tracing::warn!("runner {}: its work folder stays: {e}", change.name);
+                    None
+                }
+            };
+            if let Some(kept) = self
                 .stop_and_remove(change, &full_id, change.registration_kept)
                 .await?
-        {
-            return Ok(kept);
+            {
+                return Ok(kept);
+            }
+        }
+        if let Some(dir) = work_dir {
+            remove_work_dir(host, fleet, &dir, &change.name).await;
         }
         if let Some(volume) = &change.state_volume {
             host.write().remove_owned_volume(volume, fleet).await?;
@@ -500,6 +512,20 @@ impl Executor<'_> {
             "cannot register a runner for pool `{}`: GitHub kept answering 409 (name taken)",
             pool.name
         )))
+    }
+}
+
+/// Removes an ephemeral runner's emptied work folder from its host (src/docker/write/workdir.rs);
+/// one that cannot be removed is logged and left, and the step goes on.
+async fn remove_work_dir(host: &DockerHost, fleet: &str, dir: &crate::docker::WorkDir, name: &str) {
+    match host.write().remove_work_dir(fleet, dir).await {
+        Ok(true) => tracing::debug!("runner {name}: work folder {} removed", dir.path),
+        Ok(false) => tracing::warn!(
+            "runner {name}: work folder {} on host `{}` was not removed (not empty, or gone)",
+            dir.path,
+            host.name
+        ),
+        Err(e) => tracing::warn!("runner {name}: {e}"),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::spec::Host;
 
 pub use probe::{PROBE_LABEL, ProbeError, parse_nvidia_smi};
 pub use read::{ContainerEvent, DockerRead, Named};
-pub use write::{DockerWrite, Stop};
+pub use write::{DockerWrite, Stop, WORK_DIR_HELPER_LABEL, WorkDir};
 
 /// The socket used when neither the spec nor $DOCKER_HOST names an engine.
 pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";

@@ -14,6 +14,10 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+mod workdir;
+
+pub use workdir::{WORK_DIR_HELPER_LABEL, WorkDir};
+
 use super::{DockerError, DockerHost, api_path};
 use crate::contract::{self, labels};
 use crate::spec::PullPolicy;
