@@ -391,3 +391,60 @@ fn the_plan_warns_of_a_missing_network_and_logs_a_missing_bind_source() {
         "{said}"
     );
 }
+
+/// Removes a test's image, even when the test fails.
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = common::docker(&["rmi", "-f", &self.0]);
+    }
+}
+
+/// An image whose `org.opencontainers.image.version` names a runner older than the one GitHub
+/// offers for download is warned about, unless the pool's runners update themselves.
+#[test]
+fn an_image_with_an_older_runner_than_github_offers_is_warned_about() {
+    let w = World::new();
+    let image = format!("fleet-test-old-runner:{}", w.run);
+    let _guard = ImageGuard(image.clone());
+    let dir = tempfile::tempdir().expect("build context");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {}\n", common::test_image()),
+    )
+    .expect("Dockerfile");
+    let label = format!("{}={}", common::RUN_LABEL, w.run);
+    common::docker_ok(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "--label",
+        &label,
+        "--label",
+        "org.opencontainers.image.version=2.330.0",
+        "-t",
+        &image,
+        dir.path().to_str().expect("UTF-8 path"),
+    ]);
+    w.fake.set_runner_version("2.336.0");
+    let pool = |update: &str| {
+        format!(
+            "  cpu:\n    count: 1\n    image: {image}\n    pull: never\n    network: none\n    runner_update: {update}\n"
+        )
+    };
+    w.spec(&pool("disabled"));
+    let out = w.fleet(&["plan"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "pool `cpu`: image {image} on host `local` carries runner 2.330.0, older than 2.336.0, which GitHub offers"
+        )),
+        "{text}"
+    );
+    w.spec(&pool("enabled"));
+    let text = stdout(&w.fleet(&["plan"]));
+    assert!(!text.contains("older than"), "{text}");
+}

@@ -14,6 +14,10 @@ use crate::observe::state::{
     VolumeState,
 };
 
+/// The image label that says which runner version an image carries (the reference image sets
+/// it from `RUNNER_VERSION`).
+pub const IMAGE_VERSION_LABEL: &str = "org.opencontainers.image.version";
+
 /// What the spec names on one host, whose presence the planner checks.
 #[derive(Debug, Clone, Default)]
 pub struct Named {
@@ -41,8 +45,13 @@ impl DockerRead<'_> {
         let containers = self.owned_containers(fleet).await?;
         let volumes = self.volumes(fleet, &named.volumes).await?;
         let mut images = BTreeMap::new();
+        let mut image_versions = BTreeMap::new();
         for image in &named.images {
-            images.insert(image.clone(), self.has_image(image).await?);
+            let found = self.image_version(image).await?;
+            images.insert(image.clone(), found.is_some());
+            if let Some(Some(version)) = found {
+                image_versions.insert(image.clone(), version);
+            }
         }
         let mut networks = BTreeMap::new();
         for network in &named.networks {
@@ -57,6 +66,7 @@ impl DockerRead<'_> {
             engine,
             networks,
             bind_sources: BTreeMap::new(),
+            image_versions,
         })
     }
 
@@ -212,6 +222,25 @@ impl DockerRead<'_> {
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(false),
+            Err(e) => Err(self.host.api_error(&what(), e)),
+        }
+    }
+
+    /// Whether the engine has `image` (`None`: it does not), and the version its
+    /// `org.opencontainers.image.version` label gives, if any.
+    pub async fn image_version(&self, image: &str) -> Result<Option<Option<String>>, DockerError> {
+        let what = || format!("inspect image {image}");
+        let path = api_path::segment(image).map_err(|e| self.host.api_error(&what(), e))?;
+        match self.host.docker.inspect_image(&path).await {
+            Ok(found) => Ok(Some(
+                found
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(IMAGE_VERSION_LABEL).cloned()),
+            )),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
             Err(e) => Err(self.host.api_error(&what(), e)),
         }
     }

@@ -89,6 +89,58 @@ impl GithubRead {
             .find(|r| r.name == name)
             .map(RunnerJson::into_runner))
     }
+
+    /// The version of the Linux x64 runner GitHub offers for download
+    /// (`GET .../actions/runners/downloads`), read from its file name
+    /// (`actions-runner-linux-x64-2.336.0.tar.gz`); `None` when the list has no such file.
+    pub async fn latest_runner_version(&self) -> Result<Option<String>, GithubError> {
+        let url = self.client.scoped_url("/actions/runners/downloads");
+        let answer = self
+            .client
+            .send(Method::GET, &url, None, "runner-downloads")
+            .await?;
+        let apps: Vec<RunnerApplication> = decode(&url, &answer.body)?;
+        Ok(apps
+            .iter()
+            .find(|a| a.os == "linux" && a.architecture == "x64")
+            .and_then(|a| runner_version_of(&a.filename)))
+    }
+}
+
+/// A runner application GitHub offers for download (`runner-application`).
+#[derive(Deserialize)]
+struct RunnerApplication {
+    os: String,
+    architecture: String,
+    filename: String,
+}
+
+/// The version in a runner archive's file name: `actions-runner-linux-x64-2.336.0.tar.gz`.
+fn runner_version_of(filename: &str) -> Option<String> {
+    let version = filename
+        .strip_prefix("actions-runner-linux-x64-")?
+        .strip_suffix(".tar.gz")?;
+    let parts: Vec<&str> = version.split('.').collect();
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| version.to_string())
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn runner_versions_from_file_names() {
+        let of = super::runner_version_of;
+        assert_eq!(
+            of("actions-runner-linux-x64-2.336.0.tar.gz").as_deref(),
+            Some("2.336.0")
+        );
+        assert_eq!(of("actions-runner-osx-x64-2.336.0.tar.gz"), None);
+        assert_eq!(of("actions-runner-linux-x64-2.336.tar.gz"), None);
+        assert_eq!(of("actions-runner-linux-x64-2.x.0.tar.gz"), None);
+    }
 }
 
 /// A runner as GitHub's list endpoints describe it (the fields fleet reads).

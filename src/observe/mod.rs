@@ -259,9 +259,11 @@ impl Observers {
             let read = self.github.read();
             let runners = read.list_runners().await?;
             let groups = read.runner_groups().await?;
+            let runner_version = offered_runner_version(&read).await;
             Ok::<_, ObserveError>(state::GithubState {
                 runners,
                 groups,
+                runner_version,
                 ..state::GithubState::default()
             })
         };
@@ -482,4 +484,34 @@ fn unix_now() -> Option<i64> {
         .ok()?
         .as_secs();
     i64::try_from(secs).ok()
+}
+
+/// How long the runner version GitHub offers is kept before it is read again.
+const RUNNER_VERSION_TTL: Duration = Duration::from_secs(3600);
+
+/// The runner version GitHub offers for download, read at most once an hour per process (it
+/// changes with runner releases, and only feeds a warning); `None` when it cannot be read,
+/// which never fails an observation.
+async fn offered_runner_version(read: &crate::github::GithubRead) -> Option<String> {
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, Option<String>)>> =
+        std::sync::Mutex::new(None);
+    let cached = CACHE
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .filter(|(at, _)| at.elapsed() < RUNNER_VERSION_TTL);
+    if let Some((_, version)) = cached {
+        return version;
+    }
+    let version = match read.latest_runner_version().await {
+        Ok(version) => version,
+        Err(e) => {
+            tracing::debug!("cannot read the runner version GitHub offers: {e}");
+            return None;
+        }
+    };
+    if let Ok(mut cache) = CACHE.lock() {
+        *cache = Some((std::time::Instant::now(), version.clone()));
+    }
+    version
 }

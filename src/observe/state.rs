@@ -72,6 +72,11 @@ pub struct HostState {
     /// an engine on this machine (a Unix socket), whose files fleet can see.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bind_sources: BTreeMap<String, bool>,
+    /// The runner version each pool image present on the host says it carries (its
+    /// `org.opencontainers.image.version` label). Only a warning depends on it: not part of
+    /// the fingerprint.
+    #[serde(skip)]
+    pub image_versions: BTreeMap<String, String>,
 }
 
 /// A container as Docker reports it. Its serialized form is what the observation's fingerprint
@@ -309,6 +314,10 @@ pub struct GithubState {
     /// pools converge (docs/autoscale.md, "Failure modes").
     #[serde(skip)]
     pub scale_set_error: Option<String>,
+    /// The runner version GitHub offers for download (`GET .../actions/runners/downloads`),
+    /// when it was read. Only a warning depends on it: not part of the fingerprint.
+    #[serde(skip)]
+    pub runner_version: Option<String>,
 }
 
 /// A runner scale set as the Actions service describes it.

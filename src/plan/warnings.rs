@@ -58,10 +58,48 @@ pub(super) fn pool_warnings(pools: &[ResolvedPool], observed: &Observed) -> Vec<
         for name in &pool.hosts {
             if let Some(host) = observed.hosts.get(name) {
                 warnings.extend(engine_warnings(pool, name, host));
+                warnings.extend(runner_version_warning(pool, name, host, observed));
             }
         }
     }
     warnings
+}
+
+/// A pool whose image carries a runner older than the one GitHub offers for download, while
+/// its runners may not update themselves: GitHub stops giving them jobs about 30 days after
+/// a newer release. The image's version is its `org.opencontainers.image.version` label.
+fn runner_version_warning(
+    pool: &ResolvedPool,
+    host_name: &str,
+    host: &crate::observe::state::HostState,
+    observed: &Observed,
+) -> Option<String> {
+    if pool.runner_update == crate::spec::RunnerUpdate::Enabled {
+        return None;
+    }
+    let offered = observed.github.runner_version.as_deref()?;
+    let carried = host.image_versions.get(&pool.image)?;
+    (older_version(carried, offered)?).then(|| {
+        format!(
+            "pool `{}`: image {} on host `{host_name}` carries runner {carried}, older than {offered}, which GitHub offers: runners that do not update themselves get no jobs about 30 days after a newer release; rebuild the image (docs/operations.md, \"Updating the runner\")",
+            pool.name, pool.image
+        )
+    })
+}
+
+/// Whether version `a` (`2.330.0`, a leading `v` allowed) is older than `b`; `None` when
+/// either is not three numbers.
+pub(super) fn older_version(a: &str, b: &str) -> Option<bool> {
+    let parse = |v: &str| -> Option<[u64; 3]> {
+        let mut parts = v
+            .trim()
+            .trim_start_matches('v')
+            .split('.')
+            .map(|p| p.parse().ok());
+        let version = [parts.next()??, parts.next()??, parts.next()??];
+        parts.next().is_none().then_some(version)
+    };
+    Some(parse(a)? < parse(b)?)
 }
 
 /// What host `name`'s engine would refuse or lack for `pool`'s runners, as the observation
@@ -184,6 +222,47 @@ pub(super) fn runner_group_problems(pools: &[ResolvedPool], observed: &Observed)
 mod tests {
     use super::*;
     use crate::spec::{Spec, Volume};
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert_eq!(older_version("2.330.0", "2.336.0"), Some(true));
+        assert_eq!(older_version("2.99.0", "2.336.0"), Some(true));
+        assert_eq!(older_version("v2.336.0", "2.336.0"), Some(false));
+        assert_eq!(older_version("2.337.1", "2.336.0"), Some(false));
+        assert_eq!(older_version("latest", "2.336.0"), None);
+        assert_eq!(older_version("2.336", "2.336.0"), None);
+    }
+
+    #[test]
+    fn an_image_with_an_older_runner_is_warned_about_unless_runners_update_themselves() {
+        let mut pool = pool(&[], "bridge");
+        let mut host = crate::observe::state::HostState::default();
+        host.image_versions.insert("r:1".into(), "2.330.0".into());
+        let mut observed = Observed::default();
+        observed.hosts.insert("local".into(), host);
+        let warnings = |pool: &ResolvedPool, observed: &Observed| {
+            pool_warnings(std::slice::from_ref(pool), observed)
+                .into_iter()
+                .filter(|w| w.contains("runner"))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            warnings(&pool, &observed).is_empty(),
+            "GitHub's version not read"
+        );
+        observed.github.runner_version = Some("2.336.0".into());
+        assert_eq!(
+            warnings(&pool, &observed),
+            [
+                "pool `a`: image r:1 on host `local` carries runner 2.330.0, older than 2.336.0, which GitHub offers: runners that do not update themselves get no jobs about 30 days after a newer release; rebuild the image (docs/operations.md, \"Updating the runner\")"
+            ]
+        );
+        pool.runner_update = crate::spec::RunnerUpdate::Enabled;
+        assert!(warnings(&pool, &observed).is_empty(), "it updates itself");
+        pool.runner_update = crate::spec::RunnerUpdate::Disabled;
+        observed.github.runner_version = Some("2.330.0".into());
+        assert!(warnings(&pool, &observed).is_empty(), "the same version");
+    }
 
     fn pool(volumes: &[(&str, bool)], network: &str) -> ResolvedPool {
         let spec: Spec = crate::spec::parse_str(

@@ -62,6 +62,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     ] {
         router = router
             .route(prefix, get(list_runners))
+            .route(&format!("{prefix}/downloads"), get(runner_downloads))
             .route(
                 &format!("{prefix}/registration-token"),
                 post(registration_token),
@@ -1151,6 +1152,34 @@ async fn installation_token(
 }
 
 // ---- rate limit -------------------------------------------------------------------------
+
+/// `GET .../actions/runners/downloads`: the runner application for each platform, of the
+/// version the fake offers (`runner-application` in GitHub's description).
+async fn runner_downloads(State(shared): Ctx, _target: Target) -> Response {
+    let version = shared.lock().runner_version.clone();
+    let platforms = [
+        ("osx", "x64"),
+        ("linux", "x64"),
+        ("linux", "arm"),
+        ("linux", "arm64"),
+        ("win", "x64"),
+    ];
+    let apps: Vec<serde_json::Value> = platforms
+        .iter()
+        .map(|(os, arch)| {
+            let ext = if *os == "win" { "zip" } else { "tar.gz" };
+            let filename = format!("actions-runner-{os}-{arch}-{version}.{ext}");
+            json!({
+                "os": os,
+                "architecture": arch,
+                "download_url": format!("https://github.com/actions/runner/releases/download/v{version}/{filename}"),
+                "filename": filename,
+                "sha256_checksum": "0".repeat(64),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &serde_json::Value::Array(apps))
+}
 
 async fn rate_limit(State(shared): Ctx) -> Response {
     let now = util::now_epoch();

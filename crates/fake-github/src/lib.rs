@@ -235,6 +235,9 @@ pub fn decode_jit_config(encoded: &str) -> Option<JitRunnerSettings> {
 type RequestHook = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
 
 /// What the server tasks share with the [`FakeGithub`] handle.
+/// The runner version the fake offers for download until a test sets another.
+pub const DEFAULT_RUNNER_VERSION: &str = "2.336.0";
+
 pub(crate) struct Shared {
     state: Mutex<State>,
     hook: Mutex<Option<RequestHook>>,
@@ -482,6 +485,11 @@ impl FakeGithub {
             .hook
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+    }
+
+    /// Sets the runner version `GET .../actions/runners/downloads` offers.
+    pub fn set_runner_version(&self, version: &str) {
+        self.shared.lock().runner_version = version.to_string();
     }
 
     pub fn jit_configs_issued(&self) -> usize {

@@ -235,6 +235,8 @@ pub(crate) struct State {
     requests: Vec<RequestRecord>,
     pub(crate) jit_configs_issued: usize,
     pub(crate) registration_tokens_issued: usize,
+    /// The runner version `GET .../actions/runners/downloads` offers.
+    pub(crate) runner_version: String,
     /// GitHub's runner scale set service (the Actions service behind `runner-registration`).
     pub(crate) scalesets: ScaleSets,
 }
@@ -262,6 +264,7 @@ impl State {
             requests: Vec::new(),
             jit_configs_issued: 0,
             registration_tokens_issued: 0,
+            runner_version: crate::DEFAULT_RUNNER_VERSION.to_string(),
             scalesets: ScaleSets::new(config.scaleset),
         }
     }

@@ -39,6 +39,21 @@ async fn runner_endpoints(gh: &Gh, scope: &Scope, t: &str) {
     expect(&r, 200, &tp(""), "get");
     assert_eq!(r.body["total_count"], 0);
 
+    // The runner applications offered for download, of the version the fake offers.
+    let r = gh.get(&format!("{p}/downloads")).await;
+    expect(&r, 200, &tp("/downloads"), "get");
+    assert!(
+        r.body
+            .as_array()
+            .is_some_and(|apps| apps.iter().any(|a| a["filename"]
+                == format!(
+                    "actions-runner-linux-x64-{}.tar.gz",
+                    fake_github::DEFAULT_RUNNER_VERSION
+                ))),
+        "{}",
+        r.body
+    );
+
     // generate-jitconfig: 201, then 409 for the same name, 422 for bad input.
     let jit = json!({"name": "jit-1", "runner_group_id": 1, "labels": ["self-hosted", "Linux", "X64", "gpu"], "work_folder": "_work"});
     let r = gh
@@ -327,6 +342,7 @@ async fn every_endpoint_answers_in_github_shapes() {
             }
         };
         add("", "get", &[200]);
+        add("/downloads", "get", &[200]);
         add("/generate-jitconfig", "post", &[201, 409, 422]);
         add("/{runner_id}", "get", &[200]);
         add("/{runner_id}", "delete", &[422]);
