@@ -1734,7 +1734,7 @@ fn a_pool_whose_runners_cannot_start_backs_off_and_a_new_configuration_ends_it()
     let out = w.apply();
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     assert_eq!(w.fake.jit_configs_issued(), 3);
-    assert_eq!(w.container_names("eph"), [third.clone()]);
+    assert_eq!(w.container_names("eph"), std::slice::from_ref(&third));
     let status = common::stdout(&w.fleet(&["status"]));
     assert!(status.contains("backing off"), "{status}");
 
@@ -1840,7 +1840,7 @@ fn fleet_apply_registers_again_a_persistent_runner_that_exits_75() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(w.container_names("per"), [per.clone()]);
+    assert_eq!(w.container_names("per"), std::slice::from_ref(&per));
     assert_eq!(
         docker_ok(&["inspect", "-f", "{{.State.Status}}", &per]),
         "running"

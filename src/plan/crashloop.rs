@@ -302,7 +302,8 @@ mod tests {
         let idle = |recorded| (container(Running, None, 0, recorded), false);
         let busy = |recorded| (container(Running, None, 0, recorded), true);
         let done = (container(Exited, Some(0), 5, 4), false);
-        let cases: Vec<(Vec<(ContainerState, bool)>, u32, &str)> = vec![
+        type Case = (Vec<(ContainerState, bool)>, u32, &'static str);
+        let cases: Vec<Case> = vec![
             (vec![], 0, "no container"),
             (vec![failed(0)], 1, "a first failure"),
             (vec![failed(2)], 3, "the third in a row"),
