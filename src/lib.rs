@@ -9,7 +9,7 @@
 
 pub mod apply;
 pub mod cli;
-pub mod completions;
+pub mod cmd;
 pub mod contract;
 pub mod docker;
 pub mod endpoint;
@@ -18,8 +18,8 @@ pub mod fanout;
 pub mod github;
 pub mod history;
 pub mod import;
-pub mod init;
 pub mod labels;
+pub mod logging;
 pub mod named_file;
 pub mod observe;
 pub mod plan;

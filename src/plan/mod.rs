@@ -20,7 +20,8 @@ mod warnings;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use document::{
-    ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, read_saved,
+    ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, check_saved,
+    read_saved,
 };
 pub use model::{
     Action, AttributeChange, AutoscalePool, Change, Deferral, Plan, Reason, RegistrationChange,

@@ -58,7 +58,7 @@ async fn serve(
     let addr = listen
         .start(
             board,
-            crate::watch::metrics::router(Arc::new(Metrics::new())),
+            crate::watch::metrics::router(Arc::new(crate::watch::metrics::Metrics::new())),
             stopped,
         )
         .await
