@@ -12,7 +12,6 @@ pub mod cli;
 pub mod cmd;
 pub mod contract;
 pub mod docker;
-pub mod endpoint;
 pub mod escape;
 pub mod fanout;
 pub mod github;

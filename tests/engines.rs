@@ -16,7 +16,9 @@ use bollard::query_parameters::{
 };
 use common::engines::{Certificates, Engine, Listen, RunDir, Sshd, free_port, processes_naming};
 use common::{RUN_LABEL, TEST_IMAGE};
-use fleet::endpoint::{ConnectOptions, Endpoint, EndpointError, TlsFiles, connect, connect_with};
+use fleet::docker::endpoint::{
+    ConnectOptions, Endpoint, EndpointError, TlsFiles, connect, connect_with,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -56,10 +56,10 @@ impl Second {
         }
     }
 
-    fn endpoint(&self) -> fleet::endpoint::Endpoint {
-        fleet::endpoint::Endpoint {
+    fn endpoint(&self) -> fleet::docker::endpoint::Endpoint {
+        fleet::docker::endpoint::Endpoint {
             tls: Some(self.certs.client_files()),
-            ..fleet::endpoint::Endpoint::new(self.engine.tcp_url().unwrap_or_default())
+            ..fleet::docker::endpoint::Endpoint::new(self.engine.tcp_url().unwrap_or_default())
         }
     }
 
@@ -242,13 +242,13 @@ async fn time_ceiling(
 }
 
 async fn connect_both(second: &Second) -> Result<(Docker, Docker), String> {
-    let local = fleet::endpoint::connect(
+    let local = fleet::docker::endpoint::connect(
         "local",
-        &fleet::endpoint::Endpoint::new(fleet::docker::DEFAULT_DOCKER_ENDPOINT),
+        &fleet::docker::endpoint::Endpoint::new(fleet::docker::DEFAULT_DOCKER_ENDPOINT),
     )
     .await
     .map_err(|e| e.to_string())?;
-    let remote = fleet::endpoint::connect("second", &second.endpoint())
+    let remote = fleet::docker::endpoint::connect("second", &second.endpoint())
         .await
         .map_err(|e| e.to_string())?;
     Ok((local, remote))
