@@ -2,8 +2,8 @@
 //!
 //! The graph is read from the sources: every `crate::<module>` path in a file of `src/<module>`
 //! (in `use` declarations and inline paths alike) is an arrow from that module to the other.
-//! Test code is left out (`tests.rs`, `*_tests.rs` and what follows `#[cfg(test)]`): tests may
-//! reach across.
+//! Test code is left out (`tests.rs`, `*_tests.rs` and the items under `#[cfg(test)]`): tests
+//! may reach across.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,19 +27,50 @@ fn is_test_file(relative: &str) -> bool {
     name == "tests.rs" || name.ends_with("_tests.rs")
 }
 
-/// The text before the first `#[cfg(test)]`, without `//` comments.
+/// The code without `//` comments and without the items under `#[cfg(test)]` (a `mod x;`, or
+/// an item up to its balanced closing brace).
 fn production_code(text: &str) -> String {
-    let code = match text.find("#[cfg(test)]") {
-        Some(at) => &text[..at],
-        None => text,
-    };
-    code.lines()
+    let code: String = text
+        .lines()
         .map(|line| match line.find("//") {
             Some(at) => &line[..at],
             None => line,
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    let mut kept = String::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        kept.push_str(&rest[..at]);
+        rest = &rest[at + "#[cfg(test)]".len()..];
+        let end = match (rest.find(';'), rest.find('{')) {
+            (Some(semi), Some(brace)) if semi < brace => semi + 1,
+            (Some(semi), None) => semi + 1,
+            (_, Some(brace)) => balanced_end(rest, brace),
+            (None, None) => rest.len(),
+        };
+        rest = &rest[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
+/// The index just past the brace that closes the one at `open`.
+fn balanced_end(text: &str, open: usize) -> usize {
+    let mut depth = 0;
+    for (at, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + at + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    text.len()
 }
 
 fn is_ident(c: char) -> bool {
@@ -208,7 +239,8 @@ fn a_cycle_is_found() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("create dir");
         std::fs::write(path, text).expect("write");
     };
-    write("lib.rs", "pub mod a; pub mod b; pub mod c;");
+    write("lib.rs", "pub mod a; pub mod b; pub mod c; pub mod d;");
+    write("d.rs", "#[cfg(test)]\nmod tests;\nuse crate::a::Z;");
     write(
         "a/mod.rs",
         "use crate::{b::{self, X}, c};\n#[cfg(test)]\nuse crate::c::T;",
@@ -220,6 +252,7 @@ fn a_cycle_is_found() {
     std::fs::remove_dir_all(&dir).expect("remove temp dir");
     assert_eq!(graph["a"].keys().collect::<Vec<_>>(), ["b", "c"]);
     assert_eq!(graph["b"].keys().collect::<Vec<_>>(), ["c"]);
+    assert_eq!(graph["d"].keys().collect::<Vec<_>>(), ["a"]);
     let cycle = cycle.expect("a cycle");
     assert_eq!(cycle.first(), cycle.last());
     assert!(cycle.contains(&"c".to_string()), "{cycle:?}");
