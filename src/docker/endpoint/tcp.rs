@@ -96,7 +96,7 @@ fn read_file(path: &Path, role: &'static str) -> Result<Vec<u8>, FileProblem> {
     })
 }
 
-fn read_certificates(
+pub(super) fn read_certificates(
     path: &Path,
     role: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, FileProblem> {
@@ -116,7 +116,7 @@ fn read_certificates(
 }
 
 /// Reads the client key, refusing one that others can read (as for the GitHub App key).
-fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileProblem> {
+pub(super) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, FileProblem> {
     const ROLE: &str = "client key";
     let problem = |reason: String| FileProblem {
         role: ROLE,

@@ -1,3 +1,4 @@
+use super::tcp::{read_certificates, read_private_key};
 use super::*;
 
 fn files(dir: &Path) -> TlsFiles {
