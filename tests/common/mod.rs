@@ -287,6 +287,39 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts that fleet exited 0, showing what it printed otherwise.
+pub fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Asserts that `fleet plan --detailed-exitcode` finds nothing to change.
+pub fn plan_is_empty(w: &World) {
+    let out = w.fleet(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "not converged:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// The running containers of `pool`, by name.
+pub fn running(w: &World, pool: &str) -> Vec<String> {
+    let prefix = format!("{}-{pool}-", w.run);
+    w.owned_containers()
+        .into_iter()
+        .filter(|(n, state)| n.starts_with(&prefix) && state == "running")
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// A busybox pool of `count` runners (`ephemeral` or persistent) for apply tests.
 pub fn pool(name: &str, count: u32, ephemeral: bool) -> String {
     format!(
