@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{World, assert_ok, docker, docker_ok, plan_is_empty, pool, stderr, stdout};
+use common::{World, assert_ok, docker, docker_ok, plan_is_empty, pool, stdout};
 use fake_github::Scope;
 
 fn plan_text(w: &World) -> String {

@@ -154,7 +154,7 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
     let addr = listen
         .start(
             board,
-            Arc::new(fleet::watch::metrics::Metrics::new()),
+            fleet::watch::metrics::router(Arc::new(fleet::watch::metrics::Metrics::new())),
             stopped,
         )
         .await

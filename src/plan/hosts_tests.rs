@@ -9,10 +9,7 @@ use proptest::prelude::*;
 use super::tests::{apply_to, gpu_host, plan, runner_container, spec};
 use super::{Action, PlanError};
 use crate::contract::{RunnerConfig, labels, naming, ownership_label};
-use crate::observe::state::{
-    ContainerState, ContainerStatus, EngineInfo, GithubRunner, GpuInventory, GpuSource, HostState,
-    Observed, VolumeState,
-};
+use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner, Observed, VolumeState};
 use crate::spec::{GpuRequest, Spec};
 
 /// GPU UUIDs of a host: `GPU-<host>-<i>`.
