@@ -562,35 +562,8 @@ fn text_unescaped(status: &FleetStatus) -> String {
         header.extend(["STATE", "CONTAINER", "UPTIME", "GITHUB", "GPUS", "EXIT"]);
         table.set_header(header);
         for r in &pool.runners {
-            let github = match &r.github {
-                Some(g) => format!(
-                    "{} {}, id {}",
-                    if g.online { "online" } else { "offline" },
-                    if g.busy { "busy" } else { "idle" },
-                    g.id
-                ),
-                None => "not registered".into(),
-            };
-            let gpus = r
-                .gpus
-                .iter()
-                .map(|g| {
-                    match (
-                        g.utilization_percent,
-                        g.memory_used_bytes,
-                        g.memory_total_bytes,
-                    ) {
-                        (Some(u), Some(used), Some(total)) => format!(
-                            "{} {u}% {:.1}/{:.1}GiB",
-                            g.uuid,
-                            used as f64 / (1u64 << 30) as f64,
-                            total as f64 / (1u64 << 30) as f64
-                        ),
-                        _ => g.uuid.clone(),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let github = github_cell(r.github.as_ref());
+            let gpus = gpus_cell(&r.gpus);
             let mut row = vec![r.name.clone()];
             if several {
                 row.push(r.host.clone());
@@ -633,6 +606,41 @@ fn text_unescaped(status: &FleetStatus) -> String {
         t.exited
     ));
     out
+}
+
+/// The GITHUB cell of a runner's row.
+fn github_cell(github: Option<&GithubView>) -> String {
+    match github {
+        Some(g) => format!(
+            "{} {}, id {}",
+            if g.online { "online" } else { "offline" },
+            if g.busy { "busy" } else { "idle" },
+            g.id
+        ),
+        None => "not registered".into(),
+    }
+}
+
+/// The GPUS cell of a runner's row: each GPU with its use when NVML tells it.
+fn gpus_cell(gpus: &[GpuUse]) -> String {
+    gpus.iter()
+        .map(|g| {
+            match (
+                g.utilization_percent,
+                g.memory_used_bytes,
+                g.memory_total_bytes,
+            ) {
+                (Some(u), Some(used), Some(total)) => format!(
+                    "{} {u}% {:.1}/{:.1}GiB",
+                    g.uuid,
+                    used as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64
+                ),
+                _ => g.uuid.clone(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

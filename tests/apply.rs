@@ -6,18 +6,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{World, pool, stderr, stdout};
+use common::{World, assert_ok, plan_is_empty, pool, stderr, stdout};
 use fake_github::{Fault, decode_jit_config};
-
-fn assert_ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 /// What a container's secret file holds, read as root (the test image leaves it in place).
 /// The secret line container `name` was given (the test image keeps it in its secret file,
@@ -31,17 +21,6 @@ fn secret_file(name: &str) -> String {
 /// Mode, owner and group of a path in a container, as `stat` prints them.
 fn stat(name: &str, path: &str) -> String {
     common::docker_ok(&["exec", name, "/bin/busybox", "stat", "-c", "%a %u %g", path])
-}
-
-fn plan_is_empty(w: &World) {
-    let out = w.fleet(&["plan", "--detailed-exitcode"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "not converged:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use common::{TEST_IMAGE, World};
+use common::{TEST_IMAGE, World, running};
 use fake_github::{Config, ScaleSetConfig, ScaleSetEndpoint, ScaleSetFault};
 use support::{WatchProcess, listening_scale_set};
 
@@ -39,16 +39,6 @@ fn autoscaled(name: &str, gpus: u32, max: u32) -> String {
     format!(
         "  {name}:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    gpus: {gpus}\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
     )
-}
-
-/// Running containers of `pool`.
-fn running(w: &World, pool: &str) -> Vec<String> {
-    let prefix = format!("{}-{pool}-", w.run);
-    w.owned_containers()
-        .into_iter()
-        .filter(|(n, state)| n.starts_with(&prefix) && state == "running")
-        .map(|(n, _)| n)
-        .collect()
 }
 
 /// Each running runner of `pool` takes a job and finishes it: GitHub removes the ephemeral

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use fleet::docker::DockerHost;
-use fleet::endpoint::{ConnectOptions, Endpoint};
+use fleet::docker::endpoint::{ConnectOptions, Endpoint};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 

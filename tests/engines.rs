@@ -14,9 +14,11 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StartContainerOptions,
 };
-use common::engines::{Certificates, Engine, Listen, RunDir, Sshd, free_port, processes_naming};
-use common::{RUN_LABEL, TEST_IMAGE};
-use fleet::endpoint::{ConnectOptions, Endpoint, EndpointError, TlsFiles, connect, connect_with};
+use common::engines::{Engine, Listen, RunDir, Sshd, free_port, processes_naming};
+use common::{RUN_LABEL, TEST_IMAGE, engine_with_image, tls_listener};
+use fleet::docker::endpoint::{
+    ConnectOptions, Endpoint, EndpointError, TlsFiles, connect, connect_with,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -24,19 +26,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Starts an engine and loads the test image into it, saying how long each took.
-fn engine_with_image(run: &std::sync::Arc<RunDir>, name: &str, listen: Listen) -> Engine {
-    let image = common::test_image();
-    let engine = Engine::start(run, name, listen);
-    let loading = engine.load_image(image);
-    eprintln!(
-        "engine `{name}`: answered {:.2}s after start; test image loaded in {:.2}s",
-        engine.startup.as_secs_f64(),
-        loading.as_secs_f64()
-    );
-    engine
 }
 
 /// Names of the containers that `docker` lists, sorted.
@@ -235,13 +224,7 @@ fn tls_endpoint(url: &str, files: TlsFiles) -> Endpoint {
 fn a_tls_engine_answers_fleets_certificate_and_nothing_else() {
     let rt = runtime();
     let run = RunDir::new();
-    let cert_dir = run.path().join("certs");
-    std::fs::create_dir(&cert_dir).expect("certificate directory");
-    let certs = Certificates::make(&cert_dir);
-    let listen = Listen::Tls {
-        port: free_port(),
-        certs: certs.clone(),
-    };
+    let (listen, certs, cert_dir) = tls_listener(&run);
     let engine = engine_with_image(&run, "tls", listen);
     let url = engine.tcp_url().expect("a TCP port");
     let docker = rt
@@ -428,13 +411,7 @@ fn a_probe_image_with_its_own_nvidia_smi_runs_the_hosts_over_tls() {
     for file in [&host_tool, &hook] {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let cert_dir = run.path().join("certs");
-    std::fs::create_dir(&cert_dir).expect("certificate directory");
-    let certs = Certificates::make(&cert_dir);
-    let listen = Listen::Tls {
-        port: free_port(),
-        certs: certs.clone(),
-    };
+    let (listen, certs, _) = tls_listener(&run);
     let image = common::test_image();
     let engine = Engine::start_with_path(&run, "gpu-tls", listen, Some(toolkit.clone()));
     engine.load_image(image);

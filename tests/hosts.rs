@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::engines::{Certificates, Engine, Listen, RunDir, Sshd, free_port};
-use common::{TEST_IMAGE, World, stderr, stdout};
+use common::engines::{Certificates, Engine, Listen, RunDir, Sshd};
+use common::{TEST_IMAGE, World, engine_with_image, stderr, stdout, tls_listener};
 use watch_process::{WatchProcess, sample};
 
 /// The extra engines and sshd of one test; dropped (stopped, removed) with the test.
@@ -34,18 +34,10 @@ impl Farm {
     fn start(ssh: bool) -> Farm {
         common::test_image();
         let run = RunDir::new();
-        let cert_dir = run.path().join("certs");
-        std::fs::create_dir(&cert_dir).expect("certificate directory");
-        let certs = Certificates::make(&cert_dir);
-        let listen = Listen::Tls {
-            port: free_port(),
-            certs: certs.clone(),
-        };
-        let tower = Engine::start(&run, "tower", listen);
-        tower.load_image(TEST_IMAGE);
+        let (listen, certs, cert_dir) = tls_listener(&run);
+        let tower = engine_with_image(&run, "tower", listen);
         let (vm, sshd) = if ssh {
-            let vm = Engine::start(&run, "vm", Listen::Unix);
-            vm.load_image(TEST_IMAGE);
+            let vm = engine_with_image(&run, "vm", Listen::Unix);
             let sshd = Sshd::start(&run, &vm.unix_url());
             (Some(vm), Some(sshd))
         } else {

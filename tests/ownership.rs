@@ -8,21 +8,11 @@ mod common;
 
 use std::process::Output;
 
-use common::{RUN_LABEL, TEST_IMAGE, World, docker, docker_ok, pool, stderr, stdout};
+use common::{RUN_LABEL, TEST_IMAGE, World, assert_ok, docker, docker_ok, pool, stderr, stdout};
 use fleet::apply::{ApplyReport, Executor, Outcome, Quiet};
 use fleet::github::RetryPolicy;
 use fleet::observe::Observers;
 use fleet::plan::{Change, Plan};
-
-fn assert_ok(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 fn assert_failed(out: &Output) -> String {
     let text = format!("{}{}", stdout(out), stderr(out));

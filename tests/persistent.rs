@@ -5,18 +5,8 @@
 
 mod common;
 
-use common::{World, docker, docker_ok, pool, stderr, stdout};
+use common::{World, assert_ok, docker, docker_ok, plan_is_empty, pool, stdout};
 use fake_github::Scope;
-
-fn assert_ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 fn plan_text(w: &World) -> String {
     let out = w.fleet(&["plan"]);
@@ -40,17 +30,6 @@ fn plan_actions(w: &World) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn plan_is_empty(w: &World) {
-    let out = w.fleet(&["plan", "--detailed-exitcode"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "not converged:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
 }
 
 fn container_id(w: &World, name: &str) -> String {

@@ -8,17 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::engines::{Engine, Listen, RunDir};
-use common::{RUN_LABEL, World, docker_ok, pool, stderr, stdout};
-
-fn assert_ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
+use common::{RUN_LABEL, World, assert_ok, docker_ok, pool, stderr, stdout};
 
 /// The main engine (`local`) and an extra one (`other`), with the test image loaded.
 struct TwoHosts {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{World, pool, stderr, stdout};
+use common::{World, pool, running, stderr, stdout};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -81,15 +81,6 @@ fn eventually(
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out waiting for {what}; watch log:\n{}", log());
-}
-
-fn running(w: &World, pool: &str) -> Vec<String> {
-    let prefix = format!("{}-{pool}-", w.run);
-    w.owned_containers()
-        .into_iter()
-        .filter(|(n, s)| n.starts_with(&prefix) && s == "running")
-        .map(|(n, _)| n)
-        .collect()
 }
 
 fn http_get(port: u16, path: &str) -> String {

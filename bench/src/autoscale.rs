@@ -17,6 +17,7 @@ use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuild
 use fake_github::{Config, FakeGithub, ScaleSetConfig};
 use futures_util::StreamExt;
 
+use crate::watch_thread::{self, WatchThread};
 use crate::{percentile, remove_labelled, time_ceiling};
 
 struct Autoscaled {
@@ -68,37 +69,15 @@ impl Autoscaled {
     }
 
     /// `fleet watch` on a thread and runtime of its own, as in its own process.
-    fn watch(&self) -> tokio::sync::watch::Sender<bool> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let options = fleet::watch::WatchOptions {
-            resync: Duration::from_secs(30),
-            listen: Default::default(),
-            lock_timeout: Duration::from_secs(60),
-            parallelism: 10,
-            shutdown_grace: Duration::from_secs(8),
-            host_timeout: Duration::from_secs(30),
-        };
+    fn watch(&self) -> WatchThread {
+        let options = watch_thread::options(Duration::from_secs(30), Duration::from_secs(30));
         let (token, api_url) = (self.fake.token(), self.fake.url());
         let env: fleet::watch::Env = Arc::new(move |k: &str| match k {
             "GITHUB_TOKEN" => Some(token.clone()),
             "GITHUB_API_URL" => Some(api_url.clone()),
             _ => None,
         });
-        let file = self.spec.clone();
-        std::thread::spawn(move || {
-            match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => {
-                    if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
-                        eprintln!("watch stopped: {e}");
-                    }
-                }
-                Err(e) => eprintln!("watch runtime: {e}"),
-            }
-        });
-        stop_tx
+        WatchThread::start(self.spec.clone(), options, env)
     }
 
     async fn running(&self) -> Result<Vec<String>, String> {
@@ -208,7 +187,7 @@ pub async fn autoscale(jobs: usize, burst: u32, secrets: &str) -> Result<(), Str
             .await?;
         let requests = bench.fake.requests().len() - requests_before;
         bench.finish_jobs(set).await?;
-        let _ = stop.send(true);
+        stop.stop().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let image = fake_github::image::RUNNER_IMAGE;
         let ceiling_label = format!("fleet-bench.ceiling={}", std::process::id());

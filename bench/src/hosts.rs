@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 #[path = "../../tests/common/engines.rs"]
 mod engines;
 
+use super::watch_thread::{self, WatchThread};
 use super::{median, percentile, raw_creates, remove_labelled};
 use engines::{Certificates, Engine, Listen, RunDir, free_port};
 
@@ -56,10 +57,10 @@ impl Second {
         }
     }
 
-    fn endpoint(&self) -> fleet::endpoint::Endpoint {
-        fleet::endpoint::Endpoint {
+    fn endpoint(&self) -> fleet::docker::endpoint::Endpoint {
+        fleet::docker::endpoint::Endpoint {
             tls: Some(self.certs.client_files()),
-            ..fleet::endpoint::Endpoint::new(self.engine.tcp_url().unwrap_or_default())
+            ..fleet::docker::endpoint::Endpoint::new(self.engine.tcp_url().unwrap_or_default())
         }
     }
 
@@ -242,13 +243,13 @@ async fn time_ceiling(
 }
 
 async fn connect_both(second: &Second) -> Result<(Docker, Docker), String> {
-    let local = fleet::endpoint::connect(
+    let local = fleet::docker::endpoint::connect(
         "local",
-        &fleet::endpoint::Endpoint::new(fleet::docker::DEFAULT_DOCKER_ENDPOINT),
+        &fleet::docker::endpoint::Endpoint::new(fleet::docker::DEFAULT_DOCKER_ENDPOINT),
     )
     .await
     .map_err(|e| e.to_string())?;
-    let remote = fleet::endpoint::connect("second", &second.endpoint())
+    let remote = fleet::docker::endpoint::connect("second", &second.endpoint())
         .await
         .map_err(|e| e.to_string())?;
     Ok((local, remote))
@@ -287,31 +288,10 @@ pub async fn converge(per_host: u32, rounds: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts `fleet watch` on `setup` in its own thread and runtime; returns the stop switch.
-fn watch(setup: &TwoHosts, host_timeout: Duration) -> tokio::sync::watch::Sender<bool> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let options = fleet::watch::WatchOptions {
-        resync: Duration::from_secs(30),
-        listen: Default::default(),
-        lock_timeout: Duration::from_secs(60),
-        parallelism: 10,
-        shutdown_grace: Duration::from_secs(8),
-        host_timeout,
-    };
-    let (file, env) = (setup.spec.clone(), setup.env());
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => return eprintln!("watch runtime: {e}"),
-        };
-        if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
-            eprintln!("watch stopped: {e}");
-        }
-    });
-    stop_tx
+/// Starts `fleet watch` on `setup` in its own thread and runtime.
+fn watch(setup: &TwoHosts, host_timeout: Duration) -> WatchThread {
+    let options = watch_thread::options(Duration::from_secs(30), host_timeout);
+    WatchThread::start(setup.spec.clone(), options, setup.env())
 }
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<
@@ -401,7 +381,7 @@ pub async fn dead_host(per_host: u32, exits: usize, host_timeout: Duration) -> R
             eprintln!("second engine known down: {:.3} s", known_down.last().copied().unwrap_or(f64::NAN));
         }
         second.engine.resume();
-        let _ = stop.send(true);
+        stop.stop().await;
         reader.abort();
         both_up.sort_by(f64::total_cmp);
         known_down.sort_by(f64::total_cmp);

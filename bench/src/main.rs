@@ -15,6 +15,7 @@ mod autoscale;
 
 mod history;
 mod status_page;
+mod watch_thread;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use bollard::query_parameters::{
 use clap::{Parser, Subcommand};
 use fake_github::{Config, FakeGithub, Scope};
 use futures_util::StreamExt;
+use watch_thread::WatchThread;
 
 #[derive(Parser)]
 #[command(about = "fleet benchmarks against the real Docker engine and the fake GitHub")]
@@ -260,33 +262,10 @@ impl Setup {
         })
     }
 
-    /// Starts `fleet watch` in this process; returns the stop switch.
-    fn watch(&self, resync: Duration) -> tokio::sync::watch::Sender<bool> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let options = fleet::watch::WatchOptions {
-            resync,
-            listen: Default::default(),
-            lock_timeout: Duration::from_secs(60),
-            parallelism: 10,
-            shutdown_grace: Duration::from_secs(8),
-            host_timeout: Duration::from_secs(30),
-        };
-        let file = self.spec.clone();
-        let env = self.env();
-        // Its own thread and runtime, as in the `fleet watch` process.
-        std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return eprintln!("watch runtime: {e}"),
-            };
-            if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
-                eprintln!("watch stopped: {e}");
-            }
-        });
-        stop_tx
+    /// Starts `fleet watch` in this process.
+    fn watch(&self, resync: Duration) -> WatchThread {
+        let options = watch_thread::options(resync, Duration::from_secs(30));
+        WatchThread::start(self.spec.clone(), options, self.env())
     }
 
     async fn running(&self) -> Result<Vec<String>, String> {
@@ -410,7 +389,7 @@ async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
                 latencies.last().copied().unwrap_or(f64::NAN)
             );
         }
-        let _ = stop.send(true);
+        stop.stop().await;
         reader.abort();
         latencies.sort_by(f64::total_cmp);
         println!("| measure | value |\n|---|---|");
@@ -480,7 +459,7 @@ async fn api_budget(runners: u32, resyncs: u32) -> Result<(), String> {
             .wait_running(runners as usize, Duration::from_secs(60))
             .await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let _ = stop.send(true);
+        stop.stop().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let churn = setup.fake.requests();
         let churn_counted = churn.iter().filter(|r| r.status != 304).count();

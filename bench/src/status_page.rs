@@ -98,6 +98,7 @@ fn fleet_status(runners: usize) -> FleetStatus {
         hosts: host_status,
         autoscale: vec![],
         scale_set_error: None,
+        start_failures: vec![],
     }
 }
 
@@ -154,7 +155,7 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
     let addr = listen
         .start(
             board,
-            Arc::new(fleet::watch::metrics::Metrics::new()),
+            fleet::watch::metrics::router(Arc::new(fleet::watch::metrics::Metrics::new())),
             stopped,
         )
         .await

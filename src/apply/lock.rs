@@ -10,6 +10,8 @@
 use std::ffi::OsString;
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+
+pub(crate) use crate::this_machine::hostname;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -253,12 +255,6 @@ fn holder(file: &mut File) -> String {
     } else {
         text.to_string()
     }
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "this machine".into())
 }
 
 /// Seconds since the epoch, as UTC `YYYY-MM-DD HH:MM:SS`.

@@ -3,6 +3,7 @@
 //! calls them), as docs/architecture.md draws them.
 
 mod api_path;
+pub mod endpoint;
 mod probe;
 mod read;
 mod write;
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 
-use crate::endpoint::{self, ConnectOptions, Endpoint, EndpointError, Target, TlsFiles};
 use crate::spec::Host;
+use endpoint::{ConnectOptions, Endpoint, EndpointError, Target, TlsFiles};
 
 pub use probe::{PROBE_LABEL, ProbeError, parse_nvidia_smi};
 pub use read::{ContainerEvent, DockerRead, Named};
@@ -154,7 +155,7 @@ impl DockerHost {
         DockerHost::connect_to(name, &endpoint, &connect_options(env)).await
     }
 
-    /// Connects through [`crate::endpoint`] (Unix socket, TLS, SSH or loopback TCP), agrees on
+    /// Connects through [`endpoint`] (Unix socket, TLS, SSH or loopback TCP), agrees on
     /// an API version and pings: an unusable endpoint fails here, naming the host and the
     /// endpoint.
     pub async fn connect_to(

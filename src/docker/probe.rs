@@ -16,8 +16,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{DockerHost, api_path};
-use crate::observe::health::{GpuSignals, throttle_names};
-use crate::observe::state::GpuInfo;
+use crate::state::GpuInfo;
+use crate::state::{GpuSignals, throttle_names};
 
 /// The label of a probe container: its value is the fleet. Not `fleet.name`, so that no
 /// planner ever takes a probe for a runner.

@@ -9,7 +9,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptions
 
 use super::{DockerError, DockerHost, api_path};
 use crate::contract::{self, labels};
-use crate::observe::state::{
+use crate::state::{
     ContainerState, ContainerStatus, EngineInfo, GpuInventory, HostState, QuarantineRecord,
     VolumeState,
 };

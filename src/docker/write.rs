@@ -442,7 +442,7 @@ impl DockerWrite<'_> {
 }
 
 /// The longest single wait for a container to stop: below the client's per-request timeout
-/// (src/endpoint.rs).
+/// (src/docker/endpoint/).
 const WAIT_SLICE: std::time::Duration = std::time::Duration::from_secs(50);
 
 /// How a graceful stop ended.

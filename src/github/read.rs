@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::http::{decode, url_encode};
 use super::{GithubClient, GithubError, GithubScope};
-use crate::observe::state::GithubRunner;
+use crate::state::GithubRunner;
 
 /// GitHub's runner registrations, read-only.
 #[derive(Clone)]

@@ -126,20 +126,14 @@ impl Imported {
     }
 }
 
-/// Runs `fleet import`; returns the exit code.
-pub fn run(args: &ImportArgs) -> u8 {
+/// Runs `fleet import` (`cmd/import.rs` reports its error).
+pub fn run(args: &ImportArgs) -> Result<(), ImportError> {
     let overrides = Overrides {
         repo: args.repo.clone(),
         org: args.org.clone(),
         name: args.name.clone(),
     };
-    match import(&args.paths, &overrides).and_then(|i| output(&i, args)) {
-        Ok(()) => crate::cli::exit::OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            crate::cli::exit::ERROR
-        }
-    }
+    import(&args.paths, &overrides).and_then(|i| output(&i, args))
 }
 
 fn output(imported: &Imported, args: &ImportArgs) -> Result<(), ImportError> {

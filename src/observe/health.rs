@@ -2,56 +2,9 @@
 //! remote engine) and the state they make (docs/gpu-health.md). Reading is in `gpu.rs` and
 //! `docker/probe.rs`; deciding is here, pure, so that the rules are tested without a GPU.
 
-use serde::Serialize;
-
-use super::state::{GpuHealth, HealthState};
 use crate::spec::GpuHealthSettings;
-
-/// One process holding a GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GpuProcess {
-    pub pid: u32,
-    /// Device memory it uses; `None` when the driver cannot tell.
-    pub used_memory_bytes: Option<u64>,
-}
-
-/// What one look at a GPU found. `None`: the driver does not have the counter (a GPU without
-/// ECC, an older driver), which is no fault. A read that failed otherwise is in `unreadable`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct GpuSignals {
-    pub uuid: String,
-    pub memory_used_bytes: Option<u64>,
-    pub temperature_celsius: Option<u32>,
-    /// Active clock slowdowns that point at the hardware: `hw_slowdown`, `hw_thermal_slowdown`,
-    /// `hw_power_brake_slowdown`, `sw_thermal_slowdown`.
-    pub throttle: Vec<&'static str>,
-    pub ecc_uncorrected_volatile: Option<u64>,
-    pub ecc_corrected_volatile: Option<u64>,
-    /// Whether the correctable count grew since the last look (the reader remembers it).
-    pub ecc_corrected_rising: bool,
-    pub retired_pages_pending: Option<bool>,
-    pub remapped_rows_pending: Option<bool>,
-    pub remapped_rows_failure: Option<bool>,
-    /// Compute processes on the GPU; `None` when not listed (the probe sees only memory).
-    pub processes: Option<Vec<GpuProcess>>,
-    /// Every Xid the driver reported for the GPU since fleet started watching it; those not
-    /// in `gpu_health.application_xids` are critical.
-    pub xids: Vec<u64>,
-    /// The Xids that arrived since the previous look (application ones are reported once).
-    pub fresh_xids: Vec<u64>,
-    /// An uncorrectable (double-bit) ECC error event arrived.
-    pub ecc_error_event: bool,
-    /// Signals that could not be read, each with the driver's words.
-    pub unreadable: Vec<String>,
-}
-
-/// The throttle reason names fleet treats as a sign of the hardware, in NVML's bit order.
-pub const THROTTLE_REASONS: [(u64, &str); 4] = [
-    (0x8, "hw_slowdown"),
-    (0x20, "sw_thermal_slowdown"),
-    (0x40, "hw_thermal_slowdown"),
-    (0x80, "hw_power_brake_slowdown"),
-];
+use crate::state::{GpuHealth, HealthState};
+pub use crate::state::{GpuProcess, GpuSignals, THROTTLE_REASONS, throttle_names};
 
 /// The state of a GPU from its signals. `held`: a running runner container of this fleet holds
 /// the GPU, so its processes and memory are that runner's own.
@@ -191,15 +144,6 @@ fn degraded_reasons(s: &GpuSignals, settings: &GpuHealthSettings) -> Vec<String>
         ));
     }
     reasons
-}
-
-/// The throttle reason names set in NVML's bit mask.
-pub fn throttle_names(bits: u64) -> Vec<&'static str> {
-    THROTTLE_REASONS
-        .iter()
-        .filter(|(bit, _)| bits & bit != 0)
-        .map(|(_, name)| *name)
-        .collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ pub mod health;
 pub mod inventory;
 pub mod nvml_reader;
 pub mod scalesets;
-pub mod state;
+/// The observation's data types live in the leaf module `state.rs`; this path stays for its users.
+pub use crate::state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

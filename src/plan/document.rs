@@ -6,6 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Spec;
+use crate::state::Observed;
+
 use super::model::{
     Action, AttributeChange, AutoscalePool, Change, Deferral, Plan, RegistrationOp, RunnerChange,
     RunnerOp, ScaleSetOp, Summary,
@@ -254,6 +257,30 @@ pub enum SavedPlanError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("{} is a plan for fleet `{saved}`, not `{spec}`; nothing was changed", path.display())]
+    OtherFleet {
+        path: std::path::PathBuf,
+        saved: String,
+        spec: String,
+    },
+    #[error(
+        "the saved plan {} is stale: the spec changed since it was made. Run `fleet plan --out` again; nothing was changed.",
+        path.display()
+    )]
+    SpecChanged { path: std::path::PathBuf },
+    #[error(
+        "the saved plan {} is stale: containers or GitHub runners changed since it was made. Run `fleet plan --out` again; nothing was changed.",
+        path.display()
+    )]
+    WorldChanged { path: std::path::PathBuf },
+    #[error(
+        "the saved plan {} is not the plan fleet makes from this spec and what it observes now: {difference}. A saved plan is applied only as fleet planned it; run `fleet plan --out` again. Nothing was changed.",
+        path.display()
+    )]
+    Differs {
+        path: std::path::PathBuf,
+        difference: String,
+    },
 }
 
 /// Reads a plan saved by `fleet plan --out`.
@@ -286,4 +313,89 @@ pub fn read_saved(path: &Path) -> Result<PlanDocument, SavedPlanError> {
         path: path.to_path_buf(),
         message: crate::escape::escaped(&e.to_string()).into_owned(),
     })
+}
+
+/// A saved plan is a proposal: fleet plans again from what it observes now and goes ahead only
+/// when the new plan (`fresh`) is the saved one.
+pub fn check_saved(
+    path: &Path,
+    spec: &Spec,
+    observed: &Observed,
+    fresh: &Plan,
+) -> Result<(), SavedPlanError> {
+    let saved = read_saved(path)?;
+    let path = path.to_path_buf();
+    if saved.fleet != spec.name {
+        return Err(SavedPlanError::OtherFleet {
+            path,
+            saved: saved.fleet,
+            spec: spec.name.clone(),
+        });
+    }
+    if saved.spec_hash != super::spec_hash(spec) {
+        return Err(SavedPlanError::SpecChanged { path });
+    }
+    if saved.observed_fingerprint != super::observed_fingerprint(observed) {
+        return Err(SavedPlanError::WorldChanged { path });
+    }
+    match first_difference(&saved, &fresh.document()) {
+        None => Ok(()),
+        Some(difference) => Err(SavedPlanError::Differs { path, difference }),
+    }
+}
+
+/// The first change in which two plans differ, described. Scale set changes are left out:
+/// `plan` does not read scale sets (that needs a registration token), apply decides them.
+fn first_difference(saved: &PlanDocument, fresh: &PlanDocument) -> Option<String> {
+    // Debug-quoted: a saved plan's words reach the terminal escaped.
+    let describe = |c: &ChangeDocument| format!("{} {:?}", c.action.as_str(), c.name);
+    let decided_at_apply = |c: &&ChangeDocument| {
+        matches!(
+            c.action,
+            Action::CreateScaleSet | Action::UpdateScaleSet | Action::DeleteScaleSet
+        )
+    };
+    let saved: Vec<&ChangeDocument> = saved
+        .changes
+        .iter()
+        .filter(|c| !decided_at_apply(c))
+        .collect();
+    let fresh: Vec<&ChangeDocument> = fresh
+        .changes
+        .iter()
+        .filter(|c| !decided_at_apply(c))
+        .collect();
+    for (i, (a, b)) in saved.iter().zip(&fresh).enumerate() {
+        if a != b {
+            return Some(format!(
+                "change {} differs in `{}` (saved: {}; planned now: {})",
+                i + 1,
+                differing_field(a, b),
+                describe(a),
+                describe(b)
+            ));
+        }
+    }
+    match saved.len().cmp(&fresh.len()) {
+        std::cmp::Ordering::Equal => None,
+        _ => Some(format!(
+            "it has {} change(s), the plan made now has {}",
+            saved.len(),
+            fresh.len()
+        )),
+    }
+}
+
+/// The first field of two changes that differs, by its JSON name.
+fn differing_field(a: &ChangeDocument, b: &ChangeDocument) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return "?".into();
+    };
+    a.keys()
+        .chain(b.keys())
+        .find(|key| a.get(*key) != b.get(*key))
+        .cloned()
+        .unwrap_or_else(|| "?".into())
 }

@@ -6,13 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::tests::{apply_to, plan, spec};
+use super::tests::{apply_to, gpu_host, plan, runner_container, spec};
 use super::{Action, PlanError};
 use crate::contract::{RunnerConfig, labels, naming, ownership_label};
-use crate::observe::state::{
-    ContainerState, ContainerStatus, EngineInfo, GithubRunner, GpuInventory, GpuSource, HostState,
-    Observed, VolumeState,
-};
+use crate::observe::state::{ContainerState, ContainerStatus, GithubRunner, Observed, VolumeState};
 use crate::spec::{GpuRequest, Spec};
 
 /// GPU UUIDs of a host: `GPU-<host>-<i>`.
@@ -37,59 +34,25 @@ fn hosts_spec(hosts: &[(&str, usize)], pools: &str) -> Spec {
 fn world_of(hosts: &[(&str, usize)]) -> Observed {
     let mut world = Observed::default();
     for (name, gpus) in hosts {
-        let source = if *gpus == 0 {
-            GpuSource::None
-        } else {
-            GpuSource::Declared
-        };
-        world.hosts.insert(
-            name.to_string(),
-            HostState {
-                gpus: GpuInventory {
-                    uuids: uuids(name, *gpus),
-                    source,
-                    ..GpuInventory::default()
-                },
-                engine: EngineInfo {
-                    nvidia_runtime: true,
-                    cdi_devices: vec![],
-                },
-                ..HostState::default()
-            },
-        );
+        world
+            .hosts
+            .insert(name.to_string(), gpu_host(uuids(name, *gpus)));
     }
     world
 }
 
 /// A running container of `pool` on `host`, as fleet makes it, and its idle registration.
 fn add_runner_on(world: &mut Observed, spec: &Spec, pool: &str, host: &str, name: &str) {
-    let resolved = spec
-        .resolved_pools()
-        .into_iter()
-        .find(|p| p.name == pool)
-        .expect("pool");
-    let cfg = RunnerConfig::for_pool(&spec.name, &resolved);
+    let cfg = RunnerConfig::for_pool(&spec.name, &super::tests::pool(spec, pool));
     let created = world
         .hosts
         .values()
         .map(|h| h.containers.len() as i64)
         .sum::<i64>();
     let state = world.hosts.get_mut(host).expect("host");
-    state.containers.push(ContainerState {
-        id: format!("id-{name}"),
-        name: name.to_string(),
-        labels: BTreeMap::from([
-            (labels::FLEET.to_string(), spec.name.clone()),
-            (labels::POOL.to_string(), pool.to_string()),
-            (labels::CONFIG_HASH.to_string(), cfg.hash()),
-            (labels::CONFIG.to_string(), cfg.to_label()),
-            (labels::GPUS.to_string(), String::new()),
-        ]),
-        status: ContainerStatus::Running,
-        exit_code: None,
-        created: 1000 + created,
-        finished: None,
-    });
+    state
+        .containers
+        .push(runner_container(spec, pool, name, &[], 1000 + created));
     state.containers.sort_by(|a, b| a.name.cmp(&b.name));
     register(world, name, &cfg.labels);
 }

@@ -24,7 +24,8 @@ pub use crashloop::{
     PoolBackoff, PoolStartFailures, START_FAILURES_BEFORE_BACKOFF, start_failures,
 };
 pub use document::{
-    ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, read_saved,
+    ChangeDocument, FORMAT_VERSION, PlanDocument, REGISTRATION_HOST, SavedPlanError, check_saved,
+    read_saved,
 };
 pub use model::{
     Action, AttributeChange, AutoscalePool, Change, Deferral, Plan, Reason, RegistrationChange,

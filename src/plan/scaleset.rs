@@ -110,6 +110,23 @@ pub(super) fn plan_scale_sets(
             }
         }
     }
+    let warnings = delete_unused(fleet, observed, existing, &wanted, &mut changes);
+    ScaleSetPlan {
+        changes,
+        problems,
+        warnings,
+    }
+}
+
+/// Deletes of the scale sets fleet made that no pool uses any more (into `changes`); the
+/// warnings say which wait for the last job of their runners.
+fn delete_unused(
+    fleet: &str,
+    observed: &Observed,
+    existing: &[ScaleSetState],
+    wanted: &BTreeSet<String>,
+    changes: &mut Vec<Change>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     for set in existing {
         let ours = owned(fleet, observed, set);
@@ -142,11 +159,7 @@ pub(super) fn plan_scale_sets(
             }));
         }
     }
-    ScaleSetPlan {
-        changes,
-        problems,
-        warnings,
-    }
+    warnings
 }
 
 /// The runners of scale set `set` that run a job: running containers of its pool (from its

@@ -38,28 +38,61 @@ pub(crate) fn with_pools(pools: &str) -> Spec {
 }
 
 pub(crate) fn empty_world() -> Observed {
-    let mut hosts = BTreeMap::new();
-    hosts.insert(
-        "local".to_string(),
-        HostState {
-            gpus: GpuInventory {
-                uuids: ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
-                    .map(String::from)
-                    .to_vec(),
-                source: GpuSource::Declared,
-                ..GpuInventory::default()
-            },
-            engine: EngineInfo {
-                nvidia_runtime: true,
-                cdi_devices: vec![],
-            },
-            ..HostState::default()
-        },
-    );
+    let uuids = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
+        .map(String::from)
+        .to_vec();
     Observed {
-        hosts,
+        hosts: BTreeMap::from([("local".to_string(), gpu_host(uuids))]),
         github: GithubState::default(),
         ..Observed::default()
+    }
+}
+
+/// A host with nothing on it but its GPUs (declared; none: no GPU) and NVIDIA's runtime. The
+/// plan worlds of every test file are made of these.
+pub(crate) fn gpu_host(uuids: Vec<String>) -> HostState {
+    let source = if uuids.is_empty() {
+        GpuSource::None
+    } else {
+        GpuSource::Declared
+    };
+    HostState {
+        gpus: GpuInventory {
+            uuids,
+            source,
+            ..GpuInventory::default()
+        },
+        engine: EngineInfo {
+            nvidia_runtime: true,
+            cdi_devices: vec![],
+        },
+        ..HostState::default()
+    }
+}
+
+/// A running container of `pool_name` as fleet makes it, holding `gpus`.
+pub(crate) fn runner_container(
+    spec: &Spec,
+    pool_name: &str,
+    name: &str,
+    gpus: &[&str],
+    created: i64,
+) -> ContainerState {
+    let cfg = RunnerConfig::for_pool(&spec.name, &pool(spec, pool_name));
+    ContainerState {
+        id: format!("id-{name}"),
+        name: name.to_string(),
+        labels: BTreeMap::from([
+            (labels::FLEET.to_string(), spec.name.clone()),
+            (labels::POOL.to_string(), pool_name.to_string()),
+            (labels::CONFIG_HASH.to_string(), cfg.hash()),
+            (labels::CONFIG.to_string(), cfg.to_label()),
+            (labels::GPUS.to_string(), gpus.join(",")),
+        ]),
+        status: ContainerStatus::Running,
+        exit_code: None,
+        created,
+        finished: None,
     }
 }
 
@@ -81,21 +114,8 @@ pub(crate) fn add_runner(
     let cfg = RunnerConfig::for_pool(&spec.name, &pool(spec, pool_name));
     let host = world.hosts.get_mut("local").expect("host");
     let n = host.containers.len() as i64;
-    host.containers.push(ContainerState {
-        id: format!("id-{name}"),
-        name: name.to_string(),
-        labels: BTreeMap::from([
-            (labels::FLEET.to_string(), spec.name.clone()),
-            (labels::POOL.to_string(), pool_name.to_string()),
-            (labels::CONFIG_HASH.to_string(), cfg.hash()),
-            (labels::CONFIG.to_string(), cfg.to_label()),
-            (labels::GPUS.to_string(), gpus.join(",")),
-        ]),
-        status: ContainerStatus::Running,
-        exit_code: None,
-        created: 1000 + n,
-        finished: None,
-    });
+    host.containers
+        .push(runner_container(spec, pool_name, name, gpus, 1000 + n));
     let id = world.github.runners.len() as u64 + 1;
     world.github.runners.push(GithubRunner {
         id,

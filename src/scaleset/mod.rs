@@ -170,7 +170,7 @@ pub trait ScaleSetApi: Send + Sync {
 /// The owner a scale set's message session is opened under: `fleet-<fleet>@<host>`, so that a
 /// session conflict names the machine that holds the session.
 pub fn session_owner(fleet: &str) -> String {
-    format!("fleet-{fleet}@{}", crate::apply::lock::hostname())
+    format!("fleet-{fleet}@{}", crate::this_machine::hostname())
 }
 
 #[cfg(test)]
@@ -178,7 +178,7 @@ mod owner_tests {
     #[test]
     fn the_session_owner_names_the_fleet_and_this_host() {
         let owner = super::session_owner("zq");
-        let host = crate::apply::lock::hostname();
+        let host = crate::this_machine::hostname();
         assert_eq!(owner, format!("fleet-zq@{host}"));
         assert!(!host.is_empty());
     }

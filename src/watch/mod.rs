@@ -116,7 +116,11 @@ pub async fn run_recording(
     });
     if let Some(listen) = &listen {
         listen
-            .start(board.clone(), metrics.clone(), stop.clone())
+            .start(
+                board.clone(),
+                metrics::router(metrics.clone()),
+                stop.clone(),
+            )
             .await
             .map_err(|e| e.to_string())?;
     }

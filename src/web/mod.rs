@@ -22,8 +22,6 @@ use http::{HeaderValue, StatusCode, header};
 
 pub use board::Board;
 
-use crate::watch::metrics::Metrics;
-
 /// `fleet watch`'s listener options.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ListenArgs {
@@ -105,7 +103,7 @@ impl Listen {
     pub async fn start(
         &self,
         board: Arc<Board>,
-        metrics: Arc<Metrics>,
+        metrics: Router,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<SocketAddr, ListenError> {
         let addr = self.addr;
@@ -150,7 +148,9 @@ impl Listen {
 }
 
 /// Every route. Read-only: each is a GET of what the board holds.
-pub fn router(board: Arc<Board>, metrics: Arc<Metrics>, auth: Option<Arc<auth::Auth>>) -> Router {
+/// `metrics`: the routes of `/metrics`, made by the caller (`watch/metrics.rs`), so that this
+/// module does not depend on the watch loop that feeds it.
+pub fn router(board: Arc<Board>, metrics: Router, auth: Option<Arc<auth::Auth>>) -> Router {
     let api = Router::new()
         .route("/", get(|| async { assets::page("index.html") }))
         .route(
@@ -183,7 +183,7 @@ pub fn router(board: Arc<Board>, metrics: Arc<Metrics>, auth: Option<Arc<auth::A
                 move |RawQuery(q): RawQuery| history(board.clone(), q)
             }),
         )
-        .merge(crate::watch::metrics::router(metrics));
+        .merge(metrics);
     let api = match auth {
         Some(auth) => api.layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {

@@ -57,7 +57,11 @@ async fn serve(
     let listen = args.prepare().expect("settings").expect("a listener");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let addr = listen
-        .start(board, Arc::new(Metrics::new()), stopped)
+        .start(
+            board,
+            crate::watch::metrics::router(Arc::new(crate::watch::metrics::Metrics::new())),
+            stopped,
+        )
         .await
         .expect("serves");
     (addr, stop)

@@ -12,7 +12,7 @@
 //!
 //! SSH client side: fleet runs the system's `ssh`, which reads `~/.ssh/config` from the passwd
 //! home directory whatever `$HOME` says. The tests do not touch it: they pass their own config
-//! file through `fleet::endpoint::ConnectOptions::ssh_config` (`ssh -F`), naming the test's
+//! file through `fleet::docker::endpoint::ConnectOptions::ssh_config` (`ssh -F`), naming the test's
 //! identity and known_hosts file. With `-F`, ssh reads neither `~/.ssh/config` nor
 //! /etc/ssh/ssh_config, and does not create `~/.ssh`.
 //!
@@ -29,7 +29,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use fleet::endpoint::TlsFiles;
+use fleet::docker::endpoint::TlsFiles;
 
 /// How long an engine or sshd may take to answer after it starts (a loaded 2-core machine).
 const STARTUP_LIMIT: Duration = Duration::from_secs(120);

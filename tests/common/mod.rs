@@ -9,6 +9,7 @@ pub mod engines;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use engines::{Certificates, Engine, Listen, RunDir};
 use fake_github::{Config, FakeGithub, NewRunner, Scope};
 use fleet::contract::{RunnerConfig, ownership_label};
 
@@ -287,6 +288,39 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts that fleet exited 0, showing what it printed otherwise.
+pub fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Asserts that `fleet plan --detailed-exitcode` finds nothing to change.
+pub fn plan_is_empty(w: &World) {
+    let out = w.fleet(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "not converged:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// The running containers of `pool`, by name.
+pub fn running(w: &World, pool: &str) -> Vec<String> {
+    let prefix = format!("{}-{pool}-", w.run);
+    w.owned_containers()
+        .into_iter()
+        .filter(|(n, state)| n.starts_with(&prefix) && state == "running")
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// A busybox pool of `count` runners (`ephemeral` or persistent) for apply tests.
 pub fn pool(name: &str, count: u32, ephemeral: bool) -> String {
     format!(
@@ -534,4 +568,29 @@ impl World {
         std::fs::write(&path, text).expect("write spec");
         path
     }
+}
+
+/// Certificates made in `run`'s `certs` folder, and a TLS listener on a free port that uses them.
+pub fn tls_listener(run: &RunDir) -> (Listen, Certificates, PathBuf) {
+    let cert_dir = run.path().join("certs");
+    std::fs::create_dir(&cert_dir).expect("certificate directory");
+    let certs = Certificates::make(&cert_dir);
+    let listen = Listen::Tls {
+        port: engines::free_port(),
+        certs: certs.clone(),
+    };
+    (listen, certs, cert_dir)
+}
+
+/// Starts an engine and loads the test image into it, saying how long each took.
+pub fn engine_with_image(run: &std::sync::Arc<RunDir>, name: &str, listen: Listen) -> Engine {
+    let image = test_image();
+    let engine = Engine::start(run, name, listen);
+    let loading = engine.load_image(image);
+    eprintln!(
+        "engine `{name}`: answered {:.2}s after start; test image loaded in {:.2}s",
+        engine.startup.as_secs_f64(),
+        loading.as_secs_f64()
+    );
+    engine
 }

@@ -56,7 +56,7 @@ fn check_endpoint(c: &mut Checker, name: &str, ptr: &str, host: &Host, base_dir:
             return;
         }
     };
-    // The same check as connecting (src/endpoint.rs): what passes here is what fleet reaches.
+    // The same check as connecting (src/docker/endpoint/): what passes here is what fleet reaches.
     match endpoint.transport(host.tls.is_some(), insecure) {
         Ok(Transport::Tls { .. }) => {
             let Some(tls) = &host.tls else { return };

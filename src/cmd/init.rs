@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::cli::exit;
+use super::{Done, Failure, print_stdout};
 use crate::import::emit::{self, Comments};
 use crate::import::place::{self, Place, Scope};
 use crate::import::{sanitize_name, write_file};
@@ -56,18 +56,10 @@ pub enum InitError {
     Invalid(String),
 }
 
-/// Runs `fleet init`, writing to `file`; returns the exit code.
-pub fn run(file: &Path, args: &InitArgs) -> u8 {
-    match init(file, args) {
-        Ok(summary) => {
-            println!("{summary}");
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::ERROR
-        }
-    }
+/// Runs `fleet init`, writing to `file`.
+pub fn run(file: &Path, args: &InitArgs) -> Result<Done, Failure> {
+    let summary = init(file, args).map_err(Failure::Init)?;
+    print_stdout(&format!("{summary}\n"))
 }
 
 fn init(file: &Path, args: &InitArgs) -> Result<String, InitError> {

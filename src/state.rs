@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::labels;
+use crate::labels;
 
 impl Observed {
     /// The scale sets fleet's Docker records (on the observed hosts) say fleet made.
@@ -344,4 +344,59 @@ pub struct GithubRunner {
     /// The runner group it is in (GitHub reports it at organization scope).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_group_id: Option<u64>,
+}
+
+/// One process holding a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuProcess {
+    pub pid: u32,
+    /// Device memory it uses; `None` when the driver cannot tell.
+    pub used_memory_bytes: Option<u64>,
+}
+
+/// What one look at a GPU found. `None`: the driver does not have the counter (a GPU without
+/// ECC, an older driver), which is no fault. A read that failed otherwise is in `unreadable`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GpuSignals {
+    pub uuid: String,
+    pub memory_used_bytes: Option<u64>,
+    pub temperature_celsius: Option<u32>,
+    /// Active clock slowdowns that point at the hardware: `hw_slowdown`, `hw_thermal_slowdown`,
+    /// `hw_power_brake_slowdown`, `sw_thermal_slowdown`.
+    pub throttle: Vec<&'static str>,
+    pub ecc_uncorrected_volatile: Option<u64>,
+    pub ecc_corrected_volatile: Option<u64>,
+    /// Whether the correctable count grew since the last look (the reader remembers it).
+    pub ecc_corrected_rising: bool,
+    pub retired_pages_pending: Option<bool>,
+    pub remapped_rows_pending: Option<bool>,
+    pub remapped_rows_failure: Option<bool>,
+    /// Compute processes on the GPU; `None` when not listed (the probe sees only memory).
+    pub processes: Option<Vec<GpuProcess>>,
+    /// Every Xid the driver reported for the GPU since fleet started watching it; those not
+    /// in `gpu_health.application_xids` are critical.
+    pub xids: Vec<u64>,
+    /// The Xids that arrived since the previous look (application ones are reported once).
+    pub fresh_xids: Vec<u64>,
+    /// An uncorrectable (double-bit) ECC error event arrived.
+    pub ecc_error_event: bool,
+    /// Signals that could not be read, each with the driver's words.
+    pub unreadable: Vec<String>,
+}
+
+/// The throttle reason names fleet treats as a sign of the hardware, in NVML's bit order.
+pub const THROTTLE_REASONS: [(u64, &str); 4] = [
+    (0x8, "hw_slowdown"),
+    (0x20, "sw_thermal_slowdown"),
+    (0x40, "hw_thermal_slowdown"),
+    (0x80, "hw_power_brake_slowdown"),
+];
+
+/// The throttle reason names set in NVML's bit mask.
+pub fn throttle_names(bits: u64) -> Vec<&'static str> {
+    THROTTLE_REASONS
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
