@@ -699,3 +699,63 @@ fn watch_deletes_a_retired_scale_set_after_its_busy_runners_job() {
         w.fake.scale_sets(Some(&w.scope)).is_empty() && w.owned_containers().is_empty()
     });
 }
+
+#[test]
+fn under_a_service_that_drops_extra_labels_apply_knows_its_scale_set_runners_registration() {
+    let w = world_with(|c| c.drop_extra_labels = true);
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 1, max: 2 }}\n"
+    );
+    let path = spec(&w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let runner = running(&w, "auto").pop().expect("an idle runner");
+    let registered = |name: &str| w.fake.runners(&w.scope).iter().any(|r| r.name == name);
+    assert!(registered(&runner));
+    // The pool retires. The executor looks the runner's registration up itself (as for one
+    // made after the observation): it lacks fleet's label, and the scale set's name, which
+    // fleet's record proves, makes it fleet's.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .expect("spec")
+            .replace(&pool, "  other:\n    count: 0\n    image: x:1\n"),
+    )
+    .expect("write spec");
+    let spec = fleet::spec::load(&path).expect("spec");
+    let (token, api) = (w.fake.token(), w.fake.url());
+    let env = move |k: &str| match k {
+        "GITHUB_TOKEN" => Some(token.clone()),
+        "GITHUB_API_URL" => Some(api.clone()),
+        _ => None,
+    };
+    let report = w.rt.block_on(async {
+        let policy = fleet::github::RetryPolicy::default();
+        let observers = fleet::observe::Observers::connect(&spec, w.dir.path(), &env, policy)
+            .await
+            .expect("connect");
+        let observed = observers.observe(&spec).await.expect("observe");
+        let mut plan = fleet::plan::plan(&spec, &observed).expect("plan");
+        for change in &mut plan.changes {
+            if let fleet::plan::Change::Runner(r) = change {
+                r.runner_id = None;
+            }
+        }
+        fleet::apply::Executor::new(&spec, &observers, &observed, 4)
+            .apply(&plan, &fleet::apply::Quiet)
+            .await
+    });
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| s.outcome == fleet::apply::Outcome::Done),
+        "{report:?}"
+    );
+    assert!(!registered(&runner), "its registration went with it");
+    assert!(w.owned_containers().is_empty());
+    // The scale set, empty now, goes with the next apply.
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+}
