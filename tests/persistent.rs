@@ -322,10 +322,11 @@ fn a_label_change_reaches_the_registration_and_recreates_nothing() {
     let runners = registered_pool(&w, 2);
     let containers: Vec<String> = runners.iter().map(|(n, _)| container_id(&w, n)).collect();
     let own = fleet::contract::ownership_label(&w.run);
-    assert_eq!(
-        registered_labels(&w, &runners[0].0),
-        std::slice::from_ref(&own)
-    );
+    // The runner registered with fleet's host mark besides the ownership label.
+    let mark = fleet::contract::host_label(&w.run, "local");
+    let mut fleets = vec![own.clone(), mark.clone()];
+    fleets.sort();
+    assert_eq!(registered_labels(&w, &runners[0].0), fleets);
     let tokens = w.fake.registration_tokens_issued();
 
     w.spec(&format!(
@@ -355,7 +356,13 @@ fn a_label_change_reaches_the_registration_and_recreates_nothing() {
     for ((name, id), container) in runners.iter().zip(&containers) {
         assert_eq!(&container_id(&w, name), container, "{name} was recreated");
         assert_eq!(w.runner_id(name), Some(*id));
-        let mut want = vec!["big".to_string(), "cuda-12".into(), own.clone()];
+        // The update keeps the host mark.
+        let mut want = vec![
+            "big".to_string(),
+            "cuda-12".into(),
+            own.clone(),
+            mark.clone(),
+        ];
         want.sort();
         assert_eq!(registered_labels(&w, name), want);
     }
