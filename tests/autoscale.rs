@@ -759,3 +759,50 @@ fn under_a_service_that_drops_extra_labels_apply_knows_its_scale_set_runners_reg
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
 }
+
+#[test]
+fn while_the_scale_set_service_is_known_down_reconciles_do_not_wait_for_it() {
+    let w = world();
+    let pools = format!(
+        "  fixed:\n    count: 1\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n{}",
+        autoscaled("auto", 0, 2)
+    );
+    spec(&w, &pools, "none");
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    w.fake.fail_next_scaleset(
+        ScaleSetEndpoint::Any,
+        ScaleSetFault::Status(503),
+        usize::MAX,
+    );
+    let failed_reads = || {
+        watch
+            .log()
+            .matches("cannot read the runner scale sets")
+            .count()
+    };
+    watch.eventually(Duration::from_secs(60), "a failed read", || {
+        failed_reads() >= 1
+    });
+    let first = failed_reads();
+    // Each read retries for several seconds; reconciles every second meanwhile (and a fixed
+    // runner replaced in between) ask the service no more.
+    let fixed = running(&w, "fixed").remove(0);
+    common::docker_ok(&["stop", "-t", "0", &fixed]);
+    watch.eventually(Duration::from_secs(20), "the fixed runner replaced", || {
+        let now = running(&w, "fixed");
+        now.len() == 1 && now[0] != fixed
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(failed_reads(), first, "{}", watch.log());
+    // The service answers again: the listener's session says so, and the next reconcile
+    // reads the scale sets at once (well within the 30 s recheck).
+    w.fake.clear_faults();
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(Duration::from_secs(25), "the service up again", || {
+        support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(1.0)
+    });
+    watch.eventually(Duration::from_secs(60), "a runner for the job", || {
+        running(&w, "auto").len() == 1
+    });
+}
