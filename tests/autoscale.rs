@@ -689,3 +689,110 @@ fn watch_deletes_a_retired_scale_set_after_its_busy_runners_job() {
         w.fake.scale_sets(Some(&w.scope)).is_empty() && w.owned_containers().is_empty()
     });
 }
+
+#[test]
+fn under_a_service_that_drops_extra_labels_apply_knows_its_scale_set_runners_registration() {
+    let w = world_with(|c| c.drop_extra_labels = true);
+    let pool = format!(
+        "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 1, max: 2 }}\n"
+    );
+    let path = spec(&w, &pool, "none");
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let runner = running(&w, "auto").pop().expect("an idle runner");
+    let registered = |name: &str| w.fake.runners(&w.scope).iter().any(|r| r.name == name);
+    assert!(registered(&runner));
+    // The pool retires. The executor looks the runner's registration up itself (as for one
+    // made after the observation): it lacks fleet's label, and the scale set's name, which
+    // fleet's record proves, makes it fleet's.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .expect("spec")
+            .replace(&pool, "  other:\n    count: 0\n    image: x:1\n"),
+    )
+    .expect("write spec");
+    let spec = fleet::spec::load(&path).expect("spec");
+    let (token, api) = (w.fake.token(), w.fake.url());
+    let env = move |k: &str| match k {
+        "GITHUB_TOKEN" => Some(token.clone()),
+        "GITHUB_API_URL" => Some(api.clone()),
+        _ => None,
+    };
+    let report = w.rt.block_on(async {
+        let policy = fleet::github::RetryPolicy::default();
+        let observers = fleet::observe::Observers::connect(&spec, w.dir.path(), &env, policy)
+            .await
+            .expect("connect");
+        let observed = observers.observe(&spec).await.expect("observe");
+        let mut plan = fleet::plan::plan(&spec, &observed).expect("plan");
+        for change in &mut plan.changes {
+            if let fleet::plan::Change::Runner(r) = change {
+                r.runner_id = None;
+            }
+        }
+        fleet::apply::Executor::new(&spec, &observers, &observed, 4)
+            .apply(&plan, &fleet::apply::Quiet)
+            .await
+    });
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| s.outcome == fleet::apply::Outcome::Done),
+        "{report:?}"
+    );
+    assert!(!registered(&runner), "its registration went with it");
+    assert!(w.owned_containers().is_empty());
+    // The scale set, empty now, goes with the next apply.
+    let out = w.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
+}
+
+#[test]
+fn while_the_scale_set_service_is_known_down_reconciles_do_not_wait_for_it() {
+    let w = world();
+    let pools = format!(
+        "  fixed:\n    count: 1\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n{}",
+        autoscaled("auto", 0, 2)
+    );
+    spec(&w, &pools, "none");
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &[]);
+    let id = listening_scale_set(&w, &watch, "auto");
+    w.fake.fail_next_scaleset(
+        ScaleSetEndpoint::Any,
+        ScaleSetFault::Status(503),
+        usize::MAX,
+    );
+    let failed_reads = || {
+        watch
+            .log()
+            .matches("cannot read the runner scale sets")
+            .count()
+    };
+    watch.eventually(Duration::from_secs(60), "a failed read", || {
+        failed_reads() >= 1
+    });
+    let first = failed_reads();
+    // Each read retries for several seconds; reconciles every second meanwhile (and a fixed
+    // runner replaced in between) ask the service no more.
+    let fixed = running(&w, "fixed").remove(0);
+    common::docker_ok(&["stop", "-t", "0", &fixed]);
+    watch.eventually(Duration::from_secs(20), "the fixed runner replaced", || {
+        let now = running(&w, "fixed");
+        now.len() == 1 && now[0] != fixed
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(failed_reads(), first, "{}", watch.log());
+    // The service answers again: the listener's session says so, and the next reconcile
+    // reads the scale sets at once (well within the 30 s recheck).
+    w.fake.clear_faults();
+    w.fake.queue_jobs_for_scale_set(id, 1).expect("queue");
+    watch.eventually(Duration::from_secs(25), "the service up again", || {
+        support::sample(&watch.metrics(), "fleet_scale_set_service_up", &[]) == Some(1.0)
+    });
+    watch.eventually(Duration::from_secs(60), "a runner for the job", || {
+        running(&w, "auto").len() == 1
+    });
+}

@@ -559,3 +559,95 @@ fn a_runner_removed_behind_fleets_back_is_replaced_while_another_host_is_away() 
     );
     farm.tower.resume();
 }
+
+/// The environment of container `name` on `engine`.
+fn env_on(engine: &Engine, name: &str) -> Vec<String> {
+    let json = engine.docker_ok(&["inspect", "--format", "{{json .Config.Env}}", name]);
+    serde_json::from_str(json.trim()).expect("env JSON")
+}
+
+#[test]
+fn a_lost_persistent_runner_is_made_again_while_another_host_is_away() {
+    let farm = Farm::start(false);
+    let w = World::new();
+    let pools = pool_on(
+        "per",
+        "[bare, tower]",
+        4,
+        "    ephemeral: false\n    secrets: env\n",
+    );
+    write_spec(&w, &Hosts::new(&farm), &pools);
+    ok(&fleet(&w, &farm, &["apply", "--auto-approve"], false));
+    let bare = runners_on(&main_engine_listing(&w), &w.run, "per");
+    let tower = runners_on(&farm.tower.containers(), &w.run, "per");
+    assert_eq!((bare.len(), tower.len()), (2, 2), "{bare:?} {tower:?}");
+    // Each runner registers as config.sh does, with the labels fleet passed: its pool's and
+    // the mark of the host it was made on.
+    for name in &bare {
+        w.config_sh(name).expect("registered");
+    }
+    for name in &tower {
+        w.config_sh_with(name, &env_on(&farm.tower, name))
+            .expect("registered");
+    }
+    let mark = |host: &str| format!("fleet.{}.host.{host}", w.run);
+    let registered = w.fake.runners(&w.scope);
+    for (names, host) in [(&bare, "bare"), (&tower, "tower")] {
+        for name in names.iter() {
+            let runner = registered
+                .iter()
+                .find(|r| &r.name == name)
+                .expect("registered");
+            assert!(runner.labels.contains(&mark(host)), "{:?}", runner.labels);
+        }
+    }
+    // The mark is fleet's own: a plan right after sees nothing to change.
+    let plan = ok(&fleet(&w, &farm, &["plan", "--detailed-exitcode"], false));
+    assert!(plan.contains("No changes"), "{plan}");
+
+    // tower goes away; a runner of bare loses its container and its state (a wiped disk).
+    farm.tower.pause();
+    let tower_before = w
+        .fake
+        .runners(&w.scope)
+        .into_iter()
+        .filter(|r| tower.contains(&r.name))
+        .map(|r| (r.name, r.id))
+        .collect::<Vec<_>>();
+    common::docker_ok(&["rm", "-f", &bare[0]]);
+    common::docker_ok(&["volume", "rm", &format!("{}-state", bare[0])]);
+    let excluded = ["--exclude-host", "tower"];
+    let out = fleet(
+        &w,
+        &farm,
+        &[&["apply", "--auto-approve"][..], &excluded].concat(),
+        false,
+    );
+    ok(&out);
+    let now = runners_on(&main_engine_listing(&w), &w.run, "per");
+    assert_eq!(now.len(), 2, "made again on bare: {now:?}");
+    assert!(now.contains(&bare[0]), "under its own name: {now:?}");
+    assert!(
+        w.token_of(&bare[0]).is_some(),
+        "it registers again (its state is gone)"
+    );
+    // Nothing that may be tower's was touched.
+    let tower_after = w
+        .fake
+        .runners(&w.scope)
+        .into_iter()
+        .filter(|r| tower.contains(&r.name))
+        .map(|r| (r.name, r.id))
+        .collect::<Vec<_>>();
+    assert_eq!(tower_after, tower_before);
+    w.config_sh(&bare[0]).expect("registered again");
+    let plan = fleet(
+        &w,
+        &farm,
+        &[&["plan", "--detailed-exitcode"][..], &excluded].concat(),
+        false,
+    );
+    assert!(stdout(&plan).contains("No changes"), "{}", stdout(&plan));
+    farm.tower.resume();
+    assert_eq!(runners_on(&farm.tower.containers(), &w.run, "per"), tower);
+}

@@ -677,3 +677,23 @@ fn the_spec_generator_reaches_the_model_often() {
         "only {accepted} of 500 generated specs passed the schema"
     );
 }
+
+#[test]
+fn the_label_limit_counts_the_defaults_and_the_two_labels_fleet_adds() {
+    let pool = |n: usize| {
+        let labels: Vec<String> = (0..n).map(|i| format!("l{i}")).collect();
+        format!(
+            "version: 1\nname: demo\ngithub: {{ repo: a/b }}\npools:\n  big: {{ count: 1, image: x, labels: [{}] }}\n",
+            labels.join(", ")
+        )
+    };
+    // 95 + self-hosted, Linux, X64 + fleet.demo and the host mark: 100.
+    assert!(check(&pool(95)).is_empty(), "{:?}", check(&pool(95)));
+    let refused = check(&pool(96));
+    assert!(
+        refused.iter().any(|d| d
+            .message
+            .contains("expected at most 100 labels per runner (GitHub's limit), found 101 (with the 2 fleet adds)")),
+        "{refused:?}"
+    );
+}

@@ -301,10 +301,11 @@ fn a_label_change_reaches_the_registration_and_recreates_nothing() {
     let runners = registered_pool(&w, 2);
     let containers: Vec<String> = runners.iter().map(|(n, _)| container_id(&w, n)).collect();
     let own = fleet::contract::ownership_label(&w.run);
-    assert_eq!(
-        registered_labels(&w, &runners[0].0),
-        std::slice::from_ref(&own)
-    );
+    // The runner registered with fleet's host mark besides the ownership label.
+    let mark = fleet::contract::host_label(&w.run, "local");
+    let mut fleets = vec![own.clone(), mark.clone()];
+    fleets.sort();
+    assert_eq!(registered_labels(&w, &runners[0].0), fleets);
     let tokens = w.fake.registration_tokens_issued();
 
     w.spec(&format!(
@@ -334,7 +335,13 @@ fn a_label_change_reaches_the_registration_and_recreates_nothing() {
     for ((name, id), container) in runners.iter().zip(&containers) {
         assert_eq!(&container_id(&w, name), container, "{name} was recreated");
         assert_eq!(w.runner_id(name), Some(*id));
-        let mut want = vec!["big".to_string(), "cuda-12".into(), own.clone()];
+        // The update keeps the host mark.
+        let mut want = vec![
+            "big".to_string(),
+            "cuda-12".into(),
+            own.clone(),
+            mark.clone(),
+        ];
         want.sort();
         assert_eq!(registered_labels(&w, name), want);
     }
@@ -468,4 +475,116 @@ fn destroy_and_removing_the_pool_leave_no_state_volume_behind() {
     assert_eq!(w.owned_volumes(), Vec::<String>::new());
     let by_run = format!("label=fleet.name={}", w.run);
     assert_eq!(docker_ok(&["volume", "ls", "-q", "--filter", &by_run]), "");
+}
+
+/// A proxy on a Unix socket in front of the engine that records the request line of every
+/// Docker API request that goes through it (`METHOD /path?query`).
+struct CountingProxy {
+    socket: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    fn start(dir: &std::path::Path) -> CountingProxy {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let socket = dir.join("counting-docker.sock");
+        let listener = UnixListener::bind(&socket).expect("bind the proxy");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+                    return;
+                };
+                let (mut to_engine, mut from_engine) = (engine.try_clone().expect("clone"), engine);
+                let mut to_client = client.try_clone().expect("clone");
+                let mut from_client = client;
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_engine, &mut to_client);
+                });
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 || to_engine.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        for line in text.split("\r\n") {
+                            let method = ["GET /", "POST /", "PUT /", "DELETE /", "HEAD /"];
+                            if method.iter().any(|m| line.starts_with(m))
+                                && line.ends_with(" HTTP/1.1")
+                            {
+                                let request = line.trim_end_matches(" HTTP/1.1").to_string();
+                                log.lock().expect("log").push(request);
+                            }
+                        }
+                    }
+                    let _ = to_engine.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingProxy { socket, seen }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().expect("log"))
+    }
+}
+
+#[test]
+fn a_persistent_replace_looks_its_runner_up_once() {
+    let w = World::new();
+    let proxy = CountingProxy::start(w.dir.path());
+    let endpoint = format!("unix://{}", proxy.socket.display());
+    let gpus = "none";
+    w.spec_with(&pool("per", 3, false), &endpoint, gpus);
+    assert_ok(&w.apply());
+    let ids: Vec<u64> = (0..3)
+        .map(|i| {
+            w.config_sh(&format!("{}-per-{i}", w.run))
+                .expect("registered")
+        })
+        .collect();
+    // A configuration change: each of the three is replaced under its registration.
+    let changed = format!("{}    env: {{ REPLACED: \"1\" }}\n", pool("per", 3, false));
+    w.spec_with(&changed, &endpoint, gpus);
+    proxy.take();
+    w.fake.clear_requests();
+    assert_ok(&w.apply());
+    let docker = proxy.take();
+    let github = w.fake.requests();
+    let lookups = github
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && r.path.ends_with("/actions/runners") && r.query.contains("name=")
+        })
+        .count();
+    eprintln!(
+        "persistent replace of 3 runners: {} Docker requests {docker:#?}\n{} GitHub requests {:#?}",
+        docker.len(),
+        github.len(),
+        github
+            .iter()
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(lookups, 3, "one lookup per runner");
+    // The image the observation saw is not inspected again; each container's ownership is
+    // checked once (docs/benchmarks.md).
+    let count = |prefix: &str, suffix: &str| {
+        docker
+            .iter()
+            .filter(|r| r.starts_with(prefix) && r.ends_with(suffix))
+            .count()
+    };
+    assert_eq!(count("GET /images/", "/json"), 1, "{docker:#?}");
+    assert_eq!(count("GET /containers/", "/json"), 3, "{docker:#?}");
+    assert_eq!(docker.len(), 5 + 3 * 7, "{docker:#?}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(w.runner_id(&format!("{}-per-{i}", w.run)), Some(*id));
+    }
+    assert_eq!(w.fake.registration_tokens_issued(), 3, "no new token");
 }

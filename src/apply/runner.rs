@@ -46,7 +46,7 @@ impl Executor<'_> {
         let found = self.registration_named(&change.name).await?;
         let fleet = &self.spec.name;
         if let Some(runner) = &found
-            && contract::registration_owned(runner, fleet)
+            && self.owns(runner)
             && runner.busy
         {
             return Ok(StepResult::deferred(
@@ -165,9 +165,16 @@ impl Executor<'_> {
 
     /// The registration of `name` on GitHub, if fleet owns it.
     async fn owned_registration(&self, name: &str) -> Result<Option<GithubRunner>, StepError> {
-        let fleet = &self.spec.name;
         let found = self.registration_named(name).await?;
-        Ok(found.filter(|r| contract::registration_owned(r, fleet)))
+        Ok(found.filter(|r| self.owns(r)))
+    }
+
+    /// Whether fleet owns `runner`: the planner's rule, with the runners of the scale sets
+    /// fleet's Docker records name (a service that drops extra labels leaves them without the
+    /// ownership label; docs/autoscale.md).
+    fn owns(&self, runner: &GithubRunner) -> bool {
+        let recorded = self.observed.recorded_scale_sets();
+        contract::registration_owned_with(runner, &self.spec.name, &recorded)
     }
 
     /// The registration GitHub has under `name`, whoever owns it.
@@ -411,7 +418,7 @@ impl Executor<'_> {
             None => self.registration_named(name).await?,
         };
         let known = match found {
-            Some(r) if contract::registration_owned(&r, fleet) => true,
+            Some(r) if self.owns(&r) => true,
             Some(r) => {
                 return Err(StepError::Plan(format!(
                     "GitHub has a runner named {name} (id {}) that fleet `{fleet}` does not own (it lacks the label {}): fleet asks no registration token for it, since the runner's `config.sh --replace` would take that registration over. Remove or rename that runner on GitHub, or rename the pool",
@@ -447,6 +454,8 @@ impl Executor<'_> {
         let registration = Registration::Persistent {
             url: self.observers.github.registration_url(),
             token,
+            // The host mark, as a JIT registration's: config.sh registers with it.
+            host_mark: contract::host_label(fleet, &change.host),
         };
         Ok((registration, new_volume))
     }

@@ -53,8 +53,14 @@ pub enum SecretHandover {
 pub enum Registration {
     /// Ephemeral: a single-use JIT configuration.
     Jit(Secret),
-    /// Persistent: `config.sh` inputs; the token only when the runner is not configured yet.
-    Persistent { url: String, token: Option<Secret> },
+    /// Persistent: `config.sh` inputs; the token only when the runner is not configured yet;
+    /// `host_mark`, the label that tells on which host the registration was made
+    /// ([`crate::contract::host_label`]): `config.sh` registers with it besides the pool's labels.
+    Persistent {
+        url: String,
+        token: Option<Secret>,
+        host_mark: String,
+    },
 }
 
 impl Registration {
@@ -135,10 +141,13 @@ impl RunnerContainer<'_> {
         }
         match &self.registration {
             Registration::Jit(_) => {}
-            Registration::Persistent { url, .. } => {
+            Registration::Persistent { url, host_mark, .. } => {
                 env.push(("ACTIONS_RUNNER_INPUT_URL".into(), url.clone()));
                 env.push(("ACTIONS_RUNNER_INPUT_NAME".into(), self.name.to_string()));
-                env.push(("ACTIONS_RUNNER_INPUT_LABELS".into(), labels));
+                env.push((
+                    "ACTIONS_RUNNER_INPUT_LABELS".into(),
+                    format!("{labels},{host_mark}"),
+                ));
                 // config.sh reads it as --runnergroup (organization scope).
                 if let Some(group) = &self.pool.runner_group {
                     env.push(("ACTIONS_RUNNER_INPUT_RUNNERGROUP".into(), group.clone()));
@@ -627,6 +636,7 @@ mod tests {
             registration: Registration::Persistent {
                 url: "https://github.com/acme/zq".into(),
                 token: Some(Secret::new("REGTOKEN")),
+                host_mark: "fleet.zq.host.local".into(),
             },
         };
         let body = c.body();
@@ -635,7 +645,7 @@ mod tests {
             "ACTIONS_RUNNER_INPUT_URL=https://github.com/acme/zq",
             "FLEET_SECRET_FILE=/run/fleet/registration",
             "ACTIONS_RUNNER_INPUT_NAME=zq-cpu-0",
-            "ACTIONS_RUNNER_INPUT_LABELS=self-hosted,Linux,X64,gpu,fleet.zq",
+            "ACTIONS_RUNNER_INPUT_LABELS=self-hosted,Linux,X64,gpu,fleet.zq,fleet.zq.host.local",
             "FLEET_STATE_DIR=/var/lib/fleet-runner",
             "ACTIONS_RUNNER_INPUT_RUNNERGROUP=gpu-builders",
             "NVIDIA_VISIBLE_DEVICES=void",
@@ -776,6 +786,7 @@ mod tests {
             registration: Registration::Persistent {
                 url: "https://github.com/acme/zq".into(),
                 token: None,
+                host_mark: "fleet.zq.host.local".into(),
             },
             ..jit_container(&pool, &config, "x")
         };
@@ -807,6 +818,7 @@ mod tests {
             registration: Registration::Persistent {
                 url: "https://github.com/acme/zq".into(),
                 token: None,
+                host_mark: "fleet.zq.host.local".into(),
             },
             ..jit_container(&pool, &config, "x")
         };

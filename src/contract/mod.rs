@@ -50,21 +50,26 @@ pub fn ownership_label(fleet: &str) -> String {
 
 /// The label fleet gives the registration of a runner it makes on `host` (`fleet.<fleet>.host.
 /// <host>`): it tells, while another host cannot be observed, that a registration without a
-/// container belongs to a host that answers, so its runner is lost (docs/hosts.md). Scale set
-/// runners take their scale set's labels and carry none.
+/// container belongs to a host that answers, so its runner is lost (docs/hosts.md). JIT
+/// registrations carry it, and persistent runners register with it; scale set runners take
+/// their scale set's labels and carry none (docs/decisions.md).
 pub fn host_label(fleet: &str, host: &str) -> String {
     format!("fleet.{fleet}.host.{host}")
 }
 
-/// The host a registration's mark names, if it carries fleet `fleet`'s mark (GitHub keeps a
-/// label's case but compares labels ignoring it).
-pub fn registration_host<'a>(runner: &'a GithubRunner, fleet: &str) -> Option<&'a str> {
+/// The host `label` names if it is fleet `fleet`'s host mark (GitHub keeps a label's case but
+/// compares labels ignoring it).
+pub fn host_mark<'l>(label: &'l str, fleet: &str) -> Option<&'l str> {
     let prefix = format!("fleet.{fleet}.host.");
-    runner.labels.iter().find_map(|l| {
-        l.get(..prefix.len())
-            .filter(|p| p.eq_ignore_ascii_case(&prefix))
-            .map(|_| &l[prefix.len()..])
-    })
+    label
+        .get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(&prefix))
+        .and_then(|_| label.get(prefix.len()..))
+}
+
+/// The host a registration's mark names, if it carries fleet `fleet`'s mark.
+pub fn registration_host<'a>(runner: &'a GithubRunner, fleet: &str) -> Option<&'a str> {
+    runner.labels.iter().find_map(|l| host_mark(l, fleet))
 }
 
 /// Whether Docker labels say that fleet `fleet` made the container or volume. Only labels prove

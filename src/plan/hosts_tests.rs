@@ -547,6 +547,82 @@ fn a_persistent_runner_seen_only_on_github_is_left_alone_while_a_host_is_unobser
 }
 
 #[test]
+fn a_lost_persistent_runner_of_a_host_that_answers_is_made_again_while_another_is_away() {
+    let (spec, mut world) =
+        half_seen("  per: { count: 3, image: r:1, ephemeral: false, host: [a, b] }\n");
+    add_runner_on(&mut world, &spec, "per", "a", "zq-per-0");
+    add_state_volume(&mut world, "a", "per", "zq-per-0");
+    let labels = RunnerConfig::for_pool("zq", &spec.resolved_pools()[0]).labels;
+    let marked = |host: &str| {
+        let mut l = labels.clone();
+        l.push(crate::contract::host_label("zq", host));
+        l
+    };
+    // zq-per-0 runs on `a` with its mark: no drift. zq-per-1 was made on `a`, and its container
+    // and state volume are gone: lost there. zq-per-2 was made on `b`: may run there.
+    register(&mut world, "zq-per-0", &marked("a"));
+    register(&mut world, "zq-per-1", &marked("a"));
+    register(&mut world, "zq-per-2", &marked("b"));
+    let typed = plan(&spec, &world).expect("plan");
+    let actions: Vec<(Action, String)> = typed
+        .changes
+        .iter()
+        .map(|c| (c.action, c.name.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [(Action::Create, "zq-per-1".to_string())],
+        "{:#?}",
+        typed.changes
+    );
+    assert!(
+        typed.warnings.iter().any(
+            |w| w.starts_with("runner `zq-per-2` is registered, but no host that was observed")
+        ),
+        "{:?}",
+        typed.warnings
+    );
+}
+
+#[test]
+fn a_persistent_registrations_host_mark_is_no_drift_and_a_label_update_keeps_it() {
+    let hosts = [("a", 0)];
+    let spec = hosts_spec(
+        &hosts,
+        "  per: { count: 1, image: r:1, ephemeral: false, labels: [gpu] }\n",
+    );
+    let mut world = world_of(&hosts);
+    add_runner_on(&mut world, &spec, "per", "a", "zq-per-0");
+    add_state_volume(&mut world, "a", "per", "zq-per-0");
+    let mut labels = RunnerConfig::for_pool("zq", &spec.resolved_pools()[0]).labels;
+    labels.push(crate::contract::host_label("zq", "a"));
+    register(&mut world, "zq-per-0", &labels);
+    assert!(plan(&spec, &world).expect("plan").changes.is_empty());
+    // The pool's labels change: the update sets them and keeps the mark.
+    let spec = hosts_spec(
+        &hosts,
+        "  per: { count: 1, image: r:1, ephemeral: false, labels: [gpu, big] }\n",
+    );
+    let update = super::plan(&spec, &world)
+        .expect("plan")
+        .changes
+        .into_iter()
+        .find_map(|c| match c {
+            super::model::Change::Registration(super::model::RegistrationChange {
+                op: super::model::RegistrationOp::Update { labels, .. },
+                ..
+            }) => labels,
+            _ => None,
+        })
+        .expect("a label update");
+    assert!(
+        update.contains(&"fleet.zq.host.a".to_string()),
+        "{update:?}"
+    );
+    assert!(update.contains(&"big".to_string()), "{update:?}");
+}
+
+#[test]
 fn a_plan_splits_by_host_and_a_retired_registration_goes_with_its_state_volume() {
     let hosts = [("a", 0), ("b", 0)];
     let spec = hosts_spec(

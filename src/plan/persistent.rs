@@ -37,12 +37,18 @@ impl Identity<'_> {
 
     /// Only a registration was seen, no container on an observed host runs it, and some host
     /// was not observed: the runner may live on that host, so it is neither made again nor
-    /// removed.
+    /// removed. Unless the registration's host mark names a host that was observed: then the
+    /// runner is lost there (registrations made before the mark existed carry none).
     fn unseen(&self, inputs: &Inputs) -> bool {
+        let lost_here = self
+            .registration
+            .and_then(|r| contract::registration_host(r, inputs.fleet))
+            .is_some_and(|host| inputs.hosts.contains_key(host));
         inputs.partial
             && self.container.is_none()
             && self.volume.is_none()
             && !inputs.running.contains(self.name.as_str())
+            && !lost_here
     }
 }
 
@@ -354,15 +360,23 @@ fn drift(
 ) -> Option<RegistrationChange> {
     let desired = &fit.desired;
     let mut diff = Vec::new();
+    // The host mark is fleet's, not the pool's: it is neither compared nor dropped.
+    let (marks, others): (Vec<String>, Vec<String>) = runner
+        .labels
+        .iter()
+        .cloned()
+        .partition(|l| contract::host_mark(l, inputs.fleet).is_some());
     let want = contract::custom_labels(&desired.labels);
-    let have = contract::custom_labels(&runner.labels);
+    let have = contract::custom_labels(&others);
     let labels = (want != have).then(|| {
         diff.push(AttributeChange {
             attribute: "labels".into(),
             before: Some(have.join("\n")),
             after: want.join("\n"),
         });
-        custom_as_written(desired)
+        let mut labels = custom_as_written(desired);
+        labels.extend(marks);
+        labels
     });
     let group = group_drift(desired, runner, inputs.groups, &mut diff);
     if labels.is_none() && group.is_none() {

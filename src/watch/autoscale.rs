@@ -63,6 +63,8 @@ pub struct Listeners {
     running: BTreeMap<String, Running>,
     /// Where the listeners record the jobs they learn of.
     history: crate::history::Recorder,
+    /// Whether the scale set service is known to be down; the listeners tell when it answers.
+    pub health: super::outage::ServiceHealth,
 }
 
 impl Drop for Listeners {
@@ -116,6 +118,7 @@ impl Listeners {
             tx: tx.clone(),
             owner: crate::scaleset::session_owner(&spec.name),
             history: self.history.clone(),
+            sessions: self.health.session_counter(),
         };
         for (pool, set) in wanted {
             if self.running.contains_key(&pool) {
@@ -141,6 +144,8 @@ impl Listeners {
             listener.stop.send_replace(true);
         }
         lock(&self.demand).clear();
+        // Another service, perhaps: asked at once.
+        self.health.read(std::time::Instant::now(), None);
     }
 
     /// Stops every listener: each ends its poll and deletes its message session, within
@@ -248,6 +253,8 @@ pub struct ListenerContext {
     /// Who holds the session (`fleet-<fleet>@<host>`), shown to whoever finds it taken.
     pub owner: String,
     pub history: crate::history::Recorder,
+    /// Raised for each session opened: the service answers (src/watch/outage.rs).
+    pub sessions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The longest wait between two attempts to open a session (the service down, or a session
@@ -305,6 +312,8 @@ pub async fn listen(
         match opened {
             Ok(session) => {
                 backoff = Duration::from_secs(1);
+                ctx.sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!("pool `{pool}`: listening on scale set {id}");
                 let end =
                     run_session(&pool, &labels, &ctx, &session, &mut tracker, &mut stop).await;

@@ -27,12 +27,27 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// every half second.
 const STABLE: Duration = Duration::from_secs(10);
 
-/// The wait before connecting again after a connection that lasted `lasted`.
-fn wait_after(backoff: Duration, lasted: Duration) -> Duration {
-    if lasted >= STABLE {
-        MIN_BACKOFF
-    } else {
-        backoff
+/// The waits between connections of a host's task: from `min`, doubled up to `max`.
+#[derive(Clone, Copy)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+}
+
+const BACKOFF: Backoff = Backoff {
+    min: MIN_BACKOFF,
+    max: MAX_BACKOFF,
+};
+
+impl Backoff {
+    /// The wait before connecting again after a connection that lasted `lasted`.
+    fn after(self, backoff: Duration, lasted: Duration) -> Duration {
+        if lasted >= STABLE { self.min } else { backoff }
+    }
+
+    /// The wait after `wait`, if the next attempt fails too.
+    fn grown(self, wait: Duration) -> Duration {
+        (wait * 2).min(self.max)
     }
 }
 
@@ -154,6 +169,7 @@ impl HostLinks {
                 links: Arc::clone(&self.links),
                 resets: resets_rx,
                 tx: tx.clone(),
+                backoff: BACKOFF,
             };
             let task = tokio::spawn(keeper.run(first.remove(name)));
             self.tasks.insert(name.clone(), task);
@@ -217,13 +233,14 @@ struct Keeper {
     links: Arc<Mutex<BTreeMap<String, Link>>>,
     resets: tokio::sync::watch::Receiver<u64>,
     tx: UnboundedSender<Trigger>,
+    backoff: Backoff,
 }
 
 impl Keeper {
     /// Connects (unless `first` is a connection already), follows events until the stream ends
     /// or the loop marks the host down, and starts again; until the loop's channel closes.
     async fn run(mut self, mut first: Option<DockerHost>) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = self.backoff.min;
         loop {
             let connection = match first.take() {
                 Some(connection) => connection,
@@ -234,7 +251,7 @@ impl Keeper {
                             return;
                         }
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff = self.backoff.grown(backoff);
                         continue;
                     }
                 },
@@ -259,9 +276,9 @@ impl Keeper {
             if self.tx.is_closed() {
                 return;
             }
-            let wait = wait_after(backoff, connected.elapsed());
+            let wait = self.backoff.after(backoff, connected.elapsed());
             tokio::time::sleep(wait).await;
-            backoff = (wait * 2).min(MAX_BACKOFF);
+            backoff = self.backoff.grown(wait);
         }
     }
 
@@ -306,13 +323,103 @@ mod tests {
         let mut backoff = MIN_BACKOFF;
         let mut waits = Vec::new();
         for _ in 0..5 {
-            let wait = wait_after(backoff, Duration::from_millis(50));
+            let wait = BACKOFF.after(backoff, Duration::from_millis(50));
             waits.push(wait.as_millis());
-            backoff = (wait * 2).min(MAX_BACKOFF);
+            backoff = BACKOFF.grown(wait);
         }
         assert_eq!(waits, [500, 1000, 2000, 4000, 8000]);
         // A connection that lasted starts the waits over.
-        assert_eq!(wait_after(backoff, STABLE), MIN_BACKOFF);
+        assert_eq!(BACKOFF.after(backoff, STABLE), MIN_BACKOFF);
+    }
+
+    /// An engine on a Unix socket that answers `GET /version` and ends every event stream at
+    /// once, as an engine that accepts and drops does; it sends the time of each stream opened.
+    async fn dropping_engine(
+        listener: tokio::net::UnixListener,
+        streams: UnboundedSender<Instant>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let body = if line.contains("/events") {
+                    let _ = streams.send(Instant::now());
+                    String::new()
+                } else {
+                    r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24"}"#
+                        .to_string()
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn the_task_of_a_host_that_drops_its_event_stream_reconnects_ever_later_up_to_the_cap() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let socket = dir.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let (streams_tx, mut streams) = tokio::sync::mpsc::unbounded_channel();
+        let engine = tokio::spawn(dropping_engine(listener, streams_tx));
+        let spec = crate::plan::tests::spec(&format!(
+            "version: 1\nname: zq\ngithub:\n  repo: acme/zq\nhosts:\n  a:\n    docker: unix://{}\n    gpus: none\npools:\n  p: {{ count: 0, image: r:1 }}\n",
+            socket.display()
+        ));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_reset, resets) = tokio::sync::watch::channel(0u64);
+        let min = Duration::from_millis(50);
+        let max = Duration::from_millis(400);
+        let keeper = Keeper {
+            name: "a".into(),
+            host: spec.effective_hosts()["a"].clone(),
+            base_dir: dir.path().to_path_buf(),
+            env: Arc::new(|_: &str| None),
+            fleet: "zq".into(),
+            links: Arc::new(Mutex::new(BTreeMap::new())),
+            resets,
+            tx,
+            backoff: Backoff { min, max },
+        };
+        let task = tokio::spawn(keeper.run(None));
+        let mut opened = Vec::new();
+        while opened.len() < 8 {
+            let next = tokio::time::timeout(Duration::from_secs(20), streams.recv()).await;
+            opened.push(next.expect("the task reconnects").expect("the engine runs"));
+        }
+        task.abort();
+        engine.abort();
+        let intervals: Vec<Duration> = opened.windows(2).map(|w| w[1] - w[0]).collect();
+        // 50, 100, 200, 400 ms, then 400 ms each time: never less than the wait, and the
+        // cap holds (doubling on would reach 6.4 s by the last).
+        let waits = [50u64, 100, 200, 400, 400, 400, 400].map(Duration::from_millis);
+        for (i, (interval, wait)) in intervals.iter().zip(waits).enumerate() {
+            assert!(*interval >= wait, "interval {i}: {intervals:?}");
+        }
+        assert!(
+            intervals[3] > intervals[0] * 4,
+            "the waits grow: {intervals:?}"
+        );
+        assert!(
+            intervals[4..].iter().all(|i| *i < max * 4),
+            "the waits stop at the cap: {intervals:?}"
+        );
     }
 
     fn two_hosts(b_gpus: &str) -> Spec {

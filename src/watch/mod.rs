@@ -8,6 +8,7 @@ mod events;
 pub mod gha_metrics;
 mod hosts;
 pub mod metrics;
+mod outage;
 mod reconcile;
 
 use std::path::{Path, PathBuf};

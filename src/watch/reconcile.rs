@@ -384,7 +384,17 @@ impl Loop {
     /// [`Loop::observe`], the runner scale sets, and what the autoscale listeners know.
     async fn observe_all(&self, observers: &Observers) -> Result<Observed, ObserveError> {
         let mut observed = self.observe(observers).await?;
-        observers.read_scale_sets(&self.spec, &mut observed).await;
+        // While the service is known down, a reconcile does not wait for the client's
+        // retries to learn it again.
+        let health = &self.autoscale.health;
+        match health.known_down(Instant::now()) {
+            Some(why) => observed.github.scale_set_error = Some(why),
+            None => {
+                observers.read_scale_sets(&self.spec, &mut observed).await;
+                let error = observed.github.scale_set_error.as_deref();
+                health.read(Instant::now(), error);
+            }
+        }
         self.autoscale.add_demand(&mut observed);
         Ok(observed)
     }

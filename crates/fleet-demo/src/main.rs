@@ -205,12 +205,14 @@ fn runners_come_online(fake: &FakeGithub, scope: &Scope, spec: &Spec) -> Result<
             && let Some((_, labels)) = pool
         {
             // A persistent runner registers itself with config.sh, the token fleet gave it and
-            // its pool's labels (so that the next plan finds nothing to change).
+            // the labels fleet passed it: its pool's and the mark of its host (so that the next
+            // plan finds nothing to change).
+            let labels = config_labels(name).unwrap_or_else(|| labels.clone());
             fake.add_runner(
                 scope,
                 NewRunner {
                     name: name.to_string(),
-                    labels: labels.clone(),
+                    labels,
                     status_online: true,
                     busy: false,
                     ..NewRunner::default()
@@ -219,6 +221,20 @@ fn runners_come_online(fake: &FakeGithub, scope: &Scope, spec: &Spec) -> Result<
         }
     }
     Ok(())
+}
+
+/// The labels container `name` passes to config.sh (`ACTIONS_RUNNER_INPUT_LABELS`).
+fn config_labels(name: &str) -> Option<Vec<String>> {
+    let env = docker(&[
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        name,
+    ])
+    .ok()?;
+    env.lines()
+        .find_map(|l| l.strip_prefix("ACTIONS_RUNNER_INPUT_LABELS="))
+        .map(|l| l.split(',').map(str::to_string).collect())
 }
 
 fn show_runners(fake: &FakeGithub, scope: &Scope) -> Result<(), String> {

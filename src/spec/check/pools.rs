@@ -18,6 +18,9 @@ use crate::spec::resolve::DEFAULT_RUNNER_LABELS;
 
 /// Docker labels and runner labels with this prefix mark what fleet owns.
 const RESERVED_LABEL_PREFIX: &str = "fleet.";
+/// Labels fleet gives a runner besides the pool's: the ownership label, and the host mark
+/// (docs/hosts.md) or, on a scale set, the scale set's name.
+const FLEET_LABELS: usize = 2;
 /// Fleet names a runner's GPUs in this variable; a pool with GPUs cannot set it.
 const GPU_ENV: &str = "NVIDIA_VISIBLE_DEVICES";
 
@@ -277,12 +280,17 @@ fn check_runner_identity(c: &mut Checker, name: &str, pool_ptr: &str, pool: &Poo
         .copied()
         .unwrap_or(false);
     let labels = spec.pool_field(pool, |p| p.labels.as_ref());
-    let count = labels.map_or(0, Vec::len)
+    let listed = labels.map_or(0, Vec::len)
         + if no_defaults {
             0
         } else {
             DEFAULT_RUNNER_LABELS.len()
         };
+    let count = if listed == 0 {
+        0
+    } else {
+        listed + FLEET_LABELS
+    };
     if count == 0 {
         c.at_key(
             pool_ptr,
@@ -293,7 +301,7 @@ fn check_runner_identity(c: &mut Checker, name: &str, pool_ptr: &str, pool: &Poo
         let ptr = c.origin(name, "labels", pool.labels.is_some());
         c.at_value(
             &ptr,
-            format!("expected at most {MAX_RUNNER_LABELS} labels per runner (GitHub's limit), found {count}"),
+            format!("expected at most {MAX_RUNNER_LABELS} labels per runner (GitHub's limit), found {count} (with the {} fleet adds)", count - listed),
         );
     }
     if let Some(group) = spec.pool_field(pool, |p| p.runner_group.as_ref())
