@@ -441,6 +441,7 @@ mod tests {
             exit_code: None,
             github: None,
             gpus,
+            job: None,
         }
     }
 
