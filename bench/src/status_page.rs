@@ -344,7 +344,9 @@ async fn window(
         })
         .count();
     if rendered != browsers {
-        return Err(format!("{rendered} of {browsers} browsers drew the runners"));
+        return Err(format!(
+            "{rendered} of {browsers} browsers drew the runners"
+        ));
     }
     drop(opened);
     Ok(Window {
@@ -388,7 +390,14 @@ async fn page_watch_in(setup: &crate::Setup, runners: u32, seconds: u64) -> Resu
         .port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = setup
-        .fleet_command(&["watch", "--listen", &listen, "--resync", "10m", "--no-history"])?
+        .fleet_command(&[
+            "watch",
+            "--listen",
+            &listen,
+            "--resync",
+            "10m",
+            "--no-history",
+        ])?
         .spawn()
         .map_err(|e| e.to_string())?;
     let pid = child.id();
@@ -411,7 +420,9 @@ async fn page_watch_in(setup: &crate::Setup, runners: u32, seconds: u64) -> Resu
         .status();
     let _ = child.wait();
     let (quiet, busy) = (quiet?, busy?);
-    println!("| `fleet watch --listen` of {runners} runners, {seconds} s | no browser | 10 browsers polling |\n|---|---|---|");
+    println!(
+        "| `fleet watch --listen` of {runners} runners, {seconds} s | no browser | 10 browsers polling |\n|---|---|---|"
+    );
     println!("| GitHub requests | {} | {} |", quiet.github, busy.github);
     println!("| Docker requests | {} | {} |", quiet.docker, busy.docker);
     println!(

@@ -217,6 +217,7 @@ function runnerRow(p, r) {
 }
 
 let runnerTable = null;
+let orphans = null;
 
 function renderRunners(status) {
   const rows = [];
@@ -239,9 +240,14 @@ function renderRunners(status) {
     nodes.push(el('p', { class: 'muted' }, 'No runner containers.'));
   }
   if (status.orphan_registrations.length) {
-    nodes.push(el('h3', {}, 'Registrations without a container'),
-      el('ul', { id: 'orphans' }, ...status.orphan_registrations.map((n) => el('li', { class: 'name' }, n))));
+    const key = JSON.stringify(status.orphan_registrations);
+    if (!orphans || orphans.key !== key) {
+      orphans = { key, nodes: [el('h3', {}, 'Registrations without a container'),
+        el('ul', { id: 'orphans' }, ...status.orphan_registrations.map((n) => el('li', { class: 'name' }, n)))] };
+    }
+    nodes.push(...orphans.nodes);
   }
+  // The section is only rebuilt when its parts changed: moving the table would lay it out again.
   const section = document.querySelector('#runners .body');
   const unchanged = section.children.length === nodes.length && nodes.every((n, i) => section.children[i] === n);
   if (!unchanged) section.replaceChildren(...nodes);
