@@ -155,6 +155,24 @@ pub struct RunnerStatus {
     pub exit_code: Option<i64>,
     pub github: Option<GithubView>,
     pub gpus: Vec<GpuUse>,
+    /// The job it runs, where known: `fleet watch` learns an autoscaled pool's jobs from its
+    /// scale set's messages. Absent when not known (always in `fleet status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<RunnerJob>,
+}
+
+/// The job a runner runs, as GitHub described it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunnerJob {
+    /// `owner/name`.
+    pub repository: String,
+    /// The workflow file and ref (`owner/name/.github/workflows/ci.yml@refs/heads/main`).
+    pub workflow: String,
+    pub job_name: String,
+    /// The workflow run (`None`: not told).
+    pub run_id: Option<u64>,
+    /// When the runner took the job, seconds since the epoch (`None`: not told).
+    pub started_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -356,6 +374,7 @@ fn runner_status(
         uptime_seconds: (now - c.created).max(0),
         exit_code: c.exit_code,
         github,
+        job: None,
         gpus: c
             .gpus()
             .into_iter()

@@ -56,6 +56,17 @@ fn js(s: &str) -> String {
     serde_json::to_string(s).expect("string")
 }
 
+/// The runner's row says busy and names the job it runs.
+fn running_check(runner: &str, job_name: &str) -> String {
+    format!(
+        "const r = document.querySelector('tr[data-runner=' + CSS.escape({r}) + ']');
+         return !!r && r.children[3].textContent === 'busy'
+           && r.querySelector('td.job .job-name').textContent === {j};",
+        r = js(runner),
+        j = js(job_name)
+    )
+}
+
 fn row_check(runner: &str, host: &str, pool: &str, gpu: &str) -> String {
     format!(
         "const r = document.querySelector('tr[data-runner=' + CSS.escape({r}) + ']');
@@ -73,7 +84,15 @@ fn row_check(runner: &str, host: &str, pool: &str, gpu: &str) -> String {
 fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_loads_nothing_else()
 {
     let w = world();
-    let mut gpus = [StubGpu::numbered(0), StubGpu::numbered(1)];
+    // The third GPU no runner is given: the stand-in reports a process on it, so it is dirty.
+    let mut gpus = [
+        StubGpu::numbered(0),
+        StubGpu::numbered(1),
+        StubGpu {
+            processes: 1,
+            ..StubGpu::numbered(2)
+        },
+    ];
     let stub = NvmlStub::new(w.dir.path(), &gpus);
     let pools = format!(
         "{}    gpus: 1\n  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    autoscale: {{ min_idle: 0, max: 1 }}\n",
@@ -130,13 +149,13 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
     assert_eq!(history["source"], "database", "{history}");
 
     // The GPUs get busier: the charts follow (NVML is read at each reconcile).
-    let mut load = |percents: [u32; 2]| {
+    let load = |gpus: &mut [StubGpu; 3], percents: [u32; 2]| {
         for (g, p) in gpus.iter_mut().zip(percents) {
             g.utilization_percent = p;
         }
-        stub.write(StubInit::Ok, &gpus);
+        stub.write(StubInit::Ok, gpus);
     };
-    load([85, 55]);
+    load(&mut gpus, [85, 55]);
 
     // The hostile name is text: shown whole, its bidi override made visible, nothing run.
     until(
@@ -188,9 +207,19 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         },
     );
     let first = first.expect("runner");
+    let mut job = None;
     watch.eventually(Duration::from_secs(30), "its job", || {
-        w.fake.start_job(scale_set, &first).is_ok()
+        job = w.fake.start_job(scale_set, &first).ok();
+        job.is_some()
     });
+    let job = job.expect("job");
+    until(
+        &browser,
+        &watch,
+        Duration::from_secs(30),
+        "the first job running with its name",
+        &running_check(&first, &format!("job {}", job.job_id)),
+    );
     w.fake
         .complete_job(scale_set, &first, "succeeded")
         .expect("complete");
@@ -209,11 +238,36 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
             f = js(&first)
         ),
     );
+    let mut second = None;
+    watch.eventually(Duration::from_secs(30), "the second runner", || {
+        second = runner_of(&w).filter(|n| n != &first);
+        second.is_some()
+    });
+    let second = second.expect("runner");
+    let mut job = None;
+    watch.eventually(Duration::from_secs(30), "the second job", || {
+        job = w.fake.start_job(scale_set, &second).ok();
+        job.is_some()
+    });
+    let job = job.expect("job");
+    until(
+        &browser,
+        &watch,
+        Duration::from_secs(30),
+        "the second job running with its name",
+        &running_check(&second, &format!("job {}", job.job_id)),
+    );
 
-    load([40, 95]);
+    load(&mut gpus, [40, 95]);
 
     // A GPU runner replaced under watch: the page follows without a reload.
     let victim = names[0].clone();
+    let held = w.ledger(&victim);
+    for g in gpus.iter_mut().filter(|g| held.contains(&g.uuid)) {
+        g.processes = 0;
+        g.memory_used_bytes = 0;
+    }
+    stub.write(StubInit::Ok, &gpus);
     w.finish_job(&victim);
     until(
         &browser,
@@ -272,21 +326,6 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         "return Array.from(document.querySelectorAll('tr[data-runner]')).some((r) => r.children[2].textContent === 'gpu' && r.children[3].textContent === 'busy');",
     );
 
-    // A screenshot of the page as the test left it; FLEET_SCREENSHOT=docs keeps it for the README.
-    let height = browser.script(
-        "return Math.ceil(document.querySelector('footer').getBoundingClientRect().bottom);",
-    );
-    browser.set_window(1400, height.as_u64().unwrap_or(2400) as u32 + 100);
-    let png = browser.screenshot();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    std::fs::write(&out, &png).expect("save the screenshot");
-    eprintln!("screenshot: {}", out.display());
-    if std::env::var("FLEET_SCREENSHOT").as_deref() == Ok("docs") {
-        let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.png");
-        std::fs::write(docs, &png).expect("save the screenshot in docs/");
-    }
-
     // A critical Xid on a GPU: its card says unhealthy and why, then quarantined once watch
     // has recorded the quarantine; its host counts it.
     stub.write_with(
@@ -303,7 +342,7 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
             "const h = document.querySelector('[data-gpu=' + CSS.escape({u}) + '] p.health');
              return !!h && h.querySelector('.state').textContent === 'unhealthy'
                && !!h.querySelector('.quarantined') && h.textContent.includes('Xid 79')
-               && document.querySelector('tr[data-host=\"local\"] td.unwell').textContent === '1 unhealthy, 1 quarantined';",
+               && document.querySelector('tr[data-host=\"local\"] td.unwell').textContent === '1 unhealthy, 1 dirty, 1 quarantined';",
             u = js(&gpus[0].uuid)
         ),
     );
@@ -312,6 +351,48 @@ fn the_page_shows_runners_gpus_and_jobs_live_renders_hostile_names_as_text_and_l
         u = js(&gpus[1].uuid)
     ));
     assert_eq!(other.as_str(), Some("health healthy"));
+
+    // A GPU no runner holds with a process on it: dirty, and its host counts it.
+    let dirty = browser.script(&format!(
+        "const h = document.querySelector('[data-gpu=' + CSS.escape({u}) + ']');
+         return !!h && h.querySelector('p.health .state').textContent === 'dirty'
+           && h.textContent.includes('held by free');",
+        u = js(&gpus[2].uuid)
+    ));
+    assert_eq!(dirty, Value::Bool(true), "the dirty GPU's card");
+
+    // A screenshot of the page as the test left it; FLEET_SCREENSHOT=docs keeps it for the README.
+    let height = browser.script(
+        "return Math.ceil(document.querySelector('footer').getBoundingClientRect().bottom);",
+    );
+    browser.set_window(1400, height.as_u64().unwrap_or(2400) as u32 + 100);
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::write(&out, &png).expect("save the screenshot");
+    eprintln!("screenshot: {}", out.display());
+    if std::env::var("FLEET_SCREENSHOT").as_deref() == Ok("docs") {
+        let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.png");
+        std::fs::write(docs, &png).expect("save the screenshot in docs/");
+        // Kept small for the README: pngquant, where installed, makes it a palette image.
+        let _ = Command::new("pngquant")
+            .args([
+                "--quality=70-95",
+                "--speed=1",
+                "--force",
+                "--output",
+                docs,
+                docs,
+            ])
+            .status();
+    }
+
+    // Without colour the page reads the same: every state mark carries its word.
+    let worded = browser.script(
+        "const marks = Array.from(document.querySelectorAll('.state'));
+         return marks.length > 0 && marks.every((m) => /^[a-z]/.test(m.textContent.trim()));",
+    );
+    assert_eq!(worded, Value::Bool(true), "a state shown by colour alone");
 
     // A narrow screen: the tables scroll inside their section, the page itself does not.
     browser.set_window(400, 900);

@@ -50,6 +50,15 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         gets: usize,
     },
+    /// A real `fleet watch --listen` of N runners: GitHub and Docker requests and its memory,
+    /// with no browser and with 10 browsers polling the page.
+    StatusPageWatch {
+        #[arg(long, default_value_t = 100)]
+        runners: u32,
+        /// Length of each window, in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Replacement latency under `fleet watch`: kill runners one by one, time each replacement.
     Replacement {
         /// Runner exits to time.
@@ -169,6 +178,9 @@ fn main() {
     let result = rt.block_on(async {
         match args.command {
             Bench::StatusPage { runners, gets } => status_page::status_page(runners, gets).await,
+            Bench::StatusPageWatch { runners, seconds } => {
+                status_page::page_watch(runners, seconds).await
+            }
             Bench::Replacement { exits, runners } => replacement(exits, runners).await,
             Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
             Bench::Converge { runners, rounds } => converge(&runners, rounds).await,

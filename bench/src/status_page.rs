@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use fleet::observe::state::ContainerStatus;
 use fleet::status::{
-    FleetStatus, GithubView, GpuUse, HostGpu, HostStatus, PoolStatus, RunnerState, RunnerStatus,
-    Totals,
+    FleetStatus, GithubView, GpuUse, HostGpu, HostStatus, PoolStatus, RunnerJob, RunnerState,
+    RunnerStatus, Totals,
 };
 use fleet::web::{Board, ListenArgs};
 
@@ -53,6 +53,13 @@ fn fleet_status(runners: usize) -> FleetStatus {
                 } else {
                     vec![]
                 },
+                job: (i % 3 == 0).then(|| RunnerJob {
+                    repository: "acme/bench".into(),
+                    workflow: "acme/bench/.github/workflows/ci.yml@refs/heads/main".into(),
+                    job_name: format!("test (shard {})", i % 16),
+                    run_id: Some(90_000 + i as u64),
+                    started_at: Some(1_765_000_000 + i as i64),
+                }),
             })
             .collect();
         pools.push(PoolStatus {
@@ -237,5 +244,192 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
         "| resident memory of the serving process, peak while 10 browsers poll for 30 s | {:.1} MiB |",
         render.2
     );
+    Ok(())
+}
+
+/// Requests a client sent through the proxy: request lines seen, by their `HTTP/1.1` ending.
+type Counter = Arc<std::sync::atomic::AtomicUsize>;
+
+/// A Unix-socket proxy in front of the engine that counts the requests through it.
+async fn docker_proxy(path: std::path::PathBuf, counter: Counter) -> Result<(), String> {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| format!("proxy: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(engine) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_engine, mut to_engine) = engine.into_split();
+                let up = async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    while let Ok(n) = from_client.read(&mut buf).await {
+                        if n == 0 || to_engine.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        tail.extend_from_slice(&buf[..n]);
+                        let seen = tail.windows(10).filter(|w| w == b"HTTP/1.1\r\n").count();
+                        counter.fetch_add(seen, std::sync::atomic::Ordering::Relaxed);
+                        let keep = tail.len().saturating_sub(9);
+                        tail.drain(..keep);
+                    }
+                    let _ = to_engine.shutdown().await;
+                };
+                let down = tokio::io::copy(&mut from_engine, &mut to_client);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Resident memory now and at its peak (VmRSS, VmHWM) of process `pid`, in MiB.
+fn rss_of(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// What happened in one window of `seconds`: GitHub and Docker requests, peak RSS of watch.
+struct Window {
+    github: usize,
+    docker: usize,
+    rss_peak: f64,
+}
+
+async fn window(
+    setup: &crate::Setup,
+    docker: &Counter,
+    pid: u32,
+    seconds: u64,
+    browsers: usize,
+    url: &str,
+) -> Result<Window, String> {
+    setup.fake.clear_requests();
+    docker.store(0, std::sync::atomic::Ordering::Relaxed);
+    let url = url.to_string();
+    let opened = tokio::task::spawn_blocking(move || {
+        let all: Vec<webdriver::Browser> =
+            (0..browsers).map(|_| webdriver::Browser::start()).collect();
+        for b in &all {
+            b.goto(&url);
+        }
+        all
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut rss_peak: f64 = 0.0;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        rss_peak = rss_peak.max(rss_of(pid).0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rendered = opened
+        .iter()
+        .filter(|b| {
+            b.script("return document.querySelectorAll('tr[data-runner]').length;")
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        })
+        .count();
+    if rendered != browsers {
+        return Err(format!(
+            "{rendered} of {browsers} browsers drew the runners"
+        ));
+    }
+    drop(opened);
+    Ok(Window {
+        github: setup.fake.requests().len(),
+        docker: docker.load(std::sync::atomic::Ordering::Relaxed),
+        rss_peak,
+    })
+}
+
+/// `status-page-watch`: the `fleet` binary's `watch --listen` of `runners` real containers
+/// (the busybox runner image) with the fake GitHub, its Docker requests counted by a proxy in
+/// front of the engine: 30 s with no browser, then 30 s with 10 browsers polling the page.
+pub async fn page_watch(runners: u32, seconds: u64) -> Result<(), String> {
+    let setup = crate::Setup::new("page", runners).await?;
+    let outcome = page_watch_in(&setup, runners, seconds).await;
+    setup.cleanup().await;
+    outcome
+}
+
+async fn page_watch_in(setup: &crate::Setup, runners: u32, seconds: u64) -> Result<(), String> {
+    let sock = setup._dir.path().join("docker.sock");
+    let docker: Counter = Arc::default();
+    docker_proxy(sock.clone(), docker.clone()).await?;
+    let spec = std::fs::read_to_string(&setup.spec).map_err(|e| e.to_string())?;
+    let spec = spec.replace(
+        "  local:\n",
+        &format!("  local:\n    docker: unix://{}\n", sock.display()),
+    );
+    std::fs::write(&setup.spec, spec).map_err(|e| e.to_string())?;
+    setup.converge().await?;
+    setup
+        .wait_running(runners as usize, Duration::from_secs(120))
+        .await?;
+    let scope = fake_github::Scope::repo("acme", "bench");
+    for r in setup.fake.runners(&scope) {
+        setup.fake.set_runner_state(&scope, r.id, true, false);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = setup
+        .fleet_command(&[
+            "watch",
+            "--listen",
+            &listen,
+            "--resync",
+            "10m",
+            "--no-history",
+        ])?
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let addr: SocketAddr = listen.parse().map_err(|e| format!("{e}"))?;
+    let started = Instant::now();
+    while get(addr, "/api/v1/status").is_err() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            return Err("watch served no status in 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let url = format!("http://{listen}/");
+    let quiet = window(setup, &docker, pid, seconds, 0, &url).await;
+    let busy = window(setup, &docker, pid, seconds, 10, &url).await;
+    let hwm = rss_of(pid).1;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    let (quiet, busy) = (quiet?, busy?);
+    println!(
+        "| `fleet watch --listen` of {runners} runners, {seconds} s | no browser | 10 browsers polling |\n|---|---|---|"
+    );
+    println!("| GitHub requests | {} | {} |", quiet.github, busy.github);
+    println!("| Docker requests | {} | {} |", quiet.docker, busy.docker);
+    println!(
+        "| resident memory of watch, peak (VmRSS) | {:.1} MiB | {:.1} MiB |",
+        quiet.rss_peak, busy.rss_peak
+    );
+    println!("\nVmHWM of watch over its whole run: {hwm:.1} MiB");
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::message::{JobMessage, ScaleSetMessage};
+use super::message::{JobInfo, JobMessage, ScaleSetMessage};
 use super::types::Statistics;
 
 /// How many handled message ids are remembered to recognise a message the queue sends again.
@@ -19,6 +19,19 @@ pub struct TrackedJob {
     pub request_id: u64,
     /// The runner that took it, once started.
     pub runner: Option<String>,
+    /// What the latest message about it said (repository, workflow, name, run).
+    pub info: JobInfo,
+}
+
+impl TrackedJob {
+    fn new(job: &JobInfo) -> TrackedJob {
+        TrackedJob {
+            job_id: job.job_id.clone(),
+            request_id: job.runner_request_id,
+            runner: None,
+            info: job.clone(),
+        }
+    }
 }
 
 /// What one message asks of the listener.
@@ -116,25 +129,19 @@ impl JobTracker {
                 let tracked = self
                     .jobs
                     .entry(job.job_id.clone())
-                    .or_insert_with(|| TrackedJob {
-                        job_id: job.job_id.clone(),
-                        request_id: job.runner_request_id,
-                        runner: None,
-                    });
+                    .or_insert_with(|| TrackedJob::new(job));
                 // A reassignment arrives under a new request id: the job is the same one.
                 tracked.request_id = job.runner_request_id;
+                tracked.info = job.clone();
             }
             JobMessage::Started { runner_name, .. } => {
                 let tracked = self
                     .jobs
                     .entry(job.job_id.clone())
-                    .or_insert_with(|| TrackedJob {
-                        job_id: job.job_id.clone(),
-                        request_id: job.runner_request_id,
-                        runner: None,
-                    });
+                    .or_insert_with(|| TrackedJob::new(job));
                 tracked.request_id = job.runner_request_id;
                 tracked.runner = Some(runner_name.clone());
+                tracked.info = job.clone();
                 observation.started.push(runner_name.clone());
             }
             JobMessage::Completed { runner_name, .. } => {
@@ -184,6 +191,14 @@ impl JobTracker {
         self.jobs
             .values()
             .filter_map(|j| j.runner.clone())
+            .collect()
+    }
+
+    /// The jobs running now, by the name of the runner that took each.
+    pub fn running_jobs(&self) -> BTreeMap<String, JobInfo> {
+        self.jobs
+            .values()
+            .filter_map(|j| Some((j.runner.clone()?, j.info.clone())))
             .collect()
     }
 

@@ -24,6 +24,7 @@ use crate::scaleset::{
     JobMessage, Poll, ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetMessage, Session,
 };
 use crate::spec::Spec;
+use crate::status::{FleetStatus, RunnerJob};
 
 /// How long the service may hold one poll.
 const POLL_HOLD: Duration = Duration::from_secs(50);
@@ -39,6 +40,8 @@ pub struct PoolDemand {
     pub queued: u32,
     /// Runners running a job, by name.
     pub busy: BTreeSet<String>,
+    /// The jobs they run, by runner name, for the status page.
+    pub jobs: BTreeMap<String, RunnerJob>,
     /// The capacity to advertise, set by the reconcile from its plan.
     pub capacity: u32,
     /// Whether a message session is open.
@@ -188,6 +191,22 @@ impl Listeners {
         }
         drop(all);
         self.learn_scale_sets(observed);
+    }
+
+    /// Tells each runner of an autoscaled pool the job it runs, as the scale set's messages
+    /// described it.
+    pub fn add_jobs(&self, status: &mut FleetStatus) {
+        let all = lock(&self.demand);
+        for pool in status.pools.iter_mut() {
+            let Some(demand) = all.get(&pool.name) else {
+                continue;
+            };
+            for runner in pool.runners.iter_mut() {
+                if let Some(job) = demand.jobs.get(&runner.name) {
+                    runner.job = Some(job.clone());
+                }
+            }
+        }
     }
 
     /// Records the ids of the pools' scale sets, so that their listeners can open sessions.
@@ -463,6 +482,11 @@ fn publish(pool: &str, labels: &ScaleSetLabels, ctx: &ListenerContext, tracker: 
         d.assigned = Some(tracker.assigned_jobs());
         d.queued = tracker.statistics().map_or(0, |s| s.total_available_jobs);
         d.busy = tracker.busy_runners();
+        d.jobs = tracker
+            .running_jobs()
+            .into_iter()
+            .map(|(runner, job)| (runner, runner_job(&job)))
+            .collect();
         d.session = true;
     });
     if let Some(statistics) = tracker.statistics() {
@@ -471,6 +495,24 @@ fn publish(pool: &str, labels: &ScaleSetLabels, ctx: &ListenerContext, tracker: 
     let _ = ctx.tx.send(Trigger::Autoscale {
         pool: pool.to_string(),
     });
+}
+
+/// A job message's details as the status document tells them.
+fn runner_job(job: &crate::scaleset::JobInfo) -> RunnerJob {
+    let repository = match (job.owner_name.as_str(), job.repository_name.as_str()) {
+        ("", name) | (name, "") => name.to_string(),
+        (owner, name) => format!("{owner}/{name}"),
+    };
+    let started_at = rfc3339(&job.runner_assign_time)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok());
+    RunnerJob {
+        repository,
+        workflow: job.job_workflow_ref.clone(),
+        job_name: job.job_display_name.clone(),
+        run_id: Some(job.workflow_run_id).filter(|id| *id != 0),
+        started_at,
+    }
 }
 
 /// Job counters and durations, as actions-runner-controller's listener exports them.
@@ -498,22 +540,25 @@ fn record_jobs(labels: &ScaleSetLabels, metrics: &Metrics, message: &ScaleSetMes
 /// Seconds from one RFC 3339 time to a later one; `None` when either is missing, Go's zero time
 /// (`0001-01-01T00:00:00Z`: the step has not happened) or not later.
 fn between(from: &Option<String>, to: &Option<String>) -> Option<f64> {
-    let parse = |t: &Option<String>| -> Option<SystemTime> {
-        let t = t.as_deref()?;
-        if t.starts_with("0001-") {
-            return None;
-        }
-        humantime::parse_rfc3339_weak(t).ok()
-    };
-    parse(to)?
-        .duration_since(parse(from)?)
+    rfc3339(to)?
+        .duration_since(rfc3339(from)?)
         .ok()
         .map(|d| d.as_secs_f64())
 }
 
+/// An RFC 3339 time; `None` when missing or Go's zero time (`0001-01-01T00:00:00Z`: the step
+/// has not happened).
+fn rfc3339(t: &Option<String>) -> Option<SystemTime> {
+    let t = t.as_deref()?;
+    if t.starts_with("0001-") {
+        return None;
+    }
+    humantime::parse_rfc3339_weak(t).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::between;
+    use super::{between, runner_job};
 
     #[test]
     fn durations_between_job_times() {
@@ -531,5 +576,28 @@ mod tests {
             between(&t("2026-11-30T10:00:02Z"), &t("2026-11-30T10:00:00Z")),
             None
         );
+    }
+
+    #[test]
+    fn a_started_job_tells_its_repository_workflow_name_run_and_start() {
+        let job = crate::scaleset::JobInfo {
+            owner_name: "acme".into(),
+            repository_name: "zquic".into(),
+            job_workflow_ref: "acme/zquic/.github/workflows/ci.yml@refs/heads/main".into(),
+            job_display_name: "test (gpu)".into(),
+            workflow_run_id: 991,
+            runner_assign_time: Some("2026-11-30T10:00:00Z".into()),
+            ..Default::default()
+        };
+        let shown = runner_job(&job);
+        assert_eq!(shown.repository, "acme/zquic");
+        assert_eq!(shown.job_name, "test (gpu)");
+        assert_eq!(shown.run_id, Some(991));
+        assert_eq!(shown.started_at, Some(1_796_032_800));
+        let untold = runner_job(&crate::scaleset::JobInfo {
+            runner_assign_time: Some("0001-01-01T00:00:00Z".into()),
+            ..Default::default()
+        });
+        assert_eq!((untold.run_id, untold.started_at), (None, None));
     }
 }

@@ -474,6 +474,7 @@ mod tests {
             exit_code: None,
             github: None,
             gpus,
+            job: None,
         }
     }
 

@@ -517,6 +517,7 @@ impl Loop {
         for (host, why) in self.links.down() {
             status.note_unobserved(&host, why);
         }
+        self.autoscale.add_jobs(&mut status);
         let local = observers
             .hosts
             .values()

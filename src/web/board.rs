@@ -399,6 +399,7 @@ mod tests {
                         uptime_seconds: 1,
                         exit_code: (*state == RunnerState::Exited).then_some(137),
                         github: None,
+                        job: None,
                         gpus: util
                             .map(|u| GpuUse {
                                 uuid: format!("GPU-{name}"),

@@ -9,9 +9,13 @@ const SVG = 'http://www.w3.org/2000/svg';
 // Bidirectional and invisible controls are shown, not obeyed: a name cannot reorder itself.
 const CONTROLS = /[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g;
 
+const HAS_CONTROL = new RegExp(CONTROLS.source);
+
 function text(s) {
-  const out = document.createDocumentFragment();
   const str = s === null || s === undefined ? '' : String(s);
+  // Most values have no control character: one text node, no fragment.
+  if (!HAS_CONTROL.test(str)) return document.createTextNode(str);
+  const out = document.createDocumentFragment();
   let last = 0;
   for (const m of str.matchAll(CONTROLS)) {
     out.append(document.createTextNode(str.slice(last, m.index)));
@@ -74,12 +78,25 @@ function replace(id, ...nodes) {
   body.replaceChildren(...nodes);
 }
 
+// What the plan says each autoscaled pool wants now, by pool.
+function autoscaled(watch) {
+  return new Map(((watch.plan && watch.plan.autoscale) || []).map((a) => [a.pool, a]));
+}
+
+// A pool's runners wanted: what an autoscaled pool's plan wants now, else the spec's count.
+function wanted(pool, scaled) {
+  const a = scaled.get(pool.name);
+  return a ? a.wanted : pool.desired;
+}
+
 function renderSummary(status, watch) {
   document.getElementById('fleet-name').replaceChildren(text(status.fleet));
   document.title = 'fleet ' + status.fleet;
   const t = status.totals;
+  const scaled = autoscaled(watch);
+  const desired = status.pools.reduce((sum, p) => sum + wanted(p, scaled), 0);
   const items = [
-    ['runners', t.containers + ' of ' + t.desired],
+    ['runners', (t.containers - t.exited) + ' of ' + desired],
     ['busy', t.busy], ['idle', t.idle], ['offline', t.offline], ['exited', t.exited],
     ['hosts up', status.hosts.filter((h) => h.observed).length + ' of ' + status.hosts.length],
   ];
@@ -144,7 +161,7 @@ function renderHosts(status) {
 }
 
 function renderPools(status, watch) {
-  const scaled = new Map(((watch.plan && watch.plan.autoscale) || []).map((a) => [a.pool, a]));
+  const scaled = autoscaled(watch);
   const rows = status.pools.map((p) => {
     const count = (s) => p.runners.filter((r) => r.state === s).length;
     const a = scaled.get(p.name);
@@ -158,32 +175,82 @@ function renderPools(status, watch) {
     }
     return el('tr', { 'data-pool': p.name },
       el('td', { class: 'name' }, p.name), el('td', { class: 'name' }, p.hosts.join(', ')),
-      el('td', {}, String(p.desired)), el('td', {}, String(p.runners.length - count('exited'))),
+      el('td', {}, String(wanted(p, scaled))), el('td', {}, String(p.runners.length - count('exited'))),
       el('td', {}, String(count('busy'))), el('td', {}, String(count('idle'))), el('td', {}, String(count('offline'))),
       el('td', { class: 'waiting' }, waiting), el('td', {}, auto));
   });
   replace('pools', table(['pool', 'hosts', 'wanted', 'running', 'busy', 'idle', 'offline', 'jobs waiting', 'autoscale'], rows));
 }
 
+// The job a runner runs, where watch knows it: its name, then where it comes from.
+function jobCell(job) {
+  if (!job) return el('td', { class: 'job' }, '-');
+  const workflow = (job.workflow || '').replace(/^.*\/\.github\/workflows\//, '');
+  const where = [job.repository, workflow ? 'workflow ' + workflow : '', job.run_id ? 'run ' + job.run_id : '',
+    job.started_at ? 'since ' + clock(job.started_at) : ''].filter((x) => x).join(', ');
+  return el('td', { class: 'job', title: job.workflow || '' }, el('span', { class: 'name job-name' }, job.job_name),
+    where ? el('span', { class: 'where' }, where) : null);
+}
+
+// Rows by runner name, kept between polls: a row whose values did not change is left alone,
+// so a poll of a large fleet touches only the rows that changed.
+const runnerRows = new Map();
+
+function runnerRow(p, r) {
+  const gh = r.github ? (r.github.online ? 'online' : 'offline') + (r.github.busy ? ' busy' : ' idle') + ', id ' + r.github.id : 'not registered';
+  // The uptime changes at every poll: it is set in place rather than rebuilding the row.
+  const key = JSON.stringify([p.name, { ...r, uptime_seconds: 0 }]);
+  const uptime = duration(r.uptime_seconds);
+  const kept = runnerRows.get(r.name);
+  if (kept && kept.key === key) {
+    const cell = kept.row.children[6];
+    if (cell.textContent !== uptime) cell.textContent = uptime;
+    return kept.row;
+  }
+  const row = el('tr', { 'data-runner': r.name },
+    el('td', { class: 'name' }, r.name), el('td', { class: 'name' }, r.host), el('td', { class: 'name' }, p.name),
+    el('td', {}, state(r.state)), el('td', {}, r.container), el('td', { class: 'name' }, gpuLine(r.gpus)),
+    el('td', {}, uptime), jobCell(r.job), el('td', {}, gh),
+    el('td', {}, r.exit_code === null ? '-' : String(r.exit_code)));
+  runnerRows.set(r.name, { key, row });
+  return row;
+}
+
+let runnerTable = null;
+let orphans = null;
+
 function renderRunners(status) {
   const rows = [];
+  const names = new Set();
   for (const p of status.pools) {
     for (const r of p.runners) {
-      const gh = r.github ? (r.github.online ? 'online' : 'offline') + (r.github.busy ? ' busy' : ' idle') + ', id ' + r.github.id : 'not registered';
-      rows.push(el('tr', { 'data-runner': r.name },
-        el('td', { class: 'name' }, r.name), el('td', { class: 'name' }, r.host), el('td', { class: 'name' }, p.name),
-        el('td', {}, state(r.state)), el('td', {}, r.container), el('td', { class: 'name' }, gpuLine(r.gpus)),
-        el('td', {}, duration(r.uptime_seconds)), el('td', {}, gh),
-        el('td', {}, r.exit_code === null ? '-' : String(r.exit_code))));
+      rows.push(runnerRow(p, r));
+      names.add(r.name);
     }
   }
-  const nodes = [rows.length ? table(['runner', 'host', 'pool', 'state', 'container', 'GPUs', 'uptime', 'GitHub', 'last exit'], rows)
-    : el('p', { class: 'muted' }, 'No runner containers.')];
-  if (status.orphan_registrations.length) {
-    nodes.push(el('h3', {}, 'Registrations without a container'),
-      el('ul', { id: 'orphans' }, ...status.orphan_registrations.map((n) => el('li', { class: 'name' }, n))));
+  for (const name of Array.from(runnerRows.keys())) if (!names.has(name)) runnerRows.delete(name);
+  const nodes = [];
+  if (rows.length) {
+    runnerTable = runnerTable || table(['runner', 'host', 'pool', 'state', 'container', 'GPUs', 'uptime', 'job', 'GitHub', 'last exit'], []);
+    const body = runnerTable.querySelector('tbody');
+    const same = body.children.length === rows.length && rows.every((r, i) => body.children[i] === r);
+    if (!same) body.replaceChildren(...rows);
+    nodes.push(runnerTable);
+  } else {
+    nodes.push(el('p', { class: 'muted' }, 'No runner containers.'));
   }
-  replace('runners', ...nodes);
+  if (status.orphan_registrations.length) {
+    const key = JSON.stringify(status.orphan_registrations);
+    if (!orphans || orphans.key !== key) {
+      orphans = { key, nodes: [el('h3', {}, 'Registrations without a container'),
+        el('ul', { id: 'orphans' }, ...status.orphan_registrations.map((n) => el('li', { class: 'name' }, n)))] };
+    }
+    nodes.push(...orphans.nodes);
+  }
+  // The section is only rebuilt when its parts changed: moving the table would lay it out again.
+  const section = document.querySelector('#runners .body');
+  const unchanged = section.children.length === nodes.length && nodes.every((n, i) => section.children[i] === n);
+  if (!unchanged) section.replaceChildren(...nodes);
 }
 
 // The last 24 hours, or since the first sample when watch has run for less: a young
@@ -249,22 +316,34 @@ async function getJson(path) {
 
 let lastGood = 0;
 
+let lastHistory = null;
+
+function updated() {
+  const live = document.getElementById('live');
+  lastGood = Date.now();
+  live.className = '';
+  live.textContent = 'live: updated ' + new Date().toLocaleTimeString([], { hour12: false }) + ', every ' + POLL_MS / 1000 + ' s';
+  document.body.dataset.updated = String(lastGood);
+}
+
+// The status and the plan are drawn as soon as they arrive; the GPUs and events when the
+// history does (it is the larger answer).
 async function refresh() {
   const live = document.getElementById('live');
   try {
-    const [status, watch, history] = await Promise.all([getJson('/api/v1/status'), getJson('/api/v1/watch'), getJson('/api/v1/history')]);
+    const history = getJson('/api/v1/history');
+    history.catch(() => {});
+    const [status, watch] = await Promise.all([getJson('/api/v1/status'), getJson('/api/v1/watch')]);
     const now = Date.now() / 1000;
     renderSummary(status, watch);
     renderReconcile(watch, now);
     renderHosts(status);
     renderPools(status, watch);
     renderRunners(status);
-    renderGpus(status, history, now);
-    renderEvents(history);
-    lastGood = Date.now();
-    live.className = '';
-    live.textContent = 'live: updated ' + new Date().toLocaleTimeString([], { hour12: false }) + ', every ' + POLL_MS / 1000 + ' s';
-    document.body.dataset.updated = String(lastGood);
+    lastHistory = await history;
+    renderGpus(status, lastHistory, now);
+    renderEvents(lastHistory);
+    updated();
   } catch (e) {
     live.className = 'stale';
     live.textContent = 'not updated' + (lastGood ? ' since ' + new Date(lastGood).toLocaleTimeString([], { hour12: false }) : '') + ': ' + e.message;
