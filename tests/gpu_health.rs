@@ -376,3 +376,116 @@ fn an_application_xid_quarantines_nothing() {
     );
     assert!(quarantine_records(&w).is_empty());
 }
+
+/// Reconciles `fleet watch` made for NVML events, finished without error.
+fn gpu_reconciles(watch: &WatchProcess) -> f64 {
+    watch_process::sample(
+        &watch.metrics(),
+        "fleet_reconcile_total",
+        &[("trigger", "gpu"), ("result", "ok")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Writes an Xid 79 on `gpu` (with every earlier event line, so the serials stay delivered
+/// once) and returns how long until the reconcile it wakes has ended.
+fn xid_to_reconcile(
+    watch: &WatchProcess,
+    stub: &NvmlStub,
+    gpus: &[StubGpu],
+    events: &mut String,
+    gpu: &StubGpu,
+) -> Duration {
+    let serial = events.lines().count() + 1;
+    events.push_str(&format!("event {serial} {} xid 79\n", gpu.uuid));
+    let before = gpu_reconciles(watch);
+    let at = std::time::Instant::now();
+    stub.write_with(StubInit::Ok, gpus, events);
+    while gpu_reconciles(watch) <= before {
+        assert!(
+            at.elapsed() < Duration::from_secs(20),
+            "no reconcile for the Xid on {}; watch log:\n{}",
+            gpu.uuid,
+            watch.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    at.elapsed()
+}
+
+#[test]
+fn under_watch_an_xid_wakes_a_reconcile_at_once_the_event_thread_survives_the_driver_and_stops_with_watch()
+ {
+    let w = World::new();
+    let gpus: Vec<StubGpu> = (0..8).map(StubGpu::idle).collect();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 0, true)));
+    // No resync within the test: only the events start reconciles.
+    let mut watch = WatchProcess::start(&w, &["--resync", "1h"], &stub.env());
+    watch.eventually(Duration::from_secs(30), "the event thread", || {
+        watch.log().contains("NVML: waiting for Xid and ECC events")
+            && watch_process::sample(
+                &watch.metrics(),
+                "fleet_reconcile_total",
+                &[("trigger", "start")],
+            )
+            .is_some()
+    });
+
+    // Idle, the event thread sleeps in the driver's wait.
+    let idle_from = watch
+        .thread_cpu_ticks("fleet-nvml-evts")
+        .expect("the thread");
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_ticks = watch
+        .thread_cpu_ticks("fleet-nvml-evts")
+        .expect("the thread")
+        - idle_from;
+    eprintln!("event thread CPU while idle: {idle_ticks} tick(s) in 5 s");
+    assert!(idle_ticks <= 5, "{idle_ticks} ticks in 5 s");
+
+    let mut events = String::new();
+    let mut latencies = Vec::new();
+    for gpu in &gpus[..5] {
+        latencies.push(xid_to_reconcile(&watch, &stub, &gpus, &mut events, gpu));
+    }
+    assert_eq!(quarantine_records(&w).len(), 5, "{}", watch.log());
+
+    // The driver goes away and comes back: the thread opens NVML and waits again.
+    stub.write_with(StubInit::DriverNotLoaded, &gpus, &events);
+    watch.eventually(Duration::from_secs(10), "the failed wait", || {
+        watch.log().contains("NVML's event wait failed")
+    });
+    stub.write_with(StubInit::Ok, &gpus, &events);
+    watch.eventually(Duration::from_secs(20), "the set made again", || {
+        watch
+            .log()
+            .matches("NVML: waiting for Xid and ECC events")
+            .count()
+            == 2
+    });
+    latencies.push(xid_to_reconcile(
+        &watch,
+        &stub,
+        &gpus,
+        &mut events,
+        &gpus[5],
+    ));
+    eprintln!("Xid to reconcile ended: {latencies:?}");
+    latencies.sort();
+    assert!(
+        latencies[latencies.len() / 2] < Duration::from_secs(1),
+        "{latencies:?}"
+    );
+    assert_eq!(quarantine_records(&w).len(), 6, "{}", watch.log());
+
+    // The thread stops with watch.
+    let stopping = std::time::Instant::now();
+    let status = watch.terminate();
+    assert!(status.success(), "{status:?}\n{}", watch.log());
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    for gpu in &gpus[..6] {
+        let out = w.fleet_nvml(&stub, &["gpus", "--release", &gpu.uuid, "--host", "local"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+}

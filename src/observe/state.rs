@@ -196,6 +196,17 @@ pub struct GpuHealth {
     /// A quarantine record on the host holds the GPU.
     #[serde(default)]
     pub quarantined: bool,
+    /// How long the GPU has been dirty, as far as this process saw (`fleet watch`: since it
+    /// first saw it dirty; a one-shot command: 0). Compared with `gpu_health.dirty_grace`.
+    #[serde(default, skip_serializing)]
+    pub dirty_seconds: Option<u64>,
+    /// On a GPU a running runner holds: what it holds that an idle runner should not
+    /// (processes of its own container, device memory above `gpu_health.dirty_memory`).
+    #[serde(default, skip_serializing)]
+    pub leftovers: Vec<String>,
+    /// The leftovers were first seen in this observation (the planner acts on them once).
+    #[serde(default, skip_serializing)]
+    pub leftovers_new: bool,
 }
 
 /// How fit a GPU is for the next runner (docs/gpu-health.md).
