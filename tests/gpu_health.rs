@@ -489,3 +489,46 @@ fn under_watch_an_xid_wakes_a_reconcile_at_once_the_event_thread_survives_the_dr
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
 }
+
+/// The id of container `name`; empty while there is none (between removal and creation).
+fn container_id(name: &str) -> String {
+    let out = common::docker(&["inspect", "--format", "{{.Id}}", name]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn under_watch_an_idle_persistent_runner_left_dirty_is_made_again_in_place_once() {
+    if !EngineNvidia::read().env_mode_starts() {
+        eprintln!("skipped: this engine's nvidia runtime refuses the stand-in's GPUs");
+        return;
+    }
+    let w = World::new();
+    let mut gpus: Vec<StubGpu> = (0..2).map(StubGpu::idle).collect();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 1, false)));
+    let runner = w.gpu_runners(&stub, &spec, 1).remove(0);
+    // The runner registers itself on its state volume, as config.sh does.
+    let registration = w.config_sh(&runner).expect("registered");
+    let held = w.ledger(&runner);
+    let before = container_id(&runner);
+    let state = w.state_mount(&runner);
+
+    // A killed job left 3 GiB on the idle runner's GPU.
+    for g in gpus.iter_mut().filter(|g| g.uuid == held) {
+        g.memory_used_bytes = 3 << 30;
+    }
+    stub.write(StubInit::Ok, &gpus);
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    watch.eventually(Duration::from_secs(60), "the runner made again", || {
+        let now = container_id(&runner);
+        !now.is_empty() && now != before
+    });
+    // In place: same name, GPU, state volume and registration.
+    assert_eq!(w.ledger(&runner), held);
+    assert_eq!(w.state_mount(&runner), state);
+    assert_eq!(w.runner_id(&runner), Some(registration));
+    // The memory stays held (something outside the container): not made again and again.
+    let after = container_id(&runner);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(container_id(&runner), after, "{}", watch.log());
+}
