@@ -305,14 +305,7 @@ fn under_watch_a_critical_xid_moves_the_idle_runner_and_the_quarantine_outlives_
     });
     if EngineNvidia::read().env_mode_starts() {
         // The idle runner leaves the GPU for the healthy one.
-        watch.eventually(
-            Duration::from_secs(30),
-            "the runner on the spare GPU",
-            || {
-                let names = w.container_names("gpu");
-                names.len() == 1 && !names.contains(&runner) && w.ledger(&names[0]) == spare.uuid
-            },
-        );
+        moved_to(&w, &watch, &runner, &spare.uuid);
     }
     drop(watch);
 
@@ -531,4 +524,99 @@ fn under_watch_an_idle_persistent_runner_left_dirty_is_made_again_in_place_once(
     let after = container_id(&runner);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(container_id(&runner), after, "{}", watch.log());
+}
+
+/// Waits until pool `gpu` has one runner other than `old`, on GPU `uuid`; returns its name.
+fn moved_to(w: &World, watch: &WatchProcess, old: &str, uuid: &str) -> String {
+    let mut found = String::new();
+    watch.eventually(
+        Duration::from_secs(60),
+        "the runner on the other GPU",
+        || {
+            let names = w.container_names("gpu");
+            let moved = names.len() == 1 && names[0] != old && w.ledger(&names[0]) == uuid;
+            if moved {
+                found = names[0].clone();
+            }
+            moved
+        },
+    );
+    found
+}
+
+/// A pool `gpu` of one ephemeral runner on one of two stand-in GPUs, applied; returns the
+/// GPUs, the stand-in, the runner and which GPU it holds (`None` where this engine cannot
+/// start `gpu_mode: env` containers).
+fn one_gpu_runner(w: &World) -> Option<(Vec<StubGpu>, NvmlStub, String, usize)> {
+    if !EngineNvidia::read().env_mode_starts() {
+        eprintln!("skipped: this engine's nvidia runtime refuses the stand-in's GPUs");
+        return None;
+    }
+    let gpus: Vec<StubGpu> = (0..2).map(StubGpu::idle).collect();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 1, true)));
+    let runner = w.gpu_runners(&stub, &spec, 1).remove(0);
+    let held = usize::from(w.ledger(&runner) != gpus[0].uuid);
+    Some((gpus, stub, runner, held))
+}
+
+#[test]
+fn under_watch_a_process_leaked_by_an_ephemeral_runner_keeps_its_gpu_until_it_ends() {
+    let w = World::new();
+    let Some((gpus, stub, runner, held)) = one_gpu_runner(&w) else {
+        return;
+    };
+    let (dirty, clean) = (&gpus[held], &gpus[1 - held]);
+    // The job's process outlives the runner: this test's own PID, a host process.
+    let leak = format!("process {} {} 2147483648\n", dirty.uuid, std::process::id());
+    stub.write_with(StubInit::Ok, &gpus, &leak);
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    w.finish_job(&runner);
+    let replacement = moved_to(&w, &watch, &runner, &clean.uuid);
+    let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        plan["warnings"].to_string().contains(&format!(
+            "PID {} using 2048 MiB, a host process",
+            std::process::id()
+        )),
+        "{plan}"
+    );
+    let health = |state: &str| {
+        watch_process::sample(
+            &watch.metrics(),
+            "fleet_gpu_health",
+            &[("uuid", &dirty.uuid), ("state", state)],
+        )
+    };
+    watch.eventually(Duration::from_secs(30), "the GPU dirty", || {
+        health("dirty") == Some(1.0)
+    });
+    // The process ends: the GPU is clean again, and the runner stays where it is.
+    stub.write(StubInit::Ok, &gpus);
+    watch.eventually(Duration::from_secs(30), "the GPU healthy again", || {
+        health("healthy") == Some(1.0)
+    });
+    assert_eq!(w.container_names("gpu"), [replacement]);
+}
+
+#[test]
+fn under_watch_a_gpu_disabled_in_the_spec_is_left_by_its_idle_runner() {
+    let w = World::new();
+    let Some((gpus, stub, runner, held)) = one_gpu_runner(&w) else {
+        return;
+    };
+    let spec = w.dir.path().join("fleet.yaml");
+    let text = std::fs::read_to_string(&spec).expect("spec");
+    let disabled = format!(
+        "    gpu_mode: env\n    gpus_disabled: [{}]\n",
+        gpus[held].uuid
+    );
+    std::fs::write(&spec, text.replace("    gpu_mode: env\n", &disabled)).expect("spec");
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    moved_to(&w, &watch, &runner, &gpus[1 - held].uuid);
+    assert!(
+        quarantine_records(&w).is_empty(),
+        "disabled is not quarantined"
+    );
 }

@@ -71,7 +71,7 @@ fn every_alert_is_tested_firing_and_clear() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 13, "{alerts:?}");
     let mut tests = String::new();
     for entry in std::fs::read_dir(monitoring("tests")).expect("tests") {
         tests.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
