@@ -620,3 +620,62 @@ fn under_watch_a_gpu_disabled_in_the_spec_is_left_by_its_idle_runner() {
         "disabled is not quarantined"
     );
 }
+
+#[test]
+fn under_watch_a_busy_runner_whose_gpu_fails_finishes_its_job_and_is_not_replaced_there() {
+    let w = World::new();
+    let Some((gpus, stub, runner, held)) = one_gpu_runner(&w) else {
+        return;
+    };
+    let id = w.runner_id(&runner).expect("registered");
+    w.fake.set_runner_state(&w.scope, id, true, true);
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    let mut events = String::new();
+    xid_to_reconcile(&watch, &stub, &gpus, &mut events, &gpus[held]);
+    watch.eventually(Duration::from_secs(30), "the quarantine record", || {
+        quarantine_records(&w).len() == 1
+    });
+    // Busy: never stopped, whatever its GPU says.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.container_names("gpu"), [runner.clone()]);
+    assert_eq!(
+        common::docker_ok(&["inspect", "--format", "{{.State.Running}}", &runner]).trim(),
+        "true"
+    );
+    // Its job ends: the replacement goes to the healthy GPU.
+    w.finish_job(&runner);
+    moved_to(&w, &watch, &runner, &gpus[1 - held].uuid);
+}
+
+#[test]
+fn under_watch_an_application_xid_quarantines_nothing_and_moves_nothing() {
+    let w = World::new();
+    let Some((gpus, stub, runner, held)) = one_gpu_runner(&w) else {
+        return;
+    };
+    let watch = WatchProcess::start(&w, &["--resync", "1h"], &stub.env());
+    watch.eventually(Duration::from_secs(30), "the event thread", || {
+        watch.log().contains("NVML: waiting for Xid and ECC events")
+    });
+    let before = gpu_reconciles(&watch);
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 13\n", gpus[held].uuid),
+    );
+    watch.eventually(Duration::from_secs(20), "the reconcile for the Xid", || {
+        gpu_reconciles(&watch) > before
+    });
+    assert!(quarantine_records(&w).is_empty());
+    assert_eq!(w.container_names("gpu"), [runner]);
+    assert_eq!(
+        watch_process::sample(
+            &watch.metrics(),
+            "fleet_gpu_xid_errors_total",
+            &[("uuid", &gpus[held].uuid), ("xid", "13")]
+        ),
+        Some(1.0),
+        "{}",
+        watch.metrics()
+    );
+}
