@@ -679,3 +679,69 @@ fn under_watch_an_application_xid_quarantines_nothing_and_moves_nothing() {
         watch.metrics()
     );
 }
+
+/// A volume made for a test outside fleet's labels, removed when dropped (also on failure).
+struct ForeignVolume(String);
+
+impl Drop for ForeignVolume {
+    fn drop(&mut self) {
+        let _ = common::docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn a_malformed_quarantine_record_makes_its_gpu_unknown_and_a_foreign_one_is_left_alone() {
+    let w = World::new();
+    let gpus = four_gpus();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 0, true)));
+    let record = |fleet: &str, uuid: &str, since: &str| {
+        let name = format!("{fleet}-gpu-quarantine.{uuid}");
+        common::docker_ok(&[
+            "volume",
+            "create",
+            "--label",
+            &format!("fleet.name={fleet}"),
+            "--label",
+            &format!("fleet.gpu-quarantine={uuid}"),
+            "--label",
+            "fleet.gpu-quarantine.reason=critical Xid 79 reported by the driver",
+            "--label",
+            &format!("fleet.gpu-quarantine.since={since}"),
+            "--label",
+            "fleet.gpu-quarantine.until-reset=maybe",
+            &name,
+        ]);
+        name
+    };
+    let malformed = record(&w.run, &gpus[0].uuid, "yesterday");
+    let other_fleet = format!("{}-other", w.run);
+    let foreign = ForeignVolume(record(&other_fleet, &gpus[1].uuid, "1"));
+
+    let out = w.fleet_nvml(&stub, &["plan", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "host `local`: GPU {} is unknown (its quarantine record is malformed",
+            gpus[0].uuid
+        )),
+        "{warnings}"
+    );
+    // Another fleet's record is that fleet's business: not read, not touched.
+    assert!(!warnings.contains(&gpus[1].uuid), "{warnings}");
+    let out = w.fleet_nvml(&stub, &["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let volumes = common::docker_ok(&["volume", "ls", "-q"]);
+    assert!(volumes.contains(&malformed), "nothing removed: {volumes}");
+    assert!(volumes.contains(&foreign.0), "nothing removed: {volumes}");
+
+    // The operator removes the malformed one.
+    let out = w.fleet_nvml(&stub, &["gpus", "--release", &gpus[0].uuid]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!common::docker_ok(&["volume", "ls", "-q"]).contains(&malformed));
+    let out = w.fleet_nvml(&stub, &["gpus", "--release", &gpus[1].uuid]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(common::docker_ok(&["volume", "ls", "-q"]).contains(&foreign.0));
+}
