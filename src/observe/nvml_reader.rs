@@ -5,8 +5,9 @@
 //! latest reading instead of calling NVML again (docs/gpu-health.md).
 //!
 //! The event set is what lets fleet see an Xid at all: the driver delivers events only to a
-//! set that was registered when they happened. The set is drained at each reading (it costs
-//! nothing in between), and what it delivered is remembered for the life of the process.
+//! set that was registered when they happened. In a one-shot command the reader's own set is
+//! drained at each reading (it costs nothing in between); under `fleet watch` the event thread
+//! (`nvml_events.rs`) owns the set and the reader takes what it saw.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
