@@ -637,7 +637,7 @@ fn under_watch_a_busy_runner_whose_gpu_fails_finishes_its_job_and_is_not_replace
     });
     // Busy: never stopped, whatever its GPU says.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.container_names("gpu"), [runner.clone()]);
+    assert_eq!(w.container_names("gpu"), std::slice::from_ref(&runner));
     assert_eq!(
         common::docker_ok(&["inspect", "--format", "{{.State.Running}}", &runner]).trim(),
         "true"
