@@ -144,8 +144,9 @@ pub fn leftovers(signals: &GpuSignals, settings: &GpuHealthSettings, own: &[&str
 static LEFTOVERS_SINCE: Mutex<BTreeMap<(String, String, String), Instant>> =
     Mutex::new(BTreeMap::new());
 
-/// Marks the leftovers first seen on an idle runner's GPU (`leftovers_new`) and times them
-/// (`dirty_seconds`); a busy runner's GPU holds its job's processes and is not timed.
+/// Marks the leftovers first seen on an idle persistent runner's GPU (`leftovers_new`) and
+/// times them (`dirty_seconds`); a busy runner's GPU holds its job's processes and is not
+/// timed, and an ephemeral runner's leftovers are dropped (it has run no job yet).
 pub fn stamp_leftovers(observed: &mut super::state::Observed) {
     let now = Instant::now();
     let mut since = LEFTOVERS_SINCE
@@ -157,11 +158,15 @@ pub fn stamp_leftovers(observed: &mut super::state::Observed) {
             if health.leftovers.is_empty() {
                 continue;
             }
-            let Some(runner) = state
-                .containers
-                .iter()
-                .find(|c| !c.status.is_finished() && c.gpus().contains(uuid))
-            else {
+            // Only a persistent runner (made with a registration of its own) keeps its
+            // container between jobs; an ephemeral one has run no job yet and leaves after one.
+            let runner = state.containers.iter().find(|c| {
+                !c.status.is_finished()
+                    && c.gpus().contains(uuid)
+                    && c.label(crate::contract::labels::REGISTRATION).is_some()
+            });
+            let Some(runner) = runner else {
+                health.leftovers.clear();
                 continue;
             };
             let busy = observed

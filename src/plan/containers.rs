@@ -144,10 +144,11 @@ impl<'a> Fit<'a> {
     }
 
     /// [`Fit::misfit`] for an idle runner, which also leaves a GPU that still holds what a
-    /// job left: made again in place, it starts clean (docs/gpu-health.md).
+    /// job left when the runner is persistent: made again in place, it starts clean
+    /// (docs/gpu-health.md).
     pub fn misfit_idle(&self, c: &ContainerState) -> Option<(Vec<Reason>, Vec<AttributeChange>)> {
         let (mut reasons, diff) = self.misfit(c).unwrap_or_default();
-        if c.status == ContainerStatus::Running {
+        if c.status == ContainerStatus::Running && !self.pool.ephemeral {
             for (uuid, what) in c
                 .gpus()
                 .iter()
