@@ -457,6 +457,12 @@ fn under_watch_an_xid_wakes_a_reconcile_at_once_the_event_thread_survives_the_dr
             .count()
             == 2
     });
+    // Its GPUs read unknown meanwhile: the set made again wakes a reconcile of its own.
+    watch.eventually(
+        Duration::from_secs(20),
+        "the reconcile after NVML came back",
+        || gpu_reconciles(&watch) >= 6.0,
+    );
     latencies.push(xid_to_reconcile(
         &watch,
         &stub,
@@ -526,15 +532,35 @@ fn under_watch_an_idle_persistent_runner_left_dirty_is_made_again_in_place_once(
     assert_eq!(container_id(&runner), after, "{}", watch.log());
 }
 
-/// Waits until pool `gpu` has one runner other than `old`, on GPU `uuid`; returns its name.
+/// The GPU ledger label of container `name`; `None` once it is gone (watch may remove it
+/// between a listing and this look).
+fn ledger_of(name: &str) -> Option<String> {
+    let format = "{{index .Config.Labels \"fleet.gpus\"}}";
+    let out = common::docker(&["inspect", "--format", format, name]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Waits until pool `gpu` has one runner other than `old`, running on GPU `uuid` (so that the
+/// apply that made it is done); returns its name.
 fn moved_to(w: &World, watch: &WatchProcess, old: &str, uuid: &str) -> String {
     let mut found = String::new();
     watch.eventually(
         Duration::from_secs(60),
         "the runner on the other GPU",
         || {
+            let running: Vec<String> = w
+                .owned_containers()
+                .into_iter()
+                .filter(|(_, state)| state == "running")
+                .map(|(name, _)| name)
+                .collect();
             let names = w.container_names("gpu");
-            let moved = names.len() == 1 && names[0] != old && w.ledger(&names[0]) == uuid;
+            let moved = names.len() == 1
+                && names[0] != old
+                && running.contains(&names[0])
+                && ledger_of(&names[0]).is_some_and(|l| l == uuid);
             if moved {
                 found = names[0].clone();
             }

@@ -51,7 +51,8 @@ static XID_COUNTS: Mutex<BTreeMap<(String, u64), u64>> = Mutex::new(BTreeMap::ne
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuEvent {
     pub uuid: String,
-    /// `Xid 79`, `an uncorrectable ECC error`, ...
+    /// `Xid 79`, `an uncorrectable ECC error`, ...; the UUID is empty for `NVML answers
+    /// again` (after the driver went away).
     pub what: String,
 }
 
@@ -100,9 +101,11 @@ pub struct EventThread {
 impl EventThread {
     /// Starts the thread; `wake` is called (on the thread) for each event that arrives.
     pub fn start(wake: impl Fn(GpuEvent) + Send + 'static) -> Option<EventThread> {
+        // Not blind while it starts: an event before its set exists is not delivered to any
+        // set, as with a set made a moment later; a failure to make one says so.
         *LOG.lock().unwrap_or_else(PoisonError::into_inner) = Some(Log {
             drained: Drained::default(),
-            blind: Some("the NVML event thread is starting".to_string()),
+            blind: None,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -145,9 +148,11 @@ impl Drop for EventThread {
     }
 }
 
-fn set_blind(why: Option<String>) {
-    if let Some(log) = LOG.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-        log.blind = why;
+/// Says why events cannot be seen (`None`: they can); whether they could not before.
+fn set_blind(why: Option<String>) -> bool {
+    match LOG.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        Some(log) => std::mem::replace(&mut log.blind, why).is_some(),
+        None => false,
     }
 }
 
@@ -185,8 +190,15 @@ fn wait_for_events(nvml: &Nvml, stop: &AtomicBool, wake: &dyn Fn(GpuEvent)) -> b
         ));
         return false;
     };
-    set_blind(None);
+    let was_blind = set_blind(None);
     tracing::info!("NVML: waiting for Xid and ECC events");
+    if was_blind {
+        // The GPUs read unknown meanwhile: a reconcile now reads them again.
+        wake(GpuEvent {
+            uuid: String::new(),
+            what: "NVML answers again".to_string(),
+        });
+    }
     while !stop.load(Ordering::Relaxed) {
         match set.wait(WAIT_MS) {
             Ok(event) => {

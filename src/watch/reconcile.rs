@@ -197,8 +197,12 @@ impl Loop {
                 let now = if *up { "answers again" } else { "went away" };
                 tracing::info!("host `{host}` {now}: reconciling");
             }
-            if let Trigger::Gpu { uuid, what } = trigger {
-                tracing::info!("GPU {uuid}: {what}: reconciling");
+            match trigger {
+                Trigger::Gpu { uuid, what } if uuid.is_empty() => {
+                    tracing::info!("NVML: {what}: reconciling")
+                }
+                Trigger::Gpu { uuid, what } => tracing::info!("GPU {uuid}: {what}: reconciling"),
+                _ => {}
             }
         }
         let (metrics, board) = (self.metrics.clone(), self.board.clone());
