@@ -771,3 +771,42 @@ fn a_malformed_quarantine_record_makes_its_gpu_unknown_and_a_foreign_one_is_left
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(common::docker_ok(&["volume", "ls", "-q"]).contains(&foreign.0));
 }
+
+/// The capacity scale set `id`'s listener last offered GitHub (`X-ScaleSetMaxCapacity`), as
+/// the fake scale set service recorded it from the poll.
+fn offered_capacity(w: &World, id: u64) -> Option<u32> {
+    w.fake
+        .scale_sets(Some(&w.scope))
+        .into_iter()
+        .find(|s| s.id == id)
+        .and_then(|s| s.capacity)
+}
+
+#[test]
+fn under_watch_an_autoscaled_pools_capacity_drops_with_a_quarantine() {
+    let w = World::with_quick_scale_sets(|_| {});
+    let gpus: Vec<StubGpu> = (0..3).map(StubGpu::idle).collect();
+    let stub = NvmlStub::new(w.dir.path(), &gpus);
+    // Up to 8 runners of one GPU each: the 3 GPUs bound the capacity.
+    w.spec_gpus_auto(&common::autoscaled("auto", 1, 8));
+    let watch = WatchProcess::start(&w, &["--resync", "1s"], &stub.env());
+    let id = watch_process::listening_scale_set(&w, &watch, "auto");
+    watch.eventually(Duration::from_secs(30), "capacity 3 on the poll", || {
+        offered_capacity(&w, id) == Some(3)
+    });
+    // An Xid 79 on one GPU: quarantined, and GitHub is offered one job fewer.
+    stub.write_with(
+        StubInit::Ok,
+        &gpus,
+        &format!("event 1 {} xid 79\n", gpus[1].uuid),
+    );
+    watch.eventually(Duration::from_secs(30), "capacity 2 on the poll", || {
+        offered_capacity(&w, id) == Some(2)
+    });
+    let quarantined: Vec<String> = quarantine_records(&w).into_iter().map(|(u, _)| u).collect();
+    assert_eq!(quarantined, [gpus[1].uuid.clone()]);
+    // The quarantine outlives the event: the capacity stays down.
+    stub.write(StubInit::Ok, &gpus);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(offered_capacity(&w, id), Some(2));
+}
