@@ -206,7 +206,7 @@ pub fn read_once() -> Result<Reading, NvmlProblem> {
 
 /// An event set for critical Xids and ECC errors on every GPU that supports them; `None` when
 /// NVML cannot make one.
-pub(super) fn register(nvml: &Nvml) -> Option<EventSet<'_>> {
+pub fn register(nvml: &Nvml) -> Option<EventSet<'_>> {
     let wanted = EventTypes::CRITICAL_XID_ERROR
         | EventTypes::DOUBLE_BIT_ECC_ERROR
         | EventTypes::SINGLE_BIT_ECC_ERROR;
