@@ -57,7 +57,11 @@ pub async fn replacement(stand_in: &StandIn, exits: usize, runners: u32) -> Resu
     let declared = format!("[{}]", stand_in.uuids.join(", "));
     let mut rows = Vec::new();
     for (kind, gpus, label) in [
-        ("gpu-off", declared.as_str(), "declared (no NVML, no health)"),
+        (
+            "gpu-off",
+            declared.as_str(),
+            "declared (no NVML, no health)",
+        ),
         ("gpu-on", "auto", "NVML stand-in, health on"),
     ] {
         let setup = Setup::with_gpus(kind, runners, Some(gpus)).await?;
@@ -67,7 +71,10 @@ pub async fn replacement(stand_in: &StandIn, exits: usize, runners: u32) -> Resu
         eprintln!("{label}: {latencies:?}");
         rows.push((label, latencies));
     }
-    println!("| GPUs ({}) | exits timed | p50 | p95 |", stand_in.uuids.len());
+    println!(
+        "| GPUs ({}) | exits timed | p50 | p95 |",
+        stand_in.uuids.len()
+    );
     println!("|---|---|---|---|");
     for (label, latencies) in &rows {
         println!(

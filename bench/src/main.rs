@@ -438,8 +438,7 @@ async fn time_replacements(setup: &Setup, exits: usize, runners: u32) -> Result<
         let mut died = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await
-            {
+            let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
                 Ok(Some(Ok(event))) => event,
                 Ok(Some(Err(e))) => return Err(format!("Docker's event stream failed: {e}")),
                 Ok(None) => return Err("Docker's event stream ended".to_string()),
