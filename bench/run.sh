@@ -21,7 +21,7 @@ bench=target/release/fleet-bench
 echo "## Machine"
 echo
 echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), Docker $(docker version --format '{{.Server.Version}}')"
-for what in "converge --runners 30,100 --rounds 3" "plan" "replacement --exits 20" "api-budget --runners 100" "jit-timeline --runners 100" "memory --runners 100" "hosts-converge --runners 30 --rounds 3" "dead-host --runners 3 --exits 5" "autoscale --jobs 20 --burst 50" "autoscale --jobs 5 --burst 50 --secrets env"; do
+for what in "converge --runners 30,100 --rounds 3" "plan" "replacement --exits 20" "replacement-gpu-health --exits 20 --gpus 8" "api-budget --runners 100" "jit-timeline --runners 100" "memory --runners 100" "hosts-converge --runners 30 --rounds 3" "dead-host --runners 3 --exits 5" "autoscale --jobs 20 --burst 50" "autoscale --jobs 5 --burst 50 --secrets env"; do
   echo
   echo "## fleet-bench $what"
   echo
@@ -32,3 +32,7 @@ echo
 echo "## plan() alone (criterion)"
 echo
 cargo bench -q -p fleet --bench plan 2>/dev/null | grep -E '^plan/|time:'
+echo
+echo "## GPU health of 8 GPUs (criterion)"
+echo
+cargo bench -q -p fleet --bench gpu_health 2>/dev/null | grep -E '^gpu_health/|time:'

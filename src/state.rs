@@ -210,6 +210,17 @@ pub struct GpuHealth {
     /// A quarantine record on the host holds the GPU.
     #[serde(default)]
     pub quarantined: bool,
+    /// How long the GPU has been dirty, as far as this process saw (`fleet watch`: since it
+    /// first saw it dirty; a one-shot command: 0). Compared with `gpu_health.dirty_grace`.
+    #[serde(default, skip_serializing)]
+    pub dirty_seconds: Option<u64>,
+    /// On a GPU a running runner holds: what it holds that an idle runner should not
+    /// (processes of its own container, device memory above `gpu_health.dirty_memory`).
+    #[serde(default, skip_serializing)]
+    pub leftovers: Vec<String>,
+    /// The leftovers were first seen in this observation (the planner acts on them once).
+    #[serde(default, skip_serializing)]
+    pub leftovers_new: bool,
 }
 
 /// How fit a GPU is for the next runner (docs/gpu-health.md).
@@ -352,6 +363,53 @@ pub struct GpuProcess {
     pub pid: u32,
     /// Device memory it uses; `None` when the driver cannot tell.
     pub used_memory_bytes: Option<u64>,
+    /// Who it belongs to, from the host's process table (`observe/holder.rs`); `None` where
+    /// that is not read (a remote host).
+    pub holder: Option<ProcessHolder>,
+}
+
+/// Where a process that holds a GPU lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ProcessHolder {
+    /// A container (its full id); `name` when it is a container fleet observed.
+    Container { id: String, name: Option<String> },
+    /// A process of the host, in no container.
+    Host,
+    /// Not in this machine's process table (another PID namespace, or it has ended).
+    Unseen,
+}
+
+impl ProcessHolder {
+    /// The words the dirty reason gives.
+    pub fn describe(&self) -> String {
+        match self {
+            ProcessHolder::Container {
+                id,
+                name: Some(name),
+            } => {
+                format!("in container `{name}` ({})", short(id))
+            }
+            ProcessHolder::Container { id, name: None } => format!(
+                "in container {} (not fleet's: `docker ps --filter id={}`)",
+                short(id),
+                short(id)
+            ),
+            ProcessHolder::Host => "a host process".to_string(),
+            ProcessHolder::Unseen => "not in this machine's process table".to_string(),
+        }
+    }
+
+    pub fn container_id(&self) -> Option<&str> {
+        match self {
+            ProcessHolder::Container { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// What one look at a GPU found. `None`: the driver does not have the counter (a GPU without

@@ -8,21 +8,12 @@ mod support;
 
 use std::time::Duration;
 
-use common::{TEST_IMAGE, World, running};
+use common::{TEST_IMAGE, World, autoscaled, running};
 use fake_github::{Config, ScaleSetConfig, ScaleSetEndpoint, ScaleSetFault};
 use support::{WatchProcess, listening_scale_set};
 
-/// The fake answers an empty poll quickly and lets a session lapse soon, so that a test sees
-/// capacity changes and restarts within seconds.
 fn world() -> World {
-    World::with_fake(Config {
-        scaleset: ScaleSetConfig {
-            long_poll: Duration::from_millis(300),
-            session_timeout: Duration::from_secs(3),
-            ..ScaleSetConfig::default()
-        },
-        ..Config::default()
-    })
+    World::with_quick_scale_sets(|_| {})
 }
 
 fn spec(w: &World, pools: &str, gpus: &str) -> std::path::PathBuf {
@@ -33,12 +24,6 @@ fn spec(w: &World, pools: &str, gpus: &str) -> std::path::PathBuf {
     );
     std::fs::write(&path, text).expect("write spec");
     path
-}
-
-fn autoscaled(name: &str, gpus: u32, max: u32) -> String {
-    format!(
-        "  {name}:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    gpus: {gpus}\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
-    )
 }
 
 /// Each running runner of `pool` takes a job and finishes it: GitHub removes the ephemeral
@@ -497,22 +482,9 @@ fn destroy_waits_for_a_busy_scale_set_runner_before_deleting_its_scale_set() {
     assert!(w.fake.scale_sets(Some(&w.scope)).is_empty());
 }
 
-fn world_with(change: impl FnOnce(&mut ScaleSetConfig)) -> World {
-    let mut scaleset = ScaleSetConfig {
-        long_poll: Duration::from_millis(300),
-        session_timeout: Duration::from_secs(3),
-        ..ScaleSetConfig::default()
-    };
-    change(&mut scaleset);
-    World::with_fake(Config {
-        scaleset,
-        ..Config::default()
-    })
-}
-
 #[test]
 fn a_job_whose_acquisition_failed_is_acquired_when_its_message_comes_again() {
-    let w = world_with(|c| {
+    let w = World::with_quick_scale_sets(|c| {
         c.delivery = fake_github::JobDelivery::Acquire;
         c.redelivery = Duration::from_secs(1);
     });
@@ -541,7 +513,7 @@ fn a_job_whose_acquisition_failed_is_acquired_when_its_message_comes_again() {
 
 #[test]
 fn a_new_session_after_a_lost_one_numbers_its_messages_anew() {
-    let w = world_with(|c| c.message_ids_per_session = true);
+    let w = World::with_quick_scale_sets(|c| c.message_ids_per_session = true);
     spec(&w, &autoscaled("auto", 0, 3), "none");
     let watch = WatchProcess::start(&w, &["--resync", "5s"], &[]);
     let id = listening_scale_set(&w, &watch, "auto");
@@ -644,7 +616,7 @@ fn a_github_change_restarts_the_listeners_with_the_new_client() {
 
 #[test]
 fn a_service_that_drops_extra_labels_keeps_fleets_scale_set_by_its_record() {
-    let w = world_with(|c| c.drop_extra_labels = true);
+    let w = World::with_quick_scale_sets(|c| c.drop_extra_labels = true);
     let pool = format!(
         "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 1, max: 2 }}\n"
     );
@@ -692,7 +664,7 @@ fn watch_deletes_a_retired_scale_set_after_its_busy_runners_job() {
 
 #[test]
 fn under_a_service_that_drops_extra_labels_apply_knows_its_scale_set_runners_registration() {
-    let w = world_with(|c| c.drop_extra_labels = true);
+    let w = World::with_quick_scale_sets(|c| c.drop_extra_labels = true);
     let pool = format!(
         "  auto:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    labels: [gpu]\n    autoscale: {{ min_idle: 1, max: 2 }}\n"
     );

@@ -52,7 +52,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let promtool = tool("promtool");
     let rules = monitoring("fleet-alerts.yml");
     let text = run_ok(Command::new(&promtool).args(["check", "rules"]).arg(&rules));
-    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 14 rules found"), "{text}");
     let tests: Vec<PathBuf> = std::fs::read_dir(monitoring("tests"))
         .expect("ci/monitoring/tests")
         .map(|e| e.expect("entry").path())
@@ -71,7 +71,7 @@ fn every_alert_is_tested_firing_and_clear() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 12, "{alerts:?}");
+    assert_eq!(alerts.len(), 14, "{alerts:?}");
     let mut tests = String::new();
     for entry in std::fs::read_dir(monitoring("tests")).expect("tests") {
         tests.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
@@ -103,7 +103,7 @@ fn the_example_prometheus_configuration_passes_promtool() {
             .args(["check", "config"])
             .arg(monitoring("prometheus.yml")),
     );
-    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 14 rules found"), "{text}");
 }
 
 fn dashboard() -> serde_json::Value {
@@ -431,7 +431,7 @@ fn prometheus_scrapes_fleet_watch_and_every_dashboard_query_returns_series() {
             rules.iter().all(|r| r["health"] != "err"),
             "a rule fails: {answer}"
         );
-        rules.len() == 12 && rules.iter().all(|r| r["health"] == "ok")
+        rules.len() == 14 && rules.iter().all(|r| r["health"] == "ok")
     });
     // fleet watch is up and reconciling: the rules about it are quiet.
     let firing = prometheus.query("ALERTS{alertstate=\"firing\"}");

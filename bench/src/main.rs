@@ -6,6 +6,8 @@
 //!   container's `die` to its replacement's `start` (Docker's own event times), p50 and p95.
 //! - `api-budget`: the GitHub requests `fleet watch` makes per resync with N runners, split into
 //!   those that count against the rate limit and conditional ones (304), projected per hour.
+//! - `replacement-gpu-health`: `replacement` with one-GPU runners over 8 GPUs, declared and
+//!   read through the stand-in NVML with their health (`gpu_health.rs`).
 //! - `hosts-converge`, `dead-host`: a fleet on two engines (`hosts.rs`).
 //! - `status-page`: `/api/v1/status` and the page in chromium with N runners (`status_page.rs`).
 
@@ -13,6 +15,7 @@ mod hosts;
 
 mod autoscale;
 
+mod gpu_health;
 mod history;
 mod status_page;
 mod watch_thread;
@@ -67,6 +70,17 @@ enum Bench {
         /// Runners in the pool.
         #[arg(long, default_value_t = 3)]
         runners: u32,
+    },
+    /// Replacement latency under `fleet watch` with runners of one GPU each over N GPUs: the
+    /// GPUs declared in the spec (no NVML, no health), then read through the stand-in NVML
+    /// library with their health (`bench/src/gpu_health.rs`); needs `cc`.
+    ReplacementGpuHealth {
+        #[arg(long, default_value_t = 20)]
+        exits: usize,
+        #[arg(long, default_value_t = 3)]
+        runners: u32,
+        #[arg(long, default_value_t = 8)]
+        gpus: u32,
     },
     /// Converging N runners from empty: fleet apply against a `docker run` loop, docker compose
     /// and the engine's ceiling (a raw parallel create-and-start through the API).
@@ -165,6 +179,17 @@ fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         fleet::cli::init_logging(0);
     }
+    // The stand-in NVML is set up while this is the only thread (it sets the environment).
+    let stand_in = match &args.command {
+        Bench::ReplacementGpuHealth { gpus, .. } => match gpu_health::prepare(*gpus) {
+            Ok(stand_in) => Some(stand_in),
+            Err(e) => {
+                eprintln!("bench failed: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -182,6 +207,10 @@ fn main() {
                 status_page::page_watch(runners, seconds).await
             }
             Bench::Replacement { exits, runners } => replacement(exits, runners).await,
+            Bench::ReplacementGpuHealth { exits, runners, .. } => match &stand_in {
+                Some(stand_in) => gpu_health::replacement(stand_in, exits, runners).await,
+                None => Err("the NVML stand-in is not set up".to_string()),
+            },
             Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
             Bench::Converge { runners, rounds } => converge(&runners, rounds).await,
             Bench::Plan { registrations } => plan_bench(&registrations).await,
@@ -232,6 +261,16 @@ struct Setup {
 
 impl Setup {
     async fn new(kind: &str, runners: u32) -> Result<Setup, String> {
+        Setup::with_gpus(kind, runners, None).await
+    }
+
+    /// A bench fleet whose host has `gpus` (`auto` or a list of UUIDs; `None`: no GPUs), each
+    /// runner holding one of them (`gpu_mode: env`, so that no NVIDIA runtime is needed).
+    async fn with_gpus(kind: &str, runners: u32, gpus: Option<&str>) -> Result<Setup, String> {
+        let (host_gpus, pool_gpus) = match gpus {
+            Some(gpus) => (format!("{gpus}\n    gpu_mode: env"), "    gpus: 1\n"),
+            None => ("none".to_string(), ""),
+        };
         let image = fake_github::image::ensure_runner_image()?;
         let token = format!("bench-token-{}", std::process::id());
         let fake = FakeGithub::start(Config {
@@ -246,7 +285,7 @@ impl Setup {
         std::fs::write(
             &spec,
             format!(
-                "version: 1\nname: {fleet}\ngithub:\n  repo: acme/bench\n  api_url: {}\nhosts:\n  local:\n    gpus: none\npools:\n  eph:\n    count: {runners}\n    image: {image}\n    pull: never\n    network: none\n",
+                "version: 1\nname: {fleet}\ngithub:\n  repo: acme/bench\n  api_url: {}\nhosts:\n  local:\n    gpus: {host_gpus}\npools:\n  eph:\n    count: {runners}\n    image: {image}\n    pull: never\n    network: none\n{pool_gpus}",
                 fake.url()
             ),
         )
@@ -330,99 +369,102 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
     let setup = Setup::new("latency", runners).await?;
-    let outcome = async {
-        let stop = setup.watch(Duration::from_secs(30));
-        setup
-            .wait_running(runners as usize, Duration::from_secs(60))
-            .await?;
-        let filters = HashMap::from([
-            ("type", vec!["container".to_string()]),
-            ("label", vec![format!("fleet.name={}", setup.fleet)]),
-            ("event", vec!["die".to_string(), "start".to_string()]),
-        ]);
-        // Docker sends events only once the stream is polled: read it from now on, in a task.
-        let mut stream = setup
-            .docker
-            .events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
-        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let reader = tokio::spawn(async move {
-            while let Some(event) = stream.next().await {
-                if events_tx.send(event).is_err() {
-                    break;
-                }
+    let outcome = time_replacements(&setup, exits, runners).await;
+    setup.cleanup().await;
+    let latencies = outcome?;
+    println!("| measure | value |\n|---|---|");
+    println!("| runner exits timed | {} |", latencies.len());
+    println!(
+        "| replacement latency p50 | {:.3} s |",
+        percentile(&latencies, 50.0)
+    );
+    println!(
+        "| replacement latency p95 | {:.3} s |",
+        percentile(&latencies, 95.0)
+    );
+    println!(
+        "| replacement latency max | {:.3} s |",
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+/// Kills `exits` runners of `setup`'s pool of `runners` one by one under `fleet watch`; the
+/// sorted seconds from each container's `die` to its replacement's `start`.
+async fn time_replacements(setup: &Setup, exits: usize, runners: u32) -> Result<Vec<f64>, String> {
+    let stop = setup.watch(Duration::from_secs(30));
+    setup
+        .wait_running(runners as usize, Duration::from_secs(60))
+        .await?;
+    let filters = HashMap::from([
+        ("type", vec!["container".to_string()]),
+        ("label", vec![format!("fleet.name={}", setup.fleet)]),
+        ("event", vec!["die".to_string(), "start".to_string()]),
+    ]);
+    // Docker sends events only once the stream is polled: read it from now on, in a task.
+    let mut stream = setup
+        .docker
+        .events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            if events_tx.send(event).is_err() {
+                break;
             }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut latencies = Vec::new();
-        for i in 0..exits {
-            let victims = setup.running().await?;
-            let victim = victims.first().ok_or("no runner to kill")?.clone();
-            setup
-                .docker
-                .kill_container(
-                    &victim,
-                    Some(KillContainerOptionsBuilder::new().signal("KILL").build()),
-                )
-                .await
-                .map_err(|e| format!("kill {victim}: {e}"))?;
-            let mut died = None;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await
-                {
-                    Ok(Some(Ok(event))) => event,
-                    Ok(Some(Err(e))) => return Err(format!("Docker's event stream failed: {e}")),
-                    Ok(None) => return Err("Docker's event stream ended".to_string()),
-                    Err(_) => return Err("no Docker event within 30 s".to_string()),
-                };
-                let name = event
-                    .actor
-                    .and_then(|a| a.attributes)
-                    .and_then(|a| a.get("name").cloned())
-                    .unwrap_or_default();
-                let at = event.time_nano.unwrap_or_default() as f64 / 1e9;
-                match event.action.as_deref() {
-                    Some("die") if name == victim => died = Some(at),
-                    Some("start") if name != victim => {
-                        if let Some(d) = died {
-                            latencies.push(at - d);
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            setup
-                .wait_running(runners as usize, Duration::from_secs(30))
-                .await?;
-            eprintln!(
-                "exit {}/{exits}: {:.3}s",
-                i + 1,
-                latencies.last().copied().unwrap_or(f64::NAN)
-            );
         }
-        stop.stop().await;
-        reader.abort();
-        latencies.sort_by(f64::total_cmp);
-        println!("| measure | value |\n|---|---|");
-        println!("| runner exits timed | {} |", latencies.len());
-        println!(
-            "| replacement latency p50 | {:.3} s |",
-            percentile(&latencies, 50.0)
-        );
-        println!(
-            "| replacement latency p95 | {:.3} s |",
-            percentile(&latencies, 95.0)
-        );
-        println!(
-            "| replacement latency max | {:.3} s |",
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut latencies = Vec::new();
+    for i in 0..exits {
+        let victims = setup.running().await?;
+        let victim = victims.first().ok_or("no runner to kill")?.clone();
+        setup
+            .docker
+            .kill_container(
+                &victim,
+                Some(KillContainerOptionsBuilder::new().signal("KILL").build()),
+            )
+            .await
+            .map_err(|e| format!("kill {victim}: {e}"))?;
+        let mut died = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let event = match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                Ok(Some(Ok(event))) => event,
+                Ok(Some(Err(e))) => return Err(format!("Docker's event stream failed: {e}")),
+                Ok(None) => return Err("Docker's event stream ended".to_string()),
+                Err(_) => return Err("no Docker event within 30 s".to_string()),
+            };
+            let name = event
+                .actor
+                .and_then(|a| a.attributes)
+                .and_then(|a| a.get("name").cloned())
+                .unwrap_or_default();
+            let at = event.time_nano.unwrap_or_default() as f64 / 1e9;
+            match event.action.as_deref() {
+                Some("die") if name == victim => died = Some(at),
+                Some("start") if name != victim => {
+                    if let Some(d) = died {
+                        latencies.push(at - d);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        setup
+            .wait_running(runners as usize, Duration::from_secs(30))
+            .await?;
+        eprintln!(
+            "exit {}/{exits}: {:.3}s",
+            i + 1,
             latencies.last().copied().unwrap_or(f64::NAN)
         );
-        Ok::<(), String>(())
     }
-    .await;
-    setup.cleanup().await;
-    outcome
+    stop.stop().await;
+    reader.abort();
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
 }
 
 async fn api_budget(runners: u32, resyncs: u32) -> Result<(), String> {

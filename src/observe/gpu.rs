@@ -279,6 +279,11 @@ pub fn health_signals(device: &nvml_wrapper::Device<'_>, uuid: &str) -> GpuSigna
                     nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => Some(b),
                     nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
                 },
+                // NVML answers this machine's PIDs: its process table says whose they are.
+                holder: Some(super::holder::holder_of(
+                    p.pid,
+                    std::path::Path::new("/proc"),
+                )),
             })
             .collect()
     });

@@ -2,9 +2,15 @@
 //! remote engine) and the state they make (docs/gpu-health.md). Reading is in `gpu.rs` and
 //! `docker/probe.rs`; deciding is here, pure, so that the rules are tested without a GPU.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
 use crate::spec::GpuHealthSettings;
-use crate::state::{GpuHealth, HealthState};
+use crate::state::{GpuHealth, GpuInventory, HealthState};
 pub use crate::state::{GpuProcess, GpuSignals, THROTTLE_REASONS, throttle_names};
+
+use super::holder::ProcessHolder;
 
 /// The state of a GPU from its signals. `held`: a running runner container of this fleet holds
 /// the GPU, so its processes and memory are that runner's own.
@@ -45,6 +51,114 @@ pub fn classify(signals: &GpuSignals, settings: &GpuHealthSettings, held: bool) 
             .collect(),
         until_reset,
         quarantined: false,
+        dirty_seconds: None,
+        leftovers: vec![],
+        leftovers_new: false,
+    }
+}
+
+/// What a running runner left on the GPU it holds: processes of its own container (`own`:
+/// the ids of the runner containers that hold it), device memory above the dirty threshold.
+/// Only an idle runner is made again for them (the planner knows which are idle).
+pub fn leftovers(signals: &GpuSignals, settings: &GpuHealthSettings, own: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mine: Vec<String> = signals
+        .processes
+        .iter()
+        .flatten()
+        .filter(|p| {
+            p.holder
+                .as_ref()
+                .and_then(ProcessHolder::container_id)
+                .is_some_and(|id| own.contains(&id))
+        })
+        .map(|p| format!("PID {}", p.pid))
+        .collect();
+    if !mine.is_empty() {
+        found.push(format!(
+            "compute process(es) of its own container ({})",
+            mine.join(", ")
+        ));
+    }
+    if let Some(used) = signals
+        .memory_used_bytes
+        .filter(|used| *used > settings.dirty_memory_bytes)
+    {
+        found.push(format!("{} MiB of device memory", used >> 20));
+    }
+    found
+}
+
+/// When each idle runner was first seen leaving something on its GPU, by host, GPU and
+/// runner name: the planner makes it again once, and a runner made again (same name) that
+/// still leaves it is reported past the dirty grace instead of being made again and again.
+static LEFTOVERS_SINCE: Mutex<BTreeMap<(String, String, String), Instant>> =
+    Mutex::new(BTreeMap::new());
+
+/// Marks the leftovers first seen on an idle persistent runner's GPU (`leftovers_new`) and
+/// times them (`dirty_seconds`); a busy runner's GPU holds its job's processes and is not
+/// timed, and an ephemeral runner's leftovers are dropped (it has run no job yet).
+pub fn stamp_leftovers(observed: &mut super::state::Observed) {
+    let now = Instant::now();
+    let mut since = LEFTOVERS_SINCE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut seen = Vec::new();
+    for (host, state) in observed.hosts.iter_mut() {
+        for (uuid, health) in state.gpus.health.iter_mut() {
+            if health.leftovers.is_empty() {
+                continue;
+            }
+            // Only a persistent runner (made with a registration of its own) keeps its
+            // container between jobs; an ephemeral one has run no job yet and leaves after one.
+            let runner = state.containers.iter().find(|c| {
+                !c.status.is_finished()
+                    && c.gpus().contains(uuid)
+                    && c.label(crate::contract::labels::REGISTRATION).is_some()
+            });
+            let Some(runner) = runner else {
+                health.leftovers.clear();
+                continue;
+            };
+            let busy = observed
+                .github
+                .runners
+                .iter()
+                .any(|r| r.name == runner.name && r.busy);
+            if busy {
+                continue;
+            }
+            let key = (host.clone(), uuid.clone(), runner.name.clone());
+            health.leftovers_new = !since.contains_key(&key);
+            let first = *since.entry(key.clone()).or_insert(now);
+            health.dirty_seconds = Some(now.duration_since(first).as_secs());
+            seen.push(key);
+        }
+    }
+    let observed_hosts: Vec<&String> = observed.hosts.keys().collect();
+    since.retain(|key, _| seen.contains(key) || !observed_hosts.contains(&&key.0));
+}
+
+/// When each GPU was first seen dirty, by host and UUID, for this process's life.
+static DIRTY_SINCE: Mutex<BTreeMap<(String, String), Instant>> = Mutex::new(BTreeMap::new());
+
+/// Sets how long each dirty GPU of `host` has been dirty (since this process first saw it so);
+/// a GPU that is clean again starts over.
+pub fn time_dirty(host: &str, inventory: &mut GpuInventory) {
+    let now = Instant::now();
+    let mut since = DIRTY_SINCE.lock().unwrap_or_else(PoisonError::into_inner);
+    since.retain(|(h, uuid), _| {
+        h != host
+            || inventory
+                .health
+                .get(uuid)
+                .is_some_and(|g| g.state == HealthState::Dirty)
+    });
+    for (uuid, health) in inventory.health.iter_mut() {
+        if health.state == HealthState::Dirty {
+            let first = since.entry((host.to_string(), uuid.clone())).or_insert(now);
+            health.dirty_seconds = Some(now.duration_since(*first).as_secs());
+        }
     }
 }
 
@@ -98,9 +212,15 @@ fn dirty_reasons(s: &GpuSignals, settings: &GpuHealthSettings) -> Vec<String> {
     if let Some(processes) = s.processes.as_ref().filter(|p| !p.is_empty()) {
         let listed: Vec<String> = processes
             .iter()
-            .map(|p| match p.used_memory_bytes {
-                Some(bytes) => format!("PID {} using {} MiB", p.pid, bytes >> 20),
-                None => format!("PID {}", p.pid),
+            .map(|p| {
+                let used = match p.used_memory_bytes {
+                    Some(bytes) => format!("PID {} using {} MiB", p.pid, bytes >> 20),
+                    None => format!("PID {}", p.pid),
+                };
+                match &p.holder {
+                    Some(holder) => format!("{used}, {}", holder.describe()),
+                    None => used,
+                }
             })
             .collect();
         reasons.push(format!(
@@ -188,14 +308,29 @@ mod tests {
     #[test]
     fn processes_or_memory_make_a_gpu_no_runner_holds_dirty() {
         let mut s = clean();
-        s.processes = Some(vec![GpuProcess {
-            pid: 4242,
-            used_memory_bytes: Some(300 << 20),
-        }]);
+        s.processes = Some(vec![
+            GpuProcess {
+                pid: 4242,
+                used_memory_bytes: Some(300 << 20),
+                holder: Some(ProcessHolder::Host),
+            },
+            GpuProcess {
+                pid: 4343,
+                used_memory_bytes: None,
+                holder: Some(ProcessHolder::Container {
+                    id: "ab".repeat(32),
+                    name: Some("ci-gpu-1".into()),
+                }),
+            },
+        ]);
         let health = classify(&s, &GpuHealthSettings::default(), false);
         assert_eq!(health.state, HealthState::Dirty);
         assert!(
-            health.reasons[0].contains("PID 4242 using 300 MiB"),
+            health.reasons[0].contains("PID 4242 using 300 MiB, a host process"),
+            "{health:?}"
+        );
+        assert!(
+            health.reasons[0].contains("PID 4343, in container `ci-gpu-1` (abababababab)"),
             "{health:?}"
         );
         // The runner that holds it owns its processes.
@@ -206,6 +341,29 @@ mod tests {
         assert_eq!(state(&s, false), HealthState::Dirty);
         s.memory_used_bytes = Some(1 << 30);
         assert_eq!(state(&s, false), HealthState::Healthy, "at the threshold");
+    }
+
+    #[test]
+    fn a_dirty_gpu_is_timed_from_when_it_was_first_seen_dirty_and_starts_over_when_clean() {
+        let mut inventory = GpuInventory::default();
+        let dirty = GpuHealth {
+            state: HealthState::Dirty,
+            ..GpuHealth::default()
+        };
+        inventory.health.insert("GPU-t".into(), dirty.clone());
+        time_dirty("timed", &mut inventory);
+        assert_eq!(inventory.health["GPU-t"].dirty_seconds, Some(0));
+        inventory
+            .health
+            .insert("GPU-t".into(), GpuHealth::default());
+        time_dirty("timed", &mut inventory);
+        assert_eq!(inventory.health["GPU-t"].dirty_seconds, None);
+        assert!(
+            !DIRTY_SINCE
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&("timed".to_string(), "GPU-t".to_string()))
+        );
     }
 
     #[test]

@@ -179,15 +179,26 @@ impl GpuRead {
                 .filter(|v| v.owned)
                 .filter_map(|v| v.quarantine.as_ref())
                 .find(|q| q.uuid == *uuid);
-            let held = containers.iter().any(|c| {
-                matches!(
-                    c.status,
-                    ContainerStatus::Running
-                        | ContainerStatus::Paused
-                        | ContainerStatus::Restarting
-                ) && c.gpus().contains(uuid)
+            let own: Vec<&str> = containers
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        c.status,
+                        ContainerStatus::Running
+                            | ContainerStatus::Paused
+                            | ContainerStatus::Restarting
+                    ) && c.gpus().contains(uuid)
+                })
+                .map(|c| c.id.as_str())
+                .collect();
+            let held = !own.is_empty();
+            let read = self.signals.get(uuid).map(|s| {
+                let mut health = classify(&named_holders(s, containers), settings, held);
+                if held {
+                    health.leftovers = super::health::leftovers(s, settings, &own);
+                }
+                health
             });
-            let read = self.signals.get(uuid).map(|s| classify(s, settings, held));
             let Some(health) = quarantined(read, record) else {
                 continue;
             };
@@ -203,6 +214,21 @@ impl GpuRead {
         }
         inventory
     }
+}
+
+/// The signals with the name of each process's container where it is one fleet observed (a
+/// runner of this fleet), so that the dirty reason names it.
+fn named_holders(signals: &GpuSignals, containers: &[ContainerState]) -> GpuSignals {
+    let mut signals = signals.clone();
+    for process in signals.processes.iter_mut().flatten() {
+        if let Some(super::holder::ProcessHolder::Container { id, name }) = &mut process.holder {
+            *name = containers
+                .iter()
+                .find(|c| c.id == *id)
+                .map(|c| c.name.clone());
+        }
+    }
+    signals
 }
 
 /// A GPU's health with its quarantine record, if it has one: the record holds the GPU

@@ -7,7 +7,9 @@
 
 pub mod gpu;
 pub mod health;
+pub mod holder;
 pub mod inventory;
+pub mod nvml_events;
 pub mod nvml_reader;
 pub mod scalesets;
 /// The observation's data types live in the leaf module `state.rs`; this path stays for its users.
@@ -287,6 +289,7 @@ impl Observers {
                 }
             }
         }
+        health::stamp_leftovers(&mut observed);
         if !failed.is_empty() && !options.tolerate_down_hosts {
             let others = spec.effective_hosts().len() > failed.len();
             return Err(ObserveError::Hosts {
@@ -339,6 +342,7 @@ impl Observers {
                 &state.containers,
                 &state.volumes,
             );
+            health::time_dirty(name, &mut state.gpus);
             if host.is_local() {
                 state.bind_sources = bind_sources(pools, name);
             }

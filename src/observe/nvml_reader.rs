@@ -5,8 +5,9 @@
 //! latest reading instead of calling NVML again (docs/gpu-health.md).
 //!
 //! The event set is what lets fleet see an Xid at all: the driver delivers events only to a
-//! set that was registered when they happened. The set is drained at each reading (it costs
-//! nothing in between), and what it delivered is remembered for the life of the process.
+//! set that was registered when they happened. In a one-shot command the reader's own set is
+//! drained at each reading (it costs nothing in between); under `fleet watch` the event thread
+//! (`nvml_events.rs`) owns the set and the reader takes what it saw.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
@@ -120,10 +121,16 @@ fn serve(requests: &mpsc::Receiver<Request>) {
                 continue;
             }
         };
-        let events = register(&nvml);
+        // Under `fleet watch` the event thread waits on a set of its own: the reader takes
+        // what it saw instead of competing with it for the events.
+        let own = (!super::nvml_events::active()).then(|| register(&nvml));
         let mut request = request;
         loop {
-            let answer = read(&nvml, events.as_ref(), &mut memory);
+            let events = match &own {
+                Some(set) => Events::Own(set.as_ref()),
+                None => Events::Thread,
+            };
+            let answer = read(&nvml, events, &mut memory);
             // The driver went away (or half-way): open NVML again at the next request.
             let reopen = answer.is_err();
             let _ = request.send(answer.map(Arc::new));
@@ -139,14 +146,32 @@ fn serve(requests: &mpsc::Receiver<Request>) {
     }
 }
 
+/// Where a reading's Xid and ECC events come from.
+pub enum Events<'a, 'n> {
+    /// A set of the reader's own, drained at each reading (`None`: none could be made).
+    Own(Option<&'a EventSet<'n>>),
+    /// `fleet watch`'s event thread (`nvml_events.rs`).
+    Thread,
+}
+
 /// One reading: the devices, the events since the last one, each GPU's health signals.
 pub fn read(
     nvml: &Nvml,
-    events: Option<&EventSet<'_>>,
+    events: Events<'_, '_>,
     memory: &mut Memory,
 ) -> Result<Reading, NvmlProblem> {
     let report = gpu::report_of(nvml)?;
-    let drained = events.map(|set| drain(set, memory));
+    let drained: Result<(), String> = match events {
+        Events::Own(Some(set)) => drain(set, memory)
+            .map_err(|e| format!("NVML's event set failed ({e}), so Xid errors cannot be seen")),
+        Events::Own(None) => {
+            Err("NVML cannot register for Xid and ECC events on this machine".to_string())
+        }
+        Events::Thread => super::nvml_events::take().map(|d| {
+            memory.fresh = d.xids;
+            memory.ecc_events = d.ecc_events;
+        }),
+    };
     let mut signals = BTreeMap::new();
     for index in 0..nvml.device_count().unwrap_or(0) {
         let Ok(device) = nvml.device_by_index(index) else {
@@ -163,14 +188,8 @@ pub fn read(
             let before = memory.corrected.insert(uuid.clone(), now);
             s.ecc_corrected_rising = before.is_some_and(|b| now > b);
         }
-        match (&drained, events) {
-            (Some(Err(e)), _) => s.unreadable.push(format!(
-                "NVML's event set failed ({e}), so Xid errors cannot be seen"
-            )),
-            (None, _) => s
-                .unreadable
-                .push("NVML cannot register for Xid and ECC events on this machine".to_string()),
-            _ => {}
+        if let Err(why) = &drained {
+            s.unreadable.push(why.clone());
         }
         signals.insert(uuid, s);
     }
@@ -182,12 +201,12 @@ pub fn read(
 pub fn read_once() -> Result<Reading, NvmlProblem> {
     let nvml = gpu::open()?;
     let events = register(&nvml);
-    read(&nvml, events.as_ref(), &mut Memory::default())
+    read(&nvml, Events::Own(events.as_ref()), &mut Memory::default())
 }
 
 /// An event set for critical Xids and ECC errors on every GPU that supports them; `None` when
 /// NVML cannot make one.
-fn register(nvml: &Nvml) -> Option<EventSet<'_>> {
+pub fn register(nvml: &Nvml) -> Option<EventSet<'_>> {
     let wanted = EventTypes::CRITICAL_XID_ERROR
         | EventTypes::DOUBLE_BIT_ECC_ERROR
         | EventTypes::SINGLE_BIT_ECC_ERROR;
@@ -243,10 +262,8 @@ fn remember(event: &EventData<'_>, memory: &mut Memory) {
         memory.ecc_events.insert(uuid.clone());
     }
     if let Some(xid) = &event.event_data {
-        let value = match xid {
-            nvml_wrapper::enums::event::XidError::Value(v) => *v,
-            nvml_wrapper::enums::event::XidError::Unknown => 999,
-        };
+        let value = super::nvml_events::xid_value(xid);
+        super::nvml_events::count_xid(&uuid, value);
         memory.fresh.entry(uuid).or_default().push(value);
     }
 }

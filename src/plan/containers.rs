@@ -70,6 +70,8 @@ pub(super) struct Fit<'a> {
     gpus_lost: u32,
     /// GPUs of this host that runners must leave (unhealthy, disabled), with why.
     unfit: BTreeMap<String, String>,
+    /// GPUs whose runner left something on them, first seen now, with what.
+    leftovers: BTreeMap<String, String>,
 }
 
 impl<'a> Fit<'a> {
@@ -88,6 +90,7 @@ impl<'a> Fit<'a> {
             inventory,
             gpus_lost: 0,
             unfit: BTreeMap::new(),
+            leftovers: BTreeMap::new(),
         }
     }
 
@@ -98,6 +101,7 @@ impl<'a> Fit<'a> {
             inventory: state.map_or(&[][..], |s| s.gpus.uuids.as_slice()),
             gpus_lost: state.map_or(0, |s| s.gpus.lost),
             unfit: state.map(super::gpu::unfit_gpus).unwrap_or_default(),
+            leftovers: state.map(super::gpu::leftover_gpus).unwrap_or_default(),
             ..self.clone()
         }
     }
@@ -136,6 +140,27 @@ impl<'a> Fit<'a> {
                 reasons.push(Reason::GpuCount {
                     held: held.len(),
                     wanted,
+                });
+            }
+        }
+        (!reasons.is_empty()).then_some((reasons, diff))
+    }
+
+    /// [`Fit::misfit`] for an idle runner, which also leaves a GPU that still holds what a
+    /// job left when the runner is persistent: made again in place, it starts clean
+    /// (docs/gpu-health.md).
+    pub fn misfit_idle(&self, c: &ContainerState) -> Option<(Vec<Reason>, Vec<AttributeChange>)> {
+        let (mut reasons, diff) = self.misfit(c).unwrap_or_default();
+        if c.status == ContainerStatus::Running && !self.pool.ephemeral {
+            for (uuid, what) in c
+                .gpus()
+                .iter()
+                .filter_map(|u| self.leftovers.get_key_value(u))
+            {
+                reasons.push(Reason::GpuLeftovers {
+                    uuid: uuid.clone(),
+                    host: self.host.to_string(),
+                    what: what.clone(),
                 });
             }
         }
@@ -196,7 +221,7 @@ pub(super) fn decide_pool<'a>(
     let keep_idle = slots.min(idle.len());
     let removed = idle_to_remove(pool, containers, &idle, idle.len() - keep_idle);
     for (host, c) in idle {
-        let fate = match (removed.contains(c.name.as_str()), fits[host].misfit(c)) {
+        let fate = match (removed.contains(c.name.as_str()), fits[host].misfit_idle(c)) {
             (true, _) => Fate::Destroy(vec![over()]),
             (false, None) => Fate::Keep,
             (false, Some((reasons, diff))) => Fate::Replace(reasons, diff),

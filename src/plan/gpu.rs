@@ -143,9 +143,25 @@ pub(super) fn unfit_gpus(state: &HostState) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// GPUs a runner left something on (processes of its own container, memory), first seen in
+/// this observation, with what: an idle runner there is made again in place. Seen again
+/// later, the GPU is not touched twice; it is reported past the dirty grace instead.
+pub(super) fn leftover_gpus(state: &HostState) -> BTreeMap<String, String> {
+    state
+        .gpus
+        .health
+        .iter()
+        .filter(|(_, h)| h.leftovers_new && !h.leftovers.is_empty())
+        .map(|(uuid, h)| (uuid.clone(), h.leftovers.join(" and ")))
+        .collect()
+}
+
 /// One warning per GPU that gets no new runner (unhealthy, dirty, unknown, disabled) or that is
 /// degraded, on the observed hosts.
-pub(super) fn health_warnings(observed: &Observed) -> Vec<String> {
+pub(super) fn health_warnings(
+    observed: &Observed,
+    dirty_grace: std::time::Duration,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     for (host, state) in &observed.hosts {
         for uuid in &state.gpus.uuids {
@@ -166,6 +182,15 @@ pub(super) fn health_warnings(observed: &Observed) -> Vec<String> {
                     xids.join(", ")
                 ));
             }
+            if let Some(seconds) =
+                past_grace(health, dirty_grace).filter(|_| health.state != HealthState::Dirty)
+            {
+                warnings.push(format!(
+                    "host `{host}`: GPU {uuid} has held {} for {seconds} s while its runner is idle, longer than gpu_health.dirty_grace ({} s), also after the runner was made again: something outside its container holds it",
+                    health.leftovers.join(" and "),
+                    dirty_grace.as_secs()
+                ));
+            }
             let consequence = match health.state {
                 HealthState::Healthy => continue,
                 HealthState::Degraded => "new runners may still get it",
@@ -175,9 +200,39 @@ pub(super) fn health_warnings(observed: &Observed) -> Vec<String> {
                 "host `{host}`: GPU {uuid} is {}: {consequence}",
                 described(health)
             ));
+            if let Some(seconds) = past_grace(health, dirty_grace) {
+                warnings.push(format!(
+                    "host `{host}`: GPU {uuid} has been dirty for {seconds} s, longer than gpu_health.dirty_grace ({} s): whoever holds it (named above) must end it; fleet never kills a process",
+                    dirty_grace.as_secs()
+                ));
+            }
         }
     }
     warnings
+}
+
+/// How long a dirty GPU has been dirty, when that is as long as the grace or longer.
+pub fn past_grace(health: &GpuHealth, dirty_grace: std::time::Duration) -> Option<u64> {
+    let dirty = health.state == HealthState::Dirty || !health.leftovers.is_empty();
+    health
+        .dirty_seconds
+        .filter(|s| dirty && *s >= dirty_grace.as_secs())
+}
+
+/// The pieces of the warning of a pool short because of GPU health, which
+/// [`health_shortage`] reads back for `fleet watch`'s metrics.
+const SHORT_POOL: &str = "pool `";
+const SHORT_RUNNERS: &str = " runner(s) short on host `";
+const SHORT_HOST: &str = "` because of GPU health: ";
+
+/// The pool, host and number of runners of a warning that a pool runs short because of GPU
+/// health (`fleet_pool_short_for_gpu_health`); `None` for any other warning.
+pub fn health_shortage(warning: &str) -> Option<(&str, &str, u64)> {
+    let rest = warning.strip_prefix(SHORT_POOL)?;
+    let (pool, rest) = rest.split_once("` runs ")?;
+    let (runners, rest) = rest.split_once(SHORT_RUNNERS)?;
+    let (host, _) = rest.split_once(SHORT_HOST)?;
+    Some((pool, host, runners.parse().ok()?))
 }
 
 #[derive(Default)]
@@ -350,7 +405,7 @@ impl Ledger {
                     .map(|b| b.iter().map(|(u, why)| format!("{u} is {why}")).collect())
                     .unwrap_or_default();
                 format!(
-                    "pool `{pool}` runs {runners} runner(s) short on host `{host}` because of GPU health: {}",
+                    "{SHORT_POOL}{pool}` runs {runners}{SHORT_RUNNERS}{host}{SHORT_HOST}{}",
                     back.join("; ")
                 )
             })

@@ -134,6 +134,13 @@ fn a_pool_short_because_of_gpu_health_is_a_warning_not_an_error() {
         "{:?}",
         doc.warnings
     );
+    // `fleet watch`'s metric reads the warning back; other warnings are not shortages.
+    let shortages: Vec<_> = doc
+        .warnings
+        .iter()
+        .filter_map(|w| crate::plan::health_shortage(w))
+        .collect();
+    assert_eq!(shortages, [("gpu", "local", 1)]);
     // Asking for more than the host has at all stays an error, naming what is held back.
     let spec = with_pools("  gpu:\n    count: 6\n    image: r:1\n    gpus: 1\n");
     let e = plan(&spec, &world).expect_err("over-subscribed");
@@ -347,5 +354,88 @@ fn words_from_a_driver_are_escaped_in_text_and_markdown() {
     assert!(
         !markdown.lines().any(|l| l.starts_with("+ runner forged")),
         "{markdown}"
+    );
+}
+
+/// Marks what the runner holding `uuid` left on it (first seen now or not).
+fn leave(world: &mut Observed, uuid: &str, new: bool) {
+    let health = world
+        .hosts
+        .get_mut("local")
+        .expect("host")
+        .gpus
+        .health
+        .entry(uuid.to_string())
+        .or_default();
+    health.leftovers = vec!["3072 MiB of device memory".into()];
+    health.leftovers_new = new;
+    health.dirty_seconds = Some(if new { 0 } else { 300 });
+}
+
+#[test]
+fn an_idle_persistent_runner_left_dirty_is_made_again_in_place_once_and_a_busy_one_never() {
+    let spec =
+        with_pools("  per:\n    count: 2\n    image: r:1\n    gpus: 1\n    ephemeral: false\n");
+    let mut world = empty_world();
+    add_runner(&mut world, &spec, "per", "zq-per-0", &["GPU-a"]);
+    add_runner(&mut world, &spec, "per", "zq-per-1", &["GPU-b"]);
+    set_busy(&mut world, "zq-per-1");
+    leave(&mut world, "GPU-a", true);
+    leave(&mut world, "GPU-b", true);
+    let doc = plan(&spec, &world).expect("plan");
+    assert_eq!(doc.changes.len(), 1, "{:?}", doc.changes);
+    let change = &doc.changes[0];
+    assert_eq!(change.name, "zq-per-0");
+    assert_eq!(change.action, Action::Replace);
+    assert_eq!(change.replacement, None, "same name");
+    assert_eq!(change.gpus, ["GPU-a"], "same GPU");
+    assert!(change.runner_id.is_some(), "same registration");
+    assert_eq!(
+        change.reasons,
+        [
+            "GPU GPU-a on host `local` still holds 3072 MiB of device memory while its runner is idle: the container is made again in place (same name, state volume, registration and GPU)"
+        ]
+    );
+
+    // Seen again after that (the runner made again still leaves it): reported, not made again.
+    leave(&mut world, "GPU-a", false);
+    let doc = plan(&spec, &world).expect("plan");
+    assert!(doc.changes.is_empty(), "{:?}", doc.changes);
+    assert!(
+        doc.warnings.iter().any(|w| w.contains(
+            "GPU GPU-a has held 3072 MiB of device memory for 300 s while its runner is idle, longer than gpu_health.dirty_grace (120 s)"
+        )),
+        "{:?}",
+        doc.warnings
+    );
+}
+
+#[test]
+fn a_gpu_dirty_past_its_grace_is_reported() {
+    let spec = with_pools(TWO_GPU_RUNNERS);
+    let mut world = empty_world();
+    mark(
+        &mut world,
+        "GPU-a",
+        HealthState::Dirty,
+        "PID 7 using 900 MiB, a host process",
+    );
+    let doc = plan(&spec, &world).expect("plan");
+    assert!(!doc.warnings.iter().any(|w| w.contains("dirty_grace")));
+    world
+        .hosts
+        .get_mut("local")
+        .expect("host")
+        .gpus
+        .health
+        .get_mut("GPU-a")
+        .expect("GPU-a")
+        .dirty_seconds = Some(121);
+    let doc = plan(&spec, &world).expect("plan");
+    assert!(
+        doc.warnings.iter().any(|w| w
+            == "host `local`: GPU GPU-a has been dirty for 121 s, longer than gpu_health.dirty_grace (120 s): whoever holds it (named above) must end it; fleet never kills a process"),
+        "{:?}",
+        doc.warnings
     );
 }

@@ -11,6 +11,7 @@ mod containers;
 mod crashloop;
 mod document;
 mod gpu;
+pub use gpu::{health_shortage, past_grace};
 mod model;
 mod persistent;
 mod place;
@@ -76,7 +77,10 @@ pub fn plan(spec: &Spec, observed: &Observed) -> Result<Plan, PlanError> {
     let mut placement = place::Placement::new(observed, &placed);
     planner.create_missing(&mut ledger, &mut placement);
     planner.problems.extend(ledger.shortages());
-    planner.warnings.extend(gpu::health_warnings(observed));
+    planner.warnings.extend(gpu::health_warnings(
+        observed,
+        spec.gpu_health_settings().dirty_grace,
+    ));
     planner
         .changes
         .extend(gpu::quarantine_changes(&spec.name, observed));

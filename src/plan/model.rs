@@ -84,6 +84,14 @@ pub enum Reason {
         host: String,
         why: String,
     },
+    /// An idle runner's GPU still holds what a job left (processes of the runner's own
+    /// container, or device memory): its container is made again in place, under the same
+    /// name, on the same state volume, registration and GPU.
+    GpuLeftovers {
+        uuid: String,
+        host: String,
+        what: String,
+    },
     /// A GPU turned unhealthy: it is quarantined on its host until released (or reset).
     GpuQuarantine { uuid: String, why: String },
     /// A quarantined GPU whose fault a reset clears reads healthy again.
@@ -163,6 +171,10 @@ impl fmt::Display for Reason {
             Reason::GpuUnfit { uuid, host, why } => {
                 write!(f, "GPU {uuid} on host `{host}` is {why}")
             }
+            Reason::GpuLeftovers { uuid, host, what } => write!(
+                f,
+                "GPU {uuid} on host `{host}` still holds {what} while its runner is idle: the container is made again in place (same name, state volume, registration and GPU)"
+            ),
             Reason::GpuQuarantine { uuid, why } => {
                 write!(f, "quarantine GPU {uuid}: {why}")
             }

@@ -288,9 +288,14 @@ fn kept_fate(c: &ContainerState, id: &Identity, fit: &Fit, runners: &Registratio
             Fate::Replace(vec![Reason::RegistrationGone], vec![])
         };
     }
-    match fit.misfit(c) {
+    if is_busy(c, runners) {
+        return match fit.misfit(c) {
+            None => Fate::Keep,
+            Some((reasons, diff)) => Fate::Defer(Action::Replace, reasons, diff),
+        };
+    }
+    match fit.misfit_idle(c) {
         None => Fate::Keep,
-        Some((reasons, diff)) if is_busy(c, runners) => Fate::Defer(Action::Replace, reasons, diff),
         Some((reasons, diff)) => Fate::Replace(reasons, diff),
     }
 }

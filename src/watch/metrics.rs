@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::gha_metrics::AutoscaleMetrics;
+use super::gpu_metrics::GpuHealthMetrics;
 use crate::github::RequestStats;
 use crate::status::{FleetStatus, HostStatus, RunnerStatus};
 
@@ -42,6 +43,8 @@ pub struct Metrics {
     rate_limit_remaining: Gauge,
     /// Autoscaled pools (`gha_*`).
     pub autoscale: AutoscaleMetrics,
+    /// Quarantines, dirty time, Xid and ECC counts, pools short for GPU health.
+    pub gpu: GpuHealthMetrics,
     host_up: Family<Labels, Gauge>,
     host_gpus: Family<Labels, Gauge>,
     scale_sets_up: Gauge,
@@ -77,6 +80,7 @@ impl Metrics {
             github_requests: Family::default(),
             rate_limit_remaining: Gauge::default(),
             autoscale: AutoscaleMetrics::register(&mut registry),
+            gpu: GpuHealthMetrics::register(&mut registry),
             host_up: Family::default(),
             host_gpus: Family::default(),
             scale_sets_up: Gauge::default(),
@@ -136,7 +140,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_reconcile",
-            "Reconciles by trigger (start, spec, docker, resync, retry) and result (ok, failed, invalid_spec, error)",
+            "Reconciles by trigger (start, spec, docker, resync, retry, autoscale, host, gpu) and result (ok, failed, invalid_spec, error)",
             m.reconciles.clone(),
         );
         registry.register(

@@ -6,6 +6,7 @@
 mod autoscale;
 mod events;
 pub mod gha_metrics;
+mod gpu_metrics;
 mod hosts;
 pub mod metrics;
 mod outage;
@@ -66,6 +67,11 @@ enum Trigger {
         host: String,
         up: bool,
     },
+    /// NVML's event thread saw a critical Xid or ECC event on a GPU of this machine.
+    Gpu {
+        uuid: String,
+        what: String,
+    },
 }
 
 impl Trigger {
@@ -78,6 +84,7 @@ impl Trigger {
             Trigger::Retry => "retry",
             Trigger::Autoscale { .. } => "autoscale",
             Trigger::Host { .. } => "host",
+            Trigger::Gpu { .. } => "gpu",
         }
     }
 }
@@ -142,6 +149,14 @@ pub async fn run_recording(
             }
         }
     });
+    // NVML's events wake a reconcile at once (docs/gpu-health.md).
+    let gpu_tx = tx.clone();
+    let gpu_events = crate::observe::nvml_events::EventThread::start(move |event| {
+        let _ = gpu_tx.send(Trigger::Gpu {
+            uuid: event.uuid,
+            what: event.what,
+        });
+    });
     let _ = tx.send(Trigger::Start);
 
     let gpu_probe = crate::observe::inventory::GpuProbe::new(
@@ -202,6 +217,9 @@ pub async fn run_recording(
         }
     }
     resync_task.abort();
+    if let Some(events) = gpu_events {
+        let _ = tokio::task::spawn_blocking(move || events.stop()).await;
+    }
     // Message sessions are deleted on the way out: a restarted watch opens its own at once.
     state.autoscale.stop(state.options.shutdown_grace).await;
     let history = std::mem::replace(&mut state.history, WatchHistory::off());

@@ -173,6 +173,7 @@ impl Progress for WatchProgress<'_> {
 fn trigger_name(triggers: &[Trigger]) -> &'static str {
     [
         "spec",
+        "gpu",
         "docker",
         "host",
         "autoscale",
@@ -195,6 +196,13 @@ impl Loop {
             if let Trigger::Host { host, up } = trigger {
                 let now = if *up { "answers again" } else { "went away" };
                 tracing::info!("host `{host}` {now}: reconciling");
+            }
+            match trigger {
+                Trigger::Gpu { uuid, what } if uuid.is_empty() => {
+                    tracing::info!("NVML: {what}: reconciling")
+                }
+                Trigger::Gpu { uuid, what } => tracing::info!("GPU {uuid}: {what}: reconciling"),
+                _ => {}
             }
         }
         let (metrics, board) = (self.metrics.clone(), self.board.clone());
@@ -439,6 +447,7 @@ impl Loop {
             .planned(&self.spec, &observers, &plan, &self.metrics);
         self.history.planned(&plan);
         self.board.planned(&plan);
+        self.metrics.gpu.planned(&plan);
         let failed = self
             .converge(triggers, timer.trigger, &observers, &observed, &plan)
             .await;
@@ -525,6 +534,11 @@ impl Loop {
             .map(|h| h.name.clone())
             .unwrap_or_default();
         self.metrics.observe_status(&status, &local);
+        self.metrics.gpu.observed(
+            observed,
+            &local,
+            self.spec.gpu_health_settings().dirty_grace,
+        );
         let github = &observed.github;
         let read = (github.scale_sets.is_some() || github.scale_set_error.is_some())
             .then_some(github.scale_set_error.is_none());

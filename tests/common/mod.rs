@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use engines::{Certificates, Engine, Listen, RunDir};
-use fake_github::{Config, FakeGithub, NewRunner, Scope};
+use fake_github::{Config, FakeGithub, NewRunner, ScaleSetConfig, Scope};
 use fleet::contract::{RunnerConfig, ownership_label};
 
 pub mod nvml;
@@ -88,6 +88,22 @@ impl World {
             dir: tempfile::tempdir().expect("tempdir"),
             scope,
         }
+    }
+
+    /// A world whose fake scale set service answers an empty poll quickly and lets a session
+    /// lapse soon, so that a test sees capacity changes and restarts within seconds; `change`
+    /// adjusts it further.
+    pub fn with_quick_scale_sets(change: impl FnOnce(&mut ScaleSetConfig)) -> World {
+        let mut scaleset = ScaleSetConfig {
+            long_poll: std::time::Duration::from_millis(300),
+            session_timeout: std::time::Duration::from_secs(3),
+            ..ScaleSetConfig::default()
+        };
+        change(&mut scaleset);
+        World::with_fake(Config {
+            scaleset,
+            ..Config::default()
+        })
     }
 
     /// Writes fleet.yaml with `pools` (YAML, indented by two spaces) and returns its path.
@@ -319,6 +335,13 @@ pub fn running(w: &World, pool: &str) -> Vec<String> {
         .filter(|(n, state)| n.starts_with(&prefix) && state == "running")
         .map(|(n, _)| n)
         .collect()
+}
+
+/// A busybox pool autoscaled from zero to `max` runners of `gpus` GPUs each.
+pub fn autoscaled(name: &str, gpus: u32, max: u32) -> String {
+    format!(
+        "  {name}:\n    image: {TEST_IMAGE}\n    pull: never\n    network: none\n    gpus: {gpus}\n    autoscale: {{ min_idle: 0, max: {max} }}\n"
+    )
 }
 
 /// A busybox pool of `count` runners (`ephemeral` or persistent) for apply tests.

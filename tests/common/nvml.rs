@@ -22,7 +22,7 @@ pub fn library() -> &'static Path {
         let own = dir.join(format!("libnvidia-ml.so.1.{}", std::process::id()));
         let out = Command::new("cc")
             .args([
-                "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-o",
+                "-shared", "-fPIC", "-pthread", "-O1", "-Wall", "-Wextra", "-Werror", "-o",
             ])
             .arg(&own)
             .arg(SOURCE)

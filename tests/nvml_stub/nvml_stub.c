@@ -27,8 +27,8 @@
  *                                 an event for the event set's wait: delivered once per process
  *                                 (by SERIAL, 1..1023) to a set the GPU registered with
  *
- * While initialized, the description is read again at every nvmlDeviceGetCount_v2 and event
- * wait, so that a process that keeps NVML open (`fleet watch`) sees the test change the machine;
+ * While initialized, the description is read again at every nvmlDeviceGetCount_v2 and, when the
+ * file changed, during an event wait (which may run on a thread of its own), so that a process that keeps NVML open (`fleet watch`) sees the test change the machine;
  * an `init` other than ok then answers that error (the driver went away).
  *
  * Only what nvml-wrapper 0.13 needs for fleet is exported: the wrapper resolves every symbol at
@@ -39,6 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
+#include <sys/stat.h>
 
 typedef int nvmlReturn_t;
 
@@ -158,6 +160,15 @@ static int initialized;
 static nvmlReturn_t init_result;
 static struct pending_event events[MAX_EVENTS];
 static unsigned int event_count;
+/* The description as last parsed, published to the arrays above under `lock`: the event wait
+ * (on its own thread) and the other calls may run at once. */
+static struct nvmlDevice_st staged_gpus[MAX_GPUS];
+static unsigned int staged_gpu_count;
+static struct pending_event staged_events[MAX_EVENTS];
+static unsigned int staged_event_count;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct timespec loaded_mtime;
+static off_t loaded_size = -1;
 static unsigned char delivered[MAX_SERIAL];
 static struct nvmlEventSet_st sets[MAX_SETS];
 
@@ -186,10 +197,11 @@ static int parse_gpu(const char *line, struct nvmlDevice_st *gpu) {
     return 0;
 }
 
-static struct nvmlDevice_st *by_uuid(const char *uuid) {
+static struct nvmlDevice_st *find_gpu(struct nvmlDevice_st *list, unsigned int count,
+                                      const char *uuid) {
     unsigned int i;
-    for (i = 0; i < gpu_count; i++) {
-        if (strcmp(gpus[i].uuid, uuid) == 0) return &gpus[i];
+    for (i = 0; i < count; i++) {
+        if (strcmp(list[i].uuid, uuid) == 0) return &list[i];
     }
     return NULL;
 }
@@ -197,7 +209,7 @@ static struct nvmlDevice_st *by_uuid(const char *uuid) {
 /* `health UUID KEY=VALUE...`; -1 for an unknown GPU or key. */
 static int parse_health(char *line) {
     char *token = strtok(line + 7, " ");
-    struct nvmlDevice_st *gpu = token ? by_uuid(token) : NULL;
+    struct nvmlDevice_st *gpu = token ? find_gpu(staged_gpus, staged_gpu_count, token) : NULL;
     if (gpu == NULL) return -1;
     while ((token = strtok(NULL, " ")) != NULL) {
         char *value = strchr(token, '=');
@@ -221,7 +233,7 @@ static int parse_process(const char *line) {
     unsigned long long used;
     struct nvmlDevice_st *gpu;
     if (sscanf(line, "process %95s %u %llu", uuid, &pid, &used) != 3) return -1;
-    gpu = by_uuid(uuid);
+    gpu = find_gpu(staged_gpus, staged_gpu_count, uuid);
     if (gpu == NULL || gpu->listed >= 16) return -1;
     gpu->pids[gpu->listed] = pid;
     gpu->used[gpu->listed] = used;
@@ -231,9 +243,9 @@ static int parse_process(const char *line) {
 
 static int parse_event(const char *line) {
     char type[8];
-    struct pending_event *e = &events[event_count];
+    struct pending_event *e = &staged_events[staged_event_count];
     int fields;
-    if (event_count >= MAX_EVENTS) return -1;
+    if (staged_event_count >= MAX_EVENTS) return -1;
     e->data = 0;
     fields = sscanf(line, "event %u %95s %7s %llu", &e->serial, e->uuid, type, &e->data);
     if (fields < 3 || e->serial == 0 || e->serial >= MAX_SERIAL) return -1;
@@ -241,7 +253,7 @@ static int parse_event(const char *line) {
     else if (strcmp(type, "dbe") == 0) e->type = EVENT_DBE;
     else if (strcmp(type, "sbe") == 0) e->type = EVENT_SBE;
     else return -1;
-    event_count++;
+    staged_event_count++;
     return 0;
 }
 
@@ -250,15 +262,15 @@ static int fails(nvmlDevice_t device, const char *what) {
     return strcmp(device->fail, what) == 0;
 }
 
-/* Reads the description; returns what nvmlInit_v2 answers. */
-static nvmlReturn_t load_description(void) {
+/* Parses the description into the staged arrays; returns what nvmlInit_v2 answers. */
+static nvmlReturn_t parse_description(void) {
     const char *path = getenv("FLEET_NVML_STUB_FILE");
     FILE *file;
     char line[512];
     nvmlReturn_t result = NVML_SUCCESS;
 
-    gpu_count = 0;
-    event_count = 0;
+    staged_gpu_count = 0;
+    staged_event_count = 0;
     if (path == NULL || (file = fopen(path, "r")) == NULL) {
         fprintf(stderr, "nvml stand-in: cannot read FLEET_NVML_STUB_FILE (%s)\n",
                 path ? path : "unset");
@@ -272,14 +284,14 @@ static nvmlReturn_t load_description(void) {
             result = init_code(word);
         } else if (sscanf(line, "driver %79s", driver_version) == 1) {
             continue;
-        } else if (strncmp(line, "gpu ", 4) == 0 && gpu_count < MAX_GPUS) {
-            if (parse_gpu(line, &gpus[gpu_count]) != 0) {
+        } else if (strncmp(line, "gpu ", 4) == 0 && staged_gpu_count < MAX_GPUS) {
+            if (parse_gpu(line, &staged_gpus[staged_gpu_count]) != 0) {
                 fprintf(stderr, "nvml stand-in: bad line in %s: %s\n", path, line);
                 result = NVML_ERROR_UNKNOWN;
                 break;
             }
-            gpus[gpu_count].index = gpu_count;
-            gpu_count++;
+            staged_gpus[staged_gpu_count].index = staged_gpu_count;
+            staged_gpu_count++;
         } else {
             int bad = 0;
             if (strncmp(line, "health ", 7) == 0) bad = parse_health(line);
@@ -294,6 +306,39 @@ static nvmlReturn_t load_description(void) {
     }
     fclose(file);
     return result;
+}
+
+/* Reads the description and publishes it (under `lock`); returns what nvmlInit_v2 answers. */
+static nvmlReturn_t load_description(void) {
+    const char *path = getenv("FLEET_NVML_STUB_FILE");
+    struct stat seen;
+    nvmlReturn_t result;
+    pthread_mutex_lock(&lock);
+    if (path != NULL && stat(path, &seen) == 0) {
+        loaded_mtime = seen.st_mtim;
+        loaded_size = seen.st_size;
+    }
+    result = parse_description();
+    memcpy(gpus, staged_gpus, sizeof gpus);
+    gpu_count = staged_gpu_count;
+    memcpy(events, staged_events, sizeof events);
+    event_count = staged_event_count;
+    init_result = result;
+    pthread_mutex_unlock(&lock);
+    return result;
+}
+
+/* The description again only when the file changed since the last read (the event wait looks
+ * every 20 ms: a stat costs next to nothing). */
+static nvmlReturn_t reload_if_changed(void) {
+    const char *path = getenv("FLEET_NVML_STUB_FILE");
+    struct stat seen;
+    if (path != NULL && stat(path, &seen) == 0 && seen.st_size == loaded_size &&
+        seen.st_mtim.tv_sec == loaded_mtime.tv_sec &&
+        seen.st_mtim.tv_nsec == loaded_mtime.tv_nsec) {
+        return init_result;
+    }
+    return load_description();
 }
 
 /* The checks every device call starts with. */
@@ -314,15 +359,13 @@ static nvmlReturn_t copy_string(char *out, unsigned int length, const char *valu
 
 nvmlReturn_t nvmlInit_v2(void) {
     nvmlReturn_t result = load_description();
-    init_result = result;
     if (result == NVML_SUCCESS) initialized++;
     return result;
 }
 
 /* While initialized: the description again; what it says of the driver now. */
 static nvmlReturn_t reload(void) {
-    init_result = load_description();
-    return init_result;
+    return load_description();
 }
 
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
@@ -554,7 +597,7 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long ty
 }
 
 /* The first undelivered event for a GPU and type the set registered, if any. */
-static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
+static int next_event_locked(nvmlEventSet_t set, nvmlEventData_t *data) {
     unsigned int e, g;
     for (e = 0; e < event_count; e++) {
         struct pending_event *event = &events[e];
@@ -564,7 +607,7 @@ static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
             if (strcmp(set->uuids[g], event->uuid) != 0 || !(set->types[g] & event->type)) {
                 continue;
             }
-            gpu = by_uuid(event->uuid);
+            gpu = find_gpu(gpus, gpu_count, event->uuid);
             if (gpu == NULL) continue;
             delivered[event->serial] = 1;
             data->device = gpu;
@@ -578,7 +621,16 @@ static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
     return 0;
 }
 
-/* Waits up to `timeout_ms` for an event, reading the description every 20 ms meanwhile. */
+static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
+    int found;
+    pthread_mutex_lock(&lock);
+    found = next_event_locked(set, data);
+    pthread_mutex_unlock(&lock);
+    return found;
+}
+
+/* Waits up to `timeout_ms` for an event, looking at the description every 20 ms meanwhile
+ * (read again only when it changed). */
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
                                  unsigned int timeout_ms) {
     unsigned int waited = 0;
@@ -588,7 +640,7 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
         return NVML_ERROR_INVALID_ARGUMENT;
     }
     for (;;) {
-        nvmlReturn_t result = reload();
+        nvmlReturn_t result = reload_if_changed();
         if (result != NVML_SUCCESS) return result;
         if (next_event(set, data)) return NVML_SUCCESS;
         if (waited >= timeout_ms) return NVML_ERROR_TIMEOUT;

@@ -83,6 +83,34 @@ impl WatchProcess {
         self.child.wait().expect("wait for fleet watch")
     }
 
+    /// The process id of `fleet watch`.
+    #[allow(dead_code)] // Only the tests that look at its threads ask.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user and system, in clock ticks) of the watch's thread named `name`, from
+    /// `/proc`; `None` when no such thread runs.
+    #[allow(dead_code)] // Only the tests that look at its threads ask.
+    pub fn thread_cpu_ticks(&self, name: &str) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // The fields after the command's closing parenthesis: utime and stime are the
+            // 12th and 13th of them.
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            return Some(utime + stime);
+        }
+        None
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
