@@ -139,6 +139,14 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Milliseconds from navigation to every runner row drawn (median, max), and the serving
+/// process's peak memory.
+struct PageTimes {
+    wall: (f64, f64),
+    own: (f64, f64),
+    peak_mib: f64,
+}
+
 pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
     let board = Arc::new(Board::new());
     let now = std::time::SystemTime::now()
@@ -182,10 +190,11 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())??;
 
-    let render = tokio::task::spawn_blocking(move || -> Result<(f64, f64, f64), String> {
+    let render = tokio::task::spawn_blocking(move || -> Result<PageTimes, String> {
         let url = format!("http://{addr}/");
         let browser = webdriver::Browser::start();
         let mut renders = Vec::new();
+        let mut own = Vec::new();
         for _ in 0..5 {
             browser.goto("about:blank");
             let started = Instant::now();
@@ -202,8 +211,15 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             renders.push(started.elapsed().as_secs_f64() * 1000.0);
+            // The page marks its first full draw: the browser's own time from navigation start,
+            // without the WebDriver round trips of the loop above.
+            let mark = browser.script(
+                "const m = performance.getEntriesByName('runners-drawn')[0]; return m ? m.startTime : null;",
+            );
+            own.push(mark.as_f64().ok_or("the page set no runners-drawn mark")?);
         }
         renders.sort_by(f64::total_cmp);
+        own.sort_by(f64::total_cmp);
         // Ten browsers polling the page (every 3 s) for 30 s: this process's memory.
         let before = rss_mib();
         let others: Vec<webdriver::Browser> = (0..9).map(|_| webdriver::Browser::start()).collect();
@@ -217,11 +233,11 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
             peak = peak.max(rss_mib());
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ok((
-            percentile(&renders, 0.5),
-            *renders.last().unwrap_or(&0.0),
-            peak,
-        ))
+        Ok(PageTimes {
+            wall: (percentile(&renders, 0.5), *renders.last().unwrap_or(&0.0)),
+            own: (percentile(&own, 0.5), *own.last().unwrap_or(&0.0)),
+            peak_mib: peak,
+        })
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -237,12 +253,16 @@ pub async fn status_page(runners: usize, gets: usize) -> Result<(), String> {
         percentile(&times, 0.95)
     );
     println!(
-        "| page with {runners} runners, navigation to every row drawn: median / max of 5 | {:.0} ms / {:.0} ms |",
-        render.0, render.1
+        "| page with {runners} runners, navigation to every row drawn (WebDriver's clock): median / max of 5 | {:.0} ms / {:.0} ms |",
+        render.wall.0, render.wall.1
+    );
+    println!(
+        "| the same, the browser's own clock (navigation start to the page's `runners-drawn` mark): median / max of 5 | {:.0} ms / {:.0} ms |",
+        render.own.0, render.own.1
     );
     println!(
         "| resident memory of the serving process, peak while 10 browsers poll for 30 s | {:.1} MiB |",
-        render.2
+        render.peak_mib
     );
     Ok(())
 }

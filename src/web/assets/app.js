@@ -340,6 +340,8 @@ async function refresh() {
     renderHosts(status);
     renderPools(status, watch);
     renderRunners(status);
+    // The browser's own clock of the first full draw (the benchmark reads it).
+    if (!performance.getEntriesByName('runners-drawn').length) performance.mark('runners-drawn');
     lastHistory = await history;
     renderGpus(status, lastHistory, now);
     renderEvents(lastHistory);
