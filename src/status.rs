@@ -158,6 +158,28 @@ pub struct GithubView {
     pub id: u64,
     pub online: bool,
     pub busy: bool,
+    /// The job a busy runner runs, when `fleet watch` knows it (a fixed pool's runner of a
+    /// repository-scoped fleet, matched through the repository's in-progress workflow runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<RunnerJob>,
+}
+
+/// The job a runner runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunnerJob {
+    /// `owner/repo`.
+    pub repository: String,
+    /// The workflow's name (or its file when GitHub gave no name).
+    pub workflow: String,
+    /// The job's name.
+    pub job: String,
+    pub run_id: u64,
+    /// When the job started (RFC 3339), as GitHub says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// The job's page on GitHub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,6 +207,7 @@ pub fn build(spec: &Spec, observed: &Observed, devices: &[GpuDevice], now: i64) 
                     id: r.id,
                     online: r.online,
                     busy: r.busy,
+                    job: None,
                 },
             )
         })

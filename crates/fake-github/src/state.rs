@@ -237,6 +237,8 @@ pub(crate) struct State {
     pub(crate) registration_tokens_issued: usize,
     /// GitHub's runner scale set service (the Actions service behind `runner-registration`).
     pub(crate) scalesets: ScaleSets,
+    /// Repositories' workflow runs and their jobs.
+    pub(crate) workflows: crate::workflows::Workflows,
 }
 
 impl State {
@@ -263,6 +265,7 @@ impl State {
             jit_configs_issued: 0,
             registration_tokens_issued: 0,
             scalesets: ScaleSets::new(config.scaleset),
+            workflows: Default::default(),
         }
     }
 
