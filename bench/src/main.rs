@@ -56,6 +56,10 @@ enum Bench {
         /// Runners in the pool.
         #[arg(long, default_value_t = 3)]
         runners: u32,
+        /// Record history (into a file in the bench's directory), as `fleet watch` does by
+        /// default; without it, `--no-history`.
+        #[arg(long)]
+        history: bool,
     },
     /// Converging N runners from empty: fleet apply against a `docker run` loop, docker compose
     /// and the engine's ceiling (a raw parallel create-and-start through the API).
@@ -84,6 +88,10 @@ enum Bench {
     Memory {
         #[arg(long, default_value_t = 100)]
         runners: u32,
+        /// watch records history (into a file in the bench's directory) instead of
+        /// `--no-history`.
+        #[arg(long)]
+        history: bool,
     },
     /// An autoscaled pool under `fleet watch`: job queued to runner started (p50, p95), a burst
     /// of jobs from zero runners against the engine's ceiling, GitHub requests per job.
@@ -167,11 +175,15 @@ fn main() {
     let result = rt.block_on(async {
         match args.command {
             Bench::StatusPage { runners, gets } => status_page::status_page(runners, gets).await,
-            Bench::Replacement { exits, runners } => replacement(exits, runners).await,
+            Bench::Replacement {
+                exits,
+                runners,
+                history,
+            } => replacement(exits, runners, history).await,
             Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
             Bench::Converge { runners, rounds } => converge(&runners, rounds).await,
             Bench::Plan { registrations } => plan_bench(&registrations).await,
-            Bench::Memory { runners } => memory(runners).await,
+            Bench::Memory { runners, history } => memory(runners, history).await,
             Bench::JitTimeline { runners } => jit_timeline(runners).await,
             Bench::Autoscale {
                 jobs,
@@ -262,6 +274,18 @@ impl Setup {
 
     /// Starts `fleet watch` in this process; returns the stop switch.
     fn watch(&self, resync: Duration) -> tokio::sync::watch::Sender<bool> {
+        self.watch_recording(resync, false)
+    }
+
+    /// [`Setup::watch`], recording history into `history.db` in the bench's directory when
+    /// `history`.
+    fn watch_recording(&self, resync: Duration, history: bool) -> tokio::sync::watch::Sender<bool> {
+        let history = history.then(|| fleet::history::HistoryArgs {
+            path: Some(self._dir.path().join("history.db")),
+            no_history: false,
+            history_retention: Duration::from_secs(90 * 86_400),
+            history_gpu_every: Duration::from_secs(10),
+        });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let options = fleet::watch::WatchOptions {
             resync,
@@ -282,7 +306,8 @@ impl Setup {
                 Ok(rt) => rt,
                 Err(e) => return eprintln!("watch runtime: {e}"),
             };
-            if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
+            let watch = fleet::watch::run_recording(file, options, history, env, stop_rx);
+            if let Err(e) = rt.block_on(watch) {
                 eprintln!("watch stopped: {e}");
             }
         });
@@ -337,10 +362,10 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
+async fn replacement(exits: usize, runners: u32, history: bool) -> Result<(), String> {
     let setup = Setup::new("latency", runners).await?;
     let outcome = async {
-        let stop = setup.watch(Duration::from_secs(30));
+        let stop = setup.watch_recording(Duration::from_secs(30), history);
         setup
             .wait_running(runners as usize, Duration::from_secs(60))
             .await?;
@@ -897,7 +922,7 @@ fn peak_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn memory(runners: u32) -> Result<(), String> {
+async fn memory(runners: u32, history: bool) -> Result<(), String> {
     let setup = Setup::new("memory", runners).await?;
     let outcome = async {
         // apply: follow VmHWM until the process ends.
@@ -921,8 +946,19 @@ async fn memory(runners: u32) -> Result<(), String> {
         // watch: run a few resyncs with all runners, then read VmHWM and stop it. Without
         // history: the figure stays comparable with earlier ones, and nothing is written to
         // /var/lib/fleet when the bench runs as root.
+        let database = setup._dir.path().join("history.db");
+        let database = database.to_string_lossy();
+        let recording = if history {
+            ["--history", database.as_ref()]
+        } else {
+            ["--no-history", ""]
+        };
+        let args: Vec<&str> = ["watch", "--resync", "1s"]
+            .into_iter()
+            .chain(recording.into_iter().filter(|a| !a.is_empty()))
+            .collect();
         let mut child = setup
-            .fleet_command(&["watch", "--resync", "1s", "--no-history"])?
+            .fleet_command(&args)?
             .spawn()
             .map_err(|e| e.to_string())?;
         tokio::time::sleep(Duration::from_secs(8)).await;
@@ -933,7 +969,12 @@ async fn memory(runners: u32) -> Result<(), String> {
         let _ = child.wait();
         println!("| process ({runners} runners) | peak memory (VmHWM) |\n|---|---|");
         println!("| fleet apply, from empty | {apply_peak:.1} MiB |");
-        println!("| fleet watch, 8 s at a 1 s resync | {watch_peak:.1} MiB |");
+        let recorded = if history {
+            "history on"
+        } else {
+            "--no-history"
+        };
+        println!("| fleet watch, 8 s at a 1 s resync, {recorded} | {watch_peak:.1} MiB |");
         Ok::<(), String>(())
     }
     .await;

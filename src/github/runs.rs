@@ -98,3 +98,68 @@ impl GithubClient {
         Ok(page.jobs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fake_github::{Config, FakeGithub, NewWorkflowRun, Scope};
+
+    use super::*;
+    use crate::github::{Credentials, RetryPolicy};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runs_job_names_its_runner_and_an_unchanged_list_is_a_free_304() {
+        let fake = FakeGithub::start(Config::default()).await.expect("fake");
+        let scope = Scope::repo("acme", "zq");
+        let repo = GithubScope::Repo {
+            owner: "acme".into(),
+            repo: "zq".into(),
+        };
+        let policy = RetryPolicy {
+            attempts: 2,
+            base_delay: Duration::from_millis(20),
+            max_wait: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+        };
+        let gh = GithubClient::new(&fake.url(), repo, Credentials::Token(fake.token()), policy)
+            .expect("client");
+        assert_eq!(gh.repository().as_deref(), Some("acme/zq"));
+        assert!(gh.in_progress_runs().await.expect("runs").is_empty());
+        let started = fake.start_workflow_run(
+            &scope,
+            &NewWorkflowRun {
+                workflow: "CI".into(),
+                path: ".github/workflows/ci.yml".into(),
+                branch: "main".into(),
+                jobs: vec![
+                    ("test".into(), Some("zq-gpu-1".into())),
+                    ("lint".into(), None),
+                ],
+            },
+        );
+        let runs = gh.in_progress_runs().await.expect("runs");
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].id, started.run_id);
+        assert_eq!(runs[0].path.as_deref(), Some(".github/workflows/ci.yml"));
+        let jobs = gh.run_jobs(started.run_id).await.expect("jobs");
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].runner_name.as_deref(), Some("zq-gpu-1"));
+        assert_eq!(jobs[0].status.as_deref(), Some("in_progress"));
+        assert_eq!(jobs[1].runner_name, None);
+        // Asked again unchanged: a 304, not counted against the rate limit.
+        gh.in_progress_runs().await.expect("runs");
+        let not_modified = gh
+            .stats()
+            .by_endpoint()
+            .get(&("list-workflow-runs".to_string(), 304))
+            .copied();
+        assert_eq!(not_modified, Some(1));
+        for id in started.job_ids {
+            fake.complete_workflow_job(&scope, id, "success")
+                .expect("complete");
+        }
+        assert!(gh.in_progress_runs().await.expect("runs").is_empty());
+        fake.shutdown().await;
+    }
+}

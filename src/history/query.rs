@@ -130,25 +130,29 @@ pub fn events_of_kind(
     from: f64,
     to: f64,
 ) -> Result<Vec<EventRow>, HistoryError> {
-    rows(
-        conn,
-        "SELECT ts, kind, source, pool, host, runner, detail FROM events
-         WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY ts, id",
-        params![from, to, kind],
-        "read events",
-        |r| {
-            let detail: String = r.get(6)?;
-            Ok(EventRow {
-                ts: r.get(0)?,
-                kind: r.get(1)?,
-                source: r.get(2)?,
-                pool: r.get(3)?,
-                host: r.get(4)?,
-                runner: r.get(5)?,
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-            })
-        },
-    )
+    // Two statements: `kind = ?3` alone lets SQLite use the (kind, ts) index.
+    let sql = match kind {
+        Some(_) => {
+            "SELECT ts, kind, source, pool, host, runner, detail FROM events
+             WHERE kind = ?3 AND ts >= ?1 AND ts < ?2 ORDER BY ts, id"
+        }
+        None => {
+            "SELECT ts, kind, source, pool, host, runner, detail FROM events
+             WHERE ts >= ?1 AND ts < ?2 AND ?3 IS NULL ORDER BY ts, id"
+        }
+    };
+    rows(conn, sql, params![from, to, kind], "read events", |r| {
+        let detail: String = r.get(6)?;
+        Ok(EventRow {
+            ts: r.get(0)?,
+            kind: r.get(1)?,
+            source: r.get(2)?,
+            pool: r.get(3)?,
+            host: r.get(4)?,
+            runner: r.get(5)?,
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        })
+    })
 }
 
 /// Jobs that ran (or waited) in `[from, to)`: those that started, finished or were queued then.
