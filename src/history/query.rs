@@ -63,22 +63,21 @@ pub struct ExitRow {
     pub oom: bool,
 }
 
-fn failed(what: &'static str) -> impl Fn(rusqlite::Error) -> HistoryError {
-    move |source| HistoryError::Sql { what, source }
-}
-
 /// Every row `sql` selects with `params`, each made by `row`; `what` says what was read when
 /// it fails.
-fn rows<T>(
+pub(super) fn rows<T>(
     conn: &Connection,
     sql: &str,
     params: impl Params,
     what: &'static str,
     row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>, HistoryError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(failed(what))?;
-    let rows = stmt.query_map(params, row).map_err(failed(what))?;
-    rows.collect::<Result<_, _>>().map_err(failed(what))
+    let mut stmt = conn.prepare_cached(sql).map_err(HistoryError::sql(what))?;
+    let rows = stmt
+        .query_map(params, row)
+        .map_err(HistoryError::sql(what))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(HistoryError::sql(what))
 }
 
 /// The first and last time history has anything for; `None` for an empty database.
@@ -93,7 +92,7 @@ pub fn extent(conn: &Connection) -> Result<Option<(f64, f64)>, HistoryError> {
         |r| Ok((r.get::<_, Option<f64>>(0)?, r.get::<_, Option<f64>>(1)?)),
     )
     .map(|(a, b)| a.zip(b))
-    .map_err(failed("read the span of history"))
+    .map_err(HistoryError::sql("read the span of history"))
 }
 
 /// Spans of `kind` (`runner`, `host`, `pool`) that overlap `[from, to)`.
@@ -276,12 +275,12 @@ pub struct SeriesPoint {
 pub fn integrity_check(conn: &Connection) -> Result<String, HistoryError> {
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
-        .map_err(failed("check the database"))?;
+        .map_err(HistoryError::sql("check the database"))?;
     let rows = stmt
         .query_map([], |r| r.get::<_, String>(0))
-        .map_err(failed("check the database"))?;
+        .map_err(HistoryError::sql("check the database"))?;
     let lines: Vec<String> = rows
         .collect::<Result<_, _>>()
-        .map_err(failed("check the database"))?;
+        .map_err(HistoryError::sql("check the database"))?;
     Ok(lines.join("\n"))
 }
