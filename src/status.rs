@@ -156,7 +156,9 @@ pub struct RunnerStatus {
     pub github: Option<GithubView>,
     pub gpus: Vec<GpuUse>,
     /// The job it runs, where known: `fleet watch` learns an autoscaled pool's jobs from its
-    /// scale set's messages. Absent when not known (always in `fleet status`).
+    /// scale set's messages, and a fixed pool's (repository-scoped fleet) from the repository's
+    /// in-progress workflow runs (`watch/fixed_jobs.rs`). Absent when not known (always in
+    /// `fleet status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<RunnerJob>,
 }
@@ -173,6 +175,9 @@ pub struct RunnerJob {
     pub run_id: Option<u64>,
     /// When the runner took the job, seconds since the epoch (`None`: not told).
     pub started_at: Option<i64>,
+    /// The job's page on GitHub, where GitHub gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

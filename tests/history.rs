@@ -6,6 +6,8 @@
 //! and still holds every event recorded before.
 
 mod common;
+#[path = "support/docker_proxy.rs"]
+mod docker_proxy;
 #[path = "support/watch.rs"]
 mod support;
 
@@ -14,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::nvml::{NvmlStub, StubGpu};
 use common::{TEST_IMAGE, World, pool, stderr, stdout};
-use fake_github::{Config, ScaleSetConfig};
-use support::{WatchProcess, listening_scale_set, sample};
+use docker_proxy::DockerProxy;
+use fake_github::{Config, NewWorkflowRun, ScaleSetConfig};
+use support::{WatchProcess, http_get, listening_scale_set, sample};
 
 /// The database watch writes for the test's fleet (`STATE_DIRECTORY` is the test's directory).
 fn database(w: &World) -> PathBuf {
@@ -237,6 +240,187 @@ fn runner_time_gpu_hours_and_a_killed_runner_are_what_happened() {
     assert!(csv.contains("\npool,gpu,exits_crash,1\n"), "{csv}");
     let out = w.fleet(&["report", "--since", "1h", "--format", "markdown"]);
     assert!(stdout(&out).contains("#### Pools"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_fixed_pool_runners_job_is_matched_through_the_workflow_runs_and_counted() {
+    let w = World::new();
+    let gpu = StubGpu {
+        utilization_percent: 80,
+        ..StubGpu::numbered(0)
+    };
+    let stub = NvmlStub::new(w.dir.path(), std::slice::from_ref(&gpu));
+    let spec = w.spec_gpus_auto(&format!("{}    gpus: 1\n", pool("gpu", 1, true)));
+    let names = w.gpu_runners(&stub, &spec, 1);
+    let runner = names[0].clone();
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &runner, true, false)
+    );
+    let watch = WatchProcess::start(
+        &w,
+        &["--resync", "1s", "--history-gpu-every", "1s"],
+        &stub.env(),
+    );
+    let in_state = |state: &str| {
+        sample(
+            &watch.metrics(),
+            "fleet_runners",
+            &[("pool", "gpu"), ("state", state)],
+        ) == Some(1.0)
+    };
+    watch.eventually(Duration::from_secs(60), "the runner idle", || {
+        in_state("idle")
+    });
+    w.fake.clear_requests();
+    let run = w.fake.start_workflow_run(
+        &w.scope,
+        &NewWorkflowRun {
+            workflow: "GPU tests".into(),
+            path: ".github/workflows/gpu.yml".into(),
+            branch: "main".into(),
+            jobs: vec![("train".into(), Some(runner.clone()))],
+        },
+    );
+    let started = Instant::now();
+    // The status document names the runner's job (`job`), for the status page.
+    let status = || http_get(watch.metrics_port, "/api/v1/status").unwrap_or_default();
+    watch.eventually(Duration::from_secs(30), "the job in the status", || {
+        status().contains(&format!("\"run_id\":{}", run.run_id))
+    });
+    let doc: serde_json::Value = serde_json::from_str(&status()).expect("status JSON");
+    let shown = doc["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["runners"].as_array().into_iter().flatten())
+        .find(|r| r["name"] == runner.as_str())
+        .map(|r| r["job"].clone())
+        .unwrap_or_default();
+    assert_eq!(shown["job_name"], "train", "{doc:#}");
+    assert_eq!(shown["workflow"], "GPU tests");
+    assert_eq!(shown["repository"], format!("acme/{}", w.run));
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
+    w.fake
+        .complete_workflow_job(&w.scope, run.job_ids[0], "success")
+        .expect("complete the job");
+    let length = started.elapsed().as_secs_f64();
+    watch.eventually(Duration::from_secs(30), "the runner idle again", || {
+        in_state("idle")
+    });
+    stop(watch);
+    // One runs list and the run's jobs found it; a handful of requests at most (the budget:
+    // 4 a look-up, none while every busy runner's job is known).
+    let reads = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/actions/runs"))
+        .count();
+    assert!((2..=4).contains(&reads), "{reads} reads of workflow runs");
+
+    let report = report(&w, &[]);
+    assert_eq!(
+        figure(&report, "pools", "pool", "gpu", "jobs"),
+        1.0,
+        "{report:#}"
+    );
+    // From GitHub's start (whole seconds) to the first reconcile that saw the runner idle
+    // (1 s resync): the job's length, 1 s under to 2.5 s over.
+    let duration = figure(&report, "pools", "pool", "gpu", "job_duration_p50_seconds");
+    assert!(
+        (length - 1.0..=length + 2.5).contains(&duration),
+        "job {duration}s, ran {length}s"
+    );
+    let repository = format!("acme/{}", w.run);
+    let gpu_seconds = figure(
+        &report,
+        "top_repositories",
+        "name",
+        &repository,
+        "gpu_hours",
+    ) * 3600.0;
+    // The GPU samples (every second) of its runner while the job ran: its length +-2.5 s.
+    assert!(
+        (gpu_seconds - length).abs() <= 2.5,
+        "{gpu_seconds} GPU-seconds for a job of {length}s: {report:#}"
+    );
+    let workflow = format!("{repository}/.github/workflows/gpu.yml@refs/heads/main");
+    assert_eq!(
+        figure(&report, "top_workflows", "name", &workflow, "jobs"),
+        1.0
+    );
+}
+
+#[test]
+fn a_host_outage_is_what_the_report_says_of_the_host_and_the_pool() {
+    let w = World::new();
+    let socket = w.dir.path().join("docker.sock");
+    let mut proxy = DockerProxy::start(&w, &socket);
+    w.spec_with(
+        &pool("eph", 1, true),
+        &format!("unix://{}", socket.display()),
+        "none",
+    );
+    let watched = Instant::now();
+    let watch = WatchProcess::start(&w, &["--resync", "1s", "--host-timeout", "3s"], &[]);
+    let up = || sample(&watch.metrics(), "fleet_host_up", &[("host", "local")]);
+    let mut runner = Vec::new();
+    watch.eventually(Duration::from_secs(60), "1 runner", || {
+        runner = w.container_names("eph");
+        runner.len() == 1
+    });
+    assert!(
+        w.fake
+            .set_runner_state_by_name(&w.scope, &runner[0], true, false)
+    );
+    watch.eventually(
+        Duration::from_secs(30),
+        "the host up, the runner idle",
+        || {
+            up() == Some(1.0)
+                && sample(
+                    &watch.metrics(),
+                    "fleet_runners",
+                    &[("pool", "eph"), ("state", "idle")],
+                ) == Some(1.0)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    // The engine's endpoint is gone for a known span.
+    proxy.stop();
+    let outage_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let _proxy = DockerProxy::start(&w, &socket);
+    let outage = outage_started.elapsed().as_secs_f64();
+    watch.eventually(Duration::from_secs(30), "the host up again", || {
+        up() == Some(1.0)
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let total = watched.elapsed().as_secs_f64();
+    stop(watch);
+
+    let report = report(&w, &[]);
+    let down = figure(&report, "hosts", "host", "local", "down_hours") * 3600.0;
+    // Seen down from the first reconcile after the endpoint went (1 s resync, a 3 s host
+    // timeout at most) to the first after its reconnection (backoff 0.5, 1, 2, 4 s: the
+    // 4th retry, 7.5 s after the loss): 2 s under to 4 s over the outage.
+    assert!(
+        (outage - 2.0..=outage + 4.0).contains(&down),
+        "down {down}s, outage {outage}s: {report:#}"
+    );
+    let up_fraction = figure(&report, "hosts", "host", "local", "up_fraction");
+    let expected = 1.0 - outage / total;
+    assert!(
+        (up_fraction - expected).abs() <= 4.0 / total,
+        "up {up_fraction}, expected {expected} ({outage}s of {total}s): {report:#}"
+    );
+    // The pool's runner is not online while its host is down: availability falls as much.
+    let availability = figure(&report, "pools", "pool", "eph", "availability");
+    assert!(
+        availability <= 1.0 - (outage - 2.0) / total,
+        "availability {availability}, outage {outage}s of {total}s: {report:#}"
+    );
 }
 
 /// Every event row, as text, to compare what a database holds before and after a crash;

@@ -65,7 +65,7 @@ pub async fn replacement(stand_in: &StandIn, exits: usize, runners: u32) -> Resu
         ("gpu-on", "auto", "NVML stand-in, health on"),
     ] {
         let setup = Setup::with_gpus(kind, runners, Some(gpus)).await?;
-        let outcome = time_replacements(&setup, exits, runners).await;
+        let outcome = time_replacements(&setup, exits, runners, false).await;
         setup.cleanup().await;
         let latencies = outcome?;
         eprintln!("{label}: {latencies:?}");

@@ -100,6 +100,7 @@ pub fn run(load: &Load) -> Result<(), String> {
                     started: Some(next_job),
                     finished: Some(next_job + length),
                     result: Some("succeeded".into()),
+                    ..JobRecord::default()
                 }));
             }
             next_job += exp(&mut rng, rate);

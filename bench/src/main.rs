@@ -70,6 +70,10 @@ enum Bench {
         /// Runners in the pool.
         #[arg(long, default_value_t = 3)]
         runners: u32,
+        /// Record history (into a file in the bench's directory), as `fleet watch` does by
+        /// default; without it, `--no-history`.
+        #[arg(long)]
+        history: bool,
     },
     /// Replacement latency under `fleet watch` with runners of one GPU each over N GPUs: the
     /// GPUs declared in the spec (no NVML, no health), then read through the stand-in NVML
@@ -109,6 +113,10 @@ enum Bench {
     Memory {
         #[arg(long, default_value_t = 100)]
         runners: u32,
+        /// watch records history (into a file in the bench's directory) instead of
+        /// `--no-history`.
+        #[arg(long)]
+        history: bool,
     },
     /// An autoscaled pool under `fleet watch`: job queued to runner started (p50, p95), a burst
     /// of jobs from zero runners against the engine's ceiling, GitHub requests per job.
@@ -206,7 +214,11 @@ fn main() {
             Bench::StatusPageWatch { runners, seconds } => {
                 status_page::page_watch(runners, seconds).await
             }
-            Bench::Replacement { exits, runners } => replacement(exits, runners).await,
+            Bench::Replacement {
+                exits,
+                runners,
+                history,
+            } => replacement(exits, runners, history).await,
             Bench::ReplacementGpuHealth { exits, runners, .. } => match &stand_in {
                 Some(stand_in) => gpu_health::replacement(stand_in, exits, runners).await,
                 None => Err("the NVML stand-in is not set up".to_string()),
@@ -214,7 +226,7 @@ fn main() {
             Bench::ApiBudget { runners, resyncs } => api_budget(runners, resyncs).await,
             Bench::Converge { runners, rounds } => converge(&runners, rounds).await,
             Bench::Plan { registrations } => plan_bench(&registrations).await,
-            Bench::Memory { runners } => memory(runners).await,
+            Bench::Memory { runners, history } => memory(runners, history).await,
             Bench::JitTimeline { runners } => jit_timeline(runners).await,
             Bench::Autoscale {
                 jobs,
@@ -315,8 +327,20 @@ impl Setup {
 
     /// Starts `fleet watch` in this process.
     fn watch(&self, resync: Duration) -> WatchThread {
+        self.watch_recording(resync, false)
+    }
+
+    /// [`Setup::watch`], recording history into `history.db` in the bench's directory when
+    /// `history`.
+    fn watch_recording(&self, resync: Duration, history: bool) -> WatchThread {
+        let history = history.then(|| fleet::history::HistoryArgs {
+            path: Some(self._dir.path().join("history.db")),
+            no_history: false,
+            history_retention: Duration::from_secs(90 * 86_400),
+            history_gpu_every: Duration::from_secs(10),
+        });
         let options = watch_thread::options(resync, Duration::from_secs(30));
-        WatchThread::start(self.spec.clone(), options, self.env())
+        WatchThread::start_recording(self.spec.clone(), options, history, self.env())
     }
 
     async fn running(&self) -> Result<Vec<String>, String> {
@@ -367,9 +391,9 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
+async fn replacement(exits: usize, runners: u32, history: bool) -> Result<(), String> {
     let setup = Setup::new("latency", runners).await?;
-    let outcome = time_replacements(&setup, exits, runners).await;
+    let outcome = time_replacements(&setup, exits, runners, history).await;
     setup.cleanup().await;
     let latencies = outcome?;
     println!("| measure | value |\n|---|---|");
@@ -391,8 +415,13 @@ async fn replacement(exits: usize, runners: u32) -> Result<(), String> {
 
 /// Kills `exits` runners of `setup`'s pool of `runners` one by one under `fleet watch`; the
 /// sorted seconds from each container's `die` to its replacement's `start`.
-async fn time_replacements(setup: &Setup, exits: usize, runners: u32) -> Result<Vec<f64>, String> {
-    let stop = setup.watch(Duration::from_secs(30));
+async fn time_replacements(
+    setup: &Setup,
+    exits: usize,
+    runners: u32,
+    history: bool,
+) -> Result<Vec<f64>, String> {
+    let stop = setup.watch_recording(Duration::from_secs(30), history);
     setup
         .wait_running(runners as usize, Duration::from_secs(60))
         .await?;
@@ -930,7 +959,7 @@ fn peak_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn memory(runners: u32) -> Result<(), String> {
+async fn memory(runners: u32, history: bool) -> Result<(), String> {
     let setup = Setup::new("memory", runners).await?;
     let outcome = async {
         // apply: follow VmHWM until the process ends.
@@ -954,8 +983,19 @@ async fn memory(runners: u32) -> Result<(), String> {
         // watch: run a few resyncs with all runners, then read VmHWM and stop it. Without
         // history: the figure stays comparable with earlier ones, and nothing is written to
         // /var/lib/fleet when the bench runs as root.
+        let database = setup._dir.path().join("history.db");
+        let database = database.to_string_lossy();
+        let recording = if history {
+            ["--history", database.as_ref()]
+        } else {
+            ["--no-history", ""]
+        };
+        let args: Vec<&str> = ["watch", "--resync", "1s"]
+            .into_iter()
+            .chain(recording.into_iter().filter(|a| !a.is_empty()))
+            .collect();
         let mut child = setup
-            .fleet_command(&["watch", "--resync", "1s", "--no-history"])?
+            .fleet_command(&args)?
             .spawn()
             .map_err(|e| e.to_string())?;
         tokio::time::sleep(Duration::from_secs(8)).await;
@@ -966,7 +1006,12 @@ async fn memory(runners: u32) -> Result<(), String> {
         let _ = child.wait();
         println!("| process ({runners} runners) | peak memory (VmHWM) |\n|---|---|");
         println!("| fleet apply, from empty | {apply_peak:.1} MiB |");
-        println!("| fleet watch, 8 s at a 1 s resync | {watch_peak:.1} MiB |");
+        let recorded = if history {
+            "history on"
+        } else {
+            "--no-history"
+        };
+        println!("| fleet watch, 8 s at a 1 s resync, {recorded} | {watch_peak:.1} MiB |");
         Ok::<(), String>(())
     }
     .await;

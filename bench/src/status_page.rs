@@ -59,6 +59,7 @@ fn fleet_status(runners: usize) -> FleetStatus {
                     job_name: format!("test (shard {})", i % 16),
                     run_id: Some(90_000 + i as u64),
                     started_at: Some(1_765_000_000 + i as i64),
+                    url: None,
                 }),
             })
             .collect();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use fleet::history::HistoryArgs;
 use fleet::watch::{Env, WatchOptions};
 
 /// The options of the benches' watch: those of `fleet watch` but `resync` and `host_timeout`.
@@ -27,6 +28,16 @@ pub struct WatchThread {
 
 impl WatchThread {
     pub fn start(file: PathBuf, options: WatchOptions, env: Env) -> WatchThread {
+        WatchThread::start_recording(file, options, None, env)
+    }
+
+    /// [`WatchThread::start`], keeping history as `history` says (`None`: none).
+    pub fn start_recording(
+        file: PathBuf,
+        options: WatchOptions,
+        history: Option<HistoryArgs>,
+        env: Env,
+    ) -> WatchThread {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::spawn(move || {
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -36,7 +47,9 @@ impl WatchThread {
                 Ok(rt) => rt,
                 Err(e) => return eprintln!("watch runtime: {e}"),
             };
-            if let Err(e) = rt.block_on(fleet::watch::run(file, options, env, stop_rx)) {
+            if let Err(e) = rt.block_on(fleet::watch::run_recording(
+                file, options, history, env, stop_rx,
+            )) {
                 eprintln!("watch stopped: {e}");
             }
         });

@@ -10,6 +10,7 @@ mod http;
 pub mod pacing;
 mod read;
 mod retry;
+mod runs;
 mod stats;
 mod write;
 
@@ -20,5 +21,6 @@ pub use error::GithubError;
 pub use http::next_link;
 pub use read::GithubRead;
 pub use retry::RetryPolicy;
+pub use runs::{WorkflowJob, WorkflowRun};
 pub use stats::RequestStats;
 pub use write::{GithubWrite, JitConfig, Removal};

@@ -311,8 +311,10 @@ pub struct SpanEntry {
     pub value: String,
 }
 
-/// A job as the scale set's messages describe it; times in seconds since the epoch.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A job, as written (what the scale set's messages or a workflow run's jobs said of it; the
+/// fields they did not carry are `None`) and as read back (`query::jobs`). Times in seconds
+/// since the epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct JobRecord {
     pub job_id: String,
     pub pool: String,
@@ -326,6 +328,36 @@ pub struct JobRecord {
     pub started: Option<f64>,
     pub finished: Option<f64>,
     pub result: Option<String>,
+    /// Where the record came from.
+    pub source: JobSource,
+}
+
+/// Where a job's record came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobSource {
+    /// An autoscaled pool's scale set messages.
+    #[default]
+    Scaleset,
+    /// A fixed pool's busy runner, matched to the job of an in-progress workflow run whose
+    /// `runner_name` names it.
+    Runs,
+}
+
+impl JobSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Scaleset => "scaleset",
+            JobSource::Runs => "runs",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> JobSource {
+        match s {
+            "runs" => JobSource::Runs,
+            _ => JobSource::Scaleset,
+        }
+    }
 }
 
 /// One GPU reading.

@@ -2,7 +2,7 @@
 //! whatever else shows history (a web page reading `/api/v1/history`). Times are seconds since
 //! the epoch; a range is `[from, to)`.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Params, Row, params};
 use serde::Serialize;
 
 use super::HistoryError;
@@ -32,22 +32,8 @@ pub struct EventRow {
     pub detail: serde_json::Value,
 }
 
-/// A job of an autoscaled pool.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JobRow {
-    pub job_id: String,
-    pub pool: String,
-    pub repository: Option<String>,
-    pub workflow_ref: Option<String>,
-    pub job_name: Option<String>,
-    pub run_id: Option<i64>,
-    pub runner: Option<String>,
-    pub queued: Option<f64>,
-    pub assigned: Option<f64>,
-    pub started: Option<f64>,
-    pub finished: Option<f64>,
-    pub result: Option<String>,
-}
+/// A job as read back: the record the writer wrote (`JobRecord`).
+pub type JobRow = super::JobRecord;
 
 /// A GPU reading (or the average of several, once downsampled).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,8 +63,21 @@ pub struct ExitRow {
     pub oom: bool,
 }
 
-fn failed(what: &'static str) -> impl Fn(rusqlite::Error) -> HistoryError {
-    move |source| HistoryError::Sql { what, source }
+/// Every row `sql` selects with `params`, each made by `row`; `what` says what was read when
+/// it fails.
+pub(super) fn rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    what: &'static str,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, HistoryError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(HistoryError::sql(what))?;
+    let rows = stmt
+        .query_map(params, row)
+        .map_err(HistoryError::sql(what))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(HistoryError::sql(what))
 }
 
 /// The first and last time history has anything for; `None` for an empty database.
@@ -93,19 +92,18 @@ pub fn extent(conn: &Connection) -> Result<Option<(f64, f64)>, HistoryError> {
         |r| Ok((r.get::<_, Option<f64>>(0)?, r.get::<_, Option<f64>>(1)?)),
     )
     .map(|(a, b)| a.zip(b))
-    .map_err(failed("read the span of history"))
+    .map_err(HistoryError::sql("read the span of history"))
 }
 
 /// Spans of `kind` (`runner`, `host`, `pool`) that overlap `[from, to)`.
 pub fn spans(conn: &Connection, kind: &str, from: f64, to: f64) -> Result<Vec<Span>, HistoryError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT kind, key, pool, host, value, start, end FROM spans
-             WHERE kind = ?1 AND end >= ?2 AND start < ?3 ORDER BY start",
-        )
-        .map_err(failed("read spans"))?;
-    let rows = stmt
-        .query_map(params![kind, from, to], |r| {
+    rows(
+        conn,
+        "SELECT kind, key, pool, host, value, start, end FROM spans
+         WHERE kind = ?1 AND end >= ?2 AND start < ?3 ORDER BY start",
+        params![kind, from, to],
+        "read spans",
+        |r| {
             Ok(Span {
                 kind: r.get(0)?,
                 key: r.get(1)?,
@@ -115,9 +113,8 @@ pub fn spans(conn: &Connection, kind: &str, from: f64, to: f64) -> Result<Vec<Sp
                 start: r.get(5)?,
                 end: r.get(6)?,
             })
-        })
-        .map_err(failed("read spans"))?;
-    rows.collect::<Result<_, _>>().map_err(failed("read spans"))
+        },
+    )
 }
 
 /// Events in `[from, to)`, oldest first.
@@ -132,73 +129,72 @@ pub fn events_of_kind(
     from: f64,
     to: f64,
 ) -> Result<Vec<EventRow>, HistoryError> {
-    let mut stmt = conn
-        .prepare_cached(
+    // Two statements: `kind = ?3` alone lets SQLite use the (kind, ts) index.
+    let sql = match kind {
+        Some(_) => {
             "SELECT ts, kind, source, pool, host, runner, detail FROM events
-             WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY ts, id",
-        )
-        .map_err(failed("read events"))?;
-    let rows = stmt
-        .query_map(params![from, to, kind], |r| {
-            let detail: String = r.get(6)?;
-            Ok(EventRow {
-                ts: r.get(0)?,
-                kind: r.get(1)?,
-                source: r.get(2)?,
-                pool: r.get(3)?,
-                host: r.get(4)?,
-                runner: r.get(5)?,
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-            })
+             WHERE kind = ?3 AND ts >= ?1 AND ts < ?2 ORDER BY ts, id"
+        }
+        None => {
+            "SELECT ts, kind, source, pool, host, runner, detail FROM events
+             WHERE ts >= ?1 AND ts < ?2 AND ?3 IS NULL ORDER BY ts, id"
+        }
+    };
+    rows(conn, sql, params![from, to, kind], "read events", |r| {
+        let detail: String = r.get(6)?;
+        Ok(EventRow {
+            ts: r.get(0)?,
+            kind: r.get(1)?,
+            source: r.get(2)?,
+            pool: r.get(3)?,
+            host: r.get(4)?,
+            runner: r.get(5)?,
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
         })
-        .map_err(failed("read events"))?;
-    rows.collect::<Result<_, _>>()
-        .map_err(failed("read events"))
+    })
 }
 
 /// Jobs that ran (or waited) in `[from, to)`: those that started, finished or were queued then.
 pub fn jobs(conn: &Connection, from: f64, to: f64) -> Result<Vec<JobRow>, HistoryError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT job_id, pool, repository, workflow_ref, job_name, run_id, runner, queued,
-                 assigned, started, finished, result FROM jobs
-             WHERE COALESCE(finished, started, assigned, queued) >= ?1
-               AND COALESCE(queued, assigned, started, finished) < ?2
-             ORDER BY COALESCE(queued, assigned, started)",
-        )
-        .map_err(failed("read jobs"))?;
-    let rows = stmt
-        .query_map(params![from, to], |r| {
+    rows(
+        conn,
+        "SELECT job_id, pool, repository, workflow_ref, job_name, run_id, runner, queued,
+             assigned, started, finished, result, source FROM jobs
+         WHERE COALESCE(finished, started, assigned, queued) >= ?1
+           AND COALESCE(queued, assigned, started, finished) < ?2
+         ORDER BY COALESCE(queued, assigned, started)",
+        params![from, to],
+        "read jobs",
+        |r| {
             Ok(JobRow {
                 job_id: r.get(0)?,
                 pool: r.get(1)?,
                 repository: r.get(2)?,
                 workflow_ref: r.get(3)?,
                 job_name: r.get(4)?,
-                run_id: r.get(5)?,
+                run_id: r.get::<_, Option<i64>>(5)?.map(|id| id as u64),
                 runner: r.get(6)?,
                 queued: r.get(7)?,
                 assigned: r.get(8)?,
                 started: r.get(9)?,
                 finished: r.get(10)?,
                 result: r.get(11)?,
+                source: super::JobSource::parse(&r.get::<_, String>(12)?),
             })
-        })
-        .map_err(failed("read jobs"))?;
-    rows.collect::<Result<_, _>>().map_err(failed("read jobs"))
+        },
+    )
 }
 
 /// GPU samples in `[from, to)`, oldest first.
 pub fn gpu_samples(conn: &Connection, from: f64, to: f64) -> Result<Vec<GpuRow>, HistoryError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT ts, host, uuid, runner, pool, utilization, memory_used, memory_total,
-                 temperature, health, seconds FROM gpu_samples
-             WHERE ts >= ?1 AND ts < ?2 ORDER BY ts",
-        )
-        .map_err(failed("read GPU samples"))?;
-    let rows = stmt
-        .query_map(params![from, to], |r| {
+    rows(
+        conn,
+        "SELECT ts, host, uuid, runner, pool, utilization, memory_used, memory_total,
+             temperature, health, seconds FROM gpu_samples
+         WHERE ts >= ?1 AND ts < ?2 ORDER BY ts",
+        params![from, to],
+        "read GPU samples",
+        |r| {
             Ok(GpuRow {
                 ts: r.get(0)?,
                 host: r.get(1)?,
@@ -212,22 +208,19 @@ pub fn gpu_samples(conn: &Connection, from: f64, to: f64) -> Result<Vec<GpuRow>,
                 health: r.get(9)?,
                 seconds: r.get(10)?,
             })
-        })
-        .map_err(failed("read GPU samples"))?;
-    rows.collect::<Result<_, _>>()
-        .map_err(failed("read GPU samples"))
+        },
+    )
 }
 
 /// Runner exits in `[from, to)`.
 pub fn exits(conn: &Connection, from: f64, to: f64) -> Result<Vec<ExitRow>, HistoryError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT ts, runner, pool, host, exit_code, oom FROM exits
-             WHERE ts >= ?1 AND ts < ?2 ORDER BY ts",
-        )
-        .map_err(failed("read exits"))?;
-    let rows = stmt
-        .query_map(params![from, to], |r| {
+    rows(
+        conn,
+        "SELECT ts, runner, pool, host, exit_code, oom FROM exits
+         WHERE ts >= ?1 AND ts < ?2 ORDER BY ts",
+        params![from, to],
+        "read exits",
+        |r| {
             Ok(ExitRow {
                 ts: r.get(0)?,
                 runner: r.get(1)?,
@@ -236,9 +229,8 @@ pub fn exits(conn: &Connection, from: f64, to: f64) -> Result<Vec<ExitRow>, Hist
                 exit_code: r.get(4)?,
                 oom: r.get(5)?,
             })
-        })
-        .map_err(failed("read exits"))?;
-    rows.collect::<Result<_, _>>().map_err(failed("read exits"))
+        },
+    )
 }
 
 /// A time series: the runners of each pool in each state, sampled every `step` seconds from
@@ -283,12 +275,12 @@ pub struct SeriesPoint {
 pub fn integrity_check(conn: &Connection) -> Result<String, HistoryError> {
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
-        .map_err(failed("check the database"))?;
+        .map_err(HistoryError::sql("check the database"))?;
     let rows = stmt
         .query_map([], |r| r.get::<_, String>(0))
-        .map_err(failed("check the database"))?;
+        .map_err(HistoryError::sql("check the database"))?;
     let lines: Vec<String> = rows
         .collect::<Result<_, _>>()
-        .map_err(failed("check the database"))?;
+        .map_err(HistoryError::sql("check the database"))?;
     Ok(lines.join("\n"))
 }

@@ -428,11 +428,6 @@ fn gpu_figures(
          WHERE (?6 IS NULL OR host = ?6) AND (?7 IS NULL OR pool = ?7)
          GROUP BY subject HAVING subject IS NOT NULL ORDER BY subject"
     );
-    let failed = |source| HistoryError::Sql {
-        what: "read GPU samples",
-        source,
-    };
-    let mut stmt = conn.prepare_cached(&sql).map_err(failed)?;
     let params = rusqlite::params![
         from,
         to,
@@ -442,22 +437,19 @@ fn gpu_figures(
         options.host,
         options.pool
     ];
-    let rows = stmt
-        .query_map(params, |r| {
-            let (sampled, held, busy, busy_util): (f64, f64, f64, f64) =
-                (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-            Ok(GpuReport {
-                subject: r.get(0)?,
-                sampled_hours: sampled / HOUR,
-                held_hours: held / HOUR,
-                busy_hours: busy / HOUR,
-                idle_held_hours: (held - busy) / HOUR,
-                mean_utilization_busy: (busy > 0.0).then(|| busy_util / busy),
-                health_incidents: r.get::<_, i64>(5)? as usize,
-            })
+    query::rows(conn, &sql, params, "read GPU samples", |r| {
+        let (sampled, held, busy, busy_util): (f64, f64, f64, f64) =
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        Ok(GpuReport {
+            subject: r.get(0)?,
+            sampled_hours: sampled / HOUR,
+            held_hours: held / HOUR,
+            busy_hours: busy / HOUR,
+            idle_held_hours: (held - busy) / HOUR,
+            mean_utilization_busy: (busy > 0.0).then(|| busy_util / busy),
+            health_incidents: r.get::<_, i64>(5)? as usize,
         })
-        .map_err(failed)?;
-    rows.collect::<Result<_, _>>().map_err(failed)
+    })
 }
 
 /// GPU-hours of the jobs known (their runner and times), by repository and by workflow: the
@@ -466,37 +458,31 @@ fn usage(
     conn: &Connection,
     options: &ReportOptions,
 ) -> Result<(Vec<Usage>, Vec<Usage>), HistoryError> {
-    let failed = |source| HistoryError::Sql {
-        what: "read GPU use",
-        source,
-    };
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT j.repository, j.workflow_ref, COALESCE(j.gpu_seconds,
-                 (SELECT COALESCE(SUM(g.seconds), 0) FROM gpu_samples g
-                  WHERE g.runner = j.runner AND g.ts >= MAX(j.started, ?1)
-                    AND g.ts <= MIN(COALESCE(j.finished, ?2), ?2)
-                    AND (?4 IS NULL OR g.host = ?4)))
-             FROM jobs j
-             WHERE j.runner IS NOT NULL AND j.started IS NOT NULL
-               AND COALESCE(j.finished, j.started) >= ?1 AND j.started < ?2
-               AND (?3 IS NULL OR j.pool = ?3)",
-        )
-        .map_err(failed)?;
     let params = rusqlite::params![options.from, options.to, options.pool, options.host];
-    let rows = stmt
-        .query_map(params, |r| {
+    let jobs = query::rows(
+        conn,
+        "SELECT j.repository, j.workflow_ref, COALESCE(j.gpu_seconds,
+             (SELECT COALESCE(SUM(g.seconds), 0) FROM gpu_samples g
+              WHERE g.runner = j.runner AND g.ts >= MAX(j.started, ?1)
+                AND g.ts <= MIN(COALESCE(j.finished, ?2), ?2)
+                AND (?4 IS NULL OR g.host = ?4)))
+         FROM jobs j
+         WHERE j.runner IS NOT NULL AND j.started IS NOT NULL
+           AND COALESCE(j.finished, j.started) >= ?1 AND j.started < ?2
+           AND (?3 IS NULL OR j.pool = ?3)",
+        params,
+        "read GPU use",
+        |r| {
             Ok((
                 r.get::<_, Option<String>>(0)?,
                 r.get::<_, Option<String>>(1)?,
                 r.get::<_, f64>(2)?,
             ))
-        })
-        .map_err(failed)?;
+        },
+    )?;
     let mut by_repo: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     let mut by_workflow: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-    for row in rows {
-        let (repo, workflow, seconds) = row.map_err(failed)?;
+    for (repo, workflow, seconds) in jobs {
         let unknown = || "(unknown)".to_string();
         for (map, key) in [
             (&mut by_repo, repo.unwrap_or_else(unknown)),

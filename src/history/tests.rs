@@ -371,6 +371,7 @@ fn known_history(conn: &mut rusqlite::Connection) {
         started: Some(1200.0),
         finished: Some(1500.0),
         result: Some("succeeded".into()),
+        ..JobRecord::default()
     }));
     events.push(Event::Exit {
         at: 1600.0,

@@ -555,8 +555,8 @@ fn snapshot(
 fn upsert_job(tx: &Transaction, job: &JobRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO jobs (job_id, pool, repository, workflow_ref, job_name, run_id, runner,
-             queued, assigned, started, finished, result)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             queued, assigned, started, finished, result, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (job_id) DO UPDATE SET
              repository = COALESCE(excluded.repository, repository),
              workflow_ref = COALESCE(excluded.workflow_ref, workflow_ref),
@@ -582,6 +582,7 @@ fn upsert_job(tx: &Transaction, job: &JobRecord) -> rusqlite::Result<()> {
         job.started,
         job.finished,
         job.result,
+        job.source.as_str(),
     ])?;
     if job.finished.is_some() {
         // Its GPU time, once: the samples of its runner between its start and finish.

@@ -512,6 +512,7 @@ fn runner_job(job: &crate::scaleset::JobInfo) -> RunnerJob {
         job_name: job.job_display_name.clone(),
         run_id: Some(job.workflow_run_id).filter(|id| *id != 0),
         started_at,
+        url: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod autoscale;
 mod events;
+mod fixed_jobs;
 pub mod gha_metrics;
 mod gpu_metrics;
 mod hosts;
@@ -178,6 +179,7 @@ pub async fn run_recording(
         tx: tx.clone(),
         autoscale: autoscale::Listeners::recording(history.recorder.clone()),
         history,
+        fixed_jobs: fixed_jobs::FixedJobs::default(),
     };
     tracing::info!(
         "watching {} for fleet `{}` (resync every {}s)",

@@ -118,6 +118,8 @@ pub(super) struct Loop {
     /// The listeners of autoscaled pools and what they know.
     pub autoscale: super::autoscale::Listeners,
     pub history: crate::history::record::WatchHistory,
+    /// The jobs of fixed pools' busy runners (history and the status page).
+    pub fixed_jobs: super::fixed_jobs::FixedJobs,
 }
 
 /// Logs each step and counts it.
@@ -527,6 +529,8 @@ impl Loop {
             status.note_unobserved(&host, why);
         }
         self.autoscale.add_jobs(&mut status);
+        self.fixed_jobs
+            .observed(&mut status, &observers.github, &self.history.recorder);
         let local = observers
             .hosts
             .values()

@@ -100,6 +100,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/app/installations/{installation_id}/access_tokens",
             post(installation_token),
         )
+        .route(
+            "/repos/{owner}/{repo}/actions/runs",
+            get(crate::workflows::list_runs),
+        )
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
+            get(crate::workflows::list_jobs),
+        )
         .route("/rate_limit", get(rate_limit))
         .route(
             "/actions/runner-registration",

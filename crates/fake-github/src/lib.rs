@@ -16,11 +16,13 @@ pub mod image;
 mod scaleset;
 mod state;
 mod util;
+mod workflows;
 
 pub use scaleset::{
     JobDelivery, JobInfo, JobState, QueueJobs, ScaleSetConfig, ScaleSetEndpoint, ScaleSetFault,
     ScaleSetInfo, ScaleSetStatistics,
 };
+pub use workflows::{NewWorkflowRun, WorkflowRunInfo};
 
 use std::fmt;
 use std::io;
@@ -498,6 +500,38 @@ impl FakeGithub {
 
     pub fn registration_tokens_issued(&self) -> usize {
         self.shared.lock().registration_tokens_issued
+    }
+}
+
+/// A repository's workflow runs and their jobs (`GET .../actions/runs`, `.../runs/{id}/jobs`).
+impl FakeGithub {
+    /// Starts a workflow run in repository `scope`; each job with a runner has started on it,
+    /// and that runner (when registered) is online and busy.
+    pub fn start_workflow_run(&self, scope: &Scope, run: &NewWorkflowRun) -> WorkflowRunInfo {
+        let mut state = self.shared.lock();
+        let (info, runners) = state.workflows.start(scope, run);
+        for name in runners {
+            if let Some(id) = state.runner_id_by_name(scope, &name) {
+                state.set_runner_state(scope, id, true, true);
+            }
+        }
+        info
+    }
+
+    /// Job `job_id` of a run in `scope` completes with `conclusion` (`success`, `failure`);
+    /// its runner (when registered) is online and idle again.
+    pub fn complete_workflow_job(
+        &self,
+        scope: &Scope,
+        job_id: u64,
+        conclusion: &str,
+    ) -> Result<(), String> {
+        let mut state = self.shared.lock();
+        let runner = state.workflows.complete(scope, job_id, conclusion)?;
+        if let Some(id) = runner.and_then(|name| state.runner_id_by_name(scope, &name)) {
+            state.set_runner_state(scope, id, true, false);
+        }
+        Ok(())
     }
 }
 

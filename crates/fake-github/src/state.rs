@@ -239,6 +239,8 @@ pub(crate) struct State {
     pub(crate) runner_version: String,
     /// GitHub's runner scale set service (the Actions service behind `runner-registration`).
     pub(crate) scalesets: ScaleSets,
+    /// Repositories' workflow runs and their jobs.
+    pub(crate) workflows: crate::workflows::Workflows,
 }
 
 impl State {
@@ -266,6 +268,7 @@ impl State {
             registration_tokens_issued: 0,
             runner_version: crate::DEFAULT_RUNNER_VERSION.to_string(),
             scalesets: ScaleSets::new(config.scaleset),
+            workflows: Default::default(),
         }
     }
 
