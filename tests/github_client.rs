@@ -17,6 +17,7 @@ fn quick() -> RetryPolicy {
         base_delay: Duration::from_millis(20),
         max_wait: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
+        rate_limit_wait: Duration::from_millis(100),
     }
 }
 

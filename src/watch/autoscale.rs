@@ -20,9 +20,7 @@ use crate::observe::Observers;
 use crate::observe::state::{Observed, PoolLoad};
 use crate::plan::Plan;
 use crate::scaleset::listener::JobTracker;
-use crate::scaleset::{
-    JobMessage, Poll, ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetMessage, Session,
-};
+use crate::scaleset::{JobMessage, Poll, ScaleSetClient, ScaleSetError, ScaleSetMessage, Session};
 use crate::spec::Spec;
 
 /// How long the service may hold one poll.

@@ -14,8 +14,8 @@ use fake_github::{
 };
 use fleet::scaleset::listener::{JobTracker, Observation};
 use fleet::scaleset::{
-    ClientConfig, Ensured, JobMessage, Poll, RetryPolicy, ScaleSetApi, ScaleSetClient,
-    ScaleSetError, ScaleSetMessage, ScaleSetSpec, Scope, Session, TokenRegistration,
+    ClientConfig, Ensured, JobMessage, Poll, RetryPolicy, ScaleSetClient, ScaleSetError,
+    ScaleSetMessage, ScaleSetSpec, Scope, Session,
 };
 use fleet::secret::Secret;
 
@@ -49,9 +49,21 @@ fn policy() -> RetryPolicy {
     RetryPolicy {
         attempts: 4,
         base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
+        max_wait: Duration::from_millis(200),
         request_timeout: Duration::from_secs(10),
+        rate_limit_wait: Duration::from_millis(50),
     }
+}
+
+/// Registration tokens from fleet's GitHub client, as fleet buys them.
+fn registration_source(api_url: &str, scope: &Scope, token: &str) -> fleet::github::GithubClient {
+    fleet::github::GithubClient::new(
+        api_url,
+        scope.clone(),
+        fleet::github::Credentials::Token(token.to_owned()),
+        policy(),
+    )
+    .expect("registration source")
 }
 
 struct Rig {
@@ -75,9 +87,7 @@ async fn rig_with(scaleset: ScaleSetConfig, refresh_margin: Duration) -> Rig {
 }
 
 fn client_for(fake: &FakeGithub, refresh_margin: Duration) -> ScaleSetClient {
-    let registration =
-        TokenRegistration::new(&fake.url(), &scope(), Secret::new(fake.token()), policy())
-            .expect("registration source");
+    let registration = registration_source(&fake.url(), &scope(), &fake.token());
     let mut config = ClientConfig::new(&fake.url(), &scope());
     config.policy = policy();
     config.refresh_margin = refresh_margin;
@@ -222,9 +232,7 @@ async fn organization_scale_sets_live_in_their_runner_group() {
     .expect("fake starts");
     let group = fake.add_runner_group("acme", "gpu-hosts");
     let org = Scope::Org("acme".into());
-    let registration =
-        TokenRegistration::new(&fake.url(), &org, Secret::new(fake.token()), policy())
-            .expect("registration");
+    let registration = registration_source(&fake.url(), &org, &fake.token());
     let client = ScaleSetClient::new(ClientConfig::new(&fake.url(), &org), Arc::new(registration))
         .expect("client");
     let in_group = ScaleSetSpec {
@@ -769,27 +777,9 @@ async fn credentials_never_show() {
 
 #[tokio::test]
 async fn a_credential_never_goes_to_a_plain_http_host_elsewhere() {
-    let registration = TokenRegistration::new(
-        "http://api.example.com",
-        &scope(),
-        Secret::new("ghp_x"),
-        policy(),
-    );
-    assert!(matches!(
-        registration,
-        Err(ScaleSetError::InsecureUrl { .. })
-    ));
     let client = ScaleSetClient::new(
         ClientConfig::new("http://10.1.2.3:8080", &scope()),
-        Arc::new(
-            TokenRegistration::new(
-                "https://api.github.com",
-                &scope(),
-                Secret::new("x"),
-                policy(),
-            )
-            .expect("https is fine"),
-        ),
+        Arc::new(registration_source("https://api.github.com", &scope(), "x")),
     );
     assert!(matches!(client, Err(ScaleSetError::InsecureUrl { .. })));
 }
