@@ -104,7 +104,7 @@ impl ProxyConfig {
     /// The proxy a request to `url` goes through, redacted, if any (for messages).
     pub fn describe_for(&self, url: &str) -> Option<String> {
         let uri: Uri = url.parse().ok()?;
-        route(&self.matcher(), &uri).map(|r| redact_url(&r.proxy.to_string()))
+        route(&self.matcher(), &uri).map(|r| show_proxy(&r.proxy))
     }
 }
 
@@ -132,6 +132,15 @@ pub fn redact_url(url: &str) -> String {
     } else {
         format!("{scheme}://{shown}{tail}")
     }
+}
+
+/// A proxy as messages show it: `http://HOST:PORT` (its credentials are never part of it).
+fn show_proxy(proxy: &Uri) -> String {
+    let authority = proxy.authority().map(|a| a.as_str()).unwrap_or_default();
+    redact_url(&format!(
+        "{}://{authority}",
+        proxy.scheme_str().unwrap_or("http")
+    ))
 }
 
 /// Where a connection to a destination goes: the proxy to tunnel through, with its
@@ -180,7 +189,7 @@ impl tower_service::Service<Uri> for ProxyConnector {
             let connecting = self.direct.call(dst);
             return Box::pin(async move { connecting.await.map_err(Into::into) });
         };
-        let shown = redact_url(&route.proxy.to_string());
+        let shown = show_proxy(&route.proxy);
         let mut tunnel = Tunnel::new(route.proxy, self.direct.clone());
         if let Some(auth) = route.auth {
             tunnel = tunnel.with_auth(auth);
@@ -299,7 +308,7 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
         assert_eq!(
             config.describe_for("https://api.github.com/x").as_deref(),
-            Some("http://***@p:3128/")
+            Some("http://p:3128")
         );
         let refused = ProxyConfig::from_env(&env(&[("HTTPS_PROXY", "socks5://u:hunter2@p:1")]))
             .check()
