@@ -5,6 +5,7 @@ use http::Method;
 use serde::Deserialize;
 
 use super::http::decode;
+use super::pacing::Write;
 use super::{GithubClient, GithubError};
 use crate::secret::Secret;
 
@@ -69,7 +70,10 @@ impl GithubWrite {
             "labels": labels,
             "work_folder": work_folder,
         });
-        self.client.pacer.write("generate-jitconfig").await;
+        self.client
+            .pacer
+            .write("generate-jitconfig", Write::Create)
+            .await;
         let answer = self
             .client
             .send(Method::POST, &url, Some(&body), "generate-jitconfig")
@@ -90,7 +94,10 @@ impl GithubWrite {
         let url = self
             .client
             .scoped_url("/actions/runners/registration-token");
-        self.client.pacer.write("registration-token").await;
+        self.client
+            .pacer
+            .write("registration-token", Write::Create)
+            .await;
         let answer = self
             .client
             .send(Method::POST, &url, None, "registration-token")
@@ -106,7 +113,10 @@ impl GithubWrite {
             .client
             .scoped_url(&format!("/actions/runners/{id}/labels"));
         let body = serde_json::json!({ "labels": labels });
-        self.client.pacer.write("set-runner-labels").await;
+        self.client
+            .pacer
+            .write("set-runner-labels", Write::Change)
+            .await;
         self.client
             .send(Method::PUT, &url, Some(&body), "set-runner-labels")
             .await
@@ -119,7 +129,10 @@ impl GithubWrite {
         let url = self
             .client
             .scoped_url(&format!("/actions/runner-groups/{group}/runners/{id}"));
-        self.client.pacer.write("set-runner-group").await;
+        self.client
+            .pacer
+            .write("set-runner-group", Write::Change)
+            .await;
         self.client
             .send(Method::PUT, &url, None, "set-runner-group")
             .await
@@ -129,7 +142,10 @@ impl GithubWrite {
     /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.
     pub async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
         let url = self.client.scoped_url(&format!("/actions/runners/{id}"));
-        self.client.pacer.write("delete-runner").await;
+        self.client
+            .pacer
+            .write("delete-runner", Write::Change)
+            .await;
         match self
             .client
             .send(Method::DELETE, &url, None, "delete-runner")
