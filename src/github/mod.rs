@@ -22,7 +22,7 @@ pub use client::{Answer, GithubClient};
 pub use endpoint::{API_URL_ENV, ApiEndpoint};
 pub use error::{GithubError, JIT_MIN_GHES_VERSION};
 pub use http::next_link;
-pub use read::GithubRead;
+pub use read::{GithubRead, find_group};
 pub use retry::RetryPolicy;
 pub use stats::RequestStats;
 pub use transport::ProxyConfig;

@@ -74,15 +74,34 @@ impl GithubWrite {
             .pacer
             .write("generate-jitconfig", Write::Create)
             .await;
-        let answer = self
+        let answer = match self
             .client
             .send(Method::POST, &url, Some(&body), "generate-jitconfig")
-            .await?;
+            .await
+        {
+            Err(GithubError::NotFound { .. }) if self.scope_is_readable().await => {
+                return Err(GithubError::NoJit {
+                    api_url: self.client.api_url().to_string(),
+                    url,
+                });
+            }
+            other => other?,
+        };
         let parsed: Answer = decode(&url, &answer.body)?;
         Ok(JitConfig {
             runner_id: parsed.runner.id,
             encoded: Secret::new(parsed.encoded_jit_config),
         })
+    }
+
+    /// Whether the scope's runner list can be read: after a 404 on generate-jitconfig, it tells
+    /// a GitHub Enterprise Server without JIT (before 3.10) from a scope that does not exist.
+    async fn scope_is_readable(&self) -> bool {
+        let url = format!("{}?per_page=1", self.client.scoped_url("/actions/runners"));
+        self.client
+            .send(Method::GET, &url, None, "list-runners")
+            .await
+            .is_ok()
     }
 
     /// A registration token for `config.sh` (`POST .../actions/runners/registration-token`).

@@ -277,12 +277,14 @@ fn check_runner_identity(c: &mut Checker, name: &str, pool_ptr: &str, pool: &Poo
         .copied()
         .unwrap_or(false);
     let labels = spec.pool_field(pool, |p| p.labels.as_ref());
-    let count = labels.map_or(0, Vec::len)
+    let own = labels.map_or(0, Vec::len)
         + if no_defaults {
             0
         } else {
             DEFAULT_RUNNER_LABELS.len()
         };
+    // Every runner also carries fleet's ownership label (`fleet.<fleet>`): GitHub counts it.
+    let count = if own == 0 { 0 } else { own + 1 };
     if count == 0 {
         c.at_key(
             pool_ptr,
@@ -293,7 +295,7 @@ fn check_runner_identity(c: &mut Checker, name: &str, pool_ptr: &str, pool: &Poo
         let ptr = c.origin(name, "labels", pool.labels.is_some());
         c.at_value(
             &ptr,
-            format!("expected at most {MAX_RUNNER_LABELS} labels per runner (GitHub's limit), found {count}"),
+            format!("expected at most {MAX_RUNNER_LABELS} labels per runner (GitHub's limit), found {count} with fleet's ownership label"),
         );
     }
     if let Some(group) = spec.pool_field(pool, |p| p.runner_group.as_ref())
