@@ -792,7 +792,7 @@ impl ScaleSetClient {
         })
     }
 
-    async fn get_runner_by_name(
+    pub async fn get_runner_by_name(
         &self,
         name: &str,
     ) -> Result<Option<RunnerReference>, ScaleSetError> {
@@ -810,7 +810,7 @@ impl ScaleSetClient {
     }
 
     /// Removes a runner's registration. [`ScaleSetError::RunnerBusy`] while it runs a job.
-    async fn remove_runner(&self, runner_id: u64) -> Result<(), ScaleSetError> {
+    pub async fn remove_runner(&self, runner_id: u64) -> Result<(), ScaleSetError> {
         let request = ServiceRequest::new(Method::DELETE, format!("{RUNNERS}/{runner_id}"));
         let (answer, url) = self.service(&request).await?;
         if answer

@@ -91,6 +91,7 @@ fn client_for(fake: &FakeGithub, refresh_margin: Duration) -> ScaleSetClient {
     let mut config = ClientConfig::new(&fake.url(), &scope());
     config.policy = policy();
     config.refresh_margin = refresh_margin;
+    config.exchange_first_wait = Duration::from_millis(20);
     ScaleSetClient::new(config, Arc::new(registration)).expect("client")
 }
 
@@ -358,18 +359,67 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
         .generate_jit_config(set, "zq-gpu-2", "_work")
         .await
         .expect("jit");
+    assert!(taken.runner.id > idle.id);
+    // Registered again under a name this scale set's idle runner holds: the old registration
+    // goes (as with GitHub's own clients), the new one takes its name.
     let again = rig
         .client
         .generate_jit_config(set, "zq-gpu-2", "_work")
+        .await
+        .expect("the stale registration is replaced");
+    assert!(again.runner.id > taken.runner.id);
+    let registered = rig
+        .client
+        .get_runner_by_name("zq-gpu-2")
+        .await
+        .expect("lookup")
+        .expect("registered");
+    assert_eq!(registered.id, again.runner.id);
+    // Another scale set's runner of that name is never removed.
+    let other = rig
+        .client
+        .get_or_create_scale_set(&ScaleSetSpec::new("zq-other"))
+        .await
+        .expect("second scale set")
+        .scale_set()
+        .id;
+    let refused = rig
+        .client
+        .generate_jit_config(other, "zq-gpu-2", "_work")
         .await;
     assert!(
-        matches!(again, Err(ScaleSetError::RunnerExists { .. })),
-        "{again:?}"
+        matches!(refused, Err(ScaleSetError::RunnerExists { .. })),
+        "{refused:?}"
     );
-    assert!(taken.runner.id > idle.id);
 
     rig.client.delete_session(&session).await.expect("close");
     assert!(rig.fake.scale_sets(None)[0].session.is_none());
+}
+
+#[tokio::test]
+async fn requests_name_fleet_its_version_and_the_scale_set() {
+    let rig = rig(fast()).await;
+    let set = scale_set(&rig).await;
+    let session = rig
+        .client
+        .create_session(set, "fleet-zq@host")
+        .await
+        .expect("session");
+    rig.client.delete_session(&session).await.expect("close");
+    let agents: Vec<String> = rig
+        .fake
+        .requests()
+        .iter()
+        .map(|r| r.user_agent.clone())
+        .collect();
+    let fleet = format!("fleet/{}", env!("CARGO_PKG_VERSION"));
+    assert!(agents.iter().all(|a| a.starts_with(&fleet)), "{agents:?}");
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.ends_with(&format!("(scale set {set})"))),
+        "{agents:?}"
+    );
 }
 
 #[tokio::test]
