@@ -677,3 +677,22 @@ fn the_spec_generator_reaches_the_model_often() {
         "only {accepted} of 500 generated specs passed the schema"
     );
 }
+
+#[test]
+fn the_label_limit_counts_fleets_own_label() {
+    let spec = |n: usize| {
+        let labels: Vec<String> = (0..n).map(|i| format!("l{i}")).collect();
+        format!(
+            "version: 1\nname: demo\ngithub: {{ repo: a/b }}\npools:\n  p: {{ count: 1, image: x, no_default_labels: true, labels: [{}] }}\n",
+            labels.join(", ")
+        )
+    };
+    let too_many = |n: usize| {
+        check(&spec(n))
+            .iter()
+            .any(|d| d.message.contains("expected at most 100 labels per runner"))
+    };
+    // 99 of the spec's own and fleet's ownership label make 100, GitHub's limit; 100 make 101.
+    assert!(!too_many(99));
+    assert!(too_many(100));
+}
