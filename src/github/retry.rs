@@ -55,7 +55,7 @@ impl RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts: 5,
+            attempts: 4,
             base_delay: Duration::from_millis(500),
             max_wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
