@@ -276,10 +276,8 @@ fn apply_from_cron_keeps_the_scale_set_and_min_idle_runners() {
 
 #[test]
 fn a_scale_set_fleet_did_not_make_is_an_error_never_adopted() {
-    use fleet::scaleset::{
-        ClientConfig, RetryPolicy, ScaleSetApi, ScaleSetClient, ScaleSetSpec, Scope,
-        TokenRegistration,
-    };
+    use fleet::github::{Credentials, GithubClient, RetryPolicy};
+    use fleet::scaleset::{ClientConfig, ScaleSetClient, ScaleSetSpec, Scope};
     let w = world();
     spec(&w, &autoscaled("auto", 0, 2), "none");
     // Someone else made a scale set with the pool's name (no ownership label).
@@ -289,10 +287,10 @@ fn a_scale_set_fleet_did_not_make_is_an_error_never_adopted() {
     };
     let name = format!("{}-auto", w.run);
     w.rt.block_on(async {
-        let tokens = TokenRegistration::new(
+        let tokens = GithubClient::new(
             &w.fake.url(),
-            &scope,
-            fleet::secret::Secret::new(w.fake.token()),
+            scope.clone(),
+            Credentials::Token(w.fake.token()),
             RetryPolicy::default(),
         )
         .expect("token source");

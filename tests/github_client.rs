@@ -8,7 +8,7 @@ mod recorder;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_github::{AppConfig, Config, FakeGithub, Fault, NewRunner, Scope};
-use fleet::github::{Credentials, GithubClient, GithubError, GithubScope, RetryPolicy};
+use fleet::github::{AppRefusal, Credentials, GithubClient, GithubError, GithubScope, RetryPolicy};
 use recorder::{Recorder, installation_token, redirect, runner_page};
 
 fn quick() -> RetryPolicy {
@@ -17,6 +17,7 @@ fn quick() -> RetryPolicy {
         base_delay: Duration::from_millis(20),
         max_wait: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
+        rate_limit_wait: Duration::from_millis(100),
     }
 }
 
@@ -181,9 +182,13 @@ fn app_key(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn app_credentials(key: &std::path::Path) -> Credentials {
+    app_credentials_of(key, 42, 7)
+}
+
+fn app_credentials_of(key: &std::path::Path, app_id: u64, installation_id: u64) -> Credentials {
     Credentials::App {
-        app_id: 42,
-        installation_id: 7,
+        app_id,
+        installation_id,
         key_pem: std::fs::read(key).expect("key"),
         key_path: key.display().to_string(),
     }
@@ -391,4 +396,205 @@ async fn with_an_app_neither_the_jwt_nor_the_installation_token_follows_a_redire
         "a credential followed a redirect: {:?}",
         elsewhere.requests()
     );
+}
+
+// ---- GitHub's answers, one test each -----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_429_is_waited_out_longer_each_time() {
+    let fake = FakeGithub::start(Config::default()).await.expect("fake");
+    let gh = client(&fake, quick()).await;
+    fake.fail_next(
+        Fault::Status {
+            status: 429,
+            retry_after: None,
+        },
+        2,
+    );
+    let started = Instant::now();
+    gh.read().list_runners().await.expect("after two waits");
+    // quick(): rate_limit_wait 100 ms, then 200 ms; never the 20 ms backoff of a 5xx.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_fleet_waits_is_an_error_not_a_shorter_wait() {
+    let fake = FakeGithub::start(Config::default()).await.expect("fake");
+    let gh = client(&fake, quick()).await;
+    fake.fail_next(Fault::SecondaryRateLimit { retry_after: 60 }, 1);
+    let started = Instant::now();
+    let error = gh.read().list_runners().await.expect_err("60 s > 5 s");
+    assert!(
+        matches!(error, GithubError::RetryAfterTooLong { wait_secs: 60, .. }),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "no early retry");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+async fn app_fake() -> (FakeGithub, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = app_key(dir.path());
+    let fake = FakeGithub::start(Config {
+        app: Some(AppConfig {
+            app_id: 42,
+            installation_id: 7,
+        }),
+        ..Config::default()
+    })
+    .await
+    .expect("fake");
+    (fake, dir, key)
+}
+
+/// The error of a list with App credentials, after `fault` on the token request.
+async fn app_refusal(
+    credentials: impl FnOnce(&std::path::Path) -> Credentials,
+    fault: Option<Fault>,
+) -> GithubError {
+    let (fake, _dir, key) = app_fake().await;
+    if let Some(fault) = fault {
+        fake.fail_next(fault, 1);
+    }
+    let gh = GithubClient::new(&fake.url(), repo().1, credentials(&key), quick()).expect("client");
+    let error = gh.read().list_runners().await.expect_err("refused");
+    assert!(!error.is_transient(), "{error} is not a network error");
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "a refusal is not retried: {:#?}",
+        fake.requests()
+    );
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_installation_id_is_named_with_a_hint() {
+    let error = app_refusal(|key| app_credentials_of(key, 42, 8), None).await;
+    assert!(
+        matches!(
+            error,
+            GithubError::AppRefused {
+                reason: AppRefusal::UnknownInstallation,
+                installation_id: 8,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.hint().expect("hint").contains("installation_id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_app_is_named_with_a_hint() {
+    let error = app_refusal(|key| app_credentials_of(key, 43, 7), None).await;
+    assert!(
+        matches!(
+            error,
+            GithubError::AppRefused {
+                reason: AppRefusal::BadKey,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.hint().expect("hint").contains("private key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_named_with_a_hint() {
+    let error = app_refusal(app_credentials, Some(Fault::ClockSkew)).await;
+    assert!(
+        matches!(
+            error,
+            GithubError::AppRefused {
+                reason: AppRefusal::ClockSkew,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.hint().expect("hint").contains("clock"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_app_is_named_with_a_hint() {
+    let error = app_refusal(app_credentials, Some(Fault::Suspended)).await;
+    assert!(
+        matches!(
+            error,
+            GithubError::AppRefused {
+                reason: AppRefusal::Suspended,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.hint().expect("hint").contains("unsuspend"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ghes_without_jit_is_told_from_a_missing_repository() {
+    let fake = FakeGithub::start(Config::default()).await.expect("fake");
+    let gh = client(&fake, quick()).await;
+    fake.fail_next(
+        Fault::Status {
+            status: 404,
+            retry_after: None,
+        },
+        1,
+    );
+    let error = gh
+        .write()
+        .generate_jitconfig("r-1", 1, &["self-hosted".into()], "_work")
+        .await
+        .expect_err("no JIT");
+    assert!(matches!(error, GithubError::NoJit { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(fleet::github::JIT_MIN_GHES_VERSION)
+    );
+    // A repository that does not exist stays a 404 about the repository.
+    let missing = GithubClient::new(
+        &fake.url(),
+        GithubScope::Repo {
+            owner: "acme".into(),
+            repo: "nope".into(),
+        },
+        Credentials::Token("not-the-token".into()),
+        quick(),
+    )
+    .expect("client");
+    let error = missing
+        .write()
+        .generate_jitconfig("r-1", 1, &["self-hosted".into()], "_work")
+        .await
+        .expect_err("refused");
+    assert!(!matches!(error, GithubError::NoJit { .. }), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_whose_total_count_moves_between_pages_is_read_again() {
+    let fake = FakeGithub::start(Config::default()).await.expect("fake");
+    for i in 0..150 {
+        fake.add_runner(
+            &repo().0,
+            NewRunner {
+                name: format!("r-{i:03}"),
+                ..NewRunner::default()
+            },
+        );
+    }
+    let gh = client(&fake, quick()).await;
+    // Five runners finish and vanish right after the first page is served.
+    fake.fail_next(Fault::RunnersVanish { count: 5 }, 1);
+    let runners = gh.read().list_runners().await.expect("runners");
+    assert_eq!(runners.len(), 145, "a consistent list, not a shifted one");
+    let lists = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/actions/runners"))
+        .count();
+    assert_eq!(lists, 4, "two pages, then both again");
 }

@@ -196,11 +196,8 @@ impl Executor<'_> {
             GithubScope::Repo { .. } => Ok(1),
             GithubScope::Org(org) => {
                 let group = pool.runner_group.as_deref().unwrap_or("Default");
-                self.observed
-                    .github
-                    .groups
-                    .get(group)
-                    .copied()
+                crate::github::find_group(&self.observed.github.groups, group)
+                    .map(|(_, id)| id)
                     .ok_or_else(|| {
                         StepError::Plan(format!(
                             "runner group `{group}` does not exist in organization {org}"

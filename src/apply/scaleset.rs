@@ -5,7 +5,7 @@ use super::{Executor, StepError, StepResult};
 use crate::contract;
 use crate::github::JitConfig;
 use crate::plan::{ScaleSetChange, ScaleSetOp};
-use crate::scaleset::{ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetSpec};
+use crate::scaleset::{ScaleSetClient, ScaleSetError, ScaleSetSpec};
 use crate::spec::{ResolvedPool, RunnerUpdate};
 
 impl Executor<'_> {

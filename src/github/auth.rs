@@ -6,20 +6,30 @@ use std::fmt;
 
 use super::GithubError;
 use super::endpoint::ApiEndpoint;
-use crate::spec::{DEFAULT_API_URL, DEFAULT_TOKEN_ENV, Spec};
+use crate::spec::{DEFAULT_TOKEN_ENV, Spec};
 
-/// Repository or organization.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Repository or organization: where runners and scale sets are registered. One type for the
+/// REST client and the scale set client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GithubScope {
     Repo { owner: String, repo: String },
     Org(String),
 }
 
 impl GithubScope {
-    pub(super) fn path(&self) -> String {
+    /// The REST path prefix of this scope, e.g. `/repos/acme/app`.
+    pub fn api_path(&self) -> String {
         match self {
             GithubScope::Repo { owner, repo } => format!("/repos/{owner}/{repo}"),
             GithubScope::Org(org) => format!("/orgs/{org}"),
+        }
+    }
+
+    /// The path GitHub's web URL has for this scope, e.g. `/acme/app`.
+    pub fn web_path(&self) -> String {
+        match self {
+            GithubScope::Repo { owner, repo } => format!("/{owner}/{repo}"),
+            GithubScope::Org(org) => format!("/{org}"),
         }
     }
 
@@ -130,20 +140,21 @@ fn credentials_of(
     }
 }
 
-/// The URL a runner registers against with `config.sh --url`: the web address of the
-/// repository or organization (https://github.com/acme/zquic; on GHES https://HOST/acme).
+/// The URL a runner registers against with `config.sh --url`, and the scale set service's
+/// registration expects: the web address of the repository or organization. The API of
+/// github.com (`api.github.com`) and of GHE.com (`api.SUBDOMAIN.ghe.com`) drop `api.`; a GitHub
+/// Enterprise Server API (`HOST/api/v3`) drops `/api/v3`; any other (the fake on 127.0.0.1) is
+/// taken as it is.
 pub fn registration_url(api_url: &str, scope: &GithubScope) -> String {
-    let web = if api_url == DEFAULT_API_URL {
-        "https://github.com".to_string()
-    } else if let Some(host) = api_url.strip_suffix("/api/v3") {
-        host.to_string()
+    let api = api_url.trim_end_matches('/');
+    let web = if let Some(host) = api.strip_prefix("https://api.") {
+        format!("https://{host}")
+    } else if let Some(base) = api.strip_suffix("/api/v3") {
+        base.to_owned()
     } else {
-        api_url.to_string()
+        api.to_owned()
     };
-    match scope {
-        GithubScope::Repo { owner, repo } => format!("{web}/{owner}/{repo}"),
-        GithubScope::Org(org) => format!("{web}/{org}"),
-    }
+    format!("{web}{}", scope.web_path())
 }
 
 /// Runs blocking `work` with `tokio::task::block_in_place` on a multi-threaded runtime (the
@@ -196,7 +207,7 @@ mod tests {
             repo: "zq".into(),
         };
         assert_eq!(
-            registration_url(DEFAULT_API_URL, &repo),
+            registration_url(crate::spec::DEFAULT_API_URL, &repo),
             "https://github.com/acme/zq"
         );
         assert_eq!(
@@ -205,6 +216,15 @@ mod tests {
                 &GithubScope::Org("acme".into())
             ),
             "https://ghe.example/acme"
+        );
+        // GHE.com: the API is api.SUBDOMAIN.ghe.com, the web SUBDOMAIN.ghe.com.
+        assert_eq!(
+            registration_url("https://api.octo.ghe.com/", &repo),
+            "https://octo.ghe.com/acme/zq"
+        );
+        assert_eq!(
+            registration_url("http://127.0.0.1:4000", &repo),
+            "http://127.0.0.1:4000/acme/zq"
         );
     }
 }

@@ -1,35 +1,46 @@
-//! The GitHub client: transport and authentication through octocrab, every request retried with
-//! backoff on 5xx and timeouts, GitHub's documented rate-limit behaviour, conditional requests
-//! with ETags, and a count of requests. Reads and writes are built on it (`read.rs`, `write.rs`).
+//! The GitHub client: requests over the shared transport (`transport.rs`: proxies, TLS, the
+//! User-Agent), authenticated with a token or a GitHub App's installation token (`app.rs`),
+//! every request retried with backoff on 5xx and timeouts, GitHub's documented rate-limit
+//! behaviour (`retry.rs`), conditional requests with ETags, and a count of requests. Reads and
+//! writes are built on it (`read.rs`, `write.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use http::{HeaderMap, Method, StatusCode};
-use octocrab::Octocrab;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use serde::de::DeserializeOwned;
 
 use super::GithubError;
+use super::app::{self, AppAuth, Exchange};
 use super::auth::{self, Credentials, GithubScope};
 use super::endpoint::ApiEndpoint;
-use super::http::{decode, error_chain, header_u64, next_link};
+use super::http::{decode, header_u64, next_link};
 use super::pacing::Pacer;
 use super::retry::{Attempt, RetryPolicy, classify};
 use super::stats::RequestStats;
+use super::transport::{self, HttpsClient, ProxyConfig, error_chain};
+use crate::secret::Secret;
 use crate::spec::Spec;
 
 /// The most pages fleet reads of one list (100 entries a page): a bound against a server that
 /// links on for ever.
 const MAX_PAGES: usize = 1000;
+/// The largest answer fleet reads: GitHub's pages of 100 runners are well under a megabyte.
+const MAX_BODY: usize = 16 << 20;
+/// The REST API version fleet is written against.
+const API_VERSION: &str = "2022-11-28";
 
 /// A GitHub client for one scope.
 #[derive(Clone)]
 pub struct GithubClient {
+    http: HttpsClient,
+    proxy: ProxyConfig,
     // Shared by every clone, so that an App's installation token is fetched once and reused.
-    octo: Arc<Octocrab>,
+    auth: Arc<Auth>,
     /// The only API requests go to (`endpoint.rs`).
     endpoint: ApiEndpoint,
     scope: GithubScope,
@@ -39,8 +50,13 @@ pub struct GithubClient {
     /// `If-None-Match`, GitHub answers 304 (which does not count against the rate limit) and
     /// the cached answer is used.
     etags: Arc<Mutex<BTreeMap<String, Cached>>>,
-    /// Writes paced under GitHub's secondary rate limit.
+    /// Writes paced under GitHub's secondary rate limits.
     pub(super) pacer: Arc<Pacer>,
+}
+
+enum Auth {
+    Token(Secret),
+    App(AppAuth),
 }
 
 #[derive(Clone)]
@@ -57,9 +73,17 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// An answer of any status.
+struct RawAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
 impl GithubClient {
     /// A client for the spec's scope, API URL and credentials. `env` reads environment
-    /// variables (a parameter so tests need not touch the process's environment).
+    /// variables (a parameter so tests need not touch the process's environment), proxies
+    /// included.
     pub fn from_spec(
         spec: &Spec,
         base_dir: &std::path::Path,
@@ -67,10 +91,12 @@ impl GithubClient {
         policy: RetryPolicy,
     ) -> Result<GithubClient, GithubError> {
         let (endpoint, scope, credentials) = auth::from_spec(spec, base_dir, env)?;
-        GithubClient::with_endpoint(endpoint, scope, credentials, policy)
+        let proxy = ProxyConfig::from_env(env);
+        GithubClient::with_endpoint(endpoint, scope, credentials, policy, proxy)
     }
 
-    /// A client for the API at `api_url` (`https://`, or `http://` on a loopback host).
+    /// A client for the API at `api_url` (`https://`, or `http://` on a loopback host), through
+    /// the proxies of the process's environment.
     pub fn new(
         api_url: &str,
         scope: GithubScope,
@@ -78,7 +104,18 @@ impl GithubClient {
         policy: RetryPolicy,
     ) -> Result<GithubClient, GithubError> {
         let endpoint = ApiEndpoint::parse(api_url, "the GitHub API URL")?;
-        GithubClient::with_endpoint(endpoint, scope, credentials, policy)
+        let proxy = ProxyConfig::from_process();
+        GithubClient::with_endpoint(endpoint, scope, credentials, policy, proxy)
+    }
+
+    /// This client, through `proxy` instead.
+    pub fn with_proxy(mut self, proxy: ProxyConfig) -> Result<GithubClient, GithubError> {
+        self.http = transport::https_client(&proxy).map_err(|message| GithubError::Client {
+            api_url: self.endpoint.url().to_string(),
+            message,
+        })?;
+        self.proxy = proxy;
+        Ok(self)
     }
 
     fn with_endpoint(
@@ -86,27 +123,14 @@ impl GithubClient {
         scope: GithubScope,
         credentials: Credentials,
         policy: RetryPolicy,
+        proxy: ProxyConfig,
     ) -> Result<GithubClient, GithubError> {
-        let api_url = endpoint.url().to_string();
-        let client_error = |message: String| GithubError::Client {
-            api_url: api_url.clone(),
+        let http = transport::https_client(&proxy).map_err(|message| GithubError::Client {
+            api_url: endpoint.url().to_string(),
             message,
-        };
-        let builder = Octocrab::builder()
-            .base_uri(api_url.as_str())
-            .map_err(|e| client_error(e.to_string()))?
-            // fleet times each request itself (`RetryPolicy::request_timeout`); octocrab's own
-            // timeouts only back that up, so that a timeout always reads the same.
-            .set_connect_timeout(Some(policy.request_timeout + Duration::from_secs(5)))
-            .set_read_timeout(Some(policy.request_timeout + Duration::from_secs(5)))
-            // The media type GitHub asks every client to accept. (Not a User-Agent of fleet's:
-            // octocrab sends its own on every request, and an added one would be a second.)
-            .add_header(http::header::ACCEPT, "application/vnd.github+json".into());
-        let octo = match credentials {
-            Credentials::Token(token) => builder
-                .personal_token(token)
-                .build()
-                .map_err(|e| client_error(e.to_string()))?,
+        })?;
+        let auth = match credentials {
+            Credentials::Token(token) => Auth::Token(Secret::new(token)),
             Credentials::App {
                 app_id,
                 installation_id,
@@ -122,15 +146,13 @@ impl GithubClient {
                         path: key_path.clone(),
                     }
                 })?;
-                builder
-                    .app(app_id.into(), key)
-                    .build()
-                    .and_then(|app| app.installation(installation_id.into()))
-                    .map_err(|e| client_error(e.to_string()))?
+                Auth::App(AppAuth::new(app_id, installation_id, key))
             }
         };
         Ok(GithubClient {
-            octo: Arc::new(octo),
+            http,
+            proxy,
+            auth: Arc::new(auth),
             endpoint,
             scope,
             policy,
@@ -138,6 +160,16 @@ impl GithubClient {
             etags: Arc::new(Mutex::new(BTreeMap::new())),
             pacer: Arc::new(Pacer::default()),
         })
+    }
+
+    /// The proxies this client goes through (the scale set client uses the same).
+    pub fn proxy(&self) -> &ProxyConfig {
+        &self.proxy
+    }
+
+    /// The retry policy (the scale set client uses the same).
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
     }
 
     pub fn scope(&self) -> &GithubScope {
@@ -154,7 +186,7 @@ impl GithubClient {
 
     /// The URL of a path under the scope (`/actions/runners` -> `.../repos/o/r/actions/runners`).
     pub(super) fn scoped_url(&self, path: &str) -> String {
-        format!("{}{}{path}", self.endpoint.url(), self.scope.path())
+        format!("{}{}{path}", self.endpoint.url(), self.scope.api_path())
     }
 
     /// The URL `config.sh --url` registers against.
@@ -215,20 +247,30 @@ impl GithubClient {
             .with_max_delay(self.policy.max_wait)
             .with_max_times(attempts - 1)
             .with_jitter();
-        let max_wait = self.policy.max_wait;
         let tries = AtomicU64::new(0);
+        let rate_limited = AtomicU32::new(0);
         let result = (|| async {
             tries.fetch_add(1, Ordering::Relaxed);
             self.attempt(method.clone(), url, body, endpoint).await
         })
         .retry(backoff)
         .when(|e: &Attempt| matches!(e, Attempt::Retry { .. }))
-        .adjust(|e: &Attempt, backoff| match e {
-            // GitHub said how long to wait: do that, within bounds.
-            Attempt::Retry {
-                wait: Some(wait), ..
-            } => backoff.map(|_| (*wait).min(max_wait)),
-            _ => backoff,
+        .adjust(|e: &Attempt, backoff| {
+            let Attempt::Retry {
+                wait,
+                rate_limited: limited,
+                ..
+            } = e
+            else {
+                return backoff;
+            };
+            let waits = if *limited {
+                rate_limited.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            };
+            // `None` from backon: no attempt left; GitHub's wait is never shortened.
+            backoff.and_then(|b| self.policy.wait_for(*wait, *limited, waits, b))
         })
         .notify(|e: &Attempt, wait| {
             if let Attempt::Retry {
@@ -261,7 +303,7 @@ impl GithubClient {
             }) => Err(GithubError::Transport {
                 url: url.to_string(),
                 attempts,
-                message,
+                message: self.through_proxy(url, message),
             }),
             Err(Attempt::Retry {
                 status, message, ..
@@ -275,6 +317,112 @@ impl GithubClient {
         }
     }
 
+    /// `message`, saying which proxy the request went through, if one did.
+    fn through_proxy(&self, url: &str, message: String) -> String {
+        match self.proxy.describe_for(url) {
+            Some(proxy) if !message.contains("proxy") => {
+                format!("{message} (through the proxy {proxy})")
+            }
+            _ => message,
+        }
+    }
+
+    /// The `Authorization` header value: the token, or the App's installation token.
+    async fn authorization(&self) -> Result<Secret, GithubError> {
+        let token = match self.auth.as_ref() {
+            Auth::Token(token) => token.clone(),
+            Auth::App(app) => app.token(|jwt| self.exchange_app_token(app, jwt)).await?,
+        };
+        Ok(Secret::new(format!("Bearer {}", token.expose())))
+    }
+
+    /// `POST /app/installations/{id}/access_tokens` with the App's JWT, once (the request
+    /// that needs the token is retried as a whole).
+    async fn exchange_app_token(
+        &self,
+        app: &AppAuth,
+        jwt: Secret,
+    ) -> Result<Exchange, GithubError> {
+        let url = format!("{}{}", self.endpoint.url(), app.token_path());
+        let bearer = Secret::new(format!("Bearer {}", jwt.expose()));
+        let answer = self
+            .round_trip(app::TOKEN_METHOD, &url, &bearer, None, None)
+            .await
+            .map_err(|message| GithubError::Transport {
+                url: url.clone(),
+                attempts: 1,
+                message: self.through_proxy(&url, message),
+            })?;
+        self.stats
+            .record("installation-token", answer.status.as_u16());
+        if answer.status.is_redirection() {
+            return Err(redirected(app::TOKEN_METHOD, &url, &answer));
+        }
+        Ok(app::exchange_answer(answer.status, answer.body.to_vec()))
+    }
+
+    /// One request and its whole answer, within the policy's timeout. A URL off the trusted
+    /// API is refused, never sent.
+    async fn round_trip(
+        &self,
+        method: Method,
+        url: &str,
+        authorization: &Secret,
+        body: Option<&serde_json::Value>,
+        if_none_match: Option<&HeaderValue>,
+    ) -> Result<RawAnswer, String> {
+        self.endpoint.relative(url).map_err(|e| e.to_string())?;
+        let mut auth = HeaderValue::from_str(authorization.expose())
+            .map_err(|_| "the credential holds characters an HTTP header cannot carry")?;
+        auth.set_sensitive(true);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(http::header::USER_AGENT, transport::USER_AGENT)
+            .header(http::header::ACCEPT, "application/vnd.github+json")
+            .header("x-github-api-version", API_VERSION)
+            .header(http::header::AUTHORIZATION, auth);
+        if let Some(etag) = if_none_match {
+            request = request.header(http::header::IF_NONE_MATCH, etag.clone());
+        }
+        let bytes = match body {
+            Some(value) => {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(value).map_err(|e| e.to_string())?)
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(bytes))
+            .map_err(|e| error_chain(&e))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| transport::quote(&e.to_string()))?
+                .to_bytes();
+            Ok(RawAnswer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(self.policy.request_timeout, exchange)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer within {:.0}s",
+                    self.policy.request_timeout.as_secs_f64()
+                )
+            })?
+    }
+
     async fn attempt(
         &self,
         method: Method,
@@ -282,58 +430,47 @@ impl GithubClient {
         body: Option<&serde_json::Value>,
         endpoint: &str,
     ) -> Result<Answer, Attempt> {
-        // octocrab adds the App's installation token only to requests without a host of their
-        // own (it fills in the base URI, GHES path included), so send the path and query; a URL
-        // off the trusted API is refused, never rewritten.
-        let relative = self.endpoint.relative(url).map_err(Attempt::Final)?;
-        let relative = relative.as_str();
+        // Checked before the credential is fetched: a URL off the trusted API is refused.
+        self.endpoint.relative(url).map_err(Attempt::Final)?;
+        let authorization = self.authorization().await.map_err(|e| match e {
+            GithubError::Transport { message, .. } => Attempt::Retry {
+                status: 0,
+                wait: None,
+                rate_limited: false,
+                message,
+            },
+            other => Attempt::Final(other),
+        })?;
         let cached = if method == Method::GET {
             self.etags.lock().ok().and_then(|m| m.get(url).cloned())
         } else {
             None
         };
-        let call = async {
-            let response = match method {
-                Method::GET => {
-                    let mut headers = HeaderMap::new();
-                    if let Some(c) = &cached {
-                        headers.insert(http::header::IF_NONE_MATCH, c.etag.clone());
-                    }
-                    self.octo._get_with_headers(relative, Some(headers)).await
-                }
-                Method::POST => self.octo._post(relative, body).await,
-                Method::DELETE => self.octo._delete(relative, body).await,
-                Method::PUT => self.octo._put(relative, body).await,
-                _ => self.octo._get(relative).await,
-            }?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = self.octo.body_to_string(response).await?;
-            Ok::<_, octocrab::Error>((status, headers, body))
+        let answer = self
+            .round_trip(
+                method.clone(),
+                url,
+                &authorization,
+                body,
+                cached.as_ref().map(|c| &c.etag),
+            )
+            .await;
+        let RawAnswer {
+            status,
+            headers,
+            body,
+        } = match answer {
+            Ok(answer) => answer,
+            Err(message) => {
+                self.stats.record(endpoint, 0);
+                return Err(Attempt::Retry {
+                    status: 0,
+                    wait: None,
+                    rate_limited: false,
+                    message,
+                });
+            }
         };
-        let (status, headers, text) =
-            match tokio::time::timeout(self.policy.request_timeout, call).await {
-                Err(_) => {
-                    self.stats.record(endpoint, 0);
-                    return Err(Attempt::Retry {
-                        status: 0,
-                        wait: None,
-                        message: format!(
-                            "no answer within {:.0}s",
-                            self.policy.request_timeout.as_secs_f64()
-                        ),
-                    });
-                }
-                Ok(Err(e)) => {
-                    self.stats.record(endpoint, 0);
-                    return Err(Attempt::Retry {
-                        status: 0,
-                        wait: None,
-                        message: error_chain(&e),
-                    });
-                }
-                Ok(Ok(answer)) => answer,
-            };
         self.stats.record(endpoint, status.as_u16());
         if let Some(remaining) = header_u64(&headers, "x-ratelimit-remaining") {
             self.stats
@@ -351,63 +488,76 @@ impl GithubClient {
             });
         }
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
-            // octocrab is built without its follow-redirect feature: a 3xx comes back here, and
-            // fleet does not follow it (a redirect could lead credentials off the trusted API).
-            return Err(Attempt::Final(GithubError::Redirected {
-                method,
-                url: url.to_string(),
-                status: status.as_u16(),
-                location: headers
-                    .get(http::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("(no Location header)")
-                    .to_string(),
-            }));
+            // fleet follows no redirect: it could lead credentials off the trusted API.
+            let raw = RawAnswer {
+                status,
+                headers,
+                body,
+            };
+            return Err(Attempt::Final(redirected(method, url, &raw)));
         }
         if status.is_success() {
-            let body = text.into_bytes();
-            if method == Method::GET
-                && let Some(etag) = headers.get(http::header::ETAG)
-                && let Ok(mut cache) = self.etags.lock()
-            {
-                // Bounded: lookups by name would otherwise grow it for as long as watch runs.
-                if cache.len() >= 256 {
-                    cache.clear();
-                }
-                cache.insert(
-                    url.to_string(),
-                    Cached {
-                        etag: etag.clone(),
-                        headers: headers.clone(),
-                        body: body.clone(),
-                    },
-                );
-            }
+            let body = body.to_vec();
+            self.remember(&method, url, &headers, &body);
             return Ok(Answer {
                 status,
                 headers,
                 body,
             });
         }
-        Err(self.classify(method, url, status, &headers, &text))
-    }
-
-    fn classify(
-        &self,
-        method: Method,
-        url: &str,
-        status: StatusCode,
-        headers: &HeaderMap,
-        text: &str,
-    ) -> Attempt {
-        classify(
+        if status == StatusCode::UNAUTHORIZED
+            && let Auth::App(app) = self.auth.as_ref()
+        {
+            // The installation token was revoked or the installation changed: fetch a new one
+            // next time.
+            app.forget().await;
+        }
+        let text = String::from_utf8_lossy(&body);
+        Err(classify(
             &self.policy,
             &self.scope,
             method,
             url,
             status,
-            headers,
-            text,
-        )
+            &headers,
+            &text,
+        ))
+    }
+
+    /// Keeps a GET's answer with its `ETag`, for a conditional request next time.
+    fn remember(&self, method: &Method, url: &str, headers: &HeaderMap, body: &[u8]) {
+        if method != Method::GET {
+            return;
+        }
+        let (Some(etag), Ok(mut cache)) = (headers.get(http::header::ETAG), self.etags.lock())
+        else {
+            return;
+        };
+        // Bounded: lookups by name would otherwise grow it for as long as watch runs.
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(
+            url.to_string(),
+            Cached {
+                etag: etag.clone(),
+                headers: headers.clone(),
+                body: body.to_vec(),
+            },
+        );
+    }
+}
+
+fn redirected(method: Method, url: &str, answer: &RawAnswer) -> GithubError {
+    GithubError::Redirected {
+        method,
+        url: url.to_string(),
+        status: answer.status.as_u16(),
+        location: answer
+            .headers
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(no Location header)")
+            .to_string(),
     }
 }

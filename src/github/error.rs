@@ -2,7 +2,11 @@
 
 use http::Method;
 
+use super::app::AppRefusal;
 use super::endpoint::API_URL_ENV;
+
+/// The first GitHub Enterprise Server release with just-in-time runner registration.
+pub const JIT_MIN_GHES_VERSION: &str = "3.10";
 
 /// Why GitHub could not be read (or written).
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,29 @@ pub enum GithubError {
         wait_secs: u64,
         max_wait_secs: u64,
     },
+    #[error(
+        "GitHub asked fleet to wait {wait_secs} s before {method} {url} again (retry-after), longer than fleet waits ({max_wait_secs} s)"
+    )]
+    RetryAfterTooLong {
+        method: Method,
+        url: String,
+        wait_secs: u64,
+        max_wait_secs: u64,
+    },
+    #[error(
+        "GitHub refused an installation token to App {app_id} for installation {installation_id} ({status} {message})"
+    )]
+    AppRefused {
+        app_id: u64,
+        installation_id: u64,
+        status: u16,
+        reason: AppRefusal,
+        message: String,
+    },
+    #[error(
+        "{api_url} has no just-in-time runner registration (404 for {url}): GitHub Enterprise Server {JIT_MIN_GHES_VERSION} or later is needed"
+    )]
+    NoJit { api_url: String, url: String },
     #[error("GitHub's answer to {url} is not what fleet expected: {message}")]
     Decode { url: String, message: String },
     #[error(
@@ -123,7 +150,18 @@ impl GithubError {
             GithubError::Unauthorized { .. } => {
                 Some("check that the token is valid and has not expired".into())
             }
-            GithubError::RateLimited { .. } => Some("try again after the reset time".into()),
+            GithubError::RateLimited { .. } | GithubError::RetryAfterTooLong { .. } => {
+                Some("try again after the reset time".into())
+            }
+            GithubError::AppRefused {
+                app_id,
+                installation_id,
+                reason,
+                ..
+            } => Some(reason.hint(*app_id, *installation_id)),
+            GithubError::NoJit { .. } => Some(format!(
+                "upgrade GitHub Enterprise Server to {JIT_MIN_GHES_VERSION} or later, or use persistent pools (ephemeral: false), which register with config.sh"
+            )),
             GithubError::UntrustedApiUrl { spec, .. } => Some(format!(
                 "if {spec} is where this machine's credentials belong, set {API_URL_ENV}={spec} in fleet's environment on this machine; otherwise remove github.api_url from fleet.yaml"
             )),
@@ -144,6 +182,7 @@ impl GithubError {
             GithubError::Unavailable { .. }
                 | GithubError::Transport { .. }
                 | GithubError::RateLimited { .. }
+                | GithubError::RetryAfterTooLong { .. }
         )
     }
 }

@@ -47,21 +47,6 @@ pub(super) fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, G
     })
 }
 
-/// An error and its causes on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

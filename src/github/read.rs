@@ -25,23 +25,58 @@ impl GithubClient {
 }
 
 impl GithubRead {
-    /// Every runner registered at the scope, every page (100 a page), sorted by id.
+    /// Every runner registered at the scope, every page (100 a page), sorted by id. A list
+    /// whose `total_count` moved between its pages (ephemeral runners come and go while it is
+    /// read, shifting the pages) is read again, up to `LIST_READS` times in all.
     pub async fn list_runners(&self) -> Result<Vec<GithubRunner>, GithubError> {
         let first = format!(
             "{}?per_page=100",
             self.client.scoped_url("/actions/runners")
         );
-        let pages: Vec<RunnerPage> = self.client.get_all_pages(&first, "list-runners").await?;
-        let mut runners: Vec<GithubRunner> = pages
-            .into_iter()
-            .flat_map(|p| p.runners)
-            .map(RunnerJson::into_runner)
-            .collect();
-        runners.sort_by_key(|r| r.id);
-        runners.dedup_by_key(|r| r.id);
-        Ok(runners)
+        let mut counts = Vec::new();
+        for _ in 0..LIST_READS {
+            let pages: Vec<RunnerPage> = self.client.get_all_pages(&first, "list-runners").await?;
+            counts = pages.iter().filter_map(|p| p.total_count).collect();
+            if counts.windows(2).all(|w| w[0] == w[1]) {
+                return Ok(runners_of(pages));
+            }
+            tracing::debug!(
+                "GitHub's runner list changed while it was read (total_count {counts:?}); reading it again"
+            );
+        }
+        Err(GithubError::Pagination {
+            first,
+            reason: format!(
+                "its total_count moved between pages {LIST_READS} times in a row (last {counts:?})"
+            ),
+        })
     }
+}
 
+/// How many times fleet reads a list whose `total_count` moves between pages.
+const LIST_READS: usize = 3;
+
+fn runners_of(pages: Vec<RunnerPage>) -> Vec<GithubRunner> {
+    let mut runners: Vec<GithubRunner> = pages
+        .into_iter()
+        .flat_map(|p| p.runners)
+        .map(RunnerJson::into_runner)
+        .collect();
+    runners.sort_by_key(|r| r.id);
+    runners.dedup_by_key(|r| r.id);
+    runners
+}
+
+/// The id of runner group `name` among `groups` (from [`GithubRead::runner_groups`]), and its
+/// name as GitHub spells it. GitHub compares group names without regard to case.
+pub fn find_group<'a>(groups: &'a BTreeMap<String, u64>, name: &str) -> Option<(&'a str, u64)> {
+    groups
+        .get_key_value(name)
+        .or_else(|| groups.iter().find(|(g, _)| g.eq_ignore_ascii_case(name)))
+        .map(|(g, id)| (g.as_str(), *id))
+}
+
+impl GithubRead {
     /// Runner groups by name (organization scope; a repository has only the default group).
     pub async fn runner_groups(&self) -> Result<BTreeMap<String, u64>, GithubError> {
         if !matches!(self.client.scope(), GithubScope::Org(_)) {
@@ -162,6 +197,8 @@ struct LabelJson {
 
 #[derive(Deserialize)]
 struct RunnerPage {
+    #[serde(default)]
+    total_count: Option<u64>,
     runners: Vec<RunnerJson>,
 }
 
@@ -175,5 +212,18 @@ impl RunnerJson {
             labels: self.labels.into_iter().map(|l| l.name).collect(),
             runner_group_id: self.runner_group_id,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_match_as_github_compares_them() {
+        let groups = BTreeMap::from([("Default".to_string(), 1), ("GPU-Hosts".to_string(), 7)]);
+        assert_eq!(find_group(&groups, "gpu-hosts"), Some(("GPU-Hosts", 7)));
+        assert_eq!(find_group(&groups, "default"), Some(("Default", 1)));
+        assert_eq!(find_group(&groups, "cpu"), None);
     }
 }

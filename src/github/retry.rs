@@ -1,5 +1,7 @@
 //! What to do with an answer that is not a success: retry (after how long) or give up, as
-//! GitHub documents its rate limits.
+//! GitHub documents its rate limits: `retry-after` is waited in full; a 429 or secondary limit
+//! without it at least a minute, twice as long each time. One policy for the REST client and
+//! the scale set client (`src/scaleset/http.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,10 +18,38 @@ pub struct RetryPolicy {
     pub attempts: usize,
     /// First backoff; it doubles on each retry.
     pub base_delay: Duration,
-    /// The longest fleet waits for one retry (a rate-limit reset further away is an error).
+    /// The longest fleet waits for one retry (a rate-limit reset or `retry-after` further away
+    /// is an error, never a shorter wait).
     pub max_wait: Duration,
-    /// Timeout of one request.
+    /// Timeout of one request (a scale set long poll has its own).
     pub request_timeout: Duration,
+    /// The first wait after a 429 or secondary rate limit that names no `retry-after` (GitHub
+    /// asks for at least a minute); it doubles with each one.
+    pub rate_limit_wait: Duration,
+}
+
+impl RetryPolicy {
+    /// How long to wait before the next attempt: GitHub's `retry-after` in full; after a rate
+    /// limit without one, `rate_limit_wait` doubled for each earlier one (`waits`); otherwise
+    /// the backoff. `None`: give up (the wait would exceed `max_wait`).
+    pub fn wait_for(
+        &self,
+        retry_after: Option<Duration>,
+        rate_limited: bool,
+        waits: u32,
+        backoff: Duration,
+    ) -> Option<Duration> {
+        match (retry_after, rate_limited) {
+            (Some(wait), _) => Some(wait),
+            (None, true) => {
+                let wait = self
+                    .rate_limit_wait
+                    .checked_mul(1u32.checked_shl(waits).unwrap_or(u32::MAX))?;
+                (wait <= self.max_wait).then_some(wait)
+            }
+            (None, false) => Some(backoff),
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -27,8 +57,9 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts: 4,
             base_delay: Duration::from_millis(500),
-            max_wait: Duration::from_secs(120),
+            max_wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            rate_limit_wait: Duration::from_secs(60),
         }
     }
 }
@@ -37,7 +68,10 @@ impl Default for RetryPolicy {
 pub(super) enum Attempt {
     Retry {
         status: u16,
+        /// `retry-after` or the primary limit's reset.
         wait: Option<Duration>,
+        /// A rate limit: without `wait`, at least `RetryPolicy::rate_limit_wait`.
+        rate_limited: bool,
         message: String,
     },
     Final(GithubError),
@@ -88,16 +122,24 @@ pub(super) fn classify(
                 return Attempt::Retry {
                     status: code,
                     wait: Some(retry_after.unwrap_or(Duration::from_secs(wait))),
+                    rate_limited: true,
                     message,
                 };
             }
             let secondary = message.to_lowercase().contains("secondary rate limit");
+            if let Some(wait) = retry_after.filter(|w| *w > policy.max_wait) {
+                return Attempt::Final(GithubError::RetryAfterTooLong {
+                    method,
+                    url: url.to_string(),
+                    wait_secs: wait.as_secs(),
+                    max_wait_secs: policy.max_wait.as_secs(),
+                });
+            }
             if retry_after.is_some() || secondary || code == 429 {
-                // Secondary limit: GitHub asks for retry-after, else at least a minute.
-                let wait = retry_after.or(secondary.then_some(Duration::from_secs(60)));
                 return Attempt::Retry {
                     status: code,
-                    wait,
+                    wait: retry_after,
+                    rate_limited: true,
                     message,
                 };
             }
@@ -118,7 +160,8 @@ pub(super) fn classify(
         }),
         500..=599 => Attempt::Retry {
             status: code,
-            wait: retry_after,
+            wait: retry_after.map(|w| w.min(policy.max_wait)),
+            rate_limited: false,
             message,
         },
         _ => Attempt::Final(GithubError::Rejected {
@@ -127,5 +170,73 @@ pub(super) fn classify(
             status: code,
             message,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_waited_in_full_and_bare_limits_a_minute_then_longer() {
+        let policy = RetryPolicy::default();
+        let backoff = Duration::from_millis(500);
+        assert_eq!(
+            policy.wait_for(Some(Duration::from_secs(200)), true, 0, backoff),
+            Some(Duration::from_secs(200)),
+            "retry-after is not cut short"
+        );
+        let waits: Vec<_> = (0..4)
+            .map(|n| policy.wait_for(None, true, n, backoff))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                Some(Duration::from_secs(60)),
+                Some(Duration::from_secs(120)),
+                Some(Duration::from_secs(240)),
+                None
+            ],
+            "a bare 429 waits a minute, then twice as long, and gives up past max_wait"
+        );
+        assert_eq!(policy.wait_for(None, false, 0, backoff), Some(backoff));
+    }
+
+    fn classify_429(headers: &HeaderMap, text: &str) -> Attempt {
+        classify(
+            &RetryPolicy::default(),
+            &GithubScope::Org("acme".into()),
+            Method::POST,
+            "https://api.github.com/x",
+            StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            text,
+        )
+    }
+
+    #[test]
+    fn a_retry_after_beyond_max_wait_is_an_error_not_a_shorter_wait() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "3600".parse().expect("header"));
+        assert!(matches!(
+            classify_429(&headers, "{}"),
+            Attempt::Final(GithubError::RetryAfterTooLong {
+                wait_secs: 3600,
+                ..
+            })
+        ));
+        headers.insert("retry-after", "90".parse().expect("header"));
+        assert!(matches!(
+            classify_429(&headers, "{}"),
+            Attempt::Retry { wait: Some(w), rate_limited: true, .. } if w == Duration::from_secs(90)
+        ));
+        assert!(matches!(
+            classify_429(&HeaderMap::new(), "{}"),
+            Attempt::Retry {
+                wait: None,
+                rate_limited: true,
+                ..
+            }
+        ));
     }
 }

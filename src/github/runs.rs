@@ -121,6 +121,7 @@ mod tests {
             base_delay: Duration::from_millis(20),
             max_wait: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
+            rate_limit_wait: Duration::from_secs(1),
         };
         let gh = GithubClient::new(&fake.url(), repo, Credentials::Token(fake.token()), policy)
             .expect("client");

@@ -5,6 +5,7 @@ use http::Method;
 use serde::Deserialize;
 
 use super::http::decode;
+use super::pacing::Write;
 use super::{GithubClient, GithubError};
 use crate::secret::Secret;
 
@@ -69,16 +70,38 @@ impl GithubWrite {
             "labels": labels,
             "work_folder": work_folder,
         });
-        self.client.pacer.write("generate-jitconfig").await;
-        let answer = self
+        self.client
+            .pacer
+            .write("generate-jitconfig", Write::Create)
+            .await;
+        let answer = match self
             .client
             .send(Method::POST, &url, Some(&body), "generate-jitconfig")
-            .await?;
+            .await
+        {
+            Err(GithubError::NotFound { .. }) if self.scope_is_readable().await => {
+                return Err(GithubError::NoJit {
+                    api_url: self.client.api_url().to_string(),
+                    url,
+                });
+            }
+            other => other?,
+        };
         let parsed: Answer = decode(&url, &answer.body)?;
         Ok(JitConfig {
             runner_id: parsed.runner.id,
             encoded: Secret::new(parsed.encoded_jit_config),
         })
+    }
+
+    /// Whether the scope's runner list can be read: after a 404 on generate-jitconfig, it tells
+    /// a GitHub Enterprise Server without JIT (before 3.10) from a scope that does not exist.
+    async fn scope_is_readable(&self) -> bool {
+        let url = format!("{}?per_page=1", self.client.scoped_url("/actions/runners"));
+        self.client
+            .send(Method::GET, &url, None, "list-runners")
+            .await
+            .is_ok()
     }
 
     /// A registration token for `config.sh` (`POST .../actions/runners/registration-token`).
@@ -90,7 +113,10 @@ impl GithubWrite {
         let url = self
             .client
             .scoped_url("/actions/runners/registration-token");
-        self.client.pacer.write("registration-token").await;
+        self.client
+            .pacer
+            .write("registration-token", Write::Create)
+            .await;
         let answer = self
             .client
             .send(Method::POST, &url, None, "registration-token")
@@ -106,7 +132,10 @@ impl GithubWrite {
             .client
             .scoped_url(&format!("/actions/runners/{id}/labels"));
         let body = serde_json::json!({ "labels": labels });
-        self.client.pacer.write("set-runner-labels").await;
+        self.client
+            .pacer
+            .write("set-runner-labels", Write::Change)
+            .await;
         self.client
             .send(Method::PUT, &url, Some(&body), "set-runner-labels")
             .await
@@ -119,7 +148,10 @@ impl GithubWrite {
         let url = self
             .client
             .scoped_url(&format!("/actions/runner-groups/{group}/runners/{id}"));
-        self.client.pacer.write("set-runner-group").await;
+        self.client
+            .pacer
+            .write("set-runner-group", Write::Change)
+            .await;
         self.client
             .send(Method::PUT, &url, None, "set-runner-group")
             .await
@@ -129,7 +161,10 @@ impl GithubWrite {
     /// Removes registration `id`. A busy runner is refused by GitHub (422) and kept.
     pub async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
         let url = self.client.scoped_url(&format!("/actions/runners/{id}"));
-        self.client.pacer.write("delete-runner").await;
+        self.client
+            .pacer
+            .write("delete-runner", Write::Change)
+            .await;
         match self
             .client
             .send(Method::DELETE, &url, None, "delete-runner")

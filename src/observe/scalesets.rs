@@ -4,11 +4,10 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::github::{GithubClient, GithubScope};
+use crate::github::GithubClient;
 use crate::observe::state::ScaleSetState;
 use crate::scaleset::{
-    ClientConfig, RegistrationTokenSource, RunnerScaleSet, ScaleSetApi, ScaleSetClient,
-    ScaleSetError, Scope,
+    ClientConfig, RegistrationTokenSource, RunnerScaleSet, ScaleSetClient, ScaleSetError,
 };
 
 /// fleet's GitHub client buys registration tokens with whatever credential it holds (a token,
@@ -26,20 +25,10 @@ impl RegistrationTokenSource for GithubClient {
     }
 }
 
-/// The scale set service's scope for a GitHub scope.
-pub fn scope_of(scope: &GithubScope) -> Scope {
-    match scope {
-        GithubScope::Repo { owner, repo } => Scope::Repo {
-            owner: owner.clone(),
-            repo: repo.clone(),
-        },
-        GithubScope::Org(org) => Scope::Org(org.clone()),
-    }
-}
-
 /// A scale set client for the spec's scope (it contacts nothing until used).
 pub fn client_for(github: &GithubClient) -> Result<ScaleSetClient, ScaleSetError> {
-    let config = ClientConfig::new(github.api_url(), &scope_of(github.scope()));
+    let mut config = ClientConfig::new(github.api_url(), github.scope());
+    config.proxy = github.proxy().clone();
     let source = std::sync::Arc::new(github.clone());
     ScaleSetClient::new(config, source)
 }

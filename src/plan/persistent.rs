@@ -420,7 +420,7 @@ fn group_drift(
     diff: &mut Vec<AttributeChange>,
 ) -> Option<u64> {
     let wanted_name = desired.runner_group.as_deref().unwrap_or("Default");
-    let wanted = *groups.get(wanted_name)?;
+    let (_, wanted) = crate::github::find_group(groups, wanted_name)?;
     let current = runner.runner_group_id?;
     if current == wanted {
         return None;

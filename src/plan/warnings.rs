@@ -205,7 +205,7 @@ pub(super) fn runner_group_problems(pools: &[ResolvedPool], observed: &Observed)
         .iter()
         .filter_map(|pool| {
             let group = pool.runner_group.as_ref()?;
-            if groups.contains_key(group) {
+            if crate::github::find_group(groups, group).is_some() {
                 return None;
             }
             let known: Vec<&str> = groups.keys().map(String::as_str).collect();

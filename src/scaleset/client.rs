@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use http::header::{ACCEPT, HeaderName};
 use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
@@ -16,7 +17,9 @@ use super::types::{
     DEFAULT_RUNNER_GROUP_ID, JitConfig, ListOf, QueueAccess, RunnerGroup, RunnerReference,
     RunnerScaleSet, RunnerSetting, ScaleSetBody, ScaleSetSpec, Scope, Session, SessionWire,
 };
-use super::{Ensured, Poll, ScaleSetApi};
+use super::{Ensured, Poll};
+use crate::github::ProxyConfig;
+pub use crate::github::registration_url as config_url;
 use crate::secret::Secret;
 
 const API_VERSION: &str = "6.0-preview";
@@ -26,8 +29,11 @@ const RUNNERS: &str = "_apis/distributedtask/pools/0/agents";
 /// The header that tells the service how many jobs the scale set can hold at once.
 pub const MAX_CAPACITY_HEADER: &str = "x-scalesetmaxcapacity";
 /// A fresh registration token is not always accepted at once (GitHub's own clients retry 401
-/// and 403 on the exchange too): tries after the first, half a second more each time.
-const EXCHANGE_RETRIES: u32 = 3;
+/// and 403 on the exchange over about 30 s): tries after the first, with growing, jittered
+/// waits (`EXCHANGE_FIRST_WAIT` doubling up to `EXCHANGE_MAX_WAIT`).
+const EXCHANGE_RETRIES: usize = 5;
+const EXCHANGE_FIRST_WAIT: Duration = Duration::from_secs(1);
+const EXCHANGE_MAX_WAIT: Duration = Duration::from_secs(12);
 /// Time the client allows beyond the caller's long-poll timeout for the answer to arrive.
 const POLL_GRACE: Duration = Duration::from_secs(10);
 
@@ -41,6 +47,11 @@ pub struct ClientConfig {
     pub policy: RetryPolicy,
     /// An admin token is exchanged again when it has less than this left.
     pub refresh_margin: Duration,
+    /// The proxies requests go through (the GitHub client's).
+    pub proxy: ProxyConfig,
+    /// The first wait before exchanging a refused registration token again (it doubles, with
+    /// jitter, over about 30 s).
+    pub exchange_first_wait: Duration,
 }
 
 impl ClientConfig {
@@ -50,24 +61,10 @@ impl ClientConfig {
             config_url: config_url(api_url, scope),
             policy: RetryPolicy::default(),
             refresh_margin: Duration::from_secs(60),
+            proxy: ProxyConfig::from_process(),
+            exchange_first_wait: EXCHANGE_FIRST_WAIT,
         }
     }
-}
-
-/// The web URL GitHub's registration service expects for a scope, from the API URL: the API
-/// of github.com (`api.github.com`) and of GHE.com (`api.SUBDOMAIN.ghe.com`) drop `api.`; a GitHub
-/// Enterprise Server API (`HOST/api/v3`) drops `/api/v3`; any other (the fake on 127.0.0.1)
-/// is taken as it is.
-pub fn config_url(api_url: &str, scope: &Scope) -> String {
-    let api = api_url.trim_end_matches('/');
-    let web = if let Some(host) = api.strip_prefix("https://api.") {
-        format!("https://{host}")
-    } else if let Some(base) = api.strip_suffix("/api/v3") {
-        base.to_owned()
-    } else {
-        api.to_owned()
-    };
-    format!("{web}{}", scope.web_path())
 }
 
 /// fleet's client of the scale set service. Cheap to clone; clones share the admin token.
@@ -84,6 +81,7 @@ struct Inner {
     /// Held while the admin token is read or exchanged, so only one task exchanges.
     admin: tokio::sync::Mutex<Option<Arc<AdminToken>>>,
     refresh_margin: Duration,
+    exchange_first_wait: Duration,
 }
 
 /// One request to the Actions service with the admin token.
@@ -92,6 +90,8 @@ struct ServiceRequest {
     path: String,
     query: Vec<(&'static str, String)>,
     body: Option<serde_json::Value>,
+    /// The scale set the request concerns, for the User-Agent.
+    scale_set: Option<u64>,
 }
 
 impl ServiceRequest {
@@ -101,7 +101,13 @@ impl ServiceRequest {
             path,
             query: Vec::new(),
             body: None,
+            scale_set: None,
         }
+    }
+
+    fn of_scale_set(mut self, id: u64) -> ServiceRequest {
+        self.scale_set = Some(id);
+        self
     }
 
     fn query(mut self, key: &'static str, value: impl ToString) -> ServiceRequest {
@@ -132,12 +138,13 @@ impl ScaleSetClient {
         check_url(&config.api_url)?;
         Ok(ScaleSetClient {
             inner: Arc::new(Inner {
-                http: Http::new(config.policy)?,
+                http: Http::new(config.policy, &config.proxy)?,
                 api_url: config.api_url.trim_end_matches('/').to_owned(),
                 config_url: config.config_url,
                 registration,
                 admin: tokio::sync::Mutex::new(None),
                 refresh_margin: config.refresh_margin,
+                exchange_first_wait: config.exchange_first_wait,
             }),
         })
     }
@@ -179,7 +186,12 @@ impl ScaleSetClient {
         let registration = self.inner.registration.registration_token().await?;
         let url = format!("{}/actions/runner-registration", self.inner.api_url);
         let body = json!({"url": self.inner.config_url, "runner_event": "register"});
-        let mut attempt = 0;
+        let mut waits = ExponentialBuilder::default()
+            .with_min_delay(self.inner.exchange_first_wait)
+            .with_max_delay(EXCHANGE_MAX_WAIT)
+            .with_max_times(EXCHANGE_RETRIES)
+            .with_jitter()
+            .build();
         let answer = loop {
             let call = Call::new(
                 Method::POST,
@@ -193,11 +205,17 @@ impl ScaleSetClient {
                 answer.status,
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
             );
-            if !refused || attempt >= EXCHANGE_RETRIES {
-                break answer;
+            match waits.next() {
+                Some(wait) if refused => {
+                    tracing::debug!(
+                        "the Actions service refused a fresh registration token ({}); trying again in {:.1}s",
+                        answer.status.as_u16(),
+                        wait.as_secs_f64()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break answer,
             }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(500) * (attempt + 1)).await;
         };
         if !answer.status.is_success() {
             return Err(ScaleSetError::Registration {
@@ -228,6 +246,7 @@ impl ScaleSetClient {
                 self.inner.http.policy.request_timeout,
             )
             .auth("Bearer", &token.token);
+            call.scale_set = request.scale_set;
             if let Some(body) = &request.body {
                 call = call.json(body);
             }
@@ -258,6 +277,7 @@ impl ScaleSetClient {
             let mut call =
                 Call::new(method.clone(), url.clone(), shape.timeout).auth("Bearer", &access.token);
             call.retry_timeouts = !shape.long_poll;
+            call.scale_set = Some(session.scale_set_id);
             call.headers = shape.headers;
             call.body = shape.body;
             let answer = self.inner.http.send(&call).await?;
@@ -286,7 +306,7 @@ impl ScaleSetClient {
             "{SCALE_SETS}/{}/sessions/{}",
             session.scale_set_id, session.id
         );
-        let request = ServiceRequest::new(Method::PATCH, path);
+        let request = ServiceRequest::new(Method::PATCH, path).of_scale_set(session.scale_set_id);
         let (answer, url) = self.service(&request).await?;
         let what = format!(
             "message session {} of scale set {}",
@@ -430,8 +450,9 @@ fn single<T>(list: ListOf<T>, what: &str, name: &str) -> Result<Option<T>, Scale
     Ok(list.value.into_iter().next())
 }
 
-impl ScaleSetApi for ScaleSetClient {
-    async fn runner_group(&self, name: Option<&str>) -> Result<RunnerGroup, ScaleSetError> {
+impl ScaleSetClient {
+    /// A runner group by name; `None` or "default" is the default group (no request).
+    pub async fn runner_group(&self, name: Option<&str>) -> Result<RunnerGroup, ScaleSetError> {
         let name = match name {
             Some(name) if !name.eq_ignore_ascii_case("default") => name,
             _ => {
@@ -457,7 +478,8 @@ impl ScaleSetApi for ScaleSetClient {
         })
     }
 
-    async fn find_scale_set(
+    /// The scale set of this name in this runner group, if there is one.
+    pub async fn find_scale_set(
         &self,
         runner_group_id: u64,
         name: &str,
@@ -473,7 +495,9 @@ impl ScaleSetApi for ScaleSetClient {
         single(list, "runner scale sets", name)
     }
 
-    async fn list_scale_sets(&self) -> Result<Vec<RunnerScaleSet>, ScaleSetError> {
+    /// Every scale set of the scope, in every runner group (to find those of pools that left
+    /// the spec).
+    pub async fn list_scale_sets(&self) -> Result<Vec<RunnerScaleSet>, ScaleSetError> {
         let request = ServiceRequest::new(Method::GET, SCALE_SETS.to_owned());
         let (answer, url) = self.service(&request).await?;
         let list: ListOf<RunnerScaleSet> = expect(
@@ -487,7 +511,12 @@ impl ScaleSetApi for ScaleSetClient {
         Ok(list.value)
     }
 
-    async fn get_or_create_scale_set(&self, spec: &ScaleSetSpec) -> Result<Ensured, ScaleSetError> {
+    /// The scale set `spec` names in its runner group, created (with its labels) if missing.
+    /// An existing one is returned as it is: comparing and updating is the planner's decision.
+    pub async fn get_or_create_scale_set(
+        &self,
+        spec: &ScaleSetSpec,
+    ) -> Result<Ensured, ScaleSetError> {
         let group = self.runner_group(spec.runner_group.as_deref()).await?;
         if let Some(found) = self.find_scale_set(group.id, &spec.name).await? {
             return Ok(Ensured::Existing(found));
@@ -506,27 +535,33 @@ impl ScaleSetApi for ScaleSetClient {
         }
     }
 
-    async fn update_scale_set(
+    /// Sets a scale set's name, runner group, labels and runner settings to `spec`'s.
+    pub async fn update_scale_set(
         &self,
         id: u64,
         spec: &ScaleSetSpec,
     ) -> Result<RunnerScaleSet, ScaleSetError> {
         let group = self.runner_group(spec.runner_group.as_deref()).await?;
         let request = ServiceRequest::new(Method::PATCH, format!("{SCALE_SETS}/{id}"))
+            .of_scale_set(id)
             .body(scale_set_body(group.id, spec)?);
         let (answer, url) = self.service(&request).await?;
         let what = format!("scale set {id}");
         expect(answer, StatusCode::OK, &request.method, &url, &what)?.decode(&request.method, &url)
     }
 
-    async fn delete_scale_set(&self, id: u64) -> Result<(), ScaleSetError> {
-        let request = ServiceRequest::new(Method::DELETE, format!("{SCALE_SETS}/{id}"));
+    pub async fn delete_scale_set(&self, id: u64) -> Result<(), ScaleSetError> {
+        let request =
+            ServiceRequest::new(Method::DELETE, format!("{SCALE_SETS}/{id}")).of_scale_set(id);
         let (answer, url) = self.service(&request).await?;
         let what = format!("scale set {id}");
         expect(answer, StatusCode::NO_CONTENT, &request.method, &url, &what).map(|_| ())
     }
 
-    async fn create_session(
+    /// Opens the scale set's message session. [`ScaleSetError::SessionConflict`] when another
+    /// is open (a second listener, or one that stopped without closing it and has not timed
+    /// out yet).
+    pub async fn create_session(
         &self,
         scale_set_id: u64,
         owner: &str,
@@ -536,6 +571,7 @@ impl ScaleSetApi for ScaleSetClient {
             Method::POST,
             format!("{SCALE_SETS}/{scale_set_id}/sessions"),
         )
+        .of_scale_set(scale_set_id)
         .body(json!({"sessionId": "00000000-0000-0000-0000-000000000000", "ownerName": owner}));
         let (answer, url) = self.service(&request).await?;
         if answer.status == StatusCode::CONFLICT {
@@ -551,12 +587,13 @@ impl ScaleSetApi for ScaleSetClient {
         Ok(Session::from_wire(scale_set_id, wire))
     }
 
-    async fn delete_session(&self, session: &Session) -> Result<(), ScaleSetError> {
+    /// Closes a session, so the next listener need not wait for it to time out.
+    pub async fn delete_session(&self, session: &Session) -> Result<(), ScaleSetError> {
         let path = format!(
             "{SCALE_SETS}/{}/sessions/{}",
             session.scale_set_id, session.id
         );
-        let request = ServiceRequest::new(Method::DELETE, path);
+        let request = ServiceRequest::new(Method::DELETE, path).of_scale_set(session.scale_set_id);
         let (answer, url) = self.service(&request).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(()); // already gone: what deleting wanted
@@ -565,7 +602,10 @@ impl ScaleSetApi for ScaleSetClient {
         expect(answer, StatusCode::NO_CONTENT, &request.method, &url, &what).map(|_| ())
     }
 
-    async fn get_message(
+    /// Long-polls the queue: the next unacknowledged message, or `None` when the service had
+    /// nothing to say within its hold time. [`ScaleSetError::NotFound`] when the session is
+    /// gone (closed, or timed out and replaced): open a new one.
+    pub async fn get_message(
         &self,
         session: &Session,
         poll: &Poll,
@@ -608,7 +648,8 @@ impl ScaleSetApi for ScaleSetClient {
         }
     }
 
-    async fn delete_message(
+    /// Acknowledges a message; unacknowledged ones come back.
+    pub async fn delete_message(
         &self,
         session: &Session,
         message_id: u64,
@@ -628,7 +669,8 @@ impl ScaleSetApi for ScaleSetClient {
         expect(answer, StatusCode::NO_CONTENT, &method, &url, &what).map(|_| ())
     }
 
-    async fn acquire_jobs(
+    /// Acquires offered jobs (`JobAvailable` request ids); returns those acquired.
+    pub async fn acquire_jobs(
         &self,
         session: &Session,
         request_ids: &[u64],
@@ -655,7 +697,67 @@ impl ScaleSetApi for ScaleSetClient {
         Ok(list.value)
     }
 
-    async fn generate_jit_config(
+    /// Registers an ephemeral runner of the scale set and returns its id and just-in-time
+    /// config. A registration of the same name left by this scale set (an earlier attempt whose
+    /// answer was lost, a container that never started) is removed when idle and the
+    /// registration tried again; [`ScaleSetError::RunnerExists`] when the name is taken by
+    /// another scale set or a busy runner. `work_folder`: the runner's work folder, relative to
+    /// its install directory or absolute.
+    pub async fn generate_jit_config(
+        &self,
+        scale_set_id: u64,
+        runner_name: &str,
+        work_folder: &str,
+    ) -> Result<JitConfig, ScaleSetError> {
+        match self
+            .jit_config(scale_set_id, runner_name, work_folder)
+            .await
+        {
+            Err(ScaleSetError::RunnerExists { name, message }) => {
+                // Left by an earlier attempt (or a container that never started): GitHub's own
+                // clients remove an idle registration of the same scale set and try again.
+                if !self.remove_stale_runner(scale_set_id, runner_name).await? {
+                    return Err(ScaleSetError::RunnerExists { name, message });
+                }
+                self.jit_config(scale_set_id, runner_name, work_folder)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Removes the registration named `name` if it belongs to scale set `scale_set_id` and
+    /// runs no job. Whether it did.
+    async fn remove_stale_runner(
+        &self,
+        scale_set_id: u64,
+        name: &str,
+    ) -> Result<bool, ScaleSetError> {
+        let Some(runner) = self.get_runner_by_name(name).await? else {
+            return Ok(false);
+        };
+        if runner.runner_scale_set_id != scale_set_id {
+            tracing::warn!(
+                "runner {name} is registered, but not by scale set {scale_set_id}: leaving it"
+            );
+            return Ok(false);
+        }
+        match self.remove_runner(runner.id).await {
+            Ok(()) => {
+                tracing::info!(
+                    "removed the stale registration {} of runner {name} (scale set {scale_set_id})",
+                    runner.id
+                );
+                Ok(true)
+            }
+            Err(ScaleSetError::RunnerBusy { .. }) => Ok(false),
+            Err(ScaleSetError::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST .../generatejitconfig`, once.
+    async fn jit_config(
         &self,
         scale_set_id: u64,
         runner_name: &str,
@@ -669,6 +771,7 @@ impl ScaleSetApi for ScaleSetClient {
         }
         let path = format!("{SCALE_SETS}/{scale_set_id}/generatejitconfig");
         let request = ServiceRequest::new(Method::POST, path)
+            .of_scale_set(scale_set_id)
             .body(json!({"name": runner_name, "workFolder": work_folder}));
         let (answer, url) = self.service(&request).await?;
         if answer
@@ -689,7 +792,7 @@ impl ScaleSetApi for ScaleSetClient {
         })
     }
 
-    async fn get_runner_by_name(
+    pub async fn get_runner_by_name(
         &self,
         name: &str,
     ) -> Result<Option<RunnerReference>, ScaleSetError> {
@@ -706,7 +809,8 @@ impl ScaleSetApi for ScaleSetClient {
         single(list, "runners", name)
     }
 
-    async fn remove_runner(&self, runner_id: u64) -> Result<(), ScaleSetError> {
+    /// Removes a runner's registration. [`ScaleSetError::RunnerBusy`] while it runs a job.
+    pub async fn remove_runner(&self, runner_id: u64) -> Result<(), ScaleSetError> {
         let request = ServiceRequest::new(Method::DELETE, format!("{RUNNERS}/{runner_id}"));
         let (answer, url) = self.service(&request).await?;
         if answer
@@ -735,7 +839,7 @@ mod tests {
     }
 
     #[test]
-    fn config_urls_follow_the_api_url() {
+    fn config_urls_follow_the_api_url_as_registration_urls_do() {
         assert_eq!(
             config_url("https://api.github.com", &repo()),
             "https://github.com/acme/zquic"

@@ -6,9 +6,6 @@
 
 use http::Method;
 
-/// How many characters of an error body an error quotes.
-pub(crate) const MAX_QUOTED: usize = 300;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleSetError {
     #[error("cannot set up the scale set client: {message}")]
@@ -101,21 +98,6 @@ impl ScaleSetError {
     }
 }
 
-/// The first `MAX_QUOTED` characters of `text`, on one line.
-pub(crate) fn quote(text: &str) -> String {
-    let one_line: String = text
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTED)
-        .collect();
-    if text.trim().chars().count() > MAX_QUOTED {
-        format!("{one_line}…")
-    } else {
-        one_line
-    }
-}
-
 /// A URL as errors and logs show it: without the query string, which can carry names and ids.
 pub(crate) fn display_url(url: &str) -> String {
     url.split_once('?').map_or(url, |(path, _)| path).to_owned()
@@ -124,15 +106,6 @@ pub(crate) fn display_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_are_short_and_on_one_line() {
-        assert_eq!(quote("  a\nb  "), "a b");
-        let long = "x".repeat(MAX_QUOTED + 10);
-        let quoted = quote(&long);
-        assert_eq!(quoted.chars().count(), MAX_QUOTED + 1);
-        assert!(quoted.ends_with('…'));
-    }
 
     #[test]
     fn urls_lose_their_query() {

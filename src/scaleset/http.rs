@@ -2,10 +2,9 @@
 //! the service is down or busy, a credential only ever in a sensitive `Authorization` header,
 //! and never over plain http unless the host is this machine (the fake GitHub in tests).
 //!
-//! It uses the stack fleet already has through octocrab (hyper, hyper-rustls with ring and the
-//! system's root certificates), so the scale set client adds no TLS or HTTP library of its own.
+//! It uses the GitHub client's transport (`crate::github::transport`: hyper, rustls, proxies,
+//! User-Agent) and retry policy, so both clients reach GitHub the same way.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -14,41 +13,14 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use super::error::{ScaleSetError, display_url, quote};
+use super::error::{ScaleSetError, display_url};
+pub use crate::github::RetryPolicy;
+use crate::github::transport::{self, HttpsClient, ProxyConfig, error_chain, is_loopback, quote};
 use crate::secret::Secret;
 
 /// The largest answer fleet reads: the service's answers are a few kilobytes.
 const MAX_BODY: usize = 8 << 20;
-const FLEET_USER_AGENT: &str = concat!("fleet/", env!("CARGO_PKG_VERSION"), " (scaleset)");
-
-/// Retries, backoff and timeouts of scale set requests.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts per request, the first included.
-    pub attempts: usize,
-    /// First backoff; it doubles on each retry (with jitter).
-    pub base_delay: Duration,
-    /// The longest wait between attempts, `Retry-After` included.
-    pub max_delay: Duration,
-    /// Time allowed for one ordinary request (a long poll gets its own).
-    pub request_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// How a request authenticates: `Authorization: <scheme> <token>`.
 pub(crate) struct Credential<'a> {
@@ -66,6 +38,8 @@ pub(crate) struct Call<'a> {
     pub timeout: Duration,
     /// A long poll that runs out of time is answered by the caller, not retried.
     pub retry_timeouts: bool,
+    /// The scale set the request concerns, for the User-Agent.
+    pub scale_set: Option<u64>,
 }
 
 impl<'a> Call<'a> {
@@ -78,6 +52,7 @@ impl<'a> Call<'a> {
             headers: Vec::new(),
             timeout,
             retry_timeouts: true,
+            scale_set: None,
         }
     }
 
@@ -90,11 +65,6 @@ impl<'a> Call<'a> {
         // Serializing fleet's own request types cannot fail; an empty body would be refused
         // by the service and reported there.
         self.body = Some(serde_json::to_vec(body).unwrap_or_default());
-        self
-    }
-
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Call<'a> {
-        self.headers.push((name, value));
         self
     }
 }
@@ -174,12 +144,11 @@ enum Attempt {
     Retry {
         status: u16,
         wait: Option<Duration>,
+        rate_limited: bool,
         message: String,
     },
     Final(ScaleSetError),
 }
-
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The HTTP client of the scale set client. Cheap to clone.
 #[derive(Clone)]
@@ -189,17 +158,9 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    pub fn new(policy: RetryPolicy) -> Result<Http, ScaleSetError> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| ScaleSetError::Client {
-                message: format!("no TLS root certificates: {e}"),
-            })?
-            // http only reaches loopback addresses: `check_url` refuses the rest before sending.
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+    pub fn new(policy: RetryPolicy, proxy: &ProxyConfig) -> Result<Http, ScaleSetError> {
+        let client =
+            transport::https_client(proxy).map_err(|message| ScaleSetError::Client { message })?;
         Ok(Http { client, policy })
     }
 
@@ -210,11 +171,11 @@ impl Http {
         let attempts = self.policy.attempts.max(1);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.policy.base_delay)
-            .with_max_delay(self.policy.max_delay)
+            .with_max_delay(self.policy.max_wait)
             .with_max_times(attempts - 1)
             .with_jitter();
-        let max_delay = self.policy.max_delay;
         let tries = AtomicUsize::new(0);
+        let rate_limited = std::sync::atomic::AtomicU32::new(0);
         let shown = display_url(&call.url);
         let result = (|| async {
             tries.fetch_add(1, Ordering::Relaxed);
@@ -222,11 +183,22 @@ impl Http {
         })
         .retry(backoff)
         .when(|e: &Attempt| matches!(e, Attempt::Retry { .. }))
-        .adjust(|e: &Attempt, backoff| match e {
-            Attempt::Retry {
-                wait: Some(wait), ..
-            } => backoff.map(|_| (*wait).min(max_delay)),
-            _ => backoff,
+        .adjust(|e: &Attempt, backoff| {
+            let Attempt::Retry {
+                wait,
+                rate_limited: limited,
+                ..
+            } = e
+            else {
+                return backoff;
+            };
+            let waits = if *limited {
+                rate_limited.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            };
+            let wait = wait.map(|w| w.min(self.policy.max_wait));
+            backoff.and_then(|b| self.policy.wait_for(wait, *limited, waits, b))
         })
         .notify(|e: &Attempt, wait| {
             if let Attempt::Retry {
@@ -290,6 +262,7 @@ impl Http {
                 return Err(Attempt::Retry {
                     status: 0,
                     wait: None,
+                    rate_limited: false,
                     message: format!("no answer within {} s", call.timeout.as_secs()),
                 });
             }
@@ -304,6 +277,7 @@ impl Http {
                 return Err(Attempt::Retry {
                     status: 0,
                     wait: None,
+                    rate_limited: false,
                     message: error_chain(e.as_ref()),
                 });
             }
@@ -316,6 +290,7 @@ impl Http {
             return Err(Attempt::Retry {
                 status: status.as_u16(),
                 wait: retry_after(&answer.headers),
+                rate_limited: status == StatusCode::TOO_MANY_REQUESTS,
                 message: answer.error_text(),
             });
         }
@@ -327,7 +302,7 @@ fn build_request(call: &Call<'_>, uri: &Uri) -> Result<Request<Full<Bytes>>, Sca
     let mut builder = Request::builder()
         .method(call.method.clone())
         .uri(uri.clone())
-        .header(USER_AGENT, FLEET_USER_AGENT);
+        .header(USER_AGENT, user_agent(call.scale_set));
     if !call.headers.iter().any(|(name, _)| name == ACCEPT) {
         builder = builder.header(ACCEPT, "application/json");
     }
@@ -382,10 +357,12 @@ pub(crate) fn check_url(url: &str) -> Result<Uri, ScaleSetError> {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// `fleet/VERSION`, and the scale set a request concerns (`fleet/0.1.0 (scale set 7)`).
+fn user_agent(scale_set: Option<u64>) -> String {
+    match scale_set {
+        Some(id) => format!("{} (scale set {id})", transport::USER_AGENT),
+        None => format!("{} (scale sets)", transport::USER_AGENT),
+    }
 }
 
 /// `Retry-After` in seconds (GitHub and the Actions service send seconds).
@@ -398,17 +375,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    quote(&text)
 }
 
 #[cfg(test)]

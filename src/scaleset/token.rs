@@ -9,12 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::BoxFuture;
-use http::{Method, StatusCode};
-use serde::Deserialize;
 
-use super::error::{ScaleSetError, display_url};
-use super::http::{Call, Http, RetryPolicy};
-use super::types::Scope;
+use super::error::ScaleSetError;
 use crate::secret::Secret;
 
 /// How long an admin token whose expiry cannot be read is used before fleet exchanges a new
@@ -23,76 +19,10 @@ const UNKNOWN_EXPIRY: Duration = Duration::from_secs(600);
 
 /// Gives runner registration tokens for the scope of the scale sets. fleet's GitHub client
 /// implements it with whatever credential it holds (a token, or a GitHub App's installation
-/// token); [`TokenRegistration`] does it with a plain token.
+/// token), in src/observe/scalesets.rs.
 pub trait RegistrationTokenSource: Send + Sync {
     /// A fresh registration token (`POST .../actions/runners/registration-token`).
     fn registration_token(&self) -> BoxFuture<'_, Result<Secret, ScaleSetError>>;
-}
-
-/// Registration tokens bought with a GitHub token (a PAT or an installation token) sent as
-/// `Authorization: Bearer` to the API the operator configured.
-pub struct TokenRegistration {
-    http: Http,
-    url: String,
-    token: Secret,
-}
-
-impl TokenRegistration {
-    pub fn new(
-        api_url: &str,
-        scope: &Scope,
-        token: Secret,
-        policy: RetryPolicy,
-    ) -> Result<TokenRegistration, ScaleSetError> {
-        let url = format!(
-            "{}{}/actions/runners/registration-token",
-            api_url.trim_end_matches('/'),
-            scope.api_path()
-        );
-        super::http::check_url(&url)?;
-        Ok(TokenRegistration {
-            http: Http::new(policy)?,
-            url,
-            token,
-        })
-    }
-
-    async fn fetch(&self) -> Result<Secret, ScaleSetError> {
-        #[derive(Deserialize)]
-        struct Token {
-            token: String,
-        }
-        let call = Call::new(
-            Method::POST,
-            self.url.clone(),
-            self.http.policy.request_timeout,
-        )
-        .auth("Bearer", &self.token)
-        .header(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static("application/vnd.github+json"),
-        );
-        let answer = self.http.send(&call).await?;
-        if answer.status != StatusCode::CREATED {
-            return Err(ScaleSetError::RegistrationToken {
-                message: format!(
-                    "{} {} answered {}: {}",
-                    Method::POST,
-                    display_url(&self.url),
-                    answer.status.as_u16(),
-                    answer.error_text()
-                ),
-            });
-        }
-        let token: Token = answer.decode(&Method::POST, &self.url)?;
-        Ok(Secret::new(token.token))
-    }
-}
-
-impl RegistrationTokenSource for TokenRegistration {
-    fn registration_token(&self) -> BoxFuture<'_, Result<Secret, ScaleSetError>> {
-        Box::pin(self.fetch())
-    }
 }
 
 /// The Actions service's URL and the admin token for it.

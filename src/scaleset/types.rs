@@ -13,39 +13,8 @@ pub const DEFAULT_RUNNER_GROUP_ID: u64 = 1;
 /// Label type the service gives labels created through this API.
 pub const LABEL_TYPE_SYSTEM: &str = "System";
 
-/// Where a scale set lives: a repository or an organization.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    Repo { owner: String, repo: String },
-    Org(String),
-}
-
-impl Scope {
-    /// The REST path prefix of this scope, e.g. `/repos/acme/app`.
-    pub fn api_path(&self) -> String {
-        match self {
-            Scope::Repo { owner, repo } => format!("/repos/{owner}/{repo}"),
-            Scope::Org(org) => format!("/orgs/{org}"),
-        }
-    }
-
-    /// The path GitHub's web URL has for this scope, e.g. `/acme/app`.
-    pub fn web_path(&self) -> String {
-        match self {
-            Scope::Repo { owner, repo } => format!("/{owner}/{repo}"),
-            Scope::Org(org) => format!("/{org}"),
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scope::Repo { owner, repo } => write!(f, "repository {owner}/{repo}"),
-            Scope::Org(org) => write!(f, "organization {org}"),
-        }
-    }
-}
+/// Where a scale set lives: the GitHub client's scope type.
+pub use crate::github::GithubScope as Scope;
 
 /// What fleet wants a scale set to be.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,14 +20,12 @@ use crate::observe::Observers;
 use crate::observe::state::{Observed, PoolLoad};
 use crate::plan::Plan;
 use crate::scaleset::listener::JobTracker;
-use crate::scaleset::{
-    JobMessage, Poll, ScaleSetApi, ScaleSetClient, ScaleSetError, ScaleSetMessage, Session,
-};
+use crate::scaleset::{JobMessage, Poll, ScaleSetClient, ScaleSetError, ScaleSetMessage, Session};
 use crate::spec::Spec;
 use crate::status::{FleetStatus, RunnerJob};
 
-/// How long the service may hold one poll.
-const POLL_HOLD: Duration = Duration::from_secs(50);
+/// How long one long poll may last (the service answers an idle one after about 50 s).
+const POLL_HOLD: Duration = crate::scaleset::LONG_POLL;
 
 /// What one pool's listener knows, shared with the reconcile loop.
 #[derive(Debug, Clone, Default)]

@@ -348,6 +348,20 @@ fn fault_response(fault: &Fault, request_id: &str) -> Response {
         Fault::Timeout => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, timeout_message(), DOCS_REST).into_response()
         }
+        Fault::Suspended => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "This installation has been suspended",
+            DOCS_APPS,
+        )
+        .into_response(),
+        Fault::ClockSkew => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "'Issued at' claim ('iat') must be an Integer representing a time in the past",
+            DOCS_REST,
+        )
+        .into_response(),
+        // Answered as usual by the pipeline; never an error of its own.
+        Fault::RunnersVanish { .. } => StatusCode::OK.into_response(),
     }
 }
 
@@ -412,6 +426,10 @@ async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response 
         (auth, world.take_fault())
     };
     let authenticated = auth.is_ok();
+    let (fault, vanish) = match fault {
+        Some(Fault::RunnersVanish { count }) => (None, count),
+        other => (other, 0),
+    };
     let record = |status: StatusCode| RequestRecord {
         method: method.clone(),
         path: path.clone(),
@@ -458,6 +476,9 @@ async fn pipeline(State(shared): Ctx, request: Request, next: Next) -> Response 
     response.headers_mut().remove(http::header::ALLOW);
     add_github_headers(&shared, response.headers_mut(), &request_id);
     shared.record(record(response.status()));
+    if vanish > 0 {
+        shared.lock().vanish_runners(vanish);
+    }
     response
 }
 

@@ -214,6 +214,14 @@ pub enum Fault {
     /// 403 "Resource not accessible by personal access token" with
     /// `x-accepted-github-permissions: <accepted_permissions>`.
     Forbidden { accepted_permissions: String },
+    /// 403 "This installation has been suspended": GitHub's answer to a suspended App's
+    /// installation token request.
+    Suspended,
+    /// 401 about the JWT's `iat`: GitHub's answer when the client's clock is off.
+    ClockSkew,
+    /// The request is answered as usual, then the `count` oldest runners of every scope are
+    /// removed: ephemeral runners that finish between two pages of a list.
+    RunnersVanish { count: usize },
 }
 
 /// What a just-in-time config carries about its runner, as [`decode_jit_config`] reads it.

@@ -427,6 +427,16 @@ impl State {
         Some(runner.clone())
     }
 
+    /// Removes the `count` oldest runners of every scope (`Fault::RunnersVanish`).
+    pub(crate) fn vanish_runners(&mut self, count: usize) {
+        for scope in self.scopes.values_mut() {
+            let oldest: Vec<u64> = scope.runners.keys().take(count).copied().collect();
+            for id in oldest {
+                scope.runners.remove(&id);
+            }
+        }
+    }
+
     pub(crate) fn remove_runner(&mut self, scope: &Scope, id: u64) -> Option<Runner> {
         self.scopes.get_mut(scope)?.runners.remove(&id)
     }

@@ -14,10 +14,9 @@ use fake_github::{
 };
 use fleet::scaleset::listener::{JobTracker, Observation};
 use fleet::scaleset::{
-    ClientConfig, Ensured, JobMessage, Poll, RetryPolicy, ScaleSetApi, ScaleSetClient,
-    ScaleSetError, ScaleSetMessage, ScaleSetSpec, Scope, Session, TokenRegistration,
+    ClientConfig, Ensured, JobMessage, Poll, RetryPolicy, ScaleSetClient, ScaleSetError,
+    ScaleSetMessage, ScaleSetSpec, Scope, Session,
 };
-use fleet::secret::Secret;
 
 use crate::common::Http;
 
@@ -49,9 +48,21 @@ fn policy() -> RetryPolicy {
     RetryPolicy {
         attempts: 4,
         base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
+        max_wait: Duration::from_millis(200),
         request_timeout: Duration::from_secs(10),
+        rate_limit_wait: Duration::from_millis(50),
     }
+}
+
+/// Registration tokens from fleet's GitHub client, as fleet buys them.
+fn registration_source(api_url: &str, scope: &Scope, token: &str) -> fleet::github::GithubClient {
+    fleet::github::GithubClient::new(
+        api_url,
+        scope.clone(),
+        fleet::github::Credentials::Token(token.to_owned()),
+        policy(),
+    )
+    .expect("registration source")
 }
 
 struct Rig {
@@ -75,12 +86,11 @@ async fn rig_with(scaleset: ScaleSetConfig, refresh_margin: Duration) -> Rig {
 }
 
 fn client_for(fake: &FakeGithub, refresh_margin: Duration) -> ScaleSetClient {
-    let registration =
-        TokenRegistration::new(&fake.url(), &scope(), Secret::new(fake.token()), policy())
-            .expect("registration source");
+    let registration = registration_source(&fake.url(), &scope(), &fake.token());
     let mut config = ClientConfig::new(&fake.url(), &scope());
     config.policy = policy();
     config.refresh_margin = refresh_margin;
+    config.exchange_first_wait = Duration::from_millis(20);
     ScaleSetClient::new(config, Arc::new(registration)).expect("client")
 }
 
@@ -222,9 +232,7 @@ async fn organization_scale_sets_live_in_their_runner_group() {
     .expect("fake starts");
     let group = fake.add_runner_group("acme", "gpu-hosts");
     let org = Scope::Org("acme".into());
-    let registration =
-        TokenRegistration::new(&fake.url(), &org, Secret::new(fake.token()), policy())
-            .expect("registration");
+    let registration = registration_source(&fake.url(), &org, &fake.token());
     let client = ScaleSetClient::new(ClientConfig::new(&fake.url(), &org), Arc::new(registration))
         .expect("client");
     let in_group = ScaleSetSpec {
@@ -350,18 +358,67 @@ async fn jobs_flow_from_queue_to_runners_within_the_advertised_capacity() {
         .generate_jit_config(set, "zq-gpu-2", "_work")
         .await
         .expect("jit");
+    assert!(taken.runner.id > idle.id);
+    // Registered again under a name this scale set's idle runner holds: the old registration
+    // goes (as with GitHub's own clients), the new one takes its name.
     let again = rig
         .client
         .generate_jit_config(set, "zq-gpu-2", "_work")
+        .await
+        .expect("the stale registration is replaced");
+    assert!(again.runner.id > taken.runner.id);
+    let registered = rig
+        .client
+        .get_runner_by_name("zq-gpu-2")
+        .await
+        .expect("lookup")
+        .expect("registered");
+    assert_eq!(registered.id, again.runner.id);
+    // Another scale set's runner of that name is never removed.
+    let other = rig
+        .client
+        .get_or_create_scale_set(&ScaleSetSpec::new("zq-other"))
+        .await
+        .expect("second scale set")
+        .scale_set()
+        .id;
+    let refused = rig
+        .client
+        .generate_jit_config(other, "zq-gpu-2", "_work")
         .await;
     assert!(
-        matches!(again, Err(ScaleSetError::RunnerExists { .. })),
-        "{again:?}"
+        matches!(refused, Err(ScaleSetError::RunnerExists { .. })),
+        "{refused:?}"
     );
-    assert!(taken.runner.id > idle.id);
 
     rig.client.delete_session(&session).await.expect("close");
     assert!(rig.fake.scale_sets(None)[0].session.is_none());
+}
+
+#[tokio::test]
+async fn requests_name_fleet_its_version_and_the_scale_set() {
+    let rig = rig(fast()).await;
+    let set = scale_set(&rig).await;
+    let session = rig
+        .client
+        .create_session(set, "fleet-zq@host")
+        .await
+        .expect("session");
+    rig.client.delete_session(&session).await.expect("close");
+    let agents: Vec<String> = rig
+        .fake
+        .requests()
+        .iter()
+        .map(|r| r.user_agent.clone())
+        .collect();
+    let fleet = format!("fleet/{}", env!("CARGO_PKG_VERSION"));
+    assert!(agents.iter().all(|a| a.starts_with(&fleet)), "{agents:?}");
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.ends_with(&format!("(scale set {set})"))),
+        "{agents:?}"
+    );
 }
 
 #[tokio::test]
@@ -769,27 +826,9 @@ async fn credentials_never_show() {
 
 #[tokio::test]
 async fn a_credential_never_goes_to_a_plain_http_host_elsewhere() {
-    let registration = TokenRegistration::new(
-        "http://api.example.com",
-        &scope(),
-        Secret::new("ghp_x"),
-        policy(),
-    );
-    assert!(matches!(
-        registration,
-        Err(ScaleSetError::InsecureUrl { .. })
-    ));
     let client = ScaleSetClient::new(
         ClientConfig::new("http://10.1.2.3:8080", &scope()),
-        Arc::new(
-            TokenRegistration::new(
-                "https://api.github.com",
-                &scope(),
-                Secret::new("x"),
-                policy(),
-            )
-            .expect("https is fine"),
-        ),
+        Arc::new(registration_source("https://api.github.com", &scope(), "x")),
     );
     assert!(matches!(client, Err(ScaleSetError::InsecureUrl { .. })));
 }
